@@ -1,0 +1,40 @@
+"""hivlp-milvus: HiVLP coarse-to-fine image-text retrieval on Milvus.
+
+Heavy submodules (torch models, pymilvus) are imported lazily so ``import hivlp_milvus`` stays cheap
+for the CLI and for Ray workers that need only part of it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from hivlp_milvus.errors import *  # noqa: F403  (the error classes are part of the public API)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "HierarchicalEmbedding": "hivlp_milvus.model.embedding",
+    "HiVLP": "hivlp_milvus.model",
+    "HiVLPConfig": "hivlp_milvus.model",
+    "create_model": "hivlp_milvus.model",
+    "Record": "hivlp_milvus.data",
+    "EmbeddingRecord": "hivlp_milvus.data",
+    "load_source": "hivlp_milvus.data",
+    "connect": "hivlp_milvus.connection",
+    "HierarchicalCollection": "hivlp_milvus.collection",
+    "ingest": "hivlp_milvus.ingest",
+    "IngestReport": "hivlp_milvus.ingest",
+    "evaluate": "hivlp_milvus.eval",
+    "retrieval_metrics": "hivlp_milvus.eval",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hivlp_milvus' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

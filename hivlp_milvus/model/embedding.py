@@ -1,0 +1,64 @@
+"""The one value every encoder returns: a low (coarse) and a high (fine) vector per item."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class HierarchicalEmbedding:
+    """Both levels of a batch of embeddings, row-aligned.
+
+    ``low`` is ``(N, low_dim)`` and ``high`` is ``(N, high_dim)``; both are L2-normalised when they
+    come from a model. They are torch tensors inside the model and float32 numpy arrays once
+    handed to Milvus (:meth:`numpy`).
+    """
+
+    low: Any
+    high: Any
+
+    def __post_init__(self) -> None:
+        if len(self.low) != len(self.high):
+            raise ValueError(f"low has {len(self.low)} rows but high has {len(self.high)}")
+
+    def __len__(self) -> int:
+        return len(self.low)
+
+    def __getitem__(self, index: int | slice | Any) -> HierarchicalEmbedding:
+        """Rows ``index`` of both levels (an int keeps a batch of one)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1 if index != -1 else None)
+        return HierarchicalEmbedding(self.low[index], self.high[index])
+
+    @property
+    def low_dim(self) -> int:
+        return int(self.low.shape[-1])
+
+    @property
+    def high_dim(self) -> int:
+        return int(self.high.shape[-1])
+
+    def numpy(self) -> HierarchicalEmbedding:
+        """A copy as contiguous float32 numpy arrays (what Milvus accepts)."""
+        return HierarchicalEmbedding(_to_numpy(self.low), _to_numpy(self.high))
+
+    @staticmethod
+    def concat(parts: list[HierarchicalEmbedding]) -> HierarchicalEmbedding:
+        """Row-wise concatenation of several batches (numpy or torch, not mixed)."""
+        if not parts:
+            raise ValueError("cannot concatenate zero embeddings")
+        if isinstance(parts[0].low, torch.Tensor):
+            return HierarchicalEmbedding(torch.cat([p.low for p in parts]), torch.cat([p.high for p in parts]))
+        return HierarchicalEmbedding(
+            np.concatenate([_to_numpy(p.low) for p in parts]), np.concatenate([_to_numpy(p.high) for p in parts])
+        )
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
