@@ -62,3 +62,17 @@ def _to_numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().float().cpu().numpy()
     return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+
+
+@dataclass(frozen=True)
+class HiVLPOutput:
+    """What ``HiVLP.forward`` returns for training: both modalities at both levels, and the scales.
+
+    ``logit_scale_low`` / ``logit_scale_high`` are the (already clamped) multiplicative inverse
+    temperatures of the low and high level, as 0-d tensors.
+    """
+
+    image: HierarchicalEmbedding
+    text: HierarchicalEmbedding
+    logit_scale_low: torch.Tensor
+    logit_scale_high: torch.Tensor
