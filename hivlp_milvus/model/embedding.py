@@ -52,10 +52,10 @@ class HierarchicalEmbedding:
         if not parts:
             raise ValueError("cannot concatenate zero embeddings")
         if isinstance(parts[0].low, torch.Tensor):
-            return HierarchicalEmbedding(torch.cat([p.low for p in parts]), torch.cat([p.high for p in parts]))
-        return HierarchicalEmbedding(
-            np.concatenate([_to_numpy(p.low) for p in parts]), np.concatenate([_to_numpy(p.high) for p in parts])
-        )
+            cat = torch.cat
+            return HierarchicalEmbedding(cat([p.low for p in parts]), cat([p.high for p in parts]))
+        lows = [_to_numpy(p.low) for p in parts]
+        return HierarchicalEmbedding(np.concatenate(lows), np.concatenate([_to_numpy(p.high) for p in parts]))
 
 
 def _to_numpy(x: Any) -> np.ndarray:

@@ -1,0 +1,61 @@
+"""The HiVLP model: config, towers, hierarchical heads, pre-processing, save/load.
+
+Names are imported lazily so ``from hivlp_milvus.model.embedding import HierarchicalEmbedding``
+(used by collection, ingest and serving code that never runs a model) does not pay for importing
+timm and transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hivlp_milvus.model.config import (
+        HiVLPConfig,
+        ImageTowerConfig,
+        TextTowerConfig,
+        get_config,
+        list_configs,
+    )
+    from hivlp_milvus.model.embedding import HierarchicalEmbedding, HiVLPOutput
+    from hivlp_milvus.model.hivlp import HiVLP, create_model
+    from hivlp_milvus.model.preprocess import ImageProcessor, load_image
+
+_LAZY = {
+    "HiVLP": "hivlp_milvus.model.hivlp",
+    "create_model": "hivlp_milvus.model.hivlp",
+    "HiVLPConfig": "hivlp_milvus.model.config",
+    "ImageTowerConfig": "hivlp_milvus.model.config",
+    "TextTowerConfig": "hivlp_milvus.model.config",
+    "get_config": "hivlp_milvus.model.config",
+    "list_configs": "hivlp_milvus.model.config",
+    "load_image": "hivlp_milvus.model.preprocess",
+    "ImageProcessor": "hivlp_milvus.model.preprocess",
+    "HierarchicalEmbedding": "hivlp_milvus.model.embedding",
+    "HiVLPOutput": "hivlp_milvus.model.embedding",
+}
+
+__all__ = [
+    "HiVLP",
+    "HiVLPConfig",
+    "HiVLPOutput",
+    "HierarchicalEmbedding",
+    "ImageProcessor",
+    "ImageTowerConfig",
+    "TextTowerConfig",
+    "create_model",
+    "get_config",
+    "list_configs",
+    "load_image",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hivlp_milvus.model' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

@@ -1,0 +1,413 @@
+"""``HiVLP``: the hierarchical dual encoder, its factory, save/load and fingerprint."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
+
+from hivlp_milvus.errors import CheckpointError, ConfigError
+from hivlp_milvus.model.config import HiVLPConfig, get_config
+from hivlp_milvus.model.embedding import HierarchicalEmbedding, HiVLPOutput
+from hivlp_milvus.model.heads import build_head
+from hivlp_milvus.model.preprocess import ImageLike, ImageProcessor, _as_batch
+from hivlp_milvus.model.tokenizer import load_pretrained_tokenizer, train_wordpiece
+from hivlp_milvus.model.towers import ImageTower, TextTower
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# The text encoder's own transformers config, so a checkpoint whose tower came from the hub
+# rebuilds offline. A subdirectory because transformers also calls it config.json.
+TEXT_CONFIG_DIR = "text_tower"
+
+
+class HiVLP(nn.Module):
+    """The HiVLP dual encoder: image and text towers, each with a (low, high) hierarchical head.
+
+    Most code builds one with :func:`create_model` or :meth:`from_pretrained`.
+
+    Args:
+        config: the model config. Missing ``image.mean`` / ``image.std`` are filled from timm's
+            ``pretrained_cfg`` so the saved config pins the normalisation.
+        tokenizer: the text tokenizer (its vocabulary sizes a random-init text tower).
+        pretrained_towers: ``False`` builds the towers' architecture without downloading
+            pretrained weights (used when a checkpoint's own weights are loaded right after).
+        text_model_config: build the text encoder from this transformers config (offline).
+
+    Attributes:
+        config: the (normalisation-resolved) config.
+        tokenizer: the tokenizer used by :meth:`tokenize`.
+        image_processor: the :class:`ImageProcessor` used by :meth:`preprocess_images`.
+        logit_scale_low: learnable log inverse temperature of the low level (0-d parameter).
+        logit_scale_high: learnable log inverse temperature of the high level (0-d parameter).
+
+    Raises:
+        ConfigError: invalid config, or a tokenizer that does not fit the text tower.
+    """
+
+    def __init__(
+        self,
+        config: HiVLPConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        pretrained_towers: bool = True,
+        text_model_config: PretrainedConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(config, HiVLPConfig):
+            raise ConfigError(f"config must be a HiVLPConfig, got {type(config).__name__}")
+        if tokenizer.pad_token_id is None:
+            raise ConfigError(
+                "the tokenizer has no padding token; set tokenizer.pad_token before building HiVLP"
+            )
+        load = None if pretrained_towers else False
+        self.image_tower = ImageTower(config.image, pretrained=load)
+        if config.image.mean is None or config.image.std is None:
+            mean, std = self.image_tower.default_mean_std()
+            image = replace(config.image, mean=config.image.mean or mean, std=config.image.std or std)
+            config = replace(config, image=image)
+        self.config = config
+        self.tokenizer = tokenizer
+        self.image_processor = ImageProcessor(config.image.image_size, config.image.mean, config.image.std)
+        self.text_tower = TextTower(
+            config.text,
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            model_config=text_model_config,
+            pretrained=load,
+        )
+        embeddings = self.text_tower.model.get_input_embeddings().num_embeddings
+        if len(tokenizer) > embeddings:
+            raise ConfigError(
+                f"the tokenizer has {len(tokenizer)} tokens but the text tower only {embeddings} embeddings; "
+                "use the tokenizer that belongs to text.name"
+            )
+        self.image_head = build_head(config.head, self.image_tower.out_dim, config.low_dim, config.high_dim)
+        self.text_head = build_head(config.head, self.text_tower.out_dim, config.low_dim, config.high_dim)
+        init = math.log(1.0 / config.init_temperature)
+        self.logit_scale_low = nn.Parameter(torch.tensor(init, dtype=torch.float32))
+        self.logit_scale_high = nn.Parameter(torch.tensor(init, dtype=torch.float32))
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters (inputs are moved there)."""
+        return self.logit_scale_low.device
+
+    def preprocess_images(self, images: ImageLike | Iterable[ImageLike]) -> torch.Tensor:
+        """Images (PIL / path / HWC uint8 array / bytes, one or many) → ``(N, 3, S, S)`` tensor.
+
+        Raises:
+            BadRecordError: an image cannot be loaded.
+        """
+        return self.image_processor(images)
+
+    def tokenize(self, texts: str | Iterable[str]) -> dict[str, torch.Tensor]:
+        """Captions → ``{"input_ids", "attention_mask"}``, each ``(N, max_length)`` int64.
+
+        Every caption is padded and truncated to ``config.text.max_length`` so batches have one
+        fixed shape (what distributed training and dynamic batching in serving want).
+
+        Args:
+            texts: one caption or several.
+
+        Returns:
+            The token ids and attention mask as CPU tensors.
+
+        Raises:
+            TypeError: an item is not a string.
+        """
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        for text in batch:
+            if not isinstance(text, str):
+                raise TypeError(f"captions must be strings, got {type(text).__name__}")
+        length = self.config.text.max_length
+        if not batch:
+            empty = torch.zeros(0, length, dtype=torch.long)
+            return {"input_ids": empty, "attention_mask": empty.clone()}
+        encoded = self.tokenizer(
+            batch,
+            padding="max_length",
+            truncation=True,
+            max_length=length,
+            return_tensors="pt",
+            return_token_type_ids=False,
+        )
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    # -- encoders ------------------------------------------------------------------------------
+
+    def encode_image(self, pixel_values: torch.Tensor) -> HierarchicalEmbedding:
+        """``(N, 3, S, S)`` pixels → L2-normalised (low, high) torch embeddings."""
+        return self.image_head(self.image_tower(pixel_values.to(self.device)))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> HierarchicalEmbedding:
+        """``(N, L)`` token ids and mask → L2-normalised (low, high) torch embeddings."""
+        features = self.text_tower(input_ids.to(self.device), attention_mask.to(self.device))
+        return self.text_head(features)
+
+    def logit_scales(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (low, high) multiplicative inverse temperatures, clamped to ``max_logit_scale``."""
+        # Clamp the log before exp, as CLIP does: beyond ~100 the softmax saturates and training
+        # becomes unstable, and the gradient past the cap is zero so the scale stops growing.
+        cap = math.log(self.config.max_logit_scale)
+        return self.logit_scale_low.clamp(max=cap).exp(), self.logit_scale_high.clamp(max=cap).exp()
+
+    def forward(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> HiVLPOutput:
+        """Encode a batch of image–caption pairs for training.
+
+        Args:
+            pixel_values: ``(N, 3, S, S)`` images.
+            input_ids: ``(M, L)`` token ids.
+            attention_mask: ``(M, L)`` mask.
+
+        Returns:
+            Both modalities at both levels and the clamped logit scales.
+        """
+        scale_low, scale_high = self.logit_scales()
+        return HiVLPOutput(
+            image=self.encode_image(pixel_values),
+            text=self.encode_text(input_ids, attention_mask),
+            logit_scale_low=scale_low,
+            logit_scale_high=scale_high,
+        )
+
+    # -- inference helpers ---------------------------------------------------------------------
+
+    def embed_images(
+        self, images: ImageLike | Iterable[ImageLike], batch_size: int = 64, progress: bool = False
+    ) -> HierarchicalEmbedding:
+        """Embed images for indexing or search, in batches, without gradients.
+
+        Args:
+            images: one image or an iterable of images (read lazily, one batch at a time).
+            batch_size: images per forward pass.
+            progress: show a tqdm progress bar.
+
+        Returns:
+            float32 numpy (low, high) arrays, one row per image.
+
+        Raises:
+            BadRecordError: an image cannot be loaded (load images with :func:`load_image` first
+                to skip bad ones individually).
+            ValueError: ``batch_size`` is not positive.
+        """
+        items = _as_batch(images) if _is_single_image(images) else images
+
+        def encode(chunk: list[ImageLike]) -> HierarchicalEmbedding:
+            return self.encode_image(self.preprocess_images(chunk))
+
+        return self._embed(items, batch_size, progress, encode, "img")
+
+    def embed_texts(
+        self, texts: str | Iterable[str], batch_size: int = 256, progress: bool = False
+    ) -> HierarchicalEmbedding:
+        """Embed captions or queries, in batches, without gradients.
+
+        Args:
+            texts: one string or an iterable of strings.
+            batch_size: texts per forward pass.
+            progress: show a tqdm progress bar.
+
+        Returns:
+            float32 numpy (low, high) arrays, one row per text.
+
+        Raises:
+            TypeError: an item is not a string.
+            ValueError: ``batch_size`` is not positive.
+        """
+        items = [texts] if isinstance(texts, str) else texts
+
+        def encode(chunk: list[str]) -> HierarchicalEmbedding:
+            tokens = self.tokenize(chunk)
+            return self.encode_text(tokens["input_ids"], tokens["attention_mask"])
+
+        return self._embed(items, batch_size, progress, encode, "text")
+
+    def _embed(
+        self,
+        items: Iterable[Any],
+        batch_size: int,
+        progress: bool,
+        encode: Callable[[list[Any]], HierarchicalEmbedding],
+        unit: str,
+    ) -> HierarchicalEmbedding:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        total = len(items) if hasattr(items, "__len__") else None
+        parts: list[HierarchicalEmbedding] = []
+        was_training = self.training
+        self.eval()  # dropout off: the same item must always give the same vector
+        try:
+            with torch.inference_mode(), tqdm(total=total, disable=not progress, unit=unit) as bar:
+                for chunk in _chunks(items, batch_size):
+                    parts.append(encode(chunk).numpy())
+                    bar.update(len(chunk))
+        finally:
+            self.train(was_training)
+        if not parts:
+            low, high = self.config.low_dim, self.config.high_dim
+            return HierarchicalEmbedding(np.zeros((0, low), np.float32), np.zeros((0, high), np.float32))
+        return HierarchicalEmbedding.concat(parts)
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    @property
+    def fingerprint(self) -> str:
+        """A 16-hex-char sha256 of the model: config, tokenizer vocabulary and every tensor.
+
+        Hashed in order: the canonical config JSON, the sorted vocabulary, then each state-dict
+        tensor's name, dtype, shape and bytes in sorted name order. Identical for a model and its
+        saved-and-reloaded copy; any weight or config change gives another value. Collections
+        record it so vectors from another model are refused. It hashes all weights, so compute it
+        once per use rather than per batch.
+        """
+        digest = hashlib.sha256()
+        digest.update(json.dumps(self.config.to_dict(), sort_keys=True, separators=(",", ":")).encode())
+        # Same weights over another vocabulary map text to other vectors, so the vocab counts too.
+        vocab = sorted(self.tokenizer.get_vocab().items())
+        digest.update(json.dumps(vocab, separators=(",", ":")).encode())
+        state = self.state_dict()
+        for name in sorted(state):
+            tensor = state[name].detach().to("cpu").contiguous()
+            digest.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+            # View as bytes so every dtype (bfloat16 included, which numpy lacks) hashes the same way.
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json``, ``model.safetensors``, the tokenizer files and ``text_tower/``.
+
+        Args:
+            directory: created if missing; existing files of the same names are overwritten.
+
+        Returns:
+            The checkpoint directory.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save(directory / CONFIG_FILE)
+        self.tokenizer.save_pretrained(str(directory))
+        self.text_tower.model.config.save_pretrained(str(directory / TEXT_CONFIG_DIR))
+        # save_model (not save_file) drops duplicate names of shared/tied tensors, which
+        # safetensors cannot store twice, and load_model restores them.
+        metadata = {"format": "pt", "hivlp_fingerprint": self.fingerprint}
+        safetensors.torch.save_model(self, str(directory / WEIGHTS_FILE), metadata=metadata)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> HiVLP:
+        """Load a checkpoint written by :meth:`save_pretrained`, offline and without unpickling.
+
+        Args:
+            directory: the checkpoint directory.
+            device: where to put the model.
+
+        Returns:
+            The model, in eval mode.
+
+        Raises:
+            CheckpointError: the directory or one of its files is missing or unreadable (the
+                message names it), or the weights do not match the config.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CheckpointError(f"checkpoint directory not found: {directory}")
+        for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_CONFIG_FILE, f"{TEXT_CONFIG_DIR}/{CONFIG_FILE}"):
+            if not (directory / name).is_file():
+                raise CheckpointError(
+                    f"{directory} is not a complete HiVLP checkpoint: missing {name} "
+                    "(write checkpoints with HiVLP.save_pretrained)"
+                )
+        try:
+            config = HiVLPConfig.load(directory / CONFIG_FILE)
+        except ConfigError as exc:
+            raise CheckpointError(f"invalid {CONFIG_FILE} in {directory}: {exc}") from exc
+        tokenizer = load_pretrained_tokenizer(directory)
+        try:
+            text_model_config = AutoConfig.from_pretrained(str(directory / TEXT_CONFIG_DIR))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"invalid {TEXT_CONFIG_DIR}/{CONFIG_FILE} in {directory}: {exc}") from exc
+        model = cls(config, tokenizer, pretrained_towers=False, text_model_config=text_model_config)
+        try:
+            safetensors.torch.load_model(model, str(directory / WEIGHTS_FILE), strict=True)
+        except (RuntimeError, SafetensorError, OSError) as exc:
+            raise CheckpointError(f"cannot load {WEIGHTS_FILE} from {directory}: {exc}") from exc
+        return model.to(device).eval()
+
+
+def create_model(
+    config: str | HiVLPConfig,
+    *,
+    texts: Iterable[str] | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    seed: int | None = None,
+) -> HiVLP:
+    """Build a new HiVLP model from a named config or a :class:`HiVLPConfig`.
+
+    Args:
+        config: a name from :func:`list_configs` (``"micro"``, ``"tiny"``, ``"base"``) or a config.
+        texts: captions to train the WordPiece vocabulary from, needed when ``text.name`` is
+            ``None`` and no ``tokenizer`` is given; ignored otherwise.
+        tokenizer: use this tokenizer instead of training one / loading ``text.name``'s.
+        seed: seed the random initialisation (without disturbing the global torch RNG).
+
+    Returns:
+        The model, in train mode, on CPU.
+
+    Raises:
+        ConfigError: unknown config name, invalid config, or a vocabulary is needed and neither
+            ``texts`` nor ``tokenizer`` was given.
+        CheckpointError: a named pretrained tower or tokenizer cannot be loaded.
+    """
+    cfg = get_config(config) if isinstance(config, str) else config
+    if not isinstance(cfg, HiVLPConfig):
+        raise ConfigError(f"config must be a config name or a HiVLPConfig, got {type(config).__name__}")
+    if tokenizer is None:
+        if cfg.text.name is not None:
+            tokenizer = load_pretrained_tokenizer(cfg.text.name)
+        elif texts is None:
+            raise ConfigError(
+                "this config's text tower has no pretrained tokenizer (text.name is null), so its WordPiece "
+                "vocabulary is trained from captions: pass texts=<your training captions>, "
+                "or tokenizer=<a transformers tokenizer>"
+            )
+        else:
+            tokenizer = train_wordpiece(texts, vocab_size=cfg.text.vocab_size, max_length=cfg.text.max_length)
+    # fork_rng: a seeded build must not reset the caller's RNG stream (e.g. their data shuffling).
+    rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    with rng:
+        if seed is not None:
+            torch.manual_seed(seed)
+        return HiVLP(cfg, tokenizer)
+
+
+def _is_single_image(images: Any) -> bool:
+    if isinstance(images, np.ndarray):
+        return images.ndim != 4
+    return isinstance(images, (str, Path, bytes, bytearray, memoryview, Image.Image))
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk

@@ -1,0 +1,188 @@
+"""HiVLPConfig: JSON round trips, every validation error, and the named configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from hivlp_milvus.errors import ConfigError
+from hivlp_milvus.model import HiVLPConfig, ImageTowerConfig, TextTowerConfig, get_config, list_configs
+
+
+def _micro_dict() -> dict:
+    return get_config("micro").to_dict()
+
+
+@pytest.mark.parametrize("name", ["micro", "tiny", "base"])
+def test_named_config_json_round_trip(name, tmp_path) -> None:
+    config = get_config(name)
+    assert HiVLPConfig.from_dict(config.to_dict()) == config
+    assert HiVLPConfig.from_json(config.to_json()) == config
+    path = config.save(tmp_path / "c.json")
+    loaded = HiVLPConfig.load(path)
+    assert loaded == config
+    assert loaded.to_json() == config.to_json()
+    assert json.loads(path.read_text())["low_dim"] == config.low_dim
+
+
+def test_round_trip_keeps_types() -> None:
+    config = HiVLPConfig(
+        image=ImageTowerConfig(
+            image_size=32, mean=[0.1, 0.2, 0.3], std=(0.5, 0.5, 0.5), timm_kwargs={"img_size": 32}
+        ),
+        text=TextTowerConfig(pooling="mean", intermediate_size=100),
+        low_dim=8,
+        high_dim=8,
+        head="nested",
+    )
+    again = HiVLPConfig.from_json(config.to_json())
+    assert again == config
+    assert again.image.mean == (0.1, 0.2, 0.3)
+    assert isinstance(again.image.mean, tuple)
+    assert dict(again.image.timm_kwargs) == {"img_size": 32}
+    assert again.text.pooling == "mean"
+
+
+def test_list_configs_and_named_values() -> None:
+    assert {"micro", "tiny", "base"} <= set(list_configs())
+    micro = get_config("micro")
+    assert micro.image.image_size == 32
+    assert dict(micro.image.timm_kwargs) == {
+        "img_size": 32,
+        "patch_size": 8,
+        "embed_dim": 64,
+        "depth": 1,
+        "num_heads": 2,
+    }
+    assert (micro.text.name, micro.text.num_layers, micro.text.hidden_size) == (None, 1, 64)
+    assert (micro.low_dim, micro.high_dim, micro.text.max_length) == (16, 64, 16)
+
+    tiny = get_config("tiny")
+    assert tiny.image.name == "vit_tiny_patch16_224"
+    assert dict(tiny.image.timm_kwargs) == {
+        "img_size": 64,
+        "patch_size": 8,
+        "embed_dim": 128,
+        "depth": 3,
+        "num_heads": 4,
+    }
+    assert (tiny.text.num_layers, tiny.text.hidden_size, tiny.text.num_heads, tiny.text.max_length) == (
+        3,
+        128,
+        4,
+        32,
+    )
+    assert (tiny.low_dim, tiny.high_dim) == (32, 256)
+
+    # base is only parsed here: building it would download weights.
+    base = get_config("base")
+    assert base.image.name == "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    assert base.image.pretrained
+    assert base.text.pretrained
+    assert base.text.name == "bert-base-uncased"
+    assert (base.low_dim, base.high_dim, base.image.image_size, base.text.max_length) == (128, 768, 224, 64)
+    assert base.head == "separate"
+
+
+def test_unknown_config_name_lists_known_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown model config 'huge'") as info:
+        get_config("huge")
+    for name in ("micro", "tiny", "base"):
+        assert name in str(info.value)
+
+
+def test_defaults() -> None:
+    config = HiVLPConfig()
+    assert config.head == "separate"
+    assert config.init_temperature == pytest.approx(0.07)
+    assert config.max_logit_scale == 100
+    assert config.text.pooling == "cls"
+
+
+def test_frozen_and_hashable() -> None:
+    config = get_config("micro")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.low_dim = 3
+    with pytest.raises(TypeError):
+        config.image.timm_kwargs["depth"] = 12
+    assert hash(config) == hash(get_config("micro"))
+    assert dataclasses.replace(config, low_dim=8).low_dim == 8
+
+
+def test_nested_dicts_accepted_by_constructor() -> None:
+    config = HiVLPConfig(image={"image_size": 32}, text={"max_length": 8})
+    assert isinstance(config.image, ImageTowerConfig)
+    assert config.text.max_length == 8
+
+
+def _with(path: tuple[str, ...], value: object) -> dict:
+    data = _micro_dict()
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("colour",), 1, r"unknown key\(s\) \['colour'\] in config; allowed keys"),
+        (("image", "resolution"), 1, r"unknown key\(s\) \['resolution'\] in image"),
+        (("text", "layers"), 1, r"unknown key\(s\) \['layers'\] in text"),
+        (("head",), "pyramid", r"head must be one of \['separate', 'nested'\]"),
+        (("low_dim",), 0, "low_dim must be a positive integer"),
+        (("low_dim",), -4, "low_dim must be a positive integer"),
+        (("high_dim",), 0, "high_dim must be a positive integer"),
+        (("high_dim",), 64.0, "high_dim must be a positive integer"),
+        (("low_dim",), True, "low_dim must be a positive integer"),
+        (("image", "image_size"), 0, "image.image_size must be a positive integer"),
+        (("text", "max_length"), 0, "text.max_length must be a positive integer"),
+        (("text", "vocab_size"), -1, "text.vocab_size must be a positive integer"),
+        (("text", "num_heads"), 3, "not divisible by text.num_heads"),
+        (("text", "pooling"), "max", r"text.pooling must be one of \['cls', 'mean'\]"),
+        (("text", "pretrained"), True, "text.name is null"),
+        (("image", "pretrained"), "yes", "image.pretrained must be true or false"),
+        (("image", "name"), "", "image.name must be a non-empty string"),
+        (("image", "timm_kwargs"), [1], "image.timm_kwargs must be a JSON object"),
+        (("image", "timm_kwargs"), {"img_size": 64}, "differs from image.image_size"),
+        (("image", "mean"), [0.5, 0.5], "image.mean must be three numbers"),
+        (("image", "std"), [0.5, 0.0, 0.5], "image.std must be positive"),
+        (("image",), "vit", "image must be a JSON object"),
+        (("init_temperature",), 0, "init_temperature must be a positive finite number"),
+        (("max_logit_scale",), -1, "max_logit_scale must be a positive finite number"),
+        (("init_temperature",), 0.001, "raise init_temperature or max_logit_scale"),
+    ],
+)
+def test_invalid_config_raises_config_error(path, value, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        HiVLPConfig.from_dict(_with(path, value))
+
+
+def test_nested_head_needs_low_dim_at_most_high_dim() -> None:
+    with pytest.raises(ConfigError, match=r"low_dim \(128\) must be <= high_dim \(64\)"):
+        HiVLPConfig(low_dim=128, high_dim=64, head="nested")
+    HiVLPConfig(low_dim=64, high_dim=64, head="nested")  # equal is a valid (degenerate) prefix
+    HiVLPConfig(low_dim=128, high_dim=64, head="separate")  # separate heads have no such constraint
+
+
+def test_invalid_json_and_missing_file(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        HiVLPConfig.from_json("{low_dim: 3")
+    with pytest.raises(ConfigError, match="must be a JSON object"):
+        HiVLPConfig.from_json("[1, 2]")
+    with pytest.raises(ConfigError, match="cannot read HiVLP config"):
+        HiVLPConfig.load(tmp_path / "absent.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"low_dim": 0}))
+    with pytest.raises(ConfigError, match="bad.json"):
+        HiVLPConfig.load(bad)
+
+
+def test_partial_dict_takes_defaults() -> None:
+    config = HiVLPConfig.from_dict({"low_dim": 8, "high_dim": 32, "text": {"max_length": 12}})
+    assert config.text.max_length == 12
+    assert config.text.pooling == "cls"
+    assert config.image == ImageTowerConfig()
