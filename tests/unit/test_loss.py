@@ -1,0 +1,413 @@
+"""The HiVLP objective against hand-written loop references, plus switches, gradients and training.
+
+The references below recompute every term with explicit Python loops in float64 numpy, written
+from the definitions in docs/objective.md and *not* from the vectorised implementation: the
+shortlist reference literally takes the low-level top-K and swaps missing positives into the
+lowest-ranked slots, while the implementation uses a rank mask.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import hivlp_milvus.model.loss as loss_mod
+from hivlp_milvus.errors import ConfigError, DimensionMismatchError
+from hivlp_milvus.model.embedding import HierarchicalEmbedding, HiVLPOutput
+from hivlp_milvus.model.loss import TERMS, HiVLPLoss, LossConfig, LossOutput
+
+B, LOW_DIM, HIGH_DIM = 6, 4, 8
+SCALE_LOW, SCALE_HIGH = 4.0, 6.0
+GROUPS = torch.tensor([3, 3, 1, 7, 7, 7])  # one singleton, a pair and a triple
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=1, keepdim=True)
+
+
+def _make_output(seed: int = 0, *, requires_grad: bool = False) -> HiVLPOutput:
+    g = torch.Generator().manual_seed(seed)
+    feats = [
+        _unit(torch.randn(B, d, generator=g)).requires_grad_(requires_grad)
+        for d in (LOW_DIM, HIGH_DIM, LOW_DIM, HIGH_DIM)
+    ]
+    return HiVLPOutput(
+        image=HierarchicalEmbedding(feats[0], feats[1]),
+        text=HierarchicalEmbedding(feats[2], feats[3]),
+        logit_scale_low=torch.tensor(SCALE_LOW, requires_grad=requires_grad),
+        logit_scale_high=torch.tensor(SCALE_HIGH, requires_grad=requires_grad),
+    )
+
+
+def _np(out: HiVLPOutput) -> dict[str, np.ndarray]:
+    def f(t: torch.Tensor) -> np.ndarray:
+        return t.detach().double().numpy()
+
+    return {
+        "il": f(out.image.low),
+        "ih": f(out.image.high),
+        "tl": f(out.text.low),
+        "th": f(out.text.high),
+        "sl": float(out.logit_scale_low),
+        "sh": float(out.logit_scale_high),
+    }
+
+
+def _only(term: str, **kw: object) -> LossConfig:
+    weights = {t: 0.0 for t in TERMS}
+    weights[term] = 1.0
+    return LossConfig(**weights, **kw)
+
+
+# --------------------------------------------------------------------------- loop references
+
+
+def _positives(i: int, n: int, groups: list[int] | None) -> list[int]:
+    if groups is None:
+        return [i]
+    return [j for j in range(n) if groups[j] == groups[i]]
+
+
+def _ce_row(logit_row: list[float], positives: list[int], candidates: list[int]) -> float:
+    """-sum_{p in P} (1/|P|) log softmax_{candidates}(logits)[p]."""
+    m = max(logit_row[j] for j in candidates)
+    lse = m + math.log(sum(math.exp(logit_row[j] - m) for j in candidates))
+    return -sum((logit_row[p] - lse) / len(positives) for p in positives)
+
+
+def _logit_matrix(scale: float, rows: np.ndarray, cols: np.ndarray) -> list[list[float]]:
+    n, m = rows.shape[0], cols.shape[0]
+    return [
+        [scale * sum(float(rows[i, d]) * float(cols[j, d]) for d in range(rows.shape[1])) for j in range(m)]
+        for i in range(n)
+    ]
+
+
+def _directions(a: dict[str, np.ndarray], level: str) -> list[list[list[float]]]:
+    s = a["sl"] if level == "low" else a["sh"]
+    i, t = ("il", "tl") if level == "low" else ("ih", "th")
+    return [_logit_matrix(s, a[i], a[t]), _logit_matrix(s, a[t], a[i])]
+
+
+def ref_infonce(a: dict[str, np.ndarray], level: str, groups: list[int] | None) -> float:
+    total = 0.0
+    for logits in _directions(a, level):
+        n = len(logits)
+        total += sum(_ce_row(logits[i], _positives(i, n, groups), list(range(n))) for i in range(n)) / n
+    return total / 2
+
+
+def ref_consistency(a: dict[str, np.ndarray], tau: float) -> float:
+    total = 0.0
+    for low, high in zip(_directions(a, "low"), _directions(a, "high"), strict=True):
+        n = len(low)
+        kl_sum = 0.0
+        for i in range(n):
+            p = [math.exp(v / tau) for v in high[i]]
+            q = [math.exp(v / tau) for v in low[i]]
+            zp, zq = sum(p), sum(q)
+            kl_sum += sum(
+                (pj / zp) * (math.log(pj / zp) - math.log(qj / zq)) for pj, qj in zip(p, q, strict=True)
+            )
+        total += kl_sum / n
+    return total / 2
+
+
+def ref_shortlist(a: dict[str, np.ndarray], k: int, groups: list[int] | None) -> tuple[float, int]:
+    """Returns (term value, number of rows where a positive had to be forced into the shortlist)."""
+    total, forced_rows = 0.0, 0
+    for low, high in zip(_directions(a, "low"), _directions(a, "high"), strict=True):
+        n = len(low)
+        row_sum = 0.0
+        for i in range(n):
+            pos = _positives(i, n, groups)
+            ranked = sorted(range(n), key=lambda j, row=low[i]: -row[j])
+            short = ranked[:k]
+            missing = [p for p in pos if p not in short]
+            forced_rows += bool(missing)
+            for p in missing:
+                for slot in reversed(range(len(short))):  # lowest-ranked non-positive slot first
+                    if short[slot] not in pos:
+                        short[slot] = p
+                        break
+                else:  # more positives than slots: the shortlist grows to hold them all
+                    short.append(p)
+            row_sum += _ce_row(high[i], pos, short)
+        total += row_sum / n
+    return total / 2, forced_rows
+
+
+# --------------------------------------------------------------------------- each term vs reference
+
+
+@pytest.mark.parametrize("groups", [None, GROUPS], ids=["diagonal", "groups"])
+@pytest.mark.parametrize("level", ["low", "high"])
+def test_infonce_matches_reference(level: str, groups: torch.Tensor | None) -> None:
+    out = _make_output(1)
+    got = HiVLPLoss(_only(level))(out, groups=groups)
+    ref = ref_infonce(_np(out), level, None if groups is None else groups.tolist())
+    assert got.parts[level].item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    assert got.total.item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5, 3.0])
+def test_consistency_matches_reference(tau: float) -> None:
+    out = _make_output(2)
+    got = HiVLPLoss(_only("consistency", consistency_temperature=tau))(out)
+    ref = ref_consistency(_np(out), tau)
+    assert ref > 1e-3  # the two levels disagree on random features: the check is not 0 == 0
+    assert got.parts["consistency"].item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
+
+
+def test_consistency_ignores_groups() -> None:
+    out = _make_output(2)
+    loss = HiVLPLoss(_only("consistency"))
+    assert loss(out, groups=GROUPS).parts["consistency"].item() == pytest.approx(
+        loss(out).parts["consistency"].item(), rel=1e-6
+    )
+
+
+@pytest.mark.parametrize("groups", [None, GROUPS], ids=["diagonal", "groups"])
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_shortlist_matches_reference_with_forced_positives(k: int, groups: torch.Tensor | None) -> None:
+    out = _make_output(3)
+    got = HiVLPLoss(_only("shortlist", shortlist_k=k))(out, groups=groups)
+    ref, forced = ref_shortlist(_np(out), k, None if groups is None else groups.tolist())
+    # The interesting path must be exercised: some positive was outside the low-level top-K.
+    assert forced > 0
+    assert got.parts["shortlist"].item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("groups", [None, GROUPS], ids=["diagonal", "groups"])
+@pytest.mark.parametrize("k", [B, B + 1, 1000])
+def test_shortlist_with_k_at_least_batch_is_high_infonce(k: int, groups: torch.Tensor | None) -> None:
+    out = _make_output(4)
+    got = HiVLPLoss(LossConfig(shortlist_k=k))(out, groups=groups)
+    assert got.parts["shortlist"].item() == pytest.approx(got.parts["high"].item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_shortlist_is_never_above_the_full_high_infonce(k: int) -> None:
+    # Dropping negative columns can only raise each positive's probability.
+    for seed in range(5):
+        parts = HiVLPLoss(LossConfig(shortlist_k=k))(_make_output(seed)).parts
+        assert parts["shortlist"].item() <= parts["high"].item() + 1e-6
+
+
+def test_distinct_groups_equal_no_groups() -> None:
+    out = _make_output(5)
+    loss = HiVLPLoss(LossConfig(shortlist_k=3))
+    a, b = loss(out).parts, loss(out, groups=torch.arange(10, 10 + B)).parts
+    for name in TERMS:
+        assert a[name].item() == pytest.approx(b[name].item(), rel=1e-6)
+
+
+def test_groups_change_the_loss() -> None:
+    out = _make_output(5)
+    loss = HiVLPLoss(_only("high"))
+    assert loss(out).total.item() != pytest.approx(loss(out, groups=GROUPS).total.item(), rel=1e-3)
+
+
+# --------------------------------------------------------------------------- switches and totals
+
+
+def test_total_is_weighted_sum_of_parts() -> None:
+    cfg = LossConfig(low=0.3, high=1.7, consistency=0.2, shortlist=0.9, shortlist_k=3)
+    got = HiVLPLoss(cfg)(_make_output(6), groups=GROUPS)
+    assert isinstance(got, LossOutput)
+    assert set(got.parts) == {*TERMS, "logit_scale_low", "logit_scale_high"}
+    expected = sum(getattr(cfg, t) * got.parts[t].item() for t in TERMS)
+    assert got.total.item() == pytest.approx(expected, rel=1e-6)
+    assert got.parts["logit_scale_low"].item() == pytest.approx(SCALE_LOW)
+    assert got.parts["logit_scale_high"].item() == pytest.approx(SCALE_HIGH)
+
+
+def test_parts_are_detached() -> None:
+    got = HiVLPLoss()(_make_output(6, requires_grad=True))
+    assert got.total.requires_grad
+    assert all(not v.requires_grad for v in got.parts.values())
+
+
+def test_switched_off_terms_are_absent_and_not_computed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a switched-off term was computed")
+
+    monkeypatch.setattr(loss_mod, "_shortlist_mask", boom)
+    monkeypatch.setattr(loss_mod, "_consistency_kl", boom)
+    out = _make_output(7)
+    got = HiVLPLoss(LossConfig(low=1.0, high=2.0, consistency=0.0, shortlist=0.0))(out)
+    assert set(got.parts) == {"low", "high", "logit_scale_low", "logit_scale_high"}
+    a = _np(out)
+    assert got.total.item() == pytest.approx(
+        ref_infonce(a, "low", None) + 2.0 * ref_infonce(a, "high", None), rel=1e-5
+    )
+
+
+def test_low_only_never_touches_the_high_level() -> None:
+    out = _make_output(7, requires_grad=True)
+    HiVLPLoss(_only("low"))(out).total.backward()
+    assert out.image.high.grad is None
+    assert out.text.high.grad is None
+    assert out.logit_scale_high.grad is None
+    assert out.image.low.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+def test_consistency_stops_gradient_into_the_high_level() -> None:
+    out = _make_output(8, requires_grad=True)
+    HiVLPLoss(_only("consistency"))(out).total.backward()
+    for t in (out.image.high, out.text.high, out.logit_scale_high):
+        assert t.grad is None or torch.count_nonzero(t.grad) == 0
+    for t in (out.image.low, out.text.low, out.logit_scale_low):
+        assert t.grad is not None
+        assert t.grad.abs().sum() > 1e-6
+
+
+def test_shortlist_gradient_flows_only_into_the_high_level() -> None:
+    # The shortlist is *selected* by the low level but scored by the high level; selection is
+    # not differentiable (as the ANN stage at inference is not).
+    out = _make_output(8, requires_grad=True)
+    HiVLPLoss(_only("shortlist", shortlist_k=3))(out).total.backward()
+    for t in (out.image.low, out.text.low, out.logit_scale_low):
+        assert t.grad is None or torch.count_nonzero(t.grad) == 0
+    assert out.image.high.grad.abs().sum() > 1e-6
+
+
+def test_gradients_are_finite_with_masked_columns() -> None:
+    out = _make_output(9, requires_grad=True)
+    HiVLPLoss(LossConfig(shortlist_k=2))(out, groups=GROUPS).total.backward()
+    for t in (out.image.low, out.image.high, out.text.low, out.text.high):
+        assert torch.isfinite(t.grad).all()
+
+
+# --------------------------------------------------------------------------- config and input checks
+
+
+def test_config_defaults_and_round_trip() -> None:
+    cfg = LossConfig()
+    assert (cfg.low, cfg.high, cfg.consistency, cfg.shortlist) == (1.0, 1.0, 1.0, 0.5)
+    assert (cfg.shortlist_k, cfg.consistency_temperature, cfg.gather) == (16, 1.0, "auto")
+    custom = LossConfig(low=2, shortlist=0, shortlist_k=8, consistency_temperature=0.5, gather=False)
+    assert LossConfig.from_dict(json.loads(json.dumps(custom.to_dict()))) == custom
+    assert isinstance(custom.low, float)
+    assert custom.weights == {"low": 2.0, "high": 1.0, "consistency": 1.0}
+    assert LossConfig.from_dict({"shortlist_k": 4}) == LossConfig(shortlist_k=4)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"low": -1.0},
+        {"high": float("nan")},
+        {"consistency": "1"},
+        {"shortlist": True},
+        {"low": 0, "high": 0, "consistency": 0, "shortlist": 0},
+        {"shortlist_k": 1},
+        {"shortlist_k": 2.5},
+        {"shortlist_k": True},
+        {"consistency_temperature": 0.0},
+        {"consistency_temperature": -2.0},
+        {"gather": "yes"},
+        {"gather": 1},
+    ],
+)
+def test_invalid_config_raises(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        LossConfig(**kwargs)
+
+
+def test_from_dict_rejects_unknown_keys() -> None:
+    with pytest.raises(ConfigError, match="unknown LossConfig keys"):
+        LossConfig.from_dict({"lowww": 1.0})
+    with pytest.raises(ConfigError):
+        LossConfig.from_dict([("low", 1.0)])  # type: ignore[arg-type]
+
+
+def test_gather_true_without_process_group_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="not initialised"):
+        HiVLPLoss(LossConfig(gather=True))(_make_output())
+
+
+def test_bad_shapes_are_errors() -> None:
+    out = _make_output()
+    with pytest.raises(DimensionMismatchError):
+        HiVLPLoss()(out, groups=GROUPS[:3])
+    with pytest.raises(DimensionMismatchError):
+        HiVLPLoss()(out, groups=GROUPS.float())
+    ragged = HiVLPOutput(out.image, out.text[0:3], out.logit_scale_low, out.logit_scale_high)
+    with pytest.raises(DimensionMismatchError):
+        HiVLPLoss()(ragged)
+
+
+# --------------------------------------------------------------------------- it actually trains
+
+
+class _Tower(nn.Module):
+    def __init__(self, din: int, low: int, high: int) -> None:
+        super().__init__()
+        self.low, self.high = nn.Linear(din, low), nn.Linear(din, high)
+
+    def forward(self, x: torch.Tensor) -> HierarchicalEmbedding:
+        return HierarchicalEmbedding(_unit(self.low(x)), _unit(self.high(x)))
+
+
+def _recall_at_1(a: torch.Tensor, b: torch.Tensor) -> float:
+    sims = a @ b.T
+    hits = (sims.argmax(1) == torch.arange(len(a))).float().mean() + (
+        sims.T.argmax(1) == torch.arange(len(a))
+    ).float().mean()
+    return float(hits / 2)
+
+
+def test_training_two_linear_towers_reaches_near_perfect_recall() -> None:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    din, n = 16, 64
+    mix = torch.linalg.qr(torch.randn(din, din, generator=g))[0]  # the text "view" of a scene
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(n, din, generator=g)
+        return x, x @ mix + 0.05 * torch.randn(n, din, generator=g)
+
+    image_tower, text_tower = _Tower(din, 8, 32), _Tower(din, 8, 32)
+    log_scales = nn.Parameter(torch.full((2,), math.log(10.0)))
+    params = [*image_tower.parameters(), *text_tower.parameters(), log_scales]
+    opt = torch.optim.Adam(params, lr=1e-2)
+    loss_fn = HiVLPLoss(LossConfig(shortlist_k=8))
+
+    def forward(x: torch.Tensor, t: torch.Tensor) -> HiVLPOutput:
+        scales = log_scales.exp().clamp(max=100.0)
+        return HiVLPOutput(image_tower(x), text_tower(t), scales[0], scales[1])
+
+    held_x, held_t = batch()  # never trained on
+
+    def evaluate() -> tuple[float, float, float]:
+        with torch.no_grad():
+            out = forward(held_x, held_t)
+            return (
+                loss_fn(out).total.item(),
+                _recall_at_1(out.image.low, out.text.low),
+                _recall_at_1(out.image.high, out.text.high),
+            )
+
+    loss0, r_low0, r_high0 = evaluate()
+    for _ in range(150):
+        opt.zero_grad()
+        loss_fn(forward(*batch())).total.backward()
+        opt.step()
+    loss1, r_low1, r_high1 = evaluate()
+
+    assert max(r_low0, r_high0) < 0.3  # starts near chance (1/64)
+    assert loss1 < 0.2 * loss0
+    assert r_low1 >= 0.95
+    assert r_high1 >= 0.95
