@@ -1,4 +1,4 @@
-"""The HiVLP model: config, towers, hierarchical heads, pre-processing, save/load.
+"""The HiVLP model: config, towers, hierarchical heads, pre-processing, save/load, objective.
 
 Names are imported lazily so ``from hivlp_milvus.model.embedding import HierarchicalEmbedding``
 (used by collection, ingest and serving code that never runs a model) does not pay for importing
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     )
     from hivlp_milvus.model.embedding import HierarchicalEmbedding, HiVLPOutput
     from hivlp_milvus.model.hivlp import HiVLP, create_model
+    from hivlp_milvus.model.loss import HiVLPLoss, LossConfig, LossOutput
     from hivlp_milvus.model.preprocess import ImageProcessor, load_image
 
 _LAZY = {
@@ -34,15 +35,21 @@ _LAZY = {
     "ImageProcessor": "hivlp_milvus.model.preprocess",
     "HierarchicalEmbedding": "hivlp_milvus.model.embedding",
     "HiVLPOutput": "hivlp_milvus.model.embedding",
+    "HiVLPLoss": "hivlp_milvus.model.loss",
+    "LossConfig": "hivlp_milvus.model.loss",
+    "LossOutput": "hivlp_milvus.model.loss",
 }
 
 __all__ = [
     "HiVLP",
     "HiVLPConfig",
+    "HiVLPLoss",
     "HiVLPOutput",
     "HierarchicalEmbedding",
     "ImageProcessor",
     "ImageTowerConfig",
+    "LossConfig",
+    "LossOutput",
     "TextTowerConfig",
     "create_model",
     "get_config",
