@@ -1,0 +1,808 @@
+"""Contract tests for the deployment files: docker/, docker/k8s/, serving/config.yaml, docs/deploy.md.
+
+Nothing here builds an image or starts a container (the development machines have no Docker engine and
+no GPU). The files are parsed and checked against each other and against the code they name:
+
+* every YAML parses; every image is pinned (a tag, never ``latest``);
+* the GPU compose file reserves an NVIDIA device for Milvus and the Ray GPU worker, the CPU one none;
+* ports agree between the compose services, their health checks, the Serve deploy command, the
+  Milvus URI handed to the app and Serve's port 8000; the k8s manifests expose the same ports;
+* serving/config.yaml validates against Ray's own ``ServeDeploySchema`` and the RayService's
+  ``serveConfigV2`` holds exactly its ``applications``;
+* every place that starts the app uses ``serving:build_app`` (args within the builder's documented
+  args, no secrets) or ``serving:app``;
+* the RayJob runs ``python -m training --config training/configs/<name>.yaml`` with a config that
+  exists and, with its overrides, loads through ``training.config.load_config``;
+* the GPU index types named in the Helm values, the compose files and docs/deploy.md are the ones of
+  the ``gpu`` profile in schemas/profiles.yaml;
+* the Ray image versions and KubeRay ``rayVersion`` equal the installed ``ray.__version__``;
+* ``docker compose config`` accepts both compose files where the compose plugin exists.
+
+Run ``python tests/unit/test_deploy_files.py --sync`` to copy serving/config.yaml's applications
+into docker/k8s/rayservice.yaml after editing the former.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+K8S = DOCKER / "k8s"
+DOCKERFILE = DOCKER / "Dockerfile"
+COMPOSE_GPU = DOCKER / "docker-compose.gpu.yml"
+COMPOSE_CPU = DOCKER / "docker-compose.yml"
+RAYJOB = K8S / "rayjob-train.yaml"
+RAYSERVICE = K8S / "rayservice.yaml"
+HELM_VALUES = K8S / "milvus-values-gpu.yaml"
+SERVE_CONFIG = ROOT / "serving" / "config.yaml"
+PROFILES = ROOT / "schemas" / "profiles.yaml"
+TRAINING_CONFIGS = ROOT / "training" / "configs"
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+TRAINING_CONFIGS_PROMISED = ("quickstart", "flickr30k", "coco")  # the training engineer's contract
+
+YAML_FILES = [COMPOSE_GPU, COMPOSE_CPU, RAYJOB, RAYSERVICE, HELM_VALUES, SERVE_CONFIG]
+COMPOSE_FILES = [COMPOSE_GPU, COMPOSE_CPU]
+KUBE_FILES = [RAYJOB, RAYSERVICE]
+
+# The contract of the Serve app (serving/): two import paths, and the builder's documented args.
+IMPORT_PATHS = {"serving:build_app", "serving:app"}
+BUILDER_ARGS = {
+    "checkpoint",
+    "milvus_uri",
+    "milvus_token",
+    "collection",
+    "api_key",
+    "max_batch_size",
+    "batch_wait_timeout_s",
+    "num_gpus",
+}
+SECRET_ARGS = {"milvus_token", "api_key"}
+DEPLOYMENTS = {"TextEncoder", "ImageEncoder", "Searcher", "Ingress"}
+SERVE_PORT = 8000  # Ray Serve's default HTTP port; the app, the probes and the manifests use it
+MILVUS_PORT = 19530
+MILVUS_HEALTH_PORT = 9091
+SECRET_ENV = ("HIVLP_API_KEY", "HIVLP_MILVUS_TOKEN")
+
+# `serve run` / `serve deploy` options that take a value (so the value is not the import path).
+_SERVE_VALUE_OPTIONS = {
+    "-a", "--address", "--name", "--runtime-env", "--runtime-env-json", "--working-dir",
+    "-d", "--app-dir", "--route-prefix",
+}  # fmt: skip
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _docs(path: Path) -> list[Any]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
+
+
+def _doc(path: Path) -> Any:
+    docs = _docs(path)
+    assert len(docs) == 1, f"{path.relative_to(ROOT)}: expected one YAML document, found {len(docs)}"
+    return docs[0]
+
+
+def _services(path: Path) -> dict[str, dict[str, Any]]:
+    return _doc(path)["services"]
+
+
+def _walk(node: Any) -> Iterator[Any]:
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def _pod_specs(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pod specs of a RayJob / RayService (head + every worker group)."""
+    spec = manifest["spec"]
+    cluster = spec.get("rayClusterSpec") or spec.get("rayClusterConfig")
+    groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+    return [group["template"]["spec"] for group in groups]
+
+
+def _containers(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for pod in _pod_specs(manifest) for c in pod["containers"]]
+
+
+def _ray_cluster(manifest: dict[str, Any]) -> dict[str, Any]:
+    spec = manifest["spec"]
+    return spec.get("rayClusterSpec") or spec.get("rayClusterConfig")
+
+
+def _command_text(service: dict[str, Any]) -> str:
+    command = service.get("command", "")
+    return " ".join(command) if isinstance(command, list) else str(command)
+
+
+def _ports(service: dict[str, Any]) -> dict[int, int | None]:
+    """container port -> published host port (None when not published)."""
+    out: dict[int, int | None] = {}
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):
+            published = entry.get("published")
+            out[int(entry["target"])] = int(published) if published is not None else None
+        else:  # short syntax: [[ip:]host:]container[/proto]; ip may be a ${VAR:-default}
+            text = str(entry).split("/")[0]
+            match = re.fullmatch(r"(?:(?:\$\{[^}]*\}|[^:]+):)?(?:(\d+):)?(\d+)", text)
+            assert match, f"unparseable port {entry!r}"
+            out[int(match.group(3))] = int(match.group(2)) if match.group(2) else None
+    return out
+
+
+def _image_ref(image: str) -> tuple[str, str]:
+    """(repository, tag) of an image reference; tag '' when there is none."""
+    name = image.split("@")[0]
+    last = name.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return name, ""
+    repo, tag = name.rsplit(":", 1)
+    return repo, tag
+
+
+def _dockerfile_default_base() -> str:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    match = re.search(r"^ARG\s+RAY_IMAGE=(\S+)", text, re.MULTILINE)
+    assert match, "docker/Dockerfile must declare `ARG RAY_IMAGE=<pinned rayproject/ray tag>`"
+    assert re.search(r"^FROM\s+\$\{?RAY_IMAGE\}?\s*$", text, re.MULTILINE), "FROM must use ${RAY_IMAGE}"
+    return match.group(1)
+
+
+def _all_images() -> list[tuple[str, str]]:
+    """(where, image) for every image any deployment file names."""
+    images = [("docker/Dockerfile ARG RAY_IMAGE", _dockerfile_default_base())]
+    for path in COMPOSE_FILES:
+        for name, service in _services(path).items():
+            where = f"{path.name}:{name}"
+            if "image" in service:
+                images.append((where, service["image"]))
+            base = ((service.get("build") or {}).get("args") or {}).get("RAY_IMAGE")
+            if base:
+                images.append((f"{where} build.args.RAY_IMAGE", base))
+    for path in KUBE_FILES:
+        for container in _containers(_doc(path)):
+            images.append((f"{path.name}:{container['name']}", container["image"]))
+    helm = _doc(HELM_VALUES)["image"]["all"]
+    images.append((f"{HELM_VALUES.name}:image.all", f"{helm['repository']}:{helm['tag']}"))
+    return images
+
+
+def _gpu_profile() -> dict[str, Any]:
+    data = yaml.safe_load(PROFILES.read_text(encoding="utf-8"))
+    profiles = data.get("profiles", data)
+    assert "gpu" in profiles, f"{PROFILES.relative_to(ROOT)} has no `gpu` profile"
+    return profiles["gpu"]
+
+
+def _gpu_names(node: Any) -> set[str]:
+    """Every GPU_* index name used as a key or a value anywhere inside ``node``."""
+    names: set[str] = set()
+    for item in _walk(node):
+        candidates = list(item) if isinstance(item, dict) else [item]
+        names |= {c for c in candidates if isinstance(c, str) and re.fullmatch(r"GPU_[A-Z0-9_]+", c)}
+    return names
+
+
+def _gpu_tokens(text: str) -> set[str]:
+    return set(re.findall(r"\bGPU_[A-Z0-9_]+\b", text))
+
+
+def _serve_invocations(text: str) -> list[tuple[str, str, dict[str, str]]]:
+    """(verb, target, key=value args) of every `serve run|deploy` command in a text."""
+    text = re.sub(r"\\\n\s*", " ", text)  # shell line continuations
+    found = []
+    for segment in re.split(r"&&|\|\||;|\n|`", text):
+        try:
+            words = shlex.split(segment, comments=False)
+        except ValueError:
+            continue
+        for i in range(len(words) - 1):
+            if words[i] != "serve" or words[i + 1] not in ("run", "deploy"):
+                continue
+            rest, positional = words[i + 2 :], []
+            j = 0
+            while j < len(rest):
+                word = rest[j]
+                if word in _SERVE_VALUE_OPTIONS:
+                    j += 2
+                    continue
+                if not word.startswith("-"):
+                    positional.append(word)
+                j += 1
+            if positional:
+                args = dict(p.split("=", 1) for p in positional[1:] if "=" in p)
+                found.append((words[i + 1], positional[0], args))
+    return found
+
+
+def _builder_deployment_names() -> set[str]:
+    """Deployment names defined in serving/*.py (decorated classes, `name=` wins); empty if none yet."""
+    names: set[str] = set()
+    for path in (ROOT / "serving").glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for deco in node.decorator_list:
+                target = deco.func if isinstance(deco, ast.Call) else deco
+                if not (isinstance(target, ast.Attribute) and target.attr == "deployment"):
+                    continue
+                name = node.name
+                if isinstance(deco, ast.Call):
+                    for kw in deco.keywords:
+                        if kw.arg == "name" and isinstance(kw.value, ast.Constant):
+                            name = kw.value.value
+                names.add(name)
+    return names
+
+
+def _rayservice_applications(path: Path = RAYSERVICE) -> list[dict[str, Any]]:
+    serve_config = yaml.safe_load(_doc(path)["spec"]["serveConfigV2"])
+    return serve_config["applications"]
+
+
+def sync_rayservice(serve_config: Path = SERVE_CONFIG, rayservice: Path = RAYSERVICE) -> bool:
+    """Rewrite the ``serveConfigV2`` block of ``rayservice`` from ``serve_config``'s applications.
+
+    Only the lines of that block change; comments elsewhere stay. Returns whether the file changed.
+    """
+    apps = yaml.safe_load(serve_config.read_text(encoding="utf-8"))["applications"]
+    lines = rayservice.read_text(encoding="utf-8").splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if re.match(r"^\s*serveConfigV2:\s*\|[-+]?\s*$", line))
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    end = start + 1
+    while end < len(lines) and (
+        not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip()) > indent
+    ):
+        end += 1
+    body = yaml.safe_dump({"applications": apps}, sort_keys=False, default_flow_style=False, width=100)
+    block = [(" " * (indent + 2) + line) if line.strip() else line for line in body.splitlines(keepends=True)]
+    new = lines[: start + 1] + block + lines[end:]
+    if new == lines:
+        return False
+    rayservice.write_text("".join(new), encoding="utf-8")
+    return True
+
+
+def _rayjob_training_command() -> tuple[str, list[str]]:
+    entrypoint = _doc(RAYJOB)["spec"]["entrypoint"]
+    for segment in re.split(r"&&|;", entrypoint):
+        words = shlex.split(segment)
+        if words[:3] == ["python", "-m", "training"]:
+            assert "--config" in words, f"RayJob entrypoint runs training without --config: {entrypoint!r}"
+            config = words[words.index("--config") + 1]
+            overrides = [w for w in words[3:] if "=" in w and not w.startswith("-")]
+            return config, overrides
+    raise AssertionError(f"RayJob entrypoint does not run `python -m training`: {entrypoint!r}")
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+# -- every file parses, every image is pinned ----------------------------------------------------
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_yaml_parses(path: Path) -> None:
+    docs = _docs(path)
+    assert docs, f"{path} is empty"
+    assert all(isinstance(d, dict) for d in docs), f"{path}: every document must be a mapping"
+
+
+def test_every_image_is_pinned() -> None:
+    for where, image in _all_images():
+        repo, tag = _image_ref(image)
+        assert tag, f"{where}: image {image!r} has no tag; pin an exact version"
+        assert "latest" not in tag, f"{where}: {image!r} is a moving tag"
+        assert "nightly" not in tag, f"{where}: {image!r} is a moving tag"
+        assert "${" not in image, f"{where}: image {image!r} must be literal, not interpolated"
+        assert re.search(r"\d", tag), f"{where}: tag {tag!r} of {repo} names no version"
+
+
+def test_project_images_carry_package_and_ray_version() -> None:
+    import ray
+
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    project_version = re.search(r'^version\s*=\s*"([^"]+)"', pyproject, re.MULTILINE).group(1)
+    for where, image in _all_images():
+        repo, tag = _image_ref(image)
+        if repo.rsplit("/", 1)[-1] != "hivlp-milvus":
+            continue
+        assert tag.startswith(f"{project_version}-ray{ray.__version__}-"), (
+            f"{where}: project image {image!r} should be tagged "
+            f"{project_version}-ray{ray.__version__}-<gpu|cpu> (pyproject version, Ray inside)"
+        )
+
+
+# -- Ray versions ----------------------------------------------------------------------------
+
+
+def test_ray_versions_match_installed_ray() -> None:
+    import ray
+
+    for where, image in _all_images():
+        repo, tag = _image_ref(image)
+        if repo == "rayproject/ray":
+            assert tag.split("-")[0] == ray.__version__, (
+                f"{where}: {image!r} but the project is tested with ray {ray.__version__}"
+            )
+    for path in KUBE_FILES:
+        assert str(_ray_cluster(_doc(path))["rayVersion"]) == ray.__version__, (
+            f"{path.name}: rayVersion must equal the Ray in the image ({ray.__version__})"
+        )
+
+
+# -- Dockerfile --------------------------------------------------------------------------------
+
+
+def test_dockerfile_contract() -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
+    assert users, "the Dockerfile sets no USER"
+    assert users[-1] in ("ray", "1000"), "the image must end as the non-root `ray` user"
+    assert re.search(r"^WORKDIR\s+/\S+", text, re.MULTILINE), "set an absolute WORKDIR"
+    assert re.search(r"pip install[^\n]*\s\.(\s|$)", text), "the image must `pip install .` the project"
+    # Every package the distribution ships is copied in, and every COPY source exists.
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    include = re.search(r"include\s*=\s*\[([^\]]*)\]", pyproject).group(1)
+    packages = {p.strip().strip('"').rstrip("*") for p in include.split(",") if p.strip()}
+    copied = set()
+    for line in re.findall(r"^COPY\s+(.+)$", text, re.MULTILINE):
+        sources = [w for w in line.split() if not w.startswith("--")][:-1]
+        copied |= set(sources)
+    assert packages <= copied, f"Dockerfile does not COPY packages {sorted(packages - copied)}"
+    for source in copied:  # README.md included: pyproject's `readme` makes `pip install .` read it
+        assert (ROOT / source).exists(), f"Dockerfile copies {source!r}, which does not exist"
+    # No secret baked into the image.
+    for name in re.findall(r"^(?:ENV|ARG)\s+([A-Za-z_]+)", text, re.MULTILINE):
+        assert not re.search(r"KEY|TOKEN|PASSWORD|SECRET", name, re.IGNORECASE), f"Dockerfile sets {name}"
+    assert "HIVLP_API_KEY" not in text
+    assert "HIVLP_MILVUS_TOKEN" not in text
+
+
+def test_dockerfile_torch_pins_satisfy_pyproject() -> None:
+    specifiers = pytest.importorskip("packaging.specifiers", reason="packaging not installed")
+    requirements = pytest.importorskip("packaging.requirements")
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    deps = {}
+    for raw in re.findall(r'^\s*"([^"]+)",?\s*(?:#.*)?$', pyproject, re.MULTILINE):
+        try:
+            req = requirements.Requirement(raw)
+        except Exception:  # not a requirement string (e.g. a path list entry)
+            continue
+        deps[req.name] = req.specifier
+    pins = re.findall(r'"(torch|torchvision)==([^"]+)"', DOCKERFILE.read_text(encoding="utf-8"))
+    assert pins, "Dockerfile pins no torch/torchvision for the optional TORCH_INDEX_URL path"
+    for name, version in pins:
+        spec = deps.get(name, specifiers.SpecifierSet())
+        assert version in spec, f"Dockerfile pins {name}=={version}, outside pyproject's {name}{spec}"
+
+
+# -- compose -----------------------------------------------------------------------------------
+
+
+def _milvus_service(services: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    found = [(n, s) for n, s in services.items() if str(s.get("image", "")).startswith("milvusdb/milvus:")]
+    assert len(found) == 1, f"expected one Milvus service, found {[n for n, _ in found]}"
+    return found[0]
+
+
+def _ray_head(services: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    found = [(n, s) for n, s in services.items() if "ray start --head" in _command_text(s)]
+    assert len(found) == 1, "expected one service running `ray start --head`"
+    return found[0]
+
+
+def _nvidia_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
+    devices = (((service.get("deploy") or {}).get("resources") or {}).get("reservations") or {}).get(
+        "devices"
+    ) or []
+    return [d for d in devices if d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])]
+
+
+def test_gpu_compose_reserves_nvidia_devices() -> None:
+    services = _services(COMPOSE_GPU)
+    name, milvus = _milvus_service(services)
+    assert _image_ref(milvus["image"])[1].endswith("-gpu"), f"{name} must run the -gpu Milvus image"
+    assert _nvidia_devices(milvus), f"{name}: reserve an nvidia device (deploy.resources.reservations)"
+    workers = [s for s in services.values() if "ray start --address" in _command_text(s)]
+    assert workers, "no Ray worker service"
+    for worker in workers:
+        assert _nvidia_devices(worker), "the Ray GPU worker must reserve an nvidia device"
+        gpus = re.search(r"--num-gpus[= ](\d+)", _command_text(worker))
+        assert gpus, "the Ray GPU worker must pass --num-gpus"
+        assert int(gpus.group(1)) >= 1, "the Ray GPU worker must offer >= 1 GPU to Ray"
+    assert "--num-gpus=0" in _command_text(_ray_head(services)[1]), "keep GPU work off the head"
+
+
+def test_cpu_compose_needs_no_gpu() -> None:
+    services = _services(COMPOSE_CPU)
+    _, milvus = _milvus_service(services)
+    assert not _image_ref(milvus["image"])[1].endswith("-gpu")
+    for name, service in services.items():
+        assert not _nvidia_devices(service), f"{COMPOSE_CPU.name}:{name} reserves a GPU"
+        assert "-gpu" not in str(service.get("image", "")), f"{COMPOSE_CPU.name}:{name} uses a GPU image"
+
+
+def test_milvus_versions_agree() -> None:
+    gpu_tag = _image_ref(_milvus_service(_services(COMPOSE_GPU))[1]["image"])[1]
+    cpu_tag = _image_ref(_milvus_service(_services(COMPOSE_CPU))[1]["image"])[1]
+    helm_tag = _doc(HELM_VALUES)["image"]["all"]["tag"]
+    assert gpu_tag == f"{cpu_tag}-gpu" == helm_tag, (gpu_tag, cpu_tag, helm_tag)
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_health_checks_and_volumes(path: Path) -> None:
+    data = _doc(path)
+    declared = set(data.get("volumes") or {})
+    for name, service in data["services"].items():
+        test = (service.get("healthcheck") or {}).get("test")
+        assert test, f"{path.name}:{name} has no health check"
+        assert test != ["NONE"], f"{path.name}:{name} disables its health check"
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source")
+            if source and not source.startswith((".", "/", "$", "~")):
+                assert source in declared, f"{path.name}:{name} mounts undeclared volume {source!r}"
+    _, milvus = _milvus_service(data["services"])
+    assert any("/var/lib/milvus" in str(v) for v in milvus.get("volumes", [])), "Milvus data not on a volume"
+    for dependency in ("etcd", "minio"):
+        assert dependency in milvus.get("depends_on", {}), f"Milvus must wait for {dependency}"
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_ports_are_consistent(path: Path) -> None:
+    services = _services(path)
+    milvus_name, milvus = _milvus_service(services)
+    milvus_ports = _ports(milvus)
+    assert milvus_ports.get(MILVUS_PORT) == MILVUS_PORT
+    assert milvus_ports.get(MILVUS_HEALTH_PORT) == 9091
+    assert f":{MILVUS_HEALTH_PORT}/healthz" in " ".join(milvus["healthcheck"]["test"])
+
+    head_name, head = _ray_head(services)
+    head_cmd = _command_text(head)
+    gcs_port = int(re.search(r"--port[= ](\d+)", head_cmd).group(1))
+    dash_port = int(re.search(r"--dashboard-port[= ](\d+)", head_cmd).group(1))
+    head_ports = _ports(head)
+    assert head_ports.get(dash_port) == dash_port == 8265, "publish the dashboard on 8265"
+    assert head_ports.get(SERVE_PORT) == SERVE_PORT, f"{head_name} must publish Serve's port {SERVE_PORT}"
+    assert head_ports.get(gcs_port) is None, "do not publish the GCS port (no authentication)"
+    assert f":{dash_port}/" in " ".join(head["healthcheck"]["test"])
+
+    for name, service in services.items():
+        command = _command_text(service)
+        for host, port in re.findall(r"ray start --address[= ]([\w.-]+):(\d+)", command):
+            assert (host, int(port)) == (head_name, gcs_port), f"{name} joins {host}:{port}"
+
+    serve = [s for s in services.values() if _serve_invocations(_command_text(s))]
+    assert len(serve) == 1, "expected one service that deploys the Serve app"
+    serve_cmd = _command_text(serve[0])
+    address = re.search(r"--address[= ](\S+)", serve_cmd).group(1)
+    assert urlparse(address).hostname == head_name
+    assert urlparse(address).port == dash_port
+    probe = " ".join(serve[0]["healthcheck"]["test"])
+    url = re.search(r"https?://[^'\" ]+", probe).group(0)
+    assert urlparse(url).hostname == head_name
+    assert urlparse(url).port == SERVE_PORT
+    assert urlparse(url).path == "/healthz"
+
+    for name, service in services.items():
+        uri = (
+            (service.get("environment") or {}).get("HIVLP_MILVUS_URI")
+            if isinstance(service.get("environment"), dict)
+            else None
+        )
+        if uri:
+            parsed = urlparse(uri)
+            assert (parsed.hostname, parsed.port) == (milvus_name, MILVUS_PORT), f"{name}: {uri}"
+
+
+def test_serve_config_listens_on_serve_port() -> None:
+    http = _doc(SERVE_CONFIG).get("http_options") or {}
+    assert int(http.get("port", SERVE_PORT)) == SERVE_PORT
+    assert http.get("host", "0.0.0.0") == "0.0.0.0", "inside a container Serve must bind all interfaces"
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_secrets_come_from_the_environment(path: Path) -> None:
+    for name, service in _services(path).items():
+        env = service.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(item.split("=", 1) for item in env)
+        for key in SECRET_ENV:
+            if key in env:
+                assert str(env[key]).startswith("${"), f"{path.name}:{name} hard-codes {key}"
+
+
+def test_docker_compose_config_accepts_both_files() -> None:
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("the docker client is not installed, so `docker compose config` cannot run")
+    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        reason = (probe.stderr or probe.stdout).strip().splitlines()
+        pytest.skip(
+            "the docker compose plugin is not installed (`docker compose version` failed: "
+            f"{reason[0] if reason else probe.returncode}); `docker compose config` cannot run"
+        )
+    env = {**os.environ, "HIVLP_API_KEY": "test-key"}
+    for path in COMPOSE_FILES:
+        result = subprocess.run(
+            [docker, "compose", "-f", str(path), "--profile", "serve", "config", "--quiet"],
+            capture_output=True, text=True, timeout=120, env=env, cwd=DOCKER,
+        )  # fmt: skip
+        assert result.returncode == 0, f"docker compose config {path.name}:\n{result.stderr}"
+
+
+# -- the Serve app -----------------------------------------------------------------------------
+
+
+def test_serve_config_validates_against_ray_schema() -> None:
+    schema = pytest.importorskip("ray.serve.schema")
+    schema.ServeDeploySchema.model_validate(_doc(SERVE_CONFIG))
+    schema.ServeDeploySchema.model_validate({"applications": _rayservice_applications()})
+
+
+def test_serve_config_shape() -> None:
+    apps = _doc(SERVE_CONFIG)["applications"]
+    assert [a["name"] for a in apps] == ["hivlp"]
+    app = apps[0]
+    assert app["import_path"] == "serving:build_app"
+    assert app["route_prefix"] == "/"
+    names = {d["name"] for d in app.get("deployments", [])}
+    assert names == DEPLOYMENTS, f"deployments {sorted(names)}; the contract is {sorted(DEPLOYMENTS)}"
+
+
+def test_serve_config_deployments_exist_in_serving_code() -> None:
+    defined = _builder_deployment_names()
+    if not defined:
+        pytest.skip("serving/ defines no @serve.deployment yet; nothing to cross-check")
+    named = {d["name"] for a in _doc(SERVE_CONFIG)["applications"] for d in a.get("deployments", [])}
+    assert named <= defined, (
+        f"serving/config.yaml configures {sorted(named - defined)}, which serving/ does not define "
+        f"(it defines {sorted(defined)}); Serve rejects options for unknown deployments"
+    )
+
+
+def test_rayservice_serves_exactly_serving_config() -> None:
+    expected = _doc(SERVE_CONFIG)["applications"]
+    assert _rayservice_applications() == expected, (
+        "docker/k8s/rayservice.yaml's serveConfigV2 differs from serving/config.yaml's applications; "
+        "run `python tests/unit/test_deploy_files.py --sync` to copy them over"
+    )
+
+
+def test_sync_rewrites_only_the_serve_config_block(tmp_path: Path) -> None:
+    config = yaml.safe_load(SERVE_CONFIG.read_text(encoding="utf-8"))
+    config["applications"][0]["deployments"][0]["max_ongoing_requests"] = 7
+    edited_config = tmp_path / "config.yaml"
+    edited_config.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    rayservice = tmp_path / "rayservice.yaml"
+    shutil.copy(RAYSERVICE, rayservice)
+    assert sync_rayservice(edited_config, rayservice)
+    assert _rayservice_applications(rayservice) == config["applications"]
+    before, after = _doc(RAYSERVICE), _doc(rayservice)
+    before["spec"].pop("serveConfigV2")
+    after["spec"].pop("serveConfigV2")
+    assert before == after, "sync must leave everything but serveConfigV2 alone"
+    assert not sync_rayservice(edited_config, rayservice), "a second sync must be a no-op"
+
+
+def _app_invocations() -> list[tuple[str, str, dict[str, Any]]]:
+    """(where, import path, args) for every place that starts the app."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    for app in _doc(SERVE_CONFIG)["applications"]:
+        out.append(("serving/config.yaml", app["import_path"], app.get("args") or {}))
+    for app in _rayservice_applications():
+        out.append(("rayservice.yaml", app["import_path"], app.get("args") or {}))
+    texts = {p.name: _command_text(s) for p in COMPOSE_FILES for s in _services(p).values()}
+    for extra in (DEPLOY_DOC, DOCKER / "README.md", ROOT / "README.md", ROOT / "Makefile"):
+        if extra.exists():
+            texts[str(extra.relative_to(ROOT))] = extra.read_text(encoding="utf-8")
+    for where, text in texts.items():
+        for verb, target, args in _serve_invocations(text):
+            if target.endswith((".yaml", ".yml")):
+                assert (ROOT / target).is_file(), f"{where}: `serve {verb} {target}`: no such config"
+                continue
+            out.append((where, target, args))
+    return out
+
+
+def test_app_import_paths_and_args() -> None:
+    invocations = _app_invocations()
+    assert any(w.endswith(".yml") for w, _, _ in invocations), "no compose service starts the app"
+    for where, target, args in invocations:
+        assert target in IMPORT_PATHS, f"{where}: starts {target!r}; use one of {sorted(IMPORT_PATHS)}"
+        if target == "serving:app":
+            assert not args, f"{where}: serving:app is a built app and takes no args"
+        unknown = set(args) - BUILDER_ARGS
+        assert not unknown, (
+            f"{where}: {sorted(unknown)} are not serving:build_app args {sorted(BUILDER_ARGS)}"
+        )
+        if where.endswith((".yaml", ".yml")):
+            leaked = set(args) & SECRET_ARGS
+            assert not leaked, f"{where}: pass {sorted(leaked)} via HIVLP_* environment, not in a file"
+
+
+# -- Kubernetes --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", KUBE_FILES, ids=lambda p: p.name)
+def test_kuberay_manifest_basics(path: Path) -> None:
+    manifest = _doc(path)
+    assert manifest["apiVersion"] == "ray.io/v1"
+    assert manifest["kind"] == {RAYJOB: "RayJob", RAYSERVICE: "RayService"}[path]
+    cluster = _ray_cluster(manifest)
+    head = cluster["headGroupSpec"]
+    assert str(head["rayStartParams"].get("num-gpus")) == "0", "keep GPU work off the head"
+    ports = {p["containerPort"]: p.get("name") for p in head["template"]["spec"]["containers"][0]["ports"]}
+    assert ports.get(6379) == "gcs-server"
+    assert ports.get(8265) == "dashboard"
+    if manifest["kind"] == "RayService":
+        assert ports.get(SERVE_PORT) == "serve", "the RayService head must expose Serve's port 8000"
+    gpus = [
+        int(c["resources"]["limits"]["nvidia.com/gpu"])
+        for group in cluster["workerGroupSpecs"]
+        for c in group["template"]["spec"]["containers"]
+    ]
+    assert gpus, "no worker group"
+    assert all(g >= 1 for g in gpus), "every worker group needs nvidia.com/gpu limits"
+    # Every pod mounts the shared volume at the same place.
+    for pod in _pod_specs(manifest):
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for v in pod["volumes"]
+            if "persistentVolumeClaim" in v
+        }
+        assert set(claims.values()) == {"hivlp-shared"}
+        for container in pod["containers"]:
+            mounts = {m["mountPath"] for m in container["volumeMounts"] if m["name"] in claims}
+            assert mounts == {"/mnt/shared"}, f"{path.name}:{container['name']} mounts {mounts}"
+
+
+def test_rayservice_environment() -> None:
+    for container in _containers(_doc(RAYSERVICE)):
+        env = _env(container)
+        for key in SECRET_ENV:
+            assert "secretKeyRef" in (env[key].get("valueFrom") or {}), f"{key} must come from a Secret"
+            assert "value" not in env[key]
+        uri = urlparse(env["HIVLP_MILVUS_URI"]["value"])
+        assert uri.port == MILVUS_PORT
+        assert uri.scheme in ("http", "https")
+        helm_port = (_doc(HELM_VALUES).get("service") or {}).get("port", MILVUS_PORT)
+        assert uri.port == helm_port, "HIVLP_MILVUS_URI must use the Milvus Helm service port"
+        assert env["HIVLP_CHECKPOINT"]["value"].startswith("/mnt/shared/")
+
+
+def test_rayjob_runs_a_shipped_training_config() -> None:
+    config, overrides = _rayjob_training_command()
+    assert re.fullmatch(r"training/configs/[\w-]+\.yaml", config), f"RayJob --config {config!r}"
+    keys = dict(o.split("=", 1) for o in overrides)
+    assert keys.get("run.storage_path", "").startswith("/mnt/shared/"), (
+        "multi-node Ray Train needs run.storage_path on the shared volume (/mnt/shared)"
+    )
+    if keys.get("scaling.use_gpu", "").lower() == "true":
+        cluster = _ray_cluster(_doc(RAYJOB))
+        offered = sum(
+            int(group["replicas"]) * int(c["resources"]["limits"]["nvidia.com/gpu"])
+            for group in cluster["workerGroupSpecs"]
+            for c in group["template"]["spec"]["containers"]
+        )
+        assert int(keys["scaling.num_workers"]) == offered, "one Ray Train worker per GPU the cluster has"
+    # The model the RayJob exports is the one the RayService serves.
+    served = {_env(c)["HIVLP_CHECKPOINT"]["value"] for c in _containers(_doc(RAYSERVICE))}
+    assert served == {keys["run.work_dir"].rstrip("/") + "/model"}, (served, keys.get("run.work_dir"))
+
+    shipped = sorted(p.stem for p in TRAINING_CONFIGS.glob("*.yaml"))
+    if not shipped:
+        pytest.skip("training/configs/ has no YAML configs yet; cannot check that the RayJob's exists")
+    if not (ROOT / config).is_file() and not set(TRAINING_CONFIGS_PROMISED) <= set(shipped):
+        pytest.skip(
+            f"RayJob uses {config}, not written yet: training/configs/ has {shipped}, the training "
+            f"contract promises {list(TRAINING_CONFIGS_PROMISED)}"
+        )
+    assert (ROOT / config).is_file(), f"RayJob uses {config}; training/configs/ has only {shipped}"
+    training_config = pytest.importorskip("training.config")
+    training_config.load_config(ROOT / config, overrides)  # raises ConfigError on a bad key/value
+
+
+def test_helm_values_put_gpus_on_query_and_data_nodes() -> None:
+    values = _doc(HELM_VALUES)
+    assert values["cluster"]["enabled"] is True
+    for component in ("queryNode", "dataNode"):
+        limits = values[component]["resources"]["limits"]
+        assert int(limits["nvidia.com/gpu"]) >= 1, f"{component} needs a GPU (search / GPU index builds)"
+    user_yaml = yaml.safe_load(values["extraConfigFiles"]["user.yaml"])
+    assert user_yaml["common"]["security"]["authorizationEnabled"] is True
+
+
+# -- index types -------------------------------------------------------------------------------
+
+
+def test_gpu_index_types_match_profiles() -> None:
+    assert PROFILES.exists(), "schemas/profiles.yaml is missing (the collection engineer writes it)"
+    profile = _gpu_profile()
+    low = profile.get("vec_low", profile)
+    variants = _gpu_names(low)
+    assert variants, "the gpu profile names no GPU_* vec_low index"
+    high = profile.get("vec_high") or {}
+    assert "FLAT" in {v for v in _walk(high) if isinstance(v, str)}, "gpu profile's vec_high must be FLAT"
+
+    named = {
+        "docker/k8s/milvus-values-gpu.yaml": _gpu_tokens(HELM_VALUES.read_text(encoding="utf-8")),
+        "docker/docker-compose.gpu.yml": _gpu_tokens(COMPOSE_GPU.read_text(encoding="utf-8")),
+        "docker/docker-compose.yml": _gpu_tokens(COMPOSE_CPU.read_text(encoding="utf-8")),
+        "docs/deploy.md": _gpu_tokens(DEPLOY_DOC.read_text(encoding="utf-8")),
+        "docker/README.md": _gpu_tokens((DOCKER / "README.md").read_text(encoding="utf-8")),
+    }
+    for where, tokens in named.items():
+        assert tokens <= variants, (
+            f"{where} names {sorted(tokens - variants)}, not in the gpu profile {sorted(variants)}"
+        )
+    assert named["docs/deploy.md"] == variants, "docs/deploy.md must explain every gpu vec_low variant"
+    assert named["docker/k8s/milvus-values-gpu.yaml"] == variants
+
+    declared = _doc(COMPOSE_GPU)["x-hivlp-index-profile"]
+    assert declared["profile"] == "gpu"
+    assert set(declared["vec_low"]) == variants
+    assert declared["vec_high"] == "FLAT"
+    default = low.get("default") if isinstance(low, dict) else None
+    if default is not None:
+        assert declared["vec_low_default"] == default
+
+
+def test_cpu_compose_index_types_match_profiles() -> None:
+    data = yaml.safe_load(PROFILES.read_text(encoding="utf-8"))
+    cpu = data.get("profiles", data).get("cpu")
+    if cpu is None:
+        pytest.skip("schemas/profiles.yaml has no cpu profile")
+    strings = {v for v in _walk(cpu.get("vec_low", cpu)) for v in ([*v] if isinstance(v, dict) else [v])}
+    declared = _doc(COMPOSE_CPU)["x-hivlp-index-profile"]
+    assert declared["profile"] == "cpu"
+    assert set(declared["vec_low"]) <= strings, f"{declared['vec_low']} not all in the cpu profile"
+
+
+# -- docs --------------------------------------------------------------------------------------
+
+_DOC_FILE_REF = re.compile(
+    r"`((?:docker|serving|schemas|tests)/[\w./-]+\.(?:yml|yaml|py|md)|docker/Dockerfile)`"
+)
+
+
+def test_deploy_doc_references_existing_files() -> None:
+    text = DEPLOY_DOC.read_text(encoding="utf-8")
+    for ref in sorted(set(_DOC_FILE_REF.findall(text))):
+        assert (ROOT / ref).exists(), f"docs/deploy.md mentions {ref}, which does not exist"
+    for path in [*COMPOSE_FILES, *KUBE_FILES, HELM_VALUES, DOCKERFILE]:
+        assert str(path.relative_to(ROOT)) in text, (
+            f"docs/deploy.md does not mention {path.relative_to(ROOT)}"
+        )
+    for heading in ("Laptop", "GPU box", "Cluster", "Sizing"):
+        assert re.search(rf"^#+ .*{heading}", text, re.MULTILINE | re.IGNORECASE), f"no {heading} section"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--sync"]:
+        changed = sync_rayservice()
+        print(f"{RAYSERVICE.relative_to(ROOT)}: {'updated' if changed else 'already in sync'}")
+        sys.exit(0)
+    print(__doc__)
+    sys.exit(2)
