@@ -67,12 +67,22 @@ class SourceReport:
 
     read: int = 0
     skipped: list[Skipped] = field(default_factory=list)
+    # Blank captions are dropped from a record that is otherwise kept, so they are not "skipped".
+    dropped_captions: int = 0
 
     def skip(self, key: str, reason: str) -> None:
         self.skipped.append(Skipped(str(key), reason))
 
+    def reset(self) -> None:
+        """Forget everything, in place (a re-iterated source reports its latest pass only)."""
+        self.read = 0
+        self.skipped.clear()
+        self.dropped_captions = 0
+
     def __str__(self) -> str:
         lines = [f"read {self.read} records, skipped {len(self.skipped)}"]
+        if self.dropped_captions:
+            lines[0] += f", dropped {self.dropped_captions} blank captions"
         lines += [f"  skipped {s.key}: {s.reason}" for s in self.skipped[:20]]
         if len(self.skipped) > 20:
             lines.append(f"  ... and {len(self.skipped) - 20} more")

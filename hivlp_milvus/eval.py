@@ -1,0 +1,571 @@
+"""Image–text retrieval metrics: exact, chunked over queries, at the low, high and funnel level.
+
+Names follow open_clip (``image_to_text_R@1``, ``text_to_image_mean_rank`` ...). Every metric
+is computed from the 1-based rank of the *first relevant* gallery item of each query, where a
+text and an image are relevant to each other iff their groups are equal (a record's captions
+share its group; identical synthetic scenes share one too).
+
+Ties are pessimistic: an irrelevant item whose score equals the best relevant score ranks ahead
+of it, i.e. ``rank = 1 + #{irrelevant items with score >= best relevant score}``. A collapsed
+model (one constant vector) therefore gets rank ~N, never a flattering rank 1. Queries with no
+relevant item in the gallery are left out of their direction's metrics.
+
+The hierarchical funnel ranks, per query, the top ``coarse_k`` items by low score (the
+shortlist, taken with the same pessimistic tie rule, lower gallery index first within a class)
+by their high score; items outside the shortlist follow it in low-score order. With
+``coarse_k >= gallery size`` it is exactly high-only retrieval.
+
+Score matrices are never materialised whole: queries go in chunks of ``chunk_size`` rows, so peak
+memory is a few ``chunk_size × gallery`` float32 blocks (25k images × 125k captions fits in ~2 GB
+with the default 1024; a smaller ``chunk_size`` lowers that proportionally).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hivlp_milvus.errors import BadRecordError
+
+if TYPE_CHECKING:
+    from hivlp_milvus.data.record import Record
+    from hivlp_milvus.model.embedding import HierarchicalEmbedding
+
+DIRECTIONS = ("image_to_text", "text_to_image")
+
+
+# --------------------------------------------------------------------------- rank computation
+
+
+class _GroupIndex:
+    """The gallery positions of each group code, for gathering relevant pairs without a mask."""
+
+    def __init__(self, codes: np.ndarray, n_codes: int) -> None:
+        self.codes = codes
+        self.order = np.argsort(codes, kind="stable")
+        self.counts = np.bincount(codes, minlength=n_codes)
+        self.starts = np.cumsum(self.counts) - self.counts
+
+    def pairs(self, query_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row in chunk, gallery column) of every relevant pair of these queries."""
+        counts = self.counts[query_codes]
+        rows = np.repeat(np.arange(len(query_codes)), counts)
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        return rows, self.order[np.repeat(self.starts[query_codes], counts) + offsets]
+
+
+def _first_relevant_rank(scores: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Pessimistic 1-based rank of each row's best relevant column; 0 where a row has none."""
+    n = len(scores)
+    relevant = scores[rows, cols]
+    best = np.full(n, -np.inf, dtype=scores.dtype)
+    np.maximum.at(best, rows, relevant)
+    at_or_above = np.count_nonzero(scores >= best[:, None], axis=1)
+    relevant_at_or_above = np.bincount(rows[relevant >= best[rows]], minlength=n)
+    ranks = 1 + at_or_above - relevant_at_or_above
+    ranks[np.bincount(rows, minlength=n) == 0] = 0
+    return ranks
+
+
+def _is_relevant(
+    gallery_codes: np.ndarray, query_codes: np.ndarray, columns: np.ndarray | None = None
+) -> Callable[[int, np.ndarray], np.ndarray]:
+    """``check(row, positions)``: are these gallery positions (of ``columns[row]``) relevant to ``row``?"""
+
+    def check(row: int, positions: np.ndarray) -> np.ndarray:
+        cols = positions if columns is None else columns[row, positions]
+        return gallery_codes[cols] == query_codes[row]
+
+    return check
+
+
+def _shortlist(
+    low: np.ndarray, threshold: np.ndarray, k: int, relevant_of: Callable[[int, np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Gallery columns (chunk × k) of each row's top-``k`` low scores, pessimistic at the boundary."""
+    member = low >= threshold[:, None]
+    n_ge = np.count_nonzero(member, axis=1)
+    # Rows where several items tie at the k-th score: irrelevant ones enter first, by index.
+    for r in np.flatnonzero(n_ge > k):
+        tied = np.flatnonzero(low[r] == threshold[r])
+        n_gt = n_ge[r] - len(tied)
+        is_rel = relevant_of(r, tied)
+        chosen = np.concatenate([tied[~is_rel], tied[is_rel]])[: k - n_gt]
+        member[r, tied] = False
+        member[r, chosen] = True
+    return np.nonzero(member)[1].reshape(len(low), k)
+
+
+def _direction_ranks(
+    query: tuple[np.ndarray, np.ndarray | None],
+    gallery: tuple[np.ndarray, np.ndarray | None],
+    query_codes: np.ndarray,
+    index: _GroupIndex,
+    *,
+    coarse_ks: Sequence[int],
+    chunk_size: int,
+) -> dict[str, np.ndarray]:
+    """Ranks of every query at each level: ``low``, ``high`` and ``hier@K`` (+ ``survived@K``)."""
+    q_low, q_high = query
+    g_low, g_high = gallery
+    n_gallery = len(g_low)
+    out: dict[str, list[np.ndarray]] = {"low": []}
+    if q_high is not None:
+        out["high"] = []
+        for k in coarse_ks:
+            out[f"hier@{k}"], out[f"survived@{k}"] = [], []
+    partial_ks = sorted({k for k in coarse_ks if k < n_gallery})
+    for start in range(0, len(q_low), chunk_size):
+        codes = query_codes[start : start + chunk_size]
+        rows, cols = index.pairs(codes)
+        low = q_low[start : start + chunk_size] @ g_low.T
+        low_rank = _first_relevant_rank(low, rows, cols)
+        out["low"].append(low_rank)
+        if q_high is None:
+            continue
+        high = q_high[start : start + chunk_size] @ g_high.T
+        out["high"].append(_first_relevant_rank(high, rows, cols))
+        if partial_ks:
+            # One pass over the full block for the largest shortlist; smaller shortlists are
+            # prefixes of it under the same tie order, so they are cut from its candidates.
+            k_max = partial_ks[-1]
+            threshold = np.partition(low, n_gallery - k_max, axis=1)[:, n_gallery - k_max]
+            candidates = _shortlist(low, threshold, k_max, _is_relevant(index.codes, codes))
+            candidate_low = np.take_along_axis(low, candidates, axis=1)
+        for k in coarse_ks:
+            if k >= n_gallery:  # the shortlist is the whole gallery: pure high-level ranking
+                out[f"hier@{k}"].append(out["high"][-1])
+                out[f"survived@{k}"].append(low_rank > 0)
+                continue
+            cols_k = candidates
+            if k < k_max:
+                threshold = np.partition(candidate_low, k_max - k, axis=1)[:, k_max - k]
+                relevant_of = _is_relevant(index.codes, codes, candidates)
+                cols_k = np.take_along_axis(
+                    candidates, _shortlist(candidate_low, threshold, k, relevant_of), axis=1
+                )
+            high_k = np.take_along_axis(high, cols_k, axis=1)
+            rel_k = index.codes[cols_k] == codes[:, None]
+            survived = rel_k.any(axis=1)
+            best = np.where(rel_k, high_k, -np.inf).max(axis=1)
+            ahead = np.count_nonzero((high_k >= best[:, None]) & ~rel_k, axis=1)
+            # A first relevant item cut by the coarse stage keeps its low rank (> k): the items
+            # outside the shortlist follow it in low-score order.
+            out[f"hier@{k}"].append(np.where(survived, 1 + ahead, low_rank))
+            out[f"survived@{k}"].append(survived)
+        del low, high
+    return {
+        name: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64) for name, parts in out.items()
+    }
+
+
+def _metrics(ranks: dict[str, np.ndarray], ks: Sequence[int]) -> dict[str, float]:
+    """open_clip-style metrics from the rank arrays of both directions (0 = no relevant item)."""
+    result: dict[str, float] = {}
+    recalls = []
+    for direction in DIRECTIONS:
+        r = ranks[direction]
+        r = r[r > 0]
+        if len(r) == 0:
+            raise ValueError(
+                f"no {direction.split('_to_')[0]} query has a relevant item in the gallery; "
+                "check that image and text groups match"
+            )
+        for k in ks:
+            result[f"{direction}_R@{k}"] = float(np.mean(r <= k))
+            recalls.append(result[f"{direction}_R@{k}"])
+        result[f"{direction}_mean_rank"] = float(np.mean(r))
+        result[f"{direction}_median_rank"] = float(np.median(r))
+    result["AR"] = float(np.mean(recalls))
+    return result
+
+
+def _prepare(
+    image_groups: Sequence[Any], text_groups: Sequence[Any]
+) -> tuple[np.ndarray, np.ndarray, _GroupIndex, _GroupIndex]:
+    table: dict[Any, int] = {}
+    image_codes = np.fromiter((table.setdefault(g, len(table)) for g in image_groups), dtype=np.int64)
+    text_codes = np.fromiter((table.setdefault(g, len(table)) for g in text_groups), dtype=np.int64)
+    return image_codes, text_codes, _GroupIndex(image_codes, len(table)), _GroupIndex(text_codes, len(table))
+
+
+def _as_matrix(x: Any, name: str) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().float().cpu().numpy()
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-d (items, dim) array, got shape {x.shape}")
+    return x
+
+
+def _check(
+    n_images: int,
+    n_texts: int,
+    image_groups: Sequence[Any],
+    text_groups: Sequence[Any],
+    ks: Sequence[int],
+    chunk_size: int,
+) -> None:
+    if len(image_groups) != n_images or len(text_groups) != n_texts:
+        raise ValueError(
+            f"{n_images} images / {n_texts} texts but {len(image_groups)} image groups / "
+            f"{len(text_groups)} text groups"
+        )
+    if not ks or min(ks) < 1 or chunk_size < 1:
+        raise ValueError(
+            f"ks must be positive and chunk_size >= 1, got ks={tuple(ks)}, chunk_size={chunk_size}"
+        )
+
+
+# --------------------------------------------------------------------------- public metrics
+
+
+def retrieval_metrics(
+    image_feats: Any,
+    text_feats: Any,
+    image_groups: Sequence[Any],
+    text_groups: Sequence[Any],
+    *,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Exact single-level retrieval metrics, both directions, chunked over queries.
+
+    Args:
+        image_feats: ``(n_images, d)`` array (numpy or torch); scores are dot products.
+        text_feats: ``(n_texts, d)`` array.
+        image_groups: relevance group of each image; text ``i`` is relevant to image ``j`` iff
+            ``text_groups[i] == image_groups[j]``.
+        text_groups: relevance group of each text.
+        ks: the cut-offs of ``R@k``.
+        chunk_size: queries scored at once (memory ~ ``chunk_size × gallery`` floats).
+
+    Returns:
+        ``{image_to_text,text_to_image}_R@{k}``, ``..._mean_rank``, ``..._median_rank`` (1-based
+        rank of the first relevant item, pessimistic ties) and ``AR``, the mean of all the recalls.
+
+    Raises:
+        ValueError: mismatched lengths or dims, bad ``ks``, or a direction without any query that
+            has a relevant item.
+    """
+    images, texts = _as_matrix(image_feats, "image_feats"), _as_matrix(text_feats, "text_feats")
+    _check(len(images), len(texts), image_groups, text_groups, ks, chunk_size)
+    image_codes, text_codes, image_index, text_index = _prepare(image_groups, text_groups)
+    ranks = {
+        "image_to_text": _direction_ranks(
+            (images, None), (texts, None), image_codes, text_index, coarse_ks=(), chunk_size=chunk_size
+        )["low"],
+        "text_to_image": _direction_ranks(
+            (texts, None), (images, None), text_codes, image_index, coarse_ks=(), chunk_size=chunk_size
+        )["low"],
+    }
+    return _metrics(ranks, ks)
+
+
+def _all_levels(
+    image: HierarchicalEmbedding,
+    text: HierarchicalEmbedding,
+    image_groups: Sequence[Any],
+    text_groups: Sequence[Any],
+    coarse_ks: Sequence[int],
+    ks: Sequence[int],
+    chunk_size: int,
+) -> dict[str, dict[str, float]]:
+    i_low, i_high = _as_matrix(image.low, "image.low"), _as_matrix(image.high, "image.high")
+    t_low, t_high = _as_matrix(text.low, "text.low"), _as_matrix(text.high, "text.high")
+    _check(len(i_low), len(t_low), image_groups, text_groups, ks, chunk_size)
+    if len(i_high) != len(i_low) or len(t_high) != len(t_low):
+        raise ValueError("low and high embeddings must have the same number of rows")
+    if not coarse_ks or min(coarse_ks) < 1:
+        raise ValueError(f"coarse_ks must be positive, got {tuple(coarse_ks)}")
+    image_codes, text_codes, image_index, text_index = _prepare(image_groups, text_groups)
+    ranks = {
+        "image_to_text": _direction_ranks(
+            (i_low, i_high),
+            (t_low, t_high),
+            image_codes,
+            text_index,
+            coarse_ks=coarse_ks,
+            chunk_size=chunk_size,
+        ),
+        "text_to_image": _direction_ranks(
+            (t_low, t_high),
+            (i_low, i_high),
+            text_codes,
+            image_index,
+            coarse_ks=coarse_ks,
+            chunk_size=chunk_size,
+        ),
+    }
+    rows: dict[str, dict[str, float]] = {}
+    for level in ["low", "high"] + [f"hier@{k}" for k in coarse_ks]:
+        rows[level] = _metrics({d: ranks[d][level] for d in DIRECTIONS}, ks)
+    for k in coarse_ks:
+        row = rows[f"hier@{k}"]
+        for d in DIRECTIONS:
+            valid = ranks[d]["low"] > 0
+            row[f"{d}_shortlist_recall"] = float(np.mean(ranks[d][f"survived@{k}"][valid]))
+        row["shortlist_recall"] = (
+            row["image_to_text_shortlist_recall"] + row["text_to_image_shortlist_recall"]
+        ) / 2
+    return rows
+
+
+def hierarchical_metrics(
+    image: HierarchicalEmbedding,
+    text: HierarchicalEmbedding,
+    image_groups: Sequence[Any],
+    text_groups: Sequence[Any],
+    *,
+    coarse_k: int,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Metrics of the coarse-to-fine funnel: shortlist ``coarse_k`` by low score, re-rank by high.
+
+    Args:
+        image: image embeddings (anything with ``.low`` and ``.high`` row-aligned arrays).
+        text: text embeddings.
+        image_groups: relevance group of each image (see :func:`retrieval_metrics`).
+        text_groups: relevance group of each text.
+        coarse_k: shortlist size of the coarse stage.
+        ks: the cut-offs of ``R@k``.
+        chunk_size: queries scored at once.
+
+    Returns:
+        The keys of :func:`retrieval_metrics` for the funnel's ranking, plus
+        ``{image_to_text,text_to_image}_shortlist_recall`` (fraction of queries whose first
+        relevant item survives the coarse stage) and ``shortlist_recall``, their mean.
+    """
+    return _all_levels(image, text, image_groups, text_groups, (coarse_k,), ks, chunk_size)[
+        f"hier@{coarse_k}"
+    ]
+
+
+# --------------------------------------------------------------------------- the table
+
+
+_SHORT = {"image_to_text": "i2t", "text_to_image": "t2i"}
+
+
+@dataclass
+class EvalTable:
+    """Retrieval metrics per level (``low``, ``high``, ``hier@K`` ...) with how they were measured.
+
+    Attributes:
+        rows: ``{row name: {metric name: value}}``; recalls are fractions in [0, 1].
+        meta: gallery sizes, dims, coarse_ks, model fingerprint, skipped records...
+    """
+
+    rows: dict[str, dict[str, float]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def format(self) -> str:
+        """An aligned text table: R@1/5/10 both directions, AR, AR relative to high, shortlist recall (%)."""
+        keys = dict.fromkeys(key for row in self.rows.values() for key in row)
+        ks = [key.rsplit("@", 1)[1] for key in keys if key.startswith("image_to_text_R@")]
+        columns = [(f"{d}_R@{k}", f"{short} R@{k}") for d, short in _SHORT.items() for k in ks]
+        header = ["level"] + [label for _, label in columns] + ["AR", "AR/high", "shortlist"]
+        high_ar = self.rows.get("high", {}).get("AR")
+        lines = []
+        for name, row in self.rows.items():
+            cells = [name] + [_pct(row.get(key)) for key, _ in columns] + [_pct(row.get("AR"))]
+            cells.append(_pct(row["AR"] / high_ar) if high_ar and "AR" in row else "-")
+            cells.append(_pct(row.get("shortlist_recall")))
+            lines.append(cells)
+        widths = [max(len(str(c)) for c in col) for col in zip(header, *lines, strict=True)]
+
+        def fmt(cells: list[str]) -> str:
+            return "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+
+        out = [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(c) for c in lines]
+        if self.meta.get("n_images") is not None:
+            out.append(f"({self.meta['n_images']} images, {self.meta.get('n_texts')} captions; recalls in %)")
+        return "\n".join(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalTable:
+        return cls(rows=dict(data["rows"]), meta=dict(data.get("meta", {})))
+
+    def save_json(self, path: str | Path) -> Path:
+        """Write :meth:`to_dict` as indented JSON (parent directories created); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+        return path
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def evaluate_embeddings(
+    image_emb: HierarchicalEmbedding,
+    text_emb: HierarchicalEmbedding,
+    image_groups: Sequence[Any],
+    text_groups: Sequence[Any],
+    *,
+    coarse_ks: Sequence[int] = (10, 50, 100),
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int = 1024,
+) -> EvalTable:
+    """Low-only, high-only and funnel metrics of precomputed embeddings, side by side.
+
+    One pass over the query chunks computes every row (each score block is computed once).
+
+    Args:
+        image_emb: image embeddings (``.low`` / ``.high``).
+        text_emb: text embeddings.
+        image_groups: relevance group of each image.
+        text_groups: relevance group of each text.
+        coarse_ks: shortlist sizes, one ``hier@K`` row each.
+        ks: the cut-offs of ``R@k``.
+        chunk_size: queries scored at once.
+
+    Returns:
+        An :class:`EvalTable` with rows ``low``, ``high``, ``hier@K``...
+    """
+    rows = _all_levels(
+        image_emb, text_emb, image_groups, text_groups, tuple(coarse_ks), tuple(ks), chunk_size
+    )
+    meta = {
+        "n_images": len(image_groups),
+        "n_texts": len(text_groups),
+        "low_dim": int(np.shape(image_emb.low)[1]),
+        "high_dim": int(np.shape(image_emb.high)[1]),
+        "coarse_ks": list(coarse_ks),
+        "ks": list(ks),
+        "tie_rule": "pessimistic",
+    }
+    return EvalTable(rows=rows, meta=meta)
+
+
+# --------------------------------------------------------------------------- a model on records
+
+
+def _embed_images(
+    model: Any, images: list[Any], batch_size: int, progress: bool
+) -> tuple[list[Any], list[int]]:
+    """Embed in batches; a batch that fails on a bad image is retried item by item to skip just it."""
+    from tqdm.auto import tqdm
+
+    parts, kept = [], []
+    for start in tqdm(
+        range(0, len(images), batch_size), desc="embed images", disable=not progress, unit="batch"
+    ):
+        batch = images[start : start + batch_size]
+        try:
+            parts.append(model.embed_images(batch, batch_size=batch_size))
+            kept.extend(range(start, start + len(batch)))
+        except BadRecordError:
+            for offset, image in enumerate(batch):
+                try:
+                    parts.append(model.embed_images([image], batch_size=1))
+                    kept.append(start + offset)
+                except BadRecordError:
+                    continue
+    return parts, kept
+
+
+def _embed_texts(model: Any, texts: list[str], batch_size: int, progress: bool) -> list[Any]:
+    from tqdm.auto import tqdm
+
+    step = batch_size * 8  # several model batches per call: fewer Python round trips, same memory bound
+    return [
+        model.embed_texts(texts[s : s + step], batch_size=batch_size)
+        for s in tqdm(range(0, len(texts), step), desc="embed texts", disable=not progress, unit="chunk")
+    ]
+
+
+@dataclass(frozen=True)
+class _Levels:
+    """Both levels of many batches (the shape of ``HierarchicalEmbedding``, without importing torch)."""
+
+    low: np.ndarray
+    high: np.ndarray
+
+
+def _concat(parts: list[Any]) -> _Levels:
+    return _Levels(
+        np.concatenate([_as_matrix(p.low, "low") for p in parts]),
+        np.concatenate([_as_matrix(p.high, "high") for p in parts]),
+    )
+
+
+def evaluate(
+    model: Any,
+    records: Iterable[Record],
+    *,
+    coarse_ks: Sequence[int] = (10, 50, 100),
+    ks: Sequence[int] = (1, 5, 10),
+    batch_size: int = 64,
+    text_batch_size: int = 256,
+    chunk_size: int = 1024,
+    progress: bool = True,
+) -> EvalTable:
+    """Embed records' images and all their captions with ``model`` and measure retrieval.
+
+    Each image is a gallery item for text queries; each caption is a gallery item for image
+    queries; relevance is ``record.relevance_group``. Records without an image and records
+    whose image cannot be loaded are left out (counted in ``meta["skipped"]``).
+
+    Args:
+        model: anything with ``embed_images(images, batch_size=)`` and ``embed_texts(texts,
+            batch_size=)`` returning numpy ``HierarchicalEmbedding`` (e.g. ``HiVLP``).
+        records: the evaluation records (a list, or a source from ``load_source``).
+        coarse_ks: shortlist sizes of the funnel rows.
+        ks: the cut-offs of ``R@k``.
+        batch_size: images per model call.
+        text_batch_size: captions per model batch.
+        chunk_size: queries scored at once.
+        progress: tqdm bars while embedding.
+
+    Returns:
+        The :class:`EvalTable` of :func:`evaluate_embeddings`, with the model fingerprint and
+        what was skipped in ``meta``.
+
+    Raises:
+        ValueError: no record has both an image and a caption.
+    """
+    from hivlp_milvus.data.record import Record
+
+    usable: list[Record] = []
+    skipped: list[str] = []
+    for record in records:
+        if not isinstance(record, Record) or record.image is None:
+            skipped.append(f"{getattr(record, 'id', '?')}: no image")
+            continue
+        usable.append(record)
+    parts, kept = _embed_images(model, [r.image for r in usable], batch_size, progress)
+    skipped += [
+        f"{usable[i].id}: image could not be loaded" for i in sorted(set(range(len(usable))) - set(kept))
+    ]
+    usable = [usable[i] for i in kept]
+    texts = [c for r in usable for c in r.captions]
+    if not usable or not texts:
+        raise ValueError("evaluation needs at least one record with both an image and a caption")
+    image_emb = _concat(parts)
+    text_emb = _concat(_embed_texts(model, texts, text_batch_size, progress))
+    image_groups = [r.relevance_group for r in usable]
+    text_groups = [r.relevance_group for r in usable for _ in r.captions]
+    table = evaluate_embeddings(
+        image_emb, text_emb, image_groups, text_groups, coarse_ks=coarse_ks, ks=ks, chunk_size=chunk_size
+    )
+    table.meta["model_fingerprint"] = getattr(model, "fingerprint", None)
+    table.meta["skipped"] = len(skipped)
+    table.meta["skipped_examples"] = skipped[:20]
+    return table

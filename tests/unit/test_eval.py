@@ -1,0 +1,414 @@
+"""Retrieval metrics: chunked == an independent full-matrix reference, funnel edge cases, evaluate()."""
+
+from __future__ import annotations
+
+import json
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from hivlp_milvus.cli import build_parser
+from hivlp_milvus.data import Record
+from hivlp_milvus.errors import BadRecordError
+from hivlp_milvus.eval import (
+    EvalTable,
+    evaluate,
+    evaluate_embeddings,
+    hierarchical_metrics,
+    retrieval_metrics,
+)
+
+# --------------------------------------------------------------------------- reference (full matrix)
+
+
+def _ref_order(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """Gallery indices by score desc; ties: irrelevant before relevant, then lower index first."""
+    return np.lexsort((np.arange(len(scores)), relevant.astype(int), -scores))
+
+
+def _ref_first_rank(order: np.ndarray, relevant: np.ndarray) -> int:
+    hits = np.flatnonzero(relevant[order])
+    return int(hits[0]) + 1 if len(hits) else 0
+
+
+def _ref_ranks(q_low, q_high, g_low, g_high, q_groups, g_groups, coarse_k=None):
+    """Rank per query by full sorting: single level (q_high None) or the funnel."""
+    g_groups = np.asarray(g_groups, dtype=object)
+    low_scores = q_low.astype(np.float64) @ g_low.T.astype(np.float64)
+    high_scores = None if q_high is None else q_high.astype(np.float64) @ g_high.T.astype(np.float64)
+    ranks, survived = [], []
+    for i, group in enumerate(q_groups):
+        relevant = g_groups == group
+        order = _ref_order(low_scores[i], relevant)
+        if coarse_k is not None:
+            head, tail = order[:coarse_k], order[coarse_k:]
+            head = head[_ref_order(high_scores[i][head], relevant[head])]
+            survived.append(bool(relevant[head].any()))
+            order = np.concatenate([head, tail])
+        ranks.append(_ref_first_rank(order, relevant))
+    return np.array(ranks), np.array(survived)
+
+
+def _ref_metrics(image_feats, text_feats, image_groups, text_groups, ks=(1, 5, 10), high=None, coarse_k=None):
+    out, recalls = {}, []
+    i_high, t_high = high if high is not None else (None, None)
+    directions = {
+        "image_to_text": (image_feats, i_high, text_feats, t_high, image_groups, text_groups),
+        "text_to_image": (text_feats, t_high, image_feats, i_high, text_groups, image_groups),
+    }
+    for name, (ql, qh, gl, gh, qg, gg) in directions.items():
+        ranks, survived = _ref_ranks(ql, qh, gl, gh, qg, gg, coarse_k)
+        valid = ranks > 0
+        for k in ks:
+            out[f"{name}_R@{k}"] = float(np.mean(ranks[valid] <= k))
+            recalls.append(out[f"{name}_R@{k}"])
+        out[f"{name}_mean_rank"] = float(np.mean(ranks[valid]))
+        out[f"{name}_median_rank"] = float(np.median(ranks[valid]))
+        if coarse_k is not None:
+            out[f"{name}_shortlist_recall"] = float(np.mean(survived[valid]))
+    out["AR"] = float(np.mean(recalls))
+    return out
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def _quantised(rng: np.random.Generator, shape: tuple[int, int], step: float = 1 / 64) -> np.ndarray:
+    # Multiples of 1/64 in [-2, 2] with d <= 32: every dot product is exact in float32 and float64,
+    # so the chunked code and the reference see identical scores (and identical ties).
+    return (np.round(rng.normal(size=shape).clip(-2, 2) / step) * step).astype(np.float32)
+
+
+def _make_dataset(seed: int = 0, n_images: int = 60, coarse_levels: int = 3):
+    """Multi-caption images (0–4 captions), duplicate groups, a caption-less image, noisy texts."""
+    rng = np.random.default_rng(seed)
+    image_groups = [f"g{i % 45}" for i in range(n_images)]  # 15 groups appear twice: duplicate content
+    caps = rng.integers(0, 5, size=n_images)
+    caps[0] = 0  # an image with no caption: its image->text query has no relevant item
+    text_groups = [g for g, c in zip(image_groups, caps, strict=True) for _ in range(c)]
+    high_i = _quantised(rng, (n_images, 24))
+    owners = np.repeat(np.arange(n_images), caps)
+    high_t = (np.round((high_i[owners] + _quantised(rng, (len(owners), 24))) * 32) / 64).astype(np.float32)
+    low_i, low_t = high_i[:, :coarse_levels].copy(), high_t[:, :coarse_levels].copy()
+    return (low_i, high_i), (low_t, high_t), image_groups, text_groups
+
+
+def _assert_same(got: dict, want: dict) -> None:
+    assert set(want) <= set(got)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key
+
+
+# --------------------------------------------------------------------------- chunked == full
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 10_000])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_retrieval_metrics_chunked_equals_full_reference(chunk_size, seed):
+    (_, high_i), (_, high_t), image_groups, text_groups = _make_dataset(seed)
+    got = retrieval_metrics(high_i, high_t, image_groups, text_groups, chunk_size=chunk_size)
+    want = _ref_metrics(high_i, high_t, image_groups, text_groups)
+    _assert_same(got, want)
+    assert 0 < got["AR"] < 1  # neither trivial nor perfect: the check has something to compare
+
+
+@pytest.mark.parametrize("chunk_size", [3, 50, 1000])
+def test_ties_are_pessimistic_and_chunk_independent(chunk_size):
+    rng = np.random.default_rng(5)
+    # Coarse integer features: many exactly equal scores, including across relevant/irrelevant.
+    images = rng.integers(-1, 2, size=(40, 3)).astype(np.float32)
+    texts = np.repeat(images, 2, axis=0) + rng.integers(-1, 2, size=(80, 3)).astype(np.float32)
+    groups = [f"g{i}" for i in range(40)]
+    text_groups = [g for g in groups for _ in range(2)]
+    got = retrieval_metrics(images, texts, groups, text_groups, chunk_size=chunk_size)
+    _assert_same(got, _ref_metrics(images, texts, groups, text_groups))
+
+
+def test_collapsed_embedding_scores_worst_not_best():
+    n = 20
+    images, texts = np.ones((n, 4), np.float32), np.ones((n, 4), np.float32)
+    groups = [str(i) for i in range(n)]
+    got = retrieval_metrics(images, texts, groups, groups)
+    assert got["image_to_text_R@10"] == 0.0
+    assert got["text_to_image_mean_rank"] == n  # every other item ties and ranks ahead
+
+
+def test_perfect_embedding_and_duplicate_groups():
+    eye = np.eye(6, dtype=np.float32)
+    # Images 0 and 3 share a group: a text of that group is "found" by either image.
+    image_groups = ["a", "b", "c", "a", "d", "e"]
+    got = retrieval_metrics(eye, eye, image_groups, image_groups, ks=(1,))
+    assert got["image_to_text_R@1"] == 1.0
+    assert got["text_to_image_R@1"] == 1.0
+    assert got["AR"] == 1.0
+
+
+# --------------------------------------------------------------------------- the funnel
+
+
+@pytest.mark.parametrize("coarse_k", [1, 4, 17, 59])
+@pytest.mark.parametrize("chunk_size", [5, 1024])
+def test_hierarchical_equals_full_reference(coarse_k, chunk_size):
+    (low_i, high_i), (low_t, high_t), image_groups, text_groups = _make_dataset(seed=3, coarse_levels=2)
+    image, text = SimpleNamespace(low=low_i, high=high_i), SimpleNamespace(low=low_t, high=high_t)
+    got = hierarchical_metrics(
+        image, text, image_groups, text_groups, coarse_k=coarse_k, chunk_size=chunk_size
+    )
+    # Text->image galleries (60) are larger than coarse_k except at 59+; image->text has ~120 texts.
+    want = _ref_metrics(low_i, low_t, image_groups, text_groups, high=(high_i, high_t), coarse_k=coarse_k)
+    _assert_same(got, want)
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_hierarchical_shortlist_ties_match_reference(seed):
+    # Low vectors with few distinct values: many items tie at the shortlist boundary, so which of
+    # them enter the shortlist (irrelevant first, then by index) decides the funnel's ranks.
+    rng = np.random.default_rng(seed)
+    n = 30
+    high_i = _quantised(rng, (n, 8))
+    noisy = np.repeat(high_i, 2, axis=0) + _quantised(rng, (2 * n, 8))
+    high_t = (np.round(noisy * 32) / 64).astype(np.float32)
+    low_i = rng.integers(-1, 2, size=(n, 2)).astype(np.float32)
+    low_t = np.repeat(low_i, 2, axis=0) * rng.integers(0, 2, size=(2 * n, 1)).astype(np.float32)
+    groups = [f"g{i % 24}" for i in range(n)]
+    text_groups = [g for g in groups for _ in range(2)]
+    image, text = SimpleNamespace(low=low_i, high=high_i), SimpleNamespace(low=low_t, high=high_t)
+    # All shortlist sizes in one pass (smaller ones are cut from the largest), and each alone.
+    table = evaluate_embeddings(image, text, groups, text_groups, coarse_ks=(2, 5, 11, 29), chunk_size=7)
+    for coarse_k in (2, 5, 11, 29):
+        want = _ref_metrics(low_i, low_t, groups, text_groups, high=(high_i, high_t), coarse_k=coarse_k)
+        _assert_same(table.rows[f"hier@{coarse_k}"], want)
+        alone = hierarchical_metrics(image, text, groups, text_groups, coarse_k=coarse_k, chunk_size=64)
+        assert alone == table.rows[f"hier@{coarse_k}"]
+
+
+def test_hierarchical_with_full_shortlist_is_high_only_exactly():
+    (low_i, high_i), (low_t, high_t), image_groups, text_groups = _make_dataset(seed=4)
+    image, text = SimpleNamespace(low=low_i, high=high_i), SimpleNamespace(low=low_t, high=high_t)
+    high_only = retrieval_metrics(high_i, high_t, image_groups, text_groups)
+    for coarse_k in (len(text_groups), 10_000):
+        hier = hierarchical_metrics(image, text, image_groups, text_groups, coarse_k=coarse_k, chunk_size=9)
+        assert {k: hier[k] for k in high_only} == high_only
+        assert hier["shortlist_recall"] == 1.0
+    # And a shortlist of one is low-only retrieval at R@1.
+    low_only = retrieval_metrics(low_i, low_t, image_groups, text_groups)
+    one = hierarchical_metrics(image, text, image_groups, text_groups, coarse_k=1)
+    assert one["image_to_text_R@1"] == low_only["image_to_text_R@1"]
+
+
+def test_evaluate_embeddings_rows_and_shortlist_recall_is_low_recall_at_k():
+    (low_i, high_i), (low_t, high_t), image_groups, text_groups = _make_dataset(seed=2)
+    image, text = SimpleNamespace(low=low_i, high=high_i), SimpleNamespace(low=low_t, high=high_t)
+    table = evaluate_embeddings(image, text, image_groups, text_groups, coarse_ks=(5, 10), ks=(1, 5, 10))
+    assert list(table.rows) == ["low", "high", "hier@5", "hier@10"]
+    assert table.rows["low"] == retrieval_metrics(low_i, low_t, image_groups, text_groups)
+    assert table.rows["high"] == retrieval_metrics(high_i, high_t, image_groups, text_groups)
+    for k in (5, 10):
+        for direction in ("image_to_text", "text_to_image"):
+            # With exact search, the first relevant item survives a top-k shortlist iff low R@k hits it.
+            assert (
+                table.rows[f"hier@{k}"][f"{direction}_shortlist_recall"]
+                == table.rows["low"][f"{direction}_R@{k}"]
+            )
+    assert table.meta["low_dim"] == 3
+    assert table.meta["high_dim"] == 24
+
+
+def test_bad_inputs_raise():
+    feats = np.zeros((3, 2), np.float32)
+    with pytest.raises(ValueError, match="groups"):
+        retrieval_metrics(feats, feats, ["a", "b"], ["a", "b", "c"])
+    with pytest.raises(ValueError, match="relevant"):
+        retrieval_metrics(feats, feats, ["a", "b", "c"], ["x", "y", "z"])
+    with pytest.raises(ValueError, match="2-d"):
+        retrieval_metrics(np.zeros(3), feats, ["a", "b", "c"], ["a", "b", "c"])
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def test_eval_table_format_and_json_round_trip(tmp_path):
+    (low_i, high_i), (low_t, high_t), image_groups, text_groups = _make_dataset(seed=6)
+    table = evaluate_embeddings(
+        SimpleNamespace(low=low_i, high=high_i),
+        SimpleNamespace(low=low_t, high=high_t),
+        image_groups,
+        text_groups,
+        coarse_ks=(10,),
+    )
+    text = table.format()
+    lines = text.splitlines()
+    assert lines[0].split()[:4] == ["level", "i2t", "R@1", "i2t"]
+    assert [line.split()[0] for line in lines[2:5]] == ["low", "high", "hier@10"]
+    assert len({len(line) for line in lines[:5]}) == 1  # aligned columns
+    assert f"{100 * table.rows['high']['AR']:.2f}" in lines[3]
+    path = table.save_json(tmp_path / "sub" / "eval.json")
+    loaded = EvalTable.from_dict(json.loads(path.read_text()))
+    assert loaded.rows == table.rows
+    assert loaded.meta == table.meta
+
+
+# --------------------------------------------------------------------------- evaluate(model, records)
+
+
+class ProjectionModelDouble:
+    """Test double of the HiVLP embedding interface (``embed_images`` / ``embed_texts``).
+
+    Images are small uint8 arrays whose pixels encode a scene id; texts say "scene N". Both map to a
+    fixed random vector of N (plus a little per-modality noise), so retrieval is good but not perfect.
+    """
+
+    fingerprint = "double-0"
+
+    def __init__(self, n_scenes: int = 50, low_dim: int = 4, high_dim: int = 16) -> None:
+        rng = np.random.default_rng(0)
+        self.codes = rng.normal(size=(n_scenes, high_dim)).astype(np.float32)
+        self.low_proj = rng.normal(size=(high_dim, low_dim)).astype(np.float32)
+        self.calls: list[int] = []
+
+    def _embed(self, ids: list[int], salt: int) -> SimpleNamespace:
+        # Noise per (modality, id), not per batch: the result must not depend on how items are batched.
+        noise = np.stack([np.random.default_rng([salt, i]).normal(size=self.codes.shape[1]) for i in ids])
+        high = self.codes[ids] + 0.3 * noise.astype(np.float32)
+        low = high @ self.low_proj
+        norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+        return SimpleNamespace(low=norm(low).astype(np.float32), high=norm(high).astype(np.float32))
+
+    def embed_images(self, images, batch_size=64):
+        self.calls.append(len(images))
+        if any(isinstance(im, str) and im == "broken" for im in images):
+            raise BadRecordError("cannot decode image 'broken'")
+        return self._embed([int(im[0, 0, 0]) for im in images], salt=1)
+
+    def embed_texts(self, texts, batch_size=256):
+        return self._embed([int(t.split()[-1]) for t in texts], salt=2)
+
+
+def _records(n: int) -> list[Record]:
+    records = []
+    for i in range(n):
+        image = np.full((2, 2, 3), i % 50, dtype=np.uint8)
+        records.append(
+            Record(id=f"r{i}", image=image, captions=[f"scene {i % 50}"] * (1 + i % 3), group=f"s{i % 50}")
+        )
+    return records
+
+
+def test_evaluate_with_model_double_matches_evaluate_embeddings():
+    records = _records(70)
+    model = ProjectionModelDouble()
+    table = evaluate(model, records, coarse_ks=(5, 200), batch_size=16, progress=False)
+    assert model.calls == [16, 16, 16, 16, 6]
+    images = model.embed_images([r.image for r in records])
+    texts = model.embed_texts([c for r in records for c in r.captions])
+    groups = [r.group for r in records]
+    direct = evaluate_embeddings(
+        images, texts, groups, [r.group for r in records for _ in r.captions], coarse_ks=(5, 200)
+    )
+    assert table.rows == direct.rows
+    assert table.meta["model_fingerprint"] == "double-0"
+    assert table.meta["skipped"] == 0
+    assert table.rows["high"]["AR"] > table.rows["low"]["AR"]  # 16-d beats 4-d on this double
+
+
+def test_evaluate_skips_unloadable_images_and_text_only_records():
+    records = _records(12)
+    records[3] = Record(id="bad", image="broken", captions=["scene 3"], group="s3")
+    records.append(Record(id="text-only", captions=["scene 1"]))
+    table = evaluate(ProjectionModelDouble(), records, coarse_ks=(5,), batch_size=4, progress=False)
+    assert table.meta["skipped"] == 2
+    assert table.meta["n_images"] == 11
+    assert any("bad" in s for s in table.meta["skipped_examples"])
+
+
+def test_eval_command_parses():
+    args = build_parser().parse_args(
+        [
+            "eval",
+            "--model",
+            "ckpt",
+            "--data",
+            "data/test",
+            "--coarse-k",
+            "10",
+            "20",
+            "--limit",
+            "5",
+            "--json",
+            "o.json",
+        ]
+    )
+    assert args.command == "eval"
+    assert args.func.__module__ == "hivlp_milvus.commands.eval"
+    assert args.coarse_k == [10, 20]
+    assert args.limit == 5
+    assert str(args.json_out) == "o.json"
+    assert args.split is None
+    assert args.ks == [1, 5, 10]
+
+
+class PixelProjectionModelDouble:
+    """Test double of the HiVLP checkpoint interface for the CLI: fixed random projections of
+    4×4-downsampled pixels (images) and of hashed bag-of-words counts (texts)."""
+
+    fingerprint = "pixel-double"
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        self.image_proj = rng.normal(size=(48, 16)).astype(np.float32)
+        self.text_proj = rng.normal(size=(64, 16)).astype(np.float32)
+
+    @classmethod
+    def from_pretrained(cls, path):
+        cls.loaded_from = path
+        return cls()
+
+    @staticmethod
+    def _levels(x: np.ndarray) -> SimpleNamespace:
+        high = x / np.linalg.norm(x, axis=1, keepdims=True)
+        low = high[:, :4] / np.linalg.norm(high[:, :4], axis=1, keepdims=True)
+        return SimpleNamespace(low=low.astype(np.float32), high=high.astype(np.float32))
+
+    def embed_images(self, images, batch_size=64):
+        from PIL import Image
+
+        pixels = [np.asarray(Image.open(p).convert("RGB").resize((4, 4)), np.float32).ravel() for p in images]
+        return self._levels(np.stack(pixels) @ self.image_proj)
+
+    def embed_texts(self, texts, batch_size=256):
+        counts = np.zeros((len(texts), 64), np.float32)
+        for i, text in enumerate(texts):
+            for word in text.split():
+                counts[i, sum(map(ord, word)) % 64] += 1
+        return self._levels(counts @ self.text_proj + 1e-3)
+
+
+def test_eval_command_runs_with_a_model_double(tmp_path, monkeypatch, capsys):
+    from hivlp_milvus.cli import main
+    from hivlp_milvus.data import synthetic
+
+    synthetic.write_splits(tmp_path / "data", {"train": 2, "test": 20}, progress=False)
+    monkeypatch.setitem(sys.modules, "hivlp_milvus.model", SimpleNamespace(HiVLP=PixelProjectionModelDouble))
+    out_json = tmp_path / "out" / "eval.json"
+    argv = [
+        "eval",
+        "--model",
+        str(tmp_path / "ckpt"),
+        "--data",
+        str(tmp_path / "data"),
+        "--coarse-k",
+        "3",
+        "500",
+    ]
+    assert main([*argv, "--json", str(out_json), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "hier@3" in printed
+    assert "read 20 records" in printed  # the test split was chosen by default
+    saved = json.loads(out_json.read_text())
+    assert list(saved["rows"]) == ["low", "high", "hier@3", "hier@500"]
+    assert saved["meta"]["n_texts"] == 100
+    assert saved["meta"]["split"] == "test"
+    assert saved["meta"]["model_fingerprint"] == "pixel-double"
+    assert saved["rows"]["hier@500"]["AR"] == saved["rows"]["high"]["AR"]
