@@ -1,0 +1,188 @@
+"""``hivlp-milvus quickstart``: the main job a new user runs first (``make demo``).
+
+Synthetic data → Ray Train (CPU workers) → Milvus Lite ingest → evaluation through Milvus →
+latency of the funnel vs exact high-dim search → example searches. Offline, embedded defaults,
+safe to re-run: finished stages are reused (``--fresh`` starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+STAGES = 6
+COLLECTION = "quickstart"
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "quickstart",
+        help="synthetic data -> Ray Train -> Milvus Lite -> eval table -> example searches",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--work-dir", default="hivlp_work", help="where data, model and hivlp.db go")
+    p.add_argument("--train-size", type=int, default=10000, help="synthetic training images")
+    p.add_argument("--val-size", type=int, default=500, help="synthetic validation images")
+    p.add_argument("--test-size", type=int, default=1000, help="test images ingested into Milvus")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2, help="Ray Train CPU workers")
+    p.add_argument("--coarse-limit", type=int, default=50, help="shortlist size of the funnel")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", action="store_true", help="delete the work dir first")
+    p.set_defaults(func=run)
+
+
+def _stage(n: int, text: str) -> float:
+    print(f"\n[{n}/{STAGES}] {text}", flush=True)
+    return time.perf_counter()
+
+
+def run(args: argparse.Namespace) -> int:
+    work = Path(args.work_dir).resolve()
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    sizes = {"train": args.train_size, "val": args.val_size, "test": args.test_size}
+
+    t = _stage(1, f"synthetic image-caption scenes {sizes} -> {work / 'data'}")
+    data_dir = _ensure_data(work / "data", sizes, args.seed)
+    print(f"      done in {time.perf_counter() - t:.1f} s")
+
+    t = _stage(2, f"training the tiny HiVLP with Ray Train ({args.workers} CPU workers, {args.epochs} epochs)")
+    model_dir = _train(work, data_dir, args)
+    print(f"      done in {time.perf_counter() - t:.1f} s -> {model_dir}")
+
+    t = _stage(3, f"ingesting the test split into Milvus Lite ({work / 'hivlp.db'}, collection {COLLECTION!r})")
+    collection, model, test_records = _ingest(work, data_dir, model_dir)
+    print(f"      done in {time.perf_counter() - t:.1f} s")
+
+    t = _stage(4, "evaluation through Milvus: low only / high only / hierarchical")
+    from hivlp_milvus.eval_search import evaluate_collection
+
+    table = evaluate_collection(collection, test_records, coarse_ks=(args.coarse_limit,))
+    print(table.format())
+    table.save_json(work / "eval.json")
+    print(f"      done in {time.perf_counter() - t:.1f} s (saved {work / 'eval.json'})")
+
+    t = _stage(5, "latency: hierarchical search vs exact single-stage high-dim search")
+    latency = _latency(collection, test_records, args.coarse_limit)
+    (work / "latency.json").write_text(json.dumps(latency, indent=2) + "\n")
+    print(f"      done in {time.perf_counter() - t:.1f} s")
+
+    _stage(6, "example searches")
+    _examples(collection, test_records, args.coarse_limit)
+
+    print(f"\nquickstart finished in {time.perf_counter() - started:.0f} s.")
+    print(f"model: {model_dir}\nMilvus Lite db: {work / 'hivlp.db'} (collection {COLLECTION!r})")
+    print("serve it:  serve run serving:app      (then open http://127.0.0.1:8000/)")
+    return 0
+
+
+def _ensure_data(data_dir: Path, sizes: dict[str, int], seed: int) -> Path:
+    from hivlp_milvus.data import synthetic
+
+    stamp = data_dir / "dataset.json"
+    if stamp.exists():
+        meta = json.loads(stamp.read_text())
+        same = (meta.get("sizes"), meta.get("seed"), meta.get("version")) == (sizes, seed, synthetic.GENERATOR_VERSION)
+        if same:
+            print("      reusing the existing data set")
+            return data_dir
+        shutil.rmtree(data_dir)
+    synthetic.write_splits(data_dir, sizes, seed=seed)
+    return data_dir
+
+
+def _train(work: Path, data_dir: Path, args: argparse.Namespace) -> Path:
+    from training.config import load_config
+    from training.trainer import run_training
+
+    overrides = [
+        f"run.work_dir={work / 'train'}",
+        "data.synthetic=null",
+        f"data.train={data_dir}",
+        "data.train_split=train",
+        f"data.val={data_dir}",
+        "data.val_split=val",
+        f"optim.epochs={args.epochs}",
+        f"optim.seed={args.seed}",
+        f"scaling.num_workers={args.workers}",
+    ]
+    result = run_training(load_config("quickstart", overrides))
+    print(result.summary())
+    return result.model_dir
+
+
+def _ingest(work: Path, data_dir: Path, model_dir: Path) -> tuple[Any, Any, list]:
+    import hivlp_milvus
+    from hivlp_milvus.data import load_source
+    from hivlp_milvus.errors import ModelMismatchError
+    from hivlp_milvus.model import HiVLP
+
+    model = HiVLP.from_pretrained(model_dir)
+    uri = str(work / "hivlp.db")
+    try:
+        collection = hivlp_milvus.HierarchicalCollection.open(COLLECTION, uri=uri, model=model)
+    except ModelMismatchError:
+        # The model was retrained: its vectors are not comparable with the stored ones.
+        print("      the collection holds another model's vectors: recreating it")
+        hivlp_milvus.HierarchicalCollection.open(COLLECTION, uri=uri).drop()
+        collection = None
+    except hivlp_milvus.CollectionNotFoundError:
+        collection = None
+    if collection is None:
+        collection = hivlp_milvus.HierarchicalCollection.create(COLLECTION, uri=uri, model=model)
+    source = load_source(data_dir, split="test")
+    report = hivlp_milvus.ingest(source, collection=collection, model=model, skip_existing=True)
+    print(report)
+    return collection, model, list(load_source(data_dir, split="test"))
+
+
+def _latency(collection: Any, records: list, coarse_limit: int, n_queries: int = 100) -> dict[str, float]:
+    """Median single-query latency of the funnel and of exact high-dim search, interleaved."""
+    captions = [r.captions[0] for r in records[:n_queries]]
+    queries = collection.model.embed_texts(captions)
+    timings: dict[str, list[float]] = {"hierarchical": [], "exact_high": []}
+    for i in range(len(captions)):
+        q = queries[i]
+        t0 = time.perf_counter()
+        collection.hierarchical_search(q, limit=10, coarse_limit=coarse_limit, modality="image", output_fields=[])
+        t1 = time.perf_counter()
+        collection.search(q, level="high", limit=10, modality="image", output_fields=[])
+        t2 = time.perf_counter()
+        timings["hierarchical"].append(t1 - t0)
+        timings["exact_high"].append(t2 - t1)
+    out = {f"{k}_p50_ms": 1000 * statistics.median(v) for k, v in timings.items()}
+    out["speedup"] = out["exact_high_p50_ms"] / out["hierarchical_p50_ms"]
+    out["gallery_rows"] = collection.count()
+    print(
+        f"      {len(captions)} text queries over {out['gallery_rows']} rows: hierarchical "
+        f"(coarse_limit={coarse_limit}) p50 {out['hierarchical_p50_ms']:.1f} ms, exact high-dim p50 "
+        f"{out['exact_high_p50_ms']:.1f} ms ({out['speedup']:.2f}x). Milvus Lite at this size is "
+        "dominated by per-call overhead; see BENCHMARKS.md for large galleries."
+    )
+    return out
+
+
+def _examples(collection: Any, records: list, coarse_limit: int) -> None:
+    picks = [records[0], records[len(records) // 2]]
+    for record in picks:
+        query = record.captions[0]
+        hits = collection.hierarchical_search(query, limit=3, coarse_limit=coarse_limit)[0]
+        print(f'\n  text -> images: "{query}"')
+        for hit in hits:
+            mark = "  <- the captioned image" if hit["entity"].get("key") == record.id else ""
+            print(f"    {hit['distance']:.3f}  {hit['entity'].get('reference')}{mark}")
+    record = records[1]
+    hits = collection.hierarchical_search(Path(record.image_uri), limit=3, coarse_limit=coarse_limit)[0]
+    print(f"\n  image -> captions: {record.image_uri}")
+    print(f'    (its own first caption: "{record.captions[0]}")')
+    for hit in hits:
+        print(f"    {hit['distance']:.3f}  {hit['entity'].get('reference')}")
