@@ -1,0 +1,223 @@
+"""ingest() against a Milvus server over the network: exact rows, crash of the client, crash of Milvus.
+
+The ingest runs that get killed run in a subprocess (a real process, SIGKILLed like a crash); the
+re-runs must leave every row exactly once, which is checked by reading back every id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from milvus_server import LiteServer
+
+from hivlp_milvus.collection import HierarchicalCollection
+from hivlp_milvus.data import EmbeddingRecord, synthetic
+from hivlp_milvus.ids import row_id, text_key
+from hivlp_milvus.ingest import ingest
+from hivlp_milvus.model import create_model
+
+pytestmark = pytest.mark.integration
+
+LOW, HIGH = 16, 64
+REPO = Path(__file__).resolve().parents[2]
+
+# The subprocess: ingest `n` deterministic BYO rows; a slow source (sleep per record) keeps it
+# running long enough to be killed half-way. The same seed gives the same rows in every run.
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    import numpy as np
+    from hivlp_milvus.data import EmbeddingRecord
+    from hivlp_milvus.ingest import ingest
+
+    uri, token, name, n, wb, skip, delay = sys.argv[1:8]
+    n, wb, delay = int(n), int(wb), float(delay)
+
+    def records():
+        rng = np.random.default_rng(7)
+        for i in range(n):
+            low = rng.standard_normal(16).astype(np.float32)
+            high = rng.standard_normal(64).astype(np.float32)
+            if delay:
+                time.sleep(delay)
+            yield EmbeddingRecord(f"r{i:05d}", "image" if i % 2 else "text", low, high, reference=f"ref {i}")
+
+    report = ingest(records(), uri=uri, token=token or None, collection_name=name, write_batch_rows=wb,
+                    skip_existing=skip == "1", progress=False)
+    print(json.dumps(report.to_dict()))
+    """
+)
+
+
+def _expected_ids(n: int) -> set[int]:
+    return {row_id(f"r{i:05d}", "image" if i % 2 else "text") for i in range(n)}
+
+
+def _all_ids(coll: HierarchicalCollection) -> list[int]:
+    """Every id in the collection, duplicates included (a query returns each stored row)."""
+    ids: list[int] = []
+    it = coll.client.query_iterator(coll.name, batch_size=1000, filter="id >= 0", output_fields=["id"])
+    while page := it.next():
+        ids.extend(int(r["id"]) for r in page)
+    it.close()
+    return ids
+
+
+def _run(script: Path, uri: str, token: str, name: str, n: int, wb: int, skip: bool, delay: float) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [uri, token, name, str(n), str(wb), "1" if skip else "0", str(delay)]
+    return subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 240) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _wait_for_rows(coll_name: str, uri: str, token: str, at_least: int, proc: subprocess.Popen) -> int:
+    """Poll until `at_least` rows landed (the collection is created by the subprocess)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"ingest ended before it could be killed: {proc.communicate()[1][-2000:]}"
+        try:
+            coll = HierarchicalCollection.open(coll_name, uri=uri, token=token or None)
+            n = coll.count()
+            coll.client.close()  # an open client would keep reconnecting to a killed server
+        except Exception:  # not created yet
+            n = 0
+        if n >= at_least:
+            return n
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {at_least} rows landed within 120 s")
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    path = tmp_path / "ingest_script.py"
+    path.write_text(SCRIPT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def name() -> str:
+    return f"ingest_{uuid.uuid4().hex[:10]}"
+
+
+def test_ingest_over_the_network(milvus_server, name: str) -> None:
+    uri, token = milvus_server.uri, milvus_server.token or None
+    rng = np.random.default_rng(0)
+    recs = [
+        EmbeddingRecord(
+            f"k{i}",
+            "image",
+            rng.standard_normal(LOW).astype(np.float32),
+            rng.standard_normal(HIGH).astype(np.float32),
+        )
+        for i in range(400)
+    ]
+    report = ingest(recs, uri=uri, token=token, collection_name=name, write_batch_rows=128, progress=False)
+    assert (report.inserted, report.updated) == (400, 0)
+    coll = HierarchicalCollection.open(name, uri=uri, token=token)
+    try:
+        assert coll.count() == 400
+        got = {int(r["id"]): r for r in coll.get([row_id(r.id, "image") for r in recs], ["id", "vec_low", "vec_high"])}
+        for r in recs:
+            np.testing.assert_array_equal(np.asarray(got[row_id(r.id, "image")]["vec_high"], np.float32), r.vec_high)
+        again = ingest(recs, uri=uri, token=token, collection_name=name, progress=False)
+        assert (again.inserted, again.updated) == (0, 400)
+        assert coll.count() == 400
+
+        # Images + captions encoded by the micro model, over the network.
+        records = synthetic.generate(6, seed=2, image_size=32, captions_per_image=2)
+        model = create_model("micro", texts=[c for r in records for c in r.captions], seed=0)
+        model_name = name + "_m"
+        rep = ingest(records, uri=uri, token=token, collection_name=model_name, model=model, progress=False)
+        assert rep.inserted == 18
+        mcoll = HierarchicalCollection.open(model_name, uri=uri, token=token, model=model)
+        emb = model.embed_texts([records[0].captions[1]])
+        row = mcoll.get([row_id(text_key(records[0].id, 1), "text")], ["vec_low", "vec_high"])[0]
+        np.testing.assert_allclose(row["vec_high"], emb.high[0], atol=1e-5)
+        mcoll.drop()
+    finally:
+        coll.drop()
+
+
+def test_killed_ingest_resumes_to_exactly_once(milvus_server, script: Path, name: str) -> None:
+    uri, token, n = milvus_server.uri, milvus_server.token, 3000
+    proc = _run(script, uri, token, name, n, wb=50, skip=False, delay=0.001)
+    try:
+        landed = _wait_for_rows(name, uri, token, 300, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    coll = HierarchicalCollection.open(name, uri=uri, token=token or None)
+    try:
+        partial = coll.count()
+        assert landed <= partial < n, "the kill must interrupt the run half-way"
+
+        # A plain re-run (no skip): everything upserted again, nothing duplicated.
+        report = _finish(_run(script, uri, token, name, n, wb=500, skip=False, delay=0))
+        assert report["inserted"] + report["updated"] == n
+        assert report["updated"] == partial
+        ids = _all_ids(coll)
+        assert len(ids) == n
+        assert set(ids) == _expected_ids(n)
+
+        # And a resume with skip_existing over the complete collection: nothing to do.
+        report = _finish(_run(script, uri, token, name, n, wb=500, skip=True, delay=0))
+        assert (report["skipped_existing"], report["rows_written"]) == (n, 0)
+        assert coll.count() == n
+    finally:
+        coll.drop()
+
+
+def test_milvus_killed_mid_ingest_then_resumed(script: Path, name: str) -> None:
+    data_dir = tempfile.mkdtemp(prefix="hivlp-ingest-crash-")
+    server = LiteServer(data_dir).start()
+    n = 2000
+    try:
+        proc = _run(script, server.uri, "", name, n, wb=50, skip=False, delay=0.001)
+        try:
+            _wait_for_rows(name, server.uri, "", 200, proc)
+            server.kill()  # Milvus dies under the writer
+        finally:
+            # The client would retry for minutes (pymilvus' policy); it crashes here instead.
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+
+        restarted = LiteServer(data_dir, port=server.port).start()
+        server = restarted
+        coll = HierarchicalCollection.open(name, uri=server.uri)
+        survived = coll.count()
+        assert survived < n
+        print(f"rows that survived the Milvus crash: {survived} of {n}")
+
+        report = _finish(_run(script, server.uri, "", name, n, wb=200, skip=True, delay=0))
+        assert report["skipped_existing"] == survived
+        assert report["inserted"] == n - survived
+        assert report["updated"] == 0
+        ids = _all_ids(coll)
+        assert len(ids) == n
+        assert set(ids) == _expected_ids(n)
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,0 +1,143 @@
+"""The Ray Data ingest path, for real: an encoder actor pool with the micro model, no mocks.
+
+(a) a ``ray.data.Dataset`` into Milvus Lite (.db): the actors encode, the driver writes;
+(b) in-memory records with ``distributed=True`` into a Milvus server: the write tasks on the
+    workers upsert (``_MilvusDatasink``), the driver never touches the rows.
+Both must give exactly one row per image / caption, with the vectors the model gives locally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from milvus_server import MilvusEndpoint, milvus_endpoint
+
+from hivlp_milvus.collection import HierarchicalCollection
+from hivlp_milvus.data import Record, synthetic
+from hivlp_milvus.ids import row_id, text_key
+from hivlp_milvus.ingest import ingest
+from hivlp_milvus.model import HiVLP, create_model
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[MilvusEndpoint]:
+    with milvus_endpoint() as endpoint:
+        yield endpoint
+
+
+def _expected(model: HiVLP, records: list[Record]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Row id -> (low, high) from encoding every image and caption in this process."""
+    images = model.embed_images([r.image for r in records])
+    keys = [text_key(r.id, i) for r in records for i in range(len(r.captions))]
+    texts = model.embed_texts([c for r in records for c in r.captions])
+    out = {row_id(r.id, "image"): (images.low[i], images.high[i]) for i, r in enumerate(records)}
+    out.update({row_id(k, "text"): (texts.low[i], texts.high[i]) for i, k in enumerate(keys)})
+    return out
+
+
+def _check(coll: HierarchicalCollection, expected: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+    assert coll.count() == len(expected)
+    got = {int(r["id"]): r for r in coll.get(list(expected), ["id", "vec_low", "vec_high"])}
+    assert set(got) == set(expected)
+    for rid, (low, high) in expected.items():
+        np.testing.assert_allclose(got[rid]["vec_low"], low, atol=1e-5)
+        np.testing.assert_allclose(got[rid]["vec_high"], high, atol=1e-5)
+
+
+def test_ray_data_ingest_lite_and_server(ray_local: None, server: MilvusEndpoint, tmp_path: Path) -> None:
+    import ray
+
+    records = synthetic.generate(200, seed=11, image_size=32, captions_per_image=2)
+    model = create_model("micro", texts=[c for r in records for c in r.captions], seed=0)
+    expected = _expected(model, records)
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+
+    # (a) A Ray Dataset (HWC arrays + captions) into a Lite .db: encoded in the actor, written by
+    # the driver. One corrupt image and one blank caption must be reported, not written.
+    items = [
+        {"id": r.id, "image": np.asarray(r.image), "captions": r.captions, "attributes": {"n": i}}
+        for i, r in enumerate(records)
+    ]
+    items.append({"id": "broken", "image": np.zeros((0, 0, 3), np.uint8), "captions": [" "], "attributes": {}})
+    ds = ray.data.from_items(items)
+    db = str(tmp_path / "ray.db")
+    report = ingest(ds, uri=db, collection_name="lite", model=ckpt, batch_size=32, progress=False)
+    assert report.distributed
+    assert [s.key for s in report.failed] == ["broken"]
+    assert report.dropped_captions == 1
+    assert (report.inserted, report.updated) == (len(expected), 0)
+    assert report.encode_seconds > 0
+    assert report.write_seconds > 0
+    lite = HierarchicalCollection.open("lite", uri=db, model=model)
+    _check(lite, expected)
+    assert lite.get([row_id(records[5].id, "image")], ["attributes"])[0]["attributes"] == {"n": 5}
+
+    # skip_existing on Lite: the driver hands the actors the stored ids; nothing is re-encoded.
+    again = ingest(ds, uri=db, collection_name="lite", model=model, skip_existing=True, progress=False)
+    assert (again.skipped_existing, again.rows_written) == (len(expected), 0)
+
+    # Precomputed vectors as a Ray Dataset: validated on the workers, one NaN row reported.
+    rng = np.random.default_rng(0)
+    vec_items = [
+        {"id": f"v{i}", "modality": "text", "vec_low": rng.standard_normal(16).astype(np.float32),
+         "vec_high": rng.standard_normal(64).astype(np.float32), "reference": f"t{i}"}
+        for i in range(100)
+    ]  # fmt: skip
+    vec_items[7]["vec_low"] = np.full(16, np.nan, np.float32)
+    byo = ingest(ray.data.from_items(vec_items), uri=db, collection_name="byo", progress=False)
+    assert [(s.key, s.reason) for s in byo.failed] == [("v7", "vectors contain NaN or infinity")]
+    assert byo.inserted == 99
+    stored = HierarchicalCollection.open("byo", uri=db)
+    got = {int(r["id"]): r for r in stored.get([row_id(f"v{i}", "text") for i in range(100)], ["id", "vec_high"])}
+    assert len(got) == 99
+    np.testing.assert_array_equal(
+        np.asarray(got[row_id("v3", "text")]["vec_high"], np.float32), vec_items[3]["vec_high"]
+    )
+
+    # (b) In-memory records (+ one image given by path), distributed=True, into a Milvus server:
+    # the workers write.
+    records[0].image.save(tmp_path / "by_path.png")
+    records = [*records, Record("by-path", image=str(tmp_path / "by_path.png"), captions=["a file on disk"])]
+    expected = _expected(model, records)
+    token = server.token or None
+    name = "ray_ingest_server"
+    try:
+        rep = ingest(
+            records,
+            uri=server.uri,
+            token=token,
+            collection_name=name,
+            model=model,
+            distributed=True,
+            batch_size=32,
+            write_batch_rows=100,
+            progress=False,
+        )
+        assert rep.distributed
+        assert rep.failed == []
+        assert (rep.inserted, rep.updated) == (len(expected), 0)
+        assert rep.write_seconds > 0
+        _check(HierarchicalCollection.open(name, uri=server.uri, token=token, model=model), expected)
+        kw = {"uri": server.uri, "token": token, "collection_name": name, "model": model, "progress": False}
+        rerun = ingest(records, distributed=True, **kw)
+        assert (rerun.inserted, rerun.updated) == (0, len(expected))
+    finally:
+        HierarchicalCollection.open(name, uri=server.uri, token=token).drop()
