@@ -1,0 +1,803 @@
+"""``HierarchicalCollection``: one Milvus collection holding both HiVLP vectors of every item.
+
+The row schema comes from ``schemas/collection.json`` and the indexes from an index profile
+(``schemas/profiles.yaml``). The collection records in its properties which model and dims it was
+built for, so opening it with an incompatible model is an error instead of silent garbage.
+
+Create or open with the classmethods::
+
+    col = HierarchicalCollection.create("flickr", uri="./hivlp.db", model=model)
+    col = HierarchicalCollection.open("flickr", uri="http://milvus:19530", token="root:Milvus", model=model)
+    hits = col.hierarchical_search("a dog on a beach", limit=10)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from hivlp_milvus.connection import DEFAULT_URI, connect, is_lite
+from hivlp_milvus.errors import (
+    BadRecordError,
+    CollectionExistsError,
+    CollectionNotFoundError,
+    ConfigError,
+    DimensionMismatchError,
+    FilterError,
+    ModelMismatchError,
+    ProfileError,
+    SchemaMismatchError,
+)
+from hivlp_milvus.filters import and_filters, bind, looks_like_filter_error, merge_params
+from hivlp_milvus.ids import MODALITIES
+from hivlp_milvus.profiles import IndexProfile, load_profile, resolve_profile
+
+logger = logging.getLogger(__name__)
+
+PROP_SCHEMA_VERSION = "hivlp.schema_version"
+PROP_FINGERPRINT = "hivlp.model_fingerprint"
+PROP_LOW_DIM = "hivlp.low_dim"
+PROP_HIGH_DIM = "hivlp.high_dim"
+PROP_PROFILE = "hivlp.profile"
+# Extra (not in the architecture's list): the vec_low build params actually used, e.g. nlist, so a
+# reopened collection sizes nprobe against the real index.
+PROP_LOW_INDEX = "hivlp.low_index"
+
+MAX_DIM = 32768
+# Milvus rejects requests above 64 MiB (proxy.grpc.serverMaxRecvSize). Half of it is budgeted for
+# vectors + scalars; the rest covers protobuf framing and unusually long references.
+_REQUEST_BUDGET_BYTES = 32 * 1024 * 1024
+_SCALAR_ALLOWANCE_BYTES = 2048  # id + key + modality + a typical reference and attributes
+_ID_CHUNK = 10000  # ids per get/query request
+_ROWS_CACHE_S = 30.0
+
+
+@lru_cache(maxsize=1)
+def schema_spec() -> dict[str, Any]:
+    """The row schema (``schemas/collection.json``) as a dict."""
+    return json.loads(resources.files("schemas").joinpath("collection.json").read_text(encoding="utf-8"))
+
+
+def schema_version() -> int:
+    return int(schema_spec()["schema_version"])
+
+
+def field_names() -> tuple[str, ...]:
+    return tuple(f["name"] for f in schema_spec()["fields"])
+
+
+SCALAR_OUTPUT_FIELDS = ("id", "key", "modality", "reference", "attributes")
+VECTOR_FIELDS = ("vec_low", "vec_high")
+
+
+def _max_lengths() -> dict[str, int]:
+    return {f["name"]: int(f["max_length"]) for f in schema_spec()["fields"] if "max_length" in f}
+
+
+def build_schema(low_dim: int, high_dim: int, *, description: str = "", mmap_high: bool = False) -> Any:
+    """The pymilvus ``CollectionSchema`` for the given dims (from ``schemas/collection.json``)."""
+    from pymilvus import DataType, MilvusClient
+
+    spec = schema_spec()
+    schema = MilvusClient.create_schema(
+        auto_id=False,
+        enable_dynamic_field=bool(spec.get("enable_dynamic_field", False)),
+        description=description or spec.get("description", ""),
+    )
+    dims = {"low_dim": low_dim, "high_dim": high_dim}
+    for f in spec["fields"]:
+        kw: dict[str, Any] = {}
+        if f.get("is_primary"):
+            kw["is_primary"] = True
+        if "max_length" in f:
+            kw["max_length"] = int(f["max_length"])
+        if "dim" in f:
+            kw["dim"] = dims[f["dim"]] if isinstance(f["dim"], str) else int(f["dim"])
+        if f["name"] == "vec_high" and mmap_high:
+            kw["mmap_enabled"] = True
+        schema.add_field(f["name"], getattr(DataType, f["type"]), **kw)
+    return schema
+
+
+def _check_dim(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 1 <= int(value) <= MAX_DIM:
+        raise DimensionMismatchError(f"{name} must be an int in [1, {MAX_DIM}], got {value!r}")
+    return int(value)
+
+
+def _model_dims(model: Any) -> tuple[int, int]:
+    cfg = getattr(model, "config", None)
+    try:
+        return int(cfg.low_dim), int(cfg.high_dim)
+    except AttributeError as exc:
+        raise ConfigError(f"model {type(model).__name__} has no config.low_dim / config.high_dim") from exc
+
+
+def _model_fingerprint(model: Any) -> str:
+    return str(getattr(model, "fingerprint", "") or "")
+
+
+class HierarchicalCollection:
+    """A Milvus collection of HiVLP rows (``id, key, modality, reference, attributes, vec_low, vec_high``).
+
+    Use :meth:`create` or :meth:`open`; the constructor is internal.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        client: Any,
+        *,
+        low_dim: int,
+        high_dim: int,
+        profile: IndexProfile,
+        fingerprint: str = "",
+        model: Any = None,
+        properties: Mapping[str, str] | None = None,
+    ) -> None:
+        self._name = name
+        self._client = client
+        self._low_dim = int(low_dim)
+        self._high_dim = int(high_dim)
+        self._profile = profile
+        self._fingerprint = fingerprint
+        self._properties = dict(properties or {})
+        self._is_lite = is_lite(client)
+        self._rows_cache: tuple[float, int] | None = None
+        self._model = None
+        if model is not None:
+            self.check_model(model)
+            self._model = model
+
+    # ------------------------------------------------------------------ factories
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        *,
+        client: Any = None,
+        uri: str = DEFAULT_URI,
+        token: str | None = None,
+        low_dim: int | None = None,
+        high_dim: int | None = None,
+        model: Any = None,
+        profile: str | IndexProfile = "auto",
+        exist_ok: bool = False,
+        description: str = "",
+        expected_rows: int | None = None,
+        consistency_level: str = "Strong",
+        **kwargs: Any,
+    ) -> HierarchicalCollection:
+        """Create a collection (schema, both indexes, properties) and load it.
+
+        Args:
+            name: collection name.
+            client: a connected ``MilvusClient`` (else one is made from ``uri``/``token``).
+            uri: ``./hivlp.db`` (Milvus Lite) or ``http(s)://host:port`` (a server).
+            token: server token (``"user:password"`` or an API key).
+            low_dim: dim of ``vec_low`` (taken from ``model`` when given).
+            high_dim: dim of ``vec_high`` (taken from ``model`` when given).
+            model: the HiVLP model whose vectors will be stored; its dims and fingerprint are recorded.
+            profile: ``"auto"``, ``"gpu"``, ``"cpu"``, ``"lite"``, ``"name:VARIANT"`` or an IndexProfile.
+            exist_ok: open the collection if it already exists (it must match the dims/model).
+            description: collection description.
+            expected_rows: expected size, used to size IVF ``nlist`` (~4*sqrt(N)); default 100k.
+            consistency_level: collection default; ``Strong`` gives read-your-writes.
+            **kwargs: passed to ``MilvusClient.create_collection`` (``num_shards``, ...).
+
+        Returns:
+            The loaded collection.
+
+        Raises:
+            CollectionExistsError: it exists and ``exist_ok`` is false.
+            DimensionMismatchError: dims missing/invalid, or different from the model's.
+            ModelMismatchError: ``exist_ok`` and the existing collection has other dims/fingerprint.
+            ProfileError: unknown profile, or the server refuses an explicitly requested one.
+            MilvusUnavailableError: Milvus cannot be reached.
+        """
+        from pymilvus.exceptions import MilvusException
+
+        if model is not None:
+            m_low, m_high = _model_dims(model)
+            for label, given, from_model in (("low_dim", low_dim, m_low), ("high_dim", high_dim, m_high)):
+                if given is not None and int(given) != from_model:
+                    raise DimensionMismatchError(f"{label}={given} but the model has {label}={from_model}")
+            low_dim, high_dim = m_low, m_high
+        if low_dim is None or high_dim is None:
+            raise DimensionMismatchError("give low_dim and high_dim, or a model to take them from")
+        low_dim, high_dim = _check_dim("low_dim", low_dim), _check_dim("high_dim", high_dim)
+        client = client if client is not None else connect(uri, token=token)
+
+        if client.has_collection(name):
+            if not exist_ok:
+                raise CollectionExistsError(
+                    f"collection {name!r} already exists; open it with HierarchicalCollection.open({name!r}), "
+                    "pass exist_ok=True, or drop it first"
+                )
+            col = cls.open(name, client=client, model=model)
+            col._check_dims(low_dim, high_dim)
+            return col
+
+        auto = profile == "auto"
+        resolved = resolve_profile(profile, client).with_expected_rows(expected_rows)
+        fingerprint = _model_fingerprint(model) if model is not None else ""
+        try:
+            cls._create_in_milvus(
+                client, name, low_dim, high_dim, resolved, fingerprint, description, consistency_level, kwargs
+            )
+        except MilvusException as exc:
+            if not (auto and resolved.fallback):
+                if resolved.name == "gpu":
+                    raise ProfileError(
+                        f"Milvus refused the {resolved.low.index_type} index of profile {resolved.tag}: {exc}. "
+                        "Use a GPU Milvus image, or profile='cpu' / 'auto'"
+                    ) from exc
+                raise
+            # The server accepted the probe but refused the real index: fall back like resolve_profile.
+            fallback = load_profile(resolved.fallback).with_expected_rows(expected_rows)
+            logger.warning("Milvus refused profile %s (%s); falling back to %s", resolved.tag, exc, fallback.tag)
+            if client.has_collection(name):
+                client.drop_collection(name)
+            resolved = fallback
+            cls._create_in_milvus(
+                client, name, low_dim, high_dim, resolved, fingerprint, description, consistency_level, kwargs
+            )
+        return cls.open(name, client=client, model=model)
+
+    @staticmethod
+    def _create_in_milvus(
+        client: Any,
+        name: str,
+        low_dim: int,
+        high_dim: int,
+        profile: IndexProfile,
+        fingerprint: str,
+        description: str,
+        consistency_level: str,
+        kwargs: dict[str, Any],
+    ) -> None:
+        lite = is_lite(client)
+        schema = build_schema(low_dim, high_dim, description=description, mmap_high=profile.high.mmap and not lite)
+        properties = {
+            PROP_SCHEMA_VERSION: str(schema_version()),
+            PROP_FINGERPRINT: fingerprint,
+            PROP_LOW_DIM: str(low_dim),
+            PROP_HIGH_DIM: str(high_dim),
+            PROP_PROFILE: profile.tag,
+            PROP_LOW_INDEX: json.dumps(profile.low.build_params, sort_keys=True),
+        }
+        properties.update(kwargs.pop("properties", None) or {})
+        # schema + index_params: pymilvus creates, builds both indexes and loads in one call.
+        client.create_collection(
+            name,
+            schema=schema,
+            index_params=profile.index_params(lite=lite),
+            consistency_level=consistency_level,
+            properties=properties,
+            **kwargs,
+        )
+
+    @classmethod
+    def open(
+        cls,
+        name: str,
+        *,
+        client: Any = None,
+        uri: str = DEFAULT_URI,
+        token: str | None = None,
+        model: Any = None,
+    ) -> HierarchicalCollection:
+        """Open an existing hivlp collection and load it.
+
+        Args:
+            name: collection name.
+            client: a connected ``MilvusClient`` (else one is made from ``uri``/``token``).
+            uri: ``./hivlp.db`` (Milvus Lite) or ``http(s)://host:port`` (a server).
+            token: server token.
+            model: the model used to encode str/image queries; checked against the recorded dims
+                and fingerprint.
+
+        Returns:
+            The loaded collection.
+
+        Raises:
+            CollectionNotFoundError: no such collection (the message lists the existing ones).
+            SchemaMismatchError: the collection was not created by hivlp_milvus (or by another
+                schema version).
+            ModelMismatchError: ``model`` does not match the recorded dims/fingerprint.
+            MilvusUnavailableError: Milvus cannot be reached.
+        """
+        client = client if client is not None else connect(uri, token=token)
+        if not client.has_collection(name):
+            existing = sorted(client.list_collections())
+            raise CollectionNotFoundError(
+                f"collection {name!r} does not exist in this Milvus; existing collections: {existing or 'none'}. "
+                "Create it with HierarchicalCollection.create(...) or hivlp_milvus.ingest(...)"
+            )
+        desc = client.describe_collection(name)
+        props = {str(k): str(v) for k, v in (desc.get("properties") or {}).items()}
+        if PROP_SCHEMA_VERSION not in props:
+            raise SchemaMismatchError(
+                f"collection {name!r} was not created by hivlp_milvus (no {PROP_SCHEMA_VERSION} property); "
+                "use another collection name"
+            )
+        if props[PROP_SCHEMA_VERSION] != str(schema_version()):
+            raise SchemaMismatchError(
+                f"collection {name!r} has schema version {props[PROP_SCHEMA_VERSION]}, this hivlp_milvus writes "
+                f"version {schema_version()}; re-ingest into a new collection"
+            )
+        fields = {f["name"]: f for f in desc.get("fields", [])}
+        missing = [f for f in field_names() if f not in fields]
+        if missing:
+            raise SchemaMismatchError(f"collection {name!r} lacks the field(s) {missing}; it is not a hivlp collection")
+        try:
+            low_dim, high_dim = int(props[PROP_LOW_DIM]), int(props[PROP_HIGH_DIM])
+        except (KeyError, ValueError) as exc:
+            raise SchemaMismatchError(f"collection {name!r} has no valid {PROP_LOW_DIM}/{PROP_HIGH_DIM}") from exc
+        for field, dim in (("vec_low", low_dim), ("vec_high", high_dim)):
+            actual = int((fields[field].get("params") or {}).get("dim", dim))
+            if actual != dim:
+                raise SchemaMismatchError(f"collection {name!r}: {field} has dim {actual} but the properties say {dim}")
+        profile = load_profile(props.get(PROP_PROFILE) or "lite")
+        try:
+            built = json.loads(props.get(PROP_LOW_INDEX) or "{}")
+        except json.JSONDecodeError:
+            built = {}
+        if built:
+            profile = profile.with_low_build_params(built)
+        profile = profile.with_expected_rows(None)
+        col = cls(
+            name,
+            client,
+            low_dim=low_dim,
+            high_dim=high_dim,
+            profile=profile,
+            fingerprint=props.get(PROP_FINGERPRINT, ""),
+            model=model,
+            properties=props,
+        )
+        col._ensure_loaded()
+        return col
+
+    def _ensure_loaded(self) -> None:
+        from pymilvus.client.types import LoadState
+
+        state = self._client.get_load_state(self._name).get("state")
+        if state != LoadState.Loaded:
+            self._client.load_collection(self._name)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def name(self) -> str:
+        """The collection name."""
+        return self._name
+
+    @property
+    def client(self) -> Any:
+        """The underlying ``pymilvus.MilvusClient``."""
+        return self._client
+
+    @property
+    def low_dim(self) -> int:
+        """Dim of ``vec_low``."""
+        return self._low_dim
+
+    @property
+    def high_dim(self) -> int:
+        """Dim of ``vec_high``."""
+        return self._high_dim
+
+    @property
+    def profile(self) -> IndexProfile:
+        """The index profile the collection was built with."""
+        return self._profile
+
+    @property
+    def fingerprint(self) -> str:
+        """The recorded model fingerprint (``""`` when created without a model)."""
+        return self._fingerprint
+
+    @property
+    def properties(self) -> dict[str, str]:
+        """The collection properties recorded at creation."""
+        return dict(self._properties)
+
+    @property
+    def model(self) -> Any:
+        """The attached model (encodes str/image queries), or ``None``."""
+        return self._model
+
+    @model.setter
+    def model(self, model: Any) -> None:
+        if model is not None:
+            self.check_model(model)
+        self._model = model
+
+    @property
+    def is_lite(self) -> bool:
+        """Whether the collection lives in Milvus Lite (no server-side filter templating)."""
+        return self._is_lite
+
+    @property
+    def max_rows_per_request(self) -> int:
+        """Rows per upsert request that keep it well under Milvus' 64 MB request limit.
+
+        ``32 MiB / (4 * (low_dim + high_dim) + 2 KiB)``: half the limit, fp32 vectors plus an
+        allowance for the scalar fields (e.g. 64/256 dims -> ~10k rows, 128/768 -> ~5.9k).
+        """
+        per_row = 4 * (self._low_dim + self._high_dim) + _SCALAR_ALLOWANCE_BYTES
+        return max(1, _REQUEST_BUDGET_BYTES // per_row)
+
+    def approx_num_rows(self) -> int | None:
+        """Row count from the collection statistics (cheap; cached 30 s, reset by writes).
+
+        Used to size IVF ``nprobe`` for a coarse limit; ``None`` if Milvus does not report it.
+        """
+        now = time.monotonic()
+        if self._rows_cache is None or now - self._rows_cache[0] > _ROWS_CACHE_S:
+            try:
+                rows = int(self._client.get_collection_stats(self._name).get("row_count", 0))
+            except Exception as exc:  # statistics are an optimisation only
+                logger.debug("get_collection_stats(%s) failed: %s", self._name, exc)
+                return None
+            self._rows_cache = (now, rows)
+        return self._rows_cache[1] or None
+
+    def __repr__(self) -> str:
+        return (
+            f"HierarchicalCollection(name={self._name!r}, low_dim={self._low_dim}, high_dim={self._high_dim}, "
+            f"profile={self._profile.tag!r}, lite={self._is_lite})"
+        )
+
+    # ------------------------------------------------------------------ model checks
+
+    def _check_dims(self, low_dim: int, high_dim: int) -> None:
+        diffs = [
+            f"{label}: collection {mine}, given {theirs}"
+            for label, mine, theirs in (("low_dim", self._low_dim, low_dim), ("high_dim", self._high_dim, high_dim))
+            if mine != theirs
+        ]
+        if diffs:
+            raise ModelMismatchError(
+                f"collection {self._name!r} does not match: {'; '.join(diffs)}. Re-ingest into a new collection "
+                "or use the checkpoint the collection was built with"
+            )
+
+    def check_model(self, model: Any) -> None:
+        """Check that ``model`` produces vectors this collection can hold and search.
+
+        Dims must match; the fingerprint must match unless the collection recorded none.
+
+        Raises:
+            ModelMismatchError: which of low_dim / high_dim / fingerprint differs, and what to do.
+        """
+        low, high = _model_dims(model)
+        fp = _model_fingerprint(model)
+        diffs = []
+        if low != self._low_dim:
+            diffs.append(f"low_dim: collection {self._low_dim}, model {low}")
+        if high != self._high_dim:
+            diffs.append(f"high_dim: collection {self._high_dim}, model {high}")
+        if self._fingerprint and fp != self._fingerprint:
+            diffs.append(f"fingerprint: collection {self._fingerprint!r}, model {fp!r}")
+        if diffs:
+            raise ModelMismatchError(
+                f"the model does not match collection {self._name!r} ({'; '.join(diffs)}). Either re-ingest the "
+                "data with this model into a new collection, or pass the checkpoint the collection was built "
+                "with (model=HiVLP.from_pretrained(...))"
+            )
+        if not self._fingerprint:
+            logger.debug("collection %s has no recorded fingerprint; only dims were checked", self._name)
+
+    # ------------------------------------------------------------------ filters
+
+    def bind_filter(
+        self, expr: str | None, params: Mapping[str, Any] | None = None, *, reserved_ok: bool = False
+    ) -> tuple[str, dict[str, Any]]:
+        """:func:`hivlp_milvus.filters.bind` with templating chosen for this Milvus."""
+        return bind(expr, params, templating=not self._is_lite, reserved_ok=reserved_ok)
+
+    def _filter_kwargs(self, expr: str, params: dict[str, Any]) -> dict[str, Any]:
+        kw: dict[str, Any] = {"filter": expr}
+        if params:
+            kw["filter_params"] = params
+        return kw
+
+    def _call_filtered(self, fn: Any, expr: str, *args: Any, **kwargs: Any) -> Any:
+        """Run a Milvus call that carries a user filter, mapping expression errors to FilterError."""
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            return fn(*args, **kwargs)
+        except MilvusException as exc:
+            if expr and looks_like_filter_error(exc):
+                raise FilterError(f"invalid filter {expr!r}: {getattr(exc, 'message', None) or exc}") from exc
+            raise
+
+    # ------------------------------------------------------------------ writes (the ingest contract)
+
+    def _validate_rows(self, rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        expected = set(field_names())
+        limits = _max_lengths()
+        out: list[Mapping[str, Any]] = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise BadRecordError(
+                    f"row {i} is a {type(row).__name__}, expected a dict with fields {sorted(expected)}"
+                )
+            keys = set(row)
+            if keys != expected:
+                if keys == expected - {"attributes"} or row.get("attributes", {}) is None:
+                    row = {**row, "attributes": {}}
+                    keys = set(row)
+                if keys != expected:
+                    raise BadRecordError(
+                        f"row {i} (id={row.get('id')!r}): missing fields {sorted(expected - keys)}, "
+                        f"unknown fields {sorted(keys - expected)}; rows have exactly {sorted(expected)}"
+                    )
+            rid = row["id"]
+            if isinstance(rid, bool) or not isinstance(rid, int | np.integer) or not 0 <= int(rid) < 2**63:
+                raise BadRecordError(
+                    f"row {i}: id must be a non-negative INT64 (ids.row_id(key, modality)), got {rid!r}"
+                )
+            if row["modality"] not in MODALITIES:
+                raise BadRecordError(
+                    f"row {i} (id={rid}): modality must be one of {MODALITIES}, got {row['modality']!r}"
+                )
+            for field, cap in limits.items():
+                value = row[field]
+                if not isinstance(value, str):
+                    raise BadRecordError(f"row {i} (id={rid}): {field} must be a str, got {type(value).__name__}")
+                if len(value) * 4 > cap and len(value.encode("utf-8")) > cap:
+                    raise BadRecordError(f"row {i} (id={rid}): {field} is longer than {cap} bytes (UTF-8)")
+            if not isinstance(row["attributes"], Mapping):
+                raise BadRecordError(
+                    f"row {i} (id={rid}): attributes must be a dict, got {type(row['attributes']).__name__}"
+                )
+            out.append(row)
+        if not out:
+            return out
+        for field, dim in (("vec_low", self._low_dim), ("vec_high", self._high_dim)):
+            try:
+                mat = np.asarray([r[field] for r in out], dtype=np.float32)
+            except (ValueError, TypeError):
+                mat = None
+            if mat is None or mat.ndim != 2 or mat.shape[1] != dim:
+                for i, r in enumerate(out):
+                    shape = np.shape(r[field])
+                    if shape != (dim,):
+                        raise DimensionMismatchError(
+                            f"row {i} (id={r['id']}): {field} has shape {shape}, collection {self._name!r} expects "
+                            f"({dim},); was it encoded with another model?"
+                        )
+                raise DimensionMismatchError(f"{field} vectors are not a (n, {dim}) float matrix")
+            if not np.isfinite(mat).all():
+                bad = int(np.flatnonzero(~np.isfinite(mat).all(axis=1))[0])
+                raise BadRecordError(f"row {bad} (id={out[bad]['id']}): {field} contains NaN or inf")
+        return out
+
+    def upsert(self, rows: Sequence[Mapping[str, Any]], **kwargs: Any) -> int:
+        """Insert or overwrite rows (keyed by ``id``), validated first, in request-sized chunks.
+
+        Args:
+            rows: dicts with exactly ``id, key, modality, reference, attributes, vec_low, vec_high``
+                (vectors as lists or float arrays of the collection's dims).
+            **kwargs: passed to ``MilvusClient.upsert``.
+
+        Returns:
+            The number of rows written.
+
+        Raises:
+            DimensionMismatchError: a vector does not have the collection's dim (nothing is written).
+            BadRecordError: a row lacks a field, has an unknown one, or a value of the wrong type.
+        """
+        rows = self._validate_rows(list(rows))
+        self._rows_cache = None
+        written = 0
+        step = self.max_rows_per_request
+        for start in range(0, len(rows), step):
+            res = self._client.upsert(self._name, rows[start : start + step], **kwargs)
+            written += int(res.get("upsert_count", 0)) if isinstance(res, Mapping) else len(rows[start : start + step])
+        return written
+
+    def existing_ids(self, ids: Iterable[int]) -> set[int]:
+        """The subset of ``ids`` present in the collection."""
+        ids = [int(i) for i in ids]
+        found: set[int] = set()
+        for start in range(0, len(ids), _ID_CHUNK):
+            chunk = ids[start : start + _ID_CHUNK]
+            found.update(int(r["id"]) for r in self._client.get(self._name, ids=chunk, output_fields=["id"]))
+        return found
+
+    def get(self, ids: Iterable[int], output_fields: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Rows by primary key (missing ids are skipped).
+
+        Args:
+            ids: primary keys.
+            output_fields: fields to return (default: the scalar fields, no vectors).
+
+        Returns:
+            One dict per found row.
+        """
+        ids = [int(i) for i in ids]
+        fields = list(output_fields) if output_fields is not None else list(SCALAR_OUTPUT_FIELDS)
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(ids), _ID_CHUNK):
+            out.extend(
+                dict(r) for r in self._client.get(self._name, ids=ids[start : start + _ID_CHUNK], output_fields=fields)
+            )
+        return out
+
+    def query(
+        self,
+        filter: str = "",  # noqa: A002  (mirrors MilvusClient)
+        *,
+        filter_params: Mapping[str, Any] | None = None,
+        output_fields: Sequence[str] | None = None,
+        limit: int | None = None,
+        **kwargs: Any,
+    ) -> list[dict[str, Any]]:
+        """Rows matching a filter (``MilvusClient.query`` with :func:`bind` applied).
+
+        Raises:
+            FilterError: the filter is malformed or its parameters are invalid.
+        """
+        expr, params = self.bind_filter(filter, filter_params)
+        if limit is not None:
+            kwargs["limit"] = limit
+        fields = list(output_fields) if output_fields is not None else list(SCALAR_OUTPUT_FIELDS)
+        res = self._call_filtered(
+            self._client.query, expr, self._name, output_fields=fields, **self._filter_kwargs(expr, params), **kwargs
+        )
+        return [dict(r) for r in res]
+
+    def count(self, filter: str = "", filter_params: Mapping[str, Any] | None = None) -> int:  # noqa: A002
+        """Number of rows (matching ``filter`` when given)."""
+        expr, params = self.bind_filter(filter, filter_params)
+        res = self._call_filtered(
+            self._client.query, expr, self._name, output_fields=["count(*)"], **self._filter_kwargs(expr, params)
+        )
+        return int(res[0]["count(*)"]) if res else 0
+
+    def delete(
+        self,
+        ids: Iterable[int] | None = None,
+        filter: str | None = None,  # noqa: A002
+        filter_params: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Delete rows by primary key and/or filter (both given: rows matching both).
+
+        Returns:
+            The number of rows deleted (counted before deleting; Milvus itself does not report it
+            reliably).
+
+        Raises:
+            FilterError: neither ids nor filter given, or the filter is invalid.
+        """
+        if ids is None and not (filter and filter.strip()):
+            raise FilterError("delete needs ids or a filter (refusing to delete everything implicitly)")
+        expr, params = filter or "", dict(filter_params or {})
+        if ids is not None:
+            id_list = [int(i) for i in ids]
+            if not id_list:
+                return 0
+            expr = and_filters("id in {hivlp_ids}", expr)
+            params = merge_params(params, {"hivlp_ids": id_list})
+        expr, params = bind(expr, params, templating=not self._is_lite, reserved_ok=True)
+        n = self.count_bound(expr, params)
+        if n:
+            self._rows_cache = None
+            self._call_filtered(self._client.delete, expr, self._name, **self._filter_kwargs(expr, params))
+        return n
+
+    def count_bound(self, expr: str, params: dict[str, Any]) -> int:
+        """Count rows for an already-bound expression (internal helper, public for search.py)."""
+        res = self._call_filtered(
+            self._client.query, expr, self._name, output_fields=["count(*)"], **self._filter_kwargs(expr, params)
+        )
+        return int(res[0]["count(*)"]) if res else 0
+
+    def flush(self) -> None:
+        """Seal growing segments (not needed for read-your-writes with Strong consistency)."""
+        self._client.flush(self._name)
+
+    def drop(self) -> None:
+        """Drop the collection and all its rows."""
+        self._client.drop_collection(self._name)
+
+    def describe(self) -> dict[str, Any]:
+        """Name, dims, profile, fingerprint, row count, indexes and raw Milvus description."""
+        indexes = {}
+        for index_name in self._client.list_indexes(self._name):
+            indexes[index_name] = dict(self._client.describe_index(self._name, index_name))
+        return {
+            "name": self._name,
+            "low_dim": self._low_dim,
+            "high_dim": self._high_dim,
+            "profile": self._profile.tag,
+            "low_index": {"index_type": self._profile.low.index_type, **self._profile.low.build_params},
+            "fingerprint": self._fingerprint,
+            "schema_version": int(self._properties.get(PROP_SCHEMA_VERSION, schema_version())),
+            "is_lite": self._is_lite,
+            "count": self.count(),
+            "properties": dict(self._properties),
+            "indexes": indexes,
+            "milvus": dict(self._client.describe_collection(self._name)),
+        }
+
+    # ------------------------------------------------------------------ search (see search.py)
+
+    def hierarchical_search(
+        self,
+        query: Any,
+        *,
+        limit: int = 10,
+        coarse_limit: int | None = None,
+        filter: str | None = None,  # noqa: A002
+        filter_params: Mapping[str, Any] | None = None,
+        modality: str | None = None,
+        output_fields: Sequence[str] | None = None,
+        rerank: str = "auto",
+        search_params: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Coarse (ANN on ``vec_low``) -> fine (exact on ``vec_high``) search, under one filter.
+
+        See :func:`hivlp_milvus.search.hierarchical_search` for the arguments.
+        """
+        from hivlp_milvus.search import hierarchical_search
+
+        return hierarchical_search(
+            self,
+            query,
+            limit=limit,
+            coarse_limit=coarse_limit,
+            filter=filter,
+            filter_params=filter_params,
+            modality=modality,
+            output_fields=output_fields,
+            rerank=rerank,
+            search_params=search_params,
+            **kwargs,
+        )
+
+    def search(
+        self,
+        query: Any,
+        *,
+        level: str = "low",
+        limit: int = 10,
+        filter: str | None = None,  # noqa: A002
+        filter_params: Mapping[str, Any] | None = None,
+        modality: str | None = None,
+        output_fields: Sequence[str] | None = None,
+        search_params: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Single-stage search on one level (``low``: ANN on vec_low, ``high``: exact on vec_high).
+
+        See :func:`hivlp_milvus.search.search` for the arguments.
+        """
+        from hivlp_milvus.search import search
+
+        return search(
+            self,
+            query,
+            level=level,
+            limit=limit,
+            filter=filter,
+            filter_params=filter_params,
+            modality=modality,
+            output_fields=output_fields,
+            search_params=search_params,
+            **kwargs,
+        )

@@ -1,0 +1,138 @@
+"""``connect()``: a ``MilvusClient`` for Milvus Lite (a local path) or a Milvus server (a URL).
+
+``./hivlp.db`` (or any path without a scheme) runs Milvus Lite in this process; ``http(s)://`` and
+``tcp://`` address a Milvus server, with token auth and TLS options passed through to pymilvus.
+Connecting retries a bounded number of times with backoff and then fails with a clear error,
+never hangs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import weakref
+from typing import Any
+from urllib.parse import urlparse
+
+from hivlp_milvus.errors import ConfigError, MilvusUnavailableError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URI = "./hivlp.db"
+SERVER_SCHEMES = ("http", "https", "tcp")
+# Per-attempt connect timeout when the caller gives none: long enough for a remote server behind
+# TLS, short enough that `retries` attempts fail within well under a minute.
+_DEFAULT_CONNECT_TIMEOUT_S = 5.0
+
+_LITE_CACHE: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def is_server_uri(uri: str) -> bool:
+    """Whether ``uri`` addresses a Milvus server (``http(s)://`` / ``tcp://``) rather than a Lite path."""
+    return urlparse(str(uri)).scheme.lower() in SERVER_SCHEMES
+
+
+def _lite_endpoint(path: str) -> str:
+    """Start (or reuse) the in-process Milvus Lite for ``path`` and return its local gRPC URI.
+
+    pymilvus only recognises Lite paths ending in ``.db``; any other scheme-less path is served
+    the same way by starting Lite directly.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ConfigError(f"Milvus Lite path {path!r}: directory {parent!r} does not exist; create it first")
+    if path.endswith(".db"):
+        return path  # pymilvus starts Lite itself
+    from milvus_lite.server_manager import server_manager_instance
+
+    local = server_manager_instance.start_and_get_uri(path)
+    if local is None:
+        raise MilvusUnavailableError(f"could not start Milvus Lite on {path!r}; check the path is writable")
+    return local
+
+
+def connect(
+    uri: str = DEFAULT_URI,
+    *,
+    token: str | None = None,
+    db_name: str = "",
+    timeout: float | None = None,
+    retries: int = 3,
+    **kwargs: Any,
+) -> Any:
+    """Connect to Milvus Lite or a Milvus server.
+
+    Args:
+        uri: a local path (``./hivlp.db``: Milvus Lite in this process) or ``http(s)://host:port`` /
+            ``tcp://host:port`` (a Milvus server, standalone or cluster, or Zilliz Cloud).
+        token: ``"user:password"`` or an API key (servers only).
+        db_name: Milvus database (servers only; ``""`` = default).
+        timeout: connect timeout of each attempt in seconds (default 5 s); pymilvus uses the
+            constructor's timeout for connecting, per-call timeouts are given per call.
+        retries: connection attempts before giving up (backoff 0.5 s, 1 s, 2 s, ... between them).
+        **kwargs: passed to ``pymilvus.MilvusClient`` (``secure``, ``server_pem_path``,
+            ``server_name``, ``client_pem_path``, ``client_key_path``, ``ca_pem_path``, ``user``,
+            ``password``, ...).
+
+    Returns:
+        A connected ``pymilvus.MilvusClient``.
+
+    Raises:
+        ConfigError: ``uri`` is neither a usable local path nor a server URL.
+        MilvusUnavailableError: Milvus did not answer after ``retries`` attempts.
+    """
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import ConnectionConfigException
+
+    uri = str(uri)
+    scheme = urlparse(uri).scheme.lower()
+    if scheme and scheme not in SERVER_SCHEMES and not (len(scheme) == 1 and os.name == "nt"):
+        raise ConfigError(
+            f"uri {uri!r} has scheme {scheme!r}; use a local path (./hivlp.db) for Milvus Lite or "
+            f"{'/'.join(s + '://' for s in SERVER_SCHEMES)} for a Milvus server"
+        )
+    server = bool(scheme)
+    target = uri if server else _lite_endpoint(uri)
+    attempts = max(int(retries), 1)
+    connect_timeout = timeout if timeout is not None else _DEFAULT_CONNECT_TIMEOUT_S
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            client = MilvusClient(uri=target, token=token or "", db_name=db_name, timeout=connect_timeout, **kwargs)
+            client.list_collections(timeout=connect_timeout)  # a real round trip, not just a channel
+            return client
+        except ConnectionConfigException as exc:
+            raise ConfigError(f"invalid Milvus uri {uri!r}: {exc}") from exc
+        except Exception as exc:  # any failure to answer is retried, then reported
+            last = exc
+            if attempt + 1 < attempts:
+                delay = 0.5 * (2**attempt)
+                logger.info(
+                    "Milvus at %s not reachable (%s); retry %d/%d in %.1fs", uri, exc, attempt + 1, attempts, delay
+                )
+                time.sleep(delay)
+    what = (
+        "check the server is running and reachable (host, port, firewall), that TLS options "
+        "(secure=True, server_pem_path) match the server, and that the token is valid"
+        if server
+        else "check the path is writable and not opened by another process"
+    )
+    raise MilvusUnavailableError(f"could not connect to Milvus at {uri!r} after {attempts} attempt(s): {last}; {what}")
+
+
+def is_lite(client: Any) -> bool:
+    """Whether ``client`` talks to Milvus Lite (in-process or ``milvus-lite server``).
+
+    Decided from ``get_server_version()`` (``"milvus_lite-..."``), cached per client.
+    """
+    try:
+        return _LITE_CACHE[client]
+    except (KeyError, TypeError):
+        pass
+    version = str(client.get_server_version())
+    lite = version.lower().startswith("milvus_lite") or "lite" in version.lower()
+    with contextlib.suppress(TypeError):
+        _LITE_CACHE[client] = lite
+    return lite

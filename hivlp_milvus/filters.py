@@ -1,0 +1,306 @@
+"""User filters + parameters -> a safe Milvus expression.
+
+Users write Milvus boolean expressions with ``{name}`` placeholders and pass the values in
+``filter_params`` (pymilvus' filter templating). A Milvus server receives ``filter_params``
+unchanged and substitutes them itself. Milvus Lite 3.2 has no templating, so there — and only
+there — :func:`bind` renders each value as a typed literal:
+
+* ``str`` -> a double-quoted literal with ``\\`` ``"`` and newline/CR/tab escaped. Milvus Lite's
+  lexer knows exactly the escapes ``\\" \\' \\\\ \\n \\r \\t`` (no ``\\uXXXX``), so every other
+  character, non-ASCII and control characters included, is written as itself; this was checked
+  against Lite 3.2.2 by round-trip queries (see tests/unit/test_filters.py).
+* ``bool`` -> ``true`` / ``false``; ``int`` -> decimal (INT64 range); ``float`` -> ``repr`` (finite
+  only); a list/tuple of these -> ``[a, b, ...]``. numpy scalars/arrays are accepted as such.
+* anything else -> :class:`FilterError`.
+
+User values are never pasted into an expression any other way.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from hivlp_milvus.errors import FilterError
+
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_IDENT_RE = re.compile(rf"^{_IDENT}$")
+_PLACEHOLDER_RE = re.compile(rf"\{{({_IDENT})\}}")
+# JSON keys usable in attributes["key"] through the HTTP API.
+_JSON_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+_JSON_PATH_RE = re.compile(rf'^({_IDENT})\[\s*"([^"\\]*)"\s*\]$')
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# Placeholder names the library itself adds (modality, shortlist ids); user params may not use them.
+RESERVED_PREFIX = "hivlp_"
+OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "like")
+
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def quote_string(value: str) -> str:
+    """``value`` as a double-quoted Milvus string literal (escapes ``\\ " \\n \\r \\t`` only)."""
+    return '"' + "".join(_ESCAPES.get(ch, ch) for ch in value) + '"'
+
+
+def _normalise(value: Any, name: str, *, top: bool = True) -> Any:
+    """Plain-python form of a filter value, type-checked (numpy scalars/arrays accepted)."""
+    try:
+        import numpy as np
+
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        elif isinstance(value, np.generic):
+            value = value.item()
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        pass
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise FilterError(f"filter_params[{name!r}] = {value} is outside the INT64 range")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise FilterError(f"filter_params[{name!r}] = {value} is not a finite number")
+        return value
+    if top and isinstance(value, list | tuple):
+        return [_normalise(v, name, top=False) for v in value]
+    kind = "a nested list" if isinstance(value, list | tuple) else type(value).__name__
+    raise FilterError(
+        f"filter_params[{name!r}] is {kind}; values must be str, bool, int, finite float or a list of these"
+    )
+
+
+def literal(value: Any, name: str = "value") -> str:
+    """The Milvus literal for one (already type-checked or raw) filter value.
+
+    Raises:
+        FilterError: the value is not a str, bool, int, finite float or a flat list of these.
+    """
+    value = _normalise(value, name)
+    if isinstance(value, list):
+        return "[" + ", ".join(literal(v, name) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return quote_string(value)
+    return repr(value)  # int or finite float
+
+
+def _scan(expr: str) -> list[tuple[int, int, str]]:
+    """Positions ``(start, end, name)`` of ``{name}`` placeholders outside string literals."""
+    found: list[tuple[int, int, str]] = []
+    i, n = 0, len(expr)
+    while i < n:
+        ch = expr[i]
+        if ch in "\"'":
+            # Skip a string literal (backslash escapes) so braces inside it are not placeholders.
+            j = i + 1
+            while j < n and expr[j] != ch:
+                j += 2 if expr[j] == "\\" else 1
+            if j >= n:
+                raise FilterError(f"unterminated string literal at column {i + 1} in filter {expr!r}")
+            i = j + 1
+            continue
+        if ch == "{":
+            m = _PLACEHOLDER_RE.match(expr, i)
+            if not m:
+                raise FilterError(
+                    f"malformed placeholder at column {i + 1} in filter {expr!r}: use {{name}} with an identifier name"
+                )
+            found.append((m.start(), m.end(), m.group(1)))
+            i = m.end()
+            continue
+        if ch == "}":
+            raise FilterError(f"unmatched '}}' at column {i + 1} in filter {expr!r}")
+        i += 1
+    return found
+
+
+def placeholders(expr: str) -> list[str]:
+    """The placeholder names used in ``expr`` (outside string literals), in order of appearance."""
+    return [name for _, _, name in _scan(expr)]
+
+
+def bind(
+    expr: str | None,
+    params: Mapping[str, Any] | None = None,
+    *,
+    templating: bool,
+    reserved_ok: bool = False,
+) -> tuple[str, dict[str, Any]]:
+    """Prepare a filter and its parameters for Milvus.
+
+    Args:
+        expr: a Milvus boolean expression with ``{name}`` placeholders (``None``/``""`` = no filter).
+        params: the placeholder values (``filter_params``).
+        templating: ``True`` for a Milvus server (values are passed as ``filter_params``, server-side
+            templating); ``False`` for Milvus Lite (values rendered as escaped literals).
+        reserved_ok: allow ``hivlp_``-prefixed names (used by the library for its own parameters).
+
+    Returns:
+        ``(expression, filter_params)``: with templating, the expression unchanged and the
+        (type-checked) parameters; without, the rendered expression and ``{}``.
+
+    Raises:
+        FilterError: a placeholder has no value, a value is unused or of an unsupported type, a
+            placeholder is malformed, or a parameter name uses the reserved ``hivlp_`` prefix.
+    """
+    expr = (expr or "").strip()
+    params = dict(params or {})
+    for name in params:
+        if not isinstance(name, str) or not _IDENT_RE.match(name):
+            raise FilterError(f"filter_params key {name!r} is not an identifier ([A-Za-z_][A-Za-z0-9_]*)")
+        if not reserved_ok and name.startswith(RESERVED_PREFIX):
+            raise FilterError(f"filter_params key {name!r}: the prefix {RESERVED_PREFIX!r} is reserved by hivlp_milvus")
+    found = _scan(expr)
+    used = {name for _, _, name in found}
+    missing = sorted(used - params.keys())
+    if missing:
+        raise FilterError(f"filter {expr!r} uses placeholder(s) {missing} with no value in filter_params")
+    unused = sorted(params.keys() - used)
+    if unused:
+        raise FilterError(f"filter_params {unused} are not used by filter {expr!r} (a typo in a placeholder?)")
+    values = {name: _normalise(value, name) for name, value in params.items()}
+    if templating or not found:
+        return expr, values
+    out, last = [], 0
+    for start, end, name in found:
+        out.append(expr[last:start])
+        out.append(literal(values[name], name))
+        last = end
+    out.append(expr[last:])
+    return "".join(out), {}
+
+
+def and_filters(a: str | None, b: str | None) -> str:
+    """``(a) and (b)``, or whichever is non-empty (``""`` when both are empty)."""
+    parts = [p.strip() for p in (a, b) if p and p.strip()]
+    if len(parts) < 2:
+        return parts[0] if parts else ""
+    return " and ".join(f"({p})" for p in parts)
+
+
+def merge_params(*params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Union of several ``filter_params`` dicts.
+
+    Raises:
+        FilterError: the same name is given two different values.
+    """
+    merged: dict[str, Any] = {}
+    for p in params:
+        for k, v in (p or {}).items():
+            if k in merged and merged[k] != v:
+                raise FilterError(f"filter parameter {k!r} given twice with different values")
+            merged[k] = v
+    return merged
+
+
+def _field_expr(field: Any, allowed: set[str]) -> tuple[str, bool]:
+    """Validated field reference and whether it is a JSON path."""
+    if not isinstance(field, str):
+        raise FilterError(f"filter field must be a string, got {type(field).__name__}")
+    field = field.strip()
+    m = _JSON_PATH_RE.match(field)
+    if m is None and "." in field:  # shorthand attributes.color
+        base, _, key = field.partition(".")
+        if _IDENT_RE.match(base):
+            m = _JSON_PATH_RE.match(f'{base}["{key}"]')
+    if m is not None:
+        base, key = m.group(1), m.group(2)
+        if base not in allowed:
+            raise FilterError(f"filter field {base!r} is not filterable; allowed: {sorted(allowed)}")
+        if not _JSON_KEY_RE.match(key):
+            raise FilterError(f"JSON key {key!r} is not allowed; keys match {_JSON_KEY_RE.pattern}")
+        return f'{base}["{key}"]', True
+    if not _IDENT_RE.match(field) or field not in allowed:
+        raise FilterError(f'filter field {field!r} is not filterable; allowed: {sorted(allowed)} or attributes["key"]')
+    return field, False
+
+
+def structured_filter(
+    conditions: Sequence[Mapping[str, Any]], allowed_fields: Iterable[str]
+) -> tuple[str, dict[str, Any]]:
+    """Build ``(expr, filter_params)`` from structured conditions (for the HTTP API).
+
+    Each condition is ``{"field": ..., "op": ..., "value": ...}``; conditions are AND-ed. Field
+    names are validated (an allowed identifier, or ``attributes["key"]`` / ``attributes.key`` with a
+    validated key), operators come from a whitelist and values travel as parameters only.
+    ``in`` / ``not in`` on a JSON path are expanded to ``==`` alternatives, since Milvus Lite only
+    accepts ``in`` on a plain field.
+
+    Args:
+        conditions: the conditions; an empty list means no filter.
+        allowed_fields: names of filterable fields (e.g. ``key``, ``modality``, ``attributes``).
+
+    Returns:
+        ``(expression with {p0}, {p1}... placeholders, their values)``; pass both through :func:`bind`.
+
+    Raises:
+        FilterError: unknown field, key or operator, or a value of the wrong type for the operator.
+    """
+    allowed = set(allowed_fields)
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    for i, cond in enumerate(conditions):
+        if not isinstance(cond, Mapping) or not {"field", "op"} <= cond.keys():
+            raise FilterError(f"condition {i} must be an object with 'field', 'op' and 'value', got {cond!r}")
+        extra = set(cond) - {"field", "op", "value"}
+        if extra:
+            raise FilterError(f"condition {i} has unknown keys {sorted(extra)}")
+        field, is_json = _field_expr(cond["field"], allowed)
+        op = " ".join(str(cond["op"]).lower().split())
+        if op not in OPS:
+            raise FilterError(f"condition {i}: operator {cond['op']!r} is not allowed; use one of {list(OPS)}")
+        value = cond.get("value")
+        name = f"p{i}"
+        if op in ("in", "not in"):
+            if not isinstance(value, list | tuple):
+                raise FilterError(f"condition {i}: {op!r} needs a list value, got {type(value).__name__}")
+            values = _normalise(list(value), name)
+            if is_json:
+                names = [f"p{i}_{j}" for j in range(len(values))]
+                params.update(zip(names, values, strict=True))
+                if not names:  # nothing is in an empty list
+                    clauses.append("id in []" if op == "in" else "id not in []")
+                    continue
+                alts = " or ".join(f"{field} == {{{n}}}" for n in names)
+                clauses.append(f"({alts})" if op == "in" else f"not ({alts})")
+                continue
+            params[name] = values
+        elif op == "like":
+            if not isinstance(value, str):
+                raise FilterError(f"condition {i}: 'like' needs a string pattern, got {type(value).__name__}")
+            params[name] = value
+        else:
+            if isinstance(value, list | tuple):
+                raise FilterError(f"condition {i}: {op!r} needs a single value, not a list")
+            params[name] = _normalise(value, name)
+        clauses.append(f"{field} {op} {{{name}}}")
+    return " and ".join(clauses), params
+
+
+_FILTER_ERROR_HINTS = (
+    "expr",
+    "parse",
+    "field",
+    "column",
+    "unexpected",
+    "syntax",
+    "token",
+    "escape",
+    "literal",
+    "placeholder",
+    "template",
+    "operator",
+    "cannot",
+    "invalid",
+)
+
+
+def looks_like_filter_error(exc: BaseException) -> bool:
+    """Whether a Milvus error raised by a filtered call is about the filter expression."""
+    msg = str(exc).lower()
+    return any(h in msg for h in _FILTER_ERROR_HINTS)

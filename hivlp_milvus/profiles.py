@@ -1,0 +1,395 @@
+"""Index profiles (``schemas/profiles.yaml``): which index each vector field gets, and its limits.
+
+A profile names the ANN index of ``vec_low`` (one of several variants) and the exact index of
+``vec_high`` (always FLAT), with build/search parameters and the top-k cap of the coarse index.
+``resolve_profile`` picks the profile for a given Milvus: Milvus Lite gets ``lite``; a server gets
+``gpu`` when it accepts GPU indexes and ``cpu`` otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from hivlp_milvus.errors import ConfigError, ProfileError, SearchLimitError
+
+logger = logging.getLogger(__name__)
+
+PROFILE_NAMES = ("gpu", "cpu", "lite")
+MILVUS_MAX_TOPK = 16384
+
+# IVF sizing.  nlist ~ 4*sqrt(N) is the usual rule of thumb (FAISS wiki: 4..16*sqrt(N)); the floor
+# keeps small collections from ending up with a handful of huge lists, the cap is Milvus' range.
+NLIST_MIN = 16
+NLIST_MAX = 65536
+# An IVF search returns at most the rows held by the lists it probes, and list sizes are uneven;
+# nprobe is raised so the probed lists hold on average this many times coarse_limit rows.
+_NPROBE_OVERSAMPLE = 4.0
+_MIN_POINTS_PER_LIST = 39
+
+
+def nlist_for(expected_rows: int) -> int:
+    """The IVF ``nlist`` for a collection expected to hold ``expected_rows`` rows.
+
+    ``4 * sqrt(N)``, at most ``N / 39`` (k-means wants >= 39 training points per list; FAISS warns
+    below that) and clamped to ``[16, 65536]``: e.g. 10k rows -> 256, 20k -> 512, 100k -> 1265,
+    1M -> 4000.
+
+    Args:
+        expected_rows: how many rows the collection is expected to hold (order of magnitude).
+
+    Returns:
+        The number of IVF lists.
+    """
+    n = max(int(expected_rows), 1)
+    nlist = min(round(4.0 * math.sqrt(n)), n // _MIN_POINTS_PER_LIST)
+    return int(min(max(nlist, NLIST_MIN), NLIST_MAX))
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """The index of one vector field.
+
+    Attributes:
+        index_type: Milvus index type (``GPU_IVF_FLAT``, ``IVF_FLAT``, ``HNSW``, ``FLAT`` ...).
+        build_params: ``params`` of ``IndexParams.add_index`` (``nlist`` may still be ``"auto"``).
+        search_params: default ``params`` of a search on this field.
+        max_topk: the largest ``limit`` one search on this index accepts.
+        mmap: whether the field's data is memory-mapped (servers only).
+    """
+
+    index_type: str
+    build_params: dict[str, Any] = field(default_factory=dict)
+    search_params: dict[str, Any] = field(default_factory=dict)
+    max_topk: int = MILVUS_MAX_TOPK
+    mmap: bool = False
+
+    @property
+    def is_ivf(self) -> bool:
+        return "IVF" in self.index_type
+
+    @property
+    def nlist(self) -> int | None:
+        value = self.build_params.get("nlist")
+        return int(value) if isinstance(value, int) else None
+
+
+@dataclass(frozen=True)
+class IndexProfile:
+    """A named index profile: the index of ``vec_low`` (one variant) and of ``vec_high``.
+
+    Attributes:
+        name: ``gpu``, ``cpu`` or ``lite``.
+        variant: the ``vec_low`` variant (its index type, e.g. ``GPU_IVF_FLAT``).
+        low: index of ``vec_low`` (coarse, ANN).
+        high: index of ``vec_high`` (fine, FLAT).
+        metric_type: always ``IP`` (vectors are L2-normalised).
+        fallback: profile to use when a server refuses this one (``gpu`` -> ``cpu``).
+        milvus_max_topk: Milvus' own cap on ``limit``.
+    """
+
+    name: str
+    variant: str
+    low: IndexSpec
+    high: IndexSpec
+    metric_type: str = "IP"
+    fallback: str | None = None
+    milvus_max_topk: int = MILVUS_MAX_TOPK
+
+    @property
+    def tag(self) -> str:
+        """``name:variant``, what the collection records in ``hivlp.profile``."""
+        return f"{self.name}:{self.variant}"
+
+    @property
+    def coarse_cap(self) -> int:
+        """The largest ``coarse_limit`` the ``vec_low`` index accepts."""
+        return min(self.low.max_topk, self.milvus_max_topk)
+
+    @property
+    def fine_cap(self) -> int:
+        """The largest ``limit`` of the exact ``vec_high`` stage."""
+        return min(self.high.max_topk, self.milvus_max_topk)
+
+    def with_expected_rows(self, expected_rows: int | None) -> IndexProfile:
+        """A copy whose ``nlist: auto`` is sized for ``expected_rows`` (see :func:`nlist_for`)."""
+        if self.low.build_params.get("nlist") != "auto":
+            return self
+        rows = expected_rows if expected_rows is not None else _data()["default_expected_rows"]
+        build = dict(self.low.build_params, nlist=nlist_for(rows))
+        return replace(self, low=replace(self.low, build_params=build))
+
+    def with_low_build_params(self, params: dict[str, Any]) -> IndexProfile:
+        """A copy with ``vec_low`` build params overridden (e.g. the ones a collection was built with)."""
+        return replace(self, low=replace(self.low, build_params=dict(self.low.build_params, **params)))
+
+    def index_params(self, *, lite: bool = False) -> Any:
+        """``pymilvus.IndexParams`` for both vector fields (``nlist: auto`` must be resolved first).
+
+        Args:
+            lite: build for Milvus Lite. pymilvus 3 sends build params as flat key/value pairs
+                (``nlist=...``), which a server reads but Milvus Lite 3.2 ignores (it reads only a
+                JSON ``params`` entry and silently builds nlist=128); for Lite the params are sent
+                nested under ``params``.
+
+        Raises:
+            ConfigError: ``nlist`` is still ``"auto"``.
+        """
+        from pymilvus import MilvusClient
+
+        if self.low.build_params.get("nlist") == "auto":
+            raise ConfigError("nlist is 'auto': call profile.with_expected_rows(n) before building indexes")
+        params = MilvusClient.prepare_index_params()
+        for field_name, spec in (("vec_low", self.low), ("vec_high", self.high)):
+            build = dict(spec.build_params)
+            if lite and build:
+                build = {"params": build}
+            params.add_index(field_name, index_type=spec.index_type, metric_type=self.metric_type, params=build)
+        return params
+
+    def low_search_params(self, limit: int, *, num_rows: int | None = None) -> dict[str, Any]:
+        """Search params for the coarse stage returning ``limit`` hits.
+
+        IVF: ``nprobe`` is at least ``nprobe_fraction * nlist`` (when the profile sets one) and is
+        raised so the probed lists hold ~4x ``limit`` rows on average when ``num_rows`` is known
+        (an IVF search cannot return more rows than its probed lists hold).
+        HNSW: ``ef`` is raised to at least ``limit`` (Milvus requires ``ef >= k``).
+        """
+        params = dict(self.low.search_params)
+        fraction = float(params.pop("nprobe_fraction", 0.0) or 0.0)
+        if self.low.is_ivf and "nprobe" in params:
+            nlist = self.low.nlist
+            nprobe = int(params["nprobe"])
+            if nlist and fraction:
+                nprobe = max(nprobe, math.ceil(fraction * nlist))
+            if nlist and num_rows:
+                nprobe = max(nprobe, math.ceil(_NPROBE_OVERSAMPLE * limit * nlist / max(num_rows, 1)))
+            if nlist:
+                nprobe = min(nprobe, nlist)
+            params["nprobe"] = nprobe
+        if self.low.index_type == "HNSW":
+            params["ef"] = max(int(params.get("ef", limit)), limit)
+        return {"metric_type": self.metric_type, "params": params}
+
+    def high_search_params(self) -> dict[str, Any]:
+        """Search params for the exact ``vec_high`` stage."""
+        return {"metric_type": self.metric_type, "params": dict(self.high.search_params)}
+
+    def validate_limits(self, limit: int, coarse_limit: int | None = None) -> int:
+        """Check ``limit`` / ``coarse_limit`` against this profile's caps.
+
+        Args:
+            limit: number of final hits per query.
+            coarse_limit: shortlist size of the coarse stage; ``None`` means
+                ``max(10 * limit, 100)`` capped by the coarse index's top-k cap.
+
+        Returns:
+            The coarse limit to use.
+
+        Raises:
+            SearchLimitError: a limit is not a positive int, ``limit`` exceeds the cap of the coarse
+                index (the funnel needs ``coarse_limit >= limit``), or ``coarse_limit`` is below
+                ``limit`` or above the cap.
+        """
+        cap = self.coarse_cap
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise SearchLimitError(f"limit must be a positive int, got {limit!r}")
+        if limit > cap:
+            raise SearchLimitError(
+                f"limit={limit} exceeds the top-k cap {cap} of {self.low.index_type} (profile {self.tag!r}); "
+                f"use a smaller limit or a profile variant with a larger cap (e.g. {_bigger_cap_hint(self)})"
+            )
+        if coarse_limit is None:
+            return min(max(10 * limit, 100), cap)
+        if isinstance(coarse_limit, bool) or not isinstance(coarse_limit, int) or coarse_limit < 1:
+            raise SearchLimitError(f"coarse_limit must be a positive int, got {coarse_limit!r}")
+        if coarse_limit < limit:
+            raise SearchLimitError(
+                f"coarse_limit={coarse_limit} is smaller than limit={limit}: the coarse shortlist must hold at "
+                "least the final number of hits"
+            )
+        if coarse_limit > cap:
+            raise SearchLimitError(
+                f"coarse_limit={coarse_limit} exceeds the top-k cap {cap} of {self.low.index_type} "
+                f"(profile {self.tag!r}); use coarse_limit <= {cap} or a variant with a larger cap "
+                f"(e.g. {_bigger_cap_hint(self)})"
+            )
+        return coarse_limit
+
+
+def _bigger_cap_hint(profile: IndexProfile) -> str:
+    if profile.name == "gpu":
+        return "gpu:GPU_IVF_PQ or gpu:GPU_CAGRA (1024), cpu:IVF_FLAT (16384)"
+    return f"Milvus' maximum is {MILVUS_MAX_TOPK}"
+
+
+def validate_limits(limit: int, coarse_limit: int | None = None, profile: IndexProfile | None = None) -> int:
+    """Module-level form of :meth:`IndexProfile.validate_limits` (default profile: ``lite``).
+
+    Raises:
+        SearchLimitError: see :meth:`IndexProfile.validate_limits`.
+    """
+    return (profile or load_profile("lite")).validate_limits(limit, coarse_limit)
+
+
+@lru_cache(maxsize=1)
+def _data() -> dict[str, Any]:
+    text = resources.files("schemas").joinpath("profiles.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def _spec(raw: dict[str, Any], default_topk: int) -> IndexSpec:
+    return IndexSpec(
+        index_type=str(raw["index_type"]),
+        build_params=dict(raw.get("build") or {}),
+        search_params=dict(raw.get("search") or {}),
+        max_topk=int(raw.get("max_topk", default_topk)),
+        mmap=bool(raw.get("mmap", False)),
+    )
+
+
+def profile_names() -> list[str]:
+    """The profile names in ``schemas/profiles.yaml``."""
+    return list(_data()["profiles"])
+
+
+def profile_variants(name: str) -> list[str]:
+    """The ``vec_low`` variants of profile ``name``."""
+    return list(_raw_profile(name)["vec_low"]["variants"])
+
+
+def _raw_profile(name: str) -> dict[str, Any]:
+    profiles = _data()["profiles"]
+    if name not in profiles:
+        raise ProfileError(f"unknown index profile {name!r}; choose one of {sorted(profiles)} or 'auto'")
+    return profiles[name]
+
+
+def load_profile(name: str, variant: str | None = None) -> IndexProfile:
+    """Load profile ``name`` (``gpu``, ``cpu``, ``lite``) from ``schemas/profiles.yaml``.
+
+    Args:
+        name: the profile name, or ``"name:variant"`` (the form recorded in ``hivlp.profile``).
+        variant: the ``vec_low`` index variant (e.g. ``GPU_CAGRA``); ``None`` = the profile's default.
+
+    Returns:
+        The profile (``nlist`` may still be ``"auto"``; see :meth:`IndexProfile.with_expected_rows`).
+
+    Raises:
+        ProfileError: unknown profile or variant.
+    """
+    if ":" in name:
+        name, _, tagged = name.partition(":")
+        variant = variant or tagged
+    data = _data()
+    raw = _raw_profile(name)
+    max_topk = int(data.get("milvus_max_topk", MILVUS_MAX_TOPK))
+    variants = raw["vec_low"]["variants"]
+    variant = (variant or raw["vec_low"]["default"]).upper()
+    if variant not in variants:
+        raise ProfileError(f"profile {name!r} has no vec_low variant {variant!r}; choose one of {sorted(variants)}")
+    return IndexProfile(
+        name=name,
+        variant=variant,
+        low=_spec(variants[variant], max_topk),
+        high=_spec(raw["vec_high"], max_topk),
+        metric_type=str(data.get("metric_type", "IP")),
+        fallback=raw.get("fallback"),
+        milvus_max_topk=max_topk,
+    )
+
+
+def lite_equivalent(profile: IndexProfile) -> IndexProfile:
+    """The ``lite`` profile closest to ``profile``: GPU indexes become IVF_FLAT / FLAT.
+
+    Milvus Lite accepts GPU index names at ``create_index`` but has no GPU index, so a collection
+    created there with a GPU profile would silently not be what its properties say.
+    """
+    if profile.name == "lite":
+        return profile
+    aliases = _data().get("lite_aliases", {})
+    lite_variants = profile_variants("lite")
+    variant = profile.variant if profile.variant in lite_variants else aliases.get(profile.variant, "IVF_FLAT")
+    mapped = load_profile("lite", variant)
+    if profile.low.nlist and mapped.low.build_params.get("nlist") == "auto":
+        mapped = mapped.with_low_build_params({"nlist": profile.low.nlist})
+    logger.info("Milvus Lite has no %s index: using profile %s instead of %s", profile.variant, mapped.tag, profile.tag)
+    return mapped
+
+
+def resolve_profile(
+    name: str | IndexProfile = "auto", client: Any = None, *, variant: str | None = None
+) -> IndexProfile:
+    """The profile to use on the Milvus behind ``client``.
+
+    * Milvus Lite: ``auto`` -> ``lite``; a GPU/CPU profile maps to its Lite equivalent
+      (GPU_IVF_FLAT / GPU_IVF_PQ / GPU_CAGRA -> IVF_FLAT, GPU_BRUTE_FORCE -> FLAT).
+    * A server: ``auto`` -> ``gpu`` if the server accepts the GPU index (probed by creating it on a
+      throw-away collection), else ``cpu`` with a logged warning. An explicitly requested profile
+      is used as is.
+
+    Args:
+        name: ``"auto"``, a profile name, ``"name:variant"``, or an :class:`IndexProfile`.
+        client: a connected ``MilvusClient``; ``None`` resolves ``auto`` to ``lite`` without probing.
+        variant: the ``vec_low`` variant for a named profile.
+
+    Returns:
+        The resolved profile.
+
+    Raises:
+        ProfileError: unknown profile/variant.
+    """
+    from hivlp_milvus.connection import is_lite
+
+    lite = client is None or is_lite(client)
+    if isinstance(name, IndexProfile):
+        return lite_equivalent(name) if lite else name
+    if name == "auto":
+        if lite:
+            return load_profile("lite", variant)
+        gpu = load_profile("gpu", variant if variant and variant.startswith("GPU_") else None)
+        refused = _server_refuses(client, gpu)
+        if refused is None:
+            return gpu
+        cpu = load_profile(gpu.fallback or "cpu", variant if variant and not variant.startswith("GPU_") else None)
+        logger.warning(
+            "Milvus refused the %s index (%s); falling back to profile %s. Use a GPU Milvus image "
+            "(milvusdb/milvus:*-gpu) for GPU indexes.",
+            gpu.low.index_type,
+            refused,
+            cpu.tag,
+        )
+        return cpu
+    profile = load_profile(name, variant)
+    return lite_equivalent(profile) if lite else profile
+
+
+def _server_refuses(client: Any, profile: IndexProfile) -> str | None:
+    """``None`` if the server accepts ``profile``'s vec_low index, else the server's reason."""
+    from pymilvus import DataType, MilvusClient
+
+    probe = f"hivlp_probe_{uuid.uuid4().hex[:12]}"
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("v", DataType.FLOAT_VECTOR, dim=16)
+    build = {k: (NLIST_MIN if v == "auto" else v) for k, v in profile.low.build_params.items()}
+    params = MilvusClient.prepare_index_params()
+    params.add_index("v", index_type=profile.low.index_type, metric_type=profile.metric_type, params=build)
+    try:
+        client.create_collection(probe, schema=schema)
+        client.create_index(probe, params)
+    except Exception as exc:  # the server's refusal is the answer, whatever its type
+        return str(exc)
+    finally:
+        try:
+            client.drop_collection(probe)
+        except Exception as exc:
+            logger.debug("could not drop probe collection %s: %s", probe, exc)
+    return None

@@ -1,0 +1,72 @@
+"""HierarchicalCollection against a real Milvus server over gRPC (the ``milvus_server`` fixture).
+
+The behaviour tests are those of tests/unit/test_collection_lite.py, loaded from that file and run
+here with an ``env`` that points at the server; plus server-only checks (URI forms, templating).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hivlp_milvus.collection import HierarchicalCollection
+from hivlp_milvus.connection import connect, is_lite
+from hivlp_milvus.errors import FilterError
+
+pytestmark = pytest.mark.integration
+
+_SHARED = Path(__file__).resolve().parents[1] / "unit" / "test_collection_lite.py"
+_spec = importlib.util.spec_from_file_location("hivlp_collection_behaviours", _SHARED)
+assert _spec is not None
+assert _spec.loader is not None
+behaviours = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = behaviours
+_spec.loader.exec_module(behaviours)
+
+# Re-export the shared tests and fixtures: pytest collects them here, with the env fixture below.
+for _name in dir(behaviours):
+    if _name.startswith("test_") or _name in ("client", "model", "populated"):
+        globals()[_name] = getattr(behaviours, _name)
+
+Env = behaviours.Env
+HiVLPModelTestDouble = behaviours.HiVLPModelTestDouble
+unique = behaviours.unique
+
+
+@pytest.fixture(scope="module")
+def env(milvus_server: Any) -> Any:
+    return Env(milvus_server.uri, milvus_server.token)
+
+
+def test_server_uri_forms(milvus_server: Any, milvus_uri: str) -> None:
+    client = connect(milvus_uri, token=milvus_server.token)
+    assert client.list_collections() is not None
+    tcp = connect(milvus_uri.replace("http://", "tcp://"), token=milvus_server.token)
+    assert tcp.get_server_version() == client.get_server_version()
+
+
+def test_templating_is_chosen_by_server_kind(env: Any, model: Any) -> None:
+    client = env.client()
+    col = HierarchicalCollection.create(unique(), client=client, model=model)
+    try:
+        col.upsert(behaviours.make_rows(model, n_images=4))
+        expr, params = col.bind_filter("key == {k}", {"k": "1"})
+        if is_lite(client):  # milvus-lite server: no templating, values bound as literals
+            assert (expr, params) == ('key == "1"', {})
+        else:  # a real Milvus: filter_params travel unchanged
+            assert (expr, params) == ("key == {k}", {"k": "1"})
+        hits = col.query("key == {k}", filter_params={"k": "1"}, output_fields=["key"])
+        assert [h["key"] for h in hits] == ["1"]
+        with pytest.raises(FilterError):
+            col.query("key == {k}")
+        q = model.embed_texts(["caption 0 of image 1"])
+        res = col.hierarchical_search(q, limit=2, filter="key == {k}", filter_params={"k": "1#0"}, rerank="server")
+        assert [h["id"] for h in res[0]] == [behaviours.row_id("1#0", "text")]
+        np.testing.assert_allclose(res[0][0]["distance"], 1.0, atol=1e-4)
+    finally:
+        col.drop()

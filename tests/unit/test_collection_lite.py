@@ -1,0 +1,570 @@
+"""HierarchicalCollection on an in-process Milvus Lite (.db in tmp_path): schema, writes, the funnel.
+
+The same behaviour tests run over gRPC against a real Milvus server in
+tests/integration/test_collection_server.py (which re-uses the tests of this module with its own
+``env`` fixture). No mocks: every test talks to Milvus.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from pymilvus import DataType, MilvusClient
+
+from hivlp_milvus.collection import HierarchicalCollection
+from hivlp_milvus.connection import connect, is_lite
+from hivlp_milvus.errors import (
+    BadRecordError,
+    CollectionExistsError,
+    CollectionNotFoundError,
+    DimensionMismatchError,
+    FilterError,
+    MilvusUnavailableError,
+    ModelMismatchError,
+    QueryError,
+    SchemaMismatchError,
+    SearchLimitError,
+)
+from hivlp_milvus.ids import row_id, text_key
+from hivlp_milvus.model.embedding import HierarchicalEmbedding
+from hivlp_milvus.search import SearchResults
+
+LOW, HIGH = 16, 32
+N_IMAGES = 120  # + 2 captions each = 360 rows
+COLORS = ["red", "green", "blue"]
+
+logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # expected RPC errors are asserted, not logged
+
+
+class HiVLPModelTestDouble:
+    """Test double of the HiVLP model: deterministic unit vectors from a hash of each input.
+
+    Implements what the collection uses: ``embed_texts``, ``embed_images``, ``fingerprint`` and
+    ``config.low_dim`` / ``config.high_dim``.
+    """
+
+    def __init__(self, low_dim: int = LOW, high_dim: int = HIGH, fingerprint: str = "test-double-v1") -> None:
+        self.config = SimpleNamespace(low_dim=low_dim, high_dim=high_dim)
+        self.fingerprint = fingerprint
+        self.calls: list[tuple[str, int]] = []
+
+    def _vectors(self, keys: list[bytes]) -> HierarchicalEmbedding:
+        low, high = [], []
+        for key in keys:
+            seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+            rng = np.random.default_rng(seed)
+            h = rng.standard_normal(self.config.high_dim).astype(np.float32)
+            lo = h[: self.config.low_dim] + 0.3 * rng.standard_normal(self.config.low_dim).astype(np.float32)
+            high.append(h / np.linalg.norm(h))
+            low.append(lo / np.linalg.norm(lo))
+        return HierarchicalEmbedding(np.stack(low), np.stack(high))
+
+    def embed_texts(self, texts: list[str], batch_size: int = 256) -> HierarchicalEmbedding:
+        self.calls.append(("text", len(texts)))
+        return self._vectors([b"t:" + t.encode() for t in texts])
+
+    def embed_images(self, images: list[Any], batch_size: int = 64) -> HierarchicalEmbedding:
+        self.calls.append(("image", len(images)))
+        keys = []
+        for img in images:
+            if isinstance(img, Path):
+                keys.append(b"p:" + str(img).encode())
+            elif isinstance(img, bytes | bytearray):
+                keys.append(b"b:" + bytes(img))
+            elif isinstance(img, np.ndarray):
+                keys.append(b"a:" + img.tobytes())
+            else:  # PIL
+                keys.append(b"i:" + img.tobytes())
+        return self._vectors(keys)
+
+
+@dataclass(frozen=True)
+class Env:
+    """Where the collections of a test module live."""
+
+    uri: str
+    token: str = ""
+
+    def client(self) -> Any:
+        return connect(self.uri, token=self.token)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
+    return Env(str(tmp_path_factory.mktemp("lite") / "hivlp.db"))
+
+
+@pytest.fixture(scope="module")
+def client(env: Env) -> Any:
+    return env.client()
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def make_rows(model: HiVLPModelTestDouble, n_images: int = N_IMAGES) -> list[dict[str, Any]]:
+    """Image rows encoded from their path, and two caption rows per image."""
+    paths = [Path(f"/data/img_{i}.png") for i in range(n_images)]
+    captions = [f"caption {j} of image {i}" for i in range(n_images) for j in range(2)]
+    img = model.embed_images(paths)
+    txt = model.embed_texts(captions)
+    rows = []
+    for i, p in enumerate(paths):
+        rows.append(
+            {
+                "id": row_id(str(i), "image"),
+                "key": str(i),
+                "modality": "image",
+                "reference": str(p),
+                "attributes": {"color": COLORS[i % 3], "n": i, "tag": 'x" or id > 0 or "' if i == 7 else "plain"},
+                "vec_low": img.low[i],
+                "vec_high": img.high[i],
+            }
+        )
+    for k, cap in enumerate(captions):
+        i, j = divmod(k, 2)
+        rows.append(
+            {
+                "id": row_id(text_key(str(i), j), "text"),
+                "key": text_key(str(i), j),
+                "modality": "text",
+                "reference": cap,
+                "attributes": {"color": COLORS[i % 3], "n": i, "tag": "plain"},
+                "vec_low": txt.low[k],
+                "vec_high": txt.high[k],
+            }
+        )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def model() -> HiVLPModelTestDouble:
+    return HiVLPModelTestDouble()
+
+
+@pytest.fixture(scope="module")
+def populated(client: Any, model: HiVLPModelTestDouble) -> Iterator[tuple[HierarchicalCollection, list[dict]]]:
+    """A read-only collection with images and captions, flushed so the IVF index is used."""
+    rows = make_rows(model)
+    col = HierarchicalCollection.create(unique("pop"), client=client, model=model, expected_rows=len(rows))
+    assert col.upsert(rows) == len(rows)
+    col.flush()
+    yield col, rows
+    col.drop()
+
+
+def brute_force(rows: list[dict], q_high: np.ndarray, limit: int, keep: Any = None) -> list[tuple[int, float]]:
+    cand = [r for r in rows if keep is None or keep(r)]
+    if not cand:
+        return []
+    mat = np.stack([np.asarray(r["vec_high"], dtype=np.float32) for r in cand])
+    scores = mat @ q_high
+    order = np.argsort(-scores, kind="stable")[:limit]
+    return [(cand[j]["id"], float(scores[j])) for j in order]
+
+
+def assert_same(hits: list[dict], expected: list[tuple[int, float]]) -> None:
+    assert [h["id"] for h in hits] == [i for i, _ in expected]
+    np.testing.assert_allclose([h["distance"] for h in hits], [s for _, s in expected], atol=1e-4)
+
+
+# ---------------------------------------------------------------------- create / open
+
+
+def test_create_records_properties(client: Any, model: HiVLPModelTestDouble) -> None:
+    name = unique()
+    col = HierarchicalCollection.create(name, client=client, model=model, description="props")
+    try:
+        props = client.describe_collection(name)["properties"]
+        assert props["hivlp.schema_version"] == "1"
+        assert props["hivlp.model_fingerprint"] == "test-double-v1"
+        assert props["hivlp.low_dim"] == str(LOW)
+        assert props["hivlp.high_dim"] == str(HIGH)
+        assert props["hivlp.profile"] == col.profile.tag
+        assert (col.name, col.low_dim, col.high_dim, col.model, col.client) == (name, LOW, HIGH, model, client)
+        assert col.is_lite == is_lite(client)
+        assert col.profile.name == ("lite" if col.is_lite else col.profile.name)
+        assert col.max_rows_per_request > 1000
+        desc = col.describe()
+        assert desc["count"] == 0
+        assert desc["fingerprint"] == "test-double-v1"
+        assert set(desc["indexes"]) == {"vec_low", "vec_high"}
+        assert desc["indexes"]["vec_high"]["index_type"] == "FLAT"
+        assert desc["indexes"]["vec_low"]["metric_type"] == "IP"
+    finally:
+        col.drop()
+
+
+def test_create_twice_and_exist_ok(client: Any) -> None:
+    name = unique()
+    col = HierarchicalCollection.create(name, client=client, low_dim=LOW, high_dim=HIGH)
+    try:
+        with pytest.raises(CollectionExistsError, match="exist_ok"):
+            HierarchicalCollection.create(name, client=client, low_dim=LOW, high_dim=HIGH)
+        again = HierarchicalCollection.create(name, client=client, low_dim=LOW, high_dim=HIGH, exist_ok=True)
+        assert again.name == name
+        assert again.profile.tag == col.profile.tag
+        with pytest.raises(ModelMismatchError, match="high_dim"):
+            HierarchicalCollection.create(name, client=client, low_dim=LOW, high_dim=HIGH * 2, exist_ok=True)
+    finally:
+        col.drop()
+
+
+def test_create_needs_valid_dims(client: Any) -> None:
+    with pytest.raises(DimensionMismatchError):
+        HierarchicalCollection.create(unique(), client=client, low_dim=LOW)
+    with pytest.raises(DimensionMismatchError):
+        HierarchicalCollection.create(unique(), client=client, low_dim=0, high_dim=HIGH)
+    with pytest.raises(DimensionMismatchError, match="model"):
+        HierarchicalCollection.create(unique(), client=client, low_dim=8, model=HiVLPModelTestDouble())
+
+
+def test_open_unknown_lists_existing(client: Any, populated: tuple) -> None:
+    col, _ = populated
+    with pytest.raises(CollectionNotFoundError, match=col.name):
+        HierarchicalCollection.open("no_such_collection", client=client)
+
+
+def test_open_foreign_collection(client: Any) -> None:
+    name = unique("foreign")
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("v", DataType.FLOAT_VECTOR, dim=4)
+    index = MilvusClient.prepare_index_params()
+    index.add_index("v", index_type="FLAT", metric_type="IP")
+    client.create_collection(name, schema=schema, index_params=index)
+    try:
+        with pytest.raises(SchemaMismatchError, match="not created by hivlp_milvus"):
+            HierarchicalCollection.open(name, client=client)
+    finally:
+        client.drop_collection(name)
+
+
+def test_reopen_with_mismatching_model(client: Any, populated: tuple) -> None:
+    col, _ = populated
+    same = HierarchicalCollection.open(col.name, client=client, model=HiVLPModelTestDouble())
+    assert same.model is not None
+    assert same.count() == col.count()
+    with pytest.raises(ModelMismatchError, match=r"low_dim: collection 16, model 8.*new collection"):
+        HierarchicalCollection.open(col.name, client=client, model=HiVLPModelTestDouble(low_dim=8))
+    with pytest.raises(ModelMismatchError, match="high_dim"):
+        HierarchicalCollection.open(col.name, client=client, model=HiVLPModelTestDouble(high_dim=64))
+    with pytest.raises(ModelMismatchError, match=r"fingerprint.*checkpoint"):
+        HierarchicalCollection.open(col.name, client=client, model=HiVLPModelTestDouble(fingerprint="other"))
+    with pytest.raises(ModelMismatchError):
+        col.check_model(HiVLPModelTestDouble(fingerprint="other"))
+
+
+def test_collection_without_fingerprint_accepts_same_dims(client: Any) -> None:
+    col = HierarchicalCollection.create(unique(), client=client, low_dim=LOW, high_dim=HIGH)
+    try:
+        opened = HierarchicalCollection.open(col.name, client=client, model=HiVLPModelTestDouble(fingerprint="any"))
+        assert opened.fingerprint == ""
+        with pytest.raises(ModelMismatchError):
+            opened.model = HiVLPModelTestDouble(low_dim=LOW + 1)
+    finally:
+        col.drop()
+
+
+# ---------------------------------------------------------------------- writes
+
+
+def test_upsert_validates_before_writing(client: Any, model: HiVLPModelTestDouble) -> None:
+    col = HierarchicalCollection.create(unique(), client=client, model=model)
+    try:
+        rows = make_rows(model, n_images=3)
+        bad = [dict(r) for r in rows]
+        bad[4]["vec_high"] = np.zeros(HIGH + 1, dtype=np.float32)
+        with pytest.raises(DimensionMismatchError, match=r"row 4 .*vec_high"):
+            col.upsert(bad)
+        bad = [dict(r) for r in rows]
+        bad[0]["vec_low"] = [0.1] * (LOW - 1)
+        with pytest.raises(DimensionMismatchError, match="vec_low"):
+            col.upsert(bad)
+        with pytest.raises(BadRecordError, match="missing fields"):
+            col.upsert([{k: v for k, v in rows[0].items() if k != "key"}])
+        with pytest.raises(BadRecordError, match="modality"):
+            col.upsert([{**rows[0], "modality": "audio"}])
+        with pytest.raises(BadRecordError, match="NaN"):
+            col.upsert([{**rows[0], "vec_low": np.full(LOW, np.nan, dtype=np.float32)}])
+        assert col.count() == 0  # nothing was written
+
+        assert col.upsert(rows) == len(rows)
+        assert col.upsert(rows[:2]) == 2  # re-ingest overwrites, never duplicates
+        assert col.count() == len(rows)
+        ids = [r["id"] for r in rows]
+        assert col.existing_ids([*ids[:3], 12345]) == set(ids[:3])
+        got = {g["id"]: g for g in col.get(ids[:2])}
+        assert got[ids[0]]["reference"] == rows[0]["reference"]
+        assert "vec_high" not in got[ids[0]]
+        vec = col.get([ids[0]], output_fields=["vec_high"])[0]["vec_high"]
+        np.testing.assert_allclose(vec, rows[0]["vec_high"], atol=1e-6)
+        assert col.upsert([]) == 0
+    finally:
+        col.drop()
+
+
+def test_delete_by_ids_and_filter(client: Any, model: HiVLPModelTestDouble) -> None:
+    col = HierarchicalCollection.create(unique(), client=client, model=model)
+    try:
+        rows = make_rows(model, n_images=6)  # 6 images + 12 captions
+        col.upsert(rows)
+        assert col.delete(ids=[rows[0]["id"], rows[1]["id"], 999]) == 2
+        assert col.count() == len(rows) - 2
+        assert (
+            col.delete(filter='modality == {m} and attributes["color"] == {c}', filter_params={"m": "text", "c": "red"})
+            == 4
+        )
+        assert col.count() == len(rows) - 6
+        assert col.count('modality == "text"') == 8
+        assert col.delete(ids=[r["id"] for r in rows], filter="modality == {m}", filter_params={"m": "image"}) == 4
+        assert col.count() == 8
+        assert col.delete(ids=[]) == 0
+        with pytest.raises(FilterError):
+            col.delete()
+    finally:
+        col.drop()
+
+
+def test_drop(client: Any) -> None:
+    col = HierarchicalCollection.create(unique(), client=client, low_dim=LOW, high_dim=HIGH)
+    col.drop()
+    assert not client.has_collection(col.name)
+    with pytest.raises(CollectionNotFoundError):
+        HierarchicalCollection.open(col.name, client=client)
+
+
+# ---------------------------------------------------------------------- search
+
+
+@pytest.mark.parametrize("rerank", ["client", "server"])
+def test_funnel_equals_brute_force_when_coarse_covers_everything(populated: tuple, rerank: str) -> None:
+    col, rows = populated
+    q = HierarchicalEmbedding(
+        np.stack([rows[3]["vec_low"], rows[200]["vec_low"]]), np.stack([rows[3]["vec_high"], rows[200]["vec_high"]])
+    )
+    res = col.hierarchical_search(q, limit=15, coarse_limit=len(rows), rerank=rerank, output_fields=["key", "modality"])
+    assert isinstance(res, SearchResults)
+    assert len(res) == 2
+    assert set(res.timings) >= {"encode_s", "coarse_s", "fine_s"}
+    for qi in range(2):
+        assert_same(res[qi], brute_force(rows, q.high[qi], 15))
+        assert all(set(h) == {"id", "distance", "coarse_distance", "entity"} for h in res[qi])
+        assert all(set(h["entity"]) == {"key", "modality"} for h in res[qi])
+    # Under a filter: equal to brute force over the matching rows.
+    res = col.hierarchical_search(
+        q,
+        limit=10,
+        coarse_limit=len(rows),
+        rerank=rerank,
+        filter='attributes["color"] == {c}',
+        filter_params={"c": "blue"},
+    )
+    for qi in range(2):
+        assert_same(res[qi], brute_force(rows, q.high[qi], 10, keep=lambda r: r["attributes"]["color"] == "blue"))
+
+
+def test_both_rerank_paths_agree(populated: tuple, model: HiVLPModelTestDouble) -> None:
+    col, _ = populated
+    col = HierarchicalCollection.open(col.name, client=col.client, model=model)
+    queries = ["caption 0 of image 5", "a query", Path("/data/img_9.png")]
+    a = col.hierarchical_search(queries, limit=5, coarse_limit=50, rerank="client")
+    b = col.hierarchical_search(queries, limit=5, coarse_limit=50, rerank="server")
+    auto = col.hierarchical_search(queries, limit=5, coarse_limit=50)
+    for x, y, z in zip(a, b, auto, strict=True):
+        assert [h["id"] for h in x] == [h["id"] for h in y] == [h["id"] for h in z]
+        np.testing.assert_allclose([h["distance"] for h in x], [h["distance"] for h in y], atol=1e-4)
+        assert [h["entity"] for h in x] == [h["entity"] for h in y]
+
+
+def test_text_and_image_queries_use_the_model_and_default_modality(
+    populated: tuple, model: HiVLPModelTestDouble
+) -> None:
+    col, rows = populated
+    col = HierarchicalCollection.open(col.name, client=col.client, model=model)
+    res = col.hierarchical_search("caption 1 of image 4", limit=5, coarse_limit=N_IMAGES)
+    assert res[0]
+    assert all(h["entity"]["modality"] == "image" for h in res[0])
+    q = model.embed_texts(["caption 1 of image 4"])
+    assert_same(res[0], brute_force([r for r in rows if r["modality"] == "image"], q.high[0], 5))
+    # The image row's own path finds captions by default, and itself when searching images.
+    res = col.hierarchical_search(Path("/data/img_4.png"), limit=3)
+    assert all(h["entity"]["modality"] == "text" for h in res[0])
+    res = col.hierarchical_search(Path("/data/img_4.png"), limit=1, modality="image")
+    assert res[0][0]["entity"]["key"] == "4"
+    assert res[0][0]["distance"] == pytest.approx(1.0, abs=1e-4)
+    # An embedding searches everything unless told otherwise.
+    emb = model.embed_texts(["caption 0 of image 2"])
+    assert col.hierarchical_search(emb, limit=1)[0][0]["entity"]["key"] == text_key("2", 0)
+    for image in (b"raw-bytes", np.zeros((4, 4, 3), dtype=np.uint8)):
+        assert len(col.hierarchical_search(image, limit=2)[0]) == 2
+
+
+def test_batched_equals_one_by_one(populated: tuple, model: HiVLPModelTestDouble) -> None:
+    col, _ = populated
+    col = HierarchicalCollection.open(col.name, client=col.client, model=model)
+    queries = [f"caption {i % 2} of image {i}" for i in range(6)]
+    for rerank in ("client", "server"):
+        batched = col.hierarchical_search(queries, limit=4, coarse_limit=40, rerank=rerank)
+        single = [col.hierarchical_search(q, limit=4, coarse_limit=40, rerank=rerank)[0] for q in queries]
+        assert [[h["id"] for h in hits] for hits in batched] == [[h["id"] for h in hits] for hits in single]
+    emb = model.embed_texts(queries)
+    batched = col.hierarchical_search(emb, limit=4, coarse_limit=40)
+    single = [col.hierarchical_search(emb[i], limit=4, coarse_limit=40)[0] for i in range(len(queries))]
+    assert [[h["id"] for h in hits] for hits in batched] == [[h["id"] for h in hits] for hits in single]
+
+
+def test_filters_restrict_every_hit(populated: tuple) -> None:
+    col, rows = populated
+    q = HierarchicalEmbedding(rows[10]["vec_low"][None], rows[10]["vec_high"][None])
+    for rerank in ("client", "server"):
+        res = col.hierarchical_search(
+            q,
+            limit=20,
+            filter='attributes["color"] == {c} and attributes["n"] < {n}',
+            filter_params={"c": "red", "n": 50},
+            output_fields=["attributes"],
+            rerank=rerank,
+        )
+        assert res[0]
+        assert all(h["entity"]["attributes"]["color"] == "red" and h["entity"]["attributes"]["n"] < 50 for h in res[0])
+        res = col.hierarchical_search(q, limit=5, filter='key == "nothing"', rerank=rerank)
+        assert res == [[]]
+        # An injection attempt through filter_params matches literally: only the one row tagged with it.
+        res = col.hierarchical_search(
+            q,
+            limit=50,
+            filter='attributes["tag"] == {t}',
+            filter_params={"t": 'x" or id > 0 or "'},
+            rerank=rerank,
+            output_fields=["key"],
+        )
+        assert [h["entity"]["key"] for h in res[0]] == ["7"]
+        res = col.hierarchical_search(
+            q, limit=5, filter="key == {k}", filter_params={"k": '" or id > 0 or "'}, rerank=rerank
+        )
+        assert res == [[]]
+    low = col.search(
+        q, level="low", limit=10, filter="modality == {m}", filter_params={"m": "text"}, output_fields=["modality"]
+    )
+    assert len(low[0]) == 10
+    assert all(h["entity"]["modality"] == "text" for h in low[0])
+
+
+def test_single_level_search(populated: tuple) -> None:
+    col, rows = populated
+    q = HierarchicalEmbedding(rows[50]["vec_low"][None], rows[50]["vec_high"][None])
+    high = col.search(q, level="high", limit=8)
+    assert_same(high[0], brute_force(rows, q.high[0], 8))
+    low = col.search(q, level="low", limit=8, output_fields=[])
+    assert len(low[0]) == 8
+    assert low[0][0]["id"] == rows[50]["id"]
+    assert low[0][0]["entity"] == {}
+    with pytest.raises(QueryError):
+        col.search(q, level="middle")
+
+
+def test_limits(populated: tuple) -> None:
+    col, _ = populated
+    q = HierarchicalEmbedding(np.ones((1, LOW), np.float32), np.ones((1, HIGH), np.float32))
+    with pytest.raises(SearchLimitError, match="smaller than limit"):
+        col.hierarchical_search(q, limit=20, coarse_limit=10)
+    with pytest.raises(SearchLimitError, match=r"16384.*lite|16384"):
+        col.hierarchical_search(q, limit=10, coarse_limit=20000)
+    with pytest.raises(SearchLimitError):
+        col.hierarchical_search(q, limit=0)
+    with pytest.raises(SearchLimitError):
+        col.search(q, level="high", limit=20000)
+
+
+def test_bad_queries(populated: tuple, model: HiVLPModelTestDouble) -> None:
+    col = HierarchicalCollection.open(populated[0].name, client=populated[0].client)  # no model attached
+    assert col.model is None
+    with pytest.raises(QueryError, match="model="):
+        col.hierarchical_search("a dog")
+    with pytest.raises(QueryError, match="model="):
+        col.hierarchical_search(Path("/x.png"))
+    with pytest.raises(QueryError):
+        col.hierarchical_search(42)
+    with pytest.raises(QueryError):
+        col.hierarchical_search([])
+    with pytest.raises(QueryError, match="rerank"):
+        col.hierarchical_search(model.embed_texts(["x"]), rerank="gpu")
+    with pytest.raises(QueryError, match="modality"):
+        col.hierarchical_search(model.embed_texts(["x"]), modality="audio")
+    with pytest.raises(DimensionMismatchError, match="low_dim"):
+        col.hierarchical_search(HiVLPModelTestDouble(low_dim=8).embed_texts(["x"]))
+
+
+@pytest.mark.parametrize(
+    ("expr", "params"),
+    [
+        ("key ==== 1", None),
+        ("no_such_field == 1", None),
+        ('key == "unterminated', None),
+        ("key == {k}", None),
+        ("key == {k}", {"k": None}),
+    ],
+)
+def test_malformed_filter(populated: tuple, expr: str, params: dict | None) -> None:
+    col, _ = populated
+    q = HierarchicalEmbedding(np.ones((1, LOW), np.float32), np.ones((1, HIGH), np.float32))
+    with pytest.raises(FilterError):
+        col.hierarchical_search(q, limit=3, filter=expr, filter_params=params)
+
+
+def test_unreachable_server_fails_fast() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(MilvusUnavailableError, match=rf"127\.0\.0\.1:{port}.*check the server is running"):
+        connect(f"http://127.0.0.1:{port}", retries=2, timeout=1)
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(MilvusUnavailableError):
+        HierarchicalCollection.open("x", uri=f"http://127.0.0.1:{port}")
+
+
+def test_profiles_resolve_against_this_milvus(client: Any) -> None:
+    from hivlp_milvus.profiles import _server_refuses, load_profile, resolve_profile
+
+    before = set(client.list_collections())
+    assert _server_refuses(client, load_profile("cpu")) is None
+    assert set(client.list_collections()) == before  # the probe collection is always dropped
+    auto = resolve_profile("auto", client)
+    col = HierarchicalCollection.create(unique(), client=client, low_dim=LOW, high_dim=HIGH, profile="gpu")
+    try:
+        if is_lite(client):
+            # Lite accepts GPU index names but has no GPU index: the recorded profile says what was built.
+            assert auto.tag == "lite:IVF_FLAT"
+            assert col.profile.tag == "lite:IVF_FLAT"
+            assert col.describe()["indexes"]["vec_low"]["index_type"] == "IVF_FLAT"
+        else:
+            assert auto.name in ("gpu", "cpu")
+        reopened = HierarchicalCollection.open(col.name, client=client)
+        assert reopened.profile == col.profile
+    finally:
+        col.drop()
+
+
+def test_connect_uri_forms(tmp_path: Path) -> None:
+    from hivlp_milvus.errors import ConfigError
+
+    plain = connect(str(tmp_path / "store_without_suffix"))  # any scheme-less path is Milvus Lite
+    assert is_lite(plain)
+    with pytest.raises(ConfigError, match="scheme"):
+        connect("ftp://example.org/x")
+    with pytest.raises(ConfigError, match="does not exist"):
+        connect(str(tmp_path / "missing_dir" / "x.db"))
