@@ -175,6 +175,7 @@ def ingest(
     progress: bool = True,
     create: bool = True,
     pipeline: bool = True,
+    expected_rows: int | None = None,
 ) -> IngestReport:
     """Encode a data set (or take its precomputed vectors) and upsert it into a HiVLP collection.
 
@@ -199,6 +200,8 @@ def ingest(
         progress: show a tqdm progress bar (rows).
         create: create the collection when it does not exist (dims from the model, or from the
             first :class:`EmbeddingRecord`).
+        expected_rows: rows the collection will hold, to size the ANN index of a collection this
+            call creates (IVF ``nlist``); default: estimated from the source's length.
         pipeline: write on a background thread while the next batch is encoded. ``False`` writes
             each batch before encoding the next (for debugging, and to measure the overlap).
 
@@ -262,6 +265,7 @@ def ingest(
         model=model,
         first=first,
         create=create,
+        expected_rows=expected_rows if expected_rows is not None else _estimate_rows(source, first),
     )
     report = IngestReport(collection=str(getattr(coll, "name", collection_name)))
     if coll is None:  # empty source and no collection to write to: nothing to do
@@ -335,11 +339,13 @@ def resolve_collection(
     model: Any,
     first: Any,
     create: bool,
+    expected_rows: int | None = None,
 ) -> HierarchicalCollection | None:
     """The collection to write to: the given one, or ``collection_name`` at ``uri`` opened/created.
 
     Returns ``None`` only when the collection does not exist and nothing tells its dims (no model
-    and an empty source), i.e. there is nothing to ingest.
+    and an empty source), i.e. there is nothing to ingest. ``expected_rows`` sizes the ANN index
+    of a collection created here (IVF ``nlist``); ``None`` uses the profile's default.
     """
     if collection is not None:
         return collection
@@ -356,8 +362,26 @@ def resolve_collection(
     if dims is None:
         return None
     return HierarchicalCollection.create(
-        collection_name, uri=uri, token=token, low_dim=dims[0], high_dim=dims[1], model=model, exist_ok=True
+        collection_name,
+        uri=uri,
+        token=token,
+        low_dim=dims[0],
+        high_dim=dims[1],
+        model=model,
+        exist_ok=True,
+        expected_rows=expected_rows,
     )
+
+
+def _estimate_rows(source: Any, first: Any) -> int | None:
+    """Rows a source will write: records x (image + captions of the first record), when it has a length."""
+    try:
+        n = len(source)
+    except TypeError:
+        return None
+    if isinstance(first, EmbeddingRecord) or first is None:
+        return n
+    return n * ((first.image is not None) + max(1, len(first.captions)))
 
 
 def _dims_for_create(model: Any, first: Any) -> tuple[int, int] | None:

@@ -129,19 +129,17 @@ def _ingest(work: Path, data_dir: Path, model_dir: Path) -> tuple[Any, Any, list
     model = HiVLP.from_pretrained(model_dir)
     uri = str(work / "hivlp.db")
     try:
-        collection = hivlp_milvus.HierarchicalCollection.open(COLLECTION, uri=uri, model=model)
+        hivlp_milvus.HierarchicalCollection.open(COLLECTION, uri=uri, model=model)
     except ModelMismatchError:
         # The model was retrained: its vectors are not comparable with the stored ones.
         print("      the collection holds another model's vectors: recreating it")
         hivlp_milvus.HierarchicalCollection.open(COLLECTION, uri=uri).drop()
-        collection = None
     except hivlp_milvus.CollectionNotFoundError:
-        collection = None
-    if collection is None:
-        collection = hivlp_milvus.HierarchicalCollection.create(COLLECTION, uri=uri, model=model)
+        pass  # ingest creates it, sizing the index from the source
     source = load_source(data_dir, split="test")
-    report = hivlp_milvus.ingest(source, collection=collection, model=model, skip_existing=True)
+    report = hivlp_milvus.ingest(source, uri=uri, collection_name=COLLECTION, model=model, skip_existing=True)
     print(report)
+    collection = hivlp_milvus.HierarchicalCollection.open(COLLECTION, uri=uri, model=model)
     return collection, model, list(load_source(data_dir, split="test"))
 
 
