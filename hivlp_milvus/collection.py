@@ -284,6 +284,12 @@ class HierarchicalCollection:
             properties=properties,
             **kwargs,
         )
+        # One partition per modality: Milvus builds ANN indexes per segment and segments belong
+        # to a partition, so each modality gets its own IVF cells. With one shared index the
+        # modality gap (image and text vectors occupy different regions) puts a text query's
+        # nearest cells among *texts*, and a "modality == image" filter then empties the result.
+        for modality in MODALITIES:
+            client.create_partition(name, modality)
 
     @classmethod
     def open(
@@ -333,6 +339,12 @@ class HierarchicalCollection:
             raise SchemaMismatchError(
                 f"collection {name!r} has schema version {props[PROP_SCHEMA_VERSION]}, this hivlp_milvus writes "
                 f"version {schema_version()}; re-ingest into a new collection"
+            )
+        partitions = set(client.list_partitions(name))
+        if not set(MODALITIES) <= partitions:
+            raise SchemaMismatchError(
+                f"collection {name!r} lacks the per-modality partitions {list(MODALITIES)} (it has "
+                f"{sorted(partitions)}); re-ingest into a new collection"
             )
         fields = {f["name"]: f for f in desc.get("fields", [])}
         missing = [f for f in field_names() if f not in fields]
@@ -604,9 +616,12 @@ class HierarchicalCollection:
         self._rows_cache = None
         written = 0
         step = self.max_rows_per_request
-        for start in range(0, len(rows), step):
-            res = self._client.upsert(self._name, rows[start : start + step], **kwargs)
-            written += int(res.get("upsert_count", 0)) if isinstance(res, Mapping) else len(rows[start : start + step])
+        for modality in MODALITIES:  # each row goes to its modality's partition (see create)
+            part = [r for r in rows if r["modality"] == modality]
+            for start in range(0, len(part), step):
+                chunk = part[start : start + step]
+                res = self._client.upsert(self._name, chunk, partition_name=modality, **kwargs)
+                written += int(res.get("upsert_count", 0)) if isinstance(res, Mapping) else len(chunk)
         return written
 
     def existing_ids(self, ids: Iterable[int]) -> set[int]:

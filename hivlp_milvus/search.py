@@ -170,26 +170,31 @@ def _bind_for(
     col: HierarchicalCollection,
     user_expr: str | None,
     user_params: Mapping[str, Any] | None,
-    modality: str | None,
     ids: list[int] | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """(user filter) AND modality [AND id in shortlist], bound for this Milvus."""
+    """(user filter) [AND id in shortlist], bound for this Milvus.
+
+    The modality is not part of the expression: it selects a partition (see :func:`_search_kwargs`).
+    """
     bind(user_expr, user_params, templating=True)  # validate the user's part (no reserved names)
     expr, params = (user_expr or "").strip(), dict(user_params or {})
-    if modality is not None:
-        expr = and_filters(expr, "modality == {hivlp_modality}")
-        params = merge_params(params, {"hivlp_modality": modality})
     if ids is not None:
         expr = and_filters("id in {hivlp_ids}", expr)
         params = merge_params(params, {"hivlp_ids": ids})
     return bind(expr, params, templating=not col.is_lite, reserved_ok=True)
 
 
-def _search_kwargs(expr: str, params: dict[str, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def _search_kwargs(
+    expr: str, params: dict[str, Any], kwargs: Mapping[str, Any], modality: str | None
+) -> dict[str, Any]:
     kw = dict(kwargs)
     kw["filter"] = expr
     if params:
         kw["filter_params"] = params
+    if modality is not None:
+        # Each modality is its own partition with its own ANN index (HierarchicalCollection.create):
+        # restricting the partition, not filtering rows, keeps IVF cells of the right modality.
+        kw["partition_names"] = [modality]
     return kw
 
 
@@ -293,7 +298,7 @@ def hierarchical_search(
         col.profile.low_search_params(coarse_limit, num_rows=col.approx_num_rows()), search_params
     )
     for target, idx in _groups(modalities).items():
-        expr, params = _bind_for(col, filter, filter_params, target)
+        expr, params = _bind_for(col, filter, filter_params)
         res = col._call_filtered(
             col.client.search,
             expr,
@@ -303,7 +308,7 @@ def hierarchical_search(
             limit=coarse_limit,
             output_fields=[],
             search_params=low_params,
-            **_search_kwargs(expr, params, kwargs),
+            **_search_kwargs(expr, params, kwargs, target),
         )
         for q, hits in zip(idx, res, strict=True):
             coarse[q] = [(int(h["id"]), float(h["distance"])) for h in hits]
@@ -373,7 +378,7 @@ def _rerank_server(
             out.append([])
             continue
         coarse_d = dict(shortlist)
-        expr, params = _bind_for(col, user_filter, user_params, modalities[q], ids=list(coarse_d))
+        expr, params = _bind_for(col, user_filter, user_params, ids=list(coarse_d))
         res = col._call_filtered(
             col.client.search,
             expr,
@@ -383,7 +388,7 @@ def _rerank_server(
             limit=min(limit, len(coarse_d)),
             output_fields=fields,
             search_params=high_params,
-            **_search_kwargs(expr, params, kwargs),
+            **_search_kwargs(expr, params, kwargs, modalities[q]),
         )
         out.append(
             [
@@ -450,7 +455,7 @@ def search(
     modalities = _resolve_modality(modality, kinds)
     out: list[list[dict[str, Any]]] = [[] for _ in kinds]
     for target, idx in _groups(modalities).items():
-        expr, params = _bind_for(col, filter, filter_params, target)
+        expr, params = _bind_for(col, filter, filter_params)
         res = col._call_filtered(
             col.client.search,
             expr,
@@ -460,7 +465,7 @@ def search(
             limit=limit,
             output_fields=fields,
             search_params=sp,
-            **_search_kwargs(expr, params, kwargs),
+            **_search_kwargs(expr, params, kwargs, target),
         )
         for q, hits in zip(idx, res, strict=True):
             out[q] = [

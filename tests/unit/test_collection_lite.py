@@ -188,7 +188,7 @@ def test_create_records_properties(client: Any, model: HiVLPModelTestDouble) -> 
     col = HierarchicalCollection.create(name, client=client, model=model, description="props")
     try:
         props = client.describe_collection(name)["properties"]
-        assert props["hivlp.schema_version"] == "1"
+        assert props["hivlp.schema_version"] == "2"
         assert props["hivlp.model_fingerprint"] == "test-double-v1"
         assert props["hivlp.low_dim"] == str(LOW)
         assert props["hivlp.high_dim"] == str(HIGH)
@@ -568,3 +568,44 @@ def test_connect_uri_forms(tmp_path: Path) -> None:
         connect("ftp://example.org/x")
     with pytest.raises(ConfigError, match="does not exist"):
         connect(str(tmp_path / "missing_dir" / "x.db"))
+
+
+def test_modality_gap_does_not_empty_cross_modal_ann_results(client: Any) -> None:
+    """Images and texts in separate regions of the space (the modality gap of contrastive models).
+
+    With one IVF index over both modalities, a text query's nearest cells hold only texts and a
+    modality restriction to images returned nothing; per-modality partitions give each modality its
+    own cells, so the coarse stage always finds images.
+    """
+    rng = np.random.default_rng(7)
+    low_dim, high_dim, n = 8, 16, 400
+    axis = np.zeros(low_dim, np.float32)
+    axis[0] = 4.0
+    rows = []
+    for modality, sign in (("image", 1.0), ("text", -1.0)):
+        low = rng.normal(size=(n, low_dim)).astype(np.float32) + sign * axis
+        low /= np.linalg.norm(low, axis=1, keepdims=True)
+        high = rng.normal(size=(n, high_dim)).astype(np.float32)
+        high /= np.linalg.norm(high, axis=1, keepdims=True)
+        for i in range(n):
+            key = f"{modality}-{i}"
+            rows.append({"id": row_id(key, modality), "key": key, "modality": modality, "reference": key,
+                         "attributes": {}, "vec_low": low[i], "vec_high": high[i]})
+    # The default index sizing (expected_rows unknown): many IVF cells for few rows, as when a
+    # source's length is not known before ingest; it made every cross-modal result empty.
+    col = HierarchicalCollection.create(unique("gap"), client=client, low_dim=low_dim, high_dim=high_dim)
+    try:
+        col.upsert(rows)
+        col.flush()  # seal the segments so the IVF index (not a brute-force growing segment) is searched
+        text_like = np.asarray([r["vec_low"] for r in rows if r["modality"] == "text"][:16])
+        highs = np.asarray([r["vec_high"] for r in rows if r["modality"] == "text"][:16])
+        queries = HierarchicalEmbedding(text_like, highs)
+        for hits in col.search(queries, level="low", limit=10, modality="image", output_fields=["modality"]):
+            assert len(hits) == 10
+            assert {h["entity"]["modality"] for h in hits} == {"image"}
+        for hits in col.hierarchical_search(queries, limit=10, coarse_limit=40, modality="image",
+                                            output_fields=["modality"]):
+            assert len(hits) == 10
+            assert {h["entity"]["modality"] for h in hits} == {"image"}
+    finally:
+        col.drop()
