@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"      done in {time.perf_counter() - t:.1f} s -> {model_dir}")
 
     t = _stage(3, f"ingesting the test split into Milvus Lite ({work / 'hivlp.db'}, collection {COLLECTION!r})")
-    collection, model, test_records = _ingest(work, data_dir, model_dir)
+    collection, model, test_records = _ingest(work, data_dir, model_dir, args.test_size)
     print(f"      done in {time.perf_counter() - t:.1f} s")
 
     t = _stage(4, "evaluation through Milvus: low only / high only / hierarchical")
@@ -120,7 +120,7 @@ def _train(work: Path, data_dir: Path, args: argparse.Namespace) -> Path:
     return result.model_dir
 
 
-def _ingest(work: Path, data_dir: Path, model_dir: Path) -> tuple[Any, Any, list]:
+def _ingest(work: Path, data_dir: Path, model_dir: Path, test_size: int) -> tuple[Any, Any, list]:
     import hivlp_milvus
     from hivlp_milvus.data import load_source
     from hivlp_milvus.errors import ModelMismatchError
@@ -137,7 +137,10 @@ def _ingest(work: Path, data_dir: Path, model_dir: Path) -> tuple[Any, Any, list
     except hivlp_milvus.CollectionNotFoundError:
         pass  # ingest creates it, sizing the index from the source
     source = load_source(data_dir, split="test")
-    report = hivlp_milvus.ingest(source, uri=uri, collection_name=COLLECTION, model=model, skip_existing=True)
+    # One image row and five caption rows per test record: sizes the IVF index of a new collection.
+    report = hivlp_milvus.ingest(
+        source, uri=uri, collection_name=COLLECTION, model=model, skip_existing=True, expected_rows=6 * test_size
+    )
     print(report)
     collection = hivlp_milvus.HierarchicalCollection.open(COLLECTION, uri=uri, model=model)
     return collection, model, list(load_source(data_dir, split="test"))
