@@ -1,0 +1,200 @@
+"""The Serve application builder: ``serve run serving:build_app key=value ...`` and ``serving:app``.
+
+The graph is ``Ingress -> (TextEncoder, ImageEncoder, Searcher)``. Every value comes from, in
+order: the builder's args (``key=value`` on the command line, ``args:`` in a Serve config file),
+an environment variable, the quickstart's layout relative to the current directory::
+
+    checkpoint            HIVLP_CHECKPOINT      hivlp_work/model
+    milvus_uri            HIVLP_MILVUS_URI      hivlp_work/hivlp.db      (Milvus Lite)
+    milvus_token          HIVLP_MILVUS_TOKEN    (none)
+    collection            HIVLP_COLLECTION      quickstart
+    api_key               HIVLP_API_KEY         (none: no authentication)
+
+Relative paths are made absolute when the app is built, because Ray replicas do not necessarily
+run in the directory ``serve run`` was started from. Nothing is opened here: a missing checkpoint
+or collection fails when the replicas start, with a message saying what to run.
+"""
+
+# No `from __future__ import annotations` here: Serve reads the builder's parameter annotation
+# at runtime to turn `key=value` args into AppArgs, and a string annotation would defeat that.
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from serving.encoders import MAX_IMAGE_PIXELS, ImageEncoder, TextEncoder
+from serving.ingress import Ingress, IngressSettings
+from serving.searcher import Searcher
+
+logger = logging.getLogger("ray.serve")
+
+DEFAULT_CHECKPOINT = "hivlp_work/model"
+DEFAULT_MILVUS_URI = "hivlp_work/hivlp.db"
+DEFAULT_COLLECTION = "quickstart"
+ENV = {
+    "checkpoint": "HIVLP_CHECKPOINT",
+    "milvus_uri": "HIVLP_MILVUS_URI",
+    "milvus_token": "HIVLP_MILVUS_TOKEN",
+    "collection": "HIVLP_COLLECTION",
+    "api_key": "HIVLP_API_KEY",
+}
+
+
+class AppArgs(BaseModel):
+    """Arguments of :func:`build_app` (``serve run serving:build_app checkpoint=DIR ...``).
+
+    Unset (``None``) values fall back to the environment variable, then to the quickstart layout
+    (see the module docstring). Unknown args are an error, so a typo does not go unnoticed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str | None = Field(None, description="HiVLP checkpoint directory")
+    milvus_uri: str | None = Field(None, description="Milvus Lite .db path or http(s):// server URI")
+    milvus_token: str | None = Field(None, description="Milvus server token (user:password or API key)")
+    collection: str | None = Field(None, description="collection name")
+    api_key: str | None = Field(None, description="require 'Authorization: Bearer <key>' on all routes but /healthz")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="encoder @serve.batch max_batch_size")
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0, description="encoder @serve.batch wait for a full batch")
+    num_gpus: float | None = Field(
+        None, ge=0.0, description="GPUs per encoder replica; None: 1 if the machine/cluster has GPUs, else 0"
+    )
+    max_encoder_replicas: int = Field(2, ge=1, le=64, description="autoscaling ceiling of each encoder")
+    searcher_replicas: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Searcher replicas; forced to 1 for Milvus Lite (.db is single-process)",
+    )
+    max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="413 above")
+    max_image_pixels: int = Field(MAX_IMAGE_PIXELS, ge=64 * 64, le=400_000_000, description="413 above")
+
+
+@dataclass(frozen=True)
+class ResolvedArgs:
+    """AppArgs with the environment and defaults applied and local paths made absolute."""
+
+    checkpoint: str
+    milvus_uri: str
+    milvus_token: str | None
+    collection: str
+    api_key: str | None
+    lite: bool
+    workdir: str
+
+
+def resolve_args(args: AppArgs, environ: dict[str, str] | None = None, cwd: str | None = None) -> ResolvedArgs:
+    """Apply the fallbacks (arg, then environment variable, then quickstart default).
+
+    Args:
+        args: the builder args.
+        environ: the environment (default ``os.environ``).
+        cwd: the directory relative paths are resolved against (default: the current one).
+
+    Returns:
+        The resolved values.
+    """
+    from hivlp_milvus.connection import is_server_uri
+
+    env = dict(os.environ if environ is None else environ)
+    cwd = os.path.abspath(cwd or os.getcwd())
+
+    def pick(name: str, default: str | None) -> str | None:
+        value = getattr(args, name)
+        if value is None or value == "":
+            value = env.get(ENV[name]) or default
+        return value
+
+    checkpoint = str(pick("checkpoint", DEFAULT_CHECKPOINT))
+    uri = str(pick("milvus_uri", DEFAULT_MILVUS_URI))
+    lite = not is_server_uri(uri)
+    return ResolvedArgs(
+        checkpoint=os.path.join(cwd, os.path.expanduser(checkpoint)),  # join keeps absolute paths as they are
+        milvus_uri=os.path.join(cwd, os.path.expanduser(uri)) if lite else uri,
+        milvus_token=pick("milvus_token", None),
+        collection=str(pick("collection", DEFAULT_COLLECTION)),
+        api_key=pick("api_key", None),
+        lite=lite,
+        workdir=cwd,
+    )
+
+
+def _gpus_available() -> float:
+    """GPUs in the Ray cluster when connected, else on this machine (0 when unsure).
+
+    Cheap on purpose (no torch import): the package builds ``app`` at import, in every replica.
+    """
+    import sys
+
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return float(ray.cluster_resources().get("GPU", 0))
+        if "torch" in sys.modules:
+            return float(sys.modules["torch"].cuda.device_count())
+        gpus = "/proc/driver/nvidia/gpus"
+        return float(len(os.listdir(gpus))) if os.path.isdir(gpus) else 0.0
+    except Exception:  # detection is best effort; num_gpus=... overrides it
+        return 0.0
+
+
+def build_app(args: AppArgs) -> serve.Application:
+    """Build the HiVLP search application (the ``serving:build_app`` builder).
+
+    Args:
+        args: the builder args (a dict from ``serve run``/YAML is validated into :class:`AppArgs`).
+
+    Returns:
+        The bound application: ``Ingress`` over ``TextEncoder``, ``ImageEncoder`` and ``Searcher``.
+
+    Raises:
+        pydantic.ValidationError: an unknown arg or an out-of-range value.
+    """
+    if not isinstance(args, AppArgs):
+        args = AppArgs.model_validate(dict(args or {}))
+    resolved = resolve_args(args)
+    gpus = args.num_gpus if args.num_gpus is not None else (1.0 if _gpus_available() > 0 else 0.0)
+
+    actor: dict[str, Any] = {"num_cpus": 0.5}
+    if gpus > 0:
+        actor["num_gpus"] = gpus
+    encoder_options = {
+        "ray_actor_options": actor,
+        # Room for two full batches per replica: one running, one filling.
+        "max_ongoing_requests": max(64, 2 * args.max_batch_size),
+        "autoscaling_config": {
+            "min_replicas": 1,
+            "max_replicas": args.max_encoder_replicas,
+            "target_ongoing_requests": max(2, args.max_batch_size // 2),
+        },
+    }
+    encoder_args = (resolved.checkpoint, args.max_batch_size, args.batch_wait_timeout_s, gpus > 0)
+    text = TextEncoder.options(**encoder_options).bind(*encoder_args)
+    image = ImageEncoder.options(**encoder_options).bind(*encoder_args)
+
+    replicas = args.searcher_replicas or (1 if resolved.lite else 2)
+    if resolved.lite and replicas != 1:
+        logger.warning(
+            "Milvus Lite (%s) is single-process: running 1 Searcher replica, not %d",
+            resolved.milvus_uri,
+            replicas,
+        )
+        replicas = 1
+    searcher = Searcher.options(num_replicas=replicas).bind(
+        resolved.checkpoint, resolved.milvus_uri, resolved.collection, resolved.milvus_token
+    )
+    settings = IngressSettings(
+        collection=resolved.collection,
+        api_key=resolved.api_key,
+        max_image_bytes=args.max_image_bytes,
+        max_image_pixels=args.max_image_pixels,
+        # base64 costs 4/3 of the bytes; 1 MiB for JSON, other fields and ingest captions.
+        max_body_bytes=args.max_image_bytes * 4 // 3 + 1024 * 1024,
+        media_root=resolved.workdir,
+    )
+    return Ingress.bind(text, image, searcher, settings)

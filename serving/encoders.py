@@ -1,0 +1,313 @@
+"""The two encoder deployments: texts and images in, (low, high) vectors out, dynamically batched.
+
+Each replica holds one HiVLP model. Callers send ONE item (``await handle.encode.remote(x)``);
+``@serve.batch`` groups concurrent calls into one forward pass. Two kinds of failure are kept
+apart on purpose:
+
+* **per item** — an image that cannot be decoded is the caller's fault and only that caller's:
+  it is decoded before the forward pass and its caller alone gets :class:`BadRecordError`;
+  the rest of the batch is encoded as usual;
+* **per batch** — the forward pass itself failing (out of memory, a CUDA fault) is the server's
+  fault; ``@serve.batch`` raises it to every caller of that batch and the next batch runs as
+  usual. After :data:`UNHEALTHY_AFTER_FAILED_BATCHES` failed batches in a row ``check_health``
+  fails, so Serve replaces the replica (a poisoned CUDA context does not heal by itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from hivlp_milvus.errors import BadRecordError, CheckpointError
+
+logger = logging.getLogger("ray.serve")
+
+UNHEALTHY_AFTER_FAILED_BATCHES = 3
+# Decoded images above this many pixels are refused before decoding (the ingress checks first;
+# this guards direct handle callers). PIL's own bomb guard only starts at ~89 Mpx.
+MAX_IMAGE_PIXELS = 40_000_000
+_RECENT_BATCHES = 4096
+
+
+def load_model(checkpoint: str, *, use_gpu: bool = False) -> Any:
+    """Load a HiVLP checkpoint for serving, failing with a message that says what to do.
+
+    Args:
+        checkpoint: the checkpoint directory (``save_pretrained`` layout).
+        use_gpu: put the model on ``cuda`` (the replica must have been given a GPU).
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        CheckpointError: the directory is missing or is not a HiVLP checkpoint.
+    """
+    from hivlp_milvus.model import HiVLP
+
+    path = Path(checkpoint)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(
+            f"no HiVLP checkpoint at {str(path)!r} (no config.json). Run `make demo` (the quickstart writes "
+            "hivlp_work/model), pass checkpoint=DIR to serving:build_app, or set HIVLP_CHECKPOINT"
+        )
+    import torch
+
+    torch.set_num_threads(torch_threads_for_replica())
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    if use_gpu and device == "cpu":
+        logger.warning("a GPU was requested but torch sees none; encoding on CPU")
+    return HiVLP.from_pretrained(path, device=device)
+
+
+def torch_threads_for_replica() -> int:
+    """Intra-op threads for this replica: its Ray CPU reservation, rounded up, at least 1.
+
+    torch defaults to one thread per core of the machine; several replicas (and Ray's own
+    processes) on the same cores then oversubscribe them, and OpenMP's spinning threads make every
+    forward pass far slower (measured on 2 shared cores: 7 texts/s at batch 1 with 2 threads versus
+    150 texts/s with 1, for the tiny model). A replica uses what it reserved.
+    """
+    import math
+
+    try:
+        import ray
+
+        cpus = float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0))
+    except Exception:  # outside Ray (unit tests, local testing mode)
+        cpus = 0.0
+    return max(1, math.ceil(cpus))
+
+
+class _ItemError:
+    """A per-item failure travelling through the batch result list (raised to its caller only)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class _EncoderBase:
+    """What both encoders share: the model, batch statistics, health."""
+
+    modality = ""
+
+    def __init__(
+        self,
+        checkpoint: str,
+        max_batch_size: int = 32,
+        batch_wait_timeout_s: float = 0.01,
+        use_gpu: bool = False,
+    ) -> None:
+        self.model = load_model(checkpoint, use_gpu=use_gpu)
+        # The decorator's defaults are only placeholders: the builder's args win.
+        self.encode_batch.set_max_batch_size(int(max_batch_size))
+        self.encode_batch.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
+        self._batch_sizes: deque[int] = deque(maxlen=_RECENT_BATCHES)
+        self._batches = 0
+        self._items = 0
+        self._failed_batches = 0
+        self._failed_in_a_row = 0
+        self._busy_s = 0.0
+
+    # Subclasses define `encode_batch` with @serve.batch themselves: the batch queue lives on the
+    # decorated function, so one shared definition would mix both encoders' items in one process.
+    async def encode_batch(self, items: list[Any]) -> list[Any]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    async def encode(self, item: Any) -> dict[str, Any]:
+        """Encode one item (batched with concurrent callers).
+
+        Args:
+            item: a text (TextEncoder) or encoded image bytes (ImageEncoder).
+
+        Returns:
+            ``{"low": float32 array, "high": float32 array, "batch_size": int}``.
+
+        Raises:
+            BadRecordError: this item cannot be encoded (e.g. undecodable image); only this caller.
+            Exception: the forward pass failed; every caller of the batch gets the same error.
+        """
+        out = await self.encode_batch(item)
+        if isinstance(out, _ItemError):
+            raise out.error
+        return out
+
+    async def _run_batch(self, items: list[Any]) -> list[Any]:
+        """Prepare every item on its own, then one forward pass for those that are usable."""
+        started = time.perf_counter()
+        self._batch_sizes.append(len(items))
+        self._batches += 1
+        self._items += len(items)
+        prepared: list[Any] = []
+        results: list[Any] = [None] * len(items)
+        usable: list[int] = []
+        for i, item in enumerate(items):
+            try:
+                prepared.append(self._prepare(item))
+                usable.append(i)
+            except BadRecordError as exc:
+                results[i] = _ItemError(exc)
+        if usable:
+            try:
+                # A worker thread keeps the event loop free to collect the next batch meanwhile.
+                low, high = await asyncio.to_thread(self._embed, prepared)
+            except Exception:
+                self._failed_batches += 1
+                self._failed_in_a_row += 1
+                logger.exception("%s: a batch of %d failed", type(self).__name__, len(items))
+                raise
+            finally:
+                self._busy_s += time.perf_counter() - started
+            self._failed_in_a_row = 0
+            for row, i in enumerate(usable):
+                results[i] = {"low": low[row], "high": high[row], "batch_size": len(items)}
+        return results
+
+    def _prepare(self, item: Any) -> Any:
+        """Validate/decode one item; raise BadRecordError for this item only."""
+        raise NotImplementedError
+
+    def _embed(self, prepared: list[Any]) -> tuple[Any, Any]:
+        """One forward pass over the prepared items: ``(low, high)`` float32 arrays."""
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, Any]:
+        """Batch statistics of this replica (for tests, dashboards and tuning max_batch_size)."""
+        sizes = list(self._batch_sizes)
+        return {
+            "modality": self.modality,
+            "max_batch_size": self.encode_batch._get_max_batch_size(),
+            "batch_wait_timeout_s": self.encode_batch._get_batch_wait_timeout_s(),
+            "batches": self._batches,
+            "items": self._items,
+            "failed_batches": self._failed_batches,
+            "mean_batch_size": (sum(sizes) / len(sizes)) if sizes else 0.0,
+            "max_seen_batch_size": max(sizes, default=0),
+            "recent_batch_sizes": sizes[-256:],
+            "busy_s": round(self._busy_s, 4),
+            "device": str(self.model.device),
+            "torch_threads": self._torch_threads(),
+        }
+
+    def reset_stats(self) -> None:
+        """Forget the batch statistics (benchmarks call this between runs)."""
+        self._batch_sizes.clear()
+        self._batches = self._items = self._failed_batches = 0
+        self._busy_s = 0.0
+
+    @staticmethod
+    def _torch_threads() -> int:
+        import torch
+
+        return int(torch.get_num_threads())
+
+    def dims(self) -> dict[str, int]:
+        return {"low_dim": int(self.model.config.low_dim), "high_dim": int(self.model.config.high_dim)}
+
+    def check_health(self) -> None:
+        """Serve calls this periodically; raising makes Serve replace the replica."""
+        if self._failed_in_a_row >= UNHEALTHY_AFTER_FAILED_BATCHES:
+            raise RuntimeError(
+                f"{type(self).__name__}: the last {self._failed_in_a_row} batches failed; restarting the replica"
+            )
+
+
+@serve.deployment(
+    name="TextEncoder",
+    # >= max_batch_size, or a replica never sees a full batch (the builder raises it to 2x).
+    max_ongoing_requests=64,
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
+    ray_actor_options={"num_cpus": 0.5},
+    health_check_period_s=10,
+)
+class TextEncoder(_EncoderBase):
+    """Texts -> (low, high). ``encode(text)`` is batched; ``stats()`` reports the batch sizes seen."""
+
+    modality = "text"
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def encode_batch(self, items: list[str]) -> list[Any]:
+        return await self._run_batch(items)
+
+    def _prepare(self, item: Any) -> str:
+        if not isinstance(item, str) or not item.strip():
+            raise BadRecordError("a text query must be a non-blank string")
+        return item
+
+    def _embed(self, prepared: list[str]) -> tuple[Any, Any]:
+        emb = self.model.embed_texts(prepared, batch_size=max(len(prepared), 1))
+        return emb.low, emb.high
+
+
+@serve.deployment(
+    name="ImageEncoder",
+    max_ongoing_requests=64,
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
+    ray_actor_options={"num_cpus": 0.5},
+    health_check_period_s=10,
+)
+class ImageEncoder(_EncoderBase):
+    """Encoded images (bytes) -> (low, high). Undecodable images fail for their caller only."""
+
+    modality = "image"
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def encode_batch(self, items: list[bytes]) -> list[Any]:
+        return await self._run_batch(items)
+
+    def _prepare(self, item: Any) -> Any:
+        from PIL import Image
+
+        from hivlp_milvus.model.preprocess import load_image
+
+        if not isinstance(item, bytes | bytearray | memoryview):
+            raise BadRecordError(f"an image must be encoded bytes, got {type(item).__name__}")
+        check_image_header(bytes(item), MAX_IMAGE_PIXELS)
+        image = load_image(bytes(item))
+        if not isinstance(image, Image.Image):  # pragma: no cover - load_image's contract
+            raise BadRecordError("image could not be decoded")
+        return image
+
+    def _embed(self, prepared: list[Any]) -> tuple[Any, Any]:
+        emb = self.model.embed_images(prepared, batch_size=max(len(prepared), 1))
+        return emb.low, emb.high
+
+
+class ImageTooLargeError(BadRecordError):
+    """The image has more pixels than the server accepts (answered with 413)."""
+
+
+def check_image_header(data: bytes, max_pixels: int) -> tuple[str, int, int]:
+    """Read an image's format and size from its header, without decoding the pixels.
+
+    Args:
+        data: encoded image bytes.
+        max_pixels: the largest ``width * height`` accepted.
+
+    Returns:
+        ``(format, width, height)``.
+
+    Raises:
+        BadRecordError: the bytes are not an image PIL can open.
+        ImageTooLargeError: ``width * height > max_pixels``.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise BadRecordError("the image is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, (width, height) = str(img.format or "?"), img.size
+    except Image.DecompressionBombError as exc:  # PIL's own guard, far above max_pixels
+        raise ImageTooLargeError(f"the image is too large: {exc}") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise BadRecordError(f"the image cannot be decoded ({len(data)} bytes): {exc}") from exc
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    return fmt, width, height

@@ -1,0 +1,720 @@
+"""The HTTP front door: a FastAPI app inside the ``Ingress`` deployment.
+
+Routes (OpenAPI at ``/docs`` and ``/openapi.json``):
+
+* ``POST /search`` — JSON: a text or a base64 image, limits, structured filter, modality;
+* ``POST /search/image`` — multipart: an image file plus the same options as form fields;
+* ``POST /encode`` — a text or a base64 image -> its ``low`` and ``high`` vectors;
+* ``POST /ingest`` — a small batch of records (base64 images and/or captions);
+* ``GET /healthz`` — liveness and Milvus reachability (never needs the API key);
+* ``GET /media/{id}`` — a thumbnail of an image row's file (only files the collection references);
+* ``GET /`` — the web page; ``GET /static/{name}`` its assets; ``GET /stats`` encoder batch sizes.
+
+Errors are JSON ``{"error": code, "message": ..., "details": ...}``: 400 malformed JSON or bad
+base64, 401 API key, 404 unknown media, 413 too large, 415 not an image / not JSON, 422 invalid
+fields and limits, 503 Milvus or a backend unavailable. A client's input never produces a 500;
+a 500 means a server fault (e.g. an encoder batch failing).
+"""
+
+# No `from __future__ import annotations`: Serve's class-based FastAPI view needs the route
+# annotations (Request, the body models) as real objects, not strings.
+
+import asyncio
+import base64
+import binascii
+import hmac
+import io
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from email.parser import BytesParser
+from email.policy import HTTP
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hivlp_milvus.errors import (
+    BadRecordError,
+    CheckpointError,
+    CollectionNotFoundError,
+    DimensionMismatchError,
+    FilterError,
+    HiVLPError,
+    MilvusUnavailableError,
+    ModelMismatchError,
+    QueryError,
+    SchemaMismatchError,
+    SearchLimitError,
+)
+from serving.encoders import ImageTooLargeError, check_image_header
+from serving.schemas import (
+    EncodeRequest,
+    EncodeResponse,
+    ErrorResponse,
+    HealthResponse,
+    ImageSearchForm,
+    IngestRequest,
+    IngestResponse,
+    SearchRequest,
+    SearchResponse,
+)
+
+logger = logging.getLogger("ray.serve")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+FILTERABLE_FIELDS = ("key", "modality", "reference", "attributes")
+THUMBNAIL_SIDE = 256
+_BACKEND_TIMEOUT_S = 60.0
+_HEALTH_TIMEOUT_S = 10.0
+_DATA_URL = re.compile(r"^data:[\w.+/-]*;base64,", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class IngressSettings:
+    """What the ingress enforces; built by :func:`serving.app.build_app` from its args.
+
+    Attributes:
+        collection: the collection name (reported by /healthz).
+        api_key: required as ``Authorization: Bearer <key>`` on every route but /healthz; ``None``
+            disables it.
+        max_image_bytes: largest encoded image accepted (413 above).
+        max_image_pixels: largest ``width * height`` accepted (413 above).
+        max_body_bytes: largest request body (413 above); base64 images need 4/3 of their size.
+        media_root: directory that relative image references are resolved against.
+    """
+
+    collection: str
+    api_key: str | None = None
+    max_image_bytes: int = 8 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_body_bytes: int = 12 * 1024 * 1024
+    media_root: str = "."
+
+
+class ApiError(Exception):
+    """An error answered as JSON with a status code."""
+
+    def __init__(self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        body = ErrorResponse(error=self.code, message=self.message, details=self.details).model_dump(exclude_none=True)
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+# Most specific first: ImageTooLargeError is a BadRecordError.
+_ERROR_MAP: tuple[tuple[type[BaseException], int, str], ...] = (
+    (ImageTooLargeError, 413, "image_too_large"),
+    (BadRecordError, 415, "undecodable_image"),
+    (FilterError, 422, "invalid_filter"),
+    (SearchLimitError, 422, "limit_out_of_range"),
+    (DimensionMismatchError, 422, "invalid_query"),
+    (QueryError, 422, "invalid_query"),
+    (MilvusUnavailableError, 503, "milvus_unavailable"),
+    # Configuration faults of the server, not of the request.
+    (
+        (CheckpointError, CollectionNotFoundError, SchemaMismatchError, ModelMismatchError),
+        503,
+        "misconfigured",
+    ),
+    (HiVLPError, 400, "bad_request"),
+)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The user exception inside Ray's wrappers (``RayTaskError.cause``)."""
+    seen = 0
+    while getattr(exc, "cause", None) is not None and isinstance(exc.cause, BaseException) and seen < 5:
+        exc, seen = exc.cause, seen + 1
+    return exc
+
+
+def to_api_error(exc: BaseException) -> ApiError:
+    """Map any exception from the request path to an :class:`ApiError` (4xx for the client's faults)."""
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    if isinstance(exc, ApiError):
+        return exc
+    cause = _root_cause(exc)
+    if isinstance(cause, ApiError):
+        return cause
+    for classes, status, code in _ERROR_MAP:
+        if isinstance(cause, classes):
+            return ApiError(status, code, str(cause))
+    if isinstance(cause, BackPressureError | DeploymentUnavailableError | RayActorError):
+        return ApiError(503, "backend_unavailable", f"a backend deployment is unavailable: {type(cause).__name__}")
+    if isinstance(cause, asyncio.TimeoutError | TimeoutError):
+        return ApiError(504, "timeout", "a backend deployment did not answer in time")
+    logger.error("internal error on the request path: %r", cause, exc_info=cause)
+    return ApiError(500, "internal_error", f"internal server error ({type(cause).__name__}); see the server log")
+
+
+# -- the FastAPI app: module level, routes bound to the deployment class below ----------------------
+
+api = FastAPI(
+    title="hivlp-milvus",
+    version="0.1.0",
+    description=(
+        "HiVLP coarse-to-fine image-text search on Milvus. Send `Authorization: Bearer <key>` when the "
+        "server has an API key. Errors are `{error, message, details}`."
+    ),
+    # Own /docs and /openapi.json routes below, so they sit behind the API key like the rest.
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503)}
+
+
+@api.exception_handler(ApiError)
+async def _api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
+    headers = None
+    if exc.status == 401:
+        # Basic lets a browser prompt for the key on the page; API clients use Bearer.
+        headers = {"WWW-Authenticate": 'Basic realm="hivlp-milvus", charset="UTF-8"'}
+    return exc.response(headers)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # Unknown routes (404) and wrong methods (405) answer in the same JSON shape as everything else.
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return ApiError(exc.status_code, code, str(exc.detail)).response(dict(exc.headers or {}) or None)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return _validation_error(request, exc.errors()).response()
+
+
+def _validation_error(request: Request | None, errors: Any) -> ApiError:
+    errors = list(errors)
+    types = {str(e.get("type")) for e in errors}
+    if "json_invalid" in types:
+        where = next((e for e in errors if e.get("type") == "json_invalid"), {})
+        ctx = where.get("ctx") or {}
+        return ApiError(400, "invalid_json", f"the request body is not valid JSON: {ctx.get('error', 'parse error')}")
+    if request is not None:
+        ctype = request.headers.get("content-type", "")
+        if request.method == "POST" and ctype and not _is_json(ctype) and "model_attributes_type" in types:
+            return ApiError(415, "unsupported_media_type", f"send Content-Type: application/json, not {ctype!r}")
+    # No "input" (it can be a multi-megabyte base64 image) and no "ctx" (not always JSON).
+    details = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
+        for e in errors
+    ]
+    code = "unknown_field" if "extra_forbidden" in types else "invalid_request"
+    message = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details)
+    return ApiError(422, code, message or "invalid request", details)
+
+
+def _is_json(content_type: str) -> bool:
+    main = content_type.split(";")[0].strip().lower()
+    return main == "application/json" or main.endswith("+json")
+
+
+# Serve freezes a copy of `api` when the class is decorated and pickles the Ingress class by value,
+# so neither `api.state` nor a global seen from Ingress methods reaches the middleware that serves
+# requests. This module's own state does: the middleware and configure_body_limit are imported
+# (pickled by reference) in the replica. One Ingress replica per process, so one limit.
+_BODY_LIMIT = {"bytes": 12 * 1024 * 1024}
+
+
+def configure_body_limit(max_body_bytes: int) -> None:
+    """Set the request-body limit of this process's ingress (called by ``Ingress.__init__``)."""
+    _BODY_LIMIT["bytes"] = int(max_body_bytes)
+
+
+class _BodyLimit:
+    """ASGI middleware: refuse bodies above the configured limit (:func:`configure_body_limit`) with 413.
+
+    A declared Content-Length is checked before anything is read; a chunked body is counted as it
+    streams and the request fails as soon as it passes the limit (nothing large is buffered).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = _BODY_LIMIT["bytes"]
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            response = _too_large(int(declared), limit).response()
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message.get("type") == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _too_large(received, limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _too_large(size: int, limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"the request body has {size} bytes or more; the limit is {limit} bytes")
+
+
+api.add_middleware(_BodyLimit)
+
+
+def decode_base64_image(data: str, settings: IngressSettings) -> bytes:
+    """A base64 (or ``data:...;base64,``) image -> bytes, with size and header checks.
+
+    Raises:
+        ApiError: 400 not base64; 413 too many bytes or pixels; 415 not a decodable image.
+    """
+    text = _DATA_URL.sub("", data.strip(), count=1)
+    # Check the size before decoding: 4 base64 chars carry 3 bytes.
+    if len(text) * 3 // 4 > settings.max_image_bytes + 3:
+        raise ApiError(
+            413,
+            "image_too_large",
+            f"the image has about {len(text) * 3 // 4} bytes; the limit is {settings.max_image_bytes}",
+        )
+    try:
+        raw = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(400, "invalid_base64", f"'image' is not valid base64: {exc}") from exc
+    return check_image_bytes(raw, settings)
+
+
+def check_image_bytes(raw: bytes, settings: IngressSettings) -> bytes:
+    """Refuse empty, oversized or undecodable images before they reach an encoder batch."""
+    if len(raw) > settings.max_image_bytes:
+        raise ApiError(
+            413, "image_too_large", f"the image has {len(raw)} bytes; the limit is {settings.max_image_bytes}"
+        )
+    try:
+        check_image_header(raw, settings.max_image_pixels)
+    except ImageTooLargeError as exc:
+        raise ApiError(413, "image_too_large", str(exc)) from exc
+    except BadRecordError as exc:
+        raise ApiError(415, "undecodable_image", f"{exc}; send a JPEG, PNG, GIF, BMP, TIFF or WebP image") from exc
+    return raw
+
+
+def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, bytes]]:
+    """Split a ``multipart/form-data`` body into text fields and file parts (stdlib only).
+
+    Returns:
+        ``(fields, files)``: name -> text for plain fields, name -> bytes for parts with a filename.
+
+    Raises:
+        ApiError: 400 when the body is not valid multipart or a field is repeated.
+    """
+    if "boundary=" not in content_type:
+        raise ApiError(400, "invalid_multipart", "multipart/form-data without a boundary")
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart() or message.defects:
+        raise ApiError(400, "invalid_multipart", "the body is not valid multipart/form-data")
+    fields: dict[str, str] = {}
+    files: dict[str, bytes] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not name:
+            raise ApiError(400, "invalid_multipart", "a multipart part has no name")
+        if name in fields or name in files:
+            raise ApiError(400, "invalid_multipart", f"the form field {name!r} is given twice")
+        payload = part.get_payload(decode=True) or b""
+        if part.get_filename() is not None:
+            files[str(name)] = payload
+        else:
+            try:
+                fields[str(name)] = payload.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ApiError(400, "invalid_multipart", f"form field {name!r} is not UTF-8 text") from exc
+    return fields, files
+
+
+def _validate(model: Any, body: Any, request: Request | None, loc: str = "body") -> Any:
+    """Validate a parsed body against a request model, answering 422 like FastAPI's own validation."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        errors = [{**e, "loc": (loc, *e.get("loc", ()))} for e in exc.errors()]
+        raise _validation_error(request, errors) from exc
+
+
+def _thumbnail(path: Path) -> tuple[bytes, str]:
+    """A PNG/JPEG thumbnail of an image file (re-encoded, so only real images are ever served)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as img:
+        img.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))  # JPEG: decode at reduced size
+        img = ImageOps.exif_transpose(img)
+        img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+        img = img.convert("RGB")
+        out = io.BytesIO()
+        if img.width * img.height <= 128 * 128:
+            img.save(out, format="PNG")  # synthetic scenes: crisp edges, small either way
+            return out.getvalue(), "image/png"
+        img.save(out, format="JPEG", quality=85)
+        return out.getvalue(), "image/jpeg"
+
+
+@serve.deployment(
+    name="Ingress",
+    # Many concurrent requests per replica, or the encoders never see full batches.
+    max_ongoing_requests=128,
+    ray_actor_options={"num_cpus": 0.25},
+    max_constructor_retry_count=3,
+)
+@serve.ingress(api)
+class Ingress:
+    """Routes HTTP requests to the encoders (batched) and the searcher.
+
+    Args:
+        text_encoder: handle of the TextEncoder deployment.
+        image_encoder: handle of the ImageEncoder deployment.
+        searcher: handle of the Searcher deployment.
+        settings: limits and the API key.
+    """
+
+    def __init__(
+        self,
+        text_encoder: DeploymentHandle,
+        image_encoder: DeploymentHandle,
+        searcher: DeploymentHandle,
+        settings: IngressSettings,
+    ) -> None:
+        self._text = text_encoder
+        self._image = image_encoder
+        self._searcher = searcher
+        self._settings = settings
+        configure_body_limit(settings.max_body_bytes)
+        self._static = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()} if STATIC_DIR.is_dir() else {}
+        self._media_root = Path(settings.media_root)
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _authorize(self, request: Request) -> None:
+        key = self._settings.api_key
+        if not key:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        given = ""
+        if scheme.lower() == "bearer":
+            given = value.strip()
+        elif scheme.lower() == "basic":  # a browser after the page's login prompt: any user, key as password
+            try:
+                given = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
+            except (binascii.Error, UnicodeDecodeError):
+                given = ""
+        if not given:
+            raise ApiError(401, "unauthorized", "this server needs an API key: send 'Authorization: Bearer <key>'")
+        if not hmac.compare_digest(given.encode(), key.encode()):
+            raise ApiError(401, "unauthorized", "the API key is wrong")
+
+    async def _backend(self, call: Any, timeout: float = _BACKEND_TIMEOUT_S) -> Any:
+        try:
+            return await asyncio.wait_for(call, timeout=timeout)
+        except ApiError:
+            raise
+        except Exception as exc:
+            raise to_api_error(exc) from exc
+
+    async def _encode(self, kind: str, payload: Any) -> dict[str, Any]:
+        handle = self._text if kind == "text" else self._image
+        started = time.perf_counter()
+        out = await self._backend(handle.encode.remote(payload))
+        out["encode_ms"] = (time.perf_counter() - started) * 1000
+        return out
+
+    def _filter(self, conditions: list[Any]) -> tuple[str, dict[str, Any]]:
+        from hivlp_milvus.filters import structured_filter
+
+        try:
+            return structured_filter([c.model_dump() for c in conditions], FILTERABLE_FIELDS)
+        except FilterError as exc:
+            raise ApiError(422, "invalid_filter", str(exc)) from exc
+
+    async def _search(
+        self,
+        kind: str,
+        payload: Any,
+        limit: int,
+        coarse_limit: int | None,
+        modality: str | None,
+        conditions: list[Any],
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        target = modality or ("image" if kind == "text" else "text")  # cross-modal by default
+        expr, params = self._filter(conditions)
+        enc = await self._encode(kind, payload)
+        t0 = time.perf_counter()
+        res = await self._backend(
+            self._searcher.search.remote(
+                enc["low"],
+                enc["high"],
+                limit=limit,
+                coarse_limit=coarse_limit,
+                filter=expr,
+                filter_params=params,
+                modality=target,
+            )
+        )
+        search_ms = (time.perf_counter() - t0) * 1000
+        hits = [
+            {
+                "id": str(h["id"]),
+                "key": str(h.get("key") or ""),
+                "modality": str(h.get("modality") or ""),
+                "reference": str(h.get("reference") or ""),
+                "score": h["score"],
+                "coarse_score": h.get("coarse_score"),
+                "attributes": h.get("attributes") or {},
+                "media_url": self._media_url(h),
+            }
+            for h in res["hits"]
+        ]
+        timings = res.get("timings") or {}
+        return {
+            "query": kind,
+            "modality": target,
+            "filter": expr,
+            "hits": hits,
+            "timings": {
+                "encode_ms": round(enc["encode_ms"], 3),
+                "coarse_ms": round(1000 * float(timings.get("coarse_s", 0.0)), 3),
+                "fine_ms": round(1000 * float(timings.get("fine_s", 0.0)), 3),
+                "search_ms": round(search_ms, 3),
+                "total_ms": round((time.perf_counter() - started) * 1000, 3),
+                "batch_size": int(enc["batch_size"]),
+            },
+        }
+
+    @staticmethod
+    def _media_url(hit: dict[str, Any]) -> str | None:
+        reference = str(hit.get("reference") or "")
+        if hit.get("modality") != "image" or not reference:
+            return None
+        if reference.startswith(("http://", "https://")):
+            return reference  # the browser fetches remote images itself
+        if "://" in reference:
+            return None  # s3:// and friends: nothing a browser can show
+        return f"media/{hit['id']}"  # relative: works under any route prefix
+
+    # -- routes ------------------------------------------------------------------------------------
+
+    @api.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}}, tags=["ops"])
+    async def healthz(self) -> Any:
+        """Liveness plus a Milvus round trip. No API key needed (for load balancers and probes)."""
+        try:
+            info = await asyncio.wait_for(self._searcher.ping.remote(), timeout=_HEALTH_TIMEOUT_S)
+        except Exception as exc:
+            cause = _root_cause(exc)
+            message = str(cause) if isinstance(cause, HiVLPError) else f"{type(cause).__name__}: {cause}"
+            body = HealthResponse(status="unavailable", milvus=message[:500], collection=self._settings.collection)
+            return JSONResponse(body.model_dump(), status_code=503)
+        return HealthResponse(status="ok", milvus="ok", collection=info["collection"], count=info.get("count"))
+
+    @api.post("/search", response_model=SearchResponse, responses=_ERRORS, tags=["search"])
+    async def search(self, req: SearchRequest, request: Request) -> Any:
+        """Search with a text or a base64 image; ``filter`` is a list of ``{field, op, value}``."""
+        self._authorize(request)
+        kind = "text" if req.text is not None else "image"
+        payload = req.text if kind == "text" else decode_base64_image(req.image or "", self._settings)
+        return await self._search(kind, payload, req.limit, req.coarse_limit, req.modality, req.filter)
+
+    @api.post(
+        "/search/image",
+        response_model=SearchResponse,
+        responses=_ERRORS,
+        tags=["search"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["file"],
+                            "properties": {
+                                "file": {"type": "string", "format": "binary"},
+                                "limit": {"type": "integer", "default": 10},
+                                "coarse_limit": {"type": "integer"},
+                                "modality": {"type": "string", "enum": ["image", "text", "all"]},
+                                "filter": {
+                                    "type": "string",
+                                    "description": "JSON list of {field, op, value}",
+                                },
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    )
+    async def search_image(self, request: Request) -> Any:
+        """Search with an uploaded image (multipart/form-data: ``file`` plus optional fields)."""
+        self._authorize(request)
+        ctype = request.headers.get("content-type", "")
+        if not ctype.lower().startswith("multipart/form-data"):
+            raise ApiError(415, "unsupported_media_type", f"send multipart/form-data with a 'file' part, not {ctype!r}")
+        fields, files = parse_multipart(ctype, await request.body())
+        if "file" not in files:
+            raise ApiError(422, "invalid_request", "the form needs a 'file' part holding the image")
+        extra = sorted(set(files) - {"file"})
+        if extra:
+            raise ApiError(422, "unknown_field", f"unknown file part(s) {extra}; send the image as 'file'")
+        form: dict[str, Any] = dict(fields)
+        if "filter" in form:
+            try:
+                form["filter"] = json.loads(form["filter"]) if form["filter"].strip() else []
+            except json.JSONDecodeError as exc:
+                raise ApiError(400, "invalid_json", f"the 'filter' field is not valid JSON: {exc}") from exc
+        for name in ("limit", "coarse_limit"):
+            if form.get(name) == "":
+                form.pop(name)
+        req = _validate(ImageSearchForm, form, None, loc="form")
+        payload = check_image_bytes(files["file"], self._settings)
+        return await self._search("image", payload, req.limit, req.coarse_limit, req.modality, req.filter)
+
+    @api.post("/encode", response_model=EncodeResponse, responses=_ERRORS, tags=["encode"])
+    async def encode(self, req: EncodeRequest, request: Request) -> Any:
+        """Embed a text or a base64 image; returns both levels (L2-normalised)."""
+        self._authorize(request)
+        kind = "text" if req.text is not None else "image"
+        payload = req.text if kind == "text" else decode_base64_image(req.image or "", self._settings)
+        out = await self._encode(kind, payload)
+        low, high = out["low"], out["high"]
+        return {
+            "modality": kind,
+            "low": [float(x) for x in low],
+            "high": [float(x) for x in high],
+            "low_dim": len(low),
+            "high_dim": len(high),
+            "batch_size": int(out["batch_size"]),
+            "encode_ms": round(out["encode_ms"], 3),
+        }
+
+    @api.post("/ingest", response_model=IngestResponse, responses=_ERRORS, tags=["ingest"])
+    async def ingest(self, req: IngestRequest, request: Request) -> Any:
+        """Encode and upsert a small batch of records. Bad records are reported, the rest written."""
+        from hivlp_milvus.data.record import EmbeddingRecord
+        from hivlp_milvus.ids import text_key
+
+        self._authorize(request)
+        started = time.perf_counter()
+        failed: list[dict[str, str]] = []
+        jobs: list[tuple[str, str, str, dict[str, Any], Any]] = []  # key, modality, reference, attrs, call
+        for rec in req.records:
+            if rec.image is not None:
+                try:
+                    raw = decode_base64_image(rec.image, self._settings)
+                except ApiError as exc:
+                    failed.append({"key": rec.key, "reason": exc.message})
+                else:
+                    # Uploaded bytes are not kept on the server: the image row has no file reference.
+                    jobs.append((rec.key, "image", "", rec.attributes, self._image.encode.remote(raw)))
+            for i, caption in enumerate(rec.captions):
+                jobs.append((text_key(rec.key, i), "text", caption, rec.attributes, self._text.encode.remote(caption)))
+        # All at once, so the encoders batch them.
+        outs = await asyncio.gather(*(asyncio.wait_for(j[4], _BACKEND_TIMEOUT_S) for j in jobs), return_exceptions=True)
+        records = []
+        for (key, modality, reference, attributes, _), out in zip(jobs, outs, strict=True):
+            if isinstance(out, BaseException):
+                err = to_api_error(out)
+                if err.status >= 500:  # a server fault fails the request; the client may retry it
+                    raise err
+                failed.append({"key": key, "reason": err.message})
+                continue
+            records.append(EmbeddingRecord(key, modality, out["low"], out["high"], reference, attributes))
+        report: dict[str, Any] = {"inserted": 0, "updated": 0, "rows_written": 0, "failed": []}
+        if records:
+            report = await self._backend(self._searcher.ingest.remote(records))
+        return {
+            "collection": self._settings.collection,
+            "inserted": report["inserted"],
+            "updated": report["updated"],
+            "rows_written": report["rows_written"],
+            "failed": failed + list(report["failed"]),
+            "seconds": round(time.perf_counter() - started, 4),
+        }
+
+    @api.get(
+        "/media/{row_id}",
+        responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}, 404: {"model": ErrorResponse}},
+        tags=["search"],
+    )
+    async def media(self, row_id: str, request: Request) -> Response:
+        """A thumbnail of an image row's file. Only files referenced by the collection are served."""
+        self._authorize(request)
+        if not row_id.isdigit() or len(row_id) > 19:
+            raise ApiError(404, "not_found", f"no image row {row_id!r} (ids are decimal integers)")
+        row = await self._backend(self._searcher.reference.remote(int(row_id)))
+        reference = str((row or {}).get("reference") or "")
+        if not row or row.get("modality") != "image" or not reference or "://" in reference:
+            raise ApiError(404, "not_found", f"row {row_id} is not an image row with a local file")
+        path = Path(reference)
+        if not path.is_absolute():
+            path = self._media_root / path
+        if not path.is_file():
+            raise ApiError(404, "not_found", f"the file of row {row_id} is not on this server")
+        try:
+            data, media_type = await asyncio.to_thread(_thumbnail, path)
+        except Exception as exc:  # a referenced file that is not a readable image
+            raise ApiError(404, "not_found", f"the file of row {row_id} is not a readable image") from exc
+        return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+
+    @api.get("/stats", tags=["ops"])
+    async def stats(self, request: Request) -> Any:
+        """Batch statistics of one replica of each encoder (batch sizes seen, failures)."""
+        self._authorize(request)
+        text, image = await asyncio.gather(
+            self._backend(self._text.stats.remote()), self._backend(self._image.stats.remote())
+        )
+        return {"text": text, "image": image}
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index(self, request: Request) -> Response:
+        self._authorize(request)
+        page = self._static.get("index.html")
+        if page is None:
+            raise ApiError(404, "not_found", "the web page is not installed (serving/static/index.html)")
+        return HTMLResponse(page.read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
+
+    @api.get("/static/{name}", include_in_schema=False)
+    async def static(self, name: str, request: Request) -> Response:
+        self._authorize(request)
+        path = self._static.get(name)  # a fixed set of file names: no paths from the request
+        if path is None:
+            raise ApiError(404, "not_found", f"no static file {name!r}")
+        media = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
+        return Response(path.read_bytes(), media_type=media.get(path.suffix, "application/octet-stream"))
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> Any:
+        self._authorize(request)
+        return JSONResponse(api.openapi())
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> Response:
+        """Swagger UI (its JS/CSS come from a CDN; /openapi.json itself works offline)."""
+        self._authorize(request)
+        return get_swagger_ui_html(openapi_url="openapi.json", title="hivlp-milvus API")

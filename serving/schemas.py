@@ -1,0 +1,218 @@
+"""Request and response bodies of the HTTP API (pydantic; they are also the OpenAPI schema at /docs).
+
+Every request model forbids unknown fields, so a typo (``"limt": 5``) is a 422 naming the field
+instead of a silently ignored option. Sizes that depend on the deployment (image bytes, body
+bytes) are checked by the ingress against its settings and answered with 413, not here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
+
+# API-level caps. The index profile may be stricter (e.g. GPU_IVF_FLAT's top-k cap of 256); the
+# collection checks that and the ingress answers 422 with its message.
+MAX_LIMIT = 100
+MAX_COARSE_LIMIT = 16384  # Milvus' own cap on topk
+MAX_TEXT_CHARS = 1000
+MAX_FILTER_CONDITIONS = 16
+MAX_INGEST_RECORDS = 64
+MAX_CAPTIONS_PER_RECORD = 16
+MAX_KEY_CHARS = 512
+
+Modality = Literal["image", "text", "all"]
+FilterOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in", "like"]
+# Strict scalars: a JSON ``true`` must not become the integer 1 in a filter.
+Scalar = StrictStr | StrictBool | StrictInt | StrictFloat
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FilterCondition(_Request):
+    """One condition of a structured filter; conditions are AND-ed.
+
+    ``field`` is ``key``, ``modality``, ``reference`` or an attribute: ``attributes.color`` or
+    ``attributes["color"]``. Values travel as filter parameters, never pasted into an expression.
+    """
+
+    field: str = Field(min_length=1, max_length=200, examples=["attributes.n_objects"])
+    op: FilterOp = Field(examples=["=="])
+    value: Scalar | list[Scalar] = Field(examples=[2])
+
+
+def _one_of_text_image(model: Any) -> Any:
+    given = [name for name in ("text", "image") if getattr(model, name) is not None]
+    if len(given) != 1:
+        raise ValueError("give exactly one of 'text' or 'image' (base64)")
+    return model
+
+
+class SearchRequest(_Request):
+    """``POST /search``: a text or a base64 image, searched coarse -> fine."""
+
+    text: str | None = Field(
+        None, min_length=1, max_length=MAX_TEXT_CHARS, description="a text query", examples=["a red circle"]
+    )
+    image: str | None = Field(
+        None, min_length=1, description="a base64 image (JPEG, PNG, ...; a data: URL is accepted)"
+    )
+    limit: int = Field(10, ge=1, le=MAX_LIMIT, description="hits to return")
+    coarse_limit: int | None = Field(
+        None, ge=1, le=MAX_COARSE_LIMIT, description="coarse shortlist size; default max(10*limit, 100)"
+    )
+    filter: list[FilterCondition] = Field(
+        default_factory=list, max_length=MAX_FILTER_CONDITIONS, description="conditions, AND-ed"
+    )
+    modality: Modality | None = Field(
+        None, description="what to search: a text query searches images, an image query captions by default"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchRequest:
+        _one_of_text_image(self)
+        if self.coarse_limit is not None and self.coarse_limit < self.limit:
+            raise ValueError(f"coarse_limit ({self.coarse_limit}) must be >= limit ({self.limit})")
+        return self
+
+
+class ImageSearchForm(_Request):
+    """The form fields of ``POST /search/image`` (besides the ``file`` part).
+
+    ``filter`` is the JSON text of a condition list, as in ``POST /search``.
+    """
+
+    limit: int = Field(10, ge=1, le=MAX_LIMIT)
+    coarse_limit: int | None = Field(None, ge=1, le=MAX_COARSE_LIMIT)
+    modality: Modality | None = None
+    filter: list[FilterCondition] = Field(default_factory=list, max_length=MAX_FILTER_CONDITIONS)
+
+    @model_validator(mode="after")
+    def _check(self) -> ImageSearchForm:
+        if self.coarse_limit is not None and self.coarse_limit < self.limit:
+            raise ValueError(f"coarse_limit ({self.coarse_limit}) must be >= limit ({self.limit})")
+        return self
+
+
+class EncodeRequest(_Request):
+    """``POST /encode``: a text or a base64 image to embed."""
+
+    text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS, examples=["a red circle"])
+    image: str | None = Field(None, min_length=1, description="a base64 image")
+
+    @model_validator(mode="after")
+    def _check(self) -> EncodeRequest:
+        return _one_of_text_image(self)
+
+
+class IngestRecord(_Request):
+    """One image and/or its captions; like :class:`hivlp_milvus.data.Record`.
+
+    Rows get the same keys as library ingest: the image row ``key``, caption *i* ``key#i``, so
+    re-sending a record overwrites its rows.
+    """
+
+    key: str = Field(min_length=1, max_length=MAX_KEY_CHARS, examples=["photo-0001"])
+    image: str | None = Field(None, min_length=1, description="a base64 image")
+    captions: list[str] = Field(default_factory=list, max_length=MAX_CAPTIONS_PER_RECORD)
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> IngestRecord:
+        if self.image is None and not self.captions:
+            raise ValueError("a record needs an 'image' or at least one caption")
+        for i, caption in enumerate(self.captions):
+            if not caption.strip() or len(caption) > MAX_TEXT_CHARS:
+                raise ValueError(f"caption {i} must be 1..{MAX_TEXT_CHARS} characters and not blank")
+        return self
+
+
+class IngestRequest(_Request):
+    """``POST /ingest``: a small batch of records (use the CLI or the library for bulk loads)."""
+
+    records: list[IngestRecord] = Field(min_length=1, max_length=MAX_INGEST_RECORDS)
+
+
+# -- responses -----------------------------------------------------------------------------------
+
+
+class Hit(BaseModel):
+    """One search result."""
+
+    id: str = Field(description="the Milvus primary key, as a string (it does not fit a JS number)")
+    key: str
+    modality: str
+    reference: str = Field(description="the image uri or the caption text")
+    score: float = Field(description="fine score: inner product of the high-dim vectors")
+    coarse_score: float | None = Field(description="coarse score: inner product of the low-dim vectors")
+    attributes: dict[str, Any]
+    media_url: str | None = Field(description="thumbnail URL (relative) for image rows with a file reference")
+
+
+class Timings(BaseModel):
+    """Milliseconds per stage, as measured by the ingress (encode) and the searcher (coarse, fine)."""
+
+    encode_ms: float = Field(description="query encoding, including the wait for a batch")
+    coarse_ms: float = Field(description="ANN search on vec_low")
+    fine_ms: float = Field(description="exact re-rank on vec_high")
+    search_ms: float = Field(description="the searcher call, round trip")
+    total_ms: float = Field(description="the whole request inside the ingress")
+    batch_size: int = Field(description="size of the encoder batch this query was part of")
+
+
+class SearchResponse(BaseModel):
+    query: Literal["text", "image"]
+    modality: Modality
+    filter: str = Field(description="the Milvus expression built from the conditions ('' = none)")
+    hits: list[Hit]
+    timings: Timings
+
+
+class EncodeResponse(BaseModel):
+    modality: Literal["text", "image"]
+    low: list[float]
+    high: list[float]
+    low_dim: int
+    high_dim: int
+    batch_size: int = Field(description="size of the encoder batch this item was part of")
+    encode_ms: float
+
+
+class FailedRecord(BaseModel):
+    key: str
+    reason: str
+
+
+class IngestResponse(BaseModel):
+    collection: str
+    inserted: int
+    updated: int
+    rows_written: int
+    failed: list[FailedRecord]
+    seconds: float
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "unavailable"]
+    milvus: str = Field(description="'ok' or why Milvus is not reachable")
+    collection: str
+    count: int | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx body."""
+
+    error: str = Field(description="a stable code, e.g. invalid_json, image_too_large, milvus_unavailable")
+    message: str
+    details: list[dict[str, Any]] | None = None

@@ -1,0 +1,265 @@
+"""The Searcher deployment: owns the Milvus connection and the HierarchicalCollection.
+
+Queries arrive already encoded (the encoders batch them), so a search here is the coarse -> fine
+funnel only. The collection is opened *with* the model, so a checkpoint that does not match the
+collection's dims or fingerprint stops the app at start-up with a clear message instead of
+returning garbage.
+
+**Milvus Lite is single-process.** A ``.db`` path is opened by exactly one process; a second
+replica cannot open it. The builder therefore runs ONE Searcher replica for ``.db`` URIs, and this
+class serialises calls to Lite (one at a time; Lite is not meant for concurrent clients). For a
+Milvus server (``http(s)://``) run as many replicas as you like.
+
+Milvus being unreachable is not fatal: the replica starts anyway, every call answers
+:class:`MilvusUnavailableError` (HTTP 503) quickly, reconnects are retried at most every
+:data:`RECONNECT_EVERY_S` seconds, and ``check_health`` only fails once an outage has lasted
+:data:`UNHEALTHY_AFTER_S` (a fresh replica has a fresh connection; restarting on every blip would
+only churn).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from hivlp_milvus.errors import ConfigError, HiVLPError, MilvusUnavailableError
+from serving.encoders import load_model
+
+logger = logging.getLogger("ray.serve")
+
+RECONNECT_EVERY_S = 5.0
+UNHEALTHY_AFTER_S = 60.0
+_CONNECT_TIMEOUT_S = 3.0
+_SERVER_CONCURRENCY = 8
+_UNAVAILABLE_HINTS = (
+    "unavailable",
+    "connect",
+    "deadline",
+    "timeout",
+    "timed out",
+    "closed",
+    "channel",
+    "refused",
+)
+HIT_FIELDS = ("key", "modality", "reference", "attributes")
+
+
+def _looks_unavailable(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(h in text for h in _UNAVAILABLE_HINTS)
+
+
+@serve.deployment(
+    name="Searcher",
+    num_replicas=1,  # the builder keeps 1 for Milvus Lite; servers may use more
+    max_ongoing_requests=32,
+    ray_actor_options={"num_cpus": 0.5},
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    # Constructor failures are configuration errors (no checkpoint, no collection, wrong model);
+    # retrying them 20 times (Serve's default) only delays the message.
+    max_constructor_retry_count=3,
+)
+class Searcher:
+    """Hierarchical search, small ingests and reference look-ups on one collection.
+
+    Args:
+        checkpoint: the model checkpoint (checked against the collection's dims and fingerprint).
+        milvus_uri: a Milvus Lite ``.db`` path or a ``http(s)://`` server URI.
+        collection: the collection name.
+        milvus_token: server token (``user:password`` or an API key).
+    """
+
+    def __init__(self, checkpoint: str, milvus_uri: str, collection: str, milvus_token: str | None = None) -> None:
+        from hivlp_milvus.connection import is_server_uri
+
+        self._model = load_model(checkpoint)
+        self._uri = str(milvus_uri)
+        self._token = milvus_token or None
+        self._name = str(collection)
+        self._lite = not is_server_uri(self._uri)
+        self._col: Any = None
+        self._error: Exception | None = None
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+        self._connect_lock = threading.Lock()
+        # Lite: one call at a time. Server: bounded so a slow Milvus does not pile up threads.
+        self._slots = threading.BoundedSemaphore(1 if self._lite else _SERVER_CONCURRENCY)
+        self._connect(retries=3 if not self._lite else 1)
+
+    # -- connection -------------------------------------------------------------------------------
+
+    def _connect(self, retries: int = 1) -> None:
+        """Open the collection; Milvus being down is remembered, anything else is raised."""
+        from hivlp_milvus.collection import HierarchicalCollection
+        from hivlp_milvus.connection import connect
+
+        try:
+            client = connect(self._uri, token=self._token, retries=retries, timeout=_CONNECT_TIMEOUT_S)
+        except MilvusUnavailableError as exc:
+            self._mark_down(exc)
+            logger.warning("Searcher: Milvus at %s is unreachable (%s); will retry", self._uri, exc)
+            return
+        except ConfigError as exc:
+            if self._lite:
+                raise ConfigError(
+                    f"cannot open Milvus Lite at {self._uri!r}: {exc}. A .db file can be opened by ONE "
+                    "process: stop other users of it (a running `hivlp-milvus` command, another Serve app "
+                    "or a second Searcher replica: keep num_replicas: 1 for .db URIs), or use a Milvus server"
+                ) from exc
+            raise
+        # Not found / schema / model mismatches are configuration errors: fail the replica with
+        # the library's message, which says what to do.
+        self._col = HierarchicalCollection.open(self._name, client=client, model=self._model)
+        self._error = None
+        self._down_since = None
+        logger.info("Searcher: opened %r", self._col)
+
+    def _mark_down(self, exc: Exception) -> None:
+        self._col = None
+        self._error = exc
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        self._retry_at = time.monotonic() + RECONNECT_EVERY_S
+
+    def _collection(self) -> Any:
+        """The open collection, reconnecting (rate-limited) after an outage."""
+        if self._col is not None:
+            return self._col
+        with self._connect_lock:
+            if self._col is None and time.monotonic() >= self._retry_at:
+                self._connect(retries=1)
+            if self._col is None:
+                raise MilvusUnavailableError(
+                    f"Milvus at {self._redacted_uri()} is unreachable ({self._error}); retrying every "
+                    f"{RECONNECT_EVERY_S:.0f} s"
+                )
+            return self._col
+
+    def _redacted_uri(self) -> str:
+        # URIs may carry credentials (https://user:pass@host); never echo them to clients.
+        from urllib.parse import urlparse
+
+        parsed = urlparse(self._uri)
+        if parsed.password or parsed.username:
+            host = (parsed.hostname or "?") + (f":{parsed.port}" if parsed.port else "")
+            return self._uri.replace(parsed.netloc, host)
+        return self._uri
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(collection, ...)`` in a Milvus slot; connection failures become 503s."""
+        from pymilvus.exceptions import MilvusException
+
+        col = self._collection()
+        with self._slots:
+            try:
+                return fn(col, *args, **kwargs)
+            except HiVLPError:
+                raise
+            except (MilvusException, ConnectionError, TimeoutError, OSError) as exc:
+                if not _looks_unavailable(exc):
+                    raise
+                self._mark_down(exc)
+                raise MilvusUnavailableError(f"Milvus at {self._redacted_uri()} stopped answering: {exc}") from exc
+
+    # -- API (called by the ingress through a DeploymentHandle) ----------------------------------
+
+    def search(
+        self,
+        low: np.ndarray,
+        high: np.ndarray,
+        *,
+        limit: int = 10,
+        coarse_limit: int | None = None,
+        filter: str = "",  # noqa: A002  (mirrors MilvusClient)
+        filter_params: Mapping[str, Any] | None = None,
+        modality: str = "all",
+    ) -> dict[str, Any]:
+        """Coarse -> fine search for one encoded query.
+
+        Args:
+            low: the query's low-dim vector.
+            high: the query's high-dim vector.
+            limit: hits to return.
+            coarse_limit: shortlist size (``None``: the library default).
+            filter: a Milvus expression with ``{name}`` placeholders (from ``structured_filter``).
+            filter_params: the placeholder values.
+            modality: ``image``, ``text`` or ``all``.
+
+        Returns:
+            ``{"hits": [{id, score, coarse_score, key, modality, reference, attributes}], "timings": {...}}``
+            (timings in seconds, from the library).
+
+        Raises:
+            SearchLimitError, FilterError, QueryError, DimensionMismatchError: bad input (4xx).
+            MilvusUnavailableError: Milvus is unreachable (503).
+        """
+        from hivlp_milvus.model.embedding import HierarchicalEmbedding
+
+        query = HierarchicalEmbedding(np.asarray(low, np.float32)[None, :], np.asarray(high, np.float32)[None, :])
+
+        def run(col: Any) -> Any:
+            return col.hierarchical_search(
+                query,
+                limit=limit,
+                coarse_limit=coarse_limit,
+                filter=filter or None,
+                filter_params=dict(filter_params or {}),
+                modality=modality,
+                output_fields=list(HIT_FIELDS),
+            )
+
+        results = self._call(run)
+        hits = [
+            {
+                "id": int(h["id"]),
+                "score": float(h["distance"]),
+                "coarse_score": None if h.get("coarse_distance") is None else float(h["coarse_distance"]),
+                **{f: h["entity"].get(f) for f in HIT_FIELDS},
+            }
+            for h in results[0]
+        ]
+        return {"hits": hits, "timings": dict(results.timings)}
+
+    def ingest(self, records: list[Any]) -> dict[str, Any]:
+        """Upsert already-encoded rows (:class:`hivlp_milvus.data.EmbeddingRecord`) with ``ingest()``.
+
+        Returns:
+            ``IngestReport.to_dict()``: inserted / updated / failed (per key, with the reason).
+        """
+        from hivlp_milvus.ingest import ingest
+
+        return self._call(lambda col: ingest(records, collection=col, progress=False, pipeline=False)).to_dict()
+
+    def reference(self, row_id: int) -> dict[str, Any] | None:
+        """``{"key", "modality", "reference"}`` of one row, or ``None`` when there is no such row."""
+        rows = self._call(lambda col: col.get([int(row_id)], output_fields=["key", "modality", "reference"]))
+        return {k: rows[0].get(k) for k in ("key", "modality", "reference")} if rows else None
+
+    def ping(self) -> dict[str, Any]:
+        """A round trip to Milvus: ``{"collection", "count"}``; raises MilvusUnavailableError when down."""
+
+        def run(col: Any) -> dict[str, Any]:
+            col.client.list_collections(timeout=_CONNECT_TIMEOUT_S)
+            return {"collection": self._name, "count": col.approx_num_rows() or 0}
+
+        return self._call(run)
+
+    def dims(self) -> dict[str, int]:
+        return {"low_dim": int(self._model.config.low_dim), "high_dim": int(self._model.config.high_dim)}
+
+    def check_health(self) -> None:
+        """Fail only after a long outage, so Serve replaces the replica (and its connection)."""
+        try:
+            self.ping()
+        except MilvusUnavailableError as exc:
+            down_for = time.monotonic() - (self._down_since or time.monotonic())
+            if down_for >= UNHEALTHY_AFTER_S:
+                raise RuntimeError(f"Milvus unreachable for {down_for:.0f} s: {exc}") from exc
+            logger.warning("Searcher health: Milvus unreachable for %.0f s: %s", down_for, exc)

@@ -1,0 +1,598 @@
+"""Ray Serve, for real: the app of serving/ over HTTP, the micro model, a Milvus Lite .db, no mocks.
+
+One module fixture builds quickstart-sized artefacts (100 synthetic scenes written as PNG files,
+a micro model saved with ``save_pretrained``, 600 rows ingested into a Lite ``.db``), starts Ray
+with two CPUs and runs two Serve applications:
+
+* ``hivlp`` at ``/`` — exactly ``serving.build_app(...)`` with an API key and small size limits;
+* ``extra`` at ``/extra`` — the same ``Ingress`` wired to a text encoder whose forward pass fails
+  for any batch holding :data:`POISON` (the only test-specific code: a subclass overriding
+  ``_embed``) and a ``Searcher`` pointed at a Milvus that does not exist. It shows what a
+  batch-level fault and an unreachable Milvus look like to clients.
+
+The untrained micro model cannot match a caption to its image, so relevance is checked where it
+is exact: a caption finds itself among the text rows, an image finds itself among the images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.ray]
+
+API_KEY = "test-key-3f9a"
+COLLECTION = "serve_test"
+N_RECORDS = 100
+MAX_IMAGE_BYTES = 200_000
+MAX_IMAGE_PIXELS = 1_000_000
+POISON = "<<this batch fails>>"
+TIMEOUT = httpx.Timeout(60.0)
+
+
+@dataclass
+class Served:
+    """What the tests need: the base URL, the local copy of the model, the ingested records."""
+
+    url: str
+    model: Any
+    records: list[Any]
+    tmp: Path
+    faulty: Any  # DeploymentHandle of the faulty text encoder
+
+    def client(self, key: str | None = API_KEY) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=TIMEOUT)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _faulty_text_encoder_class() -> type:
+    """The real TextEncoder with a forward pass that fails for batches containing POISON."""
+    from serving.encoders import TextEncoder
+
+    class FaultyTextEncoder(TextEncoder.func_or_class):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self.batch_log: list[list[str]] = []
+
+        def _embed(self, prepared: list[str]) -> tuple[Any, Any]:
+            self.batch_log.append(list(prepared))
+            if POISON in prepared:
+                raise RuntimeError("injected fault: the forward pass of this batch failed")
+            return super()._embed(prepared)
+
+        def batches(self) -> list[list[str]]:
+            return self.batch_log
+
+    return FaultyTextEncoder
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    import ray
+    from milvus_lite.server_manager import server_manager_instance
+    from ray import cloudpickle, serve
+
+    from hivlp_milvus.collection import HierarchicalCollection
+    from hivlp_milvus.data import load_source, synthetic
+    from hivlp_milvus.ingest import ingest
+    from hivlp_milvus.model import HiVLP, create_model
+    from serving import AppArgs, build_app
+    from serving.ingress import Ingress, IngressSettings
+    from serving.searcher import Searcher
+
+    tmp = tmp_path_factory.mktemp("serving")
+    t0 = time.monotonic()
+    # Images as files, so image rows reference paths and /media can serve thumbnails.
+    synthetic.write_splits(tmp / "data", {"test": N_RECORDS}, seed=11, progress=False)
+    records = list(load_source(tmp / "data" / "test"))
+    model = create_model("micro", texts=[c for r in records for c in r.captions], seed=0)
+    model.save_pretrained(tmp / "model")
+    db = str(tmp / "hivlp.db")
+    col = HierarchicalCollection.create(COLLECTION, uri=db, model=model)
+    report = ingest(records, collection=col, model=model, progress=False)
+    assert report.rows_written == N_RECORDS * 6, str(report)
+    assert not report.failed, str(report)
+    # Milvus Lite is single-process: hand the .db over to the Searcher replica.
+    col.client.close()
+    server_manager_instance.release_server(db)
+
+    print(f"\n[serving fixture] artefacts {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # The faulty encoder subclass lives in this module, which Ray workers cannot import by name.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    port = _free_port()  # not 8000: another Serve on this machine must not be hit by mistake
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        args = AppArgs(
+            checkpoint=str(tmp / "model"),
+            milvus_uri=db,
+            collection=COLLECTION,
+            api_key=API_KEY,
+            max_batch_size=32,
+            batch_wait_timeout_s=0.05,
+            max_encoder_replicas=1,
+            max_image_bytes=MAX_IMAGE_BYTES,
+            max_image_pixels=MAX_IMAGE_PIXELS,
+        )
+        print(f"[serving fixture] ray {time.monotonic() - t0:.1f}s", file=sys.stderr)
+        # The extra app reserves no CPU, so both apps fit the two logical CPUs; its one text encoder
+        # also stands in for the image encoder (only texts are sent there).
+        none = {"ray_actor_options": {"num_cpus": 0}}
+        faulty = serve.deployment(_faulty_text_encoder_class(), name="FaultyTextEncoder", max_ongoing_requests=64)
+        faulty_app = faulty.options(**none).bind(str(tmp / "model"), 32, 0.25, False)
+        unreachable = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+        searcher = Searcher.options(name="UnreachableSearcher", **none).bind(str(tmp / "model"), unreachable, "nope")
+        extra = Ingress.options(**none).bind(faulty_app, faulty_app, searcher, IngressSettings(collection="nope"))
+        # Both apps start together: replica start-up dominates the fixture's time.
+        serve.run_many(
+            [
+                serve.RunTarget(build_app(args), name="hivlp", route_prefix="/"),
+                serve.RunTarget(extra, name="extra", route_prefix="/extra"),
+            ]
+        )
+        faulty_handle = serve.get_deployment_handle("FaultyTextEncoder", app_name="extra")
+        print(f"[serving fixture] apps {time.monotonic() - t0:.1f}s", file=sys.stderr)
+        yield Served(
+            url=f"http://127.0.0.1:{port}",
+            model=HiVLP.from_pretrained(tmp / "model"),
+            records=records,
+            tmp=tmp,
+            faulty=faulty_handle,
+        )
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _png(size: tuple[int, int], noise: bool = False) -> bytes:
+    from PIL import Image
+
+    if noise:  # incompressible: big in bytes
+        pixels = np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        img = Image.fromarray(pixels)
+    else:  # compresses to almost nothing: few bytes, many pixels
+        img = Image.new("RGB", size, (200, 30, 30))
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _unique_record(served: Served) -> Any:
+    """A record whose scene (hence image) is not repeated in the data set."""
+    groups: dict[str, int] = {}
+    for r in served.records:
+        groups[r.relevance_group] = groups.get(r.relevance_group, 0) + 1
+    return next(r for r in served.records if groups[r.relevance_group] == 1)
+
+
+def _assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, (response.status_code, response.text[:500])
+    body = response.json()
+    assert set(body) >= {"error", "message"}, body
+    assert body["message"], body
+    if code is not None:
+        assert body["error"] == code, body
+    return body
+
+
+# -- health and auth -----------------------------------------------------------------------------
+
+
+def test_healthz_needs_no_key_and_reports_milvus(served: Served) -> None:
+    r = served.client(key=None).get("/healthz")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "ok"
+    assert body["milvus"] == "ok"
+    assert body["collection"] == COLLECTION
+    assert body["count"] >= N_RECORDS * 6
+
+
+def test_api_key_is_required_and_checked(served: Served) -> None:
+    query = {"text": "a red circle", "limit": 3}
+    with served.client(key=None) as anonymous:
+        r = anonymous.post("/search", json=query)
+        _assert_error(r, 401, "unauthorized")
+        assert "basic" in r.headers["www-authenticate"].lower()
+        for path in ("/", "/openapi.json", "/docs", "/stats", "/static/app.js"):
+            _assert_error(anonymous.get(path), 401, "unauthorized")
+        _assert_error(anonymous.post("/ingest", json={"records": [{"key": "x", "captions": ["y"]}]}), 401)
+    with served.client(key="wrong-key") as wrong:
+        _assert_error(wrong.post("/search", json=query), 401, "unauthorized")
+    with served.client() as good:
+        assert good.post("/search", json=query).status_code == 200
+    # A browser after the Basic prompt: any user name, the key as password.
+    basic = base64.b64encode(f"me:{API_KEY}".encode()).decode()
+    with httpx.Client(base_url=served.url, headers={"Authorization": f"Basic {basic}"}, timeout=TIMEOUT) as browser:
+        assert browser.post("/search", json=query).status_code == 200
+
+
+# -- search --------------------------------------------------------------------------------------
+
+
+def test_text_search_finds_the_exact_caption_first(served: Served) -> None:
+    record = served.records[3]
+    caption = record.captions[1]
+    with served.client() as c:
+        r = c.post("/search", json={"text": caption, "limit": 5, "modality": "text"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    hits = body["hits"]
+    assert body["query"] == "text"
+    assert body["modality"] == "text"
+    assert len(hits) == 5
+    assert hits[0]["reference"] == caption
+    assert hits[0]["score"] > 0.999  # the same text, encoded by the server and at ingest
+    assert all(h["modality"] == "text" for h in hits)
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert all(h["coarse_score"] is not None for h in hits)
+    timings = body["timings"]
+    assert set(timings) == {"encode_ms", "coarse_ms", "fine_ms", "search_ms", "total_ms", "batch_size"}
+    assert timings["encode_ms"] > 0
+    assert timings["coarse_ms"] > 0
+    assert timings["fine_ms"] > 0
+    assert timings["total_ms"] >= timings["encode_ms"] + timings["search_ms"] * 0.99
+    assert timings["batch_size"] >= 1
+
+
+def test_text_search_defaults_to_images_with_thumbnails(served: Served) -> None:
+    from PIL import Image
+
+    with served.client() as c:
+        body = c.post("/search", json={"text": "a small red circle", "limit": 4}).json()
+        assert body["modality"] == "image"
+        assert len(body["hits"]) == 4
+        for hit in body["hits"]:
+            assert hit["modality"] == "image"
+            assert hit["media_url"] == f"media/{hit['id']}"
+            assert set(hit["attributes"]) >= {"n_objects", "colors"}
+        thumb = c.get("/" + body["hits"][0]["media_url"])
+    assert thumb.status_code == 200
+    assert thumb.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(thumb.content))
+    assert max(image.size) <= 256
+
+
+def test_image_search_base64_and_multipart(served: Served) -> None:
+    record = _unique_record(served)
+    data = Path(record.image).read_bytes()
+    with served.client() as c:
+        by_json = c.post("/search", json={"image": _b64(data), "limit": 3, "modality": "image"})
+        by_form = c.post(
+            "/search/image",
+            files={"file": ("query.png", data, "image/png")},
+            data={"limit": "3", "modality": "image"},
+        )
+        captions = c.post("/search/image", files={"file": ("q.png", data, "image/png")}, data={"limit": "5"})
+    for r in (by_json, by_form):
+        assert r.status_code == 200, r.text
+        hits = r.json()["hits"]
+        assert hits[0]["key"] == record.id
+        assert hits[0]["score"] > 0.999
+    assert [h["id"] for h in by_json.json()["hits"]] == [h["id"] for h in by_form.json()["hits"]]
+    # An image query searches captions by default (cross-modal).
+    assert captions.status_code == 200
+    assert captions.json()["modality"] == "text"
+    assert all(h["modality"] == "text" and h["media_url"] is None for h in captions.json()["hits"])
+
+
+def test_structured_filter(served: Served) -> None:
+    record = _unique_record(served)
+    n = record.attributes["n_objects"]
+    with served.client() as c:
+        many = c.post(
+            "/search",
+            json={
+                "text": "shapes",
+                "limit": 20,
+                "filter": [{"field": "attributes.n_objects", "op": "==", "value": n}],
+            },
+        )
+        one = c.post(
+            "/search",
+            json={
+                "text": "shapes",
+                "limit": 5,
+                "filter": [{"field": "key", "op": "in", "value": [record.id]}],
+            },
+        )
+    assert many.status_code == 200, many.text
+    assert many.json()["hits"]
+    assert all(h["attributes"]["n_objects"] == n for h in many.json()["hits"])
+    assert 'attributes["n_objects"]' in many.json()["filter"]
+    assert [h["key"] for h in one.json()["hits"]] == [record.id]
+
+
+# -- encode --------------------------------------------------------------------------------------
+
+
+def test_encode_matches_the_local_model(served: Served) -> None:
+    text = served.records[0].captions[0]
+    image_path = served.records[0].image
+    with served.client() as c:
+        t = c.post("/encode", json={"text": text})
+        i = c.post("/encode", json={"image": _b64(Path(image_path).read_bytes())})
+    assert t.status_code == 200, t.text
+    assert i.status_code == 200, i.text
+    cfg = served.model.config
+    for body, local in (
+        (t.json(), served.model.embed_texts([text])),
+        (i.json(), served.model.embed_images([image_path])),
+    ):
+        assert (body["low_dim"], body["high_dim"]) == (cfg.low_dim, cfg.high_dim)
+        assert len(body["low"]) == cfg.low_dim
+        assert len(body["high"]) == cfg.high_dim
+        np.testing.assert_allclose(body["low"], local.low[0], atol=1e-4)
+        np.testing.assert_allclose(body["high"], local.high[0], atol=1e-4)
+
+
+# -- ingest --------------------------------------------------------------------------------------
+
+
+def test_ingest_writes_rows_and_reports_bad_records(served: Served) -> None:
+    data = Path(served.records[5].image).read_bytes()
+    payload = {
+        "records": [
+            {
+                "key": "http-1",
+                "image": _b64(data),
+                "captions": ["an unmistakable zebra kite"],
+                "attributes": {"src": "http"},
+            },
+            {"key": "http-bad", "image": _b64(b"not an image at all")},
+        ]
+    }
+    with served.client() as c:
+        first = c.post("/ingest", json=payload)
+        again = c.post("/ingest", json=payload)
+        hits = c.post("/search", json={"text": "an unmistakable zebra kite", "limit": 1, "modality": "text"}).json()
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert (body["inserted"], body["updated"], body["rows_written"]) == (2, 0, 2)
+    assert [f["key"] for f in body["failed"]] == ["http-bad"]
+    assert "cannot be decoded" in body["failed"][0]["reason"]
+    assert (again.json()["inserted"], again.json()["updated"]) == (0, 2)  # same keys: an upsert
+    top = hits["hits"][0]
+    assert top["key"] == "http-1#0"
+    assert top["attributes"] == {"src": "http"}
+
+
+# -- errors: the client's mistakes are 4xx with a JSON message, never 500 ---------------------------
+
+
+def _c(name: str, method: str, path: str, status: int, code: str | None, **kwargs: Any) -> tuple:
+    return name, method, path, status, code, kwargs
+
+
+def _q(**body: Any) -> dict[str, Any]:
+    return {"json": body}
+
+
+UNDECODABLE, INVALID, NOT_JSON = "undecodable_image", "invalid_request", "unsupported_media_type"
+
+
+def _form(file: bytes | None = None, **fields: str) -> dict[str, Any]:
+    files = {"file": ("q.png", file, "image/png")} if file is not None else {"other": ("a.txt", b"x", "text/plain")}
+    return {"data": fields, "files": files}
+
+
+def _error_cases(served: Served) -> list[tuple]:
+    png = Path(served.records[0].image).read_bytes()
+    truncated = png[: len(png) // 2]
+    big_bytes = _png((400, 400), noise=True)
+    assert len(big_bytes) > MAX_IMAGE_BYTES
+    many_pixels = _png((1200, 1200))
+    assert len(many_pixels) < MAX_IMAGE_BYTES
+    json_type = {"content-type": "application/json"}
+    cond = {"field": "key", "op": "==", "value": "a"}
+    # fmt: off
+    return [
+        _c("malformed json", "POST", "/search", 400, "invalid_json", content=b'{"text": "x",',
+           headers=json_type),
+        _c("json array", "POST", "/search", 422, INVALID, json=["text"]),
+        _c("not json", "POST", "/search", 415, NOT_JSON, content=b"text=x",
+           headers={"content-type": "text/plain"}),
+        _c("unknown field", "POST", "/search", 422, "unknown_field", **_q(text="x", limt=3)),
+        _c("unknown filter key", "POST", "/search", 422, "unknown_field",
+           **_q(text="x", filter=[{**cond, "x": 2}])),
+        _c("limit 0", "POST", "/search", 422, INVALID, **_q(text="x", limit=0)),
+        _c("limit too big", "POST", "/search", 422, INVALID, **_q(text="x", limit=101)),
+        _c("limit not int", "POST", "/search", 422, INVALID, **_q(text="x", limit="many")),
+        _c("coarse < limit", "POST", "/search", 422, INVALID,
+           **_q(text="x", limit=10, coarse_limit=5)),
+        _c("coarse too big", "POST", "/search", 422, INVALID, **_q(text="x", coarse_limit=20000)),
+        _c("text and image", "POST", "/search", 422, INVALID, **_q(text="x", image=_b64(png))),
+        _c("neither", "POST", "/search", 422, INVALID, **_q(limit=3)),
+        _c("empty text", "POST", "/search", 422, INVALID, **_q(text="")),
+        _c("bad filter op", "POST", "/search", 422, INVALID,
+           **_q(text="x", filter=[{**cond, "op": "~="}])),
+        _c("bad filter field", "POST", "/search", 422, "invalid_filter",
+           **_q(text="x", filter=[{**cond, "field": "vec_low"}])),
+        _c("injection in field", "POST", "/search", 422, "invalid_filter",
+           **_q(text="x", filter=[{**cond, "field": "key == 1 or id"}])),
+        _c("filter in needs list", "POST", "/search", 422, "invalid_filter",
+           **_q(text="x", filter=[{**cond, "op": "in"}])),
+        _c("bad modality", "POST", "/search", 422, INVALID, **_q(text="x", modality="video")),
+        _c("invalid base64", "POST", "/search", 400, "invalid_base64", **_q(image="!!not base64!!")),
+        _c("undecodable image", "POST", "/search", 415, UNDECODABLE, **_q(image=_b64(b"GIF89a, not"))),
+        _c("truncated image", "POST", "/search", 415, UNDECODABLE, **_q(image=_b64(truncated))),
+        _c("oversized image", "POST", "/search", 413, "image_too_large", **_q(image=_b64(big_bytes))),
+        _c("too many pixels", "POST", "/search", 413, "image_too_large", **_q(image=_b64(many_pixels))),
+        _c("body too large", "POST", "/search", 413, "body_too_large", **_q(text="x" * 2_000_000)),
+        _c("encode unknown field", "POST", "/encode", 422, "unknown_field",
+           json={"text": "x", "normalize": False}),
+        _c("encode undecodable", "POST", "/encode", 415, UNDECODABLE,
+           json={"image": _b64(b"\x89PNG\r\n\x1a\nnope")}),
+        _c("multipart no file", "POST", "/search/image", 422, None, **_form(limit="3")),
+        _c("multipart not an image", "POST", "/search/image", 415, UNDECODABLE, **_form(b"plain text")),
+        _c("multipart limit", "POST", "/search/image", 422, INVALID, **_form(png, limit="0")),
+        _c("multipart bad filter json", "POST", "/search/image", 400, "invalid_json",
+           **_form(png, filter="[{")),
+        _c("multipart unknown field", "POST", "/search/image", 422, "unknown_field", **_form(png, limt="3")),
+        _c("search/image with json", "POST", "/search/image", 415, NOT_JSON, json={"text": "x"}),
+        _c("ingest empty", "POST", "/ingest", 422, INVALID, json={"records": []}),
+        _c("ingest no content", "POST", "/ingest", 422, INVALID, json={"records": [{"key": "k"}]}),
+        _c("media unknown id", "GET", "/media/12345", 404, "not_found"),
+        _c("media traversal", "GET", "/media/..%2F..%2Fetc%2Fpasswd", 404, "not_found"),
+        _c("media negative id", "GET", "/media/-1", 404, "not_found"),
+        _c("static traversal", "GET", "/static/..%2Fapp.py", 404, "not_found"),
+        _c("unknown route", "GET", "/nope", 404, "not_found"),
+        _c("wrong method", "GET", "/search", 405, "method_not_allowed"),
+    ]
+    # fmt: on
+
+
+def test_client_errors_are_4xx_with_a_json_message(served: Served) -> None:
+    failures = []
+    with served.client() as c:
+        for name, method, path, status, code, kwargs in _error_cases(served):
+            r = c.request(method, path, **kwargs)
+            try:
+                _assert_error(r, status, code)
+            except (AssertionError, json.JSONDecodeError) as exc:
+                failures.append(f"{name}: {exc}")
+    assert not failures, "\n".join(failures)
+
+
+def test_openapi_and_page(served: Served) -> None:
+    with served.client() as c:
+        spec = c.get("/openapi.json").json()
+        docs = c.get("/docs")
+        page = c.get("/")
+        js = c.get("/static/app.js")
+    for path in ("/search", "/search/image", "/encode", "/ingest", "/healthz", "/media/{row_id}"):
+        assert path in spec["paths"], path
+    assert "multipart/form-data" in spec["paths"]["/search/image"]["post"]["requestBody"]["content"]
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
+    assert page.status_code == 200
+    assert 'id="q"' in page.text
+    assert 'id="file"' in page.text
+    assert "http://" not in page.text
+    assert "https://" not in page.text
+    assert js.status_code == 200
+    assert js.headers["content-type"].startswith("text/javascript")
+
+
+# -- batching --------------------------------------------------------------------------------------
+
+
+async def _post_all(
+    url: str, path: str, bodies: list[dict[str, Any]], key: str | None = API_KEY
+) -> list[httpx.Response]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    limits = httpx.Limits(max_connections=len(bodies))
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=TIMEOUT, limits=limits) as client:
+        return await asyncio.gather(*(client.post(path, json=b) for b in bodies))
+
+
+def test_concurrent_encodes_are_batched_and_each_caller_gets_its_own_vector(served: Served) -> None:
+    texts = [c for r in served.records[:8] for c in r.captions][:32]
+    assert len(set(texts)) == len(texts) == 32
+    responses = asyncio.run(_post_all(served.url, "/encode", [{"text": t} for t in texts]))
+    assert [r.status_code for r in responses] == [200] * 32, [r.text for r in responses if r.status_code != 200]
+    local = served.model.embed_texts(texts)
+    for row, (text, r) in enumerate(zip(texts, responses, strict=True)):
+        body = r.json()
+        np.testing.assert_allclose(body["high"], local.high[row], atol=1e-4, err_msg=text)
+        np.testing.assert_allclose(body["low"], local.low[row], atol=1e-4, err_msg=text)
+    sizes = [r.json()["batch_size"] for r in responses]
+    assert max(sizes) > 1, sizes
+    with served.client() as c:
+        stats = c.get("/stats").json()["text"]
+    assert stats["max_seen_batch_size"] > 1
+    assert stats["max_batch_size"] == 32
+    assert stats["failed_batches"] == 0
+
+
+def test_an_undecodable_image_fails_only_its_own_caller(served: Served) -> None:
+    paths = [r.image for r in served.records[:7]]
+    good = [_b64(Path(p).read_bytes()) for p in paths]
+    png = Path(paths[0]).read_bytes()
+    # A valid PNG header (passes the ingress's check) with broken data: fails in the encoder batch.
+    broken = _b64(png[:60] + b"\x00" * 200)
+    bodies = [{"image": g} for g in good[:3]] + [{"image": broken}] + [{"image": g} for g in good[3:]]
+    with served.client() as c:
+        before = c.get("/stats").json()["image"]
+    responses = asyncio.run(_post_all(served.url, "/encode", bodies))
+    assert [r.status_code for r in responses] == [200, 200, 200, 415, 200, 200, 200, 200], [r.text for r in responses]
+    assert responses[3].json()["error"] == "undecodable_image"
+    local = served.model.embed_images(paths)
+    good = responses[:3] + responses[4:]
+    for row, r in enumerate(good):
+        np.testing.assert_allclose(r.json()["high"], local.high[row], atol=1e-4)
+    assert max(r.json()["batch_size"] for r in good) > 1  # they were batched (the bad one counts in its batch)
+    with served.client() as c:
+        after = c.get("/stats").json()["image"]
+    assert after["failed_batches"] == before["failed_batches"]  # a per-item failure, not a batch one
+    assert after["max_seen_batch_size"] > 1
+
+
+def test_a_failing_batch_fails_every_caller_of_that_batch_only(served: Served) -> None:
+    texts = [f"{c} ({i})" for i, c in enumerate(r.captions[0] for r in served.records[:12])]
+    texts[5] = POISON
+    first = asyncio.run(_post_all(served.url, "/extra/encode", [{"text": t} for t in texts], key=None))
+    second = asyncio.run(_post_all(served.url, "/extra/encode", [{"text": t} for t in texts[6:]], key=None))
+    log = served.faulty.batches.remote().result(timeout_s=30)
+    poisoned = [b for b in log if POISON in b]
+    assert len(poisoned) == 1, log
+    assert len(poisoned[0]) > 1, log  # the fault hit a real batch of several callers
+    in_failed_batch = set(poisoned[0])
+    local = served.model.embed_texts(texts)
+    for row, (text, r) in enumerate(zip(texts, first, strict=True)):
+        if text in in_failed_batch:
+            _assert_error(r, 500, "internal_error")  # a server fault, reported to every caller
+        else:
+            assert r.status_code == 200, r.text
+            np.testing.assert_allclose(r.json()["high"], local.high[row], atol=1e-4)
+    # The next batches are fine: the fault did not poison the replica.
+    assert [r.status_code for r in second] == [200] * len(second)
+
+
+# -- Milvus unreachable --------------------------------------------------------------------------
+
+
+def test_unreachable_milvus_is_a_503_not_a_hang(served: Served) -> None:
+    with httpx.Client(base_url=served.url + "/extra", timeout=TIMEOUT) as c:
+        health = c.get("/healthz")
+        started = time.monotonic()
+        search = c.post("/search", json={"text": "a red circle"})
+        elapsed = time.monotonic() - started
+    assert health.status_code == 503, health.text
+    assert health.json()["status"] == "unavailable"
+    assert "unreachable" in health.json()["milvus"]
+    _assert_error(search, 503, "milvus_unavailable")
+    assert elapsed < 15, elapsed
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main(["-v", "-s", __file__, *os.environ.get("PYTEST_ARGS", "").split()]))

@@ -1,0 +1,294 @@
+"""The serving app's pure parts, without Ray: request models, error mapping, uploads, builder args.
+
+Everything that decides a status code or a default is here, fast; tests/ray/test_serving.py checks
+the same behaviour end to end over HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import io
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from PIL import Image
+from pydantic import ValidationError
+
+from hivlp_milvus.errors import (
+    BadRecordError,
+    CollectionNotFoundError,
+    FilterError,
+    HiVLPError,
+    MilvusUnavailableError,
+    QueryError,
+    SearchLimitError,
+)
+from serving import AppArgs, build_app, resolve_args
+from serving.encoders import ImageEncoder, ImageTooLargeError, TextEncoder, check_image_header
+from serving.ingress import (
+    ApiError,
+    IngressSettings,
+    api,
+    check_image_bytes,
+    decode_base64_image,
+    parse_multipart,
+    to_api_error,
+)
+from serving.schemas import (
+    MAX_INGEST_RECORDS,
+    MAX_LIMIT,
+    EncodeRequest,
+    ImageSearchForm,
+    IngestRequest,
+    SearchRequest,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = IngressSettings(collection="c", max_image_bytes=50_000, max_image_pixels=250_000)
+
+
+def _png(size: tuple[int, int] = (32, 32)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+# -- request models ------------------------------------------------------------------------------
+
+
+def test_search_request_defaults_and_bounds() -> None:
+    req = SearchRequest.model_validate({"text": "a red circle"})
+    assert (req.limit, req.coarse_limit, req.filter, req.modality) == (10, None, [], None)
+    assert SearchRequest.model_validate({"image": "aGk=", "limit": MAX_LIMIT}).limit == MAX_LIMIT
+    for bad in (
+        {"text": "x", "limit": 0},
+        {"text": "x", "limit": MAX_LIMIT + 1},
+        {"text": "x", "limit": 5, "coarse_limit": 4},
+        {"text": "x", "coarse_limit": 16385},
+        {"text": "x", "image": "aGk="},
+        {"limit": 3},
+        {"text": ""},
+        {"text": "x" * 1001},
+        {"text": "x", "modality": "video"},
+    ):
+        with pytest.raises(ValidationError):
+            SearchRequest.model_validate(bad)
+
+
+def test_unknown_fields_are_rejected_everywhere() -> None:
+    for model, body in (
+        (SearchRequest, {"text": "x", "limt": 3}),
+        (SearchRequest, {"text": "x", "filter": [{"field": "key", "op": "==", "value": 1, "extra": 0}]}),
+        (EncodeRequest, {"text": "x", "normalize": True}),
+        (ImageSearchForm, {"limt": 3}),
+        (IngestRequest, {"records": [{"key": "k", "captions": ["c"], "uri": "/etc/passwd"}]}),
+    ):
+        with pytest.raises(ValidationError) as info:
+            model.model_validate(body)
+        assert "extra_forbidden" in {e["type"] for e in info.value.errors()}
+
+
+def test_filter_conditions_are_typed() -> None:
+    ok = SearchRequest.model_validate(
+        {
+            "text": "x",
+            "filter": [
+                {"field": "attributes.n", "op": "in", "value": [1, 2]},
+                {"field": "key", "op": "not in", "value": ["a"]},
+            ],
+        }
+    )
+    assert ok.filter[0].value == [1, 2]
+    flag = SearchRequest.model_validate({"text": "x", "filter": [{"field": "attributes.f", "op": "==", "value": True}]})
+    assert flag.filter[0].value is True  # stays a bool, not the integer 1
+    for cond in (
+        {"field": "key", "op": "=~", "value": "a"},
+        {"field": "key", "op": "==", "value": {"nested": 1}},
+        {"field": "", "op": "==", "value": 1},
+        {"field": "key", "op": "=="},
+    ):
+        with pytest.raises(ValidationError):
+            SearchRequest.model_validate({"text": "x", "filter": [cond]})
+
+
+def test_ingest_request_limits() -> None:
+    assert IngestRequest.model_validate({"records": [{"key": "k", "captions": ["a cat"]}]}).records[0].attributes == {}
+    for bad in (
+        {"records": []},
+        {"records": [{"key": "k"}]},  # neither image nor captions
+        {"records": [{"key": "", "captions": ["c"]}]},
+        {"records": [{"key": "k", "captions": ["  "]}]},
+        {"records": [{"key": f"k{i}", "captions": ["c"]} for i in range(MAX_INGEST_RECORDS + 1)]},
+    ):
+        with pytest.raises(ValidationError):
+            IngestRequest.model_validate(bad)
+
+
+# -- error mapping -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (ImageTooLargeError("big"), 413, "image_too_large"),
+        (BadRecordError("bad image"), 415, "undecodable_image"),
+        (FilterError("bad filter"), 422, "invalid_filter"),
+        (SearchLimitError("limit"), 422, "limit_out_of_range"),
+        (QueryError("query"), 422, "invalid_query"),
+        (MilvusUnavailableError("down"), 503, "milvus_unavailable"),
+        (CollectionNotFoundError("gone"), 503, "misconfigured"),
+        (HiVLPError("other"), 400, "bad_request"),
+        (RuntimeError("boom"), 500, "internal_error"),
+        (TimeoutError(), 504, "timeout"),
+        (ApiError(418, "teapot", "short and stout"), 418, "teapot"),
+    ],
+)
+def test_exceptions_map_to_statuses(exc: BaseException, status: int, code: str) -> None:
+    err = to_api_error(exc)
+    assert (err.status, err.code) == (status, code)
+    assert err.message
+
+
+def test_errors_from_other_replicas_are_unwrapped() -> None:
+    from ray.exceptions import RayTaskError
+
+    wrapped = RayTaskError("search", "Traceback ...", FilterError("invalid filter 'x'"))
+    err = to_api_error(wrapped.as_instanceof_cause())
+    assert (err.status, err.code, err.message) == (422, "invalid_filter", "invalid filter 'x'")
+    assert to_api_error(RayTaskError("encode", "tb", RuntimeError("cuda"))).status == 500
+
+
+# -- images and uploads --------------------------------------------------------------------------
+
+
+def test_base64_images_are_checked_before_any_encoder_sees_them() -> None:
+    png = _png()
+    assert decode_base64_image(base64.b64encode(png).decode(), SETTINGS) == png
+    data_url = "data:image/png;base64," + base64.b64encode(png).decode()
+    assert decode_base64_image(data_url, SETTINGS) == png
+    cases = [
+        ("!!!", 400, "invalid_base64"),
+        (base64.b64encode(b"hello, not an image").decode(), 415, "undecodable_image"),
+        (base64.b64encode(b"\0" * 60_000).decode(), 413, "image_too_large"),
+        (base64.b64encode(_png((600, 600))).decode(), 413, "image_too_large"),  # small file, many pixels
+    ]
+    for data, status, code in cases:
+        with pytest.raises(ApiError) as info:
+            decode_base64_image(data, SETTINGS)
+        assert (info.value.status, info.value.code) == (status, code), info.value.message
+    with pytest.raises(ApiError) as info:
+        check_image_bytes(b"", SETTINGS)
+    assert info.value.status == 415
+
+
+def test_image_header_check() -> None:
+    assert check_image_header(_png((20, 10)), 1000) == ("PNG", 20, 10)
+    with pytest.raises(ImageTooLargeError):
+        check_image_header(_png((40, 40)), 1000)
+    with pytest.raises(BadRecordError):
+        check_image_header(b"GIF89a nope", 1000)
+
+
+def test_encoders_reject_bad_items_one_by_one() -> None:
+    # _prepare runs per item before the forward pass; it needs no model.
+    with pytest.raises(BadRecordError):
+        ImageEncoder.func_or_class._prepare(None, b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    with pytest.raises(BadRecordError):
+        ImageEncoder.func_or_class._prepare(None, "not bytes")
+    assert ImageEncoder.func_or_class._prepare(None, _png()).size == (32, 32)
+    with pytest.raises(BadRecordError):
+        TextEncoder.func_or_class._prepare(None, "   ")
+
+
+def test_multipart_parsing() -> None:
+    png = _png()
+    request = httpx.Request(
+        "POST",
+        "http://x/search/image",
+        files={"file": ("q.png", png, "image/png")},
+        data={"limit": "5", "filter": "[]"},
+    )
+    fields, files = parse_multipart(request.headers["content-type"], request.read())
+    assert fields == {"limit": "5", "filter": "[]"}
+    assert files == {"file": png}
+    with pytest.raises(ApiError) as info:
+        parse_multipart("multipart/form-data", b"whatever")
+    assert info.value.status == 400
+    dup = httpx.Request("POST", "http://x/", data={"a": ["1", "2"]}, files={"file": ("q.png", png, "image/png")})
+    with pytest.raises(ApiError) as info:
+        parse_multipart(dup.headers["content-type"], dup.read())
+    assert "twice" in info.value.message
+
+
+# -- builder -------------------------------------------------------------------------------------
+
+
+def test_resolve_args_precedence_and_paths(tmp_path: Path) -> None:
+    env = {"HIVLP_CHECKPOINT": "/models/m", "HIVLP_COLLECTION": "from_env", "HIVLP_API_KEY": "k1"}
+    r = resolve_args(AppArgs(collection="from_arg"), environ=env, cwd=str(tmp_path))
+    assert r.checkpoint == "/models/m"
+    assert r.collection == "from_arg"  # an explicit arg wins over the environment
+    assert r.api_key == "k1"
+    assert r.milvus_uri == str(tmp_path / "hivlp_work" / "hivlp.db")  # quickstart default, made absolute
+    assert r.lite
+    assert r.workdir == str(tmp_path)
+    default = resolve_args(AppArgs(), environ={}, cwd=str(tmp_path))
+    assert default.checkpoint == str(tmp_path / "hivlp_work" / "model")
+    assert (default.collection, default.api_key, default.milvus_token) == ("quickstart", None, None)
+    server = resolve_args(AppArgs(milvus_uri="http://milvus:19530"), environ={"HIVLP_MILVUS_TOKEN": "root:Milvus"})
+    assert (server.milvus_uri, server.milvus_token, server.lite) == ("http://milvus:19530", "root:Milvus", False)
+
+
+def test_builder_signature_and_args() -> None:
+    # Serve turns `key=value` into the annotated pydantic model only if the annotation is a class.
+    params = inspect.signature(build_app).parameters
+    assert len(params) == 1
+    assert next(iter(params.values())).annotation is AppArgs
+    assert build_app({"checkpoint": "/nowhere", "max_batch_size": "8"}) is not None  # nothing is opened
+    with pytest.raises(ValidationError):
+        build_app({"chekpoint": "/typo"})
+    with pytest.raises(ValidationError):
+        AppArgs(max_batch_size=0)
+
+
+def test_package_exposes_a_built_app() -> None:
+    from ray.serve import Application
+
+    import serving
+
+    assert isinstance(serving.app, Application)
+
+
+def test_serve_config_args_are_builder_args() -> None:
+    config = yaml.safe_load((ROOT / "serving" / "config.yaml").read_text(encoding="utf-8"))
+    contract = {"checkpoint", "milvus_uri", "milvus_token", "collection", "api_key", "max_batch_size",
+                "batch_wait_timeout_s", "num_gpus"}  # fmt: skip
+    assert contract <= set(AppArgs.model_fields)
+    for app in config["applications"]:
+        AppArgs.model_validate(app.get("args") or {})
+
+
+def test_openapi_documents_the_json_bodies() -> None:
+    spec = api.openapi()
+    for path, model in (("/search", "SearchRequest"), ("/encode", "EncodeRequest"), ("/ingest", "IngestRequest")):
+        op = spec["paths"][path]["post"]
+        ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.endswith(f"/{model}")
+        # A string annotation would turn the body and the request into query parameters.
+        assert not op.get("parameters"), op.get("parameters")
+    assert "/healthz" in spec["paths"]
+
+
+def test_web_page_is_self_contained() -> None:
+    static = ROOT / "serving" / "static"
+    page = (static / "index.html").read_text(encoding="utf-8")
+    for asset in ("static/app.js", "static/style.css"):
+        assert asset in page
+        assert (static / asset.split("/")[1]).is_file()
+    for name in ("index.html", "app.js", "style.css"):
+        text = (static / name).read_text(encoding="utf-8")
+        assert not re.search(r"https?://", text), f"{name} loads something from the network"
