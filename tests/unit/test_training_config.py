@@ -1,0 +1,279 @@
+"""TrainConfig: YAML loading, key=value overrides, validation messages, the shipped configs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hivlp_milvus.errors import ConfigError
+from training.checkpoint import TRAINING_FILES, TrainingState, export_model, load_training_state
+from training.config import TrainConfig, apply_overrides, is_uri, load_config, shipped_config
+from training.data import plan_epoch, select_captions, shuffle_seed
+from training.loop import flatten_eval, lr_factor
+
+SHARED_STORAGE = ("s3://", "gs://", "/mnt/shared")
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# -- loading and overrides ---------------------------------------------------------------------
+
+
+def test_yaml_and_overrides_round_trip(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        {
+            "model": {"config": "micro"},
+            "data": {"synthetic": {"train": 64, "val": 16}},
+            "optim": {"lr": "3e-4", "batch_size": 8},
+            "run": {"name": "t"},
+        },
+    )
+    cfg = load_config(
+        path,
+        [
+            "optim.lr=1e-4",  # YAML 1.1 reads this as a string; the loader means the number
+            "scaling.num_workers=3",
+            "validation.coarse_ks=[50, 10]",
+            "model.overrides.low_dim=8",
+            "run.step_log=null",
+        ],
+    )
+    assert cfg.optim.lr == pytest.approx(1e-4)
+    assert cfg.optim.batch_size == 8
+    assert cfg.scaling.num_workers == 3
+    assert cfg.validation.coarse_ks == (10, 50)
+    assert cfg.model.resolve().low_dim == 8
+    assert cfg.run.step_log is None
+    # to_dict -> from_dict is the identity (what --dry-run prints can be fed back).
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert yaml.safe_load(yaml.safe_dump(cfg.to_dict())) == cfg.to_dict()
+
+
+def test_overrides_do_not_mutate_input_and_create_sections() -> None:
+    data = {"optim": {"lr": 1.0}}
+    out = apply_overrides(data, ["optim.lr=0.5", "loss.shortlist_k=8"])
+    assert data == {"optim": {"lr": 1.0}}
+    assert out == {"optim": {"lr": 0.5}, "loss": {"shortlist_k": 8}}
+
+
+def test_inline_model_config_and_frozen_sections() -> None:
+    cfg = TrainConfig.from_dict({"model": {"config": {"low_dim": 8, "high_dim": 32, "text": {"vocab_size": 500}}}})
+    resolved = cfg.model.resolve()
+    assert (resolved.low_dim, resolved.high_dim, resolved.text.vocab_size) == (8, 32, 500)
+    with pytest.raises(TypeError):
+        cfg.model.config["low_dim"] = 4  # read-only view: the dataclass is frozen all the way down
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optim.lr=-1"], "optim.lr must be > 0"),
+        (["optim.lrr=1e-3"], "did you mean optim.lr"),
+        (["optimizer.lr=1e-3"], "unknown key optimizer"),
+        (["optim.precision=fp16"], "optim.precision must be one of"),
+        (["optim.precision=bf16"], "needs scaling.use_gpu=true"),
+        (["scaling.num_workers=0"], "scaling.num_workers must be a positive integer"),
+        (["scaling.placement_strategy=EVERYWHERE"], "scaling.placement_strategy"),
+        (["run.name=a/b"], "run.name"),
+        (["validation.coarse_ks=[]"], "validation.coarse_ks"),
+        (["data.synthetic=null"], "data has no training set"),
+        (["data.train=/x.json"], "data.synthetic and data.train"),
+        (["model.config=nope"], "unknown model config 'nope'"),
+        (["model.overrides.low_dim=0"], "low_dim must be a positive integer"),
+        (["loss.shortlist_k=1"], "shortlist_k"),
+        (["loss.temperature=1"], "unknown LossConfig keys"),
+        (["optim.lr"], "is not key=value"),
+        (["optim.lr.x=1"], "not a section"),
+    ],
+)
+def test_validation_errors_name_the_key(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config("quickstart", overrides)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="no shipped training config"):
+        shipped_config("imagenet")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- list\n")
+    with pytest.raises(ConfigError, match="YAML mapping"):
+        load_config(bad)
+
+
+def test_paths_resolve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("quickstart", ["run.work_dir=null", "run.name=abc"])
+    assert cfg.run.resolved_work_dir == tmp_path / "runs" / "abc"
+    assert cfg.run.resolved_storage_path == str(tmp_path / "runs" / "abc" / "ray_results")
+    cfg = load_config("quickstart", ["run.storage_path=s3://bucket/x"])
+    assert cfg.run.resolved_storage_path == "s3://bucket/x"
+    assert is_uri("gs://b/c")
+    assert not is_uri("/mnt/shared/x")
+
+
+# -- the shipped configs -----------------------------------------------------------------------
+
+
+def test_quickstart_is_a_cpu_run_on_two_workers() -> None:
+    cfg = load_config(shipped_config("quickstart"))
+    assert cfg.model.config == "tiny"
+    assert cfg.data.synthetic is not None
+    assert cfg.data.has_validation
+    assert cfg.scaling.num_workers == 2
+    assert not cfg.scaling.use_gpu
+    assert cfg.optim.precision == "fp32"
+    # The calibration that learns on this CPU: 3e-4, warm-up, clipping.
+    assert cfg.optim.lr <= 3e-4
+    assert cfg.optim.warmup_steps >= 50
+    assert cfg.optim.clip_norm == 1.0
+    _, steps_per_epoch = plan_epoch(
+        cfg.data.synthetic.train, world_size=2, batch_size=cfg.optim.batch_size, grad_accum_steps=1
+    )
+    assert 150 <= steps_per_epoch * cfg.optim.epochs <= 600  # a few minutes at ~1-2 steps/s
+
+
+@pytest.mark.parametrize("name", ["flickr30k", "coco"])
+def test_gpu_configs_are_multi_node_bf16_on_shared_storage(name: str) -> None:
+    cfg = load_config(name)
+    hivlp = cfg.model.resolve()  # parses the named config; no hub model is instantiated
+    assert hivlp.image.pretrained
+    assert hivlp.text.pretrained
+    assert hivlp.text.name
+    assert cfg.scaling.use_gpu
+    assert cfg.scaling.num_workers >= 16
+    assert cfg.scaling.worker_resources["GPU"] == 1
+    assert cfg.optim.precision == "bf16"
+    assert cfg.run.storage_path is not None
+    assert cfg.run.storage_path.startswith(SHARED_STORAGE)
+    assert cfg.run.work_dir is not None
+    assert cfg.run.work_dir.startswith(SHARED_STORAGE)
+    assert cfg.data.train is not None
+    assert cfg.data.train.endswith(".json")
+    assert cfg.data.train_split == "train"
+    assert cfg.data.val_split == "val"
+    assert cfg.data.has_validation
+    assert cfg.run.num_to_keep >= 2
+    assert cfg.run.max_failures >= 1
+    assert cfg.loss_config().shortlist_k <= cfg.optim.batch_size * cfg.scaling.num_workers
+    # The same file on CPU: only scaling and precision change.
+    cpu = cfg.with_overrides(["scaling.use_gpu=false", "optim.precision=fp32", "scaling.resources_per_worker=null"])
+    assert cpu.scaling.worker_resources == {"CPU": 1.0}
+
+
+# -- pure helpers the loop relies on -----------------------------------------------------------
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    kw = {"warmup_steps": 10, "total_steps": 110, "min_lr_ratio": 0.1}
+    factors = [lr_factor(s, **kw) for s in range(110)]
+    assert factors[0] == pytest.approx(0.1)
+    assert factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert lr_factor(110, **kw) == pytest.approx(0.1)
+    assert lr_factor(60, **kw) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_plan_epoch_matches_equal_split_and_drop_last() -> None:
+    assert plan_epoch(1000, world_size=2, batch_size=64, grad_accum_steps=1) == (7, 7)
+    assert plan_epoch(1000, world_size=2, batch_size=64, grad_accum_steps=3) == (7, 2)
+    with pytest.raises(ConfigError, match="fewer than one optimizer step"):
+        plan_epoch(100, world_size=2, batch_size=64, grad_accum_steps=1)
+
+
+def test_caption_choice_is_deterministic_per_epoch() -> None:
+    import torch
+
+    batch = {
+        "uid": torch.tensor([11, 22, 33, 44]),
+        "num_captions": torch.tensor([5, 1, 3, 5]),
+        "input_ids": torch.arange(4 * 5 * 2).reshape(4, 5, 2),
+        "attention_mask": torch.ones(4, 5, 2, dtype=torch.long),
+    }
+    ids0, _ = select_captions(batch, seed=0, epoch=0)
+    again, _ = select_captions(batch, seed=0, epoch=0)
+    assert torch.equal(ids0, again)
+    chosen = (ids0[:, 0] - torch.arange(4) * 10) // 2
+    assert chosen[1] == 0
+    assert chosen[2] < 3
+    draws = {tuple(select_captions(batch, seed=0, epoch=e)[0][:, 0].tolist()) for e in range(8)}
+    assert len(draws) > 1  # another caption in another epoch
+    assert shuffle_seed(0, 1, 0) != shuffle_seed(0, 2, 0) != shuffle_seed(0, 2, 1)
+
+
+def test_flatten_eval_headline_is_the_widest_funnel() -> None:
+    class Table:
+        rows = {
+            "low": {"AR": 0.5, "image_to_text_R@1": 0.3, "text_to_image_R@1": 0.2, "image_to_text_R@5": 0.9},
+            "high": {"AR": 0.7},
+            "hier@10": {"AR": 0.6, "shortlist_recall": 0.8},
+            "hier@50": {"AR": 0.69},
+        }
+
+    metrics = flatten_eval(Table())
+    assert metrics["val_AR"] == 0.69
+    assert metrics["val_low_AR"] == 0.5
+    assert metrics["val_high_AR"] == 0.7
+    assert metrics["val_low_i2t_R@1"] == 0.3
+    assert "val_low_i2t_R@5" not in metrics
+    assert metrics["val_hier@10_shortlist_recall"] == 0.8
+
+
+def test_training_state_round_trip_and_export(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "text_tower").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tokenizer_config.json", "text_tower/config.json"):
+        (ckpt / name).write_text("{}")
+    state = TrainingState(
+        step=7, epoch=1, micro_in_epoch=3, total_steps=20, samples_seen=224, world_size=2,
+        global_batch=32, metrics={"val_AR": 0.5},
+    )  # fmt: skip
+    (ckpt / "training_state.json").write_text(state.to_json())
+    (ckpt / "optimizer.pt").write_bytes(b"x")
+    assert load_training_state(ckpt) == state
+    out = export_model(ckpt, tmp_path / "model")
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert names == {"config.json", "model.safetensors", "tokenizer_config.json", "text_tower/config.json"}
+    assert not names & set(TRAINING_FILES)
+
+
+# -- the two command lines -------------------------------------------------------------------------
+
+
+def test_both_command_lines_share_the_config_code(capsys: pytest.CaptureFixture[str]) -> None:
+    from hivlp_milvus.cli import main as hivlp_main
+    from training.__main__ import main as training_main
+
+    assert hivlp_main(["train", "--config", "quickstart", "--dry-run", "optim.lr=1e-4"]) == 0
+    via_cli = yaml.safe_load(capsys.readouterr().out)
+    assert training_main(["--config", "quickstart", "--dry-run", "optim.lr=1e-4"]) == 0
+    via_module = yaml.safe_load(capsys.readouterr().out)
+    assert via_cli == via_module
+    assert via_cli["optim"]["lr"] == pytest.approx(1e-4)
+    assert TrainConfig.from_dict(via_cli) == load_config("quickstart", ["optim.lr=1e-4"])
+
+    assert hivlp_main(["train", "--dry-run", "optim.lrr=1"]) == 2
+    assert "did you mean optim.lr" in capsys.readouterr().err
+    assert training_main(["--dry-run", "scaling.num_workers=0"]) == 2
+    assert "scaling.num_workers" in capsys.readouterr().err
+
+
+def test_reusing_a_run_name_with_another_model_is_refused() -> None:
+    from training.trainer import _check_same_model
+
+    cfg = load_config("quickstart")
+    tiny = cfg.model.resolve()
+    _check_same_model(tiny, tiny, cfg, "/x/init_model")  # same model: resuming is fine
+    other = load_config("quickstart", ["model.overrides.low_dim=16"]).model.resolve()
+    with pytest.raises(ConfigError, match=r"low_dim differ.*another run.name"):
+        _check_same_model(tiny, other, cfg, "/x/init_model")
