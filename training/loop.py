@@ -247,7 +247,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 input_ids, attention_mask = select_captions(batch, seed=spec.seed, epoch=epoch)
                 with autocast:
                     out = ddp(batch["pixel_values"], input_ids, attention_mask)
-                loss = loss_fn(out, groups=batch["group"])
+                loss = loss_fn(out, groups=batch["group"], step=step)
                 (loss.total / spec.grad_accum_steps).backward()
             progress.add(loss)
             micro += 1

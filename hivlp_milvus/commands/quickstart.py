@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--train-size", type=int, default=10000, help="synthetic training images")
     p.add_argument("--val-size", type=int, default=500, help="synthetic validation images")
     p.add_argument("--test-size", type=int, default=1000, help="test images ingested into Milvus")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=None, help="default: training/configs/quickstart.yaml")
     p.add_argument("--workers", type=int, default=2, help="Ray Train CPU workers")
     p.add_argument("--coarse-limit", type=int, default=50, help="shortlist size of the funnel")
     p.add_argument("--seed", type=int, default=0)
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     data_dir = _ensure_data(work / "data", sizes, args.seed)
     print(f"      done in {time.perf_counter() - t:.1f} s")
 
-    t = _stage(2, f"training the tiny HiVLP with Ray Train ({args.workers} CPU workers, {args.epochs} epochs)")
+    t = _stage(2, f"training the tiny HiVLP with Ray Train ({args.workers} CPU workers)")
     model_dir = _train(work, data_dir, args)
     print(f"      done in {time.perf_counter() - t:.1f} s -> {model_dir}")
 
@@ -111,10 +111,11 @@ def _train(work: Path, data_dir: Path, args: argparse.Namespace) -> Path:
         "data.train_split=train",
         f"data.val={data_dir}",
         "data.val_split=val",
-        f"optim.epochs={args.epochs}",
         f"optim.seed={args.seed}",
         f"scaling.num_workers={args.workers}",
     ]
+    if args.epochs is not None:
+        overrides.append(f"optim.epochs={args.epochs}")
     result = run_training(load_config("quickstart", overrides))
     print(result.summary())
     return result.model_dir

@@ -43,6 +43,10 @@ class LossConfig:
         consistency: Weight of KL(p_high ‖ p_low) per query row, p_high stop-grad.
         shortlist: Weight of the high-level CE restricted to the low-level top-``shortlist_k``.
         shortlist_k: Shortlist size in *global* batch columns (≥ 2); ≥ global batch = high InfoNCE.
+        shortlist_start_step: optimisation step from which the shortlist term is on (when the
+            caller passes ``step``). Before the low level ranks anything its "shortlist" is noise,
+            and training the high level on it from step 0 held a from-scratch model at chance
+            (measured: loss stuck at ln B); the funnel term is a curriculum stage, not a warm start.
         consistency_temperature: τ_c dividing both levels' logits inside the KL.
         gather: ``"auto"`` all-gathers when ``torch.distributed`` is initialised with ≥ 2 ranks;
             ``True`` requires that (error otherwise); ``False`` never gathers (per-rank batches).
@@ -53,6 +57,7 @@ class LossConfig:
     consistency: float = 1.0
     shortlist: float = 0.5
     shortlist_k: int = 16
+    shortlist_start_step: int = 0
     consistency_temperature: float = 1.0
     gather: bool | str = "auto"
 
@@ -76,6 +81,14 @@ class LossConfig:
         if isinstance(k, bool) or not isinstance(k, int) or k < 2:
             # K = 1 leaves only the positive in the shortlist: the term would be identically 0.
             raise ConfigError(f"LossConfig.shortlist_k must be an integer ≥ 2, got {k!r}")
+        start = self.shortlist_start_step
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ConfigError(f"LossConfig.shortlist_start_step must be an integer ≥ 0, got {start!r}")
+        if start > 0 and all(getattr(self, name) == 0 for name in TERMS if name != "shortlist"):
+            raise ConfigError(
+                "LossConfig.shortlist_start_step > 0 with only the shortlist term on leaves no loss "
+                "before that step; switch on another term or set shortlist_start_step: 0"
+            )
         if self.gather not in ("auto", True, False) or (
             not isinstance(self.gather, bool) and not isinstance(self.gather, str)
         ):
@@ -85,6 +98,13 @@ class LossConfig:
     def weights(self) -> dict[str, float]:
         """The switched-on terms and their weights, in :data:`TERMS` order."""
         return {name: getattr(self, name) for name in TERMS if getattr(self, name) > 0}
+
+    def weights_at(self, step: int | None) -> dict[str, float]:
+        """:attr:`weights` at optimisation ``step`` (``None``: every switched-on term)."""
+        weights = self.weights
+        if step is not None and step < self.shortlist_start_step:
+            weights.pop("shortlist", None)
+        return weights
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LossConfig:
@@ -146,13 +166,17 @@ class HiVLPLoss(nn.Module):
         super().__init__()
         self.config = config if config is not None else LossConfig()
 
-    def forward(self, out: HiVLPOutput, groups: torch.Tensor | None = None) -> LossOutput:
+    def forward(
+        self, out: HiVLPOutput, groups: torch.Tensor | None = None, *, step: int | None = None
+    ) -> LossOutput:
         """Compute the objective.
 
         Args:
             out: Both modalities at both levels (rows aligned) and the clamped logit scales.
             groups: Optional ``(B,)`` integer group id per row; rows with equal ids (across all
                 ranks: ids must be global) are mutual positives, e.g. near-duplicate scenes.
+            step: the optimisation step; the shortlist term is off before
+                ``config.shortlist_start_step``. ``None`` = every switched-on term.
 
         Returns:
             :class:`LossOutput` with the weighted total and detached parts.
@@ -164,7 +188,7 @@ class HiVLPLoss(nn.Module):
                 per-rank batch sizes.
         """
         cfg = self.config
-        weights = cfg.weights
+        weights = cfg.weights_at(step)
         image, text = out.image, out.text
         _check_shapes(out, groups)
         batch = len(image)

@@ -411,3 +411,29 @@ def test_training_two_linear_towers_reaches_near_perfect_recall() -> None:
     assert loss1 < 0.2 * loss0
     assert r_low1 >= 0.95
     assert r_high1 >= 0.95
+
+
+def test_shortlist_term_starts_at_its_step() -> None:
+    cfg = LossConfig(shortlist=0.9, shortlist_k=3, shortlist_start_step=5)
+    loss = HiVLPLoss(cfg)
+    out = _make_output(8)
+    before = loss(out, groups=GROUPS, step=4)
+    assert "shortlist" not in before.parts
+    expected = sum(getattr(cfg, t) * before.parts[t].item() for t in TERMS if t != "shortlist")
+    assert before.total.item() == pytest.approx(expected, rel=1e-6)
+    for step in (5, None):  # from the start step on, and when the caller does not count steps
+        after = loss(out, groups=GROUPS, step=step)
+        assert "shortlist" in after.parts
+        with_shortlist = before.total.item() + 0.9 * after.parts["shortlist"].item()
+        assert after.total.item() == pytest.approx(with_shortlist, rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True])
+def test_shortlist_start_step_is_validated(bad: object) -> None:
+    with pytest.raises(ConfigError, match="shortlist_start_step"):
+        LossConfig(shortlist_start_step=bad)
+
+
+def test_shortlist_start_step_needs_another_term() -> None:
+    with pytest.raises(ConfigError, match="no loss before that step"):
+        LossConfig(low=0, high=0, consistency=0, shortlist=1.0, shortlist_start_step=10)
