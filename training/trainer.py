@@ -212,7 +212,9 @@ def ensure_ray(cfg: TrainConfig) -> None:
         return
     needed = int(cfg.scaling.num_workers * cfg.scaling.worker_resources.get("CPU", 1)) + 2
     try:
-        ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False)
+        # The dashboard serves Ray's State API; Train V2's PlacementGroupCleaner polls it and, without
+        # it, logs "Failed to query Ray Train Controller actor state" every few seconds.
+        ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=True)
     except ValueError:
         # Ray found a `ray start` cluster on this machine; it refuses resource arguments when
         # connecting, so join it as it is. (Not address="auto": that also grabs any other Ray
