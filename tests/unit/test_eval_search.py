@@ -1,0 +1,81 @@
+"""Evaluation through Milvus (``evaluate_collection``) against the exact in-memory metrics.
+
+Where both are exact — the FLAT high level, and the funnel with a shortlist as large as the
+gallery — the recalls measured through real Milvus Lite searches must equal ``evaluate_embeddings``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hivlp_milvus.collection import HierarchicalCollection
+from hivlp_milvus.data.record import Record
+from hivlp_milvus.eval import evaluate_embeddings
+from hivlp_milvus.eval_search import evaluate_collection
+from hivlp_milvus.ids import row_id, text_key
+from hivlp_milvus.model.embedding import HierarchicalEmbedding
+
+N_IMAGES, CAPTIONS, LOW, HIGH = 30, 2, 8, 16
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    rng = np.random.default_rng(3)
+    img_low, img_high = _unit(rng.normal(size=(N_IMAGES, LOW))), _unit(rng.normal(size=(N_IMAGES, HIGH)))
+    # Captions are noisy copies of their image, so retrieval is far from perfect and from chance.
+    txt_low = _unit(np.repeat(img_low, CAPTIONS, 0) + 0.9 * rng.normal(size=(N_IMAGES * CAPTIONS, LOW)))
+    txt_high = _unit(np.repeat(img_high, CAPTIONS, 0) + 0.9 * rng.normal(size=(N_IMAGES * CAPTIONS, HIGH)))
+    records = [Record(id=f"r{i}", image=f"images/r{i}.png", captions=[f"caption {i}.{j}" for j in range(CAPTIONS)])
+               for i in range(N_IMAGES)]
+    rows = []
+    for i, record in enumerate(records):
+        rows.append({"id": row_id(record.id, "image"), "key": record.id, "modality": "image",
+                     "reference": record.image_uri, "attributes": {}, "vec_low": img_low[i], "vec_high": img_high[i]})
+        for j, caption in enumerate(record.captions):
+            key, t = text_key(record.id, j), i * CAPTIONS + j
+            rows.append({"id": row_id(key, "text"), "key": key, "modality": "text", "reference": caption,
+                         "attributes": {}, "vec_low": txt_low[t], "vec_high": txt_high[t]})
+    uri = str(tmp_path_factory.mktemp("evalsearch") / "e.db")
+    col = HierarchicalCollection.create("evalsearch", uri=uri, low_dim=LOW, high_dim=HIGH, expected_rows=len(rows))
+    col.upsert(rows)
+    reference = evaluate_embeddings(
+        HierarchicalEmbedding(img_low, img_high),
+        HierarchicalEmbedding(txt_low, txt_high),
+        [r.id for r in records],
+        [r.id for r in records for _ in r.captions],
+        coarse_ks=(N_IMAGES * CAPTIONS,),
+    )
+    return col, records, reference
+
+
+@pytest.mark.parametrize("rerank", ["client", "server"])
+def test_exact_rows_equal_the_in_memory_metrics(setup: tuple, rerank: str) -> None:
+    col, records, reference = setup
+    gallery = N_IMAGES * CAPTIONS  # a shortlist this large keeps every candidate: the funnel is exact
+    table = evaluate_collection(col, records, coarse_ks=(gallery,), rerank=rerank, batch_size=7, progress=False)
+    assert set(table.rows) == {"low", "high", f"hier@{gallery}"}
+    assert table.meta["n_images"] == N_IMAGES
+    assert table.meta["n_texts"] == N_IMAGES * CAPTIONS
+    for key, value in table.rows["high"].items():
+        assert value == pytest.approx(reference.rows["high"][key]), key
+    for key, value in table.rows[f"hier@{gallery}"].items():
+        if key != "shortlist_recall":
+            assert value == pytest.approx(reference.rows["high"][key]), key
+    assert table.rows[f"hier@{gallery}"]["shortlist_recall"] == 1.0
+    # A real task (neither perfect nor chance), so equal recalls are not equal by accident.
+    assert table.rows["high"]["text_to_image_R@10"] > 10 / N_IMAGES
+    assert table.rows["high"]["AR"] < 1.0
+    assert 0.0 < table.rows["low"]["AR"] <= 1.0
+
+
+def test_rows_missing_from_the_collection_are_not_queries(setup: tuple) -> None:
+    col, records, _ = setup
+    extra = [*records, Record(id="never-ingested", image="images/x.png", captions=["nothing"])]
+    table = evaluate_collection(col, extra, coarse_ks=(20,), progress=False)
+    assert table.meta["n_images"] == N_IMAGES
+    assert table.meta["n_texts"] == N_IMAGES * CAPTIONS
