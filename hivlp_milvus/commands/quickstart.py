@@ -105,7 +105,7 @@ def _train(work: Path, data_dir: Path, args: argparse.Namespace) -> Path:
     from training.trainer import run_training
 
     overrides = [
-        f"run.work_dir={work / 'train'}",
+        f"run.work_dir={work}",  # exports <work>/model, where `serve run serving:app` looks
         "data.synthetic=null",
         f"data.train={data_dir}",
         "data.train_split=train",

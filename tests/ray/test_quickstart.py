@@ -41,7 +41,7 @@ def test_quickstart_runs_every_stage_and_reruns_from_its_work_dir(
     assert "text -> images" in out
     assert "image -> captions" in out
 
-    model = HiVLP.from_pretrained(work / "train" / "model")
+    model = HiVLP.from_pretrained(work / "model")
     collection = HierarchicalCollection.open("quickstart", uri=str(work / "hivlp.db"), model=model)
     assert collection.count() == ROWS
 
@@ -50,4 +50,4 @@ def test_quickstart_runs_every_stage_and_reruns_from_its_work_dir(
     again = capsys.readouterr().out
     assert "reusing the existing data set" in again
     assert collection.count() == ROWS
-    assert HiVLP.from_pretrained(work / "train" / "model").fingerprint == model.fingerprint
+    assert HiVLP.from_pretrained(work / "model").fingerprint == model.fingerprint
