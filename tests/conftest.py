@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -18,6 +19,23 @@ def _torch_threads() -> None:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One Ray cluster for every test that needs Ray (Train, Data, Serve, the browser test).
+
+    Starting a cluster costs 10-40 s here, and starting several one after another in one process
+    has timed out the raylet's registration on a loaded 2-core machine. Four logical CPUs on two
+    cores: two Ray Train workers hold one CPU each and Ray Data's decode tasks need their own.
+    Modules that deploy Serve apps shut Serve down, never Ray.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
 
 
 def pytest_report_header(config: pytest.Config) -> str:

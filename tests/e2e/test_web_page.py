@@ -60,10 +60,9 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def site(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Iterator[Site]:
     if CHROMIUM is None:  # before the ~40 s of Ray start-up
         pytest.skip("chromium is not installed (`command -v chromium` finds nothing): apt-get install chromium")
-    import ray
     from milvus_lite.server_manager import server_manager_instance
     from ray import serve
 
@@ -84,9 +83,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     col.client.close()
     server_manager_instance.release_server(db)  # Milvus Lite is single-process: the Searcher takes over
 
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
@@ -94,8 +90,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         serve.run(build_app(args), name="web", route_prefix="/")
         yield Site(url=f"http://127.0.0.1:{port}", records=records)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        serve.shutdown()  # Ray itself belongs to the session (tests/conftest.py)
 
 
 class Page:

@@ -25,19 +25,6 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def server() -> Iterator[MilvusEndpoint]:
     with milvus_endpoint() as endpoint:
         yield endpoint
@@ -62,7 +49,7 @@ def _check(coll: HierarchicalCollection, expected: dict[int, tuple[np.ndarray, n
         np.testing.assert_allclose(got[rid]["vec_high"], high, atol=1e-5)
 
 
-def test_ray_data_ingest_lite_and_server(ray_local: None, server: MilvusEndpoint, tmp_path: Path) -> None:
+def test_ray_data_ingest_lite_and_server(ray_session: None, server: MilvusEndpoint, tmp_path: Path) -> None:
     import ray
 
     records = synthetic.generate(200, seed=11, image_size=32, captions_per_image=2)

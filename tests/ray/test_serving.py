@@ -87,8 +87,7 @@ def _faulty_text_encoder_class() -> type:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    import ray
+def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Iterator[Served]:
     from milvus_lite.server_manager import server_manager_instance
     from ray import cloudpickle, serve
 
@@ -117,9 +116,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     server_manager_instance.release_server(db)
 
     print(f"\n[serving fixture] artefacts {time.monotonic() - t0:.1f}s", file=sys.stderr)
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     # The faulty encoder subclass lives in this module, which Ray workers cannot import by name.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     port = _free_port()  # not 8000: another Serve on this machine must not be hit by mistake
@@ -162,8 +158,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             faulty=faulty_handle,
         )
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        serve.shutdown()  # Ray itself belongs to the session (tests/conftest.py)
 
 
 # -- helpers -------------------------------------------------------------------------------------

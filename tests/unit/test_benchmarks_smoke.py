@@ -1,0 +1,106 @@
+"""Smoke versions of the benchmarks: they run, and their JSON / report is well-formed.
+
+No timing is asserted (the machine is shared); only shapes, keys, ranges, and the one
+correctness property a funnel must have: with coarse_limit >= N the hierarchical search returns
+exactly the exact high-dim top-10 (fidelity 1.0).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+pytest.importorskip("faiss")
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(scope="module")
+def search_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from benchmarks import search
+
+    tmp = tmp_path_factory.mktemp("bench")
+    path = search.run([500], smoke=True, results_dir=tmp / "results", plots_dir=tmp / "plots",
+                      cache_dir=tmp / "cache", name="search_smoke")
+    doc = json.loads(Path(path).read_text())
+    doc["_tmp"] = str(tmp)
+    return doc
+
+
+def test_search_smoke_json(search_result: dict) -> None:
+    doc = search_result
+    for key in ("benchmark", "date", "machine", "sizes", "generator", "plots"):
+        assert key in doc
+    assert doc["machine"]["versions"]["pymilvus"]
+    sizes = doc["sizes"]
+    assert [s["rows"] for s in sizes] == [500]
+    kinds = {r["kind"] for r in sizes[0]["contenders"]}
+    assert {"hier-client", "hier-server", "exact-high", "ann-high", "low-only", "faiss-funnel", "faiss-exact"} <= kinds
+    for r in sizes[0]["contenders"]:
+        assert 0.0 <= r["fidelity@10"] <= 1.0
+        for mode in ("single", "batch32"):
+            st = r[mode]
+            assert st["n"] >= 1
+            assert st["qps"] > 0
+            assert st["p50_ms"] <= st["p99_ms"]
+        assert 0.0 <= r["R@1"] <= r["R@10"] <= 1.0
+    for f in doc["plots"]:
+        assert Path(f).is_file()
+        assert Path(f).stat().st_size > 1000
+
+
+def test_full_shortlist_is_exact(search_result: dict) -> None:
+    size = search_result["sizes"][0]
+    full = [r for r in size["contenders"] if r["kind"].startswith("hier") and r["coarse_limit"] >= size["rows"]]
+    assert full, "the smoke sweep must include coarse_limit >= N"
+    for r in full:
+        assert r["fidelity@10"] == pytest.approx(1.0), r["name"]
+    exact = next(r for r in size["contenders"] if r["kind"] == "exact-high")
+    assert exact["fidelity@10"] == pytest.approx(1.0)
+
+
+def test_generated_vectors_are_normalised() -> None:
+    import numpy as np
+
+    from benchmarks.search import GenParams, coarse_recall_curve, generate_vectors
+
+    g = generate_vectors(300, GenParams(low_dim=8, high_dim=32, n_clusters=20), n_queries=20)
+    for k in ("low", "high", "q_low", "q_high"):
+        assert np.allclose(np.linalg.norm(g[k], axis=1), 1.0, atol=1e-4)
+    curve = coarse_recall_curve(g, ks=(10, 50, 300))
+    assert curve["300"] == pytest.approx(1.0)
+    assert 0.0 <= curve["10"] <= curve["50"] <= 1.0
+
+
+def test_ingest_and_train_smoke_and_report(search_result: dict) -> None:
+    from benchmarks import ingest, report, train
+
+    tmp = Path(search_result["_tmp"])
+    rd = tmp / "results"
+    p = ingest.run(smoke=True, results_dir=rd, name="ingest")
+    doc = json.loads(Path(p).read_text())
+    pre = doc["precomputed"]
+    assert set(pre["contenders"]) == {"bare-insert", "bare-upsert", "ingest()"}
+    assert pre["ingest_vs_bare_insert"] > 0
+    assert doc["encode_write"]["pipelined_over_sequential"] > 0
+    train.run(smoke=True, results_dir=rd, name="train")
+    (rd / "search_smoke.json").rename(rd / "search.json")
+    out = report.write_report(results_dir=rd, out=tmp / "BENCHMARKS.md")
+    text = out.read_text()
+    for heading in ("# Benchmarks", "## Search", "## Ingest", "## Serving", "## Training", "## Reproduce"):
+        assert heading in text
+
+
+def test_bench_command_registered() -> None:
+    from hivlp_milvus.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "search", "--smoke", "--sizes", "500"])
+    assert args.what == "search"
+    assert args.smoke
+    assert args.sizes == ["500"]
