@@ -11,6 +11,13 @@ from typing import Any
 
 from hivlp_milvus.errors import *  # noqa: F403  (the error classes are part of the public API)
 
+# Bound eagerly, not lazily: ``ingest`` is also the name of a submodule, and importing
+# ``hivlp_milvus.ingest`` anywhere would otherwise replace the function on the package with the
+# module (``hivlp_milvus.ingest(...)`` -> "module is not callable"). The module is light (no
+# torch, no pymilvus at import).
+from hivlp_milvus.ingest import IngestReport as IngestReport  # noqa: E402
+from hivlp_milvus.ingest import ingest as ingest  # noqa: E402
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -23,8 +30,6 @@ _LAZY = {
     "load_source": "hivlp_milvus.data",
     "connect": "hivlp_milvus.connection",
     "HierarchicalCollection": "hivlp_milvus.collection",
-    "ingest": "hivlp_milvus.ingest",
-    "IngestReport": "hivlp_milvus.ingest",
     "evaluate": "hivlp_milvus.eval",
     "retrieval_metrics": "hivlp_milvus.eval",
 }

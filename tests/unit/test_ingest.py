@@ -260,3 +260,13 @@ def test_cli_ingest(tmp_path: Path, model: HiVLP, capsys: pytest.CaptureFixture[
     assert cli.main([*argv, "--skip-existing"]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["skipped_existing"] == 18
     assert HierarchicalCollection.open("cli", uri=db).count() == 18
+
+
+def test_package_level_ingest_is_the_function_even_after_the_submodule_is_imported() -> None:
+    import importlib
+
+    import hivlp_milvus
+
+    importlib.import_module("hivlp_milvus.ingest")  # what any `from hivlp_milvus.ingest import ...` does
+    assert callable(hivlp_milvus.ingest)
+    assert hivlp_milvus.ingest is importlib.import_module("hivlp_milvus.ingest").ingest
