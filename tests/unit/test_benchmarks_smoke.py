@@ -26,8 +26,14 @@ def search_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from benchmarks import search
 
     tmp = tmp_path_factory.mktemp("bench")
-    path = search.run([500], smoke=True, results_dir=tmp / "results", plots_dir=tmp / "plots",
-                      cache_dir=tmp / "cache", name="search_smoke")
+    path = search.run(
+        [500],
+        smoke=True,
+        results_dir=tmp / "results",
+        plots_dir=tmp / "plots",
+        cache_dir=tmp / "cache",
+        name="search_smoke",
+    )
     doc = json.loads(Path(path).read_text())
     doc["_tmp"] = str(tmp)
     return doc

@@ -1,0 +1,10 @@
+"""hivlp-milvus benchmarks: search (is the hierarchy worth it, at what scale), ingest, training, report.
+
+Run them with ``hivlp-milvus bench search|ingest|serve|train|all|report`` (or ``make bench``) from
+the repository root. Each benchmark writes JSON under ``benchmarks/results/`` and PNG plots under
+``benchmarks/plots/``; ``benchmarks/report.py`` regenerates ``BENCHMARKS.md`` from the JSON.
+Built Milvus Lite databases, embeddings and the benchmark model are cached in
+``benchmarks/.cache/`` (not committed).
+"""
+
+from __future__ import annotations

@@ -1,0 +1,551 @@
+"""Regenerate ``BENCHMARKS.md`` from ``benchmarks/results/*.json`` (nothing is measured here).
+
+hivlp-milvus bench report
+python -m benchmarks.report
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS_DIR, ROOT
+
+OUT = ROOT / "BENCHMARKS.md"
+TARGET_SPEEDUP = 10.0
+TARGET_FIDELITY = 0.99
+
+
+def _load(name: str, results_dir: Path) -> dict[str, Any] | None:
+    p = results_dir / f"{name}.json"
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def _f(x: Any, nd: int = 1) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        if abs(x) >= 1000:
+            return f"{x:,.0f}"
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def _rel(p: str) -> str:
+    try:
+        return os.path.relpath(p, ROOT)
+    except ValueError:
+        return p
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def best_at(size: dict[str, Any], kind: str, fid: float = TARGET_FIDELITY, mode: str = "single") -> dict | None:
+    """The fastest config of ``kind`` whose fidelity@10 >= fid (by QPS in ``mode``)."""
+    ok = [r for r in size["contenders"] if r["kind"] == kind and r["fidelity@10"] >= fid]
+    return max(ok, key=lambda r: r[mode]["qps"]) if ok else None
+
+
+def _headline_rows(size: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    ex = next(r for r in size["contenders"] if r["kind"] == "exact-high")
+    picks: list[tuple[str, dict | None]] = []
+    for kind in ("hier-client", "hier-server", "ann-high", "faiss-funnel"):
+        b = best_at(size, kind)
+        if b is None:  # nothing reached 0.99: show the most faithful config
+            cands = [r for r in size["contenders"] if r["kind"] == kind]
+            b = max(cands, key=lambda r: (r["fidelity@10"], r["single"]["qps"])) if cands else None
+        picks.append((kind, b))
+    picks.append(("exact-high", ex))
+    picks.append(("low-only", next((r for r in size["contenders"] if r["kind"] == "low-only"), None)))
+    picks.append(("faiss-exact", next((r for r in size["contenders"] if r["kind"] == "faiss-exact"), None)))
+    for _kind, r in picks:
+        if r is None:
+            continue
+        rows.append(
+            [
+                f"`{r['name']}`",
+                _f(r["single"]["qps"]),
+                _f(r["single"]["p50_ms"]),
+                _f(r["single"]["p99_ms"]),
+                _f(r["batch32"]["qps"]),
+                _f(r["fidelity@10"], 3),
+                _f(r.get("R@1"), 3),
+                _f(r.get("R@10"), 3),
+                _f(r["speedup_qps_single"], 2) + "×",
+                _f(r["speedup_qps_batch32"], 2) + "×",
+            ]
+        )
+    return rows
+
+
+HEAD = [
+    "contender",
+    "QPS (1 query)",
+    "p50 ms",
+    "p99 ms",
+    "QPS (nq=32)",
+    "fidelity@10",
+    "R@1",
+    "R@10",
+    "speed-up vs exact (1 q)",
+    "speed-up vs exact (nq=32)",
+]
+
+
+def search_section(res: dict[str, Any]) -> str:
+    lines = ["## Search: is the hierarchy worth it, at what scale, where is the limit", ""]
+    sizes = res["sizes"]
+    big = max((s for s in sizes if not s["label"].startswith("gen-check")), key=lambda s: s["rows"])
+    qk = res.get("query_kind", "text")
+    lines += [
+        f"Queries: **{qk}** queries ("
+        + (
+            "held-out synthetic images embedded by the model, image → image; no labels"
+            if qk == "image"
+            else "captions, text → image, labelled"
+        )
+        + ")."
+        + " Generated galleries use queries drawn from the generator.",
+        "",
+    ]
+    lines += [
+        f"Command: `{res.get('command')}` — wall time {res.get('wall_s', 0) / 60:.1f} min. "
+        f"Model: {res['model'].get('source')} "
+        f"({res['model'].get('steps', '?')} steps × batch {res['model'].get('batch_size', '?')}).",
+        "",
+    ]
+    # headline
+    lines += [
+        f"### Headline: {big['rows']:,} rows ({big['label']}, {big['low_dim']}/{big['high_dim']} dims)",
+        "",
+        "Per contender the fastest configuration with fidelity@10 ≥ 0.99 (or, if none reaches it, the most "
+        "faithful one). QPS = queries / second of summed call time; speed-ups are against `exact-high` "
+        "measured in the same interleaved run. `faiss-*` rows are in-process (no database): the floor of "
+        "this hardware.",
+        "",
+        _table(HEAD, _headline_rows(big)),
+        "",
+    ]
+    hc = best_at(big, "hier-client")
+    hs = best_at(big, "hier-server")
+    hb = max([x for x in (hc, hs) if x], key=lambda r: r["single"]["qps"], default=None)
+    if hb:
+        lines += [
+            f"**Target (≥ {TARGET_SPEEDUP:.0f}× exact throughput at fidelity@10 ≥ {TARGET_FIDELITY}):** best "
+            f"hierarchical config at ≥ 0.99 is `{hb['name']}`: **{hb['speedup_qps_single']:.2f}×** "
+            f"(single queries), **{_f(hb['speedup_qps_batch32'], 2)}×** (batches of 32) — "
+            + (
+                "target met."
+                if hb["speedup_qps_single"] >= TARGET_SPEEDUP
+                else f"{TARGET_SPEEDUP / hb['speedup_qps_single']:.1f}× short of the target for single queries."
+            ),
+            "",
+        ]
+    else:
+        lines += ["**Target:** no hierarchical configuration reached fidelity@10 ≥ 0.99 at this size.", ""]
+    ff = best_at(big, "faiss-funnel")
+    fe = next((r for r in big["contenders"] if r["kind"] == "faiss-exact"), None)
+    if ff and fe:
+        lines += [
+            f"In-process, the same funnel (`{ff['name']}`) runs at {_f(ff['single']['qps'])} q/s vs "
+            f"{_f(fe['single']['qps'])} q/s for faiss exact search: {ff['single']['qps'] / fe['single']['qps']:.1f}× "
+            f"(single queries) — the hierarchy itself is worth it; the database path is what bounds it.",
+            "",
+        ]
+    # profile
+    prof = big.get("profile")
+    if prof:
+        lines += [
+            "### Where the time goes (hierarchical path, " + f"{big['rows']:,} rows)",
+            "",
+            "Median ms per single query, from `SearchResults.timings` (coarse = ANN search on `vec_low`; "
+            "fine = `get` of the shortlist's `vec_high` + numpy re-rank (client) or one filtered FLAT "
+            "search per query (server)):",
+            "",
+        ]
+        prow = []
+        for k, v in prof.items():
+            if k.startswith("cprofile"):
+                continue
+            prow.append([k, _f(v.get("coarse_s")), _f(v.get("fine_s")), _f(v.get("total_s", v.get("search_s")))])
+        lines += [_table(["path", "coarse ms", "fine ms", "total ms"], prow), ""]
+        for key, title in (
+            ("cprofile_client", "hierarchical (client re-rank, largest shortlist)"),
+            ("cprofile_exact", "exact-high"),
+        ):
+            rows = prof.get(key) or []
+            if rows:
+                lines += [
+                    f"cProfile, {title}: top functions by own time (ms per query)",
+                    "",
+                    _table(
+                        ["function", "own ms/query", "cum ms/query", "calls/query"],
+                        [
+                            [
+                                f"`{r['function']}`",
+                                _f(r["tottime_ms_per_query"], 2),
+                                _f(r["cumtime_ms_per_query"], 2),
+                                _f(r["calls_per_query"], 0),
+                            ]
+                            for r in rows[:10]
+                        ],
+                    ),
+                    "",
+                ]
+    eng = (prof or {}).get("engine_profile") or {}
+    if any(isinstance(v, dict) and "top" in v for v in eng.values()):
+        rows = []
+        for k, v in eng.items():
+            if isinstance(v, dict) and "top" in v:
+                top = "; ".join(f"`{t['function']}` {t['tottime_ms_per_query']:.0f}" for t in v["top"][:3])
+                rows.append([k, _f(v["ms_per_query_profiled"]), top])
+        lines += [
+            f"Milvus Lite engine called directly (segments {eng.get('segments')}), cProfile, ms per query:",
+            "",
+            _table(["request", "ms (profiled)", "top functions by own ms"], rows),
+            "",
+        ]
+    # per size
+    lines += ["### All sizes and the sweep", ""]
+    for s in sorted(sizes, key=lambda s: (s["rows"], s["label"])):
+        b = s["build"]
+        build = (
+            f"built in {_f(b.get('build_s'))} s (insert {_f(b.get('insert_rows_per_s'))} rows/s, "
+            f"flush + index build {_f(b.get('flush_index_s'))} s, IVF-on-high collection "
+            f"{_f(b.get('ann_high_build_s'))} s), {_f(b.get('disk_mib'))} MiB on disk, "
+            f"+{_f(b.get('rss_growth_mib'))} MiB RSS while building"
+        )
+        if b.get("cached"):
+            build += f"; this run opened the cached database in {_f(b.get('open_s'))} s"
+        lines += [
+            f"#### {s['label']}: {s['rows']:,} rows, {s['low_dim']}/{s['high_dim']} dims — {s.get('data', '')}",
+            "",
+            f"Database: {build}. Coarse IVF nlist {s.get('nlist_low')}. {s['n_single']} single queries and "
+            f"{s['n_batches']} batches of {s['nq_batch']}, every contender on the same queries, interleaved.",
+            "",
+            "Coarse recall ceiling (share of the exact high top-10 inside the exact low top-K): "
+            + ", ".join(f"K={k}: {v:.3f}" for k, v in s["coarse_recall_curve"].items()),
+            "",
+        ]
+        rows = []
+        for r in s["contenders"]:
+            rows.append(
+                [
+                    f"`{r['name']}`",
+                    _f(r.get("nprobe")),
+                    _f(r["single"]["qps"]),
+                    _f(r["single"]["p50_ms"]),
+                    _f(r["single"]["p99_ms"]),
+                    _f(r["batch32"]["qps"]),
+                    _f(r["batch32"]["p50_ms"]),
+                    _f(r["fidelity@10"], 3),
+                    _f(r.get("R@1"), 3),
+                    _f(r.get("R@10"), 3),
+                    _f(r["speedup_qps_single"], 2) + "×",
+                    _f(r["speedup_qps_batch32"], 2) + "×",
+                ]
+            )
+        lines += [
+            _table(
+                [
+                    "contender",
+                    "nprobe",
+                    "QPS 1q",
+                    "p50 ms",
+                    "p99 ms",
+                    "QPS nq=32",
+                    "p50 ms/batch",
+                    "fidelity@10",
+                    "R@1",
+                    "R@10",
+                    "vs exact 1q",
+                    "vs exact nq=32",
+                ],
+                rows,
+            ),
+            "",
+        ]
+        pareto = [p for p in res.get("plots", []) if p.endswith(f"search_pareto_{s['label']}.png")]
+        if pareto:
+            lines += [f"![latency vs fidelity, {s['label']}]({_rel(pareto[0])})", ""]
+    qp = [p for p in res.get("plots", []) if p.endswith("search_qps_vs_size.png")]
+    if qp:
+        lines += ["### QPS vs gallery size", "", f"![QPS vs size]({_rel(qp[0])})", ""]
+    tr = res.get("text_recall")
+    if tr:
+        rows = [
+            [k, _f(v.get("R@1"), 3), _f(v.get("R@5"), 3), _f(v.get("R@10"), 3)]
+            for k, v in tr.items()
+            if isinstance(v, dict)
+        ]
+        lines += [
+            f"### R@K on labelled text queries ({tr['queries']} captions → {tr['gallery']:,}-image gallery)",
+            "",
+            "Text → image, a hit is any gallery image of the caption's scene; exact rankings computed "
+            "in-process (the Milvus contenders return these rankings at fidelity 1.0). "
+            f"Distinct top-1 images over all queries (high-only): {tr.get('distinct_top1_high')}.",
+            "",
+            _table(["ranking", "R@1", "R@5", "R@10"], rows),
+            "",
+        ]
+    # generator
+    g = res["generator"]
+    lines += [
+        "### The generated vectors (galleries larger than the real-embedding set)",
+        "",
+        f"`v = c_k + {g['spread']} · (z ⊙ s)`, `high = normalise(v)`, `low = normalise(normalise(v[:{g['low_dim']}])"
+        f" + σ/√{g['low_dim']} · e)`: {g['n_clusters']} cluster centres `c_k = (z' ⊙ s)`, z, z', e standard normal, "
+        f"and a power-law spectrum `s_i = (i+1)^(-{g.get('alpha', 1.5)}/2)` over the {g['high_dim']} coordinates, "
+        "so the first low_dim coordinates carry most (not all) of the neighbourhood structure — like the "
+        "leading components of real embeddings. Queries are drawn from the same mixture. "
+        f"σ = **{g['sigma']:.3f}** was fitted by bisection so that the coarse recall at K={g['fit']['target_k']} "
+        "(share of the exact high top-10 inside the exact low top-K) equals the real model's at "
+        f"{g['fit']['fit_size']:,} rows ({g['fit']['target']:.3f}); the spectrum exponent was chosen from a "
+        "small grid by eye against the same curve. The whole curve, real vs "
+        "generated, at the sizes where both exist:",
+        "",
+    ]
+    rows = []
+    for n, cur in g["agreement"].items():
+        for kind in ("real", "generated"):
+            rows.append(
+                [f"{int(n):,}", kind] + [_f(cur[kind].get(k), 3) for k in ("10", "50", "100", "200", "500", "1000")]
+            )
+    lines += [_table(["rows", "vectors", "K=10", "K=50", "K=100", "K=200", "K=500", "K=1000"], rows), ""]
+    chk = [s for s in sizes if s["label"].startswith("gen-check")]
+    real_same = [s for s in sizes if s["label"].startswith("real-") and chk and s["rows"] == chk[0]["rows"]]
+    if chk and real_same:
+        rows = []
+        for r_real in real_same[0]["contenders"]:
+            r_gen = next((x for x in chk[0]["contenders"] if x["name"] == r_real["name"]), None)
+            if r_gen and r_real["kind"].startswith(("hier", "low", "ann")):
+                rows.append(
+                    [
+                        f"`{r_real['name']}`",
+                        _f(r_real["fidelity@10"], 3),
+                        _f(r_gen["fidelity@10"], 3),
+                        _f(r_real["single"]["p50_ms"]),
+                        _f(r_gen["single"]["p50_ms"]),
+                    ]
+                )
+        lines += [
+            f"Fidelity@10 of the same contenders on real vs generated vectors at {chk[0]['rows']:,} rows "
+            "(the size where both exist):",
+            "",
+            _table(["contender", "fidelity real", "fidelity generated", "p50 ms real", "p50 ms generated"], rows),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def ingest_section(res: dict[str, Any]) -> str:
+    pre, enc = res["precomputed"], res["encode_write"]
+    lines = [
+        "## Ingest",
+        "",
+        f"Command: `{res.get('command')}`.",
+        "",
+        f"### Precomputed vectors ({pre['rows']:,} rows, {pre['low_dim']}/{pre['high_dim']} dims, "
+        f"{pre['rounds']} alternating rounds, fresh database each)",
+        "",
+    ]
+    rows = [
+        [k, _f(v["rows_per_s_median"]), ", ".join(_f(x) for x in v["rows_per_s"])] for k, v in pre["contenders"].items()
+    ]
+    lines += [
+        _table(["writer", "rows/s (median)", "rows/s per round"], rows),
+        "",
+        f"**ingest() / bare insert loop = {pre['ingest_vs_bare_insert']:.2f}** (target ≥ {pre['target']}; "
+        f"per round: {', '.join(f'{x:.2f}' for x in pre['ingest_vs_bare_insert_per_round'])}); "
+        f"ingest() / bare upsert loop = {pre['ingest_vs_bare_upsert']:.2f}. "
+        + ("Target met." if pre["ingest_vs_bare_insert"] >= pre["target"] else "Target missed."),
+        "",
+        "ingest() time split (last round): "
+        + ", ".join(f"{k} {_f(v, 2)}" for k, v in pre["ingest_report_split"].items()),
+        "",
+    ]
+    lines += [
+        f"### Encode + write ({enc['records']} synthetic records → {enc['rows']} rows, tiny model, "
+        f"{enc['rounds']} alternating rounds)",
+        "",
+    ]
+    rows = []
+    for mode, runs in enc["runs"].items():
+        for r in runs:
+            rows.append(
+                [
+                    mode,
+                    _f(r["seconds"], 2),
+                    _f(r["setup_seconds"], 2),
+                    _f(r["encode_seconds"], 2),
+                    _f(r["write_seconds"], 2),
+                    _f(r["overlap"], 2),
+                ]
+            )
+    lines += [
+        _table(["mode", "wall s", "setup s", "encode s", "write s", "overlap"], rows),
+        "",
+        f"**pipelined / sequential wall time = {enc['pipelined_over_sequential']:.2f}** "
+        f"(ideal max(encode, write) = {enc['ideal_max_encode_write_s']:.1f} s, sum = "
+        f"{enc['sum_encode_write_s']:.1f} s). {enc.get('note', '')}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def serve_section(res: dict[str, Any] | None) -> str:
+    lines = ["## Serving (Ray Serve, dynamic batching)", ""]
+    if not res:
+        return "\n".join(
+            lines
+            + [
+                "Not measured: `benchmarks/results/serve.json` does not exist "
+                "(`hivlp-milvus bench serve` runs `benchmarks/serve.py`).",
+                "",
+            ]
+        )
+    lines += [
+        f"`benchmarks/serve.py` (owned by serving): model {res.get('model')}, {res.get('requests')} requests, "
+        f"concurrency {res.get('concurrency')}, load from a separate process.",
+        "",
+    ]
+    rows = [
+        [
+            r["path"],
+            r["max_batch_size"],
+            _f(float(r["rps"])),
+            _f(float(r["p50_ms"])),
+            _f(float(r["p99_ms"])),
+            r.get("mean_batch"),
+        ]
+        for r in res.get("results", [])
+    ]
+    lines += [_table(["path", "max_batch_size", "req/s", "p50 ms", "p99 ms", "mean batch"], rows), ""]
+    for path in ("http", "handle"):
+        by = {r["max_batch_size"]: r for r in res.get("results", []) if r["path"] == path}
+        if 1 in by and len(by) > 1:
+            best = max(by.values(), key=lambda r: float(r["rps"]))
+            sp = float(best["rps"]) / float(by[1]["rps"])
+            lines.append(
+                f"* {path}: max_batch_size {best['max_batch_size']} vs 1 = **{sp:.2f}×** throughput "
+                f"(target ≥ 4×: {'met' if sp >= 4 else 'missed'})."
+            )
+    return "\n".join(lines + [""])
+
+
+def train_section(res: dict[str, Any]) -> str:
+    lines = [
+        "## Training (Ray Train, CPU workers, tiny config)",
+        "",
+        f"Command: `{res.get('command')}`; {res.get('steps')} steps per run, {res.get('config')}.",
+        "",
+    ]
+    rows = [
+        [
+            r["workers"],
+            r.get("round", 0),
+            r["steps"],
+            _f(r.get("samples_per_s")),
+            _f(r.get("samples_per_s_per_worker")),
+            _f(r.get("wall_s")),
+        ]
+        for r in res["runs"]
+    ]
+    lines += [
+        _table(
+            ["workers", "round", "steps", "samples/s (global)", "samples/s per worker", "wall s (incl. start-up)"], rows
+        ),
+        "",
+    ]
+    s = res.get("summary", {})
+    if "scaling_2_over_1" in s:
+        lines.append(
+            f"2 workers / 1 worker global throughput: **{s['scaling_2_over_1']:.2f}×** on "
+            f"{res['machine']['cores']} cores (per worker: {s['1']['samples_per_s_per_worker']:.1f} → "
+            f"{s['2']['samples_per_s_per_worker']:.1f} samples/s)."
+        )
+    return "\n".join(lines + [""])
+
+
+def machine_section(docs: list[dict[str, Any]]) -> str:
+    m = docs[0]["machine"]
+    v = m["versions"]
+    lines = [
+        "## Machine and versions",
+        "",
+        f"* {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB RAM, {m['platform']}, Python {m['python']}",
+        "* " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
+        "* The machine was shared with other jobs while measuring (load average at start/end of each benchmark: "
+        + "; ".join(
+            f"{d['benchmark']} {d['machine']['loadavg_at_start']} / {d['machine'].get('loadavg_at_end')}" for d in docs
+        )
+        + "). Contenders are interleaved query by query (search) or in alternating "
+        "rounds (ingest, training), so the ratios are fairer than the absolute numbers.",
+        "* Dates: " + ", ".join(f"{d['benchmark']} {d['date']}" for d in docs),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+REPRO = """## Reproduce
+
+```
+make bench                                   # = hivlp-milvus bench all (search, ingest, serve, train, report)
+hivlp-milvus bench search --sizes 10k 100k 1M [--model DIR] [--real-max 100k] [--rebuild]
+hivlp-milvus bench ingest [--sizes 50k]
+hivlp-milvus bench serve                     # runs benchmarks/serve.py in a separate process
+hivlp-milvus bench train [--steps 40]
+hivlp-milvus bench report                    # regenerates this file from benchmarks/results/*.json
+hivlp-milvus bench search --smoke            # the smoke version (tests/unit/test_benchmarks_smoke.py)
+```
+
+Built Milvus Lite databases, the benchmark's tiny model and its embeddings are cached under
+`benchmarks/.cache/` (re-runs open them instead of rebuilding; `--rebuild` forces it).
+"""
+
+
+def write_report(results_dir: Path | None = None, out: Path | None = None) -> Path:
+    rd = Path(results_dir or RESULTS_DIR)
+    search, ingest, serve, train = (_load(n, rd) for n in ("search", "ingest", "serve", "train"))
+    # Hand-written findings (what bounds the numbers, caveats) live next to the numbers they discuss.
+    analysis = _load("analysis", rd) or {}
+    notes = (
+        "\n".join(analysis.get("markdown", []))
+        if isinstance(analysis.get("markdown"), list)
+        else str(analysis.get("markdown", ""))
+    )
+    docs = [d for d in (search, ingest, train) if d]
+    parts = [
+        "# Benchmarks",
+        "",
+        "Generated by `benchmarks/report.py` from `benchmarks/results/*.json` — do not edit by hand.",
+        "",
+    ]
+    if notes:
+        parts += [notes, ""]
+    if docs:
+        parts.append(machine_section(docs))
+    parts.append(search_section(search) if search else "## Search\n\nNot measured yet.\n")
+    parts.append(ingest_section(ingest) if ingest else "## Ingest\n\nNot measured yet.\n")
+    parts.append(serve_section(serve))
+    parts.append(train_section(train) if train else "## Training\n\nNot measured yet.\n")
+    parts.append(REPRO)
+    path = Path(out or OUT)
+    path.write_text("\n".join(parts))
+    return path
+
+
+if __name__ == "__main__":
+    print(write_report())

@@ -1,0 +1,122 @@
+"""``hivlp-milvus bench``: run the benchmarks (search, ingest, serve, train) and regenerate BENCHMARKS.md.
+
+The benchmarks live in the top-level ``benchmarks/`` directory of the repository (next to
+``hivlp_milvus/``), not in the installed package: run this from the repository root.
+
+    hivlp-milvus bench all                     # what `make bench` runs (~20 min here)
+    hivlp-milvus bench search --sizes 10k 100k 1M
+    hivlp-milvus bench report                  # BENCHMARKS.md from benchmarks/results/*.json
+    hivlp-milvus bench search --smoke          # seconds; checks the benchmark works
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from hivlp_milvus.errors import ConfigError
+
+WHAT = ("search", "ingest", "serve", "train", "all", "report")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("bench", help="run the benchmarks and regenerate BENCHMARKS.md (from the repo root)")
+    p.add_argument("what", choices=WHAT, help="which benchmark ('all' = search, ingest, serve, train, then report)")
+    p.add_argument(
+        "--sizes",
+        nargs="*",
+        default=None,
+        help="search: gallery sizes (default 10k 100k 1M); ingest: rows of the precomputed test (30k)",
+    )
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny sizes: checks the benchmark works (no timings worth reading)"
+    )
+    p.add_argument("--model", default=None, help="HiVLP checkpoint directory (default: train/cached tiny model)")
+    p.add_argument(
+        "--real-max",
+        default="10k",
+        help="search: largest gallery of real model embeddings (100k = ~10 min of encoding)",
+    )
+    p.add_argument("--rebuild", action="store_true", help="search: rebuild the cached Milvus Lite databases")
+    p.add_argument("--steps", type=int, default=40, help="train: optimizer steps per run")
+    p.add_argument("--no-report", action="store_true", help="do not regenerate BENCHMARKS.md afterwards")
+    p.set_defaults(func=run)
+
+
+def _benchmarks() -> Any:
+    """Import the top-level ``benchmarks`` package (from the repo root or the cwd)."""
+    candidates = [Path.cwd(), Path(__file__).resolve().parents[2]]
+    for root in candidates:
+        if (root / "benchmarks" / "common.py").is_file():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            try:
+                return importlib.import_module("benchmarks")
+            except ImportError:
+                continue
+    raise ConfigError(
+        "the benchmarks/ directory was not found: `hivlp-milvus bench` runs the benchmarks of a source checkout; "
+        "run it from the repository root (the directory with benchmarks/ and hivlp_milvus/)"
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    pkg = _benchmarks()
+    root = Path(pkg.__file__).resolve().parent
+    if not (root / "serve.py").is_file():
+        print("bench serve: not available yet (benchmarks/serve.py, the Ray Serve load test, does not exist)")
+        return 0
+    out = root / "results" / ("serve_smoke.json" if args.smoke else "serve.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(root / "serve.py"), "--out", str(out)]
+    if args.smoke:
+        cmd += ["--requests", "32", "--concurrency", "8"]
+    # A separate process: the load generator and Ray Serve must not share this interpreter's GIL.
+    return subprocess.call(cmd, cwd=str(root.parent))
+
+
+def run(args: argparse.Namespace) -> int:
+    pkg = _benchmarks()  # noqa: F841  (fails early with a clear message outside a checkout)
+    what = args.what
+    smoke = bool(args.smoke)
+    suffix = "_smoke" if smoke else ""
+    rc = 0
+    if what in ("search", "all"):
+        from benchmarks import search
+        from benchmarks.common import parse_sizes
+
+        sizes = parse_sizes(args.sizes, [500] if smoke else [10_000, 100_000, 1_000_000])
+        search.run(
+            sizes,
+            smoke=smoke,
+            model_dir=args.model,
+            real_max=parse_sizes([args.real_max], [])[0],
+            rebuild=args.rebuild,
+            name="search" + suffix,
+        )
+    if what in ("ingest", "all"):
+        from benchmarks import ingest
+        from benchmarks.common import parse_sizes
+
+        ingest.run(
+            smoke=smoke,
+            rows=parse_sizes(args.sizes if what == "ingest" else None, [30_000])[0],
+            model_dir=args.model,
+            name="ingest" + suffix,
+        )
+    if what in ("serve", "all"):
+        rc = _serve(args) or rc
+    if what in ("train", "all"):
+        from benchmarks import train
+
+        train.run(smoke=smoke, steps=args.steps, name="train" + suffix)
+    if (what == "report" or (what == "all" and not args.no_report)) and not smoke:
+        from benchmarks import report
+
+        path = report.write_report()
+        print(f"wrote {path}")
+    return rc
