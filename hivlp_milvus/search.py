@@ -9,14 +9,16 @@
    * ``rerank="client"``: one ``get`` of ``vec_high`` for the union of the shortlists, then a numpy
      dot product per query.
 
-   ``"auto"`` picks, per call, the path measured faster: **server when there is no user filter**
-   (only the modality / id conditions, which Milvus evaluates cheaply), **client when there is
-   one** (the server path re-evaluates the user filter once per query; a JSON-attribute filter
-   costs Milvus Lite ~1-3 s per evaluation at 20k rows).
+   ``"auto"`` is the path the benchmark measured faster: **client**. At 1M rows
+   (BENCHMARKS.md, interleaved runs) the client path served 1.94x the exact search's single-query
+   throughput against 1.17x for the server path, and 0.18x vs 0.07x for batches of 32: the server
+   path is a second full request per query, and Milvus Lite's per-request cost grows with the
+   collection. With a user filter the gap widens (the server path re-evaluates the filter once per
+   query; a JSON-attribute filter costs Lite ~1-3 s per evaluation at 20k rows).
 
-   Measured on Milvus Lite 3.2.2 (in-process), 20k rows, 64/256 dims, limit 10, output_fields
-   key+attributes, 2 cores shared with other jobs (load 6-18, so +-50 %); median of 5
-   interleaved runs, fine-stage ms (client | server):
+   An earlier measurement at 20k rows (Milvus Lite 3.2.2 in-process, 64/256 dims, limit 10, load
+   6-18 so +-50 %, before rows were split into per-modality partitions), fine-stage ms
+   (client | server), where the server path won small unfiltered shortlists:
 
    ==================  ===========  ===========  ============  ===========
    filter              coarse 100   coarse 200   coarse 500    coarse 200
@@ -58,8 +60,11 @@ DEFAULT_OUTPUT_FIELDS = ("key", "modality", "reference", "attributes")
 
 
 def auto_rerank(user_filter: str | None) -> str:
-    """The re-rank path ``"auto"`` uses: server without a user filter, client with one (measured)."""
-    return "client" if user_filter and user_filter.strip() else "server"
+    """The re-rank path ``"auto"`` uses: client, the faster one on the benchmark (module docstring).
+
+    ``user_filter`` is kept in the signature so the rule can depend on it per deployment.
+    """
+    return "client"
 
 
 class SearchResults(list):
