@@ -13,22 +13,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train HiVLP from a YAML config plus key.sub=value overrides. Re-running with the same "
         "run.name and run.storage_path resumes from the newest checkpoint. See docs/training.md.",
     )
-    parser.add_argument(
-        "--config",
-        default="quickstart",
-        help="a YAML file, or a shipped config: quickstart (CPU), flickr30k, coco (GPU). Default: quickstart",
-    )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="config overrides such as optim.lr=3e-4 scaling.num_workers=4 run.name=exp2 (values are YAML)",
-    )
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the resolved config (after overrides) and exit without training",
-    )
+    # One definition of the arguments for both entry points (training/__main__.py is argparse only:
+    # importing it costs nothing; Ray is imported in run()).
+    from training.__main__ import add_arguments
+
+    add_arguments(parser)
     parser.set_defaults(func=run)
 
 
