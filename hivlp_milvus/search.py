@@ -298,25 +298,22 @@ def hierarchical_search(
     t1 = time.perf_counter()
 
     modalities = _resolve_modality(modality, kinds)
-    coarse: list[list[tuple[int, float]]] = [[] for _ in kinds]
     low_params = _merge_search_params(
         col.profile.low_search_params(coarse_limit, num_rows=col.approx_num_rows()), search_params
     )
-    for target, idx in _groups(modalities).items():
-        expr, params = _bind_for(col, filter, filter_params)
-        res = col._call_filtered(
-            col.client.search,
-            expr,
-            col.name,
-            data=low[idx],
-            anns_field="vec_low",
-            limit=coarse_limit,
-            output_fields=[],
-            search_params=low_params,
-            **_search_kwargs(expr, params, kwargs, target),
-        )
-        for q, hits in zip(idx, res, strict=True):
-            coarse[q] = [(int(h["id"]), float(h["distance"])) for h in hits]
+    per_query = _search_partitions(
+        col,
+        low,
+        modalities,
+        filter,
+        filter_params,
+        kwargs,
+        anns_field="vec_low",
+        limit=coarse_limit,
+        output_fields=[],
+        search_params=low_params,
+    )
+    coarse = [[(int(h["id"]), float(h["distance"])) for h in hits] for hits in per_query]
     t2 = time.perf_counter()
 
     if mode == "client":
@@ -325,6 +322,32 @@ def hierarchical_search(
         hits = _rerank_server(col, high, coarse, modalities, limit, fields, filter, filter_params, kwargs)
     t3 = time.perf_counter()
     return SearchResults(hits, {"encode_s": t1 - t0, "coarse_s": t2 - t1, "fine_s": t3 - t2, "total_s": t3 - t0})
+
+
+def _search_partitions(
+    col: HierarchicalCollection,
+    vectors: np.ndarray,
+    modalities: list[str | None],
+    user_filter: str | None,
+    user_params: Mapping[str, Any] | None,
+    kwargs: Mapping[str, Any],
+    **search: Any,
+) -> list[list[dict[str, Any]]]:
+    """One multi-query search per target modality (its partition), hits returned in query order."""
+    per_query: list[list[dict[str, Any]]] = [[] for _ in modalities]
+    for target, idx in _groups(modalities).items():
+        expr, params = _bind_for(col, user_filter, user_params)
+        res = col._call_filtered(
+            col.client.search,
+            expr,
+            col.name,
+            data=vectors[idx],
+            **search,
+            **_search_kwargs(expr, params, kwargs, target),
+        )
+        for q, hits in zip(idx, res, strict=True):
+            per_query[q] = hits
+    return per_query
 
 
 def _rerank_client(
@@ -458,24 +481,22 @@ def search(
         base = profile.high_search_params()
     sp = _merge_search_params(base, search_params)
     modalities = _resolve_modality(modality, kinds)
-    out: list[list[dict[str, Any]]] = [[] for _ in kinds]
-    for target, idx in _groups(modalities).items():
-        expr, params = _bind_for(col, filter, filter_params)
-        res = col._call_filtered(
-            col.client.search,
-            expr,
-            col.name,
-            data=vectors[idx],
-            anns_field=f"vec_{level}",
-            limit=limit,
-            output_fields=fields,
-            search_params=sp,
-            **_search_kwargs(expr, params, kwargs, target),
-        )
-        for q, hits in zip(idx, res, strict=True):
-            out[q] = [
-                {"id": int(h["id"]), "distance": float(h["distance"]), "entity": _entity(h, fields)} for h in hits
-            ]
+    per_query = _search_partitions(
+        col,
+        vectors,
+        modalities,
+        filter,
+        filter_params,
+        kwargs,
+        anns_field=f"vec_{level}",
+        limit=limit,
+        output_fields=fields,
+        search_params=sp,
+    )
+    out = [
+        [{"id": int(h["id"]), "distance": float(h["distance"]), "entity": _entity(h, fields)} for h in hits]
+        for hits in per_query
+    ]
     t2 = time.perf_counter()
     return SearchResults(out, {"encode_s": t1 - t0, "search_s": t2 - t1, "total_s": t2 - t0})
 

@@ -218,14 +218,17 @@ class _EncoderBase:
             )
 
 
-@serve.deployment(
-    name="TextEncoder",
-    # >= max_batch_size, or a replica never sees a full batch (the builder raises it to 2x).
-    max_ongoing_requests=64,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
-    ray_actor_options={"num_cpus": 0.5},
-    health_check_period_s=10,
-)
+# Both encoders deploy alike. max_ongoing_requests >= max_batch_size, or a replica never sees a
+# full batch (the builder raises it to 2x).
+_ENCODER_DEPLOYMENT: dict[str, Any] = {
+    "max_ongoing_requests": 64,
+    "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
+    "ray_actor_options": {"num_cpus": 0.5},
+    "health_check_period_s": 10,
+}
+
+
+@serve.deployment(name="TextEncoder", **_ENCODER_DEPLOYMENT)
 class TextEncoder(_EncoderBase):
     """Texts -> (low, high). ``encode(text)`` is batched; ``stats()`` reports the batch sizes seen."""
 
@@ -245,13 +248,7 @@ class TextEncoder(_EncoderBase):
         return emb.low, emb.high
 
 
-@serve.deployment(
-    name="ImageEncoder",
-    max_ongoing_requests=64,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
-    ray_actor_options={"num_cpus": 0.5},
-    health_check_period_s=10,
-)
+@serve.deployment(name="ImageEncoder", **_ENCODER_DEPLOYMENT)
 class ImageEncoder(_EncoderBase):
     """Encoded images (bytes) -> (low, high). Undecodable images fail for their caller only."""
 
