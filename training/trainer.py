@@ -233,7 +233,7 @@ def _build(cfg: TrainConfig, *, fault_injection: dict[str, Any] | None) -> tuple
     work_dir = cfg.run.resolved_work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
     storage_path = cfg.run.resolved_storage_path
-    run_dir = _join(storage_path, cfg.run.name)
+    run_dir = run_directory(cfg)
 
     sources = prepare_sources(cfg, work_dir)
     model, init_location = _initial_model(cfg, sources, work_dir, run_dir)
@@ -361,16 +361,51 @@ def _initial_model(cfg: TrainConfig, sources: Any, work_dir: Path, run_dir: str)
     return model, location
 
 
-def _check_same_model(existing: Any, wanted: Any, cfg: TrainConfig, location: str) -> None:
-    """Refuse to resume a run whose model differs from the config (same name, new experiment)."""
-    keys = ("low_dim", "high_dim", "head")
-    differs = [k for k in keys if getattr(existing, k) != getattr(wanted, k)]
-    differs += [f"image.{k}" for k in ("name", "image_size") if getattr(existing.image, k) != getattr(wanted.image, k)]
+def model_differences(existing: Any, wanted: Any) -> list[str]:
+    """The model settings in which two ``HiVLPConfig`` differ so much that a run cannot resume.
+
+    Args:
+        existing: the config of the run's published initial model.
+        wanted: the config the run would now be built from.
+
+    Returns:
+        Dotted names of the differing settings; empty when the run can resume.
+    """
+    differs = [k for k in ("low_dim", "high_dim", "head") if getattr(existing, k) != getattr(wanted, k)]
+    differs += [
+        f"image.{k}"
+        for k in ("name", "image_size", "timm_kwargs")
+        if getattr(existing.image, k) != getattr(wanted.image, k)
+    ]
     differs += [
         f"text.{k}"
         for k in ("name", "hidden_size", "num_layers")
         if getattr(existing.text, k) != getattr(wanted.text, k)
     ]
+    return differs
+
+
+def run_directory(cfg: TrainConfig) -> str:
+    """Where Ray Train keeps run ``cfg``'s checkpoints: ``<storage_path>/<run.name>``."""
+    return _join(cfg.run.resolved_storage_path, cfg.run.name)
+
+
+def existing_run_model(cfg: TrainConfig) -> Any | None:
+    """The ``HiVLPConfig`` of run ``cfg``'s published initial model, or ``None`` for a new run."""
+    import ray.train
+
+    from hivlp_milvus.model.config import HiVLPConfig
+
+    location = _join(run_directory(cfg), INIT_MODEL_DIR)
+    if not directory_exists(location):
+        return None
+    with ray.train.Checkpoint(location).as_directory() as directory:
+        return HiVLPConfig.load(Path(directory) / "config.json")
+
+
+def _check_same_model(existing: Any, wanted: Any, cfg: TrainConfig, location: str) -> None:
+    """Refuse to resume a run whose model differs from the config (same name, new experiment)."""
+    differs = model_differences(existing, wanted)
     if differs:
         raise ConfigError(
             f"run {cfg.run.name!r} already exists in {cfg.run.resolved_storage_path} with another model "

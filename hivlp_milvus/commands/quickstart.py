@@ -116,9 +116,29 @@ def _train(work: Path, data_dir: Path, args: argparse.Namespace) -> Path:
     ]
     if args.epochs is not None:
         overrides.append(f"optim.epochs={args.epochs}")
-    result = run_training(load_config("quickstart", overrides))
+    cfg = load_config("quickstart", overrides)
+    _forget_outdated_run(cfg)
+    result = run_training(cfg)
     print(result.summary())
     return result.model_dir
+
+
+def _forget_outdated_run(cfg: Any) -> None:
+    """Start the quickstart's training over when its model config changed since the last run.
+
+    Re-running a run name resumes it, and a resume with another model is refused (rightly, for
+    a user's experiment). The quickstart owns its run directory, so after an upgrade that changes
+    the ``tiny`` config it retrains instead of stopping with that error.
+    """
+    from training.trainer import existing_run_model, model_differences, run_directory
+
+    existing = existing_run_model(cfg)
+    if existing is None:
+        return
+    differs = model_differences(existing, cfg.model.resolve())
+    if differs:
+        print(f"      the model config changed since the last run ({', '.join(differs)}): training from scratch")
+        shutil.rmtree(run_directory(cfg))
 
 
 def _ingest(work: Path, data_dir: Path, model_dir: Path, test_size: int) -> tuple[Any, Any, list]:

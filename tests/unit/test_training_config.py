@@ -277,3 +277,23 @@ def test_reusing_a_run_name_with_another_model_is_refused() -> None:
     other = load_config("quickstart", ["model.overrides.low_dim=16"]).model.resolve()
     with pytest.raises(ConfigError, match=r"low_dim differ.*another run.name"):
         _check_same_model(tiny, other, cfg, "/x/init_model")
+
+
+def test_an_image_tower_swap_is_another_model(tmp_path: Path) -> None:
+    """The tiny config's ViT -> CNN change must not resume the old run (timm kwargs differ)."""
+    from hivlp_milvus.model import create_model
+    from training.trainer import INIT_MODEL_DIR, existing_run_model, model_differences, run_directory
+
+    cfg = load_config("quickstart", [f"run.work_dir={tmp_path}"])
+    tiny = cfg.model.resolve()
+    vit = load_config(
+        "quickstart",
+        ['model.overrides.image={"name": "vit_tiny_patch16_224", "timm_kwargs": {"img_size": 64, "patch_size": 8}}'],
+    ).model.resolve()
+    assert model_differences(tiny, tiny) == []
+    assert model_differences(vit, tiny) == ["image.name", "image.timm_kwargs"]
+
+    assert existing_run_model(cfg) is None  # no run yet
+    published = Path(run_directory(cfg)) / INIT_MODEL_DIR
+    create_model("micro", texts=["a red circle"]).save_pretrained(published)
+    assert existing_run_model(cfg) == create_model("micro", texts=["a red circle"]).config
