@@ -146,9 +146,7 @@ def _direction_ranks(
             if k < k_max:
                 threshold = np.partition(candidate_low, k_max - k, axis=1)[:, k_max - k]
                 relevant_of = _is_relevant(index.codes, codes, candidates)
-                cols_k = np.take_along_axis(
-                    candidates, _shortlist(candidate_low, threshold, k, relevant_of), axis=1
-                )
+                cols_k = np.take_along_axis(candidates, _shortlist(candidate_low, threshold, k, relevant_of), axis=1)
             high_k = np.take_along_axis(high, cols_k, axis=1)
             rel_k = index.codes[cols_k] == codes[:, None]
             survived = rel_k.any(axis=1)
@@ -159,9 +157,7 @@ def _direction_ranks(
             out[f"hier@{k}"].append(np.where(survived, 1 + ahead, low_rank))
             out[f"survived@{k}"].append(survived)
         del low, high
-    return {
-        name: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64) for name, parts in out.items()
-    }
+    return {name: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64) for name, parts in out.items()}
 
 
 def _metrics(ranks: dict[str, np.ndarray], ks: Sequence[int]) -> dict[str, float]:
@@ -213,13 +209,10 @@ def _check(
 ) -> None:
     if len(image_groups) != n_images or len(text_groups) != n_texts:
         raise ValueError(
-            f"{n_images} images / {n_texts} texts but {len(image_groups)} image groups / "
-            f"{len(text_groups)} text groups"
+            f"{n_images} images / {n_texts} texts but {len(image_groups)} image groups / {len(text_groups)} text groups"
         )
     if not ks or min(ks) < 1 or chunk_size < 1:
-        raise ValueError(
-            f"ks must be positive and chunk_size >= 1, got ks={tuple(ks)}, chunk_size={chunk_size}"
-        )
+        raise ValueError(f"ks must be positive and chunk_size >= 1, got ks={tuple(ks)}, chunk_size={chunk_size}")
 
 
 # --------------------------------------------------------------------------- public metrics
@@ -310,9 +303,7 @@ def _all_levels(
         for d in DIRECTIONS:
             valid = ranks[d]["low"] > 0
             row[f"{d}_shortlist_recall"] = float(np.mean(ranks[d][f"survived@{k}"][valid]))
-        row["shortlist_recall"] = (
-            row["image_to_text_shortlist_recall"] + row["text_to_image_shortlist_recall"]
-        ) / 2
+        row["shortlist_recall"] = (row["image_to_text_shortlist_recall"] + row["text_to_image_shortlist_recall"]) / 2
     return rows
 
 
@@ -342,9 +333,7 @@ def hierarchical_metrics(
         ``{image_to_text,text_to_image}_shortlist_recall`` (fraction of queries whose first
         relevant item survives the coarse stage) and ``shortlist_recall``, their mean.
     """
-    return _all_levels(image, text, image_groups, text_groups, (coarse_k,), ks, chunk_size)[
-        f"hier@{coarse_k}"
-    ]
+    return _all_levels(image, text, image_groups, text_groups, (coarse_k,), ks, chunk_size)[f"hier@{coarse_k}"]
 
 
 # --------------------------------------------------------------------------- the table
@@ -382,8 +371,7 @@ class EvalTable:
 
         def fmt(cells: list[str]) -> str:
             return "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
             )
 
         out = [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(c) for c in lines]
@@ -439,9 +427,7 @@ def evaluate_embeddings(
     Returns:
         An :class:`EvalTable` with rows ``low``, ``high``, ``hier@K``...
     """
-    rows = _all_levels(
-        image_emb, text_emb, image_groups, text_groups, tuple(coarse_ks), tuple(ks), chunk_size
-    )
+    rows = _all_levels(image_emb, text_emb, image_groups, text_groups, tuple(coarse_ks), tuple(ks), chunk_size)
     meta = {
         "n_images": len(image_groups),
         "n_texts": len(text_groups),
@@ -457,16 +443,12 @@ def evaluate_embeddings(
 # --------------------------------------------------------------------------- a model on records
 
 
-def _embed_images(
-    model: Any, images: list[Any], batch_size: int, progress: bool
-) -> tuple[list[Any], list[int]]:
+def _embed_images(model: Any, images: list[Any], batch_size: int, progress: bool) -> tuple[list[Any], list[int]]:
     """Embed in batches; a batch that fails on a bad image is retried item by item to skip just it."""
     from tqdm.auto import tqdm
 
     parts, kept = [], []
-    for start in tqdm(
-        range(0, len(images), batch_size), desc="embed images", disable=not progress, unit="batch"
-    ):
+    for start in tqdm(range(0, len(images), batch_size), desc="embed images", disable=not progress, unit="batch"):
         batch = images[start : start + batch_size]
         try:
             parts.append(model.embed_images(batch, batch_size=batch_size))
@@ -551,9 +533,7 @@ def evaluate(
             continue
         usable.append(record)
     parts, kept = _embed_images(model, [r.image for r in usable], batch_size, progress)
-    skipped += [
-        f"{usable[i].id}: image could not be loaded" for i in sorted(set(range(len(usable))) - set(kept))
-    ]
+    skipped += [f"{usable[i].id}: image could not be loaded" for i in sorted(set(range(len(usable))) - set(kept))]
     usable = [usable[i] for i in kept]
     texts = [c for r in usable for c in r.captions]
     if not usable or not texts:

@@ -28,9 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="split to evaluate (default: 'test' when the data has split directories)",
     )
     parser.add_argument("--image-root", type=Path, default=None, help="image directory of a Karpathy JSON")
-    parser.add_argument(
-        "--coarse-k", type=int, nargs="+", default=[10, 50, 100], help="funnel shortlist sizes"
-    )
+    parser.add_argument("--coarse-k", type=int, nargs="+", default=[10, 50, 100], help="funnel shortlist sizes")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 5, 10], dest="ks", help="R@K cut-offs")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N records only")
     parser.add_argument("--batch-size", type=int, default=64, help="images per encoder batch")

@@ -21,7 +21,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--coarse-limit", type=int, default=None, help="shortlist size (default: the profile's)")
     p.add_argument("--level", choices=["hierarchical", "low", "high"], default="hierarchical")
     p.add_argument("--modality", choices=["image", "text", "all"], default=None)
-    p.add_argument("--filter", default=None, help='Milvus expression with {name} placeholders')
+    p.add_argument("--filter", default=None, help="Milvus expression with {name} placeholders")
     p.add_argument("--param", action="append", default=[], metavar="NAME=JSON", help="a filter parameter")
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
     p.set_defaults(func=run)
@@ -49,8 +49,12 @@ def run(args: argparse.Namespace) -> int:
     model = HiVLP.from_pretrained(args.model)
     collection = HierarchicalCollection.open(args.collection, uri=args.uri, token=args.token, model=model)
     query: Any = Path(args.query) if args.image else args.query
-    common = {"limit": args.limit, "filter": args.filter, "filter_params": _params(args.param),
-              "modality": args.modality}
+    common = {
+        "limit": args.limit,
+        "filter": args.filter,
+        "filter_params": _params(args.param),
+        "modality": args.modality,
+    }
     if args.level == "hierarchical":
         results = collection.hierarchical_search(query, coarse_limit=args.coarse_limit, **common)
     else:

@@ -305,9 +305,7 @@ def open_parquet(path: Path, *, split: str | None = None) -> ReaderSpec:
                 yield f"{path.name}:row {line}", row
                 line += 1
 
-    return ReaderSpec(
-        lambda report: _assemble(rows(), path.parent, report, split), None, f"Parquet manifest {path}"
-    )
+    return ReaderSpec(lambda report: _assemble(rows(), path.parent, report, split), None, f"Parquet manifest {path}")
 
 
 # --------------------------------------------------------------------------- Karpathy JSON

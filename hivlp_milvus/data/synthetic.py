@@ -388,8 +388,7 @@ def generate_iter(
     """Yield ``n`` synthetic records one at a time (see :func:`generate`)."""
     if n < 0 or image_size < 8 or captions_per_image < 1:
         raise ValueError(
-            f"need n >= 0, image_size >= 8, captions_per_image >= 1; got {n}, {image_size}, "
-            f"{captions_per_image}"
+            f"need n >= 0, image_size >= 8, captions_per_image >= 1; got {n}, {image_size}, {captions_per_image}"
         )
     width = max(6, len(str(max(n - 1, 0))))
     for index in range(n):
@@ -430,9 +429,7 @@ def generate(
         ValueError: ``n`` negative, ``image_size`` < 8 or ``captions_per_image`` < 1.
     """
     return list(
-        generate_iter(
-            n, seed=seed, image_size=image_size, captions_per_image=captions_per_image, id_prefix=id_prefix
-        )
+        generate_iter(n, seed=seed, image_size=image_size, captions_per_image=captions_per_image, id_prefix=id_prefix)
     )
 
 

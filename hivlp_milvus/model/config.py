@@ -71,9 +71,7 @@ class ImageTowerConfig:
                 or len(value) != 3
                 or not all(_is_number(v) for v in value)
             ):
-                raise ConfigError(
-                    f"image.{attr} must be three numbers (one per RGB channel) or null, got {value!r}"
-                )
+                raise ConfigError(f"image.{attr} must be three numbers (one per RGB channel) or null, got {value!r}")
             object.__setattr__(self, attr, tuple(float(v) for v in value))
         if self.std is not None and min(self.std) <= 0:
             raise ConfigError(f"image.std must be positive per channel, got {self.std}")

@@ -59,9 +59,7 @@ def rank_and_world_size(group: dist.ProcessGroup | None = None) -> tuple[int, in
     return dist.get_rank(group), dist.get_world_size(group)
 
 
-def check_equal_batch_sizes(
-    batch_size: int, *, device: torch.device, group: dist.ProcessGroup | None = None
-) -> None:
+def check_equal_batch_sizes(batch_size: int, *, device: torch.device, group: dist.ProcessGroup | None = None) -> None:
     """Raise on every rank unless all ranks hold the same number of rows.
 
     The rank offsets of the positive labels (``rank * B``) and the all-gather itself assume equal
@@ -101,18 +99,14 @@ def all_gather_with_grad(tensor: torch.Tensor, group: dist.ProcessGroup | None =
         incoming gradients of all ranks into each rank's slice (reduce-scatter with SUM).
     """
     if _all_gather_single is not None and _wait_tensor is not None:
-        gathered = _all_gather_single(
-            tensor.contiguous(), 0, group if group is not None else dist.group.WORLD
-        )
+        gathered = _all_gather_single(tensor.contiguous(), 0, group if group is not None else dist.group.WORLD)
         # The result is an AsyncCollectiveTensor; wait_tensor (autograd-aware, unlike .elem) makes it
         # an ordinary tensor so callers never hold a pending collective.
         return _wait_tensor(gathered)
     return _all_gather_with_grad_legacy(tensor, group)
 
 
-def _all_gather_with_grad_legacy(
-    tensor: torch.Tensor, group: dist.ProcessGroup | None = None
-) -> torch.Tensor:
+def _all_gather_with_grad_legacy(tensor: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """``torch.distributed.nn.functional.all_gather`` (deprecated in torch 2.14, same gradient)."""
     import torch.distributed.nn.functional as dist_fn
 

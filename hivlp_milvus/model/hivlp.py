@@ -73,9 +73,7 @@ class HiVLP(nn.Module):
         if not isinstance(config, HiVLPConfig):
             raise ConfigError(f"config must be a HiVLPConfig, got {type(config).__name__}")
         if tokenizer.pad_token_id is None:
-            raise ConfigError(
-                "the tokenizer has no padding token; set tokenizer.pad_token before building HiVLP"
-            )
+            raise ConfigError("the tokenizer has no padding token; set tokenizer.pad_token before building HiVLP")
         load = None if pretrained_towers else False
         self.image_tower = ImageTower(config.image, pretrained=load)
         if config.image.mean is None or config.image.std is None:
@@ -170,9 +168,7 @@ class HiVLP(nn.Module):
         cap = math.log(self.config.max_logit_scale)
         return self.logit_scale_low.clamp(max=cap).exp(), self.logit_scale_high.clamp(max=cap).exp()
 
-    def forward(
-        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> HiVLPOutput:
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> HiVLPOutput:
         """Encode a batch of image–caption pairs for training.
 
         Args:

@@ -74,9 +74,7 @@ class LossConfig:
         if all(getattr(self, name) == 0 for name in TERMS):
             raise ConfigError(f"LossConfig: all weights ({', '.join(TERMS)}) are 0; switch on at least one")
         if self.consistency_temperature <= 0:
-            raise ConfigError(
-                f"LossConfig.consistency_temperature must be > 0, got {self.consistency_temperature}"
-            )
+            raise ConfigError(f"LossConfig.consistency_temperature must be > 0, got {self.consistency_temperature}")
         k = self.shortlist_k
         if isinstance(k, bool) or not isinstance(k, int) or k < 2:
             # K = 1 leaves only the positive in the shortlist: the term would be identically 0.
@@ -166,9 +164,7 @@ class HiVLPLoss(nn.Module):
         super().__init__()
         self.config = config if config is not None else LossConfig()
 
-    def forward(
-        self, out: HiVLPOutput, groups: torch.Tensor | None = None, *, step: int | None = None
-    ) -> LossOutput:
+    def forward(self, out: HiVLPOutput, groups: torch.Tensor | None = None, *, step: int | None = None) -> LossOutput:
         """Compute the objective.
 
         Args:
@@ -237,9 +233,7 @@ class HiVLPLoss(nn.Module):
             terms["high"] = _symmetric(high, lambda lg: _soft_ce(lg, positives))
         if "consistency" in weights:
             tau = cfg.consistency_temperature
-            terms["consistency"] = 0.5 * (
-                _consistency_kl(high[0], low[0], tau) + _consistency_kl(high[1], low[1], tau)
-            )
+            terms["consistency"] = 0.5 * (_consistency_kl(high[0], low[0], tau) + _consistency_kl(high[1], low[1], tau))
         if "shortlist" in weights:
             k = cfg.shortlist_k
             terms["shortlist"] = 0.5 * (
@@ -297,9 +291,7 @@ def _symmetric(
     return 0.5 * (term(pair[0]) + term(pair[1]))
 
 
-def _soft_ce(
-    logits: torch.Tensor, positives: torch.Tensor, candidates: torch.Tensor | None = None
-) -> torch.Tensor:
+def _soft_ce(logits: torch.Tensor, positives: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over rows of CE against the uniform distribution over each row's positive columns.
 
     ``candidates`` (a superset of ``positives``) restricts the softmax to those columns.

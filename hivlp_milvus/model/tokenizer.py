@@ -46,9 +46,7 @@ def train_wordpiece(
             or ``vocab_size`` is too small.
     """
     if vocab_size <= len(SPECIAL_TOKENS):
-        raise ConfigError(
-            f"vocab_size={vocab_size} leaves no room beyond the {len(SPECIAL_TOKENS)} special tokens"
-        )
+        raise ConfigError(f"vocab_size={vocab_size} leaves no room beyond the {len(SPECIAL_TOKENS)} special tokens")
     captions = _captions(texts)
     tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)

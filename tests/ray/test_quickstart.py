@@ -24,8 +24,21 @@ def test_quickstart_runs_every_stage_and_reruns_from_its_work_dir(
     ray_cluster: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     work = tmp_path / "qs"
-    args = ["quickstart", "--work-dir", str(work), "--train-size", "256", "--val-size", "32",
-            "--test-size", str(TEST_SIZE), "--epochs", "1", "--coarse-limit", "20"]
+    args = [
+        "quickstart",
+        "--work-dir",
+        str(work),
+        "--train-size",
+        "256",
+        "--val-size",
+        "32",
+        "--test-size",
+        str(TEST_SIZE),
+        "--epochs",
+        "1",
+        "--coarse-limit",
+        "20",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     for stage in range(1, 7):

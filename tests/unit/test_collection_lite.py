@@ -589,8 +589,17 @@ def test_modality_gap_does_not_empty_cross_modal_ann_results(client: Any) -> Non
         high /= np.linalg.norm(high, axis=1, keepdims=True)
         for i in range(n):
             key = f"{modality}-{i}"
-            rows.append({"id": row_id(key, modality), "key": key, "modality": modality, "reference": key,
-                         "attributes": {}, "vec_low": low[i], "vec_high": high[i]})
+            rows.append(
+                {
+                    "id": row_id(key, modality),
+                    "key": key,
+                    "modality": modality,
+                    "reference": key,
+                    "attributes": {},
+                    "vec_low": low[i],
+                    "vec_high": high[i],
+                }
+            )
     # The default index sizing (expected_rows unknown): many IVF cells for few rows, as when a
     # source's length is not known before ingest; it made every cross-modal result empty.
     col = HierarchicalCollection.create(unique("gap"), client=client, low_dim=low_dim, high_dim=high_dim)
@@ -603,8 +612,9 @@ def test_modality_gap_does_not_empty_cross_modal_ann_results(client: Any) -> Non
         for hits in col.search(queries, level="low", limit=10, modality="image", output_fields=["modality"]):
             assert len(hits) == 10
             assert {h["entity"]["modality"] for h in hits} == {"image"}
-        for hits in col.hierarchical_search(queries, limit=10, coarse_limit=40, modality="image",
-                                            output_fields=["modality"]):
+        for hits in col.hierarchical_search(
+            queries, limit=10, coarse_limit=40, modality="image", output_fields=["modality"]
+        ):
             assert len(hits) == 10
             assert {h["entity"]["modality"] for h in hits} == {"image"}
     finally:

@@ -268,9 +268,7 @@ def sync_rayservice(serve_config: Path = SERVE_CONFIG, rayservice: Path = RAYSER
     start = next(i for i, line in enumerate(lines) if re.match(r"^\s*serveConfigV2:\s*\|[-+]?\s*$", line))
     indent = len(lines[start]) - len(lines[start].lstrip())
     end = start + 1
-    while end < len(lines) and (
-        not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip()) > indent
-    ):
+    while end < len(lines) and (not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip()) > indent):
         end += 1
     body = yaml.safe_dump({"applications": apps}, sort_keys=False, default_flow_style=False, width=100)
     block = [(" " * (indent + 2) + line) if line.strip() else line for line in body.splitlines(keepends=True)]
@@ -412,9 +410,7 @@ def _ray_head(services: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]
 
 
 def _nvidia_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
-    devices = (((service.get("deploy") or {}).get("resources") or {}).get("reservations") or {}).get(
-        "devices"
-    ) or []
+    devices = (((service.get("deploy") or {}).get("resources") or {}).get("reservations") or {}).get("devices") or []
     return [d for d in devices if d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])]
 
 
@@ -631,9 +627,7 @@ def test_app_import_paths_and_args() -> None:
         if target == "serving:app":
             assert not args, f"{where}: serving:app is a built app and takes no args"
         unknown = set(args) - BUILDER_ARGS
-        assert not unknown, (
-            f"{where}: {sorted(unknown)} are not serving:build_app args {sorted(BUILDER_ARGS)}"
-        )
+        assert not unknown, f"{where}: {sorted(unknown)} are not serving:build_app args {sorted(BUILDER_ARGS)}"
         if where.endswith((".yaml", ".yml")):
             leaked = set(args) & SECRET_ARGS
             assert not leaked, f"{where}: pass {sorted(leaked)} via HIVLP_* environment, not in a file"
@@ -665,9 +659,7 @@ def test_kuberay_manifest_basics(path: Path) -> None:
     # Every pod mounts the shared volume at the same place.
     for pod in _pod_specs(manifest):
         claims = {
-            v["name"]: v["persistentVolumeClaim"]["claimName"]
-            for v in pod["volumes"]
-            if "persistentVolumeClaim" in v
+            v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
         }
         assert set(claims.values()) == {"hivlp-shared"}
         for container in pod["containers"]:
@@ -772,9 +764,7 @@ def test_cpu_compose_index_types_match_profiles() -> None:
 
 # -- docs --------------------------------------------------------------------------------------
 
-_DOC_FILE_REF = re.compile(
-    r"`((?:docker|serving|schemas|tests)/[\w./-]+\.(?:yml|yaml|py|md)|docker/Dockerfile)`"
-)
+_DOC_FILE_REF = re.compile(r"`((?:docker|serving|schemas|tests)/[\w./-]+\.(?:yml|yaml|py|md)|docker/Dockerfile)`")
 
 
 def test_deploy_doc_references_existing_files() -> None:
@@ -782,9 +772,7 @@ def test_deploy_doc_references_existing_files() -> None:
     for ref in sorted(set(_DOC_FILE_REF.findall(text))):
         assert (ROOT / ref).exists(), f"docs/deploy.md mentions {ref}, which does not exist"
     for path in [*COMPOSE_FILES, *KUBE_FILES, HELM_VALUES, DOCKERFILE]:
-        assert str(path.relative_to(ROOT)) in text, (
-            f"docs/deploy.md does not mention {path.relative_to(ROOT)}"
-        )
+        assert str(path.relative_to(ROOT)) in text, f"docs/deploy.md does not mention {path.relative_to(ROOT)}"
     for heading in ("Laptop", "GPU box", "Cluster", "Sizing"):
         assert re.search(rf"^#+ .*{heading}", text, re.MULTILINE | re.IGNORECASE), f"no {heading} section"
 

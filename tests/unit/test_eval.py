@@ -153,9 +153,7 @@ def test_perfect_embedding_and_duplicate_groups():
 def test_hierarchical_equals_full_reference(coarse_k, chunk_size):
     (low_i, high_i), (low_t, high_t), image_groups, text_groups = _make_dataset(seed=3, coarse_levels=2)
     image, text = SimpleNamespace(low=low_i, high=high_i), SimpleNamespace(low=low_t, high=high_t)
-    got = hierarchical_metrics(
-        image, text, image_groups, text_groups, coarse_k=coarse_k, chunk_size=chunk_size
-    )
+    got = hierarchical_metrics(image, text, image_groups, text_groups, coarse_k=coarse_k, chunk_size=chunk_size)
     # Text->image galleries (60) are larger than coarse_k except at 59+; image->text has ~120 texts.
     want = _ref_metrics(low_i, low_t, image_groups, text_groups, high=(high_i, high_t), coarse_k=coarse_k)
     _assert_same(got, want)
@@ -208,10 +206,7 @@ def test_evaluate_embeddings_rows_and_shortlist_recall_is_low_recall_at_k():
     for k in (5, 10):
         for direction in ("image_to_text", "text_to_image"):
             # With exact search, the first relevant item survives a top-k shortlist iff low R@k hits it.
-            assert (
-                table.rows[f"hier@{k}"][f"{direction}_shortlist_recall"]
-                == table.rows["low"][f"{direction}_R@{k}"]
-            )
+            assert table.rows[f"hier@{k}"][f"{direction}_shortlist_recall"] == table.rows["low"][f"{direction}_R@{k}"]
     assert table.meta["low_dim"] == 3
     assert table.meta["high_dim"] == 24
 
@@ -290,9 +285,7 @@ def _records(n: int) -> list[Record]:
     records = []
     for i in range(n):
         image = np.full((2, 2, 3), i % 50, dtype=np.uint8)
-        records.append(
-            Record(id=f"r{i}", image=image, captions=[f"scene {i % 50}"] * (1 + i % 3), group=f"s{i % 50}")
-        )
+        records.append(Record(id=f"r{i}", image=image, captions=[f"scene {i % 50}"] * (1 + i % 3), group=f"s{i % 50}"))
     return records
 
 

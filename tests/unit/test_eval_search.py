@@ -30,16 +30,36 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     # Captions are noisy copies of their image, so retrieval is far from perfect and from chance.
     txt_low = _unit(np.repeat(img_low, CAPTIONS, 0) + 0.9 * rng.normal(size=(N_IMAGES * CAPTIONS, LOW)))
     txt_high = _unit(np.repeat(img_high, CAPTIONS, 0) + 0.9 * rng.normal(size=(N_IMAGES * CAPTIONS, HIGH)))
-    records = [Record(id=f"r{i}", image=f"images/r{i}.png", captions=[f"caption {i}.{j}" for j in range(CAPTIONS)])
-               for i in range(N_IMAGES)]
+    records = [
+        Record(id=f"r{i}", image=f"images/r{i}.png", captions=[f"caption {i}.{j}" for j in range(CAPTIONS)])
+        for i in range(N_IMAGES)
+    ]
     rows = []
     for i, record in enumerate(records):
-        rows.append({"id": row_id(record.id, "image"), "key": record.id, "modality": "image",
-                     "reference": record.image_uri, "attributes": {}, "vec_low": img_low[i], "vec_high": img_high[i]})
+        rows.append(
+            {
+                "id": row_id(record.id, "image"),
+                "key": record.id,
+                "modality": "image",
+                "reference": record.image_uri,
+                "attributes": {},
+                "vec_low": img_low[i],
+                "vec_high": img_high[i],
+            }
+        )
         for j, caption in enumerate(record.captions):
             key, t = text_key(record.id, j), i * CAPTIONS + j
-            rows.append({"id": row_id(key, "text"), "key": key, "modality": "text", "reference": caption,
-                         "attributes": {}, "vec_low": txt_low[t], "vec_high": txt_high[t]})
+            rows.append(
+                {
+                    "id": row_id(key, "text"),
+                    "key": key,
+                    "modality": "text",
+                    "reference": caption,
+                    "attributes": {},
+                    "vec_low": txt_low[t],
+                    "vec_high": txt_high[t],
+                }
+            )
     uri = str(tmp_path_factory.mktemp("evalsearch") / "e.db")
     col = HierarchicalCollection.create("evalsearch", uri=uri, low_dim=LOW, high_dim=HIGH, expected_rows=len(rows))
     col.upsert(rows)

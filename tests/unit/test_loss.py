@@ -114,9 +114,7 @@ def ref_consistency(a: dict[str, np.ndarray], tau: float) -> float:
             p = [math.exp(v / tau) for v in high[i]]
             q = [math.exp(v / tau) for v in low[i]]
             zp, zq = sum(p), sum(q)
-            kl_sum += sum(
-                (pj / zp) * (math.log(pj / zp) - math.log(qj / zq)) for pj, qj in zip(p, q, strict=True)
-            )
+            kl_sum += sum((pj / zp) * (math.log(pj / zp) - math.log(qj / zq)) for pj, qj in zip(p, q, strict=True))
         total += kl_sum / n
     return total / 2
 
@@ -246,9 +244,7 @@ def test_switched_off_terms_are_absent_and_not_computed(monkeypatch: pytest.Monk
     got = HiVLPLoss(LossConfig(low=1.0, high=2.0, consistency=0.0, shortlist=0.0))(out)
     assert set(got.parts) == {"low", "high", "logit_scale_low", "logit_scale_high"}
     a = _np(out)
-    assert got.total.item() == pytest.approx(
-        ref_infonce(a, "low", None) + 2.0 * ref_infonce(a, "high", None), rel=1e-5
-    )
+    assert got.total.item() == pytest.approx(ref_infonce(a, "low", None) + 2.0 * ref_infonce(a, "high", None), rel=1e-5)
 
 
 def test_low_only_never_touches_the_high_level() -> None:

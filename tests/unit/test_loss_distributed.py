@@ -54,9 +54,7 @@ def _output(feats: dict[str, torch.Tensor], scales: dict[str, torch.Tensor]) -> 
     )
 
 
-def _run(
-    data: dict[str, torch.Tensor], rows: slice, groups: torch.Tensor | None, cfg: LossConfig
-) -> dict[str, object]:
+def _run(data: dict[str, torch.Tensor], rows: slice, groups: torch.Tensor | None, cfg: LossConfig) -> dict[str, object]:
     """Loss + gradients w.r.t. leaf copies of ``data[rows]`` (the same code on ranks and in the parent)."""
     feats = {n: data[n][rows].clone().requires_grad_(True) for n in FEATURES}
     scales = {n: data[n].clone().requires_grad_(True) for n in SCALES}
@@ -89,9 +87,7 @@ def _worker(rank: int, init_file: str, data_file: str, out_dir: str) -> None:
         # The deprecated torch.distributed.nn path (kept as a fallback) has the same gradient.
         from hivlp_milvus.model import distributed as hd
 
-        weight = torch.arange(WORLD * PER_RANK * HIGH_DIM, dtype=torch.float32).reshape(-1, HIGH_DIM) * (
-            rank + 1
-        )
+        weight = torch.arange(WORLD * PER_RANK * HIGH_DIM, dtype=torch.float32).reshape(-1, HIGH_DIM) * (rank + 1)
         grads = []
         for gather in (hd.all_gather_with_grad, hd._all_gather_with_grad_legacy):
             x = data["img_high"][rows].clone().requires_grad_(True)

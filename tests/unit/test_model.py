@@ -111,9 +111,7 @@ def test_forward_returns_output_with_clamped_scales(model) -> None:
 
 
 def test_mean_pooling_ignores_padding() -> None:
-    m = create_model(
-        _config(text=dataclasses.replace(get_config("micro").text, pooling="mean")), texts=CAPTIONS
-    )
+    m = create_model(_config(text=dataclasses.replace(get_config("micro").text, pooling="mean")), texts=CAPTIONS)
     m.eval()
     tokens = m.tokenize(["a red circle", "two green triangles above a small yellow star"])
     used = int(tokens["attention_mask"].sum(dim=1).max())
@@ -163,12 +161,10 @@ def test_trained_vocabulary_is_deterministic() -> None:
     from hivlp_milvus.model.tokenizer import train_wordpiece
 
     captions = [
-        f"{c} {s}s number {i}"
-        for i, (c, s) in enumerate(zip(["red", "teal"] * 30, ["box", "orb"] * 30, strict=True))
+        f"{c} {s}s number {i}" for i, (c, s) in enumerate(zip(["red", "teal"] * 30, ["box", "orb"] * 30, strict=True))
     ]
     vocabs = {
-        tuple(sorted(train_wordpiece(captions, vocab_size=90, max_length=8).get_vocab().items()))
-        for _ in range(4)
+        tuple(sorted(train_wordpiece(captions, vocab_size=90, max_length=8).get_vocab().items())) for _ in range(4)
     }
     assert len(vocabs) == 1
 

@@ -133,9 +133,7 @@ def test_csv_captions_list_ids_groups_and_split_column(tmp_path):
     _png(tmp_path / "a.png")
     path = tmp_path / "m.csv"
     path.write_text(
-        "id,image,captions,group,split\n"
-        'k1,a.png,"[""one"", ""two"", """"]",G,test\n'
-        'k2,a.png,"[""x""]",,train\n'
+        'id,image,captions,group,split\nk1,a.png,"[""one"", ""two"", """"]",G,test\nk2,a.png,"[""x""]",,train\n'
     )
     (record,) = load_source(path, split="test")
     assert record.id == "k1"
@@ -148,9 +146,7 @@ def test_csv_captions_list_ids_groups_and_split_column(tmp_path):
 def test_jsonl_manifest_bad_lines(tmp_path):
     _png(tmp_path / "a.png")
     lines = [
-        json.dumps(
-            {"id": "a", "image": "a.png", "captions": ["x", " y "], "attributes": {"n": 1}, "tag": "t"}
-        ),
+        json.dumps({"id": "a", "image": "a.png", "captions": ["x", " y "], "attributes": {"n": 1}, "tag": "t"}),
         "{broken json",
         "",
         json.dumps(["not", "an", "object"]),
@@ -179,9 +175,7 @@ def test_parquet_manifest_with_bytes_and_paths(tmp_path):
     import pyarrow.parquet as pq
 
     _png(tmp_path / "p.png")
-    binary = pa.table(
-        {"image": [_png_bytes(10), b""], "caption": ["bytes image", "empty bytes"], "score": [0.5, 1]}
-    )
+    binary = pa.table({"image": [_png_bytes(10), b""], "caption": ["bytes image", "empty bytes"], "score": [0.5, 1]})
     pq.write_table(binary, tmp_path / "b.parquet")
     records = list(load_source(tmp_path / "b.parquet"))
     assert isinstance(records[0].image, bytes)
@@ -189,9 +183,7 @@ def test_parquet_manifest_with_bytes_and_paths(tmp_path):
     assert records[1].image is None  # empty bytes: a text-only record
     assert [r.attributes["score"] for r in records] == [0.5, 1.0]
 
-    paths = pa.table(
-        {"image": [str(tmp_path / "p.png"), "nope.png"], "caption": ["absolute path", "missing"]}
-    )
+    paths = pa.table({"image": [str(tmp_path / "p.png"), "nope.png"], "caption": ["absolute path", "missing"]})
     pq.write_table(paths, tmp_path / "s.parquet")
     source = load_source(tmp_path / "s.parquet", limit=5)
     records = list(source)

@@ -83,9 +83,7 @@ def test_object_is_drawn_where_the_caption_says(shape, cell):
     row, col = divmod(cell, 3)
     centre = pixels[int((row + 0.5) * 64 / 3), int((col + 0.5) * 64 / 3)]
     assert np.abs(centre - np.array(COLORS["red"])).max() < 20
-    other = (
-        pixels[int((2 - row + 0.5) * 64 / 3), int((2 - col + 0.5) * 64 / 3)] if cell != 4 else pixels[3, 3]
-    )
+    other = pixels[int((2 - row + 0.5) * 64 / 3), int((2 - col + 0.5) * 64 / 3)] if cell != 4 else pixels[3, 3]
     assert np.abs(other - np.array(COLORS["red"])).max() > 60  # the opposite cell is background
     for caption in describe(scene, random.Random(cell), 5):
         words = set(re.findall(r"[a-z]+", caption))
