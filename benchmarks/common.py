@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -237,89 +238,208 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------------- the benchmark model
 
 
-def train_tiny_model(
-    out_dir: Path,
-    *,
-    seconds: float = 180.0,
-    n_train: int = 10000,
-    seed: int = 0,
-    batch_size: int = 128,
-    config: str = "tiny",
-    init_dir: Path | None = None,
-) -> Path:
-    """Train the tiny HiVLP in this process for a fixed time budget and save it to ``out_dir``.
+@dataclass(frozen=True)
+class Recipe:
+    """The optimisation recipe of ``training/configs/quickstart.yaml``, for a single-process loop.
 
-    The same recipe as ``training/configs/quickstart.yaml`` (AdamW 3e-4, 50-step warm-up, clip
-    1.0, the default HiVLP loss) but a single-process loop, so benchmarks need neither Ray nor the
-    quickstart. The benchmark only needs embeddings whose low/high relation is that of a trained
-    model, not the best model.
+    Read from the shipped quickstart config (one source of truth), so the benchmarks train the way
+    ``make demo`` does: AdamW with decay on matrices only, linear warm-up then cosine
+    (``training.loop.lr_factor``), gradient clipping, and the HiVLP loss with the shortlist term
+    switched on at the same *fraction* of the run as in the quickstart (step 140 of 234), so a
+    shorter or longer run keeps the curriculum (docs/objective.md: the term from step 0 collapses
+    a from-scratch model).
+    """
+
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    warmup_steps: int
+    min_lr_ratio: float
+    clip_norm: float
+    loss: Mapping[str, Any]
+    shortlist_start_fraction: float
+    source: str = "training/configs/quickstart.yaml"
+
+    @classmethod
+    def quickstart(cls) -> Recipe:
+        from training.config import load_config
+
+        cfg = load_config("quickstart")
+        optim = cfg.optim
+        loss = dict(cfg.loss)
+        start = int(loss.pop("shortlist_start_step", 0))
+        total = optim.max_steps
+        if total is None:
+            per_step = optim.batch_size * cfg.scaling.num_workers * optim.grad_accum_steps
+            total = optim.epochs * (cfg.data.synthetic.train // per_step) if cfg.data.synthetic else 0
+        return cls(
+            lr=optim.lr,
+            betas=tuple(optim.betas),
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
+            warmup_steps=optim.warmup_steps,
+            min_lr_ratio=optim.min_lr_ratio,
+            clip_norm=optim.clip_norm,
+            loss=loss,
+            shortlist_start_fraction=start / total if total else 0.0,
+        )
+
+    def loss_config(self, steps: int, **overrides: Any) -> Any:
+        """The ``LossConfig`` for a run of ``steps`` steps: the recipe's weights, then ``overrides``.
+
+        ``shortlist_start_step`` is the recipe's fraction of ``steps`` unless overridden; the loss
+        never all-gathers (one process).
+        """
+        from hivlp_milvus.model.loss import LossConfig
+
+        data = {
+            **self.loss,
+            "shortlist_start_step": round(self.shortlist_start_fraction * steps),
+            "gather": False,
+            **overrides,
+        }
+        return LossConfig.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "loss": dict(self.loss), "betas": list(self.betas)}
+
+
+def train_in_process(
+    model: Any,
+    records: Sequence[Any],
+    *,
+    steps: int,
+    batch_size: int = 256,
+    recipe: Recipe | None = None,
+    loss: Any = None,
+    seed: int = 0,
+    step_offset: int = 0,
+    log_every: int = 20,
+    label: str = "train",
+) -> dict[str, Any]:
+    """Train ``model`` on ``records`` for ``steps`` optimizer steps in this process (no Ray).
+
+    The loop of the Ray Train worker without the distribution: per-epoch shuffles of the records
+    (drop-last batches of ``batch_size``), one caption drawn per image per step, relevance groups
+    as positives, ``HiVLPLoss(out, groups, step=)``, AdamW + warm-up/cosine of ``recipe``
+    (default: the quickstart's). Deterministic for a given ``seed``. ``loss`` (a ``LossConfig``)
+    replaces ``recipe.loss_config(steps)``; ``step_offset`` continues a previous run's loss
+    curriculum. Leaves the model in eval mode; returns what was run and the last loss.
     """
     import torch
 
+    from hivlp_milvus.model.loss import HiVLPLoss
+    from training.loop import lr_factor
+
+    recipe = recipe or Recipe.quickstart()
+    loss_cfg = loss if loss is not None else recipe.loss_config(steps)
+    n = len(records)
+    if not 2 <= batch_size <= n:
+        raise ValueError(f"batch_size must lie in [2, {n}] (the number of records), got {batch_size}")
+    pixels = model.preprocess_images([r.image for r in records])
+    group_ids: dict[str, int] = {}
+    groups = torch.tensor([group_ids.setdefault(r.relevance_group, len(group_ids)) for r in records])
+    captions = [list(r.captions) for r in records]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": recipe.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=recipe.lr,
+        betas=tuple(recipe.betas),
+        eps=recipe.eps,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: lr_factor(s, warmup_steps=recipe.warmup_steps, total_steps=steps, min_lr_ratio=recipe.min_lr_ratio),
+    )
+    loss_fn = HiVLPLoss(loss_cfg)
+    torch.manual_seed(seed)  # dropout
+    order = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    perm, pos = torch.randperm(n, generator=order), 0
+    parts: dict[str, float] = {}
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(steps):
+        if pos + batch_size > n:
+            perm, pos = torch.randperm(n, generator=order), 0
+        idx = perm[pos : pos + batch_size]
+        pos += batch_size
+        tok = model.tokenize([captions[i][rng.integers(len(captions[i]))] for i in idx.tolist()])
+        out = model(pixels[idx], tok["input_ids"], tok["attention_mask"])
+        res = loss_fn(out, groups=groups[idx], step=step_offset + step)
+        opt.zero_grad(set_to_none=True)
+        res.total.backward()
+        if recipe.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, recipe.clip_norm)
+        opt.step()
+        sched.step()
+        parts = {"total": float(res.total.detach()), **{k: float(v) for k, v in res.parts.items()}}
+        if log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
+            log(f"{label}: step {step + 1}/{steps} loss {parts['total']:.3f} ({time.perf_counter() - t0:.0f}s)")
+    seconds = time.perf_counter() - t0
+    model.eval()
+    return {
+        "steps": steps,
+        "seconds": seconds,
+        "samples_per_s": steps * batch_size / seconds if seconds > 0 else None,
+        "batch_size": batch_size,
+        "n_train": n,
+        "seed": seed,
+        "loss_config": loss_cfg.to_dict(),
+        "last_loss": parts,
+        "recipe": recipe.to_dict(),
+    }
+
+
+def train_tiny_model(
+    out_dir: Path,
+    *,
+    steps: int = 120,
+    n_train: int = 10000,
+    seed: int = 0,
+    batch_size: int = 256,
+    config: str = "tiny",
+    init_dir: Path | None = None,
+) -> Path:
+    """Train the tiny HiVLP in this process for ``steps`` steps and save it to ``out_dir``.
+
+    :func:`train_in_process` with the quickstart recipe on the synthetic training split (the
+    quickstart's data: ``split_seed(seed, "train")``), so benchmarks need neither Ray nor the
+    quickstart. ``init_dir`` continues a previous run (fresh optimizer and schedule, the loss
+    curriculum continues). The benchmarks only need embeddings whose low/high relation is that of a
+    trained model, not the best model.
+    """
     from hivlp_milvus.data import synthetic
     from hivlp_milvus.model import create_model
-    from hivlp_milvus.model.loss import HiVLPLoss, LossConfig
 
-    torch.manual_seed(seed)
-    records = synthetic.generate(n_train, seed=seed + 1000)
-    prev_steps = 0
+    records = synthetic.generate(n_train, seed=synthetic.split_seed(seed, "train"))
+    prev: dict[str, Any] = {}
     if init_dir is not None and (Path(init_dir) / "config.json").exists():  # continue a previous run
         from hivlp_milvus.model import HiVLP
 
         model = HiVLP.from_pretrained(init_dir)
-        try:
-            prev_steps = int(json.loads((Path(init_dir) / "bench_train.json").read_text())["steps"])
-        except (OSError, KeyError, ValueError):
-            prev_steps = 0
+        with contextlib.suppress(OSError, ValueError):
+            prev = json.loads((Path(init_dir) / "bench_train.json").read_text())
     else:
         model = create_model(config, texts=[c for r in records for c in r.captions], seed=seed)
-    model.train()
-    pixels = model.preprocess_images([r.image for r in records])
-    group_names = sorted({r.group for r in records})
-    gid = {g: i for i, g in enumerate(group_names)}
-    groups = torch.tensor([gid[r.group] for r in records], dtype=torch.long)
-    loss_fn = HiVLPLoss(LossConfig(gather=False))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.05)
-    rng = np.random.default_rng(seed)
-    t0 = time.perf_counter()
-    step = prev_steps
-    while time.perf_counter() - t0 < seconds:
-        idx = rng.choice(n_train, size=batch_size, replace=False)
-        caps = [records[i].captions[rng.integers(len(records[i].captions))] for i in idx]
-        tok = model.tokenize(caps)
-        for g in opt.param_groups:
-            g["lr"] = 3e-4 * min(1.0, (step + 1) / 50)
-        out = model(pixels[idx], tok["input_ids"], tok["attention_mask"])
-        loss = loss_fn(out, groups[idx]).total
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        if step % 50 == 0:
-            log(f"train step {step} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f}s)")
-    model.eval()
+    prev_steps = int(prev.get("steps", 0))
+    info = train_in_process(
+        model, records, steps=steps, batch_size=batch_size, seed=seed, step_offset=prev_steps, label="train tiny"
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
-    (out_dir / "bench_train.json").write_text(
-        json.dumps(
-            {
-                "steps": step,
-                "seconds": time.perf_counter()
-                - t0
-                + (
-                    json.loads((Path(init_dir) / "bench_train.json").read_text()).get("seconds", 0) if prev_steps else 0
-                ),
-                "batch_size": batch_size,
-                "n_train": n_train,
-            }
-        )
-    )
+    info["steps"] += prev_steps
+    info["seconds"] += float(prev.get("seconds", 0.0))
+    (out_dir / "bench_train.json").write_text(json.dumps(_jsonable(info)))
     return out_dir
 
 
-def obtain_model(model_dir: str | Path | None = None, *, train_seconds: float = 180.0) -> tuple[Any, dict[str, Any]]:
+def obtain_model(model_dir: str | Path | None = None, *, train_steps: int = 120) -> tuple[Any, dict[str, Any]]:
     """The model the benchmark embeds with: ``--model DIR`` if given, else the cached trained tiny model.
 
     Returns ``(model, info)``; info says where it came from.
@@ -330,11 +450,13 @@ def obtain_model(model_dir: str | Path | None = None, *, train_seconds: float = 
         return HiVLP.from_pretrained(model_dir), {"source": "given", "path": str(model_dir)}
     cached = CACHE_DIR / "model"
     if not (cached / "config.json").exists():
-        log(f"training the tiny model in-process for {train_seconds:.0f}s -> {cached}")
-        train_tiny_model(cached, seconds=train_seconds)
+        log(f"training the tiny model in-process for {train_steps} steps -> {cached}")
+        train_tiny_model(cached, steps=train_steps)
     info = {"source": "benchmarks/common.py:train_tiny_model (cached)", "path": str(cached)}
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, ValueError):
         info.update(json.loads((cached / "bench_train.json").read_text()))
+    if "recipe" not in info:
+        log(f"note: the cached model {cached} predates the quickstart recipe; delete it to retrain")
     return HiVLP.from_pretrained(cached), info
 
 

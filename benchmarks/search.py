@@ -814,9 +814,7 @@ def plot(result: dict[str, Any], plots_dir: Path) -> list[str]:
     for ax, mode in zip(axes, ("single", "batch32"), strict=False):
         for kind, c in colors.items():
             xs, ys = [], []
-            for size in sorted(
-                _one_per_size(result["sizes"]), key=lambda s: s["rows"]
-            ):
+            for size in sorted(_one_per_size(result["sizes"]), key=lambda s: s["rows"]):
                 ok = [
                     r
                     for r in size["contenders"]
@@ -854,7 +852,7 @@ def run(
     smoke: bool = False,
     model_dir: str | None = None,
     real_max: int = 10_000,
-    train_seconds: float = 240.0,
+    train_steps: int = 120,
     results_dir: Path | None = None,
     plots_dir: Path | None = None,
     cache_dir: Path | None = None,
@@ -875,7 +873,7 @@ def run(
         model = create_model("micro", texts=[c for r in recs for c in r.captions], seed=0)
         model_info = {"source": "untrained micro model (smoke)"}
     else:
-        model, model_info = obtain_model(model_dir, train_seconds=train_seconds)
+        model, model_info = obtain_model(model_dir, train_steps=train_steps)
     real_sizes = [s for s in sizes if s <= real_max]
     real_n = max(real_sizes) if real_sizes else min(real_max, max(sizes))
     log(f"real embeddings: {real_n} images")

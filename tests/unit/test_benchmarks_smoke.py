@@ -99,7 +99,15 @@ def test_ingest_and_train_smoke_and_report(search_result: dict) -> None:
     (rd / "search_smoke.json").rename(rd / "search.json")
     out = report.write_report(results_dir=rd, out=tmp / "BENCHMARKS.md")
     text = out.read_text()
-    for heading in ("# Benchmarks", "## Search", "## Ingest", "## Serving", "## Training", "## Reproduce"):
+    for heading in (
+        "# Benchmarks",
+        "## Search",
+        "## Ingest",
+        "## Serving",
+        "## Training",
+        "## Quality",
+        "## Reproduce",
+    ):
         assert heading in text
 
 
@@ -110,3 +118,40 @@ def test_bench_command_registered() -> None:
     assert args.what == "search"
     assert args.smoke
     assert args.sizes == ["500"]
+
+
+def test_in_process_loop_passes_the_step_to_the_loss() -> None:
+    """The shortlist term is off before its start step and on from it (the collapse fix)."""
+    from benchmarks.common import Recipe, train_in_process
+    from hivlp_milvus.data import synthetic
+    from hivlp_milvus.model import create_model
+
+    recipe = Recipe.quickstart()
+    cfg = recipe.loss_config(240)
+    assert 0 < cfg.shortlist_start_step < 240
+    assert cfg.shortlist_start_step == round(240 * recipe.shortlist_start_fraction)
+    assert recipe.loss_config(240, shortlist_start_step=0).shortlist_start_step == 0
+    records = synthetic.generate(24, seed=3, image_size=32)
+    seen = {}
+    for steps in (2, 3):
+        model = create_model("micro", texts=[c for r in records for c in r.captions], seed=0)
+        info = train_in_process(
+            model, records, steps=steps, batch_size=8, loss=recipe.loss_config(steps, shortlist_start_step=2)
+        )
+        assert info["steps"] == steps
+        assert not model.training
+        seen[steps] = info["last_loss"]
+    assert "shortlist" not in seen[2]  # the last step of a 2-step run is step 1 < 2
+    assert "shortlist" in seen[3]
+
+
+def test_train_tiny_model_saves_a_model_with_its_recipe(tmp_path: Path) -> None:
+    from benchmarks.common import train_tiny_model
+    from hivlp_milvus.model import HiVLP
+
+    out = train_tiny_model(tmp_path / "m", steps=2, n_train=24, batch_size=8, config="micro")
+    info = json.loads((out / "bench_train.json").read_text())
+    assert info["steps"] == 2
+    assert info["recipe"]["source"] == "training/configs/quickstart.yaml"
+    assert info["loss_config"]["shortlist_start_step"] == round(2 * info["recipe"]["shortlist_start_fraction"])
+    assert HiVLP.from_pretrained(out).config.low_dim == 16
