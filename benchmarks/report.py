@@ -479,6 +479,123 @@ def train_section(res: dict[str, Any]) -> str:
     return "\n".join(lines + [""])
 
 
+def _pct(x: Any) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+QUALITY_HEAD = [
+    "low AR",
+    "high AR",
+    "hier@10 AR",
+    "hier@50 AR",
+    "t2i R@1 low",
+    "t2i R@1 high",
+    "t2i R@1 hier@50",
+    "low / high",
+    "hier@50 / high",
+    "shortlist recall @10",
+    "shortlist recall @50",
+    "train s",
+]
+
+
+def _quality_cells(r: dict[str, Any]) -> list[str]:
+    s = r["summary"]
+    ar, r1 = s["AR"], s["t2i_R@1"]
+    return [
+        _pct(ar.get("low")),
+        _pct(ar.get("high")),
+        _pct(ar.get("hier@10")),
+        _pct(ar.get("hier@50")),
+        _pct(r1.get("low")),
+        _pct(r1.get("high")),
+        _pct(r1.get("hier@50")),
+        _pct(s.get("low_over_high")) + " %",
+        _pct(s.get("hier@50_over_high")) + " %",
+        _pct(s.get("shortlist_recall@10")),
+        _pct(s.get("shortlist_recall@50")),
+        _f(r["train"]["seconds"], 0) if not r.get("reused") else f"(= {r['reused']})",
+    ]
+
+
+def _weights(w: dict[str, float]) -> str:
+    return " / ".join(f"{w.get(k, 0):g}" for k in ("low", "high", "consistency", "shortlist"))
+
+
+def quality_section(res: dict[str, Any], quick: dict[str, Any] | None = None) -> str:
+    rec = res["recipe"]
+    start = round(rec["shortlist_start_fraction"] * res["steps"])
+    lines = [
+        "## Quality: the coarse dimension and the loss terms",
+        "",
+        f"Command: `{res.get('command')}` — wall time {res.get('wall_s', 0) / 60:.0f} min "
+        f"({res.get('torch_threads')} torch threads). The `{res['config']}` config trained from scratch in "
+        f"one process (`benchmarks/common.py:train_in_process`, no Ray) for **{res['steps']} steps of batch "
+        f"{res['batch_size']}** on {res['n_train']:,} synthetic scenes with the quickstart recipe (AdamW lr "
+        f"{rec['lr']:g}, {rec['warmup_steps']}-step warm-up, cosine to {rec['min_lr_ratio']:g}× lr, clip "
+        f"{rec['clip_norm']:g}; shortlist term from step {start}) — the same seed, data and batch order "
+        f"for every run. Evaluated with `hivlp_milvus.eval.evaluate` (exact scores, pessimistic ties) on "
+        f"{res['n_test']:,} test images and {res['n_test_captions']:,} captions. AR = mean of R@1/5/10 "
+        "in both directions; all recalls in %; chance R@1 is about 0.1 %. `low / high` and "
+        "`hier@50 / high` are ARs relative to high-only (target for the funnel: ≥ 99 %); shortlist "
+        "recall = share of queries whose first relevant item survives the coarse top-K.",
+        "",
+    ]
+    sweep = sorted(res.get("sweep") or [], key=lambda r: r["low_dim"])
+    if sweep:
+        lines += [
+            f"### `low_dim` sweep (full loss, high_dim {res['high_dim']})",
+            "",
+            _table(["low_dim", *QUALITY_HEAD], [[r["low_dim"], *_quality_cells(r)] for r in sweep]),
+            "",
+        ]
+        fd = res.get("findings") or {}
+        if fd:
+            trails = fd.get("low_trails_at") or []
+            holds = fd.get("funnel_holds_at") or []
+            lines += [
+                f"Low-only below {100 * fd['target']:.0f} % of the high-only AR at low_dim: "
+                + (", ".join(map(str, trails)) if trails else "none")
+                + f"; funnel (hier@{fd['coarse_k']}) at ≥ {100 * fd['target']:.0f} % of high-only at low_dim: "
+                + (", ".join(map(str, holds)) if holds else "none")
+                + (
+                    " — the smallest coarse dimension that keeps the funnel is "
+                    f"**{fd['smallest_low_dim_funnel_holds']}**."
+                    if fd.get("smallest_low_dim_funnel_holds") is not None
+                    else "."
+                ),
+                "",
+            ]
+    ablation = res.get("ablation") or []
+    if ablation:
+        lines += [
+            f"### Loss ablation (low_dim {res.get('ablation_low_dim')}; weights low / high / consistency / shortlist)",
+            "",
+            _table(
+                ["run", "weights", *QUALITY_HEAD],
+                [[r["name"], _weights(r["weights"]), *_quality_cells(r)] for r in ablation],
+            ),
+            "",
+            "In the one-level run the low head receives no gradient: its low-only and hier@K rows rank "
+            "with a random projection and are shown only for completeness.",
+            "",
+        ]
+    if quick:
+        rows = [[r["name"], *_quality_cells(r)] for r in quick.get("sweep") or []]
+        lines += [
+            "### The short check inside `make bench`",
+            "",
+            f"`make bench` (`bench all`) runs a shortened version to stay near its time budget: "
+            f"{', '.join(r['name'] for r in quick.get('sweep') or [])}, {quick['steps']} steps, no ablation "
+            f"(`{quick.get('command')}`, {quick.get('date')}, wall time {quick.get('wall_s', 0) / 60:.0f} min; "
+            f"written to `quality_quick.json`, so it never replaces the full run above):",
+            "",
+            _table(["run", *QUALITY_HEAD], rows),
+            "",
+        ]
+    return "\n".join(lines)
+
+
 def machine_section(docs: list[dict[str, Any]]) -> str:
     m = docs[0]["machine"]
     v = m["versions"]
@@ -502,11 +619,12 @@ def machine_section(docs: list[dict[str, Any]]) -> str:
 REPRO = """## Reproduce
 
 ```
-make bench                                   # = hivlp-milvus bench all (search, ingest, serve, train, report)
+make bench                                   # = hivlp-milvus bench all (search ingest serve train quality report)
 hivlp-milvus bench search --sizes 10k 100k 1M [--model DIR] [--real-max 100k] [--rebuild]
 hivlp-milvus bench ingest [--sizes 50k]
 hivlp-milvus bench serve                     # runs benchmarks/serve.py in a separate process
 hivlp-milvus bench train [--steps 40]
+hivlp-milvus bench quality [--steps 240] [--low-dims 4 8 16 32]   # ~8 training runs, ~40+ min on 2 cores
 hivlp-milvus bench report                    # regenerates this file from benchmarks/results/*.json
 hivlp-milvus bench search --smoke            # the smoke version (tests/unit/test_benchmarks_smoke.py)
 ```
@@ -518,7 +636,9 @@ Built Milvus Lite databases, the benchmark's tiny model and its embeddings are c
 
 def write_report(results_dir: Path | None = None, out: Path | None = None) -> Path:
     rd = Path(results_dir or RESULTS_DIR)
-    search, ingest, serve, train = (_load(n, rd) for n in ("search", "ingest", "serve", "train"))
+    search, ingest, serve, train, quality, quality_quick = (
+        _load(n, rd) for n in ("search", "ingest", "serve", "train", "quality", "quality_quick")
+    )
     # Hand-written findings (what bounds the numbers, caveats) live next to the numbers they discuss.
     analysis = _load("analysis", rd) or {}
     notes = (
@@ -526,7 +646,7 @@ def write_report(results_dir: Path | None = None, out: Path | None = None) -> Pa
         if isinstance(analysis.get("markdown"), list)
         else str(analysis.get("markdown", ""))
     )
-    docs = [d for d in (search, ingest, train) if d]
+    docs = [d for d in (search, ingest, train, quality, quality_quick) if d]
     parts = [
         "# Benchmarks",
         "",
@@ -541,6 +661,10 @@ def write_report(results_dir: Path | None = None, out: Path | None = None) -> Pa
     parts.append(ingest_section(ingest) if ingest else "## Ingest\n\nNot measured yet.\n")
     parts.append(serve_section(serve))
     parts.append(train_section(train) if train else "## Training\n\nNot measured yet.\n")
+    if quality or quality_quick:
+        parts.append(quality_section(quality or quality_quick, quality_quick if quality else None))
+    else:
+        parts.append("## Quality\n\nNot measured yet.\n")
     parts.append(REPRO)
     path = Path(out or OUT)
     path.write_text("\n".join(parts))

@@ -1,10 +1,11 @@
-"""``hivlp-milvus bench``: run the benchmarks (search, ingest, serve, train) and regenerate BENCHMARKS.md.
+"""``hivlp-milvus bench``: run the benchmarks (search, ingest, serve, train, quality) and regenerate BENCHMARKS.md.
 
 The benchmarks live in the top-level ``benchmarks/`` directory of the repository (next to
 ``hivlp_milvus/``), not in the installed package: run this from the repository root.
 
-    hivlp-milvus bench all                     # what `make bench` runs (~20 min here)
+    hivlp-milvus bench all                     # what `make bench` runs (quality shortened)
     hivlp-milvus bench search --sizes 10k 100k 1M
+    hivlp-milvus bench quality                 # low_dim sweep + loss ablation (~8 training runs)
     hivlp-milvus bench report                  # BENCHMARKS.md from benchmarks/results/*.json
     hivlp-milvus bench search --smoke          # seconds; checks the benchmark works
 """
@@ -20,12 +21,21 @@ from typing import Any
 
 from hivlp_milvus.errors import ConfigError
 
-WHAT = ("search", "ingest", "serve", "train", "all", "report")
+WHAT = ("search", "ingest", "serve", "train", "quality", "all", "report")
+
+#: What ``bench all`` runs of the quality benchmark: one training run instead of eight, so that
+#: ``make bench`` stays near its time budget (the full sweep is ``bench quality``). Written to
+#: ``quality_quick.json``, so it never replaces a full run's ``quality.json``.
+QUALITY_IN_ALL = {"steps": 120, "low_dims": (32,), "ablation": False, "name": "quality_quick"}
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="run the benchmarks and regenerate BENCHMARKS.md (from the repo root)")
-    p.add_argument("what", choices=WHAT, help="which benchmark ('all' = search, ingest, serve, train, then report)")
+    p.add_argument(
+        "what",
+        choices=WHAT,
+        help="which benchmark ('all' = search, ingest, serve, train, a short quality run, then report)",
+    )
     p.add_argument(
         "--sizes",
         nargs="*",
@@ -42,7 +52,20 @@ def register(subparsers: Any) -> None:
         help="search: largest gallery of real model embeddings (100k = ~10 min of encoding)",
     )
     p.add_argument("--rebuild", action="store_true", help="search: rebuild the cached Milvus Lite databases")
-    p.add_argument("--steps", type=int, default=40, help="train: optimizer steps per run")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train: optimizer steps per run (default 40); quality: training steps per model (default 240; "
+        "'all' runs quality with 120 steps at low_dim 32 only)",
+    )
+    p.add_argument(
+        "--low-dims",
+        type=int,
+        nargs="+",
+        default=None,
+        help="quality: the low_dim sweep (default 4 8 16 32; the loss ablation runs at 32)",
+    )
     p.add_argument("--no-report", action="store_true", help="do not regenerate BENCHMARKS.md afterwards")
     p.set_defaults(func=run)
 
@@ -113,7 +136,20 @@ def run(args: argparse.Namespace) -> int:
     if what in ("train", "all"):
         from benchmarks import train
 
-        train.run(smoke=smoke, steps=args.steps, name="train" + suffix)
+        train.run(smoke=smoke, steps=args.steps or 40, name="train" + suffix)
+    if what in ("quality", "all"):
+        from benchmarks import quality
+
+        if what == "all":
+            kwargs: dict[str, Any] = dict(QUALITY_IN_ALL)
+            kwargs["name"] += suffix
+        else:
+            kwargs = {"name": "quality" + suffix}
+            if args.steps:
+                kwargs["steps"] = args.steps
+            if args.low_dims:
+                kwargs["low_dims"] = tuple(args.low_dims)
+        quality.run(smoke=smoke, **kwargs)
     if (what == "report" or (what == "all" and not args.no_report)) and not smoke:
         from benchmarks import report
 

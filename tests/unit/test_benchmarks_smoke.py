@@ -120,6 +120,13 @@ def test_bench_command_registered() -> None:
     assert args.sizes == ["500"]
 
 
+def test_bench_quality_command_flags() -> None:
+    from hivlp_milvus.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "quality", "--steps", "60", "--low-dims", "8", "32", "--smoke"])
+    assert (args.what, args.steps, args.low_dims, args.smoke) == ("quality", 60, [8, 32], True)
+
+
 def test_in_process_loop_passes_the_step_to_the_loss() -> None:
     """The shortlist term is off before its start step and on from it (the collapse fix)."""
     from benchmarks.common import Recipe, train_in_process
@@ -155,3 +162,41 @@ def test_train_tiny_model_saves_a_model_with_its_recipe(tmp_path: Path) -> None:
     assert info["recipe"]["source"] == "training/configs/quickstart.yaml"
     assert info["loss_config"]["shortlist_start_step"] == round(2 * info["recipe"]["shortlist_start_fraction"])
     assert HiVLP.from_pretrained(out).config.low_dim == 16
+
+
+def test_quality_smoke_json_and_report(tmp_path: Path) -> None:
+    from benchmarks import quality, report
+
+    rd = tmp_path / "results"
+    doc = json.loads(Path(quality.run(smoke=True, low_dims=(4, 8), ablation_low_dim=8, results_dir=rd)).read_text())
+    assert doc["benchmark"] == "quality"
+    assert doc["smoke"]
+    assert doc["config"] == "micro"
+    assert [r["low_dim"] for r in doc["sweep"]] == [4, 8]
+    assert [r["name"] for r in doc["ablation"]] == list(quality.ABLATION)
+    assert doc["ablation"][-1]["reused"] == "full@8"
+    assert all(r["low_dim"] == 8 for r in doc["ablation"])
+    for r in doc["sweep"] + doc["ablation"]:
+        assert set(r["rows"]) == {"low", "high", "hier@10", "hier@50"}
+        assert r["eval_meta"]["low_dim"] == r["low_dim"]
+        assert r["eval_meta"]["n_images"] == doc["n_test"]
+        for row in r["rows"].values():
+            assert 0.0 <= row["text_to_image_R@1"] <= row["text_to_image_R@5"] <= row["text_to_image_R@10"] <= 1.0
+            assert 0.0 < row["AR"] <= 1.0
+        s = r["summary"]
+        assert s["AR"]["low"] == r["rows"]["low"]["AR"]
+        assert s["low_over_high"] == pytest.approx(r["rows"]["low"]["AR"] / r["rows"]["high"]["AR"])
+        assert 0.0 <= s["shortlist_recall@10"] <= s["shortlist_recall@50"] <= 1.0
+        assert r["train"]["steps"] == doc["steps"] >= 1
+        lc = r["train"]["loss_config"]
+        assert {k: lc[k] for k in r["weights"]} == r["weights"]
+        assert 0 <= lc["shortlist_start_step"] <= doc["steps"]
+    # text -> image: a shortlist of 50 >= the 40-image gallery, so the funnel is the high-only ranking
+    for r in doc["sweep"]:
+        assert r["summary"]["t2i_R@1"]["hier@50"] == r["summary"]["t2i_R@1"]["high"]
+    fd = doc["findings"]
+    assert set(fd["low_trails_at"]) | set(fd["funnel_holds_at"]) <= {4, 8}
+    out = report.write_report(results_dir=rd, out=tmp_path / "BENCHMARKS.md")
+    text = out.read_text()
+    for heading in ("## Quality", "`low_dim` sweep", "### Loss ablation", "| full | 1 / 1 / 1 / 0.5 |"):
+        assert heading in text
