@@ -57,6 +57,8 @@ _REQUEST_BUDGET_BYTES = 32 * 1024 * 1024
 _SCALAR_ALLOWANCE_BYTES = 2048  # id + key + modality + a typical reference and attributes
 _ID_CHUNK = 10000  # ids per get/query request
 _ROWS_CACHE_S = 30.0
+# How long open() waits for the partitions of a collection another process is creating right now.
+PARTIAL_CREATE_WAIT_S = 10.0
 
 
 @lru_cache(maxsize=1)
@@ -120,6 +122,44 @@ def _model_dims(model: Any) -> tuple[int, int]:
         raise ConfigError(f"model {type(model).__name__} has no config.low_dim / config.high_dim") from exc
 
 
+def _create_partitions(client: Any, name: str) -> None:
+    """The per-modality partitions, created when missing; safe when several processes race.
+
+    One partition per modality: Milvus builds ANN indexes per segment and segments belong to a
+    partition, so each modality gets its own IVF cells. With one shared index the modality gap
+    (image and text vectors occupy different regions) puts a text query's nearest cells among
+    *texts*, and a "modality == image" filter then empties the result.
+    """
+    from pymilvus.exceptions import MilvusException
+
+    for modality in MODALITIES:
+        if client.has_partition(name, modality):
+            continue
+        try:
+            client.create_partition(name, modality)
+        except MilvusException:
+            if not client.has_partition(name, modality):  # not a lost race: a real failure
+                raise
+
+
+def _partitions_when_complete(client: Any, name: str, wait_s: float = PARTIAL_CREATE_WAIT_S) -> set[str]:
+    """The collection's partitions, waiting briefly while a concurrent ``create`` is adding ours.
+
+    ``create`` makes the collection first and its partitions a moment later, so another process
+    opening it in between (two ingests starting at once) must wait, not call it foreign.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        partitions = set(client.list_partitions(name))
+        if set(MODALITIES) <= partitions or time.monotonic() >= deadline:
+            return partitions
+        time.sleep(0.2)
+
+
+class _CreatedConcurrently(Exception):
+    """Creating the collection failed because another process had just created it."""
+
+
 def _model_fingerprint(model: Any) -> str:
     return str(getattr(model, "fingerprint", "") or "")
 
@@ -178,6 +218,9 @@ class HierarchicalCollection:
     ) -> HierarchicalCollection:
         """Create a collection (schema, both indexes, properties) and load it.
 
+        Safe to call from several processes at once with ``exist_ok=True`` (e.g. parallel ingest
+        jobs into a new collection): one creates it, the others open it.
+
         Args:
             name: collection name.
             client: a connected ``MilvusClient`` (else one is made from ``uri``/``token``).
@@ -217,14 +260,7 @@ class HierarchicalCollection:
         client = client if client is not None else connect(uri, token=token)
 
         if client.has_collection(name):
-            if not exist_ok:
-                raise CollectionExistsError(
-                    f"collection {name!r} already exists; open it with HierarchicalCollection.open({name!r}), "
-                    "pass exist_ok=True, or drop it first"
-                )
-            col = cls.open(name, client=client, model=model)
-            col._check_dims(low_dim, high_dim)
-            return col
+            return cls._open_existing(name, client, model, low_dim, high_dim, exist_ok=exist_ok)
 
         auto = profile == "auto"
         resolved = resolve_profile(profile, client).with_expected_rows(expected_rows)
@@ -233,6 +269,11 @@ class HierarchicalCollection:
             cls._create_in_milvus(
                 client, name, low_dim, high_dim, resolved, fingerprint, description, consistency_level, kwargs
             )
+        except _CreatedConcurrently as exc:
+            # Another process created it between our check and our create (two ingests starting
+            # on a new collection at once): the race is lost, not an error.
+            logger.info("collection %r was created concurrently (%s); opening it", name, exc.__cause__)
+            return cls._open_existing(name, client, model, low_dim, high_dim, exist_ok=exist_ok)
         except MilvusException as exc:
             if not (auto and resolved.fallback):
                 if resolved.name == "gpu":
@@ -275,21 +316,41 @@ class HierarchicalCollection:
             PROP_LOW_INDEX: json.dumps(profile.low.build_params, sort_keys=True),
         }
         properties.update(kwargs.pop("properties", None) or {})
-        # schema + index_params: pymilvus creates, builds both indexes and loads in one call.
-        client.create_collection(
-            name,
-            schema=schema,
-            index_params=profile.index_params(lite=lite),
-            consistency_level=consistency_level,
-            properties=properties,
-            **kwargs,
-        )
-        # One partition per modality: Milvus builds ANN indexes per segment and segments belong
-        # to a partition, so each modality gets its own IVF cells. With one shared index the
-        # modality gap (image and text vectors occupy different regions) puts a text query's
-        # nearest cells among *texts*, and a "modality == image" filter then empties the result.
-        for modality in MODALITIES:
-            client.create_partition(name, modality)
+        # Create, index, partition, load: what create_collection(index_params=...) does in one
+        # call, in steps so that a failed create (a lost race) is told apart from a refused index
+        # (the GPU profile on a CPU server, which falls back).
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            client.create_collection(
+                name, schema=schema, consistency_level=consistency_level, properties=properties, **kwargs
+            )
+        except MilvusException as exc:
+            if client.has_collection(name):
+                raise _CreatedConcurrently(name) from exc
+            raise
+        client.create_index(name, profile.index_params(lite=lite))
+        _create_partitions(client, name)
+        client.load_collection(name)
+
+    @classmethod
+    def _open_existing(
+        cls, name: str, client: Any, model: Any, low_dim: int, high_dim: int, *, exist_ok: bool
+    ) -> HierarchicalCollection:
+        """``create`` on a collection that exists: open it, or refuse without ``exist_ok``."""
+        if not exist_ok:
+            raise CollectionExistsError(
+                f"collection {name!r} already exists; open it with HierarchicalCollection.open({name!r}), "
+                "pass exist_ok=True, or drop it first"
+            )
+        # A concurrent creator makes the collection first and its partitions right after: finish
+        # its job (idempotently) rather than reject the half-made collection as foreign.
+        props = client.describe_collection(name).get("properties") or {}
+        if PROP_SCHEMA_VERSION in {str(k) for k in props}:
+            _create_partitions(client, name)
+        col = cls.open(name, client=client, model=model)
+        col._check_dims(low_dim, high_dim)
+        return col
 
     @classmethod
     def open(
@@ -340,7 +401,7 @@ class HierarchicalCollection:
                 f"collection {name!r} has schema version {props[PROP_SCHEMA_VERSION]}, this hivlp_milvus writes "
                 f"version {schema_version()}; re-ingest into a new collection"
             )
-        partitions = set(client.list_partitions(name))
+        partitions = _partitions_when_complete(client, name)
         if not set(MODALITIES) <= partitions:
             raise SchemaMismatchError(
                 f"collection {name!r} lacks the per-modality partitions {list(MODALITIES)} (it has "

@@ -67,7 +67,7 @@ def _child(role: str, results: Any, go: Any, body: Any) -> None:
         raise
 
 
-def _writer(writer: int, uri: str, token: str, name: str, results: Any, go: Any) -> None:
+def _writer(writer: int, uri: str, token: str, name: str, results: Any, go: Any, create: bool = False) -> None:
     def body() -> dict[str, Any]:
         from hivlp_milvus.ingest import ingest
 
@@ -77,7 +77,7 @@ def _writer(writer: int, uri: str, token: str, name: str, results: Any, go: Any)
                 yield record
 
         report = ingest(paced(), uri=uri, token=token or None, collection_name=name, write_batch_rows=25,
-                        create=False, progress=False)  # fmt: skip
+                        create=create, expected_rows=WRITERS * PER_WRITER, progress=False)  # fmt: skip
         return report.to_dict()
 
     _child(f"writer-{writer}", results, go, body)
@@ -219,3 +219,40 @@ def test_two_writers_and_a_searcher_in_parallel(milvus_server: Any) -> None:
         assert stats["final_found"] == 20  # after the writes every sampled row is its own top hit
     finally:
         coll.drop()
+
+
+def test_two_ingests_creating_the_same_new_collection_at_once(milvus_server: Any) -> None:
+    """Both writers find no collection and create it at the same moment: one wins, the other opens it.
+
+    Before the fix, one of the two failed every time ("collection already exists", the Lite
+    server's "File exists", or a SchemaMismatchError on the half-made collection without its
+    partitions).
+    """
+    uri, token = milvus_server.uri, milvus_server.token
+    name = f"race_{uuid.uuid4().hex[:10]}"
+    ctx = mp.get_context("spawn")
+    results, go, writers_done = ctx.Queue(), ctx.Event(), ctx.Event()
+    procs = [
+        ctx.Process(target=_writer, args=(w, uri, token, name, results, go, True), name=f"writer-{w}")
+        for w in range(WRITERS)
+    ]
+    # The searcher's slot: _run_children waits for every process, so give it one that ends at once.
+    procs.append(ctx.Process(target=_idle, args=(results, go), name="idle"))
+    try:
+        done, errors = _run_children(procs, results, go, writers_done)
+        assert not errors, "\n".join(errors)
+        for w in range(WRITERS):
+            assert (done[f"writer-{w}"]["inserted"], done[f"writer-{w}"]["failed"]) == (PER_WRITER, [])
+        coll = HierarchicalCollection.open(name, uri=uri, token=token or None)
+        coll.flush()
+        assert coll.count() == WRITERS * PER_WRITER
+    finally:
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(uri=uri, token=token or "")
+        if client.has_collection(name):
+            client.drop_collection(name)
+
+
+def _idle(results: Any, go: Any) -> None:
+    _child("idle", results, go, lambda: None)
