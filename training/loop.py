@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import sys
@@ -141,6 +142,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from hivlp_milvus.model.loss import HiVLPLoss, LossConfig
 
     spec = LoopSpec.from_dict(config)
+    _quiet_report_log()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     if not spec.use_gpu:
@@ -448,6 +450,20 @@ class _Progress:
     def print_checkpoint(self, metrics: dict[str, Any]) -> None:
         val = " ".join(f"{k[4:]} {v:.4f}" for k, v in metrics.items() if k.startswith("val_") and k.endswith("_AR"))
         _say(f"checkpoint at step {metrics['step']}" + (f" | {val}" if val else ""))
+
+
+def _quiet_report_log() -> None:
+    """Silence Ray Train V2's per-report INFO line on this worker.
+
+    It prints every ``ray.train.report`` call with the whole metrics dict, from every rank, which
+    buries our own progress lines (one per ``log_every_steps``) in the quickstart's output. The
+    logger is named after its module's file, so it is looked up through that module; if Ray moves
+    it, the line simply comes back.
+    """
+    with contextlib.suppress(ImportError):
+        from ray.train.v2._internal.execution import context as ray_train_context
+
+        logging.getLogger(ray_train_context.__file__).setLevel(logging.WARNING)
 
 
 def _say(message: str) -> None:
