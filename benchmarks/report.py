@@ -177,7 +177,7 @@ def search_section(res: dict[str, Any]) -> str:
         ]
         prow = []
         for k, v in prof.items():
-            if k.startswith("cprofile"):
+            if k.startswith("cprofile") or k == "engine_profile" or not isinstance(v, dict):
                 continue
             prow.append([k, _f(v.get("coarse_s")), _f(v.get("fine_s")), _f(v.get("total_s", v.get("search_s")))])
         lines += [_table(["path", "coarse ms", "fine ms", "total ms"], prow), ""]
@@ -205,7 +205,16 @@ def search_section(res: dict[str, Any]) -> str:
                     "",
                 ]
     eng = (prof or {}).get("engine_profile") or {}
-    if any(isinstance(v, dict) and "top" in v for v in eng.values()):
+    profiled_rows = sum(eng.get("segments") or [])
+    if eng and profiled_rows != big["rows"]:
+        # Before the engine lookup went by database path, it could profile another size's
+        # collection of the same name; such a profile says nothing about this size.
+        lines += [
+            f"(The engine profile in this JSON covers {profiled_rows:,} rows, not {big['rows']:,}: "
+            "it was taken on another size's database and is not shown.)",
+            "",
+        ]
+    elif any(isinstance(v, dict) and "top" in v for v in eng.values()):
         rows = []
         for k, v in eng.items():
             if isinstance(v, dict) and "top" in v:

@@ -625,7 +625,9 @@ def bench_size(
         "contenders": rows,
     }
     if plan.get("profile_queries"):
-        result["profile"] = profile_hier(col, q_low, q_high, plan["profile_queries"], coarse_list, default_nprobe)
+        result["profile"] = profile_hier(
+            col, q_low, q_high, plan["profile_queries"], coarse_list, default_nprobe, db_path=db_path
+        )
     return result
 
 
@@ -637,7 +639,14 @@ def _curve_from(data: dict[str, np.ndarray], gt: np.ndarray, q_low: np.ndarray, 
 
 
 def profile_hier(
-    col: Any, q_low: np.ndarray, q_high: np.ndarray, nq: int, coarse_list: list[int], default_nprobe: int | None
+    col: Any,
+    q_low: np.ndarray,
+    q_high: np.ndarray,
+    nq: int,
+    coarse_list: list[int],
+    default_nprobe: int | None,
+    *,
+    db_path: Path,
 ) -> dict[str, Any]:
     """Where the time of the hierarchical path goes: stage timings + cProfile of the Milvus Lite internals."""
     out: dict[str, Any] = {}
@@ -677,31 +686,28 @@ def profile_hier(
     pr.disable()
     out["cprofile_exact"] = _top_functions(pr, nq)
     try:  # the server side: the Lite engine called in this thread, so cProfile sees its work
-        out["engine_profile"] = profile_engine(col, q_low, q_high, min(nq, 3), coarse_list[-1])
+        out["engine_profile"] = profile_engine(col, db_path, q_low, q_high, min(nq, 3), coarse_list[-1])
     except Exception as exc:  # depends on milvus-lite internals
         out["engine_profile"] = {"error": repr(exc)}
     return out
 
 
-def profile_engine(col: Any, q_low: np.ndarray, q_high: np.ndarray, nq: int, coarse_limit: int) -> dict[str, Any]:
+def profile_engine(
+    col: Any, db_path: Path, q_low: np.ndarray, q_high: np.ndarray, nq: int, coarse_limit: int
+) -> dict[str, Any]:
     """cProfile of Milvus Lite's engine itself (no gRPC): coarse IVF search, exact FLAT search, get.
 
     ``MilvusClient(path)`` runs Lite's server in threads of this process; the client thread only
     sees ``grpc._channel._blocking``. Calling the engine's ``Collection`` directly shows where a
-    request's time goes (profiler overhead inflates Python-heavy parts ~3-4x).
+    request's time goes (profiler overhead inflates Python-heavy parts ~3-4x). The engine is looked
+    up by database path: every gallery size has its own database with a collection of the same name.
     """
     from milvus_lite.server_manager import server_manager_instance
 
-    eng = None
-    for _, (_, db, _) in list(server_manager_instance._servers.items()):
-        try:
-            if col.name in db.list_collections():
-                eng = db.get_collection(col.name)
-                break
-        except Exception:
-            continue
-    if eng is None:
-        return {"error": "Lite engine not found in this process"}
+    entry = server_manager_instance._servers.get(os.path.abspath(db_path))  # its key, as Lite makes it
+    if entry is None or col.name not in entry[1].list_collections():
+        return {"error": f"Lite engine of {db_path} not found in this process"}
+    eng = entry[1].get_collection(col.name)
     nprobe = (col.profile.low_search_params(coarse_limit, num_rows=col.approx_num_rows()).get("params") or {}).get(
         "nprobe"
     )

@@ -61,6 +61,25 @@ def test_search_smoke_json(search_result: dict) -> None:
         assert Path(f).stat().st_size > 1000
 
 
+def test_engine_profile_measures_the_database_it_is_given(tmp_path: Path) -> None:
+    """Every gallery size has its own database with a collection of the same name: the engine
+    profile must find this size's one (it once profiled the 10k database for the 1M row)."""
+    import numpy as np
+
+    from benchmarks import search
+
+    rng = np.random.default_rng(0)
+    cols = {}
+    for rows in (60, 90):
+        low = search._norm(rng.standard_normal((rows, 8)))
+        high = search._norm(rng.standard_normal((rows, 16)))
+        col, _, _ = search.build_or_open(tmp_path / f"g{rows}.db", low, high, with_ann_high=False)
+        cols[rows] = (col, tmp_path / f"g{rows}.db", low, high)
+    for rows, (col, path, low, high) in cols.items():
+        prof = search.profile_engine(col, path, low[:3], high[:3], 1, 10)
+        assert sum(prof["segments"]) == rows, prof
+
+
 def test_full_shortlist_is_exact(search_result: dict) -> None:
     size = search_result["sizes"][0]
     full = [r for r in size["contenders"] if r["kind"].startswith("hier") and r["coarse_limit"] >= size["rows"]]
