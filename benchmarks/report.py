@@ -541,13 +541,14 @@ def quality_section(res: dict[str, Any], quick: dict[str, Any] | None = None) ->
         f"({res.get('torch_threads')} torch threads). The `{res['config']}` config trained from scratch in "
         f"one process (`benchmarks/common.py:train_in_process`, no Ray) for **{res['steps']} steps of batch "
         f"{res['batch_size']}** on {res['n_train']:,} synthetic scenes with the quickstart recipe (AdamW lr "
-        f"{rec['lr']:g}, {rec['warmup_steps']}-step warm-up, cosine to {rec['min_lr_ratio']:g}× lr, clip "
+        f"{rec['lr']:g}, {rec['warmup_steps']}-step warm-up, cosine decay to {rec['min_lr_ratio']:g} × lr, clip "
         f"{rec['clip_norm']:g}; shortlist term from step {start}) — the same seed, data and batch order "
         f"for every run. Evaluated with `hivlp_milvus.eval.evaluate` (exact scores, pessimistic ties) on "
         f"{res['n_test']:,} test images and {res['n_test_captions']:,} captions. AR = mean of R@1/5/10 "
         "in both directions; all recalls in %; chance R@1 is about 0.1 %. `low / high` and "
         "`hier@50 / high` are ARs relative to high-only (target for the funnel: ≥ 99 %); shortlist "
-        "recall = share of queries whose first relevant item survives the coarse top-K.",
+        "recall = share of queries whose first relevant item survives the coarse top-K. `train s` is "
+        "wall time on the shared machine: it follows the load, not the run (the step count is fixed).",
         "",
     ]
     sweep = sorted(res.get("sweep") or [], key=lambda r: r["low_dim"])
@@ -628,7 +629,8 @@ def machine_section(docs: list[dict[str, Any]]) -> str:
 REPRO = """## Reproduce
 
 ```
-make bench                                   # = hivlp-milvus bench all (search ingest serve train quality report)
+make bench                                   # = hivlp-milvus bench all: search to 100k (search_quick.json), ingest,
+                                             #   serve, train, a short quality run, report (~20 min here)
 hivlp-milvus bench search --sizes 10k 100k 1M [--model DIR] [--real-max 100k] [--rebuild]
 hivlp-milvus bench ingest [--sizes 50k]
 hivlp-milvus bench serve                     # runs benchmarks/serve.py in a separate process
@@ -648,6 +650,7 @@ def write_report(results_dir: Path | None = None, out: Path | None = None) -> Pa
     search, ingest, serve, train, quality, quality_quick = (
         _load(n, rd) for n in ("search", "ingest", "serve", "train", "quality", "quality_quick")
     )
+    search = search or _load("search_quick", rd)  # `make bench` alone writes the 10k-100k run only
     # Hand-written findings (what bounds the numbers, caveats) live next to the numbers they discuss.
     analysis = _load("analysis", rd) or {}
     notes = (
