@@ -216,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=240)
     ap.add_argument("--low-dims", type=int, nargs="+", default=list(DEFAULT_LOW_DIMS))
     ap.add_argument("--no-ablation", action="store_true")
+    ap.add_argument("--name", default="quality", help="results/<name>.json (bench all: quality_quick)")
     a = ap.parse_args(argv)
-    print(run(smoke=a.smoke, steps=a.steps, low_dims=a.low_dims, ablation=not a.no_ablation))
+    print(run(smoke=a.smoke, steps=a.steps, low_dims=a.low_dims, ablation=not a.no_ablation, name=a.name))
     return 0
 
 
