@@ -630,7 +630,8 @@ REPRO = """## Reproduce
 
 ```
 make bench                                   # = hivlp-milvus bench all: search to 100k (search_quick.json), ingest,
-                                             #   serve, train, a short quality run, report (~20 min here)
+                                             #   serve, train, a short quality run, report (one cold run on a loaded
+                                             #   2-core machine: 33 min, 16 of them training its model)
 hivlp-milvus bench search --sizes 10k 100k 1M [--model DIR] [--real-max 100k] [--rebuild]
 hivlp-milvus bench ingest [--sizes 50k]
 hivlp-milvus bench serve                     # runs benchmarks/serve.py in a separate process

@@ -122,26 +122,6 @@ def _model_dims(model: Any) -> tuple[int, int]:
         raise ConfigError(f"model {type(model).__name__} has no config.low_dim / config.high_dim") from exc
 
 
-def _create_partitions(client: Any, name: str) -> None:
-    """The per-modality partitions, created when missing; safe when several processes race.
-
-    One partition per modality: Milvus builds ANN indexes per segment and segments belong to a
-    partition, so each modality gets its own IVF cells. With one shared index the modality gap
-    (image and text vectors occupy different regions) puts a text query's nearest cells among
-    *texts*, and a "modality == image" filter then empties the result.
-    """
-    from pymilvus.exceptions import MilvusException
-
-    for modality in MODALITIES:
-        if client.has_partition(name, modality):
-            continue
-        try:
-            client.create_partition(name, modality)
-        except MilvusException:
-            if not client.has_partition(name, modality):  # not a lost race: a real failure
-                raise
-
-
 def _partitions_when_complete(client: Any, name: str, wait_s: float = PARTIAL_CREATE_WAIT_S) -> set[str]:
     """The collection's partitions, waiting briefly while a concurrent ``create`` is adding ours.
 
@@ -330,7 +310,12 @@ class HierarchicalCollection:
                 raise _CreatedConcurrently(name) from exc
             raise
         client.create_index(name, profile.index_params(lite=lite))
-        _create_partitions(client, name)
+        # One partition per modality: Milvus builds ANN indexes per segment and segments belong
+        # to a partition, so each modality gets its own IVF cells. With one shared index the
+        # modality gap (image and text vectors occupy different regions) puts a text query's
+        # nearest cells among *texts*, and a "modality == image" filter then empties the result.
+        for modality in MODALITIES:
+            client.create_partition(name, modality)
         client.load_collection(name)
 
     @classmethod
@@ -343,11 +328,7 @@ class HierarchicalCollection:
                 f"collection {name!r} already exists; open it with HierarchicalCollection.open({name!r}), "
                 "pass exist_ok=True, or drop it first"
             )
-        # A concurrent creator makes the collection first and its partitions right after: finish
-        # its job (idempotently) rather than reject the half-made collection as foreign.
-        props = client.describe_collection(name).get("properties") or {}
-        if PROP_SCHEMA_VERSION in {str(k) for k in props}:
-            _create_partitions(client, name)
+        # A concurrent creator may not have added the partitions yet: open() waits for them.
         col = cls.open(name, client=client, model=model)
         col._check_dims(low_dim, high_dim)
         return col

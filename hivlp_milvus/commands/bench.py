@@ -3,7 +3,7 @@
 The benchmarks live in the top-level ``benchmarks/`` directory of the repository (next to
 ``hivlp_milvus/``), not in the installed package: run this from the repository root.
 
-    hivlp-milvus bench all                     # what `make bench` runs (~20 min: search to 100k, quality shortened)
+    hivlp-milvus bench all                     # what `make bench` runs (search to 100k, quality shortened)
     hivlp-milvus bench search --sizes 10k 100k 1M
     hivlp-milvus bench quality                 # low_dim sweep + loss ablation (~8 training runs)
     hivlp-milvus bench report                  # BENCHMARKS.md from benchmarks/results/*.json
@@ -90,9 +90,6 @@ def _benchmarks() -> Any:
 def _serve(args: argparse.Namespace) -> int:
     pkg = _benchmarks()
     root = Path(pkg.__file__).resolve().parent
-    if not (root / "serve.py").is_file():
-        print("bench serve: not available yet (benchmarks/serve.py, the Ray Serve load test, does not exist)")
-        return 0
     out = root / "results" / ("serve_smoke.json" if args.smoke else "serve.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(root / "serve.py"), "--out", str(out)]
@@ -112,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         from benchmarks import search
         from benchmarks.common import parse_sizes
 
-        # `bench all` (make bench) stops at 100k to stay near its ~20 min budget; the 1M gallery
+        # `bench all` (make bench) stops at 100k to stay near a ~20 min budget; the 1M gallery
         # alone takes ~10 min to build and ~15 min to measure here: `bench search --sizes ... 1M`.
         full = [10_000, 100_000] if what == "all" else [10_000, 100_000, 1_000_000]
         sizes = parse_sizes(args.sizes, [500] if smoke else full)
