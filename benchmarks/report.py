@@ -630,8 +630,9 @@ REPRO = """## Reproduce
 
 ```
 make bench                                   # = hivlp-milvus bench all: search to 100k (search_quick.json), ingest,
-                                             #   serve, train, a short quality run, report (one cold run on a loaded
-                                             #   2-core machine: 33 min, 16 of them training its model)
+                                             #   serve, train, a short quality run, report. On a clean clone of an
+                                             #   idle 2-core machine: 20.6 min with the 2.5 min install; 33 min when
+                                             #   another job held ~1.5 cores
 hivlp-milvus bench search --sizes 10k 100k 1M [--model DIR] [--real-max 100k] [--rebuild]
 hivlp-milvus bench ingest [--sizes 50k]
 hivlp-milvus bench serve                     # runs benchmarks/serve.py in a separate process
@@ -639,6 +640,9 @@ hivlp-milvus bench train [--steps 40]
 hivlp-milvus bench quality [--steps 240] [--low-dims 4 8 16 32]   # ~8 training runs, ~40+ min on 2 cores
 hivlp-milvus bench report                    # regenerates this file from benchmarks/results/*.json
 hivlp-milvus bench search --smoke            # the smoke version (tests/unit/test_benchmarks_smoke.py)
+python -m venv .venv-lite25 && .venv-lite25/bin/pip install milvus-lite==2.5.1
+hivlp-milvus bench engine --lite25-python .venv-lite25/bin/python [--sizes 100k 1M]   # Milvus' C++ engine
+hivlp-milvus bench engine --uri http://HOST:19530 [--token T]                          # or any Milvus server
 ```
 
 Built Milvus Lite databases, the benchmark's tiny model and its embeddings are cached under
@@ -671,6 +675,11 @@ def write_report(results_dir: Path | None = None, out: Path | None = None) -> Pa
     if docs:
         parts.append(machine_section(docs))
     parts.append(search_section(search) if search else "## Search\n\nNot measured yet.\n")
+    engine = _load("engine", rd)
+    if engine:
+        from benchmarks.report_engine import engine_section  # imports this module: import here
+
+        parts.append(engine_section(engine, search))
     parts.append(ingest_section(ingest) if ingest else "## Ingest\n\nNot measured yet.\n")
     parts.append(serve_section(serve))
     parts.append(train_section(train) if train else "## Training\n\nNot measured yet.\n")

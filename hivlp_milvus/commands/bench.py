@@ -8,6 +8,7 @@ The benchmarks live in the top-level ``benchmarks/`` directory of the repository
     hivlp-milvus bench quality                 # low_dim sweep + loss ablation (~8 training runs)
     hivlp-milvus bench report                  # BENCHMARKS.md from benchmarks/results/*.json
     hivlp-milvus bench search --smoke          # seconds; checks the benchmark works
+    hivlp-milvus bench engine --lite25-python .venv-lite25/bin/python   # the same requests on Milvus' C++ engine
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from hivlp_milvus.errors import ConfigError
 
-WHAT = ("search", "ingest", "serve", "train", "quality", "all", "report")
+WHAT = ("search", "ingest", "serve", "train", "quality", "engine", "all", "report")
 
 #: What ``bench all`` runs of the quality benchmark: one training run instead of eight, so that
 #: ``make bench`` stays near its time budget (the full sweep is ``bench quality``). Written to
@@ -51,7 +52,7 @@ def register(subparsers: Any) -> None:
         default="10k",
         help="search: largest gallery of real model embeddings (100k = ~10 min of encoding)",
     )
-    p.add_argument("--rebuild", action="store_true", help="search: rebuild the cached Milvus Lite databases")
+    p.add_argument("--rebuild", action="store_true", help="search, engine: rebuild the cached databases / collections")
     p.add_argument(
         "--steps",
         type=int,
@@ -65,6 +66,13 @@ def register(subparsers: Any) -> None:
         nargs="+",
         default=None,
         help="quality: the low_dim sweep (default 4 8 16 32; the loss ablation runs at 32)",
+    )
+    p.add_argument("--uri", default=None, help="engine: a running Milvus server to send the requests to")
+    p.add_argument("--token", default=None, help="engine: the server's token, if any")
+    p.add_argument(
+        "--lite25-python",
+        default=None,
+        help="engine: a Python with milvus-lite==2.5.* installed; its C++ server is started and stopped",
     )
     p.add_argument("--no-report", action="store_true", help="do not regenerate BENCHMARKS.md afterwards")
     p.set_defaults(func=run)
@@ -151,7 +159,20 @@ def run(args: argparse.Namespace) -> int:
             if args.low_dims:
                 kwargs["low_dims"] = tuple(args.low_dims)
         quality.run(smoke=smoke, **kwargs)
-    if (what == "report" or (what == "all" and not args.no_report)) and not smoke:
+    if what == "engine":  # not part of `all`: it needs a second Milvus (another venv or a server)
+        from benchmarks import engine
+        from benchmarks.common import parse_sizes
+
+        engine.run(
+            parse_sizes(args.sizes, [2_000] if smoke else [100_000, 1_000_000]),
+            uri=args.uri,
+            lite25_python=args.lite25_python,
+            token=args.token,
+            smoke=smoke,
+            rebuild=args.rebuild,
+            name="engine" + suffix,
+        )
+    if (what in ("report", "engine") or (what == "all" and not args.no_report)) and not smoke:
         from benchmarks import report
 
         path = report.write_report()

@@ -146,6 +146,30 @@ def test_bench_quality_command_flags() -> None:
     assert (args.what, args.steps, args.low_dims, args.smoke) == ("quality", 60, [8, 32], True)
 
 
+def test_bench_engine_command_flags() -> None:
+    from hivlp_milvus.cli import build_parser
+
+    p = build_parser()
+    args = p.parse_args(["bench", "engine", "--uri", "http://h:19530", "--token", "t", "--sizes", "1M"])
+    assert (args.what, args.uri, args.token, args.lite25_python, args.sizes) == (
+        "engine",
+        "http://h:19530",
+        "t",
+        None,
+        ["1M"],
+    )
+    assert p.parse_args(["bench", "engine", "--lite25-python", "/v/bin/python"]).lite25_python == "/v/bin/python"
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"uri": "http://h:19530", "lite25_python": "/v/bin/python"}])
+def test_engine_needs_exactly_one_milvus(kwargs: dict, tmp_path: Path) -> None:
+    from benchmarks import engine
+    from hivlp_milvus.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="exactly one of --uri"):
+        engine.run([500], smoke=True, results_dir=tmp_path, cache_dir=tmp_path, **kwargs)
+
+
 def test_in_process_loop_passes_the_step_to_the_loss() -> None:
     """The shortlist term is off before its start step and on from it (the collapse fix)."""
     from benchmarks.common import Recipe, train_in_process
