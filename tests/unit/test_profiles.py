@@ -114,7 +114,8 @@ def test_search_params_sizing() -> None:
     assert sp["metric_type"] == "IP"
     assert sp["params"] == {"nprobe": 128}
     cpu = load_profile("cpu").with_low_build_params({"nlist": 1000})
-    assert cpu.low_search_params(100)["params"]["nprobe"] == 32
+    assert cpu.low_search_params(100)["params"]["nprobe"] == 100  # a tenth of the lists
+    assert load_profile("cpu").with_low_build_params({"nlist": 64}).low_search_params(10)["params"]["nprobe"] == 32
     # 4x oversampling: 4 * 500 * 1000 / 10000 = 200 lists
     assert cpu.low_search_params(500, num_rows=10_000)["params"]["nprobe"] == 200
     assert cpu.low_search_params(5000, num_rows=10_000)["params"]["nprobe"] == 1000  # capped at nlist
