@@ -9,12 +9,19 @@
    * ``rerank="client"``: one ``get`` of ``vec_high`` for the union of the shortlists, then a numpy
      dot product per query.
 
-   ``"auto"`` is the path the benchmark measured faster: **client**. At 1M rows
-   (BENCHMARKS.md, interleaved runs) the client path served 1.94x the exact search's single-query
-   throughput against 1.17x for the server path, and 0.18x vs 0.07x for batches of 32: the server
-   path is a second full request per query, and Milvus Lite's per-request cost grows with the
-   collection. With a user filter the gap widens (the server path re-evaluates the filter once per
-   query; a JSON-attribute filter costs Lite ~1-3 s per evaluation at 20k rows).
+   ``"auto"`` is the path the benchmarks measured faster on each engine:
+
+   * **Milvus Lite 3** (a ``.db`` path or ``milvus-lite server``): **client**. At 1M rows
+     (BENCHMARKS.md, interleaved runs) the client path served 1.94x the exact search's single-query
+     throughput against 1.17x for the server path, and 0.18x vs 0.07x for batches of 32: the server
+     path is a second full request per query, and Lite's per-request cost grows with the
+     collection. With a user filter the gap widens (the server path re-evaluates the filter once
+     per query; a JSON-attribute filter costs Lite ~1-3 s per evaluation at 20k rows).
+   * **Any other Milvus** (a server, whose C++ engine answers both requests): **server**. On
+     Milvus' C++ engine (Milvus Lite 2.5.1's server, ``benchmarks/engine.py``, 1M rows) the
+     server path's fine stage took 5-12 ms per query against 80-150 ms for the client path's
+     ``get`` of the shortlist's vectors, single queries and batches of 32 alike. That engine is
+     not a standalone deployment; ``hivlp-milvus bench engine --uri`` re-measures on one.
 
    An earlier measurement at 20k rows (Milvus Lite 3.2.2 in-process, 64/256 dims, limit 10, load
    6-18 so +-50 %, before rows were split into per-modality partitions), fine-stage ms
@@ -59,12 +66,14 @@ LEVELS = ("low", "high")
 DEFAULT_OUTPUT_FIELDS = ("key", "modality", "reference", "attributes")
 
 
-def auto_rerank(user_filter: str | None) -> str:
-    """The re-rank path ``"auto"`` uses: client, the faster one on the benchmark (module docstring).
+def auto_rerank(user_filter: str | None, *, lite: bool = True) -> str:
+    """The re-rank path ``"auto"`` uses: the one measured faster on the engine (module docstring).
 
-    ``user_filter`` is kept in the signature so the rule can depend on it per deployment.
+    Args:
+        user_filter: the search's filter (kept so the rule can depend on it per deployment).
+        lite: whether the collection lives in Milvus Lite: client there, server elsewhere.
     """
-    return "client"
+    return "client" if lite else "server"
 
 
 class SearchResults(list):
@@ -72,11 +81,18 @@ class SearchResults(list):
 
     Attributes:
         timings: seconds spent in ``encode_s``, ``coarse_s``, ``fine_s`` and ``total_s``.
+        rerank: the re-rank path that ran (``"client"`` / ``"server"``; ``None`` for one-level search).
     """
 
-    def __init__(self, hits: Sequence[list[dict[str, Any]]] = (), timings: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        hits: Sequence[list[dict[str, Any]]] = (),
+        timings: Mapping[str, float] | None = None,
+        rerank: str | None = None,
+    ) -> None:
         super().__init__(hits)
         self.timings: dict[str, float] = dict(timings or {})
+        self.rerank = rerank
 
 
 # ---------------------------------------------------------------------- queries
@@ -272,8 +288,8 @@ def hierarchical_search(
             images, an image query searches texts, an embedding searches all.
         output_fields: fields in each hit's ``entity`` (default key, modality, reference,
             attributes; ``[]`` for none).
-        rerank: ``"client"``, ``"server"`` or ``"auto"`` (the measured faster one: server without a
-            user filter, client with one; see the module docstring).
+        rerank: ``"client"``, ``"server"`` or ``"auto"`` (the one measured faster on the engine:
+            client on Milvus Lite, server on a Milvus server; see the module docstring).
         search_params: overrides for the coarse search params (e.g. ``{"params": {"nprobe": 64}}``).
         **kwargs: passed to ``MilvusClient.search`` (``timeout``, ``consistency_level``, ...).
 
@@ -289,7 +305,7 @@ def hierarchical_search(
     """
     if rerank not in RERANK_MODES:
         raise QueryError(f"rerank must be one of {RERANK_MODES}, got {rerank!r}")
-    mode = auto_rerank(filter) if rerank == "auto" else rerank
+    mode = auto_rerank(filter, lite=col.is_lite) if rerank == "auto" else rerank
     coarse_limit = col.profile.validate_limits(limit, coarse_limit)
     fields = list(DEFAULT_OUTPUT_FIELDS if output_fields is None else output_fields)
     t0 = time.perf_counter()
@@ -321,7 +337,8 @@ def hierarchical_search(
     else:
         hits = _rerank_server(col, high, coarse, modalities, limit, fields, filter, filter_params, kwargs)
     t3 = time.perf_counter()
-    return SearchResults(hits, {"encode_s": t1 - t0, "coarse_s": t2 - t1, "fine_s": t3 - t2, "total_s": t3 - t0})
+    timings = {"encode_s": t1 - t0, "coarse_s": t2 - t1, "fine_s": t3 - t2, "total_s": t3 - t0}
+    return SearchResults(hits, timings, rerank=mode)
 
 
 def _search_partitions(

@@ -349,6 +349,17 @@ def test_drop(client: Any) -> None:
 # ---------------------------------------------------------------------- search
 
 
+def test_auto_rerank_follows_the_engine(populated: tuple, model: HiVLPModelTestDouble) -> None:
+    """Lite: the client path (measured faster there); a server gets the server path."""
+    from hivlp_milvus.search import auto_rerank
+
+    col, *_ = populated
+    q = model.embed_texts(["x"])
+    assert col.hierarchical_search(q, limit=3).rerank == "client"
+    assert col.hierarchical_search(q, limit=3, rerank="server").rerank == "server"
+    assert auto_rerank('key == "x"', lite=False) == "server"
+
+
 @pytest.mark.parametrize("rerank", ["client", "server"])
 def test_funnel_equals_brute_force_when_coarse_covers_everything(populated: tuple, rerank: str) -> None:
     col, rows = populated
