@@ -637,7 +637,7 @@ hivlp-milvus bench search --sizes 10k 100k 1M [--model DIR] [--real-max 100k] [-
 hivlp-milvus bench ingest [--sizes 50k]
 hivlp-milvus bench serve                     # runs benchmarks/serve.py in a separate process
 hivlp-milvus bench train [--steps 40]
-hivlp-milvus bench quality [--steps 240] [--low-dims 4 8 16 32]   # ~8 training runs, ~40+ min on 2 cores
+hivlp-milvus bench quality [--steps 240] [--low-dims 4 8 16 32] [--ablation-low-dim 32]   # ~8 runs, 40+ min
 hivlp-milvus bench report                    # regenerates this file from benchmarks/results/*.json
 hivlp-milvus bench search --smoke            # the smoke version (tests/unit/test_benchmarks_smoke.py)
 python -m venv .venv-lite25 && .venv-lite25/bin/pip install milvus-lite==2.5.1

@@ -67,6 +67,12 @@ def register(subparsers: Any) -> None:
         default=None,
         help="quality: the low_dim sweep (default 4 8 16 32; the loss ablation runs at 32)",
     )
+    p.add_argument(
+        "--ablation-low-dim",
+        type=int,
+        default=None,
+        help="quality: the low_dim of the loss ablation (default 32; 8 is where low-only starts to trail)",
+    )
     p.add_argument("--uri", default=None, help="engine: a running Milvus server to send the requests to")
     p.add_argument("--token", default=None, help="engine: the server's token, if any")
     p.add_argument(
@@ -158,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
                 kwargs["steps"] = args.steps
             if args.low_dims:
                 kwargs["low_dims"] = tuple(args.low_dims)
+            if args.ablation_low_dim:
+                kwargs["ablation_low_dim"] = args.ablation_low_dim
         quality.run(smoke=smoke, **kwargs)
     if what == "engine":  # not part of `all`: it needs a second Milvus (another venv or a server)
         from benchmarks import engine

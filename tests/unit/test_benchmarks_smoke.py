@@ -144,6 +144,8 @@ def test_bench_quality_command_flags() -> None:
 
     args = build_parser().parse_args(["bench", "quality", "--steps", "60", "--low-dims", "8", "32", "--smoke"])
     assert (args.what, args.steps, args.low_dims, args.smoke) == ("quality", 60, [8, 32], True)
+    assert args.ablation_low_dim is None
+    assert build_parser().parse_args(["bench", "quality", "--ablation-low-dim", "8"]).ablation_low_dim == 8
 
 
 def test_bench_engine_command_flags() -> None:
