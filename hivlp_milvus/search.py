@@ -19,7 +19,7 @@
      per query; a JSON-attribute filter costs Lite ~1-3 s per evaluation at 20k rows).
    * **Any other Milvus** (a server, whose C++ engine answers both requests): **server**. On
      Milvus' C++ engine (Milvus Lite 2.5.1's server, ``benchmarks/engine.py``, 1M rows) the
-     server path's fine stage took 5-12 ms per query against 80-150 ms for the client path's
+     server path's fine stage took 5-11 ms per query against 90-170 ms for the client path's
      ``get`` of the shortlist's vectors, single queries and batches of 32 alike. That engine is
      not a standalone deployment; ``hivlp-milvus bench engine --uri`` re-measures on one.
 
