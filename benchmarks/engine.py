@@ -54,7 +54,7 @@ from benchmarks.common import (
     rss_mib,
     write_result,
 )
-from benchmarks.search import GenParams, InProcess, K, fidelity, generate_vectors, topk_ip
+from benchmarks.search import GenParams, InProcess, K, _ids, fidelity, generate_vectors, topk_ip
 from hivlp_milvus.errors import ConfigError
 
 GALLERY = "engine_gallery"
@@ -193,7 +193,7 @@ def _count(client: Any, name: str) -> int:
 
 
 def build(client: Any, low: np.ndarray, high: np.ndarray, nlist: int, *, rebuild: bool = False) -> dict[str, Any]:
-    """Create (or reuse, when it holds ``n`` rows with this ``nlist``) the two collections, timed."""
+    """Create (or reuse, when it holds ``n`` rows with this ``nlist``) the three collections, timed."""
     from pymilvus import DataType, MilvusClient
 
     n = len(high)
@@ -209,6 +209,7 @@ def build(client: Any, low: np.ndarray, high: np.ndarray, nlist: int, *, rebuild
         ),
         ANN: ([("vec", high.shape[1])], {"vec": ("IVF_FLAT", {"nlist": nlist})}),
     }
+    nest = _reads_nested_build_params(client)
     for name, (fields, indexes) in specs.items():
         reuse = not rebuild and client.has_collection(name)
         if reuse:
@@ -225,7 +226,6 @@ def build(client: Any, low: np.ndarray, high: np.ndarray, nlist: int, *, rebuild
         for field, dim in fields:
             schema.add_field(field, DataType.FLOAT_VECTOR, dim=dim)
         ip = client.prepare_index_params()
-        nest = _reads_nested_build_params(client)
         for field, (kind, params) in indexes.items():
             ip.add_index(
                 field, index_type=kind, metric_type="IP", params={"params": params} if nest and params else params
@@ -251,10 +251,6 @@ def build(client: Any, low: np.ndarray, high: np.ndarray, nlist: int, *, rebuild
 # ---------------------------------------------------------------------- the contenders
 
 
-def _ids(hits: Any) -> list[list[int]]:
-    return [[int(h["id"]) for h in q] for q in hits]
-
-
 def nprobe_for(coarse_limit: int, n: int, nlist: int) -> int:
     """The nprobe ``HierarchicalCollection`` picks (the ``cpu`` profile's rule), for the same shortlist."""
     from hivlp_milvus.profiles import load_profile
@@ -264,7 +260,7 @@ def nprobe_for(coarse_limit: int, n: int, nlist: int) -> int:
 
 
 class Requests:
-    """The requests of each contender against one endpoint (timed per stage when asked)."""
+    """The requests of each contender against one endpoint (the client re-rank also times its stages)."""
 
     def __init__(self, client: Any) -> None:
         self.client = client

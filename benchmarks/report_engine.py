@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.report import HEAD as SEARCH_HEAD
 from benchmarks.report import TARGET_FIDELITY, TARGET_SPEEDUP, _f, _table, best_at
 
-HEAD = [
-    "contender",
-    "QPS (1 query)",
-    "p50 ms",
-    "p99 ms",
-    "QPS (nq=32)",
-    "fidelity@10",
-    "× exact (1 q)",
-    "× exact (nq=32)",
-]
+# The search tables' columns without R@K: generated vectors carry no labels.
+HEAD = [h for h in SEARCH_HEAD if not h.startswith("R@")]
 
 
 def _row(r: dict[str, Any]) -> list[str]:
@@ -31,15 +24,11 @@ def _row(r: dict[str, Any]) -> list[str]:
     ]
 
 
-def _best(size: dict[str, Any], kind: str, mode: str) -> dict[str, Any] | None:
-    return best_at(size, kind, mode=mode)
-
-
 def _verdict(size: dict[str, Any]) -> str:
     parts = []
     for mode, label in (("single", "single queries"), ("batch32", "batches of 32")):
         kinds = ("hier-client", "hier-server", "hier-server-flat-low")
-        picks = [p for p in (_best(size, k, mode) for k in kinds) if p]
+        picks = [p for p in (best_at(size, k, mode=mode) for k in kinds) if p]
         if not picks:
             parts.append(f"{label}: no hierarchical configuration reached fidelity@10 ≥ {TARGET_FIDELITY}")
             continue
