@@ -16,6 +16,8 @@ import weakref
 from typing import Any
 from urllib.parse import urlparse
 
+from pydantic import BaseModel, ConfigDict
+
 from hivlp_milvus.errors import ConfigError, MilvusUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -120,6 +122,61 @@ def connect(
         else "check the path is writable and not opened by another process"
     )
     raise MilvusUnavailableError(f"could not connect to Milvus at {uri!r} after {attempts} attempt(s): {last}; {what}")
+
+
+# The TLS options pymilvus' MilvusClient takes, by the names it takes them.
+TLS_OPTIONS = ("secure", "server_pem_path", "server_name", "client_pem_path", "client_key_path", "ca_pem_path")
+TOKEN_ENV = "HIVLP_MILVUS_TOKEN"  # noqa: S105 (the name of a variable, not a secret)
+
+
+class ConnectionOptions(BaseModel):
+    """Everything needed to reach one Milvus: where, who, and how (TLS). One value that every
+    entry point (``HierarchicalCollection.open/create``, ``ingest()``, the CLI, the Serve app)
+    takes, so an option added here reaches all of them.
+
+    Example:
+        ``ConnectionOptions(uri="https://milvus:19530", token="root:Milvus", secure=True,
+        server_pem_path="ca.pem", server_name="milvus.internal").connect()``
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    uri: str = DEFAULT_URI
+    token: str | None = None
+    db_name: str = ""
+    secure: bool | None = None
+    server_pem_path: str | None = None
+    server_name: str | None = None
+    client_pem_path: str | None = None
+    client_key_path: str | None = None
+    ca_pem_path: str | None = None
+    timeout: float | None = None
+    retries: int = 3
+
+    def tls(self) -> dict[str, Any]:
+        """The TLS options that are set, as ``MilvusClient`` keyword arguments."""
+        return {name: getattr(self, name) for name in TLS_OPTIONS if getattr(self, name) is not None}
+
+    def connect(self) -> Any:
+        """A connected ``MilvusClient`` (see :func:`connect`)."""
+        return connect(
+            self.uri, token=self.token, db_name=self.db_name, timeout=self.timeout, retries=self.retries, **self.tls()
+        )
+
+    def redacted_uri(self) -> str:
+        """The URI with any ``user:password@`` removed, for messages and logs."""
+        return redact_uri(self.uri)
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without credentials (``http://user:pw@host`` → ``http://***@host``)."""
+    parsed = urlparse(str(uri))
+    if parsed.username is None and parsed.password is None:
+        return str(uri)
+    host = parsed.hostname or ""
+    if parsed.port is not None:
+        host = f"{host}:{parsed.port}"
+    return parsed._replace(netloc=f"***@{host}").geturl()
 
 
 def is_lite(client: Any) -> bool:
