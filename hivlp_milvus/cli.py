@@ -1,6 +1,8 @@
 """The ``hivlp-milvus`` command: quickstart, train, ingest, search, eval, bench.
 
 Subcommands live in :mod:`hivlp_milvus.commands`, one module each; this file only wires them.
+Registering a command imports nothing heavy: each command imports its room (torch, Ray,
+``training/``, ``benchmarks/``) inside ``run``, so ``hivlp-milvus --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -22,13 +24,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hivlp-milvus {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        importlib.import_module(f"{commands.__name__}.{info.name}").register(subparsers)
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        if hasattr(module, "register"):  # commands/common.py holds shared arguments, not a command
+            module.register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # A command that owns its own parser elsewhere (``train``: training/__main__.py) receives the
+    # arguments argparse does not know here; every other command rejects them as usual.
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "forward_arguments", False):
+        args.forwarded = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.func(args) or 0)
     except HiVLPError as exc:

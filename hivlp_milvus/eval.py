@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hivlp_milvus.errors import BadRecordError
+from hivlp_milvus.errors import BadRecordError, ConfigError
 
 if TYPE_CHECKING:
     from hivlp_milvus.data.record import Record
@@ -498,6 +498,7 @@ def evaluate(
     text_batch_size: int = 256,
     chunk_size: int = 1024,
     progress: bool = True,
+    device: str | None = None,
 ) -> EvalTable:
     """Embed records' images and all their captions with ``model`` and measure retrieval.
 
@@ -507,7 +508,8 @@ def evaluate(
 
     Args:
         model: anything with ``embed_images(images, batch_size=)`` and ``embed_texts(texts,
-            batch_size=)`` returning numpy ``HierarchicalEmbedding`` (e.g. ``HiVLP``).
+            batch_size=)`` returning numpy ``HierarchicalEmbedding`` (e.g. ``HiVLP``), or a
+            checkpoint directory (``str`` / ``Path``), loaded with ``HiVLP.from_pretrained``.
         records: the evaluation records (a list, or a source from ``load_source``).
         coarse_ks: shortlist sizes of the funnel rows.
         ks: the cut-offs of ``R@k``.
@@ -515,6 +517,9 @@ def evaluate(
         text_batch_size: captions per model batch.
         chunk_size: queries scored at once.
         progress: tqdm bars while embedding.
+        device: where a checkpoint directory given as ``model`` runs: ``"auto"`` (the default
+            for a directory: CUDA when usable, else the CPU), ``"cpu"`` or ``"cuda"``. A loaded
+            model stays where it is (move it with ``model.to(...)``).
 
     Returns:
         The :class:`EvalTable` of :func:`evaluate_embeddings`, with the model fingerprint and
@@ -522,8 +527,17 @@ def evaluate(
 
     Raises:
         ValueError: no record has both an image and a caption.
+        ConfigError: ``device`` given with a loaded model, or a device that cannot be used.
+        CheckpointError: ``model`` is a directory that is not a checkpoint.
     """
     from hivlp_milvus.data.record import Record
+
+    if isinstance(model, (str, Path)):
+        from hivlp_milvus.model import HiVLP
+
+        model = HiVLP.from_pretrained(model, device=device or "auto")
+    elif device is not None:
+        raise ConfigError("device= applies to a checkpoint directory; move a loaded model with model.to(device)")
 
     usable: list[Record] = []
     skipped: list[str] = []

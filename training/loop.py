@@ -138,6 +138,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
     from ray.train.torch import get_device, prepare_model
 
+    from hivlp_milvus.device import check_training_precision
     from hivlp_milvus.model.hivlp import HiVLP
     from hivlp_milvus.model.loss import HiVLPLoss, LossConfig
 
@@ -190,6 +191,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     samples_seen = state.samples_seen if state is not None else 0
     global_batch = spec.batch_size * world
     last_reported = step
+    # bf16 on a GPU without native bf16 would run emulated, several times slower: refuse it.
+    check_training_precision(spec.precision, device)
     autocast = (
         torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         if spec.precision == "bf16" and device.type == "cuda"

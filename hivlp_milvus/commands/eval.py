@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hivlp_milvus.commands.common import add_device_argument, add_model_argument, checkpoint_dir
 from hivlp_milvus.errors import ConfigError
 
 
@@ -16,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Embed a data set with a HiVLP checkpoint and print low-only, high-only and "
         "hierarchical (shortlist coarse-K by the low vector, re-rank by the high one) retrieval metrics.",
     )
-    parser.add_argument("--model", required=True, type=Path, help="checkpoint directory (save_pretrained)")
+    add_model_argument(parser)
+    add_device_argument(parser)
     parser.add_argument(
         "--data",
         required=True,
@@ -55,9 +57,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--coarse-k, --k and --limit must be positive integers")
     from hivlp_milvus.data import load_source
     from hivlp_milvus.eval import evaluate
-    from hivlp_milvus.model import HiVLP
 
-    model = HiVLP.from_pretrained(args.model)
+    model = checkpoint_dir(args.model)  # evaluate() loads it on args.device
     split = _default_split(args.data, args.split)
     source = load_source(args.data, split=split, image_root=args.image_root, limit=args.limit)
     table = evaluate(
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
         progress=not args.no_progress,
+        device=args.device,
     )
     table.meta.update({"model": str(args.model), "data": str(args.data), "split": split})
     print(f"{source.description}: {source.report}")

@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hivlp_milvus.commands.common import QUICKSTART_COLLECTION as COLLECTION
+from hivlp_milvus.commands.common import QUICKSTART_WORK_DIR
+
 STAGES = 6
-COLLECTION = "quickstart"
 
 
 def register(subparsers: Any) -> None:
@@ -26,7 +28,11 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--work-dir", default="hivlp_work", help="where data, model and hivlp.db go")
+    p.add_argument(
+        "--work-dir",
+        default=QUICKSTART_WORK_DIR,
+        help="where data, model and hivlp.db go (the default is where `search` and `serving:app` look)",
+    )
     p.add_argument("--train-size", type=int, default=10000, help="synthetic training images")
     p.add_argument("--val-size", type=int, default=500, help="synthetic validation images")
     p.add_argument("--test-size", type=int, default=1000, help="test images ingested into Milvus")
@@ -81,7 +87,12 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"\nquickstart finished in {time.perf_counter() - started:.0f} s.")
     print(f"model: {model_dir}\nMilvus Lite db: {work / 'hivlp.db'} (collection {COLLECTION!r})")
-    print("serve it:  serve run serving:app      (then open http://127.0.0.1:8000/)")
+    # The defaults of `search` and `serving:app` are this layout relative to the current directory.
+    here = work == (Path.cwd() / QUICKSTART_WORK_DIR).resolve()
+    flags = "" if here else f" --model {model_dir} --uri {work / 'hivlp.db'}"
+    env = "" if here else f"HIVLP_CHECKPOINT={model_dir} HIVLP_MILVUS_URI={work / 'hivlp.db'} "
+    print(f'search it: hivlp-milvus search "a small red circle"{flags}')
+    print(f"serve it:  {env}serve run serving:app      (then open http://127.0.0.1:8000/)")
     return 0
 
 

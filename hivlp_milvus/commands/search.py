@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from hivlp_milvus.commands.common import (
+    add_connection_arguments,
+    add_device_argument,
+    add_model_argument,
+    load_model,
+    open_collection,
+)
+
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("search", help="search a HiVLP collection with a text or an image")
+    """Add the ``search`` subcommand."""
+    p = subparsers.add_parser(
+        "search",
+        help="search a HiVLP collection with a text or an image (after `make demo`: no other argument)",
+        description="Embed the query with a HiVLP checkpoint and search the collection coarse-to-fine. "
+        "Model, database and collection default to what `make demo` writes (hivlp_work/model, "
+        "hivlp_work/hivlp.db, collection 'quickstart'), relative to the current directory.",
+    )
     p.add_argument("query", help="the query text, or an image path with --image")
     p.add_argument("--image", action="store_true", help="treat QUERY as the path of an image")
-    p.add_argument("--model", required=True, help="checkpoint directory (HiVLP.from_pretrained)")
-    p.add_argument("--uri", default=os.environ.get("HIVLP_MILVUS_URI", "./hivlp.db"))
-    p.add_argument("--token", default=os.environ.get("HIVLP_MILVUS_TOKEN"))
-    p.add_argument("--collection", default="hivlp")
+    add_model_argument(p)
+    add_device_argument(p)
+    add_connection_arguments(p)
     p.add_argument("--limit", type=int, default=10)
     p.add_argument("--coarse-limit", type=int, default=None, help="shortlist size (default: the profile's)")
     p.add_argument("--level", choices=["hierarchical", "low", "high"], default="hierarchical")
@@ -43,11 +56,8 @@ def _params(pairs: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hivlp_milvus.collection import HierarchicalCollection
-    from hivlp_milvus.model import HiVLP
-
-    model = HiVLP.from_pretrained(args.model)
-    collection = HierarchicalCollection.open(args.collection, uri=args.uri, token=args.token, model=model)
+    model = load_model(args.model, args.device)
+    collection = open_collection(args, model)
     query: Any = Path(args.query) if args.image else args.query
     common = {
         "limit": args.limit,

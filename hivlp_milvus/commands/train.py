@@ -1,29 +1,35 @@
-"""``hivlp-milvus train``: train HiVLP with Ray Train (the same code as ``python -m training``)."""
+"""``hivlp-milvus train``: train HiVLP with Ray Train (the same code as ``python -m training``).
+
+The arguments are defined once, in ``training/__main__.py``; this command forwards everything
+after ``train`` to that parser when it runs, so parsing ``hivlp-milvus --help`` (or any other
+subcommand) never imports ``training`` (hivlp_milvus does not depend on the training room).
+"""
 
 from __future__ import annotations
 
 import argparse
 
+#: Set on the parsed namespace: :mod:`hivlp_milvus.cli` hands unknown arguments to ``run``.
+FORWARDS_ARGUMENTS = "forward_arguments"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``train`` subcommand."""
+    """Add the ``train`` subcommand (its options are parsed by ``training.__main__`` in ``run``)."""
     parser = subparsers.add_parser(
         "train",
-        help="train a HiVLP model with Ray Train (CPU, one GPU node or a multi-node GPU cluster)",
-        description="Train HiVLP from a YAML config plus key.sub=value overrides. Re-running with the same "
-        "run.name and run.storage_path resumes from the newest checkpoint. See docs/training.md.",
+        add_help=False,  # `train --help` is forwarded, so it shows the training parser's options
+        help="train a HiVLP model with Ray Train (CPU, one GPU node or a multi-node GPU cluster); "
+        "`hivlp-milvus train --help` lists its options",
+        description="Train HiVLP from a YAML config plus key.sub=value overrides. See docs/training.md.",
     )
-    # One definition of the arguments for both entry points (training/__main__.py is argparse only:
-    # importing it costs nothing; Ray is imported in run()).
-    from training.__main__ import add_arguments
-
-    add_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, **{FORWARDS_ARGUMENTS: True}, forwarded=[])
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the training described by ``args``; configuration errors surface as ``HiVLPError``."""
-    # Imported here: `hivlp-milvus --help` and the other subcommands must not pay for Ray.
+    """Parse the forwarded arguments with the training parser and run the training."""
+    # Imported here: `hivlp-milvus --help` and the other subcommands must not pay for training/Ray.
+    from training.__main__ import build_parser
     from training.trainer import cli
 
-    return cli(args.config, list(args.overrides), dry_run=args.dry_run)
+    options = build_parser(prog="hivlp-milvus train").parse_args(list(args.forwarded))
+    return cli(options.config, list(options.overrides), dry_run=options.dry_run)

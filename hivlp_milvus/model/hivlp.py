@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
+from hivlp_milvus.device import inference_dtype, resolve_device
 from hivlp_milvus.errors import CheckpointError, ConfigError
 from hivlp_milvus.model.config import HiVLPConfig, get_config
 from hivlp_milvus.model.embedding import HierarchicalEmbedding, HiVLPOutput
@@ -253,10 +254,19 @@ class HiVLP(nn.Module):
         parts: list[HierarchicalEmbedding] = []
         was_training = self.training
         self.eval()  # dropout off: the same item must always give the same vector
+        # Mixed precision only where inference_dtype allows it (CUDA: bf16, or fp16 before Ampere);
+        # the CPU keeps float32, so CPU vectors are bit-for-bit what they were.
+        dtype = inference_dtype(self.device)
+        mixed = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         try:
-            with torch.inference_mode(), tqdm(total=total, disable=not progress, unit=unit) as bar:
+            with torch.inference_mode(), mixed, tqdm(total=total, disable=not progress, unit=unit) as bar:
                 for chunk in _chunks(items, batch_size):
-                    parts.append(encode(chunk).numpy())
+                    out = encode(chunk)
+                    if dtype is not None:
+                        # Half-precision vectors are unit length only to ~3 digits: re-normalise in
+                        # float32 so inner products stay cosine similarities.
+                        out = HierarchicalEmbedding(_unit(out.low), _unit(out.high))
+                    parts.append(out.numpy())
                     bar.update(len(chunk))
         finally:
             self.train(was_training)
@@ -316,7 +326,9 @@ class HiVLP(nn.Module):
 
         Args:
             directory: the checkpoint directory.
-            device: where to put the model.
+            device: where to put the model: ``"cpu"`` (the default, what training and Ray workers
+                expect), ``"auto"`` (CUDA when usable, else the CPU), ``"cuda"`` / ``"cuda:N"``
+                (an error saying why when CUDA cannot be used), or a ``torch.device``.
 
         Returns:
             The model, in eval mode.
@@ -324,7 +336,9 @@ class HiVLP(nn.Module):
         Raises:
             CheckpointError: the directory or one of its files is missing or unreadable (the
                 message names it), or the weights do not match the config.
+            ConfigError: ``device`` is unknown, or CUDA was asked for and cannot be used.
         """
+        target = resolve_device(device)  # before the weights load: a bad device fails fast
         directory = Path(directory)
         if not directory.is_dir():
             raise CheckpointError(f"checkpoint directory not found: {directory}")
@@ -348,7 +362,7 @@ class HiVLP(nn.Module):
             safetensors.torch.load_model(model, str(directory / WEIGHTS_FILE), strict=True)
         except (RuntimeError, SafetensorError, OSError) as exc:
             raise CheckpointError(f"cannot load {WEIGHTS_FILE} from {directory}: {exc}") from exc
-        return model.to(device).eval()
+        return model.to(target).eval()
 
 
 def create_model(
@@ -407,3 +421,8 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32 rows of unit length (the half-precision output of an autocast pass)."""
+    return torch.nn.functional.normalize(x.float(), dim=-1, eps=1e-12)
