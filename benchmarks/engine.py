@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.baseline import InProcess
 from benchmarks.common import (
     CACHE_DIR,
     RESULTS_DIR,
@@ -54,7 +55,8 @@ from benchmarks.common import (
     rss_mib,
     write_result,
 )
-from benchmarks.search import GenParams, InProcess, K, _ids, fidelity, generate_vectors, topk_ip
+from benchmarks.metrics import K, fidelity, hit_ids, topk_ip
+from benchmarks.vectors import GenParams, generate_vectors
 from hivlp_milvus.errors import ConfigError
 
 GALLERY = "engine_gallery"
@@ -275,7 +277,7 @@ class Requests:
             output_fields=[],
             search_params={"metric_type": "IP", "params": {"nprobe": nprobe} if nprobe else {}},
         )
-        return _ids(res)
+        return hit_ids(res)
 
     def rerank_client(self, shortlists: list[list[int]], q_high: np.ndarray) -> tuple[list[list[int]], float, float]:
         """(ids, get seconds, numpy seconds)."""
@@ -309,7 +311,7 @@ class Requests:
                 filter=f"id in [{','.join(str(int(i)) for i in s)}]",  # ints produced here, not user input
                 search_params={"metric_type": "IP", "params": {}},
             )
-            out.append(_ids(res)[0])
+            out.append(hit_ids(res)[0])
         return out
 
     def single_stage(self, name: str, field: str, q: np.ndarray, params: dict[str, Any]) -> list[list[int]]:
@@ -321,7 +323,7 @@ class Requests:
             output_fields=[],
             search_params={"metric_type": "IP", "params": params},
         )
-        return _ids(res)
+        return hit_ids(res)
 
 
 def plan_for(n: int, smoke: bool) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """``hivlp-milvus bench``: run the benchmarks (search, ingest, serve, train, quality) and regenerate BENCHMARKS.md.
 
-The benchmarks live in the top-level ``benchmarks/`` directory of the repository (next to
-``hivlp_milvus/``), not in the installed package: run this from the repository root.
+The benchmarks live in the top-level benchmarks/ directory of a source checkout (next to
+hivlp_milvus/), which is not part of the installed package: clone the repository and run this
+from its root (`make bench` does: it creates .venv, installs the project and runs `bench all`).
+Elsewhere the command stops with this advice before importing anything.
 
     hivlp-milvus bench all                     # what `make bench` runs (search to 100k, quality shortened)
     hivlp-milvus bench search --sizes 10k 100k 1M
@@ -31,7 +33,12 @@ QUALITY_IN_ALL = {"steps": 120, "low_dims": (32,), "ablation": False, "name": "q
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("bench", help="run the benchmarks and regenerate BENCHMARKS.md (from the repo root)")
+    p = subparsers.add_parser(
+        "bench",
+        help="run the benchmarks and regenerate BENCHMARKS.md (needs a source checkout: run from the repo root)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "what",
         choices=WHAT,

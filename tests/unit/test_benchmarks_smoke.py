@@ -66,17 +66,19 @@ def test_engine_profile_measures_the_database_it_is_given(tmp_path: Path) -> Non
     profile must find this size's one (it once profiled the 10k database for the 1M row)."""
     import numpy as np
 
-    from benchmarks import search
+    from benchmarks.galleries import build_or_open
+    from benchmarks.profiler import profile_engine
+    from benchmarks.vectors import normalize
 
     rng = np.random.default_rng(0)
     cols = {}
     for rows in (60, 90):
-        low = search._norm(rng.standard_normal((rows, 8)))
-        high = search._norm(rng.standard_normal((rows, 16)))
-        col, _, _ = search.build_or_open(tmp_path / f"g{rows}.db", low, high, with_ann_high=False)
+        low = normalize(rng.standard_normal((rows, 8)))
+        high = normalize(rng.standard_normal((rows, 16)))
+        col, _, _ = build_or_open(tmp_path / f"g{rows}.db", low, high, with_ann_high=False)
         cols[rows] = (col, tmp_path / f"g{rows}.db", low, high)
     for rows, (col, path, low, high) in cols.items():
-        prof = search.profile_engine(col, path, low[:3], high[:3], 1, 10)
+        prof = profile_engine(col, path, low[:3], high[:3], 1, 10)
         assert sum(prof["segments"]) == rows, prof
 
 
@@ -93,7 +95,8 @@ def test_full_shortlist_is_exact(search_result: dict) -> None:
 def test_generated_vectors_are_normalised() -> None:
     import numpy as np
 
-    from benchmarks.search import GenParams, coarse_recall_curve, generate_vectors
+    from benchmarks.metrics import coarse_recall_curve
+    from benchmarks.vectors import GenParams, generate_vectors
 
     g = generate_vectors(300, GenParams(low_dim=8, high_dim=32, n_clusters=20), n_queries=20)
     for k in ("low", "high", "q_low", "q_high"):
