@@ -59,16 +59,20 @@ KUBE_FILES = [RAYJOB, RAYSERVICE]
 
 # The contract of the Serve app (serving/): two import paths, and the builder's documented args.
 IMPORT_PATHS = {"serving:build_app", "serving:app"}
-BUILDER_ARGS = {
-    "checkpoint",
-    "milvus_uri",
-    "milvus_token",
-    "collection",
-    "api_key",
-    "max_batch_size",
-    "batch_wait_timeout_s",
-    "num_gpus",
-}
+
+
+def _builder_args() -> set[str]:
+    """The fields of ``serving.app.AppArgs``, read from the source (importing it would start Ray Serve's imports)."""
+    tree = ast.parse((ROOT / "serving" / "app.py").read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "AppArgs")
+    return {
+        n.target.id
+        for n in cls.body
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n.target.id != "model_config"
+    }
+
+
+BUILDER_ARGS = _builder_args()
 SECRET_ARGS = {"milvus_token", "api_key"}
 DEPLOYMENTS = {"TextEncoder", "ImageEncoder", "Searcher", "Ingress"}
 SERVE_PORT = 8000  # Ray Serve's default HTTP port; the app, the probes and the manifests use it
@@ -775,6 +779,103 @@ def test_deploy_doc_references_existing_files() -> None:
         assert str(path.relative_to(ROOT)) in text, f"docs/deploy.md does not mention {path.relative_to(ROOT)}"
     for heading in ("Laptop", "GPU box", "Cluster", "Sizing"):
         assert re.search(rf"^#+ .*{heading}", text, re.MULTILINE | re.IGNORECASE), f"no {heading} section"
+
+
+def test_deploy_doc_lists_every_builder_argument() -> None:
+    text = DEPLOY_DOC.read_text(encoding="utf-8")
+    missing = sorted(arg for arg in BUILDER_ARGS if f"`{arg}`" not in text)
+    assert not missing, f"docs/deploy.md does not list the serving:build_app args {missing}"
+
+
+# -- shared memory vs Ray's object store -----------------------------------------------------------
+
+_BYTES_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}
+_KUBE_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "": 1}
+
+
+def _compose_default(value: str) -> str:
+    """``${NAME:-default}`` -> ``default`` (what compose uses when the variable is unset)."""
+    match = re.fullmatch(r"\$\{\w+:-([^}]*)\}", value.strip())
+    return match.group(1) if match else value.strip()
+
+
+def _docker_bytes(text: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)\s*([a-zA-Z]*)", text).groups()
+    return int(number) * _BYTES_UNITS[unit.lower()]
+
+
+def _kube_bytes(text: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([a-zA-Z]*)", str(text)).groups()
+    return int(number) * _KUBE_UNITS[unit]
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_object_store_fits_in_shm(path: Path) -> None:
+    # Unset, Ray takes 30 % of the host's RAM for its object store: more than any fixed shm_size on
+    # a large host, and then it silently falls back to /tmp. Every node must set it, below shm.
+    for name, service in _services(path).items():
+        command = _command_text(service)
+        if "ray start" not in command:
+            continue
+        match = re.search(r"--object-store-memory[= ](\S+)", command)
+        assert match, f"{path.name}:{name}: `ray start` without --object-store-memory (Ray would take 30 % of RAM)"
+        store = int(_compose_default(match.group(1)))
+        shm = _docker_bytes(_compose_default(str(service.get("shm_size", "64m"))))
+        assert store < shm, f"{path.name}:{name}: object store {store} B does not fit shm_size {shm} B"
+
+
+@pytest.mark.parametrize("path", KUBE_FILES, ids=lambda p: p.name)
+def test_kuberay_object_store_fits_in_dshm(path: Path) -> None:
+    cluster = _ray_cluster(_doc(path))
+    for group in [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]:
+        name = group.get("groupName", "head")
+        store = group["rayStartParams"].get("object-store-memory")
+        assert store is not None, f"{path.name}:{name}: no object-store-memory (Ray would take 30 % of the pod)"
+        volumes = {v["name"]: v for v in group["template"]["spec"]["volumes"]}
+        mounts = [m for c in group["template"]["spec"]["containers"] for m in c.get("volumeMounts", [])]
+        shm = next(volumes[m["name"]] for m in mounts if m["mountPath"] == "/dev/shm")
+        limit = _kube_bytes(shm["emptyDir"]["sizeLimit"])
+        assert int(store) < limit, f"{path.name}:{name}: object store {store} B does not fit /dev/shm {limit} B"
+        memory = min(_kube_bytes(c["resources"]["limits"]["memory"]) for c in group["template"]["spec"]["containers"])
+        # A Memory emptyDir counts against the pod's memory limit: the store's pages are the pod's.
+        assert limit < memory, f"{path.name}:{name}: /dev/shm {limit} B is not below the pod's memory {memory} B"
+
+
+# -- CI: the browser test cannot skip ------------------------------------------------------------
+
+E2E_CONFTEST = ROOT / "tests" / "e2e" / "conftest.py"
+CI_RUN = ROOT / ".ci" / "run"
+
+
+def test_ci_requires_the_browser_test() -> None:
+    text = CI_RUN.read_text(encoding="utf-8")
+    assert "export HIVLP_REQUIRE_BROWSER=1" in text
+    assert text.index("export HIVLP_REQUIRE_BROWSER=1") < text.index("\nmake test")
+
+
+@pytest.mark.parametrize(("required", "expected"), [("1", "1 error"), ("", "1 skipped")])
+def test_e2e_skips_fail_when_the_browser_is_required(tmp_path: Path, required: str, expected: str) -> None:
+    # The real conftest next to a test that skips the way tests/e2e/test_web_page.py does without Chromium.
+    (tmp_path / "conftest.py").write_text(E2E_CONFTEST.read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "test_page.py").write_text(
+        "import pytest\n\n@pytest.fixture\ndef site():\n    pytest.skip('chromium is not installed')\n\n"
+        "def test_page(site):\n    pass\n",
+        encoding="utf-8",
+    )
+    env = {**os.environ, "HIVLP_REQUIRE_BROWSER": required}
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfs", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert expected in out.stdout, out.stdout
+    # A skip in a fixture becomes an error at setup: pytest exits 1 either way, so CI fails.
+    assert out.returncode == (1 if required else 0)
+    if required:
+        assert "it skipped: Skipped: chromium is not installed" in out.stdout
 
 
 if __name__ == "__main__":
