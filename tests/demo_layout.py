@@ -1,7 +1,8 @@
 """What ``make demo`` leaves behind, at a tiny size and in seconds: for tests of the commands that follow it.
 
-``hivlp_work/model`` (a random-init ``micro`` HiVLP, saved with ``save_pretrained``) and
-``hivlp_work/hivlp.db`` (Milvus Lite) holding collection ``quickstart`` with synthetic scenes,
+``hivlp_work/data/test`` (synthetic scenes, the quickstart's manifest layout), ``hivlp_work/model``
+(a random-init ``micro`` HiVLP, saved with ``save_pretrained``) and ``hivlp_work/hivlp.db``
+(Milvus Lite) holding collection ``quickstart`` with the test scenes,
 under a root directory the test makes the current directory. The real quickstart trains its model
 with Ray Train (minutes, ``tests/ray/test_quickstart.py``); the commands that follow only need the
 same layout and a real model, not a trained one.
@@ -28,12 +29,14 @@ class DemoLayout:
 
 def build_demo_layout(root: Path, n_records: int = N_RECORDS) -> DemoLayout:
     import hivlp_milvus
-    from hivlp_milvus.data import synthetic
+    from hivlp_milvus.data import load_source, synthetic
     from hivlp_milvus.model import create_model
 
     work = root / "hivlp_work"
     work.mkdir(parents=True, exist_ok=True)
-    records = synthetic.generate(n_records, seed=0)
+    # The quickstart's data layout (hivlp_work/data/<split>/manifest.jsonl + images/), test split only.
+    synthetic.write_splits(work / "data", {"test": n_records}, seed=0)
+    records = list(load_source(work / "data", split="test"))
     model = create_model("micro", texts=[c for r in records for c in r.captions], seed=0)
     model.save_pretrained(work / "model")
     uri = str(work / "hivlp.db")
