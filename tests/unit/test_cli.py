@@ -150,3 +150,21 @@ def test_device_cuda_without_a_gpu_fails_with_the_reason(
     assert "device 'cuda' cannot be used" in err
     assert "device='cpu'" in err
     assert main(["search", "a red circle", "--device", "auto", "--limit", "1"]) == 0
+
+
+def test_connection_flags_and_token_environment_reach_connection_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from hivlp_milvus.commands.common import add_connection_arguments, connection_options
+
+    parser = argparse.ArgumentParser()
+    add_connection_arguments(parser)
+    monkeypatch.setenv("HIVLP_MILVUS_TOKEN", "app:from-env")
+    argv = ["--uri", "https://milvus.example:19530", "--secure", "--server-pem-path", "ca.pem"]
+    options = connection_options(parser.parse_args([*argv, "--server-name", "milvus.example", "--db-name", "d1"]))
+    assert options.token == "app:from-env"  # the environment keeps the token out of the process list
+    assert options.tls() == {"secure": True, "server_pem_path": "ca.pem", "server_name": "milvus.example"}
+    assert (options.uri, options.db_name) == ("https://milvus.example:19530", "d1")
+    assert connection_options(parser.parse_args(["--token", "flag:wins"])).token == "flag:wins"
+    monkeypatch.delenv("HIVLP_MILVUS_TOKEN")
+    assert connection_options(parser.parse_args([])).token is None
