@@ -5,6 +5,11 @@ the repository root. Each benchmark writes JSON under ``benchmarks/results/`` an
 ``benchmarks/plots/``; ``benchmarks/report.py`` regenerates ``BENCHMARKS.md`` from the JSON.
 Built Milvus Lite databases, embeddings and the benchmark model are cached in
 ``benchmarks/.cache/`` (not committed).
+
+The search benchmark is split by job: ``search`` (the sweep and its driver), ``vectors`` (the
+fitted generator), ``galleries`` (the cached Lite databases), ``baseline`` (faiss, no database),
+``metrics``, ``profiler`` and ``search_plots``; ``engine`` reuses their public names. This package is
+not installed with ``pip install``: ``hivlp-milvus bench`` runs it from a source checkout.
 """
 
 from __future__ import annotations
