@@ -208,6 +208,8 @@ def _describe(error: Any, key: str) -> str:
         "greater_than_equal": f"must be >= {ctx.get('ge')}",
         "less_than": f"must be < {ctx.get('lt')}",
         "less_than_equal": f"must be <= {ctx.get('le')}",
+        "too_short": f"must have at least {ctx.get('min_length')} item(s)",
+        "too_long": f"must have at most {ctx.get('max_length')} item(s)",
     }
     if kind in ("value_error", "assertion_error"):
         reason = str(ctx.get("error", error["msg"]))
