@@ -38,7 +38,9 @@ MAX_KEY_CHARS = 512
 # those keeps the schema and the app in agreement and every accepted text non-blank for the encoder.
 NOT_BLANK = r"[^\s\x1c-\x1f\x85\ufeff]"
 Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS, pattern=NOT_BLANK)]
-# Milvus stores attributes in a JSON field: integers must fit INT64, floats must be finite.
+# Milvus stores attributes in a JSON field that refuses integers beyond INT64 (a 500 before) and
+# non-finite floats. A larger integer is still a JSON number, so it is stored as a float (a strict
+# float takes ints): what the schema's "integer within INT64, or number" promises.
 Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
 FiniteFloat = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 AttributeValue = TypeAliasType(
@@ -52,8 +54,33 @@ FilterOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in", "like"]
 Scalar = StrictStr | StrictBool | StrictInt | StrictFloat
 
 
+def _lone_surrogate(value: Any) -> str | None:
+    """The first string (or key) in a parsed JSON value that is not valid Unicode, else ``None``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value
+        return None
+    if isinstance(value, dict):
+        return next((bad for item in value.items() for bad in map(_lone_surrogate, item) if bad is not None), None)
+    if isinstance(value, list):
+        return next((bad for bad in map(_lone_surrogate, value) if bad is not None), None)
+    return None
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        # JSON may escape a lone UTF-16 surrogate ("\ud800"); Python's parser keeps it, and Milvus (and
+        # the row ids, hashed from UTF-8) cannot store it: refuse it here, not with a 500 there.
+        bad = _lone_surrogate(data)
+        if bad is not None:
+            raise ValueError(f"strings must be valid Unicode; {bad[:40]!r} holds a lone surrogate")
+        return data
 
 
 class FilterCondition(_Request):
