@@ -1,6 +1,9 @@
 """The HTTP front door: a FastAPI app inside the ``Ingress`` deployment.
 
-Routes (OpenAPI at ``/docs`` and ``/openapi.json``):
+Routes (OpenAPI at ``/openapi.json``; Swagger UI at ``/docs`` and ReDoc at ``/redoc``, their scripts
+served from the ``fastapi-offline`` package so they work offline). Every route but ``/healthz``
+depends on :func:`require_api_key`; request bodies, the multipart form included, are parsed and
+validated by FastAPI from the models in :mod:`serving.schemas`, which are also the OpenAPI schema:
 
 * ``POST /search`` — JSON: a text or a base64 image, limits, structured filter, modality;
 * ``POST /search/image`` — multipart: an image file plus the same options as form fields;
@@ -12,8 +15,8 @@ Routes (OpenAPI at ``/docs`` and ``/openapi.json``):
 
 Errors are JSON ``{"error": code, "message": ..., "details": ...}``: 400 malformed JSON or bad
 base64, 401 API key, 404 unknown media, 413 too large, 415 not an image / not JSON, 422 invalid
-fields and limits, 503 Milvus or a backend unavailable. A client's input never produces a 500;
-a 500 means a server fault (e.g. an encoder batch failing).
+fields and limits, 503 Milvus or a backend unavailable, 504 a backend too slow. A client's input
+never produces a 500; a 500 means a server fault (e.g. an encoder batch failing).
 """
 
 # No `from __future__ import annotations`: Serve's class-based FastAPI view needs the route
