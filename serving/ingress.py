@@ -181,7 +181,7 @@ api = FastAPI(
     redoc_url=None,
     openapi_url=None,
 )
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 500, 503, 504)}
 
 
 @api.exception_handler(ApiError)
@@ -202,20 +202,15 @@ async def _http_error_handler(request: Request, exc: StarletteHTTPException) -> 
 
 @api.exception_handler(RequestValidationError)
 async def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return _validation_error(request, exc.errors()).response()
-
-
-def _validation_error(request: Request | None, errors: Any) -> ApiError:
-    errors = list(errors)
+    errors = list(exc.errors())
     types = {str(e.get("type")) for e in errors}
     if "json_invalid" in types:
         where = next((e for e in errors if e.get("type") == "json_invalid"), {})
-        ctx = where.get("ctx") or {}
-        return ApiError(400, "invalid_json", f"the request body is not valid JSON: {ctx.get('error', 'parse error')}")
-    if request is not None:
-        ctype = request.headers.get("content-type", "")
-        if request.method == "POST" and ctype and not _is_json(ctype) and "model_attributes_type" in types:
-            return ApiError(415, "unsupported_media_type", f"send Content-Type: application/json, not {ctype!r}")
+        reason = (where.get("ctx") or {}).get("error", "parse error")
+        return ApiError(400, "invalid_json", f"the request body is not valid JSON: {reason}").response()
+    ctype = request.headers.get("content-type", "")
+    if request.method == "POST" and ctype and not _is_json(ctype) and "model_attributes_type" in types:
+        return ApiError(415, "unsupported_media_type", f"send Content-Type: application/json, not {ctype!r}").response()
     # No "input" (it can be a multi-megabyte base64 image) and no "ctx" (not always JSON).
     details = [
         {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
@@ -223,7 +218,7 @@ def _validation_error(request: Request | None, errors: Any) -> ApiError:
     ]
     code = "unknown_field" if "extra_forbidden" in types else "invalid_request"
     message = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details)
-    return ApiError(422, code, message or "invalid request", details)
+    return ApiError(422, code, message or "invalid request", details).response()
 
 
 def _is_json(content_type: str) -> bool:

@@ -9,18 +9,30 @@ from __future__ import annotations
 import asyncio
 import base64
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jsonschema
 import pytest
 import yaml
+from fastapi import Depends, FastAPI, Form
 from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from starlette.requests import Request
 
 from serving.app import AppArgs, env_var, gpus_per_encoder_replica, resolve_args
-from serving.ingress import DOCS_ASSETS, ApiError, Ingress, IngressSettings, api, configure, require_api_key
-from serving.schemas import EncodeRequest, IngestRequest, SearchRequest
+from serving.ingress import (
+    AUTH,
+    DOCS_ASSETS,
+    ApiError,
+    Ingress,
+    IngressSettings,
+    api,
+    configure,
+    require_api_key,
+    require_multipart,
+)
+from serving.schemas import EncodeRequest, ImageSearchForm, IngestRequest, SearchRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = api.openapi()
@@ -252,3 +264,78 @@ def test_default_gpu_share_fits_both_encoders(gpus: float, ceiling: int, share: 
     got = gpus_per_encoder_replica(gpus, ceiling)
     assert got == share
     assert 2 * ceiling * got <= gpus  # every replica up to the autoscaling ceiling can be scheduled
+
+
+# -- the same models, dependencies and error handlers over HTTP, without Ray ---------------------------
+
+
+@pytest.fixture
+def client() -> Any:
+    """A plain FastAPI app wired like the ingress: its error handlers, its models, its dependencies."""
+    app = FastAPI()
+    for exc_class, handler in api.exception_handlers.items():
+        app.add_exception_handler(exc_class, handler)
+
+    @app.post("/search", dependencies=AUTH)
+    async def search(req: SearchRequest) -> dict[str, Any]:
+        return {"text": req.text}
+
+    @app.post("/search/image", dependencies=[*AUTH, Depends(require_multipart)])
+    async def search_image(form: Annotated[ImageSearchForm, Form(media_type="multipart/form-data")]) -> Any:
+        return {"bytes": len(await form.file.read()), "limit": form.limit, "filter": [f.field for f in form.filter]}
+
+    configure(IngressSettings(collection="c", api_key="k"))
+    try:
+        yield TestClient(app, headers={"Authorization": "Bearer k"})
+    finally:
+        configure(IngressSettings(collection="c"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"json": {"text": "x"}}, 200, None),
+        ({"content": b'{"text": "x",', "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
+        ({"content": b"text=x", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
+        ({"json": {"text": "x", "limt": 3}}, 422, "unknown_field"),
+        ({"json": {"text": "x", "image": "aGk="}}, 422, "invalid_request"),
+        ({"json": {"text": "x", "limit": 5, "coarse_limit": 4}}, 422, "invalid_request"),
+        ({"content": b'{"text": "x\\ud800"}', "headers": {"content-type": "application/json"}}, 422, "invalid_request"),
+        ({"json": {"text": "x"}, "headers": {"Authorization": "Bearer nope"}}, 401, "unauthorized"),
+    ],
+)
+def test_json_route_errors(client: Any, kwargs: dict[str, Any], status: int, code: str | None) -> None:
+    r = client.post("/search", **kwargs)
+    assert r.status_code == status, r.text
+    if code is not None:
+        assert r.json()["error"] == code
+        assert r.json()["message"]
+
+
+FILE = {"file": ("q.png", b"\x89PNG not really", "image/png")}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"files": FILE, "data": {"limit": "3", "filter": '[{"field": "key", "op": "==", "value": "a"}]'}}, 200, None),
+        ({"files": FILE, "data": {"limt": "3"}}, 422, "unknown_field"),
+        ({"files": FILE, "data": {"limit": "0"}}, 422, "invalid_request"),
+        ({"files": FILE, "data": {"filter": "[{"}}, 400, "invalid_json"),
+        ({"files": FILE, "data": {"filter": '[{"field": "key", "op": "~", "value": 1}]'}}, 422, "invalid_request"),
+        ({"files": {"other": FILE["file"]}}, 422, None),
+        ({"json": {"text": "x"}}, 415, "unsupported_media_type"),
+        ({"files": FILE, "headers": {"Authorization": ""}}, 401, "unauthorized"),
+    ],
+)
+def test_multipart_route_errors(client: Any, kwargs: dict[str, Any], status: int, code: str | None) -> None:
+    r = client.post("/search/image", **kwargs)
+    assert r.status_code == status, r.text
+    if status == 200:
+        assert r.json() == {"bytes": len(FILE["file"][1]), "limit": 3, "filter": ["key"]}
+    else:
+        assert r.json()["message"]
+    if code is not None:
+        assert r.json()["error"] == code
+    if status == 401:
+        assert "basic" in r.headers["www-authenticate"].lower()
