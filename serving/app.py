@@ -1,14 +1,21 @@
 """The Serve application builder: ``serve run serving:build_app key=value ...`` and ``serving:app``.
 
-The graph is ``Ingress -> (TextEncoder, ImageEncoder, Searcher)``. Every value comes from, in
-order: the builder's args (``key=value`` on the command line, ``args:`` in a Serve config file),
-an environment variable, the quickstart's layout relative to the current directory::
+The graph is ``Ingress -> (TextEncoder, ImageEncoder, Searcher)``. Every argument of
+:class:`AppArgs` is set by exactly one rule, the first that applies:
+
+1. a builder arg: ``key=value`` on the ``serve run`` command line, or ``args:`` of a Serve config
+   file (``serving/config.yaml``, the RayService's ``serveConfigV2``);
+2. the environment variable ``HIVLP_<KEY>`` (``HIVLP_COLLECTION``, ``HIVLP_MAX_BATCH_SIZE``, ...);
+3. the default below (the quickstart's layout relative to the current directory)::
 
     checkpoint            HIVLP_CHECKPOINT      hivlp_work/model
     milvus_uri            HIVLP_MILVUS_URI      hivlp_work/hivlp.db      (Milvus Lite)
     milvus_token          HIVLP_MILVUS_TOKEN    (none)
     collection            HIVLP_COLLECTION      quickstart
     api_key               HIVLP_API_KEY         (none: no authentication)
+
+So values that differ between deployments (paths, the collection, secrets) belong in the
+environment, and ``serving/config.yaml`` leaves them out: an arg there would hide the variable.
 
 Relative paths are made absolute when the app is built, because Ray replicas do not necessarily
 run in the directory ``serve run`` was started from. Nothing is opened here: a missing checkpoint
@@ -19,7 +26,9 @@ or collection fails when the replicas start, with a message saying what to run.
 # at runtime to turn `key=value` args into AppArgs, and a string annotation would defeat that.
 
 import logging
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,36 +41,32 @@ from serving.searcher import Searcher
 
 logger = logging.getLogger("ray.serve")
 
-DEFAULT_CHECKPOINT = "hivlp_work/model"
-DEFAULT_MILVUS_URI = "hivlp_work/hivlp.db"
-DEFAULT_COLLECTION = "quickstart"
-ENV = {
-    "checkpoint": "HIVLP_CHECKPOINT",
-    "milvus_uri": "HIVLP_MILVUS_URI",
-    "milvus_token": "HIVLP_MILVUS_TOKEN",
-    "collection": "HIVLP_COLLECTION",
-    "api_key": "HIVLP_API_KEY",
-}
+ENV_PREFIX = "HIVLP_"
 
 
 class AppArgs(BaseModel):
     """Arguments of :func:`build_app` (``serve run serving:build_app checkpoint=DIR ...``).
 
-    Unset (``None``) values fall back to the environment variable, then to the quickstart layout
+    An arg not given falls back to its ``HIVLP_<NAME>`` environment variable, then to the default
     (see the module docstring). Unknown args are an error, so a typo does not go unnoticed.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: str | None = Field(None, description="HiVLP checkpoint directory")
-    milvus_uri: str | None = Field(None, description="Milvus Lite .db path or http(s):// server URI")
+    checkpoint: str = Field("hivlp_work/model", min_length=1, description="HiVLP checkpoint directory")
+    milvus_uri: str = Field(
+        "hivlp_work/hivlp.db", min_length=1, description="Milvus Lite .db path or http(s):// server URI"
+    )
     milvus_token: str | None = Field(None, description="Milvus server token (user:password or API key)")
-    collection: str | None = Field(None, description="collection name")
+    collection: str = Field("quickstart", min_length=1, description="collection name")
     api_key: str | None = Field(None, description="require 'Authorization: Bearer <key>' on all routes but /healthz")
     max_batch_size: int = Field(32, ge=1, le=1024, description="encoder @serve.batch max_batch_size")
     batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0, description="encoder @serve.batch wait for a full batch")
     num_gpus: float | None = Field(
-        None, ge=0.0, description="GPUs per encoder replica; None: 1 if the machine/cluster has GPUs, else 0"
+        None,
+        ge=0.0,
+        description="GPUs per encoder replica; None: the cluster's GPUs split between both encoders' replicas "
+        "at their autoscaling ceiling (at most 1 each; 0 without GPUs)",
     )
     max_encoder_replicas: int = Field(2, ge=1, le=64, description="autoscaling ceiling of each encoder")
     searcher_replicas: int | None = Field(
@@ -74,10 +79,16 @@ class AppArgs(BaseModel):
     max_image_pixels: int = Field(MAX_IMAGE_PIXELS, ge=64 * 64, le=400_000_000, description="413 above")
 
 
+def env_var(name: str) -> str:
+    """The environment variable of an :class:`AppArgs` field (``collection`` -> ``HIVLP_COLLECTION``)."""
+    return ENV_PREFIX + name.upper()
+
+
 @dataclass(frozen=True)
 class ResolvedArgs:
     """AppArgs with the environment and defaults applied and local paths made absolute."""
 
+    args: AppArgs
     checkpoint: str
     milvus_uri: str
     milvus_token: str | None
@@ -87,40 +98,50 @@ class ResolvedArgs:
     workdir: str
 
 
-def resolve_args(args: AppArgs, environ: dict[str, str] | None = None, cwd: str | None = None) -> ResolvedArgs:
-    """Apply the fallbacks (arg, then environment variable, then quickstart default).
+def resolve_args(args: AppArgs, environ: Mapping[str, str] | None = None, cwd: str | None = None) -> ResolvedArgs:
+    """Apply the precedence: builder arg, then ``HIVLP_<NAME>`` environment variable, then default.
 
     Args:
-        args: the builder args.
-        environ: the environment (default ``os.environ``).
+        args: the builder args; only the ones given (``args.model_fields_set``) count as given.
+        environ: the environment (default ``os.environ``); empty variables count as unset.
         cwd: the directory relative paths are resolved against (default: the current one).
 
     Returns:
         The resolved values.
+
+    Raises:
+        pydantic.ValidationError: an environment variable holds an invalid value.
     """
     from hivlp_milvus.connection import is_server_uri
 
-    env = dict(os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    from_env = {name: env[env_var(name)] for name in AppArgs.model_fields if env.get(env_var(name))}
+    given = {name: value for name, value in args.model_dump(exclude_unset=True).items() if value not in (None, "")}
+    merged = AppArgs.model_validate({**from_env, **given})
     cwd = os.path.abspath(cwd or os.getcwd())
-
-    def pick(name: str, default: str | None) -> str | None:
-        value = getattr(args, name)
-        if value is None or value == "":
-            value = env.get(ENV[name]) or default
-        return value
-
-    checkpoint = str(pick("checkpoint", DEFAULT_CHECKPOINT))
-    uri = str(pick("milvus_uri", DEFAULT_MILVUS_URI))
-    lite = not is_server_uri(uri)
+    lite = not is_server_uri(merged.milvus_uri)
     return ResolvedArgs(
-        checkpoint=os.path.join(cwd, os.path.expanduser(checkpoint)),  # join keeps absolute paths as they are
-        milvus_uri=os.path.join(cwd, os.path.expanduser(uri)) if lite else uri,
-        milvus_token=pick("milvus_token", None),
-        collection=str(pick("collection", DEFAULT_COLLECTION)),
-        api_key=pick("api_key", None),
+        args=merged,
+        checkpoint=os.path.join(cwd, os.path.expanduser(merged.checkpoint)),  # join keeps absolute paths as they are
+        milvus_uri=os.path.join(cwd, os.path.expanduser(merged.milvus_uri)) if lite else merged.milvus_uri,
+        milvus_token=merged.milvus_token,
+        collection=merged.collection,
+        api_key=merged.api_key,
         lite=lite,
         workdir=cwd,
     )
+
+
+def gpus_per_encoder_replica(gpus: float, max_encoder_replicas: int) -> float:
+    """Each encoder replica's share when both encoders may scale to ``max_encoder_replicas``.
+
+    A whole GPU per replica would leave the second encoder unscheduled on a one-GPU machine; the
+    share lets every replica up to the autoscaling ceiling fit, and never exceeds one GPU.
+    Ray takes GPU fractions to four decimals, so the share is rounded down to that.
+    """
+    if gpus <= 0:
+        return 0.0
+    return min(1.0, math.floor(gpus / (2 * max_encoder_replicas) * 10_000) / 10_000)
 
 
 def _gpus_available() -> float:
@@ -153,12 +174,15 @@ def build_app(args: AppArgs) -> serve.Application:
         The bound application: ``Ingress`` over ``TextEncoder``, ``ImageEncoder`` and ``Searcher``.
 
     Raises:
-        pydantic.ValidationError: an unknown arg or an out-of-range value.
+        pydantic.ValidationError: an unknown arg or an out-of-range value (in an arg or a variable).
     """
     if not isinstance(args, AppArgs):
         args = AppArgs.model_validate(dict(args or {}))
     resolved = resolve_args(args)
-    gpus = args.num_gpus if args.num_gpus is not None else (1.0 if _gpus_available() > 0 else 0.0)
+    opts = resolved.args
+    gpus = opts.num_gpus
+    if gpus is None:
+        gpus = gpus_per_encoder_replica(_gpus_available(), opts.max_encoder_replicas)
 
     actor: dict[str, Any] = {"num_cpus": 0.5}
     if gpus > 0:
@@ -166,18 +190,18 @@ def build_app(args: AppArgs) -> serve.Application:
     encoder_options = {
         "ray_actor_options": actor,
         # Room for two full batches per replica: one running, one filling.
-        "max_ongoing_requests": max(64, 2 * args.max_batch_size),
+        "max_ongoing_requests": max(64, 2 * opts.max_batch_size),
         "autoscaling_config": {
             "min_replicas": 1,
-            "max_replicas": args.max_encoder_replicas,
-            "target_ongoing_requests": max(2, args.max_batch_size // 2),
+            "max_replicas": opts.max_encoder_replicas,
+            "target_ongoing_requests": max(2, opts.max_batch_size // 2),
         },
     }
-    encoder_args = (resolved.checkpoint, args.max_batch_size, args.batch_wait_timeout_s, gpus > 0)
+    encoder_args = (resolved.checkpoint, opts.max_batch_size, opts.batch_wait_timeout_s, gpus > 0)
     text = TextEncoder.options(**encoder_options).bind(*encoder_args)
     image = ImageEncoder.options(**encoder_options).bind(*encoder_args)
 
-    replicas = args.searcher_replicas or (1 if resolved.lite else 2)
+    replicas = opts.searcher_replicas or (1 if resolved.lite else 2)
     if resolved.lite and replicas != 1:
         logger.warning(
             "Milvus Lite (%s) is single-process: running 1 Searcher replica, not %d",
@@ -191,10 +215,10 @@ def build_app(args: AppArgs) -> serve.Application:
     settings = IngressSettings(
         collection=resolved.collection,
         api_key=resolved.api_key,
-        max_image_bytes=args.max_image_bytes,
-        max_image_pixels=args.max_image_pixels,
+        max_image_bytes=opts.max_image_bytes,
+        max_image_pixels=opts.max_image_pixels,
         # base64 costs 4/3 of the bytes; 1 MiB for JSON, other fields and ingest captions.
-        max_body_bytes=args.max_image_bytes * 4 // 3 + 1024 * 1024,
+        max_body_bytes=opts.max_image_bytes * 4 // 3 + 1024 * 1024,
         media_root=resolved.workdir,
     )
     return Ingress.bind(text, image, searcher, settings)

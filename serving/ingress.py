@@ -1,6 +1,9 @@
 """The HTTP front door: a FastAPI app inside the ``Ingress`` deployment.
 
-Routes (OpenAPI at ``/docs`` and ``/openapi.json``):
+Routes (OpenAPI at ``/openapi.json``; Swagger UI at ``/docs`` and ReDoc at ``/redoc``, their scripts
+served from the ``fastapi-offline`` package so they work offline). Every route but ``/healthz``
+depends on :func:`require_api_key`; request bodies, the multipart form included, are parsed and
+validated by FastAPI from the models in :mod:`serving.schemas`, which are also the OpenAPI schema:
 
 * ``POST /search`` — JSON: a text or a base64 image, limits, structured filter, modality;
 * ``POST /search/image`` — multipart: an image file plus the same options as form fields;
@@ -12,8 +15,8 @@ Routes (OpenAPI at ``/docs`` and ``/openapi.json``):
 
 Errors are JSON ``{"error": code, "message": ..., "details": ...}``: 400 malformed JSON or bad
 base64, 401 API key, 404 unknown media, 413 too large, 415 not an image / not JSON, 422 invalid
-fields and limits, 503 Milvus or a backend unavailable. A client's input never produces a 500;
-a 500 means a server fault (e.g. an encoder batch failing).
+fields and limits, 503 Milvus or a backend unavailable, 504 a backend too slow. A client's input
+never produces a 500; a 500 means a server fault (e.g. an encoder batch failing).
 """
 
 # No `from __future__ import annotations`: Serve's class-based FastAPI view needs the route
@@ -24,21 +27,19 @@ import base64
 import binascii
 import hmac
 import io
-import json
 import logging
 import re
 import time
 from dataclasses import dataclass
-from email.parser import BytesParser
-from email.policy import HTTP
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Form, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import ValidationError
+from fastapi.security import HTTPBearer
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -72,6 +73,11 @@ from serving.schemas import (
 logger = logging.getLogger("ray.serve")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: Swagger UI / ReDoc files served by /docs-assets, from the fastapi-offline package.
+DOCS_ASSETS = {
+    name: resources.files("fastapi_offline").joinpath("static", name)
+    for name in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
+}
 FILTERABLE_FIELDS = ("key", "modality", "reference", "attributes")
 THUMBNAIL_SIDE = 256
 _BACKEND_TIMEOUT_S = 60.0
@@ -175,7 +181,7 @@ api = FastAPI(
     redoc_url=None,
     openapi_url=None,
 )
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 500, 503, 504)}
 
 
 @api.exception_handler(ApiError)
@@ -196,20 +202,15 @@ async def _http_error_handler(request: Request, exc: StarletteHTTPException) -> 
 
 @api.exception_handler(RequestValidationError)
 async def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return _validation_error(request, exc.errors()).response()
-
-
-def _validation_error(request: Request | None, errors: Any) -> ApiError:
-    errors = list(errors)
+    errors = list(exc.errors())
     types = {str(e.get("type")) for e in errors}
     if "json_invalid" in types:
         where = next((e for e in errors if e.get("type") == "json_invalid"), {})
-        ctx = where.get("ctx") or {}
-        return ApiError(400, "invalid_json", f"the request body is not valid JSON: {ctx.get('error', 'parse error')}")
-    if request is not None:
-        ctype = request.headers.get("content-type", "")
-        if request.method == "POST" and ctype and not _is_json(ctype) and "model_attributes_type" in types:
-            return ApiError(415, "unsupported_media_type", f"send Content-Type: application/json, not {ctype!r}")
+        reason = (where.get("ctx") or {}).get("error", "parse error")
+        return ApiError(400, "invalid_json", f"the request body is not valid JSON: {reason}").response()
+    ctype = request.headers.get("content-type", "")
+    if request.method == "POST" and ctype and not _is_json(ctype) and "model_attributes_type" in types:
+        return ApiError(415, "unsupported_media_type", f"send Content-Type: application/json, not {ctype!r}").response()
     # No "input" (it can be a multi-megabyte base64 image) and no "ctx" (not always JSON).
     details = [
         {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
@@ -217,7 +218,7 @@ def _validation_error(request: Request | None, errors: Any) -> ApiError:
     ]
     code = "unknown_field" if "extra_forbidden" in types else "invalid_request"
     message = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details)
-    return ApiError(422, code, message or "invalid request", details)
+    return ApiError(422, code, message or "invalid request", details).response()
 
 
 def _is_json(content_type: str) -> bool:
@@ -226,19 +227,62 @@ def _is_json(content_type: str) -> bool:
 
 
 # Serve freezes a copy of `api` when the class is decorated and pickles the Ingress class by value,
-# so neither `api.state` nor a global seen from Ingress methods reaches the middleware that serves
-# requests. This module's own state does: the middleware and configure_body_limit are imported
-# (pickled by reference) in the replica. One Ingress replica per process, so one limit.
-_BODY_LIMIT = {"bytes": 12 * 1024 * 1024}
+# so neither `api.state` nor a global seen from Ingress methods reaches the middleware and the
+# dependencies that serve requests. This module's own state does: they and configure() are imported
+# (pickled by reference) in the replica. One Ingress replica per process, so one setting each.
+_STATE: dict[str, Any] = {"body_bytes": 12 * 1024 * 1024, "api_key": None}
 
 
-def configure_body_limit(max_body_bytes: int) -> None:
-    """Set the request-body limit of this process's ingress (called by ``Ingress.__init__``)."""
-    _BODY_LIMIT["bytes"] = int(max_body_bytes)
+def configure(settings: IngressSettings) -> None:
+    """Set the body limit and the API key of this process's ingress (called by ``Ingress.__init__``)."""
+    _STATE["body_bytes"] = int(settings.max_body_bytes)
+    _STATE["api_key"] = settings.api_key or None
+
+
+# Declares the scheme in the OpenAPI document; the header itself is read by require_api_key, which
+# also takes Basic (what a browser sends after the page's login prompt).
+_BEARER = HTTPBearer(auto_error=False, description="the server's API key (when it has one)")
+
+
+async def require_api_key(request: Request, _: Any = Security(_BEARER)) -> None:
+    """The one authentication check: every route but ``/healthz`` depends on it.
+
+    ``Authorization: Bearer <key>``, or ``Basic`` with any user name and the key as password; the
+    comparison is timing-safe.
+
+    Raises:
+        ApiError: 401 without a key or with a wrong one (only when the server has a key).
+    """
+    key = _STATE["api_key"]
+    if not key:
+        return
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    given = ""
+    if scheme.lower() == "bearer":
+        given = value.strip()
+    elif scheme.lower() == "basic":
+        try:
+            given = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            given = ""
+    if not given:
+        raise ApiError(401, "unauthorized", "this server needs an API key: send 'Authorization: Bearer <key>'")
+    if not hmac.compare_digest(given.encode(), key.encode()):
+        raise ApiError(401, "unauthorized", "the API key is wrong")
+
+
+AUTH = [Depends(require_api_key)]
+
+
+async def require_multipart(request: Request) -> None:
+    """415 for a body that is not ``multipart/form-data`` (FastAPI would report missing fields)."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/form-data"):
+        raise ApiError(415, "unsupported_media_type", f"send multipart/form-data with a 'file' part, not {ctype!r}")
 
 
 class _BodyLimit:
-    """ASGI middleware: refuse bodies above the configured limit (:func:`configure_body_limit`) with 413.
+    """ASGI middleware: refuse bodies above the configured limit (:func:`configure`) with 413.
 
     A declared Content-Length is checked before anything is read; a chunked body is counted as it
     streams and the request fails as soon as it passes the limit (nothing large is buffered).
@@ -251,7 +295,7 @@ class _BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = _BODY_LIMIT["bytes"]
+        limit = _STATE["body_bytes"]
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -315,50 +359,6 @@ def check_image_bytes(raw: bytes, settings: IngressSettings) -> bytes:
     return raw
 
 
-def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, bytes]]:
-    """Split a ``multipart/form-data`` body into text fields and file parts (stdlib only).
-
-    Returns:
-        ``(fields, files)``: name -> text for plain fields, name -> bytes for parts with a filename.
-
-    Raises:
-        ApiError: 400 when the body is not valid multipart or a field is repeated.
-    """
-    if "boundary=" not in content_type:
-        raise ApiError(400, "invalid_multipart", "multipart/form-data without a boundary")
-    message = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
-    )
-    if not message.is_multipart() or message.defects:
-        raise ApiError(400, "invalid_multipart", "the body is not valid multipart/form-data")
-    fields: dict[str, str] = {}
-    files: dict[str, bytes] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not name:
-            raise ApiError(400, "invalid_multipart", "a multipart part has no name")
-        if name in fields or name in files:
-            raise ApiError(400, "invalid_multipart", f"the form field {name!r} is given twice")
-        payload = part.get_payload(decode=True) or b""
-        if part.get_filename() is not None:
-            files[str(name)] = payload
-        else:
-            try:
-                fields[str(name)] = payload.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ApiError(400, "invalid_multipart", f"form field {name!r} is not UTF-8 text") from exc
-    return fields, files
-
-
-def _validate(model: Any, body: Any, request: Request | None, loc: str = "body") -> Any:
-    """Validate a parsed body against a request model, answering 422 like FastAPI's own validation."""
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        errors = [{**e, "loc": (loc, *e.get("loc", ()))} for e in exc.errors()]
-        raise _validation_error(request, errors) from exc
-
-
 def _thumbnail(path: Path) -> tuple[bytes, str]:
     """A PNG/JPEG thumbnail of an image file (re-encoded, so only real images are ever served)."""
     from PIL import Image, ImageOps
@@ -405,30 +405,11 @@ class Ingress:
         self._image = image_encoder
         self._searcher = searcher
         self._settings = settings
-        configure_body_limit(settings.max_body_bytes)
+        configure(settings)
         self._static = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()} if STATIC_DIR.is_dir() else {}
         self._media_root = Path(settings.media_root)
 
     # -- helpers -----------------------------------------------------------------------------------
-
-    def _authorize(self, request: Request) -> None:
-        key = self._settings.api_key
-        if not key:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, value = header.partition(" ")
-        given = ""
-        if scheme.lower() == "bearer":
-            given = value.strip()
-        elif scheme.lower() == "basic":  # a browser after the page's login prompt: any user, key as password
-            try:
-                given = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
-            except (binascii.Error, UnicodeDecodeError):
-                given = ""
-        if not given:
-            raise ApiError(401, "unauthorized", "this server needs an API key: send 'Authorization: Bearer <key>'")
-        if not hmac.compare_digest(given.encode(), key.encode()):
-            raise ApiError(401, "unauthorized", "the API key is wrong")
 
     async def _backend(self, call: Any, timeout: float = _BACKEND_TIMEOUT_S) -> Any:
         try:
@@ -533,10 +514,9 @@ class Ingress:
             return JSONResponse(body.model_dump(), status_code=503)
         return HealthResponse(status="ok", milvus="ok", collection=info["collection"], count=info.get("count"))
 
-    @api.post("/search", response_model=SearchResponse, responses=_ERRORS, tags=["search"])
-    async def search(self, req: SearchRequest, request: Request) -> Any:
+    @api.post("/search", response_model=SearchResponse, responses=_ERRORS, tags=["search"], dependencies=AUTH)
+    async def search(self, req: SearchRequest) -> Any:
         """Search with a text or a base64 image; ``filter`` is a list of ``{field, op, value}``."""
-        self._authorize(request)
         kind = "text" if req.text is not None else "image"
         payload = req.text if kind == "text" else decode_base64_image(req.image or "", self._settings)
         return await self._search(kind, payload, req.limit, req.coarse_limit, req.modality, req.filter)
@@ -546,59 +526,16 @@ class Ingress:
         response_model=SearchResponse,
         responses=_ERRORS,
         tags=["search"],
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["file"],
-                            "properties": {
-                                "file": {"type": "string", "format": "binary"},
-                                "limit": {"type": "integer", "default": 10},
-                                "coarse_limit": {"type": "integer"},
-                                "modality": {"type": "string", "enum": ["image", "text", "all"]},
-                                "filter": {
-                                    "type": "string",
-                                    "description": "JSON list of {field, op, value}",
-                                },
-                            },
-                        }
-                    }
-                },
-            }
-        },
+        dependencies=[*AUTH, Depends(require_multipart)],
     )
-    async def search_image(self, request: Request) -> Any:
+    async def search_image(self, form: Annotated[ImageSearchForm, Form(media_type="multipart/form-data")]) -> Any:
         """Search with an uploaded image (multipart/form-data: ``file`` plus optional fields)."""
-        self._authorize(request)
-        ctype = request.headers.get("content-type", "")
-        if not ctype.lower().startswith("multipart/form-data"):
-            raise ApiError(415, "unsupported_media_type", f"send multipart/form-data with a 'file' part, not {ctype!r}")
-        fields, files = parse_multipart(ctype, await request.body())
-        if "file" not in files:
-            raise ApiError(422, "invalid_request", "the form needs a 'file' part holding the image")
-        extra = sorted(set(files) - {"file"})
-        if extra:
-            raise ApiError(422, "unknown_field", f"unknown file part(s) {extra}; send the image as 'file'")
-        form: dict[str, Any] = dict(fields)
-        if "filter" in form:
-            try:
-                form["filter"] = json.loads(form["filter"]) if form["filter"].strip() else []
-            except json.JSONDecodeError as exc:
-                raise ApiError(400, "invalid_json", f"the 'filter' field is not valid JSON: {exc}") from exc
-        for name in ("limit", "coarse_limit"):
-            if form.get(name) == "":
-                form.pop(name)
-        req = _validate(ImageSearchForm, form, None, loc="form")
-        payload = check_image_bytes(files["file"], self._settings)
-        return await self._search("image", payload, req.limit, req.coarse_limit, req.modality, req.filter)
+        payload = check_image_bytes(await form.file.read(), self._settings)
+        return await self._search("image", payload, form.limit, form.coarse_limit, form.modality, form.filter)
 
-    @api.post("/encode", response_model=EncodeResponse, responses=_ERRORS, tags=["encode"])
-    async def encode(self, req: EncodeRequest, request: Request) -> Any:
+    @api.post("/encode", response_model=EncodeResponse, responses=_ERRORS, tags=["encode"], dependencies=AUTH)
+    async def encode(self, req: EncodeRequest) -> Any:
         """Embed a text or a base64 image; returns both levels (L2-normalised)."""
-        self._authorize(request)
         kind = "text" if req.text is not None else "image"
         payload = req.text if kind == "text" else decode_base64_image(req.image or "", self._settings)
         out = await self._encode(kind, payload)
@@ -613,13 +550,12 @@ class Ingress:
             "encode_ms": round(out["encode_ms"], 3),
         }
 
-    @api.post("/ingest", response_model=IngestResponse, responses=_ERRORS, tags=["ingest"])
-    async def ingest(self, req: IngestRequest, request: Request) -> Any:
+    @api.post("/ingest", response_model=IngestResponse, responses=_ERRORS, tags=["ingest"], dependencies=AUTH)
+    async def ingest(self, req: IngestRequest) -> Any:
         """Encode and upsert a small batch of records. Bad records are reported, the rest written."""
         from hivlp_milvus.data.record import EmbeddingRecord
         from hivlp_milvus.ids import text_key
 
-        self._authorize(request)
         started = time.perf_counter()
         failed: list[dict[str, str]] = []
         jobs: list[tuple[str, str, str, dict[str, Any], Any]] = []  # key, modality, reference, attrs, call
@@ -659,12 +595,12 @@ class Ingress:
 
     @api.get(
         "/media/{row_id}",
-        responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}, 404: {"model": ErrorResponse}},
+        responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}, **_ERRORS, 404: {"model": ErrorResponse}},
         tags=["search"],
+        dependencies=AUTH,
     )
-    async def media(self, row_id: str, request: Request) -> Response:
+    async def media(self, row_id: str) -> Response:
         """A thumbnail of an image row's file. Only files referenced by the collection are served."""
-        self._authorize(request)
         if not row_id.isdigit() or len(row_id) > 19:
             raise ApiError(404, "not_found", f"no image row {row_id!r} (ids are decimal integers)")
         row = await self._backend(self._searcher.reference.remote(int(row_id)))
@@ -682,39 +618,62 @@ class Ingress:
             raise ApiError(404, "not_found", f"the file of row {row_id} is not a readable image") from exc
         return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
 
-    @api.get("/stats", tags=["ops"])
-    async def stats(self, request: Request) -> Any:
+    @api.get("/stats", tags=["ops"], responses=_ERRORS, dependencies=AUTH)
+    async def stats(self) -> Any:
         """Batch statistics of one replica of each encoder (batch sizes seen, failures)."""
-        self._authorize(request)
         text, image = await asyncio.gather(
             self._backend(self._text.stats.remote()), self._backend(self._image.stats.remote())
         )
         return {"text": text, "image": image}
 
-    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index(self, request: Request) -> Response:
-        self._authorize(request)
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False, dependencies=AUTH)
+    async def index(self) -> Response:
         page = self._static.get("index.html")
         if page is None:
             raise ApiError(404, "not_found", "the web page is not installed (serving/static/index.html)")
         return HTMLResponse(page.read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
 
-    @api.get("/static/{name}", include_in_schema=False)
-    async def static(self, name: str, request: Request) -> Response:
-        self._authorize(request)
+    @api.get("/static/{name}", include_in_schema=False, dependencies=AUTH)
+    async def static(self, name: str) -> Response:
         path = self._static.get(name)  # a fixed set of file names: no paths from the request
         if path is None:
             raise ApiError(404, "not_found", f"no static file {name!r}")
         media = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
         return Response(path.read_bytes(), media_type=media.get(path.suffix, "application/octet-stream"))
 
-    @api.get("/openapi.json", include_in_schema=False)
-    async def openapi(self, request: Request) -> Any:
-        self._authorize(request)
+    @api.get("/openapi.json", include_in_schema=False, dependencies=AUTH)
+    async def openapi(self) -> Any:
         return JSONResponse(api.openapi())
 
-    @api.get("/docs", include_in_schema=False)
-    async def docs(self, request: Request) -> Response:
-        """Swagger UI (its JS/CSS come from a CDN; /openapi.json itself works offline)."""
-        self._authorize(request)
-        return get_swagger_ui_html(openapi_url="openapi.json", title="hivlp-milvus API")
+    # The API pages load their scripts from a Python package (fastapi-offline ships Swagger UI and
+    # ReDoc), not from a CDN: they work on a machine without internet access.
+
+    @api.get("/docs", include_in_schema=False, dependencies=AUTH)
+    async def docs(self) -> Response:
+        """Swagger UI."""
+        return get_swagger_ui_html(
+            openapi_url="openapi.json",
+            title="hivlp-milvus API",
+            swagger_js_url="docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="docs-assets/swagger-ui.css",
+            swagger_favicon_url="docs-assets/favicon.png",
+        )
+
+    @api.get("/redoc", include_in_schema=False, dependencies=AUTH)
+    async def redoc(self) -> Response:
+        """ReDoc."""
+        return get_redoc_html(
+            openapi_url="openapi.json",
+            title="hivlp-milvus API",
+            redoc_js_url="docs-assets/redoc.standalone.js",
+            redoc_favicon_url="docs-assets/favicon.png",
+            with_google_fonts=False,
+        )
+
+    @api.get("/docs-assets/{name}", include_in_schema=False, dependencies=AUTH)
+    async def docs_assets(self, name: str) -> Response:
+        asset = DOCS_ASSETS.get(name)  # a fixed set of names: no paths from the request
+        if asset is None:
+            raise ApiError(404, "not_found", f"no API page asset {name!r}")
+        media = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
+        return Response(asset.read_bytes(), media_type=media.get(Path(name).suffix, "application/octet-stream"))

@@ -7,18 +7,21 @@ bytes) are checked by the ingress against its settings and answered with 413, no
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import UploadFile
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Json,
     StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
     model_validator,
 )
+from typing_extensions import TypeAliasType
 
 # API-level caps. The index profile may be stricter (e.g. GPU_IVF_FLAT's top-k cap of 256); the
 # collection checks that and the ingress answers 422 with its message.
@@ -30,14 +33,54 @@ MAX_INGEST_RECORDS = 64
 MAX_CAPTIONS_PER_RECORD = 16
 MAX_KEY_CHARS = 512
 
+# "Not blank": at least one character that no regex dialect involved calls white space. pydantic
+# (Rust), the OpenAPI schema (ECMA) and Python's str.strip() disagree on a few code points; listing
+# those keeps the schema and the app in agreement and every accepted text non-blank for the encoder.
+NOT_BLANK = r"[^\s\x1c-\x1f\x85\ufeff]"
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS, pattern=NOT_BLANK)]
+# Milvus stores attributes in a JSON field that refuses integers beyond INT64 (a 500 before) and
+# non-finite floats. A larger integer is still a JSON number, so it is stored as a float (a strict
+# float takes ints): what the schema's "integer within INT64, or number" promises.
+Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+FiniteFloat = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+AttributeValue = TypeAliasType(
+    "AttributeValue",
+    "StrictStr | StrictBool | Int64 | FiniteFloat | None | list[AttributeValue] | dict[str, AttributeValue]",
+)
+
 Modality = Literal["image", "text", "all"]
 FilterOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in", "like"]
 # Strict scalars: a JSON ``true`` must not become the integer 1 in a filter.
 Scalar = StrictStr | StrictBool | StrictInt | StrictFloat
 
 
+def _lone_surrogate(value: Any) -> str | None:
+    """The first string (or key) in a parsed JSON value that is not valid Unicode, else ``None``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value
+        return None
+    if isinstance(value, dict):
+        return next((bad for item in value.items() for bad in map(_lone_surrogate, item) if bad is not None), None)
+    if isinstance(value, list):
+        return next((bad for bad in map(_lone_surrogate, value) if bad is not None), None)
+    return None
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        # JSON may escape a lone UTF-16 surrogate ("\ud800"); Python's parser keeps it, and Milvus (and
+        # the row ids, hashed from UTF-8) cannot store it: refuse it here, not with a 500 there.
+        bad = _lone_surrogate(data)
+        if bad is not None:
+            raise ValueError(f"strings must be valid Unicode; {bad[:40]!r} holds a lone surrogate")
+        return data
 
 
 class FilterCondition(_Request):
@@ -59,12 +102,21 @@ def _one_of_text_image(model: Any) -> Any:
     return model
 
 
+def _given(name: str) -> dict[str, Any]:
+    # "present and not null": a null counts as absent in the app, so it must in the schema too.
+    return {"required": [name], "properties": {name: {"type": "string"}}}
+
+
+#: The model validator's rule in the OpenAPI schema, so a client generated from it cannot send both.
+ONE_OF_TEXT_IMAGE = {"oneOf": [_given("text"), _given("image")]}
+
+
 class SearchRequest(_Request):
     """``POST /search``: a text or a base64 image, searched coarse -> fine."""
 
-    text: str | None = Field(
-        None, min_length=1, max_length=MAX_TEXT_CHARS, description="a text query", examples=["a red circle"]
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_OF_TEXT_IMAGE)
+
+    text: Text | None = Field(None, description="a text query", examples=["a red circle"])
     image: str | None = Field(
         None, min_length=1, description="a base64 image (JPEG, PNG, ...; a data: URL is accepted)"
     )
@@ -88,15 +140,18 @@ class SearchRequest(_Request):
 
 
 class ImageSearchForm(_Request):
-    """The form fields of ``POST /search/image`` (besides the ``file`` part).
+    """The multipart form of ``POST /search/image``: the image ``file`` and the options of ``POST /search``.
 
     ``filter`` is the JSON text of a condition list, as in ``POST /search``.
     """
 
-    limit: int = Field(10, ge=1, le=MAX_LIMIT)
-    coarse_limit: int | None = Field(None, ge=1, le=MAX_COARSE_LIMIT)
-    modality: Modality | None = None
-    filter: list[FilterCondition] = Field(default_factory=list, max_length=MAX_FILTER_CONDITIONS)
+    file: UploadFile = Field(description="the query image (JPEG, PNG, ...)")
+    limit: int = Field(10, ge=1, le=MAX_LIMIT, description="hits to return")
+    coarse_limit: int | None = Field(None, ge=1, le=MAX_COARSE_LIMIT, description="coarse shortlist size")
+    modality: Modality | None = Field(None, description="what to search; captions by default")
+    filter: Json[Annotated[list[FilterCondition], Field(max_length=MAX_FILTER_CONDITIONS)]] = Field(
+        default_factory=list, description="JSON list of {field, op, value}, AND-ed"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ImageSearchForm:
@@ -108,7 +163,9 @@ class ImageSearchForm(_Request):
 class EncodeRequest(_Request):
     """``POST /encode``: a text or a base64 image to embed."""
 
-    text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS, examples=["a red circle"])
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_OF_TEXT_IMAGE)
+
+    text: Text | None = Field(None, examples=["a red circle"])
     image: str | None = Field(None, min_length=1, description="a base64 image")
 
     @model_validator(mode="after")
@@ -123,18 +180,24 @@ class IngestRecord(_Request):
     re-sending a record overwrites its rows.
     """
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [_given("image"), {"required": ["captions"], "properties": {"captions": {"minItems": 1}}}]
+        },
+    )
+
     key: str = Field(min_length=1, max_length=MAX_KEY_CHARS, examples=["photo-0001"])
     image: str | None = Field(None, min_length=1, description="a base64 image")
-    captions: list[str] = Field(default_factory=list, max_length=MAX_CAPTIONS_PER_RECORD)
-    attributes: dict[str, Any] = Field(default_factory=dict)
+    captions: list[Text] = Field(default_factory=list, max_length=MAX_CAPTIONS_PER_RECORD)
+    attributes: dict[str, AttributeValue] = Field(
+        default_factory=dict, description="JSON attributes (integers within INT64, finite numbers)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> IngestRecord:
         if self.image is None and not self.captions:
             raise ValueError("a record needs an 'image' or at least one caption")
-        for i, caption in enumerate(self.captions):
-            if not caption.strip() or len(caption) > MAX_TEXT_CHARS:
-                raise ValueError(f"caption {i} must be 1..{MAX_TEXT_CHARS} characters and not blank")
         return self
 
 

@@ -2,8 +2,10 @@
 
 A run is read from a YAML file and then patched with ``key.sub=value`` overrides from the command
 line (values are parsed as YAML, so ``optim.lr=3e-4``, ``scaling.use_gpu=true`` and
-``validation.coarse_ks=[10,50]`` all do what they look like). Every mistake is a
-:class:`~hivlp_milvus.errors.ConfigError` naming the key and what to write instead.
+``validation.coarse_ks=[10,50]`` all do what they look like). The sections are pydantic dataclasses
+(:func:`hivlp_milvus.model.config.config_dataclass`): their field declarations are the checks, and
+every mistake is one :class:`~hivlp_milvus.errors.ConfigError` naming the dotted key, what is
+allowed and, for an unknown key, the closest known one.
 
 This module imports neither torch nor Ray: the CLI validates a config before paying for either.
 """
@@ -11,19 +13,34 @@ This module imports neither torch nor Ray: the CLI validates a config before pay
 from __future__ import annotations
 
 import copy
-import dataclasses
-import difflib
-import math
 import re
+import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import AfterValidator, BeforeValidator, Field, StrictInt, model_validator
 
 from hivlp_milvus.errors import ConfigError
+from hivlp_milvus.model.config import (
+    ConfigBase,
+    Flag,
+    FrozenMapping,
+    HiVLPConfig,
+    NonEmptyStr,
+    NonNegativeInt,
+    NonNegativeNumber,
+    Number,
+    PositiveInt,
+    PositiveNumber,
+    config_dataclass,
+    frozen,
+    get_config,
+    plain,
+)
 
 __all__ = [
     "DataConfig",
@@ -39,18 +56,39 @@ __all__ = [
     "shipped_config",
 ]
 
-PRECISIONS = ("fp32", "bf16")
-PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-EXPORTS = ("last", "best")
+Precision = Literal["fp32", "bf16"]
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+Export = Literal["last", "best"]
+PRECISIONS = typing.get_args(Precision)
+PLACEMENT_STRATEGIES = typing.get_args(PlacementStrategy)
+EXPORTS = typing.get_args(Export)
 _CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_NO_MAPPING: Mapping[str, Any] = MappingProxyType({})
+
+
+def _named_or_inline(value: Any) -> Any:
+    if isinstance(value, Mapping) or (isinstance(value, str) and value):
+        return value
+    raise ValueError(f"must be a named config (e.g. tiny) or a HiVLPConfig mapping, got {value!r}")
+
+
+def _run_name(value: str) -> str:
+    if not _RUN_NAME.fullmatch(value):
+        raise ValueError(f"must be letters, digits, '.', '_' or '-' (it names a directory), got {value!r}")
+    return value
+
+
+def _one_or_many(value: Any) -> Any:
+    return (value,) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 # -- sections ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ModelSection:
+@config_dataclass("model")
+class ModelSection(ConfigBase):
     """Which model to train.
 
     Attributes:
@@ -62,22 +100,11 @@ class ModelSection:
             (fine-tuning); its config wins over ``config``/``overrides``.
     """
 
-    config: str | Mapping[str, Any] = "tiny"
-    overrides: Mapping[str, Any] = field(default_factory=dict)
-    init_checkpoint: str | None = None
+    config: Annotated[str | Mapping[str, Any], BeforeValidator(_named_or_inline), AfterValidator(frozen)] = "tiny"
+    overrides: FrozenMapping = field(default_factory=lambda: _NO_MAPPING)
+    init_checkpoint: NonEmptyStr | None = None
 
-    def __post_init__(self) -> None:
-        if isinstance(self.config, Mapping):
-            object.__setattr__(self, "config", _frozen(self.config))
-        elif not isinstance(self.config, str) or not self.config:
-            raise ConfigError(
-                f"model.config must be a named config (e.g. tiny) or a HiVLPConfig mapping, got {self.config!r}"
-            )
-        _require_mapping(self.overrides, "model.overrides")
-        object.__setattr__(self, "overrides", _frozen(self.overrides))
-        _optional_str(self.init_checkpoint, "model.init_checkpoint")
-
-    def resolve(self) -> Any:
+    def resolve(self) -> HiVLPConfig:
         """The ``HiVLPConfig`` this section describes (``init_checkpoint`` aside).
 
         Returns:
@@ -86,18 +113,15 @@ class ModelSection:
         Raises:
             ConfigError: unknown named config, unknown keys or invalid values.
         """
-        from hivlp_milvus.model.config import HiVLPConfig, get_config
-
-        base = get_config(self.config).to_dict() if isinstance(self.config, str) else _thaw(self.config)
-        merged = _deep_merge(base, _thaw(self.overrides))
+        base = get_config(self.config).to_dict() if isinstance(self.config, str) else plain(self.config)
         try:
-            return HiVLPConfig.from_dict(merged)
+            return HiVLPConfig.from_dict(_deep_merge(base, plain(self.overrides)))
         except ConfigError as exc:
             raise ConfigError(f"model: {exc}") from exc
 
 
-@dataclass(frozen=True)
-class SyntheticConfig:
+@config_dataclass("data.synthetic")
+class SyntheticConfig(ConfigBase):
     """Procedural image–caption data generated into ``<run.work_dir>/data`` before training.
 
     Attributes:
@@ -107,22 +131,14 @@ class SyntheticConfig:
         image_size: side of the generated images in pixels.
     """
 
-    train: int = 2000
-    val: int = 500
-    seed: int = 0
-    image_size: int = 64
-
-    def __post_init__(self) -> None:
-        _positive_int(self.train, "data.synthetic.train")
-        _non_negative_int(self.val, "data.synthetic.val")
-        _int(self.seed, "data.synthetic.seed")
-        _positive_int(self.image_size, "data.synthetic.image_size")
-        if self.image_size < 8:
-            raise ConfigError(f"data.synthetic.image_size must be >= 8, got {self.image_size}")
+    train: PositiveInt = 2000
+    val: NonNegativeInt = 500
+    seed: StrictInt = 0
+    image_size: Annotated[StrictInt, Field(ge=8)] = 64
 
 
-@dataclass(frozen=True)
-class DataConfig:
+@config_dataclass("data")
+class DataConfig(ConfigBase):
     """Where the image–caption pairs come from and how they are fed to the workers.
 
     Attributes:
@@ -143,41 +159,27 @@ class DataConfig:
             one per 256 images); more blocks spread decoding over more CPUs.
     """
 
-    train: str | None = None
-    train_split: str | None = None
-    val: str | None = None
-    val_split: str | None = None
-    image_root: str | None = None
+    train: NonEmptyStr | None = None
+    train_split: NonEmptyStr | None = None
+    val: NonEmptyStr | None = None
+    val_split: NonEmptyStr | None = None
+    image_root: NonEmptyStr | None = None
     synthetic: SyntheticConfig | None = None
-    max_captions: int = 5
-    shuffle_buffer: int = 512
-    preprocess_batch_size: int = 64
-    num_blocks: int | None = None
+    max_captions: PositiveInt = 5
+    shuffle_buffer: NonNegativeInt = 512
+    preprocess_batch_size: PositiveInt = 64
+    num_blocks: PositiveInt | None = None
 
-    def __post_init__(self) -> None:
-        if isinstance(self.synthetic, Mapping):
-            object.__setattr__(self, "synthetic", _build(SyntheticConfig, self.synthetic, "data.synthetic"))
-        if self.synthetic is not None and not isinstance(self.synthetic, SyntheticConfig):
-            raise ConfigError("data.synthetic must be a mapping like {train: 2000, val: 500, seed: 0} or null")
-        _optional_str(self.train, "data.train")
-        _optional_str(self.val, "data.val")
-        _optional_str(self.train_split, "data.train_split")
-        _optional_str(self.val_split, "data.val_split")
-        _optional_str(self.image_root, "data.image_root")
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
         if self.synthetic is None and self.train is None:
-            raise ConfigError(
-                "data has no training set: set data.train to a path (Karpathy .json, manifest dir, "
+            raise ValueError(
+                "no training set: set data.train to a path (Karpathy .json, manifest dir, "
                 ".csv/.jsonl/.parquet) or data.synthetic to {train: N, val: M}"
             )
         if self.synthetic is not None and (self.train is not None or self.val is not None):
-            raise ConfigError(
-                "data.synthetic and data.train/data.val are both set; keep one (e.g. data.synthetic=null)"
-            )
-        _positive_int(self.max_captions, "data.max_captions")
-        _non_negative_int(self.shuffle_buffer, "data.shuffle_buffer")
-        _positive_int(self.preprocess_batch_size, "data.preprocess_batch_size")
-        if self.num_blocks is not None:
-            _positive_int(self.num_blocks, "data.num_blocks")
+            raise ValueError("data.synthetic and data.train/data.val are both set; keep one (e.g. data.synthetic=null)")
+        return self
 
     @property
     def has_validation(self) -> bool:
@@ -185,8 +187,11 @@ class DataConfig:
         return self.val is not None or (self.synthetic is not None and self.synthetic.val > 0)
 
 
-@dataclass(frozen=True)
-class OptimConfig:
+Beta = Annotated[Number, Field(ge=0, lt=1)]
+
+
+@config_dataclass("optim")
+class OptimConfig(ConfigBase):
     """AdamW with a linear warm-up and a cosine decay, per-worker batches, clipping and precision.
 
     Attributes:
@@ -208,48 +213,23 @@ class OptimConfig:
         seed: seeds weights, data order, caption choice and dropout.
     """
 
-    lr: float = 3e-4
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.0
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 64
-    grad_accum_steps: int = 1
-    clip_norm: float = 1.0
-    precision: str = "fp32"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "lr", _positive_float(self.lr, "optim.lr", example="3e-4"))
-        object.__setattr__(self, "weight_decay", _non_negative_float(self.weight_decay, "optim.weight_decay"))
-        betas = self.betas
-        if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
-            raise ConfigError(f"optim.betas must be two numbers like [0.9, 0.98], got {betas!r}")
-        betas = tuple(_float(b, "optim.betas") for b in betas)
-        if not all(0 <= b < 1 for b in betas):
-            raise ConfigError(f"optim.betas must lie in [0, 1), got {list(betas)}")
-        object.__setattr__(self, "betas", betas)
-        object.__setattr__(self, "eps", _positive_float(self.eps, "optim.eps"))
-        _non_negative_int(self.warmup_steps, "optim.warmup_steps")
-        ratio = _float(self.min_lr_ratio, "optim.min_lr_ratio")
-        if not 0 <= ratio <= 1:
-            raise ConfigError(f"optim.min_lr_ratio must lie in [0, 1], got {ratio}")
-        object.__setattr__(self, "min_lr_ratio", ratio)
-        _positive_int(self.epochs, "optim.epochs")
-        if self.max_steps is not None:
-            _positive_int(self.max_steps, "optim.max_steps")
-        _positive_int(self.batch_size, "optim.batch_size")
-        _positive_int(self.grad_accum_steps, "optim.grad_accum_steps")
-        object.__setattr__(self, "clip_norm", _non_negative_float(self.clip_norm, "optim.clip_norm"))
-        _choice(self.precision, PRECISIONS, "optim.precision")
-        _int(self.seed, "optim.seed")
+    lr: PositiveNumber = 3e-4
+    weight_decay: NonNegativeNumber = 0.05
+    betas: tuple[Beta, Beta] = (0.9, 0.98)
+    eps: PositiveNumber = 1e-6
+    warmup_steps: NonNegativeInt = 50
+    min_lr_ratio: Annotated[Number, Field(ge=0, le=1)] = 0.0
+    epochs: PositiveInt = 1
+    max_steps: PositiveInt | None = None
+    batch_size: PositiveInt = 64
+    grad_accum_steps: PositiveInt = 1
+    clip_norm: NonNegativeNumber = 1.0
+    precision: Precision = "fp32"
+    seed: StrictInt = 0
 
 
-@dataclass(frozen=True)
-class ScalingConfig:
+@config_dataclass("scaling")
+class ScalingConfig(ConfigBase):
     """How many Ray Train workers, on what.
 
     Attributes:
@@ -263,28 +243,17 @@ class ScalingConfig:
             parameter (e.g. a temperature) without a gradient.
     """
 
-    num_workers: int = 2
-    use_gpu: bool = False
-    resources_per_worker: Mapping[str, float] | None = None
-    placement_strategy: str = "PACK"
-    find_unused_parameters: bool = False
+    num_workers: PositiveInt = 2
+    use_gpu: Flag = False
+    resources_per_worker: Annotated[Mapping[str, NonNegativeNumber], AfterValidator(frozen)] | None = None
+    placement_strategy: PlacementStrategy = "PACK"
+    find_unused_parameters: Flag = False
 
-    def __post_init__(self) -> None:
-        _positive_int(self.num_workers, "scaling.num_workers")
-        _bool(self.use_gpu, "scaling.use_gpu")
-        _bool(self.find_unused_parameters, "scaling.find_unused_parameters")
-        if self.resources_per_worker is not None:
-            _require_mapping(self.resources_per_worker, "scaling.resources_per_worker")
-            resources = {}
-            for key, value in self.resources_per_worker.items():
-                amount = _float(value, f"scaling.resources_per_worker.{key}")
-                if amount < 0:
-                    raise ConfigError(f"scaling.resources_per_worker.{key} must be >= 0, got {amount}")
-                resources[str(key)] = amount
-            if self.use_gpu and resources.get("GPU", 1) <= 0:
-                raise ConfigError("scaling.use_gpu is true but resources_per_worker.GPU is 0; give each worker a GPU")
-            object.__setattr__(self, "resources_per_worker", MappingProxyType(resources))
-        _choice(self.placement_strategy, PLACEMENT_STRATEGIES, "scaling.placement_strategy")
+    @model_validator(mode="after")
+    def _gpu_when_asked(self) -> ScalingConfig:
+        if self.use_gpu and (self.resources_per_worker or {}).get("GPU", 1) <= 0:
+            raise ValueError("scaling.use_gpu is true but resources_per_worker.GPU is 0; give each worker a GPU")
+        return self
 
     @property
     def worker_resources(self) -> dict[str, float]:
@@ -301,8 +270,8 @@ class ScalingConfig:
         return max(1, int(self.worker_resources.get("CPU", 1)))
 
 
-@dataclass(frozen=True)
-class RunConfig:
+@config_dataclass("run")
+class RunConfig(ConfigBase):
     """Where the run lives, how often it checkpoints and how it survives failures.
 
     Attributes:
@@ -327,33 +296,17 @@ class RunConfig:
             ``best`` (by ``val_AR``).
     """
 
-    name: str = "hivlp"
-    work_dir: str | None = None
-    storage_path: str | None = None
-    ray_address: str | None = None
-    checkpoint_every_steps: int = 200
-    num_to_keep: int = 2
-    max_failures: int = 1
-    log_every_steps: int = 10
-    step_log: str | None = None
-    export: str = "last"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
-            raise ConfigError(
-                f"run.name must be letters, digits, '.', '_' or '-' (it names a directory), got {self.name!r}"
-            )
-        _optional_str(self.work_dir, "run.work_dir")
-        _optional_str(self.storage_path, "run.storage_path")
-        _optional_str(self.ray_address, "run.ray_address")
-        _non_negative_int(self.checkpoint_every_steps, "run.checkpoint_every_steps")
-        _positive_int(self.num_to_keep, "run.num_to_keep")
-        _int(self.max_failures, "run.max_failures")
-        if self.max_failures < -1:
-            raise ConfigError(f"run.max_failures must be >= 0 (or -1 = retry forever), got {self.max_failures}")
-        _positive_int(self.log_every_steps, "run.log_every_steps")
-        _optional_str(self.step_log, "run.step_log")
-        _choice(self.export, EXPORTS, "run.export")
+    name: Annotated[NonEmptyStr, AfterValidator(_run_name)] = "hivlp"
+    work_dir: NonEmptyStr | None = None
+    storage_path: NonEmptyStr | None = None
+    ray_address: NonEmptyStr | None = None
+    checkpoint_every_steps: NonNegativeInt = 200
+    num_to_keep: PositiveInt = 2
+    # -1 = retry forever (Ray's convention).
+    max_failures: Annotated[StrictInt, Field(ge=-1)] = 1
+    log_every_steps: PositiveInt = 10
+    step_log: NonEmptyStr | None = None
+    export: Export = "last"
 
     @property
     def resolved_work_dir(self) -> Path:
@@ -371,8 +324,8 @@ class RunConfig:
         return str(Path(self.storage_path).expanduser().resolve())
 
 
-@dataclass(frozen=True)
-class ValidationConfig:
+@config_dataclass("validation")
+class ValidationConfig(ConfigBase):
     """Retrieval evaluation on the validation set, run by rank 0 whenever a checkpoint is written.
 
     Attributes:
@@ -382,27 +335,19 @@ class ValidationConfig:
         batch_size: encoding batch size.
     """
 
-    enabled: bool = True
-    coarse_ks: tuple[int, ...] = (10, 50)
-    max_items: int = 1000
-    batch_size: int = 128
-
-    def __post_init__(self) -> None:
-        _bool(self.enabled, "validation.enabled")
-        ks = self.coarse_ks
-        if isinstance(ks, int) and not isinstance(ks, bool):
-            ks = (ks,)
-        if isinstance(ks, (str, bytes)) or not isinstance(ks, Sequence) or not ks:
-            raise ConfigError(f"validation.coarse_ks must be a list of positive integers like [10, 50], got {ks!r}")
-        for k in ks:
-            _positive_int(k, "validation.coarse_ks[]")
-        object.__setattr__(self, "coarse_ks", tuple(sorted(set(ks))))
-        _positive_int(self.max_items, "validation.max_items")
-        _positive_int(self.batch_size, "validation.batch_size")
+    enabled: Flag = True
+    coarse_ks: Annotated[
+        tuple[PositiveInt, ...],
+        BeforeValidator(_one_or_many),
+        Field(min_length=1),
+        AfterValidator(lambda ks: tuple(sorted(set(ks)))),
+    ] = (10, 50)
+    max_items: PositiveInt = 1000
+    batch_size: PositiveInt = 128
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+@config_dataclass()
+class TrainConfig(ConfigBase):
     """A whole training run. Build it with :func:`load_config` or :meth:`from_dict`.
 
     Attributes:
@@ -416,21 +361,22 @@ class TrainConfig:
     """
 
     model: ModelSection = field(default_factory=ModelSection)
-    loss: Mapping[str, Any] = field(default_factory=dict)
+    # Validated as a LossConfig by validate()/loss_config(): that class lives with torch.
+    loss: FrozenMapping = field(default_factory=lambda: _NO_MAPPING)
     data: DataConfig = field(default_factory=lambda: DataConfig(synthetic=SyntheticConfig()))
     optim: OptimConfig = field(default_factory=OptimConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     run: RunConfig = field(default_factory=RunConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
-    def __post_init__(self) -> None:
-        _require_mapping(self.loss, "loss")
-        object.__setattr__(self, "loss", _frozen(self.loss))
+    @model_validator(mode="after")
+    def _precision_fits_device(self) -> TrainConfig:
         if self.optim.precision == "bf16" and not self.scaling.use_gpu:
-            raise ConfigError(
+            raise ValueError(
                 "optim.precision=bf16 uses CUDA autocast and needs scaling.use_gpu=true; "
                 "on CPU set optim.precision=fp32"
             )
+        return self
 
     # -- construction --------------------------------------------------------------------------
 
@@ -440,7 +386,7 @@ class TrainConfig:
 
         Args:
             data: sections ``model``, ``loss``, ``data``, ``optim``, ``scaling``, ``run``,
-                ``validation``; missing sections and keys take their defaults.
+                ``validation``; missing (or empty) sections and keys take their defaults.
 
         Returns:
             The validated config.
@@ -448,27 +394,10 @@ class TrainConfig:
         Raises:
             ConfigError: unknown keys (with the closest known key), wrong types or values.
         """
-        _require_mapping(data, "the training config")
-        sections = {
-            "model": ModelSection,
-            "data": DataConfig,
-            "optim": OptimConfig,
-            "scaling": ScalingConfig,
-            "run": RunConfig,
-            "validation": ValidationConfig,
-        }
-        _reject_unknown(data, [*sections, "loss"], "")
-        kwargs: dict[str, Any] = {}
-        for name, section_cls in sections.items():
-            if name in data and data[name] is not None:
-                kwargs[name] = _build(section_cls, data[name], name)
-        if "loss" in data and data["loss"] is not None:
-            kwargs["loss"] = data["loss"]
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain nested dict (YAML/JSON-ready) that :meth:`from_dict` turns back into an equal config."""
-        return _plain(self)
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"the training config must be a mapping of sections, got {type(data).__name__}")
+        # An empty YAML section (``validation:``) reads as null: it means the defaults.
+        return super().from_dict({key: value for key, value in data.items() if value is not None})
 
     def validate(self) -> TrainConfig:
         """Also check the parts that need the model package: model config and loss config.
@@ -492,7 +421,7 @@ class TrainConfig:
         from hivlp_milvus.model.loss import LossConfig
 
         try:
-            return LossConfig.from_dict(_thaw(self.loss))
+            return LossConfig.from_dict(plain(self.loss))
         except ConfigError as exc:
             raise ConfigError(f"loss: {exc}") from exc
 
@@ -551,8 +480,8 @@ def shipped_config(name: str) -> Path:
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides to a nested mapping (the input is not modified).
 
-    Values are parsed as YAML (``3e-4`` and other YAML-1.1 oddities such as ``1e5`` are read as
-    numbers); ``key=null`` sets ``None``. Intermediate mappings are created as needed, so
+    Values are parsed as YAML (``3e-4``, which YAML 1.1 reads as a string, is taken as the number
+    by every number field); ``key=null`` sets ``None``. Intermediate mappings are created as needed, so
     ``model.overrides.low_dim=16`` works on an empty ``overrides``. Unknown keys are not rejected
     here but by :meth:`TrainConfig.from_dict`, which knows the schema.
 
@@ -566,7 +495,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     Raises:
         ConfigError: an override is not ``key=value`` or walks into a non-mapping value.
     """
-    result = copy.deepcopy(_thaw(data))
+    result = copy.deepcopy(plain(data))
     for item in overrides:
         if not isinstance(item, str) or "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=3e-4)")
@@ -575,7 +504,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
         if not all(parts):
             raise ConfigError(f"override {item!r} has an empty key part (e.g. optim.lr=3e-4)")
         try:
-            value = _parse_value(raw)
+            value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: the value is not valid YAML: {exc}") from exc
         node = result
@@ -608,69 +537,6 @@ def _find_config_file(path: str | Path) -> Path:
     raise ConfigError(f"training config {path} not found; give a YAML file or one of quickstart, flickr30k, coco")
 
 
-def _parse_value(raw: str) -> Any:
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    # YAML 1.1 reads "3e-4" as a string; a user writing it means the number.
-    if isinstance(value, str):
-        try:
-            return float(value) if re.fullmatch(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+", value.strip()) else value
-        except ValueError:  # pragma: no cover - the regex only admits floats
-            return value
-    return value
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    if isinstance(data, cls):
-        return data
-    _require_mapping(data, where)
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    _reject_unknown(data, allowed, where)
-    return cls(**dict(data))
-
-
-def _reject_unknown(data: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
-    for key in data:
-        if key not in allowed:
-            name = f"{where}.{key}" if where else str(key)
-            close = difflib.get_close_matches(str(key), list(allowed), n=1)
-            hint = f"did you mean {where + '.' if where else ''}{close[0]}? " if close else ""
-            of = f" of {where}" if where else ""
-            raise ConfigError(f"unknown key {name}; {hint}known keys{of}: {list(allowed)}")
-
-
-def _require_mapping(value: Any, where: str) -> None:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where} must be a mapping of keys to values, got {type(value).__name__}: {value!r}")
-
-
-def _frozen(value: Any) -> Any:
-    # Nested read-only views: a frozen dataclass must not hand out a mutable dict.
-    if isinstance(value, Mapping):
-        return MappingProxyType({str(k): _frozen(v) for k, v in value.items()})
-    if isinstance(value, list):
-        return tuple(_frozen(v) for v in value)
-    return value
-
-
-def _thaw(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_thaw(v) for v in value]
-    return value
-
-
-def _plain(value: Any) -> Any:
-    # dataclasses.asdict would deep-copy the read-only mappings, which cannot be copied.
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _deep_merge(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in patch.items():
@@ -679,63 +545,3 @@ def _deep_merge(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any
         else:
             merged[key] = value
     return merged
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _int(value: Any, where: str) -> None:
-    if not _is_int(value):
-        raise ConfigError(f"{where} must be an integer, got {value!r}")
-
-
-def _positive_int(value: Any, where: str) -> None:
-    if not _is_int(value) or value <= 0:
-        raise ConfigError(f"{where} must be a positive integer, got {value!r}")
-
-
-def _non_negative_int(value: Any, where: str) -> None:
-    if not _is_int(value) or value < 0:
-        raise ConfigError(f"{where} must be an integer >= 0, got {value!r}")
-
-
-def _float(value: Any, where: str) -> float:
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise ConfigError(f"{where} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{where} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _positive_float(value: Any, where: str, example: str | None = None) -> float:
-    number = _float(value, where)
-    if number <= 0:
-        hint = f" (e.g. {where}={example})" if example else ""
-        raise ConfigError(f"{where} must be > 0, got {number}{hint}")
-    return number
-
-
-def _non_negative_float(value: Any, where: str) -> float:
-    number = _float(value, where)
-    if number < 0:
-        raise ConfigError(f"{where} must be >= 0, got {number}")
-    return number
-
-
-def _bool(value: Any, where: str) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
-
-
-def _optional_str(value: Any, where: str) -> None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise ConfigError(f"{where} must be a non-empty string or null, got {value!r}")
-
-
-def _choice(value: Any, choices: Sequence[str], where: str) -> None:
-    if value not in choices:
-        raise ConfigError(f"{where} must be one of {list(choices)}, got {value!r}")

@@ -1,29 +1,247 @@
-"""``HiVLPConfig``: everything needed to rebuild a HiVLP model, as frozen dataclasses with JSON round-trip.
+"""``HiVLPConfig``: everything needed to rebuild a HiVLP model, validated by pydantic, with JSON round-trip.
 
 Named configs (``micro``, ``tiny``, ``base``) are JSON data files in ``model/configs/`` so they can be
 read, diffed and copied without reading code.
+
+The configs are pydantic *dataclasses* (frozen, unknown keys forbidden): the field declarations are
+the validation, and they stay real dataclasses, so ``dataclasses.replace(config, low_dim=8)``
+re-validates and a frozen field raises ``FrozenInstanceError``. :func:`config_dataclass` also
+turns pydantic's ``ValidationError`` into one :class:`~hivlp_milvus.errors.ConfigError` naming
+each dotted key; ``training/config.py`` and ``LossConfig`` use the same decorator and field types.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import json
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import re
+import typing
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from hivlp_milvus.errors import ConfigError
 
-HEADS = ("separate", "nested")
-POOLINGS = ("cls", "mean")
+__all__ = [
+    "ConfigBase",
+    "HiVLPConfig",
+    "ImageTowerConfig",
+    "TextTowerConfig",
+    "config_dataclass",
+    "describe_validation_error",
+    "get_config",
+    "list_configs",
+    "plain",
+]
+
+T = TypeVar("T")
+
+# -- field types shared by every config (model, loss, training) ------------------------------------
+
+# YAML 1.1 reads "3e-4" as a string; a user writing it means the number. Nothing else is coerced:
+# a bool is never a number, and "1" in quotes is a mistake worth reporting.
+_EXPONENT = re.compile(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+")
 
 
-@dataclass(frozen=True)
-class ImageTowerConfig:
+def _yaml_number(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not {str(value).lower()}")
+    if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def frozen(value: Any) -> Any:
+    """A deep read-only copy: mappings become ``MappingProxyType``, lists tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({str(k): frozen(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(frozen(v) for v in value)
+    return value
+
+
+def plain(value: Any) -> Any:
+    """A config (or any nesting of dataclasses, mappings, tuples) as plain JSON/YAML-ready values.
+
+    ``dataclasses.asdict`` cannot be used: it deep-copies the read-only mappings, which cannot be copied.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_yaml_number), Field(strict=True, allow_inf_nan=False)]
+PositiveNumber = Annotated[Number, Field(gt=0)]
+NonNegativeNumber = Annotated[Number, Field(ge=0)]
+PositiveInt = Annotated[StrictInt, Field(gt=0)]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+NonEmptyStr = Annotated[str, Field(strict=True, min_length=1)]
+#: A read-only mapping, nested mappings and lists included (a frozen config hands out nothing mutable).
+FrozenMapping = Annotated[Mapping[str, Any], AfterValidator(frozen)]
+Flag = StrictBool
+
+# -- the decorator ----------------------------------------------------------------------------------
+
+
+class ConfigBase:
+    """``from_dict`` / ``to_dict`` of every config class made by :func:`config_dataclass`."""
+
+    #: The dotted prefix of this class's keys in messages (``"optim"``, ``"image"``, ``"LossConfig"``).
+    where: ClassVar[str] = ""
+
+    @classmethod
+    def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+        """Build and validate from a mapping (parsed JSON/YAML); missing keys take their defaults.
+
+        Raises:
+            ConfigError: not a mapping, unknown keys (with the closest known one) or invalid values.
+        """
+        if not isinstance(data, Mapping):
+            what = cls.where or "the config"  # type: ignore[attr-defined]
+            raise ConfigError(f"{what} must be a mapping of keys to values (a JSON object), got {type(data).__name__}")
+        return cls(**{str(k): v for k, v in data.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict (JSON/YAML-ready) that :meth:`from_dict` turns back into an equal config."""
+        return plain(self)
+
+
+def config_dataclass(where: str = "") -> Callable[[type[T]], type[T]]:
+    """Make a frozen pydantic dataclass that forbids unknown keys and raises :class:`ConfigError`.
+
+    Args:
+        where: the dotted prefix of the class's keys in error messages (e.g. ``"optim"``).
+
+    Returns:
+        A class decorator.
+    """
+
+    def wrap(cls: type[T]) -> type[T]:
+        made: Any = pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))(cls)
+        validate = made.__init__
+
+        @functools.wraps(validate)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807 - replaces __init__
+            try:
+                validate(self, *args, **kwargs)
+            except ValidationError as exc:
+                raise ConfigError(describe_validation_error(exc, made, where)) from exc
+
+        made.__init__ = __init__
+        made.where = where
+        return made
+
+    return wrap
+
+
+def describe_validation_error(exc: ValidationError, root: type, where: str = "") -> str:
+    """One message for all of pydantic's errors, each naming its dotted key and what is allowed.
+
+    Args:
+        exc: the pydantic error.
+        root: the config class that was validated (to list the known keys of a section).
+        where: the dotted prefix of ``root``'s keys.
+
+    Returns:
+        The messages joined by ``"; "``.
+    """
+    unknown: dict[tuple[str, ...], list[str]] = {}
+    messages: list[str] = []
+    for error in exc.errors():
+        loc = tuple(str(p) for p in error["loc"])
+        if error["type"] in ("unexpected_keyword_argument", "extra_forbidden") and loc:
+            unknown.setdefault(loc[:-1], []).append(loc[-1])
+            continue
+        messages.append(_describe(error, _dotted(where, loc)))
+    for parent, names in unknown.items():
+        section = _dotted(where, parent)
+        known = _field_names(root, parent)
+        close = difflib.get_close_matches(names[0], known, n=1)
+        hint = f"did you mean {_dotted(section, (close[0],))}? " if close else ""
+        messages.insert(0, f"unknown {section + ' ' if section else ''}keys {names}; {hint}known keys are {known}")
+    return "; ".join(messages)
+
+
+def _dotted(where: str, loc: tuple[str, ...]) -> str:
+    text = where
+    for part in loc:
+        text = f"{text}[{part}]" if part.isdigit() else f"{text}.{part}" if text else part
+    return text
+
+
+def _describe(error: Any, key: str) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    got = repr(error.get("input"))
+    got = got if len(got) <= 80 else got[:77] + "..."
+    phrases = {
+        "int_type": "must be an integer",
+        "bool_type": "must be true or false",
+        "string_type": "must be a string",
+        "string_too_short": "must be a non-empty string",
+        "float_type": "must be a number",
+        "finite_number": "must be a finite number",
+        "dict_type": "must be a mapping of keys to values (a JSON object)",
+        "mapping_type": "must be a mapping of keys to values (a JSON object)",
+        "dataclass_type": "must be a mapping of keys to values (a JSON object)",
+        "literal_error": f"must be {ctx.get('expected')}",
+        "greater_than": f"must be > {ctx.get('gt')}",
+        "greater_than_equal": f"must be >= {ctx.get('ge')}",
+        "less_than": f"must be < {ctx.get('lt')}",
+        "less_than_equal": f"must be <= {ctx.get('le')}",
+        "too_short": f"must have at least {ctx.get('min_length')} item(s)",
+        "too_long": f"must have at most {ctx.get('max_length')} item(s)",
+    }
+    if kind in ("value_error", "assertion_error"):
+        reason = str(ctx.get("error", error["msg"]))
+        return f"{key}: {reason}" if key else reason
+    if kind == "missing":
+        return f"{key} is required"
+    if kind in phrases:
+        return f"{key} {phrases[kind]}, got {got}"
+    return f"{key}: {error['msg']}, got {got}"
+
+
+def _field_names(root: type, loc: tuple[str, ...]) -> list[str]:
+    """The field names of the (nested) config class at ``loc`` (``[]`` when it is no config class)."""
+    cls: Any = root
+    for part in loc:
+        fields = getattr(cls, "__pydantic_fields__", {})
+        if part not in fields:
+            return []
+        candidates = [fields[part].annotation, *typing.get_args(fields[part].annotation)]
+        cls = next((c for c in candidates if dataclasses.is_dataclass(c)), None)
+        if cls is None:
+            return []
+    return list(getattr(cls, "__pydantic_fields__", {}))
+
+
+# -- the model config --------------------------------------------------------------------------------
+
+RGB = tuple[Number, Number, Number]
+
+
+@config_dataclass("image")
+class ImageTowerConfig(ConfigBase):
     """The timm image tower.
 
     Attributes:
@@ -38,71 +256,33 @@ class ImageTowerConfig:
         std: per-channel normalisation std; ``None`` = timm's ``pretrained_cfg`` of the model.
     """
 
-    name: str = "vit_tiny_patch16_224"
-    pretrained: bool = False
-    image_size: int = 224
-    timm_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    name: NonEmptyStr = "vit_tiny_patch16_224"
+    pretrained: Flag = False
+    image_size: PositiveInt = 224
+    # Read-only at the top level only: timm takes lists (e.g. ResNet ``channels``) as they are.
+    timm_kwargs: Annotated[Mapping[str, Any], AfterValidator(lambda v: MappingProxyType(dict(v)))] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    mean: RGB | None = None
+    std: tuple[PositiveNumber, PositiveNumber, PositiveNumber] | None = None
 
-    def __post_init__(self) -> None:
-        _check_str(self.name, "image.name")
-        _check_bool(self.pretrained, "image.pretrained")
-        _check_positive_int(self.image_size, "image.image_size")
-        if not isinstance(self.timm_kwargs, Mapping):
-            kind = type(self.timm_kwargs).__name__
-            raise ConfigError(f"image.timm_kwargs must be a JSON object, got {kind}")
-        # A read-only copy: the dataclass is frozen, so its dict must not be mutable behind its back.
-        object.__setattr__(self, "timm_kwargs", MappingProxyType(dict(self.timm_kwargs)))
+    @model_validator(mode="after")
+    def _img_size_matches(self) -> ImageTowerConfig:
         img_size = self.timm_kwargs.get("img_size")
         if img_size is not None and img_size != self.image_size:
-            raise ConfigError(
-                f"image.timm_kwargs.img_size={img_size} differs from image.image_size={self.image_size}; "
-                "set both to the same value (the pre-processor crops to image_size, the tower expects "
-                "img_size)"
+            raise ValueError(
+                f"timm_kwargs.img_size={img_size} differs from image_size={self.image_size}; set both to the "
+                "same value (the pre-processor crops to image_size, the tower expects img_size)"
             )
-        for attr in ("mean", "std"):
-            value = getattr(self, attr)
-            if value is None:
-                continue
-            if (
-                isinstance(value, (str, bytes))
-                or not hasattr(value, "__len__")
-                or len(value) != 3
-                or not all(_is_number(v) for v in value)
-            ):
-                raise ConfigError(f"image.{attr} must be three numbers (one per RGB channel) or null, got {value!r}")
-            object.__setattr__(self, attr, tuple(float(v) for v in value))
-        if self.std is not None and min(self.std) <= 0:
-            raise ConfigError(f"image.std must be positive per channel, got {self.std}")
+        return self
 
     def __hash__(self) -> int:
         # The generated hash would fail on the kwargs mapping; hash the canonical JSON instead.
         return hash(json.dumps(self.to_dict(), sort_keys=True))
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples as lists, the read-only kwargs as a plain dict)."""
-        return {
-            "name": self.name,
-            "pretrained": self.pretrained,
-            "image_size": self.image_size,
-            "timm_kwargs": dict(self.timm_kwargs),
-            "mean": list(self.mean) if self.mean is not None else None,
-            "std": list(self.std) if self.std is not None else None,
-        }
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ImageTowerConfig:
-        """Build from a dict such as :meth:`to_dict` returns.
-
-        Raises:
-            ConfigError: unknown keys or invalid values.
-        """
-        return cls(**_known_keys(cls, data, "image"))
-
-
-@dataclass(frozen=True)
-class TextTowerConfig:
+@config_dataclass("text")
+class TextTowerConfig(ConfigBase):
     """The transformers text tower.
 
     Attributes:
@@ -118,58 +298,38 @@ class TextTowerConfig:
         pooling: ``"cls"`` (first token) or ``"mean"`` (mean of non-padding tokens).
     """
 
-    name: str | None = None
-    pretrained: bool = False
-    vocab_size: int = 8000
-    hidden_size: int = 128
-    num_layers: int = 3
-    num_heads: int = 4
-    intermediate_size: int | None = None
-    max_length: int = 32
-    pooling: str = "cls"
+    name: NonEmptyStr | None = None
+    pretrained: Flag = False
+    vocab_size: PositiveInt = 8000
+    hidden_size: PositiveInt = 128
+    num_layers: PositiveInt = 3
+    num_heads: PositiveInt = 4
+    intermediate_size: PositiveInt | None = None
+    max_length: PositiveInt = 32
+    pooling: Literal["cls", "mean"] = "cls"
 
-    def __post_init__(self) -> None:
-        if self.name is not None:
-            _check_str(self.name, "text.name")
-        _check_bool(self.pretrained, "text.pretrained")
+    @model_validator(mode="after")
+    def _consistent(self) -> TextTowerConfig:
         if self.pretrained and self.name is None:
-            raise ConfigError(
-                "text.pretrained is true but text.name is null: give a hub name or local directory to load, "
+            raise ValueError(
+                "pretrained is true but name is null: give a hub name or local directory to load, "
                 "or set pretrained to false for a random-init tower"
             )
-        for attr in ("vocab_size", "hidden_size", "num_layers", "num_heads", "max_length"):
-            _check_positive_int(getattr(self, attr), f"text.{attr}")
-        if self.intermediate_size is not None:
-            _check_positive_int(self.intermediate_size, "text.intermediate_size")
         if self.name is None and self.hidden_size % self.num_heads:
-            raise ConfigError(
-                f"text.hidden_size={self.hidden_size} is not divisible by text.num_heads={self.num_heads}; "
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; "
                 "pick a head count that divides the width"
             )
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"text.pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TextTowerConfig:
-        """Build from a dict such as :meth:`to_dict` returns.
-
-        Raises:
-            ConfigError: unknown keys or invalid values.
-        """
-        return cls(**_known_keys(cls, data, "text"))
+        return self
 
 
-@dataclass(frozen=True)
-class HiVLPConfig:
+@config_dataclass()
+class HiVLPConfig(ConfigBase):
     """A whole HiVLP model: both towers, the hierarchical heads and the temperatures.
 
     Attributes:
-        image: the image tower.
-        text: the text tower.
+        image: the image tower (a dict is accepted, so ``HiVLPConfig(image={...})`` reads like the JSON).
+        text: the text tower (a dict is accepted).
         low_dim: dimension of the coarse (ANN-indexed) vector.
         high_dim: dimension of the fine (re-ranking) vector.
         head: ``"separate"`` (two independent projections) or ``"nested"`` (Matryoshka: low is the
@@ -178,74 +338,30 @@ class HiVLPConfig:
         max_logit_scale: the learnable logit scales are clamped to at most this value.
     """
 
-    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
-    text: TextTowerConfig = field(default_factory=TextTowerConfig)
-    low_dim: int = 128
-    high_dim: int = 768
-    head: str = "separate"
-    init_temperature: float = 0.07
-    max_logit_scale: float = 100.0
+    image: ImageTowerConfig = dataclasses.field(default_factory=ImageTowerConfig)
+    text: TextTowerConfig = dataclasses.field(default_factory=TextTowerConfig)
+    low_dim: PositiveInt = 128
+    high_dim: PositiveInt = 768
+    head: Literal["separate", "nested"] = "separate"
+    init_temperature: PositiveNumber = 0.07
+    max_logit_scale: PositiveNumber = 100.0
 
-    def __post_init__(self) -> None:
-        # Accept plain dicts for the towers so ``HiVLPConfig(image={...})`` reads like the JSON.
-        if isinstance(self.image, Mapping):
-            object.__setattr__(self, "image", ImageTowerConfig.from_dict(self.image))
-        if isinstance(self.text, Mapping):
-            object.__setattr__(self, "text", TextTowerConfig.from_dict(self.text))
-        if not isinstance(self.image, ImageTowerConfig):
-            raise ConfigError(f"image must be an ImageTowerConfig or a dict, got {type(self.image).__name__}")
-        if not isinstance(self.text, TextTowerConfig):
-            raise ConfigError(f"text must be a TextTowerConfig or a dict, got {type(self.text).__name__}")
-        _check_positive_int(self.low_dim, "low_dim")
-        _check_positive_int(self.high_dim, "high_dim")
-        if self.head not in HEADS:
-            raise ConfigError(f"head must be one of {list(HEADS)}, got {self.head!r}")
+    @model_validator(mode="after")
+    def _consistent(self) -> HiVLPConfig:
         if self.head == "nested" and self.low_dim > self.high_dim:
-            raise ConfigError(
+            raise ValueError(
                 f"a nested head takes low as the first low_dim dims of high, so low_dim ({self.low_dim}) "
                 f"must be <= high_dim ({self.high_dim}); lower low_dim or use head='separate'"
             )
-        for attr in ("init_temperature", "max_logit_scale"):
-            value = getattr(self, attr)
-            if not _is_number(value) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"{attr} must be a positive finite number, got {value!r}")
-            object.__setattr__(self, attr, float(value))
         if 1.0 / self.init_temperature > self.max_logit_scale:
-            raise ConfigError(
+            raise ValueError(
                 f"init_temperature={self.init_temperature} starts the logit scale at "
                 f"{1.0 / self.init_temperature:.4g}, above max_logit_scale={self.max_logit_scale}; "
                 "raise init_temperature or max_logit_scale"
             )
+        return self
 
     # -- serialisation -------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready nested dict."""
-        return {
-            "image": self.image.to_dict(),
-            "text": self.text.to_dict(),
-            "low_dim": self.low_dim,
-            "high_dim": self.high_dim,
-            "head": self.head,
-            "init_temperature": self.init_temperature,
-            "max_logit_scale": self.max_logit_scale,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> HiVLPConfig:
-        """Build from a nested dict such as :meth:`to_dict` returns; missing keys take defaults.
-
-        Raises:
-            ConfigError: unknown keys (at any level) or invalid values.
-        """
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"a HiVLP config must be a JSON object, got {type(data).__name__}")
-        kwargs = _known_keys(cls, data, "config")
-        if "image" in kwargs:
-            kwargs["image"] = ImageTowerConfig.from_dict(_mapping(kwargs["image"], "image"))
-        if "text" in kwargs:
-            kwargs["text"] = TextTowerConfig.from_dict(_mapping(kwargs["text"], "text"))
-        return cls(**kwargs)
 
     def to_json(self, *, indent: int | None = 2) -> str:
         """The config as JSON with sorted keys (stable text, so it can be hashed and diffed)."""
@@ -253,7 +369,7 @@ class HiVLPConfig:
 
     @classmethod
     def from_json(cls, text: str) -> HiVLPConfig:
-        """Parse :meth:`to_json` output.
+        """Parse :meth:`to_json` output (a checkpoint's ``config.json``).
 
         Raises:
             ConfigError: invalid JSON, unknown keys or invalid values.
@@ -322,42 +438,3 @@ def get_config(name: str) -> HiVLPConfig:
 def _configs_dir() -> Any:
     # Resolved through the installed package (not __file__) so it also works from a wheel.
     return resources.files("hivlp_milvus.model").joinpath("configs")
-
-
-# -- validation helpers ------------------------------------------------------------------------
-
-
-def _known_keys(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where}; allowed keys: {allowed}")
-    return dict(data)
-
-
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if isinstance(value, (ImageTowerConfig, TextTowerConfig)):
-        return value.to_dict()
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where} must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _is_number(value: Any) -> bool:
-    # bool is an int subclass; a JSON ``true`` is never a sensible dimension or temperature.
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_positive_int(value: Any, where: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{where} must be a positive integer, got {value!r}")
-
-
-def _check_bool(value: Any, where: str) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
-
-
-def _check_str(value: Any, where: str) -> None:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where} must be a non-empty string, got {value!r}")

@@ -8,16 +8,23 @@ rows against the all-gathered columns and still optimise the single-process obje
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import BeforeValidator, Field, StrictBool, StrictInt, model_validator
 from torch import nn
 
 from hivlp_milvus.errors import ConfigError, DimensionMismatchError
+from hivlp_milvus.model.config import (
+    ConfigBase,
+    NonNegativeInt,
+    NonNegativeNumber,
+    PositiveNumber,
+    config_dataclass,
+)
 from hivlp_milvus.model.distributed import (
     all_gather_no_grad,
     all_gather_with_grad,
@@ -33,8 +40,15 @@ __all__ = ["TERMS", "HiVLPLoss", "LossConfig", "LossOutput"]
 TERMS: tuple[str, ...] = ("low", "high", "consistency", "shortlist")
 
 
-@dataclass(frozen=True)
-class LossConfig:
+def _auto_or_bool(value: Any) -> Any:
+    # One clear message instead of one per member of the union.
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError(f"must be 'auto', true or false, got {value!r}")
+
+
+@config_dataclass("LossConfig")
+class LossConfig(ConfigBase):
     """Weights and knobs of the HiVLP objective; a weight of 0 switches that term off entirely.
 
     Attributes:
@@ -52,45 +66,26 @@ class LossConfig:
             ``True`` requires that (error otherwise); ``False`` never gathers (per-rank batches).
     """
 
-    low: float = 1.0
-    high: float = 1.0
-    consistency: float = 1.0
-    shortlist: float = 0.5
-    shortlist_k: int = 16
-    shortlist_start_step: int = 0
-    consistency_temperature: float = 1.0
-    gather: bool | str = "auto"
+    low: NonNegativeNumber = 1.0
+    high: NonNegativeNumber = 1.0
+    consistency: NonNegativeNumber = 1.0
+    shortlist: NonNegativeNumber = 0.5
+    # K = 1 leaves only the positive in the shortlist: the term would be identically 0.
+    shortlist_k: Annotated[StrictInt, Field(ge=2)] = 16
+    shortlist_start_step: NonNegativeInt = 0
+    consistency_temperature: PositiveNumber = 1.0
+    gather: Annotated[Literal["auto"] | StrictBool, BeforeValidator(_auto_or_bool)] = "auto"
 
-    def __post_init__(self) -> None:
-        for name in (*TERMS, "consistency_temperature"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"LossConfig.{name} must be a finite number, got {value!r}")
-            # Normalise ints from JSON/YAML so to_dict() round-trips to identical values.
-            object.__setattr__(self, name, float(value))
-        for name in TERMS:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"LossConfig.{name} is a weight and must be ≥ 0 (0 switches it off)")
+    @model_validator(mode="after")
+    def _some_loss_at_every_step(self) -> LossConfig:
         if all(getattr(self, name) == 0 for name in TERMS):
-            raise ConfigError(f"LossConfig: all weights ({', '.join(TERMS)}) are 0; switch on at least one")
-        if self.consistency_temperature <= 0:
-            raise ConfigError(f"LossConfig.consistency_temperature must be > 0, got {self.consistency_temperature}")
-        k = self.shortlist_k
-        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-            # K = 1 leaves only the positive in the shortlist: the term would be identically 0.
-            raise ConfigError(f"LossConfig.shortlist_k must be an integer ≥ 2, got {k!r}")
-        start = self.shortlist_start_step
-        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-            raise ConfigError(f"LossConfig.shortlist_start_step must be an integer ≥ 0, got {start!r}")
-        if start > 0 and all(getattr(self, name) == 0 for name in TERMS if name != "shortlist"):
-            raise ConfigError(
-                "LossConfig.shortlist_start_step > 0 with only the shortlist term on leaves no loss "
+            raise ValueError(f"all weights ({', '.join(TERMS)}) are 0; switch on at least one")
+        if self.shortlist_start_step > 0 and all(getattr(self, name) == 0 for name in TERMS if name != "shortlist"):
+            raise ValueError(
+                "shortlist_start_step > 0 with only the shortlist term on leaves no loss "
                 "before that step; switch on another term or set shortlist_start_step: 0"
             )
-        if self.gather not in ("auto", True, False) or (
-            not isinstance(self.gather, bool) and not isinstance(self.gather, str)
-        ):
-            raise ConfigError(f"LossConfig.gather must be 'auto', true or false, got {self.gather!r}")
+        return self
 
     @property
     def weights(self) -> dict[str, float]:
@@ -103,31 +98,6 @@ class LossConfig:
         if step is not None and step < self.shortlist_start_step:
             weights.pop("shortlist", None)
         return weights
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LossConfig:
-        """Build from a JSON/YAML mapping; missing keys take their defaults.
-
-        Args:
-            data: Mapping of field name to value.
-
-        Returns:
-            The validated config.
-
-        Raises:
-            ConfigError: Unknown keys or invalid values.
-        """
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"LossConfig.from_dict expects a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown LossConfig keys {unknown}; known keys are {sorted(known)}")
-        return cls(**dict(data))
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict that :meth:`from_dict` turns back into an equal config."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)

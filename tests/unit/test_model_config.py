@@ -103,6 +103,42 @@ def test_frozen_and_hashable() -> None:
         config.image.timm_kwargs["depth"] = 12
     assert hash(config) == hash(get_config("micro"))
     assert dataclasses.replace(config, low_dim=8).low_dim == 8
+    with pytest.raises(ConfigError, match="low_dim must be > 0"):
+        dataclasses.replace(config, low_dim=0)  # replace re-validates: no invalid copy can be made
+
+
+def test_constructor_errors_are_config_errors_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"text.max_length must be > 0, got 0"):
+        HiVLPConfig(text={"max_length": 0})
+    with pytest.raises(ConfigError, match=r"image.image_size must be an integer"):
+        ImageTowerConfig(image_size="32")
+    with pytest.raises(ConfigError, match=r"unknown keys \['colour'\]"):
+        HiVLPConfig(colour="red")
+    # YAML 1.1 reads 7e-2 as a string; it is the number the user meant, and only that form is coerced.
+    assert HiVLPConfig(init_temperature="7e-2").init_temperature == pytest.approx(0.07)
+
+
+# A checkpoint's config.json as written by the dataclass configs before they were pydantic
+# (micro with the timm mean/std filled in by HiVLP): old checkpoints must keep loading.
+OLD_CHECKPOINT_CONFIG = (
+    '{"head": "separate", "high_dim": 64, "image": {"image_size": 32, "mean": [0.485, 0.456, 0.406], '
+    '"name": "vit_tiny_patch16_224", "pretrained": false, "std": [0.229, 0.224, 0.225], "timm_kwargs": '
+    '{"depth": 1, "embed_dim": 64, "img_size": 32, "num_heads": 2, "patch_size": 8}}, "init_temperature": 0.07, '
+    '"low_dim": 16, "max_logit_scale": 100.0, "text": {"hidden_size": 64, "intermediate_size": 128, '
+    '"max_length": 16, "name": null, "num_heads": 2, "num_layers": 1, "pooling": "mean", "pretrained": false, '
+    '"vocab_size": 1000}}'
+)
+
+
+def test_existing_checkpoint_config_json_still_loads(tmp_path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(OLD_CHECKPOINT_CONFIG)
+    config = HiVLPConfig.load(path)
+    assert config == dataclasses.replace(
+        get_config("micro"),
+        image=dataclasses.replace(get_config("micro").image, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    )
+    assert json.loads(config.to_json()) == json.loads(OLD_CHECKPOINT_CONFIG)  # the same format is written back
 
 
 def test_nested_dicts_accepted_by_constructor() -> None:
@@ -123,30 +159,33 @@ def _with(path: tuple[str, ...], value: object) -> dict:
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        (("colour",), 1, r"unknown key\(s\) \['colour'\] in config; allowed keys"),
-        (("image", "resolution"), 1, r"unknown key\(s\) \['resolution'\] in image"),
-        (("text", "layers"), 1, r"unknown key\(s\) \['layers'\] in text"),
-        (("head",), "pyramid", r"head must be one of \['separate', 'nested'\]"),
-        (("low_dim",), 0, "low_dim must be a positive integer"),
-        (("low_dim",), -4, "low_dim must be a positive integer"),
-        (("high_dim",), 0, "high_dim must be a positive integer"),
-        (("high_dim",), 64.0, "high_dim must be a positive integer"),
-        (("low_dim",), True, "low_dim must be a positive integer"),
-        (("image", "image_size"), 0, "image.image_size must be a positive integer"),
-        (("text", "max_length"), 0, "text.max_length must be a positive integer"),
-        (("text", "vocab_size"), -1, "text.vocab_size must be a positive integer"),
-        (("text", "num_heads"), 3, "not divisible by text.num_heads"),
-        (("text", "pooling"), "max", r"text.pooling must be one of \['cls', 'mean'\]"),
-        (("text", "pretrained"), True, "text.name is null"),
-        (("image", "pretrained"), "yes", "image.pretrained must be true or false"),
+        (("colour",), 1, r"unknown keys \['colour'\]; known keys are \['image', 'text', 'low_dim'"),
+        (("image", "resolution"), 1, r"unknown image keys \['resolution'\]; known keys are \['name'"),
+        (("text", "layers"), 1, r"unknown text keys \['layers'\]; did you mean text.num_layers\?"),
+        (("head",), "pyramid", "head must be 'separate' or 'nested', got 'pyramid'"),
+        (("low_dim",), 0, "low_dim must be > 0, got 0"),
+        (("low_dim",), -4, "low_dim must be > 0, got -4"),
+        (("high_dim",), 0, "high_dim must be > 0"),
+        (("high_dim",), 64.0, "high_dim must be an integer, got 64.0"),
+        (("low_dim",), True, "low_dim must be an integer, got True"),
+        (("low_dim",), "8", "low_dim must be an integer, got '8'"),
+        (("image", "image_size"), 0, "image.image_size must be > 0"),
+        (("text", "max_length"), 0, "text.max_length must be > 0"),
+        (("text", "vocab_size"), -1, "text.vocab_size must be > 0"),
+        (("text", "num_heads"), 3, "text: hidden_size=64 is not divisible by num_heads=3"),
+        (("text", "pooling"), "max", "text.pooling must be 'cls' or 'mean', got 'max'"),
+        (("text", "pretrained"), True, "text: pretrained is true but name is null"),
+        (("image", "pretrained"), "yes", "image.pretrained must be true or false, got 'yes'"),
         (("image", "name"), "", "image.name must be a non-empty string"),
-        (("image", "timm_kwargs"), [1], "image.timm_kwargs must be a JSON object"),
-        (("image", "timm_kwargs"), {"img_size": 64}, "differs from image.image_size"),
-        (("image", "mean"), [0.5, 0.5], "image.mean must be three numbers"),
-        (("image", "std"), [0.5, 0.0, 0.5], "image.std must be positive"),
-        (("image",), "vit", "image must be a JSON object"),
-        (("init_temperature",), 0, "init_temperature must be a positive finite number"),
-        (("max_logit_scale",), -1, "max_logit_scale must be a positive finite number"),
+        (("image", "timm_kwargs"), [1], r"image.timm_kwargs must be a mapping of keys to values \(a JSON object\)"),
+        (("image", "timm_kwargs"), {"img_size": 64}, "image: timm_kwargs.img_size=64 differs from image_size=32"),
+        (("image", "mean"), [0.5, 0.5], r"image.mean\[2\] is required"),
+        (("image", "mean"), [0.5, True, 0.5], r"image.mean\[1\]: must be a number, not true"),
+        (("image", "std"), [0.5, 0.0, 0.5], r"image.std\[1\] must be > 0, got 0.0"),
+        (("image",), "vit", "image must be a mapping of keys to values"),
+        (("init_temperature",), 0, "init_temperature must be > 0"),
+        (("init_temperature",), float("nan"), "init_temperature must be a finite number"),
+        (("max_logit_scale",), -1, "max_logit_scale must be > 0"),
         (("init_temperature",), 0.001, "raise init_temperature or max_logit_scale"),
     ],
 )
@@ -165,7 +204,7 @@ def test_nested_head_needs_low_dim_at_most_high_dim() -> None:
 def test_invalid_json_and_missing_file(tmp_path) -> None:
     with pytest.raises(ConfigError, match="not valid JSON"):
         HiVLPConfig.from_json("{low_dim: 3")
-    with pytest.raises(ConfigError, match="must be a JSON object"):
+    with pytest.raises(ConfigError, match="must be a mapping of keys to values"):
         HiVLPConfig.from_json("[1, 2]")
     with pytest.raises(ConfigError, match="cannot read HiVLP config"):
         HiVLPConfig.load(tmp_path / "absent.json")

@@ -12,7 +12,6 @@ import io
 import re
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 from PIL import Image
@@ -35,7 +34,6 @@ from serving.ingress import (
     api,
     check_image_bytes,
     decode_base64_image,
-    parse_multipart,
     to_api_error,
 )
 from serving.schemas import (
@@ -84,7 +82,7 @@ def test_unknown_fields_are_rejected_everywhere() -> None:
         (SearchRequest, {"text": "x", "limt": 3}),
         (SearchRequest, {"text": "x", "filter": [{"field": "key", "op": "==", "value": 1, "extra": 0}]}),
         (EncodeRequest, {"text": "x", "normalize": True}),
-        (ImageSearchForm, {"limt": 3}),
+        (ImageSearchForm, {"file": None, "limt": 3}),
         (IngestRequest, {"records": [{"key": "k", "captions": ["c"], "uri": "/etc/passwd"}]}),
     ):
         with pytest.raises(ValidationError) as info:
@@ -204,26 +202,6 @@ def test_encoders_reject_bad_items_one_by_one() -> None:
         TextEncoder.func_or_class._prepare(None, "   ")
 
 
-def test_multipart_parsing() -> None:
-    png = _png()
-    request = httpx.Request(
-        "POST",
-        "http://x/search/image",
-        files={"file": ("q.png", png, "image/png")},
-        data={"limit": "5", "filter": "[]"},
-    )
-    fields, files = parse_multipart(request.headers["content-type"], request.read())
-    assert fields == {"limit": "5", "filter": "[]"}
-    assert files == {"file": png}
-    with pytest.raises(ApiError) as info:
-        parse_multipart("multipart/form-data", b"whatever")
-    assert info.value.status == 400
-    dup = httpx.Request("POST", "http://x/", data={"a": ["1", "2"]}, files={"file": ("q.png", png, "image/png")})
-    with pytest.raises(ApiError) as info:
-        parse_multipart(dup.headers["content-type"], dup.read())
-    assert "twice" in info.value.message
-
-
 # -- builder -------------------------------------------------------------------------------------
 
 
@@ -236,7 +214,7 @@ def test_resolve_args_precedence_and_paths(tmp_path: Path) -> None:
     assert r.milvus_uri == str(tmp_path / "hivlp_work" / "hivlp.db")  # quickstart default, made absolute
     assert r.lite
     assert r.workdir == str(tmp_path)
-    default = resolve_args(AppArgs(), environ={}, cwd=str(tmp_path))
+    default = resolve_args(AppArgs(), environ={"HIVLP_COLLECTION": ""}, cwd=str(tmp_path))  # empty = unset
     assert default.checkpoint == str(tmp_path / "hivlp_work" / "model")
     assert (default.collection, default.api_key, default.milvus_token) == ("quickstart", None, None)
     server = resolve_args(AppArgs(milvus_uri="http://milvus:19530"), environ={"HIVLP_MILVUS_TOKEN": "root:Milvus"})

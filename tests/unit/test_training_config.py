@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -70,6 +71,36 @@ def test_inline_model_config_and_frozen_sections() -> None:
     assert (resolved.low_dim, resolved.high_dim, resolved.text.vocab_size) == (8, 32, 500)
     with pytest.raises(TypeError):
         cfg.model.config["low_dim"] = 4  # read-only view: the dataclass is frozen all the way down
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.optim.lr = 1.0  # type: ignore[misc]
+    with pytest.raises(ConfigError, match="optim.lr must be > 0"):
+        dataclasses.replace(cfg.optim, lr=0)  # a copy is validated too
+
+
+# What `--dry-run` printed before the configs were pydantic: it must still load, to the same values.
+OLD_DRY_RUN = {
+    "model": {"config": "tiny", "overrides": {}, "init_checkpoint": None},
+    "loss": {"low": 1.0, "high": 1.0, "consistency": 1.0, "shortlist": 0.5, "shortlist_k": 16,
+             "shortlist_start_step": 140},
+    "data": {"train": None, "train_split": None, "val": None, "val_split": None, "image_root": None,
+             "synthetic": {"train": 10000, "val": 500, "seed": 0, "image_size": 64}, "max_captions": 5,
+             "shuffle_buffer": 2048, "preprocess_batch_size": 128, "num_blocks": None},
+    "optim": {"lr": 0.001, "weight_decay": 0.05, "betas": [0.9, 0.98], "eps": 1e-06, "warmup_steps": 50,
+              "min_lr_ratio": 0.0, "epochs": 6, "max_steps": None, "batch_size": 128, "grad_accum_steps": 1,
+              "clip_norm": 1.0, "precision": "fp32", "seed": 0},
+    "scaling": {"num_workers": 2, "use_gpu": False, "resources_per_worker": {"CPU": 1.0}, "placement_strategy": "PACK",
+                "find_unused_parameters": False},
+    "run": {"name": "quickstart", "work_dir": "runs/quickstart", "storage_path": None, "ray_address": None,
+            "checkpoint_every_steps": 0, "num_to_keep": 2, "max_failures": 1, "log_every_steps": 20, "step_log": None,
+            "export": "last"},
+    "validation": {"enabled": True, "coarse_ks": [10, 50], "max_items": 500, "batch_size": 128},
+}  # fmt: skip
+
+
+def test_old_dry_run_output_loads_to_the_same_config() -> None:
+    cfg = TrainConfig.from_dict(OLD_DRY_RUN)
+    assert cfg == load_config("quickstart")
+    assert cfg.to_dict() == OLD_DRY_RUN
 
 
 @pytest.mark.parametrize(
@@ -77,17 +108,23 @@ def test_inline_model_config_and_frozen_sections() -> None:
     [
         (["optim.lr=-1"], "optim.lr must be > 0"),
         (["optim.lrr=1e-3"], "did you mean optim.lr"),
-        (["optimizer.lr=1e-3"], "unknown key optimizer"),
-        (["optim.precision=fp16"], "optim.precision must be one of"),
+        (["optimizer.lr=1e-3"], r"unknown keys \['optimizer'\]; did you mean optim\?"),
+        (["optim.precision=fp16"], "optim.precision must be 'fp32' or 'bf16', got 'fp16'"),
         (["optim.precision=bf16"], "needs scaling.use_gpu=true"),
-        (["scaling.num_workers=0"], "scaling.num_workers must be a positive integer"),
+        (["scaling.num_workers=0"], "scaling.num_workers must be > 0, got 0"),
+        (["scaling.num_workers=true"], "scaling.num_workers must be an integer, got True"),
+        (["scaling.resources_per_worker.CPU=-1"], "scaling.resources_per_worker.CPU must be >= 0"),
+        (["optim.betas=[0.9]"], r"optim.betas\[1\] is required"),
+        (["optim.betas=[0.9, 1.0]"], r"optim.betas\[1\] must be < 1"),
+        (["optim.lr=fast"], "optim.lr must be a number, got 'fast'"),
+        (["run.max_failures=-2"], "run.max_failures must be >= -1"),
         (["scaling.placement_strategy=EVERYWHERE"], "scaling.placement_strategy"),
-        (["run.name=a/b"], "run.name"),
-        (["validation.coarse_ks=[]"], "validation.coarse_ks"),
-        (["data.synthetic=null"], "data has no training set"),
+        (["run.name=a/b"], "run.name: must be letters, digits"),
+        (["validation.coarse_ks=[]"], "validation.coarse_ks must have at least 1 item"),
+        (["data.synthetic=null"], "data: no training set"),
         (["data.train=/x.json"], "data.synthetic and data.train"),
         (["model.config=nope"], "unknown model config 'nope'"),
-        (["model.overrides.low_dim=0"], "low_dim must be a positive integer"),
+        (["model.overrides.low_dim=0"], "model: low_dim must be > 0"),
         (["loss.shortlist_k=1"], "shortlist_k"),
         (["loss.temperature=1"], "unknown LossConfig keys"),
         (["optim.lr"], "is not key=value"),

@@ -1,0 +1,341 @@
+"""The HTTP layer's contract without Ray: the OpenAPI schema tells the truth, one API-key
+dependency guards every route but /healthz, the API pages work offline, builder-arg precedence.
+
+tests/ray/test_serving.py drives the same app over real HTTP; these checks are the fast half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+from typing import Annotated, Any
+
+import jsonschema
+import pytest
+import yaml
+from fastapi import Depends, FastAPI, Form
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+from starlette.requests import Request
+
+from serving.app import AppArgs, env_var, gpus_per_encoder_replica, resolve_args
+from serving.ingress import (
+    AUTH,
+    DOCS_ASSETS,
+    ApiError,
+    Ingress,
+    IngressSettings,
+    api,
+    configure,
+    require_api_key,
+    require_multipart,
+)
+from serving.schemas import EncodeRequest, ImageSearchForm, IngestRequest, SearchRequest
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = api.openapi()
+
+
+def _schema_of(model: str) -> dict[str, Any]:
+    # The component schema with its $defs reachable, as a client generating from /openapi.json sees it.
+    return {**SPEC["components"]["schemas"][model], "components": SPEC["components"]}
+
+
+def _schema_accepts(model: str, body: Any) -> bool:
+    resolver_schema = _schema_of(model)
+    validator = jsonschema.Draft202012Validator(
+        resolver_schema, format_checker=None
+    )  # refs are "#/components/schemas/X": the root carries them
+    return validator.is_valid(body)
+
+
+def _app_accepts(model: type, body: Any) -> bool:
+    try:
+        model.model_validate(body)
+    except ValidationError:
+        return False
+    return True
+
+
+SEARCH_BODIES = [
+    {"text": "a red circle"},
+    {"image": "aGk="},
+    {"text": "a", "image": "aGk="},  # both
+    {},  # neither
+    {"text": None, "image": "aGk="},  # a null counts as absent, in the schema too
+    {"text": None},
+    {"text": "x", "limit": 0},
+    {"text": "x", "limit": 100},
+    {"text": "x", "limit": 101},
+    {"text": "x", "coarse_limit": 0},
+    {"text": "x", "coarse_limit": 16384},
+    {"text": "   "},  # blank
+    {"text": "\x1c"},  # blank for Python's str.strip(), not for every regex dialect
+    {"text": "\ufeff"},
+    {"text": "x\x1c"},
+    {"text": "x", "limt": 3},
+    {"text": "x", "modality": "video"},
+    {"text": "x", "filter": [{"field": "key", "op": "==", "value": True}]},
+]
+
+
+@pytest.mark.parametrize("body", SEARCH_BODIES)
+def test_search_schema_accepts_exactly_what_the_app_accepts(body: dict[str, Any]) -> None:
+    # coarse_limit >= limit is the one cross-field rule a JSON schema cannot state; the bodies above
+    # keep coarse_limit unset or >= the default limit, as a schema-driven client would not know it.
+    assert _schema_accepts("SearchRequest", body) == _app_accepts(SearchRequest, body), body
+    encode = {k: v for k, v in body.items() if k in ("text", "image", "limt")}
+    assert _schema_accepts("EncodeRequest", encode) == _app_accepts(EncodeRequest, encode), encode
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"key": "k", "captions": ["a cat"]},
+        {"key": "k", "image": "aGk="},
+        {"key": "k"},
+        {"key": "k", "captions": []},
+        {"key": "k", "captions": [" "]},
+        {"key": "k", "image": None, "captions": ["a"]},
+        {"key": "k", "captions": ["a"], "attributes": {"n": 2**63}},  # beyond INT64: a float, not a 500
+        {"key": "k", "captions": ["a"], "attributes": {"n": 2**63 - 1, "x": [1.5, {"y": None}]}},
+        {"key": "k", "captions": ["a"], "attributes": {"n": -(2**63)}},
+    ],
+)
+def test_ingest_schema_accepts_exactly_what_the_app_accepts(record: dict[str, Any]) -> None:
+    body = {"records": [record]}
+    assert _schema_accepts("IngestRequest", body) == _app_accepts(IngestRequest, body), record
+
+
+def _record(**fields: Any) -> dict[str, Any]:
+    return {"records": [{"key": "k", "captions": ["a"], **fields}]}
+
+
+def test_values_milvus_cannot_store_are_422_not_500() -> None:
+    # Each of these reached Milvus before and came back as pymilvus' DataNotMatchException (a 500).
+    for bad in (float("nan"), float("inf"), {"deep": float("-inf")}, "x\ud800", ["\udfff"]):
+        assert not _app_accepts(IngestRequest, _record(attributes={"v": bad})), bad
+    assert not _app_accepts(IngestRequest, _record(attributes={"\ud800": 1}))
+    assert not _app_accepts(IngestRequest, {"records": [{"key": "k\ud800", "captions": ["a"]}]})
+    assert not _app_accepts(IngestRequest, {"records": [{"key": "k", "captions": ["a\ud800"]}]})
+    assert not _app_accepts(SearchRequest, {"text": "x", "filter": [{"field": "key", "op": "==", "value": "\ud800"}]})
+    # An integer beyond INT64 is a JSON number the schema allows: stored as a float, not refused by Milvus.
+    big = IngestRequest.model_validate(_record(attributes={"n": 2**64, "m": 2**63 - 1}))
+    assert big.records[0].attributes == {"n": float(2**64), "m": 2**63 - 1}
+    assert isinstance(big.records[0].attributes["n"], float)
+    assert isinstance(big.records[0].attributes["m"], int)
+
+
+def test_image_search_form_is_described_by_fastapi() -> None:
+    body = SPEC["paths"]["/search/image"]["post"]["requestBody"]
+    assert body["required"] is True
+    ref = body["content"]["multipart/form-data"]["schema"]["$ref"]
+    form = SPEC["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert form["required"] == ["file"]
+    assert form["additionalProperties"] is False  # an unknown form field is a 422, as the schema says
+    assert set(form["properties"]) == {"file", "limit", "coarse_limit", "modality", "filter"}
+    assert form["properties"]["limit"]["minimum"] == 1
+    assert form["properties"]["filter"]["contentMediaType"] == "application/json"
+
+
+def test_every_4xx_is_documented_with_the_error_body() -> None:
+    for path, methods in SPEC["paths"].items():
+        for method, op in methods.items():
+            if path == "/healthz":
+                continue
+            for status in ("401", "422"):
+                assert status in op["responses"], (method, path, status)
+                assert op["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith(
+                    "/ErrorResponse"
+                ), (method, path, status)
+
+
+# -- the API key -------------------------------------------------------------------------------------
+
+
+def _api_routes(routes: list[Any]) -> list[APIRoute]:
+    # Serve's ingress decorator re-mounts the routes under an included router.
+    found: list[APIRoute] = []
+    for route in routes:
+        if isinstance(route, APIRoute):
+            found.append(route)
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            found.extend(_api_routes(inner.routes))
+    return found
+
+
+def test_every_route_but_healthz_depends_on_the_api_key() -> None:
+    routes = _api_routes(api.routes)
+    assert len(routes) >= 12
+    for route in routes:
+        calls = {d.call for d in route.dependant.dependencies}
+        assert (require_api_key in calls) == (route.path != "/healthz"), route.path
+    assert SPEC["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def _request(authorization: str | None) -> Request:
+    headers = [(b"authorization", authorization.encode())] if authorization is not None else []
+    return Request({"type": "http", "method": "GET", "path": "/search", "headers": headers})
+
+
+@pytest.mark.parametrize(
+    ("authorization", "ok"),
+    [
+        ("Bearer s3cret", True),
+        ("bearer   s3cret ", True),
+        ("Basic " + base64.b64encode(b"anyone:s3cret").decode(), True),
+        (None, False),
+        ("Bearer", False),
+        ("Bearer s3cre", False),
+        ("Bearer s3cret2", False),
+        ("Basic " + base64.b64encode(b"s3cret").decode(), False),  # no user:password pair
+        ("Basic !!!", False),
+        ("Token s3cret", False),
+    ],
+)
+def test_api_key_dependency(authorization: str | None, ok: bool) -> None:
+    configure(IngressSettings(collection="c", api_key="s3cret"))
+    try:
+        if ok:
+            assert asyncio.run(require_api_key(_request(authorization))) is None
+        else:
+            with pytest.raises(ApiError) as info:
+                asyncio.run(require_api_key(_request(authorization)))
+            assert (info.value.status, info.value.code) == (401, "unauthorized")
+        configure(IngressSettings(collection="c"))  # no key: everything passes
+        assert asyncio.run(require_api_key(_request(None))) is None
+    finally:
+        configure(IngressSettings(collection="c"))
+
+
+# -- offline API pages -------------------------------------------------------------------------------
+
+
+def test_api_pages_load_their_assets_from_the_server() -> None:
+    for name, asset in DOCS_ASSETS.items():
+        assert asset.is_file(), name
+        assert len(asset.read_bytes()) > 1000, name
+    view = Ingress.func_or_class
+    for page in (view.docs, view.redoc):
+        html = asyncio.run(page(None)).body.decode()
+        assert "docs-assets/" in html
+        assert "http://" not in html
+        assert "https://" not in html, html  # no CDN, no web fonts
+    asset = asyncio.run(view.docs_assets(None, "swagger-ui-bundle.js"))
+    assert asset.media_type == "text/javascript"
+    with pytest.raises(ApiError) as info:
+        asyncio.run(view.docs_assets(None, "../app.py"))
+    assert info.value.status == 404
+
+
+# -- builder args: one precedence -------------------------------------------------------------------
+
+
+def test_precedence_is_arg_then_environment_then_default(tmp_path: Path) -> None:
+    env = {env_var("collection"): "from_env", env_var("max_batch_size"): "8", env_var("num_gpus"): "0.5"}
+    from_env = resolve_args(AppArgs(), environ=env, cwd=str(tmp_path))
+    assert (from_env.collection, from_env.args.max_batch_size, from_env.args.num_gpus) == ("from_env", 8, 0.5)
+    given = resolve_args(AppArgs(collection="from_arg", max_batch_size=4), environ=env, cwd=str(tmp_path))
+    assert (given.collection, given.args.max_batch_size) == ("from_arg", 4)
+    default = resolve_args(AppArgs(), environ={}, cwd=str(tmp_path))
+    assert (default.collection, default.args.max_batch_size, default.args.num_gpus) == ("quickstart", 32, None)
+    with pytest.raises(ValidationError):
+        resolve_args(AppArgs(), environ={env_var("max_batch_size"): "many"})
+
+
+def test_serve_config_leaves_deployment_values_to_the_environment() -> None:
+    """The compose and KubeRay files set HIVLP_COLLECTION: serving/config.yaml must not hide it."""
+    config = yaml.safe_load((ROOT / "serving" / "config.yaml").read_text(encoding="utf-8"))
+    for app in config["applications"]:
+        args = app.get("args") or {}
+        assert not {"checkpoint", "milvus_uri", "milvus_token", "collection", "api_key"} & set(args), args
+        resolved = resolve_args(AppArgs.model_validate(args), environ={"HIVLP_COLLECTION": "hivlp"})
+        assert resolved.collection == "hivlp"
+
+
+@pytest.mark.parametrize(
+    ("gpus", "ceiling", "share"),
+    [(0, 2, 0.0), (1, 1, 0.5), (1, 2, 0.25), (1, 3, 0.1666), (4, 2, 1.0), (8, 2, 1.0), (2, 3, 0.3333)],
+)
+def test_default_gpu_share_fits_both_encoders(gpus: float, ceiling: int, share: float) -> None:
+    got = gpus_per_encoder_replica(gpus, ceiling)
+    assert got == share
+    assert 2 * ceiling * got <= gpus  # every replica up to the autoscaling ceiling can be scheduled
+
+
+# -- the same models, dependencies and error handlers over HTTP, without Ray ---------------------------
+
+
+@pytest.fixture
+def client() -> Any:
+    """A plain FastAPI app wired like the ingress: its error handlers, its models, its dependencies."""
+    app = FastAPI()
+    for exc_class, handler in api.exception_handlers.items():
+        app.add_exception_handler(exc_class, handler)
+
+    @app.post("/search", dependencies=AUTH)
+    async def search(req: SearchRequest) -> dict[str, Any]:
+        return {"text": req.text}
+
+    @app.post("/search/image", dependencies=[*AUTH, Depends(require_multipart)])
+    async def search_image(form: Annotated[ImageSearchForm, Form(media_type="multipart/form-data")]) -> Any:
+        return {"bytes": len(await form.file.read()), "limit": form.limit, "filter": [f.field for f in form.filter]}
+
+    configure(IngressSettings(collection="c", api_key="k"))
+    try:
+        yield TestClient(app, headers={"Authorization": "Bearer k"})
+    finally:
+        configure(IngressSettings(collection="c"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"json": {"text": "x"}}, 200, None),
+        ({"content": b'{"text": "x",', "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
+        ({"content": b"text=x", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
+        ({"json": {"text": "x", "limt": 3}}, 422, "unknown_field"),
+        ({"json": {"text": "x", "image": "aGk="}}, 422, "invalid_request"),
+        ({"json": {"text": "x", "limit": 5, "coarse_limit": 4}}, 422, "invalid_request"),
+        ({"content": b'{"text": "x\\ud800"}', "headers": {"content-type": "application/json"}}, 422, "invalid_request"),
+        ({"json": {"text": "x"}, "headers": {"Authorization": "Bearer nope"}}, 401, "unauthorized"),
+    ],
+)
+def test_json_route_errors(client: Any, kwargs: dict[str, Any], status: int, code: str | None) -> None:
+    r = client.post("/search", **kwargs)
+    assert r.status_code == status, r.text
+    if code is not None:
+        assert r.json()["error"] == code
+        assert r.json()["message"]
+
+
+FILE = {"file": ("q.png", b"\x89PNG not really", "image/png")}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"files": FILE, "data": {"limit": "3", "filter": '[{"field": "key", "op": "==", "value": "a"}]'}}, 200, None),
+        ({"files": FILE, "data": {"limt": "3"}}, 422, "unknown_field"),
+        ({"files": FILE, "data": {"limit": "0"}}, 422, "invalid_request"),
+        ({"files": FILE, "data": {"filter": "[{"}}, 400, "invalid_json"),
+        ({"files": FILE, "data": {"filter": '[{"field": "key", "op": "~", "value": 1}]'}}, 422, "invalid_request"),
+        ({"files": {"other": FILE["file"]}}, 422, None),
+        ({"json": {"text": "x"}}, 415, "unsupported_media_type"),
+        ({"files": FILE, "headers": {"Authorization": ""}}, 401, "unauthorized"),
+    ],
+)
+def test_multipart_route_errors(client: Any, kwargs: dict[str, Any], status: int, code: str | None) -> None:
+    r = client.post("/search/image", **kwargs)
+    assert r.status_code == status, r.text
+    if status == 200:
+        assert r.json() == {"bytes": len(FILE["file"][1]), "limit": 3, "filter": ["key"]}
+    else:
+        assert r.json()["message"]
+    if code is not None:
+        assert r.json()["error"] == code
+    if status == 401:
+        assert "basic" in r.headers["www-authenticate"].lower()
