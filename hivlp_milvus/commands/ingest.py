@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from hivlp_milvus.connection import TLS_OPTIONS, TOKEN_ENV
+from hivlp_milvus.connection import TLS_OPTIONS, TOKEN_ENV, ConnectionOptions
 from hivlp_milvus.device import DEVICE_CHOICES
 from hivlp_milvus.errors import ConfigError
 
@@ -71,16 +71,10 @@ def run(args: argparse.Namespace) -> int:
     """Ingest and print the report (failed records are listed in it; the exit code stays 0)."""
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be a positive integer")
-    from hivlp_milvus.connection import ConnectionOptions
     from hivlp_milvus.data import load_source
     from hivlp_milvus.ingest import IngestOptions, ingest
 
-    connection = ConnectionOptions(
-        uri=args.uri,
-        # From the environment by default, so the token is not visible in the process list.
-        token=args.token if args.token is not None else os.environ.get(TOKEN_ENV),
-        **{name: getattr(args, name) for name in TLS_OPTIONS if getattr(args, name) is not None},
-    )
+    connection = connection_from_args(args)
     # Checked before the source is read: a bad --batch-size fails at once, not after a long read.
     IngestOptions.build(
         batch_size=args.batch_size, write_batch_rows=args.write_batch_rows, num_workers=args.num_workers
@@ -107,3 +101,13 @@ def run(args: argparse.Namespace) -> int:
         args.json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json_out}")
     return 0
+
+
+def connection_from_args(args: argparse.Namespace) -> ConnectionOptions:
+    """The :class:`ConnectionOptions` the flags describe (``--uri``, ``--token``, the TLS flags)."""
+    return ConnectionOptions(
+        uri=args.uri,
+        # From the environment by default, so the token is not visible in the process list.
+        token=args.token if args.token is not None else os.environ.get(TOKEN_ENV),
+        **{name: getattr(args, name) for name in TLS_OPTIONS if getattr(args, name) is not None},
+    )

@@ -79,7 +79,8 @@ def plan_encoders(
         )
     # One CPU per actor, and one left for Ray Data's read / explode tasks.
     cpu_cap = max(1, int(free_cpus) - 1)
-    actors = max(1, min(int(free_gpus) if num_workers is None else num_workers, cpu_cap))
-    share = min(1.0, free_gpus / actors)
-    share = math.floor(share / _GPU_STEP) * _GPU_STEP
+    # Every actor gets at least one step of a GPU, or fewer actors are started.
+    steps = math.floor(round(free_gpus / _GPU_STEP, 6))
+    actors = max(1, min(int(free_gpus) if num_workers is None else num_workers, cpu_cap, steps))
+    share = min(1.0, math.floor(round(steps / actors, 6)) * _GPU_STEP)
     return EncoderPlan(actors=actors, num_gpus=round(share, 2))
