@@ -92,6 +92,12 @@ def run_ray(
             "or a checkpoint directory as model=, or give vec_low / vec_high columns"
         )
 
+    # Sized before the collection is touched: a GPU encode with no free GPU fails here, at once.
+    plan = None
+    if not byo:
+        plan = plan_encoders(
+            ray.available_resources(), ray.cluster_resources(), device=options.device, num_workers=options.num_workers
+        )
     first_batch = _first_batch(ds, options.batch_size) if byo else None
     first = None
     if first_batch is not None:
@@ -131,12 +137,7 @@ def run_ray(
                 fn_kwargs={"low_dim": low_dim, "high_dim": high_dim, "skip": skip},
             )
         else:
-            plan = plan_encoders(
-                ray.available_resources(),
-                ray.cluster_resources(),
-                device=options.device,
-                num_workers=options.num_workers,
-            )
+            assert plan is not None  # planned above for every non-BYO run
             ckpt_dir, tmp_ckpt = _checkpoint_dir(model, live_model)
             items_ds = ds.map_batches(
                 ray_stages.explode, batch_format="numpy", fn_kwargs={"image_root": options.image_root}
