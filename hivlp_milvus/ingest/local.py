@@ -22,7 +22,7 @@ from hivlp_milvus.ingest.encode import Encoder
 from hivlp_milvus.ingest.options import IngestOptions
 from hivlp_milvus.ingest.report import IngestReport
 from hivlp_milvus.ingest.setup import estimate_rows, load_model, resolve_collection
-from hivlp_milvus.ingest.writer import RunIds, Writer, progress_bar
+from hivlp_milvus.ingest.writer import writing
 
 if TYPE_CHECKING:
     from hivlp_milvus.collection import HierarchicalCollection
@@ -62,15 +62,13 @@ def run_local(
     if model is not None:
         coll.check_model(model)  # before anything is written
 
-    bar = progress_bar(options.progress)
-    seen = RunIds(active=coll.count() == 0)
     loop_started = time.perf_counter()
     report.setup_seconds = loop_started - started
     rows_per_write = int(options.write_batch_rows or coll.max_rows_per_request)
-    writer = Writer(coll, rows_per_write, report, bar, pipelined=options.pipeline, seen=seen)
     chunk_rows = _ChunkRows(coll, Encoder(model, autocast_dtype=autocast_dtype) if model is not None else None, report)
     check_seconds = 0.0
-    try:
+    with writing(coll, rows_per_write, report, progress=options.progress, pipelined=options.pipeline) as writer:
+        seen = writer.seen
         for chunk in _chunks(rows.items(records, report.failed), options.batch_size):
             if options.skip_existing:
                 t0 = time.perf_counter()
@@ -83,12 +81,6 @@ def run_local(
                     report.skipped_existing += sum(1 for it in chunk if it.id in present)
                     chunk = [it for it in chunk if it.id not in present]
             writer.add(chunk_rows(chunk))
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        bar.close()
 
     report.write_seconds += check_seconds
     report.encode_seconds = chunk_rows.seconds

@@ -51,7 +51,7 @@ from hivlp_milvus.ingest.report import IngestReport
 from hivlp_milvus.ingest.resources import plan_encoders
 from hivlp_milvus.ingest.rows import check_first_batch
 from hivlp_milvus.ingest.setup import load_model, resolve_collection
-from hivlp_milvus.ingest.writer import RunIds, Writer, progress_bar
+from hivlp_milvus.ingest.writer import writing
 
 if TYPE_CHECKING:
     import ray.data
@@ -268,10 +268,7 @@ def _write_on_driver(
     report: IngestReport,
     options: IngestOptions,
 ) -> None:
-    bar = progress_bar(options.progress)
-    seen = RunIds(active=coll.count() == 0)
-    writer = Writer(coll, rows_per_write, report, bar, pipelined=options.pipeline, seen=seen)
-    try:
+    with writing(coll, rows_per_write, report, progress=options.progress, pipelined=options.pipeline) as writer:
         batches = rows_ds.iter_batches(batch_size=rows_per_write, batch_format="numpy", prefetch_batches=2)
         for batch in batches:
             rows, existing, failed, encode_s, dropped = ray_stages.rows_for_milvus(batch)
@@ -280,9 +277,3 @@ def _write_on_driver(
             report.failed.extend(failed)
             report.encode_seconds += encode_s
             writer.add(rows)
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        bar.close()

@@ -12,6 +12,7 @@ import contextlib
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from hivlp_milvus.ingest.report import IngestReport
@@ -198,3 +199,22 @@ class Writer:
         self.report.updated += updated
         self.report.rows_written += inserted + updated
         self.bar.update(inserted + updated)
+
+
+@contextlib.contextmanager
+def writing(
+    collection: HierarchicalCollection, batch_rows: int, report: IngestReport, *, progress: bool, pipelined: bool
+) -> Iterator[Writer]:
+    """A :class:`Writer` with its progress bar: closed (everything written) on success, aborted on error."""
+    bar = progress_bar(progress)
+    writer = Writer(
+        collection, batch_rows, report, bar, pipelined=pipelined, seen=RunIds(active=collection.count() == 0)
+    )
+    try:
+        yield writer
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
