@@ -15,7 +15,8 @@ The package, one job per module:
 * :mod:`.setup` — the model on its device, the collection opened or created;
 * :mod:`.report` — :class:`IngestReport`;
 * drivers: :mod:`.local` (in this process, pipelined) and :mod:`.ray_data` (a Ray Data actor
-  pool; imported only when used, so a plain ingest never imports Ray).
+  pool whose worker stages are :mod:`.ray_stages`, sized by :mod:`.resources` from the free
+  GPUs / CPUs; imported only when used, so a plain ingest never imports Ray).
 
 This module stays light (no torch, pymilvus or Ray at import): ``hivlp_milvus`` binds
 ``ingest`` from it at import time.
