@@ -11,10 +11,14 @@ from typing import Any
 
 from hivlp_milvus.errors import *  # noqa: F403  (the error classes are part of the public API)
 
-# Bound eagerly, not lazily: ``ingest`` is also the name of a submodule, and importing
+# Bound eagerly, not lazily: ``ingest`` is also the name of a subpackage, and importing
 # ``hivlp_milvus.ingest`` anywhere would otherwise replace the function on the package with the
-# module (``hivlp_milvus.ingest(...)`` -> "module is not callable"). The module is light (no
-# torch, no pymilvus at import).
+# module (``hivlp_milvus.ingest(...)`` -> "module is not callable"). Python sets that attribute
+# only when the subpackage is first imported, which this line does, so the function stays bound
+# (``hivlp_milvus.ingest.local`` etc. load later without touching it). The subpackage's
+# ``__init__`` is light (no torch, pymilvus or Ray at import). For the same reason write
+# ``from hivlp_milvus.ingest.rows import ...``, never ``import hivlp_milvus.ingest.rows``.
+from hivlp_milvus.ingest import IngestOptions as IngestOptions  # noqa: E402
 from hivlp_milvus.ingest import IngestReport as IngestReport  # noqa: E402
 from hivlp_milvus.ingest import ingest as ingest  # noqa: E402
 

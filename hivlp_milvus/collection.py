@@ -79,7 +79,9 @@ SCALAR_OUTPUT_FIELDS = ("id", "key", "modality", "reference", "attributes")
 VECTOR_FIELDS = ("vec_low", "vec_high")
 
 
-def _max_lengths() -> dict[str, int]:
+@lru_cache(maxsize=1)
+def max_lengths() -> dict[str, int]:
+    """The VARCHAR fields' limits in bytes (``{"key": 1024, ...}``), as Milvus enforces them."""
     return {f["name"]: int(f["max_length"]) for f in schema_spec()["fields"] if "max_length" in f}
 
 
@@ -581,7 +583,7 @@ class HierarchicalCollection:
 
     def _validate_rows(self, rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         expected = set(field_names())
-        limits = _max_lengths()
+        limits = max_lengths()
         out: list[Mapping[str, Any]] = []
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping):
@@ -639,12 +641,15 @@ class HierarchicalCollection:
                 raise BadRecordError(f"row {bad} (id={out[bad]['id']}): {field} contains NaN or inf")
         return out
 
-    def upsert(self, rows: Sequence[Mapping[str, Any]], **kwargs: Any) -> int:
+    def upsert(self, rows: Sequence[Mapping[str, Any]], *, validate: bool = True, **kwargs: Any) -> int:
         """Insert or overwrite rows (keyed by ``id``), validated first, in request-sized chunks.
 
         Args:
             rows: dicts with exactly ``id, key, modality, reference, attributes, vec_low, vec_high``
                 (vectors as lists or float arrays of the collection's dims).
+            validate: check every row first (nothing is written when one is bad). ``False`` only
+                for rows already checked one by one, as :mod:`hivlp_milvus.ingest.rows` builds them:
+                each write is then validated once, not twice.
             **kwargs: passed to ``MilvusClient.upsert``.
 
         Returns:
@@ -654,7 +659,7 @@ class HierarchicalCollection:
             DimensionMismatchError: a vector does not have the collection's dim (nothing is written).
             BadRecordError: a row lacks a field, has an unknown one, or a value of the wrong type.
         """
-        rows = self._validate_rows(list(rows))
+        rows = self._validate_rows(list(rows)) if validate else list(rows)
         self._rows_cache = None
         written = 0
         step = self.max_rows_per_request

@@ -553,34 +553,38 @@ class Ingress:
     @api.post("/ingest", response_model=IngestResponse, responses=_ERRORS, tags=["ingest"], dependencies=AUTH)
     async def ingest(self, req: IngestRequest) -> Any:
         """Encode and upsert a small batch of records. Bad records are reported, the rest written."""
-        from hivlp_milvus.data.record import EmbeddingRecord
-        from hivlp_milvus.ids import text_key
+        from hivlp_milvus.data.record import EmbeddingRecord, Record, Skipped
+        from hivlp_milvus.ingest.rows import record_items
 
         started = time.perf_counter()
-        failed: list[dict[str, str]] = []
-        jobs: list[tuple[str, str, str, dict[str, Any], Any]] = []  # key, modality, reference, attrs, call
+        skipped: list[Skipped] = []
+        items = []
         for rec in req.records:
+            image = None
             if rec.image is not None:
                 try:
-                    raw = decode_base64_image(rec.image, self._settings)
+                    image = decode_base64_image(rec.image, self._settings)
                 except ApiError as exc:
-                    failed.append({"key": rec.key, "reason": exc.message})
-                else:
-                    # Uploaded bytes are not kept on the server: the image row has no file reference.
-                    jobs.append((rec.key, "image", "", rec.attributes, self._image.encode.remote(raw)))
-            for i, caption in enumerate(rec.captions):
-                jobs.append((text_key(rec.key, i), "text", caption, rec.attributes, self._text.encode.remote(caption)))
+                    skipped.append(Skipped(rec.key, exc.message))
+                    if not rec.captions:
+                        continue
+            # The same items (keys, references, checks) as library ingest. Uploaded bytes are not
+            # kept on the server: the image row has no file reference.
+            record = Record(rec.key, image=image, captions=list(rec.captions), attributes=rec.attributes)
+            items += record_items(record, skipped)
+        calls = [(self._image if it.kind == "image" else self._text).encode.remote(it.payload) for it in items]
         # All at once, so the encoders batch them.
-        outs = await asyncio.gather(*(asyncio.wait_for(j[4], _BACKEND_TIMEOUT_S) for j in jobs), return_exceptions=True)
+        outs = await asyncio.gather(*(asyncio.wait_for(c, _BACKEND_TIMEOUT_S) for c in calls), return_exceptions=True)
+        failed = [{"key": s.key, "reason": s.reason} for s in skipped]
         records = []
-        for (key, modality, reference, attributes, _), out in zip(jobs, outs, strict=True):
+        for it, out in zip(items, outs, strict=True):
             if isinstance(out, BaseException):
                 err = to_api_error(out)
                 if err.status >= 500:  # a server fault fails the request; the client may retry it
                     raise err
-                failed.append({"key": key, "reason": err.message})
+                failed.append({"key": it.key, "reason": err.message})
                 continue
-            records.append(EmbeddingRecord(key, modality, out["low"], out["high"], reference, attributes))
+            records.append(EmbeddingRecord(it.key, it.modality, out["low"], out["high"], it.reference, it.attributes))
         report: dict[str, Any] = {"inserted": 0, "updated": 0, "rows_written": 0, "failed": []}
         if records:
             report = await self._backend(self._searcher.ingest.remote(records))

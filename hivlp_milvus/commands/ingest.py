@@ -7,9 +7,9 @@ import json
 import os
 from pathlib import Path
 
+from hivlp_milvus.connection import TLS_OPTIONS, TOKEN_ENV, ConnectionOptions
+from hivlp_milvus.device import DEVICE_CHOICES
 from hivlp_milvus.errors import ConfigError
-
-TOKEN_ENV = "HIVLP_MILVUS_TOKEN"  # noqa: S105 (the name of a variable, not a secret)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,6 +32,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--collection", default="hivlp", help="collection name (created when missing)")
     parser.add_argument("--token", default=None, help=f"Milvus token (user:password or API key); default: ${TOKEN_ENV}")
+    tls = parser.add_argument_group("TLS (Milvus server)")
+    tls.add_argument("--secure", action="store_true", default=None, help="connect with TLS")
+    tls.add_argument("--server-pem-path", default=None, help="server certificate (one-way TLS)")
+    tls.add_argument("--server-name", default=None, help="the name the server certificate was issued for")
+    tls.add_argument("--ca-pem-path", default=None, help="CA certificate (two-way TLS)")
+    tls.add_argument("--client-pem-path", default=None, help="client certificate (two-way TLS)")
+    tls.add_argument("--client-key-path", default=None, help="client private key (two-way TLS)")
+    parser.add_argument(
+        "--profile", default="auto", help="index profile of a collection this run creates: auto, lite, cpu, gpu"
+    )
+    parser.add_argument(
+        "--device", default="auto", choices=DEVICE_CHOICES, help="where the model encodes (auto: CUDA when usable)"
+    )
+    parser.add_argument(
+        "--image-root", type=Path, default=None, help="resolve relative image paths of SOURCE against this directory"
+    )
+    parser.add_argument("--num-workers", type=int, default=None, help="Ray Data encoder actors at most (--distributed)")
     parser.add_argument("--split", default=None, help="split to read when the data has several")
     parser.add_argument("--limit", type=int, default=None, help="ingest the first N records only")
     parser.add_argument("--batch-size", type=int, default=64, help="images / captions per encoder batch")
@@ -52,20 +69,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Ingest and print the report (failed records are listed in it; the exit code stays 0)."""
-    if args.batch_size < 1 or (args.write_batch_rows is not None and args.write_batch_rows < 1):
-        raise ConfigError("--batch-size and --write-batch-rows must be positive integers")
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be a positive integer")
     from hivlp_milvus.data import load_source
-    from hivlp_milvus.ingest import ingest
+    from hivlp_milvus.ingest import IngestOptions, ingest
 
-    source = load_source(args.source, split=args.split, limit=args.limit)
+    connection = connection_from_args(args)
+    # Checked before the source is read: a bad --batch-size fails at once, not after a long read.
+    IngestOptions.build(
+        batch_size=args.batch_size, write_batch_rows=args.write_batch_rows, num_workers=args.num_workers
+    )
+    source = load_source(args.source, split=args.split, limit=args.limit, image_root=args.image_root)
     report = ingest(
         source,
-        uri=args.uri,
+        connection=connection,
         collection_name=args.collection,
-        # From the environment by default, so the token is not visible in the process list.
-        token=args.token if args.token is not None else os.environ.get(TOKEN_ENV),
         model=args.model,
         batch_size=args.batch_size,
         write_batch_rows=args.write_batch_rows,
@@ -73,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
         distributed=args.distributed,
         progress=not args.no_progress,
         create=not args.no_create,
+        profile=args.profile,
+        device=args.device,
+        num_workers=args.num_workers,
     )
     print(report)
     if args.json_out is not None:
@@ -80,3 +101,13 @@ def run(args: argparse.Namespace) -> int:
         args.json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json_out}")
     return 0
+
+
+def connection_from_args(args: argparse.Namespace) -> ConnectionOptions:
+    """The :class:`ConnectionOptions` the flags describe (``--uri``, ``--token``, the TLS flags)."""
+    return ConnectionOptions(
+        uri=args.uri,
+        # From the environment by default, so the token is not visible in the process list.
+        token=args.token if args.token is not None else os.environ.get(TOKEN_ENV),
+        **{name: getattr(args, name) for name in TLS_OPTIONS if getattr(args, name) is not None},
+    )

@@ -7,7 +7,7 @@ of raising. :func:`hivlp_milvus.data.load_source` picks the reader; call these d
 bypass its detection.
 
 Manifest rows (CSV, JSONL, Parquet, HF datasets) share one layout: ``image`` (a path, relative
-paths resolved against the manifest's directory; or bytes / ``{"bytes", "path"}`` / a PIL image)
+paths resolved against the manifest's directory or ``image_root``; or bytes / ``{"bytes", "path"}`` / a PIL image)
 and ``caption`` (one text) or ``captions`` (a list, or a JSON list in CSV); optional ``id``,
 ``group`` and ``split``; every other column becomes an attribute (a column named ``attributes``
 holding an object, as in synthetic manifests, is merged in). Adjacent rows with the same id
@@ -227,8 +227,8 @@ def _check_columns(columns: Iterable[str], name: str | Path, split: str | None) 
 # --------------------------------------------------------------------------- manifests
 
 
-def open_csv(path: Path, *, split: str | None = None) -> ReaderSpec:
-    """A CSV (or ``.tsv``) manifest with a header row."""
+def open_csv(path: Path, *, split: str | None = None, image_root: Path | None = None) -> ReaderSpec:
+    """A CSV (or ``.tsv``) manifest with a header row (relative image paths: see :func:`open_jsonl`)."""
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     with path.open(newline="", encoding="utf-8-sig") as f:
         header = next(csv.reader(f, delimiter=delimiter), None)
@@ -248,11 +248,15 @@ def open_csv(path: Path, *, split: str | None = None) -> ReaderSpec:
                     continue
                 yield f"{path.name}:{line_no}", row
 
-    return ReaderSpec(lambda rep: _assemble(rows(), path.parent, rep, split), None, f"CSV manifest {path}")
+    base = image_root or path.parent
+    return ReaderSpec(lambda rep: _assemble(rows(), base, rep, split), None, f"CSV manifest {path}")
 
 
-def open_jsonl(path: Path, *, split: str | None = None) -> ReaderSpec:
-    """A JSON Lines manifest: one object per line (blank lines ignored)."""
+def open_jsonl(path: Path, *, split: str | None = None, image_root: Path | None = None) -> ReaderSpec:
+    """A JSON Lines manifest: one object per line (blank lines ignored).
+
+    Relative image paths are resolved against ``image_root``, by default the manifest's directory.
+    """
     if split is not None:
         first = _first_jsonl_object(path)
         if first is not None and "split" not in first:
@@ -273,7 +277,8 @@ def open_jsonl(path: Path, *, split: str | None = None) -> ReaderSpec:
                     row = f"expected a JSON object, got {type(row).__name__}"
                 yield where, row
 
-    return ReaderSpec(lambda rep: _assemble(rows(), path.parent, rep, split), None, f"JSONL manifest {path}")
+    base = image_root or path.parent
+    return ReaderSpec(lambda rep: _assemble(rows(), base, rep, split), None, f"JSONL manifest {path}")
 
 
 def _first_jsonl_object(path: Path) -> dict[str, Any] | None:
@@ -288,8 +293,11 @@ def _first_jsonl_object(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def open_parquet(path: Path, *, split: str | None = None) -> ReaderSpec:
-    """A Parquet manifest; an image column may hold paths, bytes or ``{"bytes", "path"}`` structs."""
+def open_parquet(path: Path, *, split: str | None = None, image_root: Path | None = None) -> ReaderSpec:
+    """A Parquet manifest; an image column may hold paths, bytes or ``{"bytes", "path"}`` structs.
+
+    Relative image paths are resolved against ``image_root``, by default the manifest's directory.
+    """
     import pyarrow.parquet as pq
 
     try:
@@ -305,7 +313,8 @@ def open_parquet(path: Path, *, split: str | None = None) -> ReaderSpec:
                 yield f"{path.name}:row {line}", row
                 line += 1
 
-    return ReaderSpec(lambda report: _assemble(rows(), path.parent, report, split), None, f"Parquet manifest {path}")
+    base = image_root or path.parent
+    return ReaderSpec(lambda report: _assemble(rows(), base, report, split), None, f"Parquet manifest {path}")
 
 
 # --------------------------------------------------------------------------- Karpathy JSON
@@ -380,11 +389,12 @@ def is_hf_dataset_dir(path: Path) -> bool:
     return path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "state.json"))
 
 
-def open_hf(dataset: Any, *, split: str | None = None) -> ReaderSpec:
+def open_hf(dataset: Any, *, split: str | None = None, image_root: Path | None = None) -> ReaderSpec:
     """A Hugging Face dataset: a ``save_to_disk`` directory, or a ``Dataset`` / ``DatasetDict`` object.
 
     ``split`` picks a split of a ``DatasetDict`` (required when it has several), or filters a
-    ``Dataset``'s ``split`` column.
+    ``Dataset``'s ``split`` column. Relative image paths are resolved against ``image_root``
+    (default: the dataset directory, or the working directory for an object).
     """
     base_dir = Path.cwd()
     label = "Hugging Face dataset"
@@ -418,7 +428,8 @@ def open_hf(dataset: Any, *, split: str | None = None) -> ReaderSpec:
                 yield f"row {start + i}", {c: batch[c][i] for c in columns}
 
     length = None if split_column is not None else len(dataset)
-    return ReaderSpec(lambda report: _assemble(rows(), base_dir, report, split_column), length, label)
+    base = image_root or base_dir
+    return ReaderSpec(lambda report: _assemble(rows(), base, report, split_column), length, label)
 
 
 def _undecoded_images(dataset: Any) -> Any:

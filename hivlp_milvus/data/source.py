@@ -97,7 +97,9 @@ def load_source(
             * a :class:`RecordSource` (returned as is unless ``limit`` is given).
         split: the split to read: a split sub-directory, a Karpathy split (``"train"`` includes
             ``restval``), a ``DatasetDict`` key, or the value of a manifest's ``split`` column.
-        image_root: where Karpathy images live (default: the JSON file's directory).
+        image_root: the directory relative image paths are resolved against: where a Karpathy
+            file's images live, or a manifest's (default: the JSON / manifest file's directory).
+            Paths and Hugging Face datasets only: in-memory records carry their own image paths.
         limit: stop after this many records.
 
     Returns:
@@ -107,6 +109,11 @@ def load_source(
         DataError: the source cannot be read at all: no such path, an unknown file type, missing
             required columns, a ``split`` the source does not have.
     """
+    if image_root is not None and not isinstance(source, (str, Path)) and not hasattr(source, "column_names"):
+        raise DataError(
+            f"image_root= applies to a data path (Karpathy JSON, manifest, dataset directory), not to a "
+            f"{type(source).__name__}; give the records absolute image paths, or pass the path with image_root"
+        )
     if isinstance(source, RecordSource):
         if limit is None:
             return source
@@ -121,7 +128,8 @@ def load_source(
         spec = _open_path(Path(source).expanduser(), split=split, image_root=image_root)
         return RecordSource(spec.iterate, description=spec.description, length=spec.length, limit=limit)
     if hasattr(source, "column_names"):  # an HF Dataset / DatasetDict object
-        spec = readers.open_hf(source, split=split)
+        root = None if image_root is None else Path(image_root).expanduser()
+        spec = readers.open_hf(source, split=split, image_root=root)
         return RecordSource(spec.iterate, description=spec.description, length=spec.length, limit=limit)
     if isinstance(source, (Record, EmbeddingRecord)):
         source = [source]
@@ -158,12 +166,12 @@ def _open_path(path: Path, *, split: str | None, image_root: str | Path | None) 
     root = None if image_root is None else Path(image_root).expanduser()
     if path.is_dir():
         if (path / "manifest.jsonl").is_file():
-            return readers.open_jsonl(path / "manifest.jsonl", split=split)
+            return readers.open_jsonl(path / "manifest.jsonl", split=split, image_root=root)
         if readers.is_hf_dataset_dir(path):
-            return readers.open_hf(path, split=split)
+            return readers.open_hf(path, split=split, image_root=root)
         splits = sorted(p.name for p in path.iterdir() if (p / "manifest.jsonl").is_file())
         if split is not None and split in splits:
-            return readers.open_jsonl(path / split / "manifest.jsonl")
+            return readers.open_jsonl(path / split / "manifest.jsonl", image_root=root)
         if splits:
             raise DataError(f"{path} holds the splits {splits}; choose one with split=... (--split)")
         raise DataError(
@@ -174,11 +182,11 @@ def _open_path(path: Path, *, split: str | None, image_root: str | Path | None) 
     if suffix == ".json":
         return readers.open_karpathy(path, split=split, image_root=root)
     if suffix in (".csv", ".tsv"):
-        return readers.open_csv(path, split=split)
+        return readers.open_csv(path, split=split, image_root=root)
     if suffix == ".jsonl":
-        return readers.open_jsonl(path, split=split)
+        return readers.open_jsonl(path, split=split, image_root=root)
     if suffix == ".parquet":
-        return readers.open_parquet(path, split=split)
+        return readers.open_parquet(path, split=split, image_root=root)
     raise DataError(
         f"{path}: unknown file type {suffix or '(none)'!r}; expected .json (Karpathy), "
         ".csv, .tsv, .jsonl, .parquet or a directory"

@@ -2,7 +2,7 @@
 
 (a) a ``ray.data.Dataset`` into Milvus Lite (.db): the actors encode, the driver writes;
 (b) in-memory records with ``distributed=True`` into a Milvus server: the write tasks on the
-    workers upsert (``_MilvusDatasink``), the driver never touches the rows.
+    workers upsert (``MilvusDatasink``), the driver never touches the rows.
 Both must give exactly one row per image / caption, with the vectors the model gives locally.
 """
 
@@ -17,9 +17,11 @@ from milvus_server import MilvusEndpoint, milvus_endpoint
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.data import Record, synthetic
+from hivlp_milvus.errors import ConfigError
 from hivlp_milvus.ids import row_id, text_key
 from hivlp_milvus.ingest import ingest
 from hivlp_milvus.model import HiVLP, create_model
+from hivlp_milvus.profiles import nlist_for
 
 pytestmark = pytest.mark.ray
 
@@ -89,15 +91,32 @@ def test_ray_data_ingest_lite_and_server(ray_session: None, server: MilvusEndpoi
         for i in range(100)
     ]  # fmt: skip
     vec_items[7]["vec_low"] = np.full(16, np.nan, np.float32)
-    byo = ingest(ray.data.from_items(vec_items), uri=db, collection_name="byo", progress=False)
+    # expected_rows and pipeline reach this path too (they were dropped before): the index of
+    # the new collection is sized for 20k rows, not the 100k default; the driver writes in line.
+    byo = ingest(
+        ray.data.from_items(vec_items),
+        uri=db,
+        collection_name="byo",
+        expected_rows=20_000,
+        pipeline=False,
+        num_workers=1,
+        progress=False,
+    )
     assert [(s.key, s.reason) for s in byo.failed] == [("v7", "vectors contain NaN or infinity")]
     assert byo.inserted == 99
     stored = HierarchicalCollection.open("byo", uri=db)
+    assert stored.describe()["low_index"]["nlist"] == nlist_for(20_000)
     got = {int(r["id"]): r for r in stored.get([row_id(f"v{i}", "text") for i in range(100)], ["id", "vec_high"])}
     assert len(got) == 99
     np.testing.assert_array_equal(
         np.asarray(got[row_id("v3", "text")]["vec_high"], np.float32), vec_items[3]["vec_high"]
     )
+
+    # A GPU encode on a cluster without GPUs fails at once instead of waiting for a GPU forever.
+    if not ray.cluster_resources().get("GPU"):
+        with pytest.raises(ConfigError, match="has no GPU"):
+            ingest(ds, uri=db, collection_name="never", model=ckpt, device="cuda", progress=False)
+        assert "never" not in lite.client.list_collections()
 
     # (b) In-memory records (+ one image given by path), distributed=True, into a Milvus server:
     # the workers write.

@@ -1,0 +1,144 @@
+"""``ingest()``: records → (encode) → upsert into a HiVLP collection, with progress and a report.
+
+One record with an image and *k* captions becomes *k + 1* rows (:mod:`.rows`); an
+:class:`EmbeddingRecord` becomes one row with the vectors the user computed, and needs no model.
+Every row's primary key is ``row_id(key, modality)``, so running the same data twice upserts the
+same rows: a run that was killed half-way can simply be started again (``skip_existing=True``
+makes that resume skip the rows already written without encoding them again).
+
+The package, one job per module:
+
+* :mod:`.options` — :class:`IngestOptions`, every knob in one frozen value both drivers take;
+* :mod:`.rows` — records → items → rows, and their checks (limits from the collection schema);
+* :mod:`.encode` — the model forward passes, batch first, one by one when a batch fails;
+* :mod:`.writer` — upsert requests on a background thread, inserted/updated counts;
+* :mod:`.setup` — the model on its device, the collection opened or created;
+* :mod:`.report` — :class:`IngestReport`;
+* drivers: :mod:`.local` (in this process, pipelined) and :mod:`.ray_data` (a Ray Data actor
+  pool whose worker stages are :mod:`.ray_stages`, sized by :mod:`.resources` from the free
+  GPUs / CPUs; imported only when used, so a plain ingest never imports Ray).
+
+This module stays light (no torch, pymilvus or Ray at import): ``hivlp_milvus`` binds
+``ingest`` from it at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hivlp_milvus.connection import DEFAULT_URI, ConnectionOptions
+from hivlp_milvus.ingest.options import IngestOptions, connection_options
+from hivlp_milvus.ingest.report import IngestReport
+
+if TYPE_CHECKING:
+    from hivlp_milvus.collection import HierarchicalCollection
+    from hivlp_milvus.model import HiVLP
+
+__all__ = ["IngestOptions", "IngestReport", "ingest"]
+
+
+def ingest(
+    dataset: Any,
+    *,
+    collection: HierarchicalCollection | None = None,
+    uri: str = DEFAULT_URI,
+    collection_name: str = "hivlp",
+    token: str | None = None,
+    model: HiVLP | str | Path | None = None,
+    batch_size: int = 64,
+    write_batch_rows: int | None = None,
+    skip_existing: bool = False,
+    distributed: bool = False,
+    progress: bool = True,
+    create: bool = True,
+    pipeline: bool = True,
+    expected_rows: int | None = None,
+    profile: str = "auto",
+    device: str = "auto",
+    connection: ConnectionOptions | None = None,
+    image_root: str | Path | None = None,
+    num_workers: int | None = None,
+) -> IngestReport:
+    """Encode a data set (or take its precomputed vectors) and upsert it into a HiVLP collection.
+
+    Args:
+        dataset: anything :func:`hivlp_milvus.data.load_source` accepts (a manifest / Karpathy /
+            CSV / JSONL / Parquet path, an HF ``save_to_disk`` directory, a list or iterable of
+            :class:`Record` / :class:`EmbeddingRecord`), or a ``ray.data.Dataset`` (columns in
+            :mod:`hivlp_milvus.ingest.ray_data`).
+        collection: an open :class:`HierarchicalCollection`; when ``None`` the collection
+            ``collection_name`` is opened (or created, see ``create``) at ``connection`` / ``uri``.
+        uri: ``./hivlp.db`` (Milvus Lite in this process) or ``http(s)://host:port`` (a server).
+        collection_name: the collection to open or create when ``collection`` is ``None``.
+        token: Milvus token (``"user:password"`` or an API key) for a server.
+        model: a :class:`HiVLP` or a checkpoint directory; required for records with images or
+            captions, unused for :class:`EmbeddingRecord` rows.
+        batch_size: items (images or captions) encoded per forward pass (>= 1).
+        write_batch_rows: rows per upsert request (>= 1); ``None`` = the collection's
+            ``max_rows_per_request`` (sized under Milvus' 64 MB request limit).
+        skip_existing: skip rows whose id is already in the collection *before* encoding them
+            (fast resume). Without it, existing rows are re-encoded and overwritten.
+        distributed: run the Ray Data path even for a non-Ray source.
+        progress: show a tqdm progress bar (rows).
+        create: create the collection when it does not exist (dims from the model, or from the
+            first :class:`EmbeddingRecord`).
+        pipeline: write on a background thread while the next batch is encoded. ``False`` writes
+            each batch before encoding the next (for debugging, and to measure the overlap).
+        expected_rows: rows the collection will hold, to size the ANN index of a collection this
+            call creates (IVF ``nlist``); default: estimated from the source's length.
+        profile: index profile of a collection this call creates: ``auto`` (probe the server),
+            ``lite``, ``cpu``, ``gpu`` or ``name:VARIANT`` (``schemas/profiles.yaml``). An
+            existing collection keeps the profile it was built with.
+        device: where the model encodes: ``auto`` (CUDA when usable; a live model stays on its
+            device), ``cpu``, ``cuda`` or ``cuda:N`` (an error that says why when CUDA cannot be
+            used). CUDA runs in mixed precision (bf16 where native, else fp16).
+        connection: where Milvus is and how to reach it, TLS and token included; instead of
+            ``uri`` / ``token``.
+        image_root: directory that relative image paths of a Karpathy file or a manifest (and of
+            a Ray Dataset's ``image`` column) are resolved against; default: the file's directory.
+        num_workers: Ray Data encoder actors at most (distributed path); default: sized from the
+            cluster's free GPUs / CPUs.
+
+    Returns:
+        An :class:`IngestReport` (inserted / updated / skipped / failed counts and timings).
+
+    Raises:
+        ModelMismatchError: the model's dims or fingerprint differ from the collection's (raised
+            before anything is written).
+        DimensionMismatchError: precomputed vectors have other dims than the collection (checked
+            on the first batch, before anything is written).
+        ConfigError: a bad argument (e.g. ``batch_size < 1``), records that need a model when
+            none was given, a device that cannot be used, or (distributed) no free GPU for a
+            GPU encode.
+        CollectionNotFoundError: the collection does not exist and ``create`` is ``False``.
+        MilvusUnavailableError: Milvus cannot be reached.
+    """
+    options = IngestOptions.build(
+        collection_name=collection_name,
+        connection=connection_options(connection, uri=uri, token=token),
+        batch_size=batch_size,
+        write_batch_rows=write_batch_rows,
+        skip_existing=skip_existing,
+        distributed=distributed,
+        progress=progress,
+        create=create,
+        pipeline=pipeline,
+        expected_rows=expected_rows,
+        profile=profile,
+        device=device,
+        image_root=None if image_root is None else str(image_root),
+        num_workers=num_workers,
+    )
+    if options.distributed or _is_ray_dataset(dataset):
+        from hivlp_milvus.ingest.ray_data import run_ray
+
+        return run_ray(dataset, model=model, collection=collection, options=options)
+    from hivlp_milvus.ingest.local import run_local
+
+    return run_local(dataset, model=model, collection=collection, options=options)
+
+
+def _is_ray_dataset(obj: Any) -> bool:
+    # Checked by class name so a plain (non-Ray) ingest never imports Ray.
+    return any(c.__name__ == "Dataset" and c.__module__.startswith("ray.data") for c in type(obj).__mro__)

@@ -1,0 +1,95 @@
+"""Encoding image and caption items with the model: a batch at a time, one by one when a batch fails.
+
+Shared by the in-process driver and the Ray Data encoder actors. A record whose image cannot be
+decoded, or whose input breaks the forward pass, is that record's failure only: the batch is
+retried item by item so the rest of it still lands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from hivlp_milvus.errors import BadRecordError
+from hivlp_milvus.ingest.rows import Item
+
+logger = logging.getLogger(__name__)
+
+# Per item: its (low, high) vectors, or the reason it failed.
+Result = tuple[np.ndarray, np.ndarray] | str
+
+
+class Encoder:
+    """Encodes image / text items with a :class:`HiVLP` on one device.
+
+    Args:
+        model: the model, already on its device.
+        autocast_dtype: a torch dtype to run the forward passes in (mixed precision on CUDA, see
+            :func:`hivlp_milvus.device.inference_dtype`), or ``None`` for float32.
+    """
+
+    def __init__(self, model: Any, *, autocast_dtype: Any = None) -> None:
+        self.model = model
+        self.autocast_dtype = autocast_dtype
+        self.seconds = 0.0
+
+    def encode(self, items: list[Item]) -> list[Result]:
+        """One result per item, in order: ``(low, high)`` float32 vectors, or why it failed."""
+        t0 = time.perf_counter()
+        try:
+            results: list[Result | None] = [None] * len(items)
+            self._images([i for i, it in enumerate(items) if it.kind == "image"], items, results)
+            text_idx = [i for i, it in enumerate(items) if it.kind == "text"]
+            self._embed(text_idx, [items[i].payload for i in text_idx], self.model.embed_texts, results)
+            for i, it in enumerate(items):
+                if results[i] is None:
+                    results[i] = f"cannot encode an item of kind {it.kind!r}"
+            return results  # type: ignore[return-value]  (every slot is filled above)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _images(self, idx: list[int], items: list[Item], results: list[Result | None]) -> None:
+        from hivlp_milvus.model.preprocess import load_image
+
+        ok_idx, images = [], []
+        for i in idx:
+            try:
+                images.append(load_image(items[i].payload))
+                ok_idx.append(i)
+            except BadRecordError as exc:
+                results[i] = str(exc)
+            except Exception as exc:  # any decoder failure is this record's problem, not the run's
+                results[i] = f"cannot load image: {type(exc).__name__}: {exc}"
+        self._embed(ok_idx, images, self.model.embed_images, results)
+
+    def _embed(
+        self, idx: list[int], inputs: list[Any], embed: Callable[..., Any], results: list[Result | None]
+    ) -> None:
+        if not idx:
+            return
+        try:
+            with self._precision():
+                emb = embed(inputs, batch_size=len(inputs)).numpy()
+        except Exception as exc:
+            if len(idx) == 1:
+                results[idx[0]] = f"encoding failed: {type(exc).__name__}: {exc}"
+                return
+            # One input broke the batch: encode one by one so only that record is lost.
+            logger.warning("batch encoding failed (%s); retrying the %d items one by one", exc, len(idx))
+            for i, x in zip(idx, inputs, strict=True):
+                self._embed([i], [x], embed, results)
+            return
+        for j, i in enumerate(idx):
+            results[i] = (emb.low[j], emb.high[j])
+
+    def _precision(self) -> Any:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.autocast(device_type="cuda", dtype=self.autocast_dtype)

@@ -1,0 +1,279 @@
+"""The Ray Data driver of :func:`hivlp_milvus.ingest`: encode in an actor pool, write in parallel.
+
+Stages (the worker side is :mod:`hivlp_milvus.ingest.ray_stages`)::
+
+    records ──map_batches(explode)──▶ one item per image / caption          (Ray tasks)
+            ──map_batches(EncodeActor, ActorPoolStrategy)──▶ rows           (Ray actors, model loaded once)
+            ──▶ Milvus server: write_datasink(MilvusDatasink)               (write tasks on the workers)
+            ──▶ Milvus Lite (.db): iter_batches → writer thread on the driver
+
+The encoder pool is sized from the cluster's *free* resources (:mod:`.resources`): a GPU held by
+Ray Serve is not waited for; a GPU encode with no free GPU fails at once with what to do.
+
+The model reaches the workers as a *checkpoint directory* (``save_pretrained`` format): each actor
+loads it with ``HiVLP.from_pretrained`` and checks the fingerprint, so a live model is never
+pickled. On a multi-node cluster pass ``model`` as a directory on shared storage; a live model is
+saved to a local temporary directory, which only a single-node cluster can read.
+
+**Milvus Lite is single-process**: a ``.db`` data directory is locked by the process that opened
+it (the driver), so Ray workers cannot open it. For a Lite URI the encoded batches therefore stream
+back to the driver (``iter_batches``), which writes them on a background thread (or in line with
+``pipeline=False``) while the actors keep encoding. For a Milvus server (``http(s)://``) every
+write task connects with the run's connection options (token and TLS included) and upserts its
+own blocks, so writes scale with the cluster.
+
+Accepted ``ray.data.Dataset`` columns:
+
+* records: ``id`` (str; falls back to ``path``), ``image`` (a path, relative ones resolved against
+  ``image_root``; encoded bytes or an HWC uint8 array, e.g. from
+  ``ray.data.read_images(..., include_paths=True)``; optional), ``captions`` (list of str) or
+  ``caption`` (str) (optional), ``attributes`` (dict or JSON string, optional);
+* precomputed vectors: ``id``, ``modality`` (``image`` | ``text``), ``vec_low``, ``vec_high``,
+  ``reference`` and ``attributes`` (optional).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hivlp_milvus.connection import is_server_uri
+from hivlp_milvus.data.record import EmbeddingRecord, Record, Skipped
+from hivlp_milvus.errors import ConfigError
+from hivlp_milvus.ingest import ray_stages
+from hivlp_milvus.ingest.options import IngestOptions
+from hivlp_milvus.ingest.report import IngestReport
+from hivlp_milvus.ingest.resources import plan_encoders
+from hivlp_milvus.ingest.rows import check_first_batch
+from hivlp_milvus.ingest.setup import load_model, resolve_collection
+from hivlp_milvus.ingest.writer import writing
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from hivlp_milvus.collection import HierarchicalCollection
+
+
+def run_ray(
+    dataset: Any, *, model: Any, collection: HierarchicalCollection | None, options: IngestOptions
+) -> IngestReport:
+    """Ingest with Ray Data; same contract and report as :func:`hivlp_milvus.ingest`.
+
+    ``encode_seconds`` and ``write_seconds`` of the report are summed over the actors and write
+    tasks; ``distributed`` is true.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    started = time.perf_counter()
+    # The driver only checks the model and creates the collection: it stays on the CPU, the
+    # actors put their copy on the device.
+    live_model, _ = load_model(model, "cpu")
+
+    source_skipped: list[Skipped] = []
+    dropped = 0
+    if _is_ray_dataset(dataset):
+        ds, estimate = dataset, None
+    else:
+        ds, source_skipped, dropped, estimate = _dataset_from_source(dataset, options.image_root)
+    if options.expected_rows is None:
+        options = options.model_copy(update={"expected_rows": estimate})
+    schema = ds.schema()
+    byo = {"vec_low", "vec_high"} <= set(schema.names if schema is not None else [])
+    if not byo and live_model is None:
+        raise ConfigError(
+            "these records have images/captions and need a model to encode them: pass a HiVLP "
+            "or a checkpoint directory as model=, or give vec_low / vec_high columns"
+        )
+
+    # Sized before the collection is touched: a GPU encode with no free GPU fails here, at once.
+    plan = None
+    if not byo:
+        plan = plan_encoders(
+            ray.available_resources(), ray.cluster_resources(), device=options.device, num_workers=options.num_workers
+        )
+    first_batch = _first_batch(ds, options.batch_size) if byo else None
+    first = None
+    if first_batch is not None:
+        first = EmbeddingRecord("", "image", first_batch["vec_low"][0], first_batch["vec_high"][0])
+    coll = resolve_collection(collection, options, model=live_model, first=first)
+    report = IngestReport(collection=str(getattr(coll, "name", options.collection_name)), distributed=True)
+    report.source_skipped = source_skipped
+    report.dropped_captions = dropped
+    if coll is None:
+        report.setup_seconds = time.perf_counter() - started
+        return report
+    if live_model is not None:
+        coll.check_model(live_model)
+    low_dim, high_dim = int(coll.low_dim), int(coll.high_dim)
+    if first_batch is not None:
+        pairs = list(zip(first_batch["vec_low"], first_batch["vec_high"], strict=True))
+        check_first_batch(pairs, low_dim, high_dim)
+
+    rows_per_write = int(options.write_batch_rows or coll.max_rows_per_request)
+    # Workers write only to a server this run connected to itself: a Lite .db is locked by the
+    # driver, and a collection handed in gives no connection to repeat on the workers.
+    workers_write = collection is None and is_server_uri(options.connection.uri)
+    skip: dict[str, Any] | None = None
+    if options.skip_existing:
+        # Server: actors ask Milvus per batch. Lite: workers cannot open the .db, so the driver
+        # hands them the ids already present (Lite collections are small enough for that).
+        skip = {"connection": options.connection, "name": coll.name} if workers_write else {"ids": _all_ids(coll)}
+
+    tmp_ckpt: str | None = None
+    loop_started = time.perf_counter()
+    report.setup_seconds = loop_started - started
+    try:
+        if byo:
+            rows_ds = ds.map_batches(
+                ray_stages.validate_vectors,
+                batch_format="numpy",
+                fn_kwargs={"low_dim": low_dim, "high_dim": high_dim, "skip": skip},
+            )
+        else:
+            assert plan is not None  # planned above for every non-BYO run
+            ckpt_dir, tmp_ckpt = _checkpoint_dir(model, live_model)
+            items_ds = ds.map_batches(
+                ray_stages.explode, batch_format="numpy", fn_kwargs={"image_root": options.image_root}
+            )
+            rows_ds = items_ds.map_batches(
+                ray_stages.EncodeActor,
+                fn_constructor_kwargs={
+                    "checkpoint_dir": ckpt_dir,
+                    "fingerprint": str(live_model.fingerprint),
+                    # Ray hands each actor its GPU share as CUDA_VISIBLE_DEVICES: "cuda" is that one.
+                    "device": plan.device,
+                    "skip": skip,
+                },
+                batch_size=options.batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors),
+                num_gpus=plan.num_gpus,
+                num_cpus=plan.num_cpus,
+            )
+        if workers_write:
+            sink = ray_stages.MilvusDatasink(options.connection, coll.name, rows_per_write)
+            rows_ds.write_datasink(sink)
+            for totals in sink.totals:
+                report.add_totals(totals)
+        else:
+            _write_on_driver(rows_ds, coll, rows_per_write, report, options)
+    finally:
+        if tmp_ckpt:
+            shutil.rmtree(tmp_ckpt, ignore_errors=True)
+
+    report.seconds = time.perf_counter() - loop_started
+    return report
+
+
+def _is_ray_dataset(obj: Any) -> bool:
+    import ray.data
+
+    return isinstance(obj, ray.data.Dataset)
+
+
+def _dataset_from_source(source: Any, image_root: str | None) -> tuple[ray.data.Dataset, list[Skipped], int, int]:
+    """Read a non-Ray source on the driver into a ``ray.data.Dataset`` of plain columns.
+
+    Returns:
+        The dataset, what the source skipped, the blank captions it dropped, and the rows it will
+        make (to size the index of a collection this run creates).
+    """
+    import ray.data
+
+    from hivlp_milvus.data import load_source
+
+    loaded = load_source(source, image_root=image_root)
+    records, embeddings = [], []
+    for r in loaded:
+        if isinstance(r, EmbeddingRecord):
+            embeddings.append(
+                {
+                    "id": str(r.id),
+                    "modality": str(r.modality),
+                    "reference": str(r.reference or ""),
+                    "attributes": ray_stages.attributes_json(r.attributes),
+                    "vec_low": np.asarray(r.vec_low, dtype=np.float32),
+                    "vec_high": np.asarray(r.vec_high, dtype=np.float32),
+                }
+            )
+        elif isinstance(r, Record):
+            path = r.image_uri
+            # Typed placeholders rather than None: an all-null column would reach the workers as NaN.
+            data, error = b"", ""
+            if not path and r.image is not None:
+                # In-memory images travel as bytes (encoded, or a raw .npy dump of an array).
+                try:
+                    data = ray_stages.image_bytes(r.image)
+                except Exception as exc:  # an unusable image object fails this record only
+                    error = f"cannot serialise image of type {type(r.image).__name__}: {exc}"
+            records.append(
+                {
+                    "id": str(r.id),
+                    "image": path,
+                    "image_bytes": data,
+                    "captions": [str(c) for c in r.captions],
+                    "attributes": ray_stages.attributes_json(r.attributes),
+                    "ingest_error": error,
+                }
+            )
+    report = getattr(loaded, "report", None)
+    skipped = list(getattr(report, "skipped", []))
+    dropped = int(getattr(report, "dropped_captions", 0))
+    if records and embeddings:
+        raise ConfigError(
+            "distributed ingest takes either records with images/captions or precomputed "
+            "EmbeddingRecords in one run, not both; ingest them in two runs"
+        )
+    rows = len(embeddings) + sum(bool(r["image"] or r["image_bytes"]) + len(r["captions"]) for r in records)
+    return ray.data.from_items(embeddings or records), skipped, dropped, rows
+
+
+def _first_batch(ds: ray.data.Dataset, batch_size: int) -> dict[str, np.ndarray] | None:
+    batch = ds.take_batch(int(batch_size), batch_format="numpy")
+    return batch if batch and len(batch.get("id", [])) else None
+
+
+def _all_ids(coll: HierarchicalCollection) -> np.ndarray:
+    """Every primary key in the collection, sorted (for ``skip_existing`` on Milvus Lite)."""
+    ids: list[int] = []
+    iterator = coll.client.query_iterator(coll.name, batch_size=10_000, filter="id >= 0", output_fields=["id"])
+    try:
+        while page := iterator.next():
+            ids.extend(int(r["id"]) for r in page)
+    finally:
+        iterator.close()
+    return np.unique(np.asarray(ids, dtype=np.int64))
+
+
+def _checkpoint_dir(model: Any, live_model: Any) -> tuple[str, str | None]:
+    """A directory the actors load the model from, and the temp dir to delete afterwards (if any)."""
+    if isinstance(model, (str, Path)):
+        return str(model), None
+    tmp = tempfile.mkdtemp(prefix="hivlp-ingest-model-")
+    live_model.save_pretrained(tmp)
+    return tmp, tmp
+
+
+def _write_on_driver(
+    rows_ds: ray.data.Dataset,
+    coll: HierarchicalCollection,
+    rows_per_write: int,
+    report: IngestReport,
+    options: IngestOptions,
+) -> None:
+    with writing(coll, rows_per_write, report, progress=options.progress, pipelined=options.pipeline) as writer:
+        batches = rows_ds.iter_batches(batch_size=rows_per_write, batch_format="numpy", prefetch_batches=2)
+        for batch in batches:
+            rows, existing, failed, encode_s, dropped = ray_stages.rows_for_milvus(batch)
+            report.dropped_captions += dropped
+            report.skipped_existing += existing
+            report.failed.extend(failed)
+            report.encode_seconds += encode_s
+            writer.add(rows)

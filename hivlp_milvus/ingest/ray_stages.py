@@ -1,0 +1,413 @@
+"""The Ray Data stages of distributed ingest, run on the workers (module-level: Ray pickles them by reference).
+
+Between the stages a record travels as columns (numpy batches). Attributes travel as JSON text so
+blocks with different attribute keys never need an Arrow schema merge. Items and their checks
+come from :mod:`hivlp_milvus.ingest.rows`, encoding from :mod:`hivlp_milvus.ingest.encode`: the
+same code as the in-process driver, so both paths build the same rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray.data import Datasink
+from ray.data.block import BlockAccessor
+
+from hivlp_milvus.connection import ConnectionOptions
+from hivlp_milvus.data.record import EmbeddingRecord, Record, Skipped
+from hivlp_milvus.errors import ModelMismatchError
+from hivlp_milvus.ids import row_id
+from hivlp_milvus.ingest.rows import Item, check_vectors, record_items
+from hivlp_milvus.ingest.writer import write_rows
+
+ITEM_COLUMNS = (
+    "id",
+    "key",
+    "modality",
+    "reference",
+    "attributes",
+    "kind",
+    "image_path",
+    "image_bytes",
+    "text",
+    "error",
+)
+ROW_COLUMNS = (
+    "id",
+    "key",
+    "modality",
+    "reference",
+    "attributes",
+    "vec_low",
+    "vec_high",
+    "error",
+    "existing",
+    "encode_s",
+)
+_NPY_MAGIC = b"\x93NUMPY"
+# Blank captions are dropped, as load_source drops them (and caption indexes count kept captions
+# only, so a Ray Dataset and the same records as a list give the same keys). They travel as an
+# item with this error so the driver can count them.
+DROPPED = "blank caption (dropped)"
+
+
+# --------------------------------------------------------------------------------------------------
+# Cells
+
+
+def rows_of(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """A numpy batch as a list of row dicts."""
+    n = len(next(iter(batch.values()))) if batch else 0
+    return [{k: v[i] for k, v in batch.items()} for i in range(n)]
+
+
+def _missing(value: Any) -> bool:
+    """A null cell: ``None``, or the NaN Arrow → numpy makes of a null in a column."""
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def text(value: Any) -> str:
+    """A cell as ``str`` (``""`` for a null)."""
+    if _missing(value):
+        return ""
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
+
+
+def attributes_json(attributes: Any) -> str:
+    """Attributes as JSON text for the trip to the workers (a marked repr when not serialisable)."""
+    if attributes is None:
+        return "{}"
+    if isinstance(attributes, str):
+        return attributes
+    try:
+        return json.dumps(attributes, allow_nan=False)
+    except (TypeError, ValueError):
+        # Keep the row moving; the worker reports it with the reason.
+        return "\x00" + repr(attributes)[:200]
+
+
+def _attributes(value: Any) -> tuple[dict[str, Any], str | None]:
+    """``(attributes, error)`` for an attributes cell (dict, JSON text or missing)."""
+    if _missing(value):
+        return {}, None
+    if isinstance(value, (str, bytes)):
+        raw = text(value)
+        if raw.startswith("\x00"):
+            return {}, f"attributes are not JSON-serialisable: {raw[1:]}"
+        try:
+            parsed = json.loads(raw) if raw else {}
+        except ValueError as exc:
+            return {}, f"attributes are not valid JSON: {exc}"
+        if not isinstance(parsed, dict):
+            return {}, f"attributes must be a JSON object, got {type(parsed).__name__}"
+        return parsed, None
+    if isinstance(value, dict):
+        try:
+            # Arrow → numpy turns nested values into numpy scalars / arrays: back to JSON types.
+            return json.loads(json.dumps(value, allow_nan=False, default=_json_default)), None
+        except (TypeError, ValueError) as exc:
+            return {}, f"attributes are not JSON-serialisable: {exc}"
+    return {}, f"attributes must be a dict, got {type(value).__name__}"
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"{type(x).__name__} is not JSON-serialisable")
+
+
+def image_bytes(image: Any) -> bytes:
+    """An in-memory image as bytes: encoded bytes as is, an array as a ``.npy`` dump, PIL as PNG."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    if isinstance(image, np.ndarray):
+        buf = io.BytesIO()
+        np.save(buf, image, allow_pickle=False)
+        return buf.getvalue()
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")  # a PIL image
+    return buf.getvalue()
+
+
+def _decode_image(path: Any, data: Any) -> Any:
+    path = text(path)
+    if path:
+        return path
+    data = bytes(data or b"")
+    if data.startswith(_NPY_MAGIC):
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    return data
+
+
+def _captions(row: dict[str, Any]) -> list[str]:
+    value = row.get("captions")
+    if value is None:
+        value = row.get("caption")
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)):
+        return [text(value)]
+    return [text(c) for c in value]
+
+
+def _image_path(value: str, image_root: str | None) -> str:
+    if image_root and value and "://" not in value and not Path(value).expanduser().is_absolute():
+        return str(Path(image_root).expanduser() / value)
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 1: records → items
+
+
+def explode(batch: dict[str, np.ndarray], *, image_root: str | None = None) -> dict[str, np.ndarray]:
+    """Records → one item per image and per caption (failed items carry their ``error``)."""
+    out: dict[str, list[Any]] = {c: [] for c in ITEM_COLUMNS}
+
+    def add(key: str, modality: str, reference: str, attrs: str, kind: str, **cells: Any) -> None:
+        # A failed item is never written: its id only fills the column.
+        out["id"].append(row_id(key, modality) if not cells.get("error") else 0)
+        values = {"key": key, "modality": modality, "reference": reference, "attributes": attrs, "kind": kind}
+        for col in ITEM_COLUMNS[1:]:
+            out[col].append(values.get(col, cells.get(col, b"" if col == "image_bytes" else "")))
+
+    for raw in rows_of(batch):
+        row = {k: None if _missing(v) else v for k, v in raw.items()}
+        rid = text(row.get("id")) or text(row.get("path"))
+        attributes, error = _attributes(row.get("attributes"))
+        image, data = row.get("image"), row.get("image_bytes")
+        path = _image_path(image, image_root) if isinstance(image, str) else ""
+        if isinstance(image, np.ndarray) and image.dtype != object:
+            data = image_bytes(image)
+        elif isinstance(image, (bytes, bytearray)):
+            data = bytes(image)
+        data = bytes(data or b"")
+        raw_captions = _captions(row)
+        captions = [c.strip() for c in raw_captions if c.strip()]
+        for _ in range(len(raw_captions) - len(captions)):
+            add(rid, "text", "", "{}", "text", error=DROPPED)
+        error = text(row.get("ingest_error")) or error
+        if error:
+            add(rid, "image", "", "{}", "image", error=error)
+            continue
+        record = Record(rid, image=path or data or None, captions=captions, attributes=attributes)
+        failed: list[Skipped] = []
+        attrs = json.dumps(attributes)
+        for item in record_items(record, failed, image_reference=path or text(row.get("path"))):
+            if item.kind == "image":
+                add(item.key, "image", item.reference, attrs, "image", image_path=path, image_bytes=data)
+            else:
+                add(item.key, "text", item.reference, attrs, "text", text=item.payload)
+        for s in failed:
+            add(s.key, "image", "", "{}", "image", error=s.reason)
+    return {c: np.asarray(v, dtype=np.int64) if c == "id" else np.asarray(v, dtype=object) for c, v in out.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 2: items → rows (encoded, or precomputed vectors checked)
+
+
+def _empty_rows(n: int, low_dim: int, high_dim: int) -> dict[str, Any]:
+    return {
+        "vec_low": np.zeros((n, low_dim), dtype=np.float32),
+        "vec_high": np.zeros((n, high_dim), dtype=np.float32),
+        "error": [""] * n,
+        "existing": np.zeros(n, dtype=bool),
+        "encode_s": np.zeros(n, dtype=np.float64),
+    }
+
+
+class ExistingIds:
+    """Which ids are already stored: from Milvus (server) or from the driver's snapshot (Lite)."""
+
+    def __init__(self, skip: dict[str, Any] | None) -> None:
+        self._ids: np.ndarray | None = None
+        self._coll: Any = None
+        if skip is None:
+            return
+        if "ids" in skip:
+            self._ids = np.asarray(skip["ids"], dtype=np.int64)
+        else:
+            from hivlp_milvus.collection import HierarchicalCollection
+
+            self._coll = HierarchicalCollection.open(skip["name"], client=skip["connection"].connect())
+
+    def mask(self, ids: np.ndarray) -> np.ndarray:
+        if self._ids is not None:
+            return np.isin(ids, self._ids)
+        if self._coll is not None and len(ids):
+            present = self._coll.existing_ids([int(i) for i in ids])
+            return np.fromiter((int(i) in present for i in ids), dtype=bool, count=len(ids))
+        return np.zeros(len(ids), dtype=bool)
+
+
+def validate_vectors(
+    batch: dict[str, np.ndarray], *, low_dim: int, high_dim: int, skip: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Precomputed-vector rows → write-ready rows (bad vectors carry an ``error``)."""
+    t0 = time.perf_counter()
+    rows = rows_of(batch)
+    out = _empty_rows(len(rows), low_dim, high_dim)
+    cols: dict[str, list[Any]] = {c: [] for c in ("id", "key", "modality", "reference", "attributes")}
+    for i, row in enumerate(rows):
+        key, modality, reference = text(row.get("id")), text(row.get("modality")), text(row.get("reference"))
+        attributes, error = _attributes(row.get("attributes"))
+        rid = 0
+        if not error:
+            failed: list[Skipped] = []
+            record = EmbeddingRecord(key, modality, row["vec_low"], row["vec_high"], reference, attributes)
+            items = list(record_items(record, failed))
+            checked = failed[0].reason if failed else check_vectors(row["vec_low"], row["vec_high"], low_dim, high_dim)
+            if isinstance(checked, str):
+                error = checked
+            else:
+                out["vec_low"][i], out["vec_high"][i] = checked
+                rid = items[0].id
+        for c, v in (("id", rid), ("key", key), ("modality", modality), ("reference", reference)):
+            cols[c].append(v)
+        cols["attributes"].append(json.dumps(attributes))
+        out["error"][i] = error or ""
+    ids = np.asarray(cols["id"], dtype=np.int64)
+    out["existing"] = ExistingIds(skip).mask(ids) & (np.asarray(out["error"], dtype=object) == "")
+    out["encode_s"][:] = (time.perf_counter() - t0) / max(len(rows), 1)
+    return _finish(cols, out, ids)
+
+
+def _finish(cols: dict[str, list[Any]], out: dict[str, Any], ids: np.ndarray) -> dict[str, Any]:
+    result = {"id": ids}
+    for c in ("key", "modality", "reference", "attributes"):
+        result[c] = np.asarray(cols[c], dtype=object)
+    result.update(out)
+    result["error"] = np.asarray(out["error"], dtype=object)
+    return {c: result[c] for c in ROW_COLUMNS}
+
+
+class EncodeActor:
+    """Ray Data actor: loads the model once from a checkpoint directory and encodes item batches."""
+
+    def __init__(self, checkpoint_dir: str, fingerprint: str, device: str, skip: dict[str, Any] | None = None) -> None:
+        from hivlp_milvus.device import inference_dtype, resolve_device
+        from hivlp_milvus.ingest.encode import Encoder
+        from hivlp_milvus.model import HiVLP
+
+        target = resolve_device(device)
+        model = HiVLP.from_pretrained(checkpoint_dir, device=target)
+        if str(model.fingerprint) != fingerprint:
+            raise ModelMismatchError(
+                f"the checkpoint at {checkpoint_dir!r} has fingerprint {model.fingerprint}, "
+                f"not the driver's {fingerprint}: the directory changed during ingest"
+            )
+        self.encoder = Encoder(model, autocast_dtype=inference_dtype(target))
+        self.low_dim, self.high_dim = int(model.config.low_dim), int(model.config.high_dim)
+        self.existing = ExistingIds(skip)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        n = len(batch["id"])
+        out = _empty_rows(n, self.low_dim, self.high_dim)
+        out["error"] = [text(e) for e in batch["error"]]
+        ok = np.asarray([not e for e in out["error"]], dtype=bool)
+        out["existing"] = self.existing.mask(batch["id"]) & ok
+        todo = np.flatnonzero(ok & ~out["existing"])
+        items = []
+        for i in todo:
+            image = batch["kind"][i] == "image"
+            payload = (
+                _decode_image(batch["image_path"][i], batch["image_bytes"][i]) if image else text(batch["text"][i])
+            )
+            items.append(Item(int(batch["id"][i]), "", "", "", {}, "image" if image else "text", payload))
+        for i, result in zip(todo, self.encoder.encode(items), strict=True):
+            if isinstance(result, str):
+                out["error"][i] = result
+            else:
+                out["vec_low"][i], out["vec_high"][i] = result
+        out["encode_s"][:] = (time.perf_counter() - t0) / max(n, 1)
+        cols = {c: list(batch[c]) for c in ("key", "modality", "reference", "attributes")}
+        return _finish(cols, out, np.asarray(batch["id"], dtype=np.int64))
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 3: rows → Milvus
+
+
+def rows_for_milvus(batch: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], int, list[Skipped], float, int]:
+    """Encoded batch → ``(rows to write, existing count, failures, encode seconds, dropped captions)``."""
+    rows: list[dict[str, Any]] = []
+    failed: list[Skipped] = []
+    existing = dropped = 0
+    for i in range(len(batch["id"])):
+        error = text(batch["error"][i])
+        if error == DROPPED:
+            dropped += 1
+        elif error:
+            failed.append(Skipped(text(batch["key"][i]), error))
+        elif bool(batch["existing"][i]):
+            existing += 1
+        else:
+            rows.append(
+                {
+                    "id": int(batch["id"][i]),
+                    "key": text(batch["key"][i]),
+                    "modality": text(batch["modality"][i]),
+                    "reference": text(batch["reference"][i]),
+                    "attributes": json.loads(text(batch["attributes"][i]) or "{}"),
+                    "vec_low": np.asarray(batch["vec_low"][i], dtype=np.float32),
+                    "vec_high": np.asarray(batch["vec_high"][i], dtype=np.float32),
+                }
+            )
+    return rows, existing, failed, float(np.sum(batch["encode_s"])), dropped
+
+
+class MilvusDatasink(Datasink):
+    """Upserts encoded rows into a Milvus *server* collection from each write task.
+
+    Holds only the connection options and the name (never a client): every write task opens its
+    own connection. Each task returns its counts; :meth:`on_write_complete` sums them on the driver.
+    """
+
+    def __init__(self, connection: ConnectionOptions, name: str, rows_per_write: int) -> None:
+        self.connection, self.name, self.rows_per_write = connection, name, int(rows_per_write)
+        self.totals: list[dict[str, Any]] = []
+
+    def get_name(self) -> str:
+        return "Milvus"
+
+    def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
+        from hivlp_milvus.collection import HierarchicalCollection
+        from hivlp_milvus.ingest.report import zero_totals
+
+        coll = HierarchicalCollection.open(self.name, client=self.connection.connect())
+        out = zero_totals()
+        try:
+            for block in blocks:
+                batch = BlockAccessor.for_block(block).to_batch_format("numpy")
+                rows, existing, failed, encode_s, dropped = rows_for_milvus(batch)
+                out["dropped_captions"] += dropped
+                out["skipped_existing"] += existing
+                out["failed"] += [(s.key, s.reason) for s in failed]
+                out["encode_seconds"] += encode_s
+                for start in range(0, len(rows), self.rows_per_write):
+                    t0 = time.perf_counter()
+                    inserted, updated = write_rows(coll, rows[start : start + self.rows_per_write])
+                    out["write_seconds"] += time.perf_counter() - t0
+                    out["inserted"] += inserted
+                    out["updated"] += updated
+        finally:
+            with contextlib.suppress(Exception):
+                coll.client.close()
+        return out
+
+    def on_write_complete(self, write_result: Any) -> None:
+        # Runs on the driver, with every write task's return value.
+        self.totals = [part for part in write_result.write_returns if part]

@@ -1,0 +1,134 @@
+"""``IngestReport``: what one ingest run did, printed as a table and serialisable as JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hivlp_milvus.data.record import Skipped
+
+
+@dataclass
+class IngestReport:
+    """What one :func:`ingest` run did.
+
+    Attributes:
+        inserted: rows that did not exist before this run and were written.
+        updated: rows that already existed (same key and modality) and were overwritten.
+        skipped_existing: rows not encoded nor written because they existed (``skip_existing``).
+        failed: records/rows that could not be used (undecodable image, empty caption, malformed
+            vector, ...), each with the reason; the rest of the run went on.
+        source_skipped: rows the data source itself could not read (from its ``SourceReport``).
+        dropped_captions: blank captions the source dropped from records it kept (no row, no
+            error: :func:`load_source` strips captions and drops empty ones).
+        rows_written: rows sent to Milvus (``inserted + updated``).
+        seconds: wall time of the ingest proper (reading, encoding, writing), the basis of
+            ``rows_per_s``.
+        setup_seconds: wall time before that: connecting, opening or creating the collection,
+            checking the model (and starting the Ray pipeline's model checkpoint).
+        encode_seconds: time spent preparing and encoding rows (model forward passes, image
+            decoding, vector checks). Summed over workers in the Ray path.
+        write_seconds: time spent in Milvus calls (existence checks and upserts). Summed over
+            writers in the Ray path. With pipelining, ``encode_seconds + write_seconds`` exceeds
+            ``seconds`` by the overlap.
+        collection: the collection written to.
+        distributed: whether the Ray Data path ran.
+    """
+
+    inserted: int = 0
+    updated: int = 0
+    skipped_existing: int = 0
+    failed: list[Skipped] = field(default_factory=list)
+    source_skipped: list[Skipped] = field(default_factory=list)
+    dropped_captions: int = 0
+    rows_written: int = 0
+    seconds: float = 0.0
+    setup_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    write_seconds: float = 0.0
+    collection: str = ""
+    distributed: bool = False
+
+    @property
+    def rows_per_s(self) -> float:
+        """Rows written per second of wall time."""
+        return self.rows_written / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def overlap(self) -> float:
+        """Fraction of the shorter side (encode or write) hidden behind the other; 0 = sequential."""
+        shorter = min(self.encode_seconds, self.write_seconds)
+        if shorter <= 0:
+            return 0.0
+        hidden = self.encode_seconds + self.write_seconds - self.seconds
+        return float(min(max(hidden / shorter, 0.0), 1.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of every field (``failed`` / ``source_skipped`` as dicts)."""
+        return {
+            "collection": self.collection,
+            "distributed": self.distributed,
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "skipped_existing": self.skipped_existing,
+            "failed": [{"key": s.key, "reason": s.reason} for s in self.failed],
+            "source_skipped": [{"key": s.key, "reason": s.reason} for s in self.source_skipped],
+            "dropped_captions": self.dropped_captions,
+            "rows_written": self.rows_written,
+            "seconds": round(self.seconds, 4),
+            "setup_seconds": round(self.setup_seconds, 4),
+            "rows_per_s": round(self.rows_per_s, 2),
+            "encode_seconds": round(self.encode_seconds, 4),
+            "write_seconds": round(self.write_seconds, 4),
+        }
+
+    def __str__(self) -> str:
+        lines = [
+            f"ingest into {self.collection!r}" + (" (Ray Data)" if self.distributed else ""),
+            f"  {'inserted':<20}{self.inserted:>12,}",
+            f"  {'updated':<20}{self.updated:>12,}",
+            f"  {'skipped (existing)':<20}{self.skipped_existing:>12,}",
+            f"  {'failed':<20}{len(self.failed):>12,}",
+            f"  {'source skipped':<20}{len(self.source_skipped):>12,}",
+            f"  {'blank captions':<20}{self.dropped_captions:>12,}",
+            f"  {'rows written':<20}{self.rows_written:>12,}  in {self.seconds:.2f} s"
+            f" ({self.rows_per_s:,.0f} rows/s; setup {self.setup_seconds:.2f} s)",
+            f"  {'encode / write':<20}{self.encode_seconds:>10.2f} s / {self.write_seconds:.2f} s"
+            f"  (overlap {self.overlap:.0%})",
+        ]
+        problems = [("failed", s) for s in self.failed] + [("source", s) for s in self.source_skipped]
+        for kind, s in problems[:10]:
+            lines.append(f"  {kind} {s.key}: {s.reason}")
+        if len(problems) > 10:
+            lines.append(f"  ... and {len(problems) - 10} more (see report.failed / report.source_skipped)")
+        return "\n".join(lines)
+
+    def add_totals(self, totals: dict[str, Any]) -> None:
+        """Add the counts one Ray write task returned (see :func:`zero_totals`)."""
+        self.inserted += int(totals.get("inserted", 0))
+        self.updated += int(totals.get("updated", 0))
+        self.rows_written += int(totals.get("inserted", 0)) + int(totals.get("updated", 0))
+        self.skipped_existing += int(totals.get("skipped_existing", 0))
+        self.dropped_captions += int(totals.get("dropped_captions", 0))
+        self.failed.extend(Skipped(str(k), str(r)) for k, r in totals.get("failed", []))
+        self.encode_seconds += float(totals.get("encode_seconds", 0.0))
+        self.write_seconds += float(totals.get("write_seconds", 0.0))
+
+    def add_source_report(self, source: Any) -> None:
+        """Copy what the data source skipped and the blank captions it dropped."""
+        src = getattr(source, "report", None)
+        self.source_skipped = list(getattr(src, "skipped", []))
+        self.dropped_captions += int(getattr(src, "dropped_captions", 0))
+
+
+def zero_totals() -> dict[str, Any]:
+    """The counts a Ray write task returns, all zero (plain types: they travel through Ray)."""
+    return {
+        "inserted": 0,
+        "updated": 0,
+        "skipped_existing": 0,
+        "failed": [],
+        "dropped_captions": 0,
+        "encode_seconds": 0.0,
+        "write_seconds": 0.0,
+    }

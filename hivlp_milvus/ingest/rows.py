@@ -1,0 +1,233 @@
+"""Records → items → rows: the one place rows are built and checked, for every ingest path.
+
+One record with an image and *k* captions becomes *k + 1* items: the image (key = ``record.id``)
+and one per caption (key = ``text_key(record.id, i)``). An :class:`EmbeddingRecord` becomes one
+item carrying the user's vectors. Every item's primary key is ``row_id(key, modality)``, so the
+same data ingested twice upserts the same rows. The in-process driver, the Ray Data stages and
+``POST /ingest`` all build their items here.
+
+Each item is checked here, one by one, so that one bad record is reported and skipped instead of
+failing a whole upsert request; rows built here are therefore written without a second check
+(``HierarchicalCollection.upsert(rows, validate=False)``). The VARCHAR limits come from the
+collection schema (``schemas/collection.json``), the same numbers Milvus enforces.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hivlp_milvus.collection import max_lengths
+from hivlp_milvus.data.record import EmbeddingRecord, Record, Skipped
+from hivlp_milvus.errors import DimensionMismatchError
+from hivlp_milvus.ids import MODALITIES, row_id, text_key
+
+NOT_FINITE = "vectors contain NaN or infinity"
+
+
+@dataclass
+class Item:
+    """One future row: an image to encode, a caption to encode, or a pair of precomputed vectors.
+
+    Attributes:
+        id: the Milvus primary key, ``row_id(key, modality)``.
+        key: the user's key of this row.
+        modality: ``image`` or ``text``.
+        reference: the image uri or the caption text.
+        attributes: the record's attributes (a JSON object).
+        kind: ``image``, ``text`` or ``vectors``.
+        payload: the image (path, bytes, array, PIL), the caption, or ``(vec_low, vec_high)``.
+    """
+
+    id: int
+    key: str
+    modality: str
+    reference: str
+    attributes: dict[str, Any]
+    kind: str
+    payload: Any
+
+    def row(self, low: np.ndarray, high: np.ndarray) -> dict[str, Any]:
+        """The Milvus row of this item with its vectors."""
+        return {
+            "id": self.id,
+            "key": self.key,
+            "modality": self.modality,
+            "reference": self.reference,
+            "attributes": self.attributes,
+            "vec_low": low,
+            "vec_high": high,
+        }
+
+
+def check_text_fields(key: str, reference: str, attributes: Any) -> str | None:
+    """The reason a row's scalar fields would make Milvus reject the whole request, or ``None``."""
+    if not key:
+        return "empty key (record id)"
+    limits = max_lengths()
+    # A UTF-8 character is at most 4 bytes: encode only strings that might be too long.
+    for field, value, what in (("key", key, "key"), ("reference", reference, "reference (image uri or caption)")):
+        cap = limits[field]
+        if len(value) * 4 > cap and len(value.encode()) > cap:
+            return f"{what} is longer than {cap} bytes"
+    if not isinstance(attributes, dict):
+        return f"attributes must be a dict, got {type(attributes).__name__}"
+    if _plain_json(attributes):
+        return None
+    try:
+        json.dumps(attributes, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return f"attributes are not JSON-serialisable: {exc}"
+    return None
+
+
+def _plain_json(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is obviously JSON (str keys; str/int/bool/None/finite float leaves).
+
+    A fast path: ``json.dumps`` on every record's attributes costs more than the rest of the
+    per-row checks together. Anything unusual goes to ``json.dumps`` for the verdict.
+    """
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
+        return True
+    if t is float:
+        return value - value == 0.0  # False for NaN and +-inf
+    if depth > 8:
+        return False
+    if t is dict:
+        return all(type(k) is str and _plain_json(v, depth + 1) for k, v in value.items())
+    if t is list:
+        return all(_plain_json(v, depth + 1) for v in value)
+    return False
+
+
+def record_items(record: Any, failed: list[Skipped], *, image_reference: str | None = None) -> Iterator[Item]:
+    """The items of one record; what cannot become a row is appended to ``failed`` with the reason.
+
+    Args:
+        record: a :class:`Record` or an :class:`EmbeddingRecord`.
+        failed: where records / captions that cannot be used are reported.
+        image_reference: the image row's reference when it is not the record's own path (an
+            image decoded by Ray Data from a file keeps that file's path).
+    """
+    if isinstance(record, EmbeddingRecord):
+        key, modality = str(record.id or ""), str(record.modality)
+        if modality not in MODALITIES:
+            failed.append(Skipped(key, f"modality must be one of {MODALITIES}, got {modality!r}"))
+            return
+        reference, attributes = str(record.reference or ""), record.attributes or {}
+        reason = check_text_fields(key, reference, attributes)
+        if reason:
+            failed.append(Skipped(key, reason))
+            return
+        yield Item(
+            row_id(key, modality), key, modality, reference, attributes, "vectors", (record.vec_low, record.vec_high)
+        )
+    elif isinstance(record, Record):
+        rid, attributes = str(record.id or ""), record.attributes or {}
+        reference = record.image_uri if image_reference is None else image_reference
+        reason = check_text_fields(rid, reference, attributes)
+        if reason:
+            failed.append(Skipped(rid, reason))
+            return
+        if record.image is None and not record.captions:
+            failed.append(Skipped(rid, "record has neither an image nor captions"))
+            return
+        if record.image is not None:
+            yield Item(row_id(rid, "image"), rid, "image", reference, attributes, "image", record.image)
+        for i, caption in enumerate(record.captions):
+            key = text_key(rid, i)
+            if not isinstance(caption, str) or not caption.strip():
+                failed.append(Skipped(key, "empty caption"))
+                continue
+            reason = check_text_fields(key, caption, attributes)
+            if reason:
+                failed.append(Skipped(key, reason))
+                continue
+            yield Item(row_id(key, "text"), key, "text", caption, attributes, "text", caption)
+    else:
+        key = str(getattr(record, "id", "?"))
+        failed.append(Skipped(key, f"not a Record/EmbeddingRecord: {type(record).__name__}"))
+
+
+def items(records: Iterable[Any], failed: list[Skipped]) -> Iterator[Item]:
+    """Flatten records into items (see :func:`record_items`)."""
+    for record in records:
+        yield from record_items(record, failed)
+
+
+def check_vectors(
+    low: Any, high: Any, low_dim: int, high_dim: int, *, check_finite: bool = True
+) -> tuple[np.ndarray, np.ndarray] | str:
+    """``(low, high)`` as float32 1-D arrays of the collection's dims, or the reason they are not.
+
+    ``check_finite=False`` leaves the NaN/inf test to the caller (done once per batch, vectorised).
+    """
+    try:
+        lo = np.asarray(low, dtype=np.float32)
+        hi = np.asarray(high, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        return f"vectors are not numeric arrays: {exc}"
+    if lo.ndim != 1 or hi.ndim != 1:
+        return f"vectors must be 1-D, got vec_low shape {lo.shape} and vec_high shape {hi.shape}"
+    if lo.shape[0] != low_dim or hi.shape[0] != high_dim:
+        return (
+            f"vector dims ({lo.shape[0]}, {hi.shape[0]}) differ from the collection's "
+            f"(low_dim={low_dim}, high_dim={high_dim})"
+        )
+    if check_finite and not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        return NOT_FINITE
+    return lo, hi
+
+
+def check_first_batch(pairs: list[tuple[Any, Any]], low_dim: int, high_dim: int, first_key: str = "") -> None:
+    """Refuse precomputed vectors whose usual shape is not the collection's.
+
+    Dims that differ in the *first* batch mean the data does not fit this collection at all
+    (another model, another collection): stop before writing anything. Later, one odd vector is
+    just a bad record (:func:`check_vectors`).
+
+    Raises:
+        DimensionMismatchError: the most common shape in ``pairs`` differs from the collection's.
+    """
+    if not pairs:
+        return
+    shapes = Counter((np.shape(lo), np.shape(hi)) for lo, hi in pairs)
+    (lo_shape, hi_shape), _ = shapes.most_common(1)[0]
+    if (tuple(lo_shape), tuple(hi_shape)) != ((low_dim,), (high_dim,)):
+        where = f" (first record {first_key!r})" if first_key else ""
+        raise DimensionMismatchError(
+            f"precomputed vectors have shapes vec_low {tuple(lo_shape)} / vec_high {tuple(hi_shape)}{where} "
+            f"but the collection has low_dim={low_dim}, high_dim={high_dim}; ingest into a collection "
+            "created for these vectors (another collection_name) or recompute them with the collection's model"
+        )
+
+
+def vector_rows(items: list[Item], low_dim: int, high_dim: int, failed: list[Skipped]) -> list[dict[str, Any]]:
+    """Rows of precomputed-vector items; malformed vectors are appended to ``failed``."""
+    good, vectors = [], []
+    for it in items:
+        low, high = it.payload
+        checked = check_vectors(low, high, low_dim, high_dim, check_finite=False)
+        if isinstance(checked, str):
+            failed.append(Skipped(it.key, checked))
+        else:
+            good.append(it)
+            vectors.append(checked)
+    if not good:
+        return []
+    # One vectorised NaN/inf test for the whole batch instead of four ufunc calls per row.
+    finite = np.isfinite(np.stack([v[0] for v in vectors])).all(axis=1)
+    finite &= np.isfinite(np.stack([v[1] for v in vectors])).all(axis=1)
+    rows = []
+    for it, (lo, hi), ok in zip(good, vectors, finite, strict=True):
+        if ok:
+            rows.append(it.row(lo, hi))
+        else:
+            failed.append(Skipped(it.key, NOT_FINITE))
+    return rows
