@@ -19,6 +19,8 @@ import argparse
 import os
 from typing import Any
 
+from hivlp_milvus.device import DEVICE_CHOICES  # light: torch is imported only when a device is resolved
+
 #: What ``hivlp-milvus quickstart`` writes by default (``--work-dir``), and the collection it fills.
 QUICKSTART_WORK_DIR = "hivlp_work"
 QUICKSTART_COLLECTION = "quickstart"
@@ -34,7 +36,6 @@ ENVIRONMENT = {
     "milvus_token": "HIVLP_MILVUS_TOKEN",
     "collection": "HIVLP_COLLECTION",
 }
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def default(name: str, environ: dict[str, str] | None = None) -> str | None:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from hivlp_milvus.connection import TLS_OPTIONS, TOKEN_ENV, ConnectionOptions
-from hivlp_milvus.device import DEVICE_CHOICES
+from hivlp_milvus.commands import common
 from hivlp_milvus.errors import ConfigError
 
 
@@ -27,24 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="data: a manifest dir, Karpathy .json, .csv/.jsonl/.parquet, or an HF save_to_disk dir",
     )
     parser.add_argument("--model", type=Path, default=None, help="checkpoint directory (save_pretrained)")
-    parser.add_argument(
-        "--uri", default="./hivlp.db", help="Milvus Lite path (./hivlp.db) or server URL (http://host:19530)"
-    )
-    parser.add_argument("--collection", default="hivlp", help="collection name (created when missing)")
-    parser.add_argument("--token", default=None, help=f"Milvus token (user:password or API key); default: ${TOKEN_ENV}")
-    tls = parser.add_argument_group("TLS (Milvus server)")
-    tls.add_argument("--secure", action="store_true", default=None, help="connect with TLS")
-    tls.add_argument("--server-pem-path", default=None, help="server certificate (one-way TLS)")
-    tls.add_argument("--server-name", default=None, help="the name the server certificate was issued for")
-    tls.add_argument("--ca-pem-path", default=None, help="CA certificate (two-way TLS)")
-    tls.add_argument("--client-pem-path", default=None, help="client certificate (two-way TLS)")
-    tls.add_argument("--client-key-path", default=None, help="client private key (two-way TLS)")
+    common.add_connection_arguments(parser)
     parser.add_argument(
         "--profile", default="auto", help="index profile of a collection this run creates: auto, lite, cpu, gpu"
     )
-    parser.add_argument(
-        "--device", default="auto", choices=DEVICE_CHOICES, help="where the model encodes (auto: CUDA when usable)"
-    )
+    common.add_device_argument(parser)
     parser.add_argument(
         "--image-root", type=Path, default=None, help="resolve relative image paths of SOURCE against this directory"
     )
@@ -74,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from hivlp_milvus.data import load_source
     from hivlp_milvus.ingest import IngestOptions, ingest
 
-    connection = connection_from_args(args)
+    connection = common.connection_options(args)
     # Checked before the source is read: a bad --batch-size fails at once, not after a long read.
     IngestOptions.build(
         batch_size=args.batch_size, write_batch_rows=args.write_batch_rows, num_workers=args.num_workers
@@ -101,13 +86,3 @@ def run(args: argparse.Namespace) -> int:
         args.json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json_out}")
     return 0
-
-
-def connection_from_args(args: argparse.Namespace) -> ConnectionOptions:
-    """The :class:`ConnectionOptions` the flags describe (``--uri``, ``--token``, the TLS flags)."""
-    return ConnectionOptions(
-        uri=args.uri,
-        # From the environment by default, so the token is not visible in the process list.
-        token=args.token if args.token is not None else os.environ.get(TOKEN_ENV),
-        **{name: getattr(args, name) for name in TLS_OPTIONS if getattr(args, name) is not None},
-    )

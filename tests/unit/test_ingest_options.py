@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hivlp_milvus.commands import common
 from hivlp_milvus.commands import ingest as ingest_command
 from hivlp_milvus.connection import ConnectionOptions
 from hivlp_milvus.data import EmbeddingRecord
@@ -147,7 +148,7 @@ def test_cli_tls_and_token_flags_become_connection_options(monkeypatch: pytest.M
         ]
         + ["--ca-pem-path", "root.pem", "--client-pem-path", "c.pem", "--client-key-path", "c.key"]
     )
-    options = ingest_command.connection_from_args(args)
+    options = common.connection_options(args)
     assert options == ConnectionOptions(
         uri="https://milvus:19530",
         token="env:token",
@@ -159,7 +160,7 @@ def test_cli_tls_and_token_flags_become_connection_options(monkeypatch: pytest.M
         client_key_path="c.key",
     )
     # An explicit --token wins over the environment; no TLS flag means none is passed to pymilvus.
-    plain = ingest_command.connection_from_args(_parse(["data", "--token", "root:Milvus"]))
+    plain = common.connection_options(_parse(["data", "--token", "root:Milvus"]))
     assert (plain.token, plain.tls()) == ("root:Milvus", {})
 
 
