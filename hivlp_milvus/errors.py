@@ -169,9 +169,22 @@ def _class_for(exc: BaseException) -> type[MilvusError]:
     from pymilvus import exceptions as pe
 
     # pymilvus' client-side checks, by type: they never reached the server.
-    if isinstance(exc, pe.ParamError | pe.DataTypeNotMatchException | pe.DataNotMatchException):
-        return InvalidRequestError
-    if isinstance(exc, pe.PrimaryKeyException | pe.SchemaNotReadyException | pe.FieldTypeException):
+    client_side_input = (
+        pe.ParamError,
+        pe.DataTypeNotMatchException,
+        pe.DataNotMatchException,
+        pe.DataTypeNotSupportException,
+        pe.PrimaryKeyException,
+        pe.PartitionKeyException,
+        pe.ClusteringKeyException,
+        pe.AutoIDException,
+        pe.SchemaNotReadyException,
+        pe.FieldTypeException,
+        pe.FieldsTypeException,
+        pe.InvalidConsistencyLevel,
+        pe.AmbiguousIndexName,
+    )
+    if isinstance(exc, client_side_input):
         return InvalidRequestError
     if isinstance(exc, pe.ConnectError | pe.MilvusUnavailableException):
         return MilvusUnavailableError
