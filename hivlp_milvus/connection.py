@@ -68,7 +68,12 @@ def connect(
     db_name: str = "",
     timeout: float | None = None,
     retries: int = 3,
-    **kwargs: Any,
+    secure: bool | None = None,
+    server_pem_path: str | None = None,
+    server_name: str | None = None,
+    client_pem_path: str | None = None,
+    client_key_path: str | None = None,
+    ca_pem_path: str | None = None,
 ) -> Any:
     """Connect to Milvus Lite or a Milvus server.
 
@@ -80,9 +85,12 @@ def connect(
         timeout: connect timeout of each attempt in seconds (default 5 s); pymilvus uses the
             constructor's timeout for connecting, per-call timeouts are given per call.
         retries: connection attempts before giving up (backoff 0.5 s, 1 s, 2 s, ... between them).
-        **kwargs: passed to ``pymilvus.MilvusClient`` (``secure``, ``server_pem_path``,
-            ``server_name``, ``client_pem_path``, ``client_key_path``, ``ca_pem_path``, ``user``,
-            ``password``, ...).
+        secure: use TLS (servers; implied by ``https://``).
+        server_pem_path: the server's certificate (one-way TLS).
+        server_name: the name the server's certificate was issued for (SNI / verification).
+        client_pem_path: this client's certificate (two-way TLS).
+        client_key_path: this client's private key (two-way TLS).
+        ca_pem_path: the CA that signed the certificates (two-way TLS).
 
     Returns:
         A connected ``pymilvus.MilvusClient``.
@@ -95,6 +103,16 @@ def connect(
     from pymilvus import MilvusClient
     from pymilvus.exceptions import ConnectionConfigException
 
+    # Named, not **kwargs: MilvusClient ignores keywords it does not know, so a typo would vanish.
+    tls = {
+        name: value
+        for name, value in zip(
+            TLS_OPTIONS,
+            (secure, server_pem_path, server_name, client_pem_path, client_key_path, ca_pem_path),
+            strict=True,
+        )
+        if value is not None
+    }
     uri = str(uri)
     scheme = urlparse(uri).scheme.lower()
     if scheme and scheme not in SERVER_SCHEMES and not (len(scheme) == 1 and os.name == "nt"):
@@ -111,7 +129,7 @@ def connect(
     for attempt in range(attempts):
         try:
             with milvus_errors(f"connecting to Milvus at {shown!r}"):
-                client = MilvusClient(uri=target, token=token or "", db_name=db_name, timeout=connect_timeout, **kwargs)
+                client = MilvusClient(uri=target, token=token or "", db_name=db_name, timeout=connect_timeout, **tls)
                 client.list_collections(timeout=connect_timeout)  # a real round trip, not just a channel
             return client
         except PermissionDeniedError:

@@ -115,8 +115,12 @@ _UNAVAILABLE_CODES = frozenset(
         8,  # rate limit exceeded (retriable)
         11,  # time tick long delay
         12,  # service resource insufficient
+        # Not loaded: a restarted Milvus (or Lite server) forgets what was loaded; the collection
+        # answers again once reopened (HierarchicalCollection.open loads it), as after an outage.
+        101,  # collection not loaded
         103,  # collection not fully loaded
         106,  # collection on recovering
+        201,  # partition not loaded
         202,  # partition not fully loaded
         401,  # replica not available
         503,  # channel not available
@@ -150,7 +154,10 @@ _GRPC_CLASSES = {
 }
 
 _ADVICE: dict[type[MilvusError], str] = {
-    MilvusUnavailableError: "check that Milvus is running and reachable (host, port, TLS); the call can be retried",
+    MilvusUnavailableError: (
+        "check that Milvus is running and reachable (host, port, TLS) and the collection loaded; the call can be "
+        "retried (HierarchicalCollection.open reloads a released collection)"
+    ),
     CollectionNotFoundError: "check the collection name, or create it (HierarchicalCollection.create / ingest)",
     NotFoundError: "check the names used (collection, partition, index, database)",
     PermissionDeniedError: "check the token (user:password or API key) and that this user holds the needed privileges",

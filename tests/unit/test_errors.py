@@ -159,6 +159,8 @@ def test_unknown_keyword_arguments_are_errors(col: HierarchicalCollection) -> No
         col.search(q, nprobe=8)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="offset"):
         col.query("", limit=1, offset=2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="server_pem"):
+        connect("./x.db", server_pem="ca.pem")  # type: ignore[call-arg]
 
 
 def test_pass_through_options_reach_milvus(col: HierarchicalCollection) -> None:
@@ -202,6 +204,7 @@ def test_stopped_server_is_unavailable_and_connection_options_reach_open(tmp_pat
     [
         (MilvusException(2, "service unavailable"), MilvusUnavailableError, 2),
         (MilvusException(8, "rate limit exceeded"), MilvusUnavailableError, 8),
+        (MilvusException(101, "collection not loaded"), MilvusUnavailableError, 101),
         (MilvusException(grpc.StatusCode.UNAVAILABLE, "Retry timeout: 3s"), MilvusUnavailableError, "UNAVAILABLE"),
         (MilvusException(100, "collection not found"), CollectionNotFoundError, 100),
         (MilvusException(200, "partition not found"), NotFoundError, 200),

@@ -71,10 +71,18 @@ def test_searcher_maps_errors_by_type(tmp_path: Path, monkeypatch: pytest.Monkey
         with pytest.raises(MilvusUnavailableError, match="stopped answering") as info:
             searcher.search(low, high, limit=1)
         assert info.value.code == 2
-        with pytest.raises(MilvusUnavailableError):
+        with pytest.raises(MilvusUnavailableError, match="unreachable"):  # remembered: reconnecting
             searcher.ping()
 
-        server.start()  # same port and data: the replica reconnects by itself
+        server.start()  # same port and data: the replica reconnects (and reloads) by itself
+        assert searcher.search(low, high, limit=1)["hits"][0]["key"] == "1"
+
+        # A collection released under the replica (as a restarted Milvus forgets loads) cannot answer
+        # until reloaded: an outage of that collection, healed by the reconnect.
+        options.connect().release_collection("s")
+        with pytest.raises(MilvusUnavailableError) as info:
+            searcher.search(low, high, limit=1)
+        assert info.value.code == 101
         assert searcher.search(low, high, limit=1)["hits"][0]["key"] == "1"
 
         # A collection dropped under the replica is "not found", not an outage.
