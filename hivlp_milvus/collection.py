@@ -13,6 +13,10 @@ Create or open with the classmethods::
 
 Every Milvus call goes through a :class:`~hivlp_milvus.connection.GuardedClient`, so the public
 methods raise only :class:`~hivlp_milvus.errors.HiVLPError` subclasses (Milvus' code kept).
+
+Over 600 lines because it still holds the schema (reading ``collection.json``, building the
+pymilvus schema), the write path's row validation and the index build check next to the class;
+each can move to its own module (``schema.py``, the ingest package, ``profiles.py``).
 """
 
 from __future__ import annotations
