@@ -40,6 +40,7 @@ from hivlp_milvus.errors import (
     DimensionMismatchError,
     FilterError,
     MilvusError,
+    MilvusUnavailableError,
     ModelMismatchError,
     ProfileError,
     SchemaMismatchError,
@@ -285,6 +286,8 @@ class HierarchicalCollection:
             # on a new collection at once): the race is lost, not an error.
             logger.info("collection %r was created concurrently (%s); opening it", name, exc.__cause__)
             return cls._open_existing(name, client, model, low_dim, high_dim, exist_ok=exist_ok)
+        except MilvusUnavailableError:
+            raise  # an outage is not a refusal of the profile
         except MilvusError as exc:
             if not (auto and resolved.fallback):
                 if resolved.name == "gpu":
