@@ -8,7 +8,15 @@ Create or open with the classmethods::
 
     col = HierarchicalCollection.create("flickr", uri="./hivlp.db", model=model)
     col = HierarchicalCollection.open("flickr", uri="http://milvus:19530", token="root:Milvus", model=model)
+    col = HierarchicalCollection.open("flickr", connection=ConnectionOptions(uri=..., secure=True), model=model)
     hits = col.hierarchical_search("a dog on a beach", limit=10)
+
+Every Milvus call goes through a :class:`~hivlp_milvus.connection.GuardedClient`, so the public
+methods raise only :class:`~hivlp_milvus.errors.HiVLPError` subclasses (Milvus' code kept).
+
+Over 600 lines because it still holds the schema (reading ``collection.json``, building the
+pymilvus schema), the write path's row validation and the index build check next to the class;
+each can move to its own module (``schema.py``, the ingest package, ``profiles.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from hivlp_milvus.connection import DEFAULT_URI, connect, is_lite
+from hivlp_milvus.connection import DEFAULT_URI, ConnectionOptions, connect, guarded, is_lite
 from hivlp_milvus.errors import (
     BadRecordError,
     CollectionExistsError,
@@ -31,13 +39,15 @@ from hivlp_milvus.errors import (
     ConfigError,
     DimensionMismatchError,
     FilterError,
+    MilvusError,
+    MilvusUnavailableError,
     ModelMismatchError,
     ProfileError,
     SchemaMismatchError,
 )
-from hivlp_milvus.filters import and_filters, bind, looks_like_filter_error, merge_params
+from hivlp_milvus.filters import bind, filter_errors, filter_kwargs, restrict_to_ids
 from hivlp_milvus.ids import MODALITIES
-from hivlp_milvus.profiles import IndexProfile, load_profile, resolve_profile
+from hivlp_milvus.profiles import IndexProfile, fallback_profile, load_profile, resolve_profile
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +156,20 @@ def _model_fingerprint(model: Any) -> str:
     return str(getattr(model, "fingerprint", "") or "")
 
 
+def _options(**options: Any) -> dict[str, Any]:
+    """The pass-through options that were given (``None`` = Milvus' default, not sent)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _client_for(client: Any, uri: str, token: str | None, connection: ConnectionOptions | None) -> Any:
+    """The client to use: the given one, or one connected from ``connection`` or ``uri``/``token``."""
+    if connection is not None:
+        if client is not None or token is not None or str(uri) != DEFAULT_URI:
+            raise ConfigError("give connection= alone, or client=, or uri=/token=, not several of them")
+        return connection.connect()
+    return client if client is not None else connect(uri, token=token)
+
+
 class HierarchicalCollection:
     """A Milvus collection of HiVLP rows (``id, key, modality, reference, attributes, vec_low, vec_high``).
 
@@ -165,13 +189,14 @@ class HierarchicalCollection:
         properties: Mapping[str, str] | None = None,
     ) -> None:
         self._name = name
-        self._client = client
+        # Every call below goes through the error boundary (GuardedClient); ``client`` is the raw one.
+        self._client = guarded(client, f" on collection {name!r}")
         self._low_dim = int(low_dim)
         self._high_dim = int(high_dim)
         self._profile = profile
         self._fingerprint = fingerprint
         self._properties = dict(properties or {})
-        self._is_lite = is_lite(client)
+        self._is_lite = is_lite(self._client)
         self._rows_cache: tuple[float, int] | None = None
         self._model = None
         if model is not None:
@@ -188,6 +213,7 @@ class HierarchicalCollection:
         client: Any = None,
         uri: str = DEFAULT_URI,
         token: str | None = None,
+        connection: ConnectionOptions | None = None,
         low_dim: int | None = None,
         high_dim: int | None = None,
         model: Any = None,
@@ -196,7 +222,8 @@ class HierarchicalCollection:
         description: str = "",
         expected_rows: int | None = None,
         consistency_level: str = "Strong",
-        **kwargs: Any,
+        num_shards: int | None = None,
+        properties: Mapping[str, str] | None = None,
     ) -> HierarchicalCollection:
         """Create a collection (schema, both indexes, properties) and load it.
 
@@ -205,9 +232,11 @@ class HierarchicalCollection:
 
         Args:
             name: collection name.
-            client: a connected ``MilvusClient`` (else one is made from ``uri``/``token``).
+            client: a connected ``MilvusClient`` (else one is made from ``connection`` or ``uri``/``token``).
             uri: ``./hivlp.db`` (Milvus Lite) or ``http(s)://host:port`` (a server).
             token: server token (``"user:password"`` or an API key).
+            connection: where and how to connect (URI, token, TLS files, server name) in one value;
+                give it instead of ``uri``/``token``.
             low_dim: dim of ``vec_low`` (taken from ``model`` when given).
             high_dim: dim of ``vec_high`` (taken from ``model`` when given).
             model: the HiVLP model whose vectors will be stored; its dims and fingerprint are recorded.
@@ -216,7 +245,8 @@ class HierarchicalCollection:
             description: collection description.
             expected_rows: expected size, used to size IVF ``nlist`` (~4*sqrt(N)); default 100k.
             consistency_level: collection default; ``Strong`` gives read-your-writes.
-            **kwargs: passed to ``MilvusClient.create_collection`` (``num_shards``, ...).
+            num_shards: shards of the collection (servers; ``None`` = Milvus' default).
+            properties: extra collection properties to record (``hivlp.*`` ones are set here).
 
         Returns:
             The loaded collection.
@@ -226,10 +256,9 @@ class HierarchicalCollection:
             DimensionMismatchError: dims missing/invalid, or different from the model's.
             ModelMismatchError: ``exist_ok`` and the existing collection has other dims/fingerprint.
             ProfileError: unknown profile, or the server refuses an explicitly requested one.
-            MilvusUnavailableError: Milvus cannot be reached.
+            ConfigError: ``connection`` given together with ``client`` or ``uri``/``token``.
+            MilvusError: (a subclass) Milvus is unreachable, refuses the token, or rejects the request.
         """
-        from pymilvus.exceptions import MilvusException
-
         if model is not None:
             m_low, m_high = _model_dims(model)
             for label, given, from_model in (("low_dim", low_dim, m_low), ("high_dim", high_dim, m_high)):
@@ -239,24 +268,29 @@ class HierarchicalCollection:
         if low_dim is None or high_dim is None:
             raise DimensionMismatchError("give low_dim and high_dim, or a model to take them from")
         low_dim, high_dim = _check_dim("low_dim", low_dim), _check_dim("high_dim", high_dim)
-        client = client if client is not None else connect(uri, token=token)
+        client = guarded(_client_for(client, uri, token, connection), f" on collection {name!r}")
 
         if client.has_collection(name):
             return cls._open_existing(name, client, model, low_dim, high_dim, exist_ok=exist_ok)
 
         auto = profile == "auto"
-        resolved = resolve_profile(profile, client).with_expected_rows(expected_rows)
+        resolved = resolve_profile(profile, client.raw).with_expected_rows(expected_rows)
         fingerprint = _model_fingerprint(model) if model is not None else ""
+        extra: dict[str, Any] = {"properties": dict(properties or {})}
+        if num_shards is not None:
+            extra["num_shards"] = int(num_shards)
         try:
             cls._create_in_milvus(
-                client, name, low_dim, high_dim, resolved, fingerprint, description, consistency_level, kwargs
+                client, name, low_dim, high_dim, resolved, fingerprint, description, consistency_level, extra
             )
         except _CreatedConcurrently as exc:
             # Another process created it between our check and our create (two ingests starting
             # on a new collection at once): the race is lost, not an error.
             logger.info("collection %r was created concurrently (%s); opening it", name, exc.__cause__)
             return cls._open_existing(name, client, model, low_dim, high_dim, exist_ok=exist_ok)
-        except MilvusException as exc:
+        except MilvusUnavailableError:
+            raise  # an outage is not a refusal of the profile
+        except MilvusError as exc:
             if not (auto and resolved.fallback):
                 if resolved.name == "gpu":
                     raise ProfileError(
@@ -265,15 +299,15 @@ class HierarchicalCollection:
                     ) from exc
                 raise
             # The server accepted the probe but refused the real index: fall back like resolve_profile.
-            fallback = load_profile(resolved.fallback).with_expected_rows(expected_rows)
+            fallback = fallback_profile(resolved, expected_rows)
             logger.warning("Milvus refused profile %s (%s); falling back to %s", resolved.tag, exc, fallback.tag)
             if client.has_collection(name):
                 client.drop_collection(name)
             resolved = fallback
             cls._create_in_milvus(
-                client, name, low_dim, high_dim, resolved, fingerprint, description, consistency_level, kwargs
+                client, name, low_dim, high_dim, resolved, fingerprint, description, consistency_level, extra
             )
-        return cls.open(name, client=client, model=model)
+        return cls.open(name, client=client.raw, model=model)
 
     @staticmethod
     def _create_in_milvus(
@@ -301,13 +335,11 @@ class HierarchicalCollection:
         # Create, index, partition, load: what create_collection(index_params=...) does in one
         # call, in steps so that a failed create (a lost race) is told apart from a refused index
         # (the GPU profile on a CPU server, which falls back).
-        from pymilvus.exceptions import MilvusException
-
         try:
             client.create_collection(
                 name, schema=schema, consistency_level=consistency_level, properties=properties, **kwargs
             )
-        except MilvusException as exc:
+        except MilvusError as exc:
             if client.has_collection(name):
                 raise _CreatedConcurrently(name) from exc
             raise
@@ -331,7 +363,7 @@ class HierarchicalCollection:
                 "pass exist_ok=True, or drop it first"
             )
         # A concurrent creator may not have added the partitions yet: open() waits for them.
-        col = cls.open(name, client=client, model=model)
+        col = cls.open(name, client=client.raw, model=model)
         col._check_dims(low_dim, high_dim)
         return col
 
@@ -344,6 +376,7 @@ class HierarchicalCollection:
         uri: str = DEFAULT_URI,
         token: str | None = None,
         model: Any = None,
+        connection: ConnectionOptions | None = None,
     ) -> HierarchicalCollection:
         """Open an existing hivlp collection and load it.
 
@@ -354,6 +387,8 @@ class HierarchicalCollection:
             token: server token.
             model: the model used to encode str/image queries; checked against the recorded dims
                 and fingerprint.
+            connection: where and how to connect (URI, token, TLS files, server name) in one value;
+                give it instead of ``uri``/``token``.
 
         Returns:
             The loaded collection.
@@ -363,9 +398,10 @@ class HierarchicalCollection:
             SchemaMismatchError: the collection was not created by hivlp_milvus (or by another
                 schema version).
             ModelMismatchError: ``model`` does not match the recorded dims/fingerprint.
-            MilvusUnavailableError: Milvus cannot be reached.
+            ConfigError: ``connection`` given together with ``client`` or ``uri``/``token``.
+            MilvusError: (a subclass) Milvus is unreachable, or refuses the token.
         """
-        client = client if client is not None else connect(uri, token=token)
+        client = guarded(_client_for(client, uri, token, connection), f" on collection {name!r}")
         if not client.has_collection(name):
             existing = sorted(client.list_collections())
             raise CollectionNotFoundError(
@@ -412,7 +448,7 @@ class HierarchicalCollection:
         profile = profile.with_expected_rows(None)
         col = cls(
             name,
-            client,
+            client.raw,
             low_dim=low_dim,
             high_dim=high_dim,
             profile=profile,
@@ -439,8 +475,8 @@ class HierarchicalCollection:
 
     @property
     def client(self) -> Any:
-        """The underlying ``pymilvus.MilvusClient``."""
-        return self._client
+        """The underlying ``pymilvus.MilvusClient`` (its calls raise pymilvus' own exceptions)."""
+        return self._client.raw
 
     @property
     def low_dim(self) -> int:
@@ -561,23 +597,6 @@ class HierarchicalCollection:
     ) -> tuple[str, dict[str, Any]]:
         """:func:`hivlp_milvus.filters.bind` with templating chosen for this Milvus."""
         return bind(expr, params, templating=not self._is_lite, reserved_ok=reserved_ok)
-
-    def _filter_kwargs(self, expr: str, params: dict[str, Any]) -> dict[str, Any]:
-        kw: dict[str, Any] = {"filter": expr}
-        if params:
-            kw["filter_params"] = params
-        return kw
-
-    def _call_filtered(self, fn: Any, expr: str, *args: Any, **kwargs: Any) -> Any:
-        """Run a Milvus call that carries a user filter, mapping expression errors to FilterError."""
-        from pymilvus.exceptions import MilvusException
-
-        try:
-            return fn(*args, **kwargs)
-        except MilvusException as exc:
-            if expr and looks_like_filter_error(exc):
-                raise FilterError(f"invalid filter {expr!r}: {getattr(exc, 'message', None) or exc}") from exc
-            raise
 
     # ------------------------------------------------------------------ writes (the ingest contract)
 
@@ -706,28 +725,42 @@ class HierarchicalCollection:
         filter_params: Mapping[str, Any] | None = None,
         output_fields: Sequence[str] | None = None,
         limit: int | None = None,
-        **kwargs: Any,
+        timeout: float | None = None,
+        consistency_level: str | None = None,
     ) -> list[dict[str, Any]]:
         """Rows matching a filter (``MilvusClient.query`` with :func:`bind` applied).
+
+        Args:
+            filter: Milvus boolean expression with ``{name}`` placeholders (``""``: all rows; then
+                give ``limit``).
+            filter_params: placeholder values.
+            output_fields: fields of each row (default: the scalar fields, no vectors).
+            limit: at most this many rows.
+            timeout: seconds before the call fails (``MilvusUnavailableError``).
+            consistency_level: override of the collection's level (``Strong``, ``Bounded``, ...).
 
         Raises:
             FilterError: the filter is malformed or its parameters are invalid.
         """
         expr, params = self.bind_filter(filter, filter_params)
-        if limit is not None:
-            kwargs["limit"] = limit
+        options = _options(limit=limit, timeout=timeout, consistency_level=consistency_level)
         fields = list(output_fields) if output_fields is not None else list(SCALAR_OUTPUT_FIELDS)
-        res = self._call_filtered(
-            self._client.query, expr, self._name, output_fields=fields, **self._filter_kwargs(expr, params), **kwargs
-        )
+        with filter_errors(filter):
+            res = self._client.query(self._name, output_fields=fields, **filter_kwargs(expr, params), **options)
         return [dict(r) for r in res]
 
     def count(self, filter: str = "", filter_params: Mapping[str, Any] | None = None) -> int:  # noqa: A002
-        """Number of rows (matching ``filter`` when given)."""
+        """Number of rows (matching ``filter`` when given).
+
+        Raises:
+            FilterError: the filter is malformed or its parameters are invalid.
+        """
         expr, params = self.bind_filter(filter, filter_params)
-        res = self._call_filtered(
-            self._client.query, expr, self._name, output_fields=["count(*)"], **self._filter_kwargs(expr, params)
-        )
+        return self._count_bound(expr, params, user_filter=filter)
+
+    def _count_bound(self, expr: str, params: dict[str, Any], *, user_filter: str | None) -> int:
+        with filter_errors(user_filter):
+            res = self._client.query(self._name, output_fields=["count(*)"], **filter_kwargs(expr, params))
         return int(res[0]["count(*)"]) if res else 0
 
     def delete(
@@ -747,30 +780,85 @@ class HierarchicalCollection:
         """
         if ids is None and not (filter and filter.strip()):
             raise FilterError("delete needs ids or a filter (refusing to delete everything implicitly)")
+        bind(filter, filter_params, templating=True)  # the user's part alone: no reserved names
         expr, params = filter or "", dict(filter_params or {})
         if ids is not None:
             id_list = [int(i) for i in ids]
             if not id_list:
                 return 0
-            expr = and_filters("id in {hivlp_ids}", expr)
-            params = merge_params(params, {"hivlp_ids": id_list})
-        expr, params = bind(expr, params, templating=not self._is_lite, reserved_ok=True)
-        n = self.count_bound(expr, params)
+            expr, params = restrict_to_ids(expr, params, id_list)
+        expr, params = self.bind_filter(expr, params, reserved_ok=True)
+        n = self._count_bound(expr, params, user_filter=filter)
         if n:
             self._rows_cache = None
-            self._call_filtered(self._client.delete, expr, self._name, **self._filter_kwargs(expr, params))
+            with filter_errors(filter):
+                self._client.delete(self._name, **filter_kwargs(expr, params))
         return n
 
-    def count_bound(self, expr: str, params: dict[str, Any]) -> int:
-        """Count rows for an already-bound expression (internal helper, public for search.py)."""
-        res = self._call_filtered(
-            self._client.query, expr, self._name, output_fields=["count(*)"], **self._filter_kwargs(expr, params)
-        )
-        return int(res[0]["count(*)"]) if res else 0
-
     def flush(self) -> None:
-        """Seal growing segments (not needed for read-your-writes with Strong consistency)."""
+        """Seal growing segments (not needed for read-your-writes with Strong consistency).
+
+        Sealing starts the real index build, so a build that already failed is caught here
+        (:meth:`check_index`, no waiting).
+
+        Raises:
+            ProfileError: the ``vec_low`` index failed to build and the profile has no fallback.
+        """
         self._client.flush(self._name)
+        self.check_index()
+
+    def check_index(self, *, wait_s: float = 0.0, fallback: bool = True) -> str:
+        """The build state of the ``vec_low`` index; a failed build falls back to the profile's fallback.
+
+        Milvus builds an index when segments are sealed, not at :meth:`create`: a server can accept a
+        GPU index on an empty collection (the profile probe, the create) and fail to build it once
+        data arrives. Then the ``vec_low`` index is rebuilt with the fallback profile (``gpu`` ->
+        ``cpu``, same ``nlist``), and the collection's recorded profile says so.
+
+        Args:
+            wait_s: while the build is in progress, poll up to this many seconds.
+            fallback: rebuild with the fallback profile when the build failed (else raise).
+
+        Returns:
+            Milvus' state of the ``vec_low`` index after any fallback (``"Finished"``,
+            ``"InProgress"``, ...).
+
+        Raises:
+            ProfileError: the build failed and there is no fallback (or ``fallback`` is false).
+        """
+        deadline = time.monotonic() + wait_s
+        state = self._low_index_state()
+        while state == "InProgress" and time.monotonic() < deadline:
+            time.sleep(min(1.0, max(deadline - time.monotonic(), 0.05)))
+            state = self._low_index_state()
+        if state != "Failed":
+            return state
+        if not (fallback and self._profile.fallback):
+            raise ProfileError(
+                f"Milvus failed to build the {self._profile.low.index_type} index of collection {self._name!r} "
+                f"(profile {self._profile.tag}); re-create it with another profile (e.g. profile='cpu')"
+            )
+        self._rebuild_low_index(fallback_profile(self._profile, self.approx_num_rows()))
+        return self._low_index_state()
+
+    def _low_index_state(self) -> str:
+        return str((self._client.describe_index(self._name, "vec_low") or {}).get("state", ""))
+
+    def _rebuild_low_index(self, profile: IndexProfile) -> None:
+        logger.warning(
+            "Milvus failed to build the %s index of collection %r; rebuilding vec_low with profile %s",
+            self._profile.low.index_type,
+            self._name,
+            profile.tag,
+        )
+        self._client.release_collection(self._name)
+        self._client.drop_index(self._name, "vec_low")
+        self._client.create_index(self._name, profile.index_params(lite=self._is_lite, fields=("vec_low",)))
+        recorded = {PROP_PROFILE: profile.tag, PROP_LOW_INDEX: json.dumps(profile.low.build_params, sort_keys=True)}
+        self._client.alter_collection_properties(self._name, properties=recorded)
+        self._client.load_collection(self._name)
+        self._profile = profile
+        self._properties.update(recorded)
 
     def drop(self) -> None:
         """Drop the collection and all its rows."""
@@ -810,11 +898,13 @@ class HierarchicalCollection:
         output_fields: Sequence[str] | None = None,
         rerank: str = "auto",
         search_params: Mapping[str, Any] | None = None,
-        **kwargs: Any,
+        timeout: float | None = None,
+        consistency_level: str | None = None,
     ) -> Any:
         """Coarse (ANN on ``vec_low``) -> fine (exact on ``vec_high``) search, under one filter.
 
-        See :func:`hivlp_milvus.search.hierarchical_search` for the arguments.
+        See :func:`hivlp_milvus.search.hierarchical_search` for the arguments (an unknown keyword
+        is a ``TypeError``, never silently ignored).
         """
         from hivlp_milvus.search import hierarchical_search
 
@@ -829,7 +919,8 @@ class HierarchicalCollection:
             output_fields=output_fields,
             rerank=rerank,
             search_params=search_params,
-            **kwargs,
+            timeout=timeout,
+            consistency_level=consistency_level,
         )
 
     def search(
@@ -843,7 +934,8 @@ class HierarchicalCollection:
         modality: str | None = None,
         output_fields: Sequence[str] | None = None,
         search_params: Mapping[str, Any] | None = None,
-        **kwargs: Any,
+        timeout: float | None = None,
+        consistency_level: str | None = None,
     ) -> Any:
         """Single-stage search on one level (``low``: ANN on vec_low, ``high``: exact on vec_high).
 
@@ -861,5 +953,6 @@ class HierarchicalCollection:
             modality=modality,
             output_fields=output_fields,
             search_params=search_params,
-            **kwargs,
+            timeout=timeout,
+            consistency_level=consistency_level,
         )

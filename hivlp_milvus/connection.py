@@ -18,7 +18,13 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict
 
-from hivlp_milvus.errors import ConfigError, MilvusUnavailableError
+from hivlp_milvus.errors import (
+    ConfigError,
+    MilvusError,
+    MilvusUnavailableError,
+    PermissionDeniedError,
+    milvus_errors,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +68,12 @@ def connect(
     db_name: str = "",
     timeout: float | None = None,
     retries: int = 3,
-    **kwargs: Any,
+    secure: bool | None = None,
+    server_pem_path: str | None = None,
+    server_name: str | None = None,
+    client_pem_path: str | None = None,
+    client_key_path: str | None = None,
+    ca_pem_path: str | None = None,
 ) -> Any:
     """Connect to Milvus Lite or a Milvus server.
 
@@ -74,9 +85,12 @@ def connect(
         timeout: connect timeout of each attempt in seconds (default 5 s); pymilvus uses the
             constructor's timeout for connecting, per-call timeouts are given per call.
         retries: connection attempts before giving up (backoff 0.5 s, 1 s, 2 s, ... between them).
-        **kwargs: passed to ``pymilvus.MilvusClient`` (``secure``, ``server_pem_path``,
-            ``server_name``, ``client_pem_path``, ``client_key_path``, ``ca_pem_path``, ``user``,
-            ``password``, ...).
+        secure: use TLS (servers; implied by ``https://``).
+        server_pem_path: the server's certificate (one-way TLS).
+        server_name: the name the server's certificate was issued for (SNI / verification).
+        client_pem_path: this client's certificate (two-way TLS).
+        client_key_path: this client's private key (two-way TLS).
+        ca_pem_path: the CA that signed the certificates (two-way TLS).
 
     Returns:
         A connected ``pymilvus.MilvusClient``.
@@ -84,10 +98,21 @@ def connect(
     Raises:
         ConfigError: ``uri`` is neither a usable local path nor a server URL.
         MilvusUnavailableError: Milvus did not answer after ``retries`` attempts.
+        PermissionDeniedError: the server refused the token (not retried).
     """
     from pymilvus import MilvusClient
     from pymilvus.exceptions import ConnectionConfigException
 
+    # Named, not **kwargs: MilvusClient ignores keywords it does not know, so a typo would vanish.
+    tls = {
+        name: value
+        for name, value in zip(
+            TLS_OPTIONS,
+            (secure, server_pem_path, server_name, client_pem_path, client_key_path, ca_pem_path),
+            strict=True,
+        )
+        if value is not None
+    }
     uri = str(uri)
     scheme = urlparse(uri).scheme.lower()
     if scheme and scheme not in SERVER_SCHEMES and not (len(scheme) == 1 and os.name == "nt"):
@@ -100,28 +125,37 @@ def connect(
     attempts = max(int(retries), 1)
     connect_timeout = timeout if timeout is not None else _DEFAULT_CONNECT_TIMEOUT_S
     last: Exception | None = None
+    shown = redact_uri(uri)
     for attempt in range(attempts):
         try:
-            client = MilvusClient(uri=target, token=token or "", db_name=db_name, timeout=connect_timeout, **kwargs)
-            client.list_collections(timeout=connect_timeout)  # a real round trip, not just a channel
+            with milvus_errors(f"connecting to Milvus at {shown!r}"):
+                client = MilvusClient(uri=target, token=token or "", db_name=db_name, timeout=connect_timeout, **tls)
+                client.list_collections(timeout=connect_timeout)  # a real round trip, not just a channel
             return client
-        except ConnectionConfigException as exc:
-            raise ConfigError(f"invalid Milvus uri {uri!r}: {exc}") from exc
-        except Exception as exc:  # any failure to answer is retried, then reported
+        except PermissionDeniedError:
+            raise  # a wrong token does not get better by retrying
+        except MilvusError as exc:
+            if isinstance(exc.__cause__, ConnectionConfigException):
+                raise ConfigError(f"invalid Milvus uri {shown!r}: {exc.__cause__.message}") from exc.__cause__
             last = exc
-            if attempt + 1 < attempts:
-                delay = 0.5 * (2**attempt)
-                logger.info(
-                    "Milvus at %s not reachable (%s); retry %d/%d in %.1fs", uri, exc, attempt + 1, attempts, delay
-                )
-                time.sleep(delay)
+        except Exception as exc:  # any other failure to answer is retried, then reported
+            last = exc
+        if attempt + 1 < attempts:
+            delay = 0.5 * (2**attempt)
+            logger.info(
+                "Milvus at %s not reachable (%s); retry %d/%d in %.1fs", shown, last, attempt + 1, attempts, delay
+            )
+            time.sleep(delay)
     what = (
         "check the server is running and reachable (host, port, firewall), that TLS options "
         "(secure=True, server_pem_path) match the server, and that the token is valid"
         if server
         else "check the path is writable and not opened by another process"
     )
-    raise MilvusUnavailableError(f"could not connect to Milvus at {uri!r} after {attempts} attempt(s): {last}; {what}")
+    raise MilvusUnavailableError(
+        f"could not connect to Milvus at {shown!r} after {attempts} attempt(s): {last}; {what}",
+        code=getattr(last, "code", None),
+    ) from last
 
 
 # The TLS options pymilvus' MilvusClient takes, by the names it takes them.
@@ -183,13 +217,61 @@ def is_lite(client: Any) -> bool:
     """Whether ``client`` talks to Milvus Lite (in-process or ``milvus-lite server``).
 
     Decided from ``get_server_version()`` (``"milvus_lite-..."``), cached per client.
+
+    Raises:
+        MilvusError: (a subclass) the server did not answer.
     """
+    client = getattr(client, "raw", client)  # a GuardedClient: ask (and cache) the real one
     try:
         return _LITE_CACHE[client]
     except (KeyError, TypeError):
         pass
-    version = str(client.get_server_version())
+    with milvus_errors("get_server_version"):
+        version = str(client.get_server_version())
     lite = version.lower().startswith("milvus_lite") or "lite" in version.lower()
     with contextlib.suppress(TypeError):
         _LITE_CACHE[client] = lite
     return lite
+
+
+class GuardedClient:
+    """A ``MilvusClient`` whose every method raises :class:`~hivlp_milvus.errors.MilvusError`
+    subclasses instead of pymilvus' exceptions (see :func:`hivlp_milvus.errors.milvus_errors`).
+
+    Holding one of these instead of the client puts every Milvus call of the holder behind the error
+    boundary, including calls added later, without a wrapper at each call site.
+
+    Attributes:
+        raw: the wrapped ``pymilvus.MilvusClient``.
+    """
+
+    __slots__ = ("raw", "_where")
+
+    def __init__(self, raw: Any, where: str = "") -> None:
+        self.raw = raw
+        self._where = where
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.raw, name)
+        if not callable(attr):
+            return attr
+        what = f"{name}{self._where}"
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with milvus_errors(what):
+                return attr(*args, **kwargs)
+
+        return call
+
+    def __repr__(self) -> str:
+        return f"GuardedClient({self.raw!r})"
+
+
+def guarded(client: Any, where: str = "") -> GuardedClient:
+    """``client`` behind the error boundary (a :class:`GuardedClient`; one already guarded is re-labelled).
+
+    Args:
+        client: a ``pymilvus.MilvusClient`` (or a :class:`GuardedClient`).
+        where: appended to the method name in messages, e.g. ``" on collection 'docs'"``.
+    """
+    return GuardedClient(getattr(client, "raw", client), where)

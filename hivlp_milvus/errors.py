@@ -1,14 +1,36 @@
 """One exception base class for the whole library, with one subclass per kind of mistake.
 
 Every message says what was wrong and what to do about it. Subclasses also inherit the matching
-builtin (``ValueError``, ``LookupError``, ``ConnectionError``) so generic handlers keep working.
+builtin (``ValueError``, ``LookupError``, ``ConnectionError``, ``PermissionError``) so generic
+handlers keep working.
+
+Errors raised by Milvus (pymilvus' ``MilvusException`` and raw gRPC errors) never cross the public
+API as such: :func:`milvus_errors` turns each into the :class:`MilvusError` subclass its code names
+(unavailable, not found, permission denied, invalid request), keeping Milvus' ``code`` and the
+original exception as ``__cause__``. Callers map errors by type, never by message text.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
+from collections.abc import Iterator
+
+logger = logging.getLogger(__name__)
+
 
 class HiVLPError(Exception):
-    """Base class of every error raised on purpose by hivlp_milvus."""
+    """Base class of every error raised on purpose by hivlp_milvus.
+
+    Attributes:
+        code: Milvus' error code when the error was reported by Milvus (``None`` otherwise). A
+            gRPC failure carries the gRPC status name (e.g. ``"UNAVAILABLE"``).
+    """
+
+    def __init__(self, *args: object, code: int | str | None = None) -> None:
+        super().__init__(*args)
+        self.code = code
 
 
 class ConfigError(HiVLPError, ValueError):
@@ -27,8 +49,28 @@ class DimensionMismatchError(HiVLPError, ValueError):
     """Vectors do not have the dimensions the model or collection expects."""
 
 
-class CollectionNotFoundError(HiVLPError, LookupError):
+class MilvusError(HiVLPError):
+    """Milvus answered with an error that no more specific subclass describes (``code`` is Milvus')."""
+
+
+class MilvusUnavailableError(MilvusError, ConnectionError):
+    """Milvus could not be reached (or stopped answering) after bounded retries."""
+
+
+class NotFoundError(MilvusError, LookupError):
+    """Something the call names (collection, partition, index, database, field) does not exist in Milvus."""
+
+
+class CollectionNotFoundError(NotFoundError):
     """The named collection does not exist in this Milvus."""
+
+
+class PermissionDeniedError(MilvusError, PermissionError):
+    """Milvus refused the call: not authenticated (bad or missing token) or not permitted (privileges)."""
+
+
+class InvalidRequestError(MilvusError, ValueError):
+    """Milvus rejected the request's arguments as invalid (bad input, not an outage)."""
 
 
 class CollectionExistsError(HiVLPError):
@@ -59,9 +101,210 @@ class ProfileError(HiVLPError, ValueError):
     """An index profile is unknown or not supported by this Milvus."""
 
 
-class MilvusUnavailableError(HiVLPError, ConnectionError):
-    """Milvus could not be reached after bounded retries."""
-
-
 class BadRecordError(HiVLPError, ValueError):
     """One record cannot be used (undecodable image, empty caption); ingest skips it and reports why."""
+
+
+# ---------------------------------------------------------------------- Milvus errors -> HiVLPError
+
+# Milvus' error codes (milvus-io/milvus pkg/util/merr/errors.go), by what the caller can do.
+_UNAVAILABLE_CODES = frozenset(
+    {
+        2,  # service unavailable
+        4,  # request limit exceeded (retriable)
+        8,  # rate limit exceeded (retriable)
+        11,  # time tick long delay
+        12,  # service resource insufficient
+        # Not loaded: a restarted Milvus (or Lite server) forgets what was loaded; the collection
+        # answers again once reopened (HierarchicalCollection.open loads it), as after an outage.
+        101,  # collection not loaded
+        103,  # collection not fully loaded
+        106,  # collection on recovering
+        201,  # partition not loaded
+        202,  # partition not fully loaded
+        401,  # replica not available
+        503,  # channel not available
+        902,  # node offline
+        905,  # node not available
+        10000,  # canceled
+        10001,  # timeout
+    }
+)
+_NOT_FOUND_CODES = frozenset({100, 200, 300, 400, 500, 600, 700, 800, 901, 1600, 1603, 1700})
+_COLLECTION_NOT_FOUND_CODE = 100
+_PERMISSION_CODES = frozenset({1400, 1401, 1800})
+# 6 is "cross cluster routing" on a server but "illegal argument" on Milvus Lite 3 (its filter,
+# schema and VARCHAR-length errors); the server code is never seen by a single-cluster client.
+_INVALID_CODES = frozenset({5, 6, 105, 701, 702, 802, 1100, 1101, 1102, 1701, 1801, 1802, 1804, 1806, 2001, 3000})
+_LEGACY_PERMISSION_DENIED = 3  # common.proto ErrorCode, still set by older servers
+
+_GRPC_CLASSES = {
+    "UNAVAILABLE": MilvusUnavailableError,
+    "DEADLINE_EXCEEDED": MilvusUnavailableError,
+    "CANCELLED": MilvusUnavailableError,
+    "RESOURCE_EXHAUSTED": MilvusUnavailableError,
+    "ABORTED": MilvusUnavailableError,
+    "PERMISSION_DENIED": PermissionDeniedError,
+    "UNAUTHENTICATED": PermissionDeniedError,
+    "INVALID_ARGUMENT": InvalidRequestError,
+    "OUT_OF_RANGE": InvalidRequestError,
+    "FAILED_PRECONDITION": InvalidRequestError,
+    "UNIMPLEMENTED": InvalidRequestError,
+    "NOT_FOUND": NotFoundError,
+}
+
+_ADVICE: dict[type[MilvusError], str] = {
+    MilvusUnavailableError: (
+        "check that Milvus is running and reachable (host, port, TLS) and the collection loaded; the call can be "
+        "retried (HierarchicalCollection.open reloads a released collection)"
+    ),
+    CollectionNotFoundError: "check the collection name, or create it (HierarchicalCollection.create / ingest)",
+    NotFoundError: "check the names used (collection, partition, index, database)",
+    PermissionDeniedError: "check the token (user:password or API key) and that this user holds the needed privileges",
+    InvalidRequestError: "check the arguments of the call",
+    MilvusError: "see Milvus' message",
+}
+
+
+def _grpc_status_name(value: object) -> str | None:
+    """``"UNAVAILABLE"`` for ``grpc.StatusCode.UNAVAILABLE`` (pymilvus puts one in ``code`` after retries)."""
+    name = getattr(value, "name", None)
+    return name if isinstance(name, str) and name in _GRPC_CLASSES else None
+
+
+def _class_for(exc: BaseException) -> type[MilvusError]:
+    from pymilvus import exceptions as pe
+
+    # pymilvus' client-side checks, by type: they never reached the server.
+    client_side_input = (
+        pe.ParamError,
+        pe.DataTypeNotMatchException,
+        pe.DataNotMatchException,
+        pe.DataTypeNotSupportException,
+        pe.PrimaryKeyException,
+        pe.PartitionKeyException,
+        pe.ClusteringKeyException,
+        pe.AutoIDException,
+        pe.SchemaNotReadyException,
+        pe.FieldTypeException,
+        pe.FieldsTypeException,
+        pe.InvalidConsistencyLevel,
+        pe.AmbiguousIndexName,
+    )
+    if isinstance(exc, client_side_input):
+        return InvalidRequestError
+    if isinstance(exc, pe.ConnectError | pe.MilvusUnavailableException):
+        return MilvusUnavailableError
+    if isinstance(exc, pe.CollectionNotExistException):
+        return CollectionNotFoundError
+    code = getattr(exc, "code", None)
+    if callable(code):  # a raw grpc.RpcError: code() is its status
+        code = code()
+    status = _grpc_status_name(code)
+    if status is not None:
+        return _GRPC_CLASSES[status]
+    if not isinstance(code, int):
+        return MilvusError
+    if code == _COLLECTION_NOT_FOUND_CODE:
+        return CollectionNotFoundError
+    if code in _UNAVAILABLE_CODES:
+        return MilvusUnavailableError
+    if code in _NOT_FOUND_CODES:
+        return NotFoundError
+    if code in _PERMISSION_CODES or getattr(exc, "compatible_code", None) == _LEGACY_PERMISSION_DENIED:
+        return PermissionDeniedError
+    if code in _INVALID_CODES or getattr(exc, "is_input_error", False):
+        return InvalidRequestError
+    return MilvusError
+
+
+def is_milvus_exception(exc: BaseException) -> bool:
+    """Whether ``exc`` is an error of pymilvus or gRPC (what :func:`from_milvus` translates)."""
+    import grpc
+    from pymilvus.exceptions import MilvusException
+
+    return isinstance(exc, MilvusException | grpc.RpcError)
+
+
+def milvus_message(exc: BaseException) -> str:
+    """Milvus' own message of a pymilvus/gRPC error (without pymilvus' ``<MilvusException: ...>`` frame)."""
+    message = getattr(exc, "message", None)
+    if isinstance(message, str) and message:
+        return message
+    details = getattr(exc, "details", None)
+    if callable(details):
+        with contextlib.suppress(Exception):
+            return str(details())
+    return str(exc)
+
+
+def from_milvus(exc: BaseException, what: str = "the Milvus call") -> MilvusError:
+    """The :class:`MilvusError` subclass for a pymilvus/gRPC error, chosen by its code (and type).
+
+    Args:
+        exc: a ``pymilvus.exceptions.MilvusException`` or ``grpc.RpcError``.
+        what: the operation, for the message (e.g. ``"search on collection 'docs'"``).
+
+    Returns:
+        The error to raise (``raise from_milvus(exc, ...) from exc`` keeps the cause); its ``code``
+        is Milvus' code, or the gRPC status name.
+    """
+    cls = _class_for(exc)
+    code = getattr(exc, "code", None)
+    if callable(code):
+        code = code()
+    status = _grpc_status_name(code)
+    code = status if status is not None else (int(code) if isinstance(code, int) else None)
+    shown = f"code {code}" if code is not None else "no code"
+    return cls(f"{what} failed: {milvus_message(exc)} ({shown}); {_ADVICE[cls]}", code=code)
+
+
+# pymilvus' decorators log every failed call at ERROR with a full traceback before raising. For the
+# calls below, the error is raised again as a typed HiVLPError that says the same, so those records
+# only repeat it (a user's bad filter printed a traceback before our FilterError). A filter on
+# pymilvus' logger drops them while a wrapped call runs in this thread/task; other calls keep theirs.
+_WRAPPED_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("hivlp_wrapped_milvus_call", default=False)
+PYMILVUS_ERROR_LOGGER = "pymilvus.decorators"
+
+
+class _DropWhileWrapped(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_WRAPPED_CALL.get() and record.levelno >= logging.WARNING)
+
+
+_QUIET_FILTER = _DropWhileWrapped()
+
+
+def _install_quiet_filter() -> None:
+    target = logging.getLogger(PYMILVUS_ERROR_LOGGER)
+    if _QUIET_FILTER not in target.filters:
+        target.addFilter(_QUIET_FILTER)
+
+
+@contextlib.contextmanager
+def milvus_errors(what: str = "the Milvus call") -> Iterator[None]:
+    """Run Milvus calls so that their errors leave as :class:`MilvusError` subclasses.
+
+    ``with milvus_errors(f"upsert into {name!r}"): client.upsert(...)`` raises
+    :class:`MilvusUnavailableError`, :class:`NotFoundError` (:class:`CollectionNotFoundError`),
+    :class:`PermissionDeniedError`, :class:`InvalidRequestError` or :class:`MilvusError` instead of
+    ``MilvusException`` / ``grpc.RpcError``, with Milvus' code and the original as ``__cause__``;
+    pymilvus' own ERROR log of the failure is dropped (it is logged here at DEBUG). HiVLPErrors and
+    other exceptions pass through unchanged.
+
+    Args:
+        what: the operation, for the message.
+    """
+    _install_quiet_filter()
+    token = _WRAPPED_CALL.set(True)
+    try:
+        yield
+    except HiVLPError:
+        raise
+    except Exception as exc:
+        if not is_milvus_exception(exc):
+            raise
+        logger.debug("%s failed in pymilvus", what, exc_info=exc)
+        raise from_milvus(exc, what) from exc
+    finally:
+        _WRAPPED_CALL.reset(token)

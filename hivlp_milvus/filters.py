@@ -14,16 +14,20 @@ there — :func:`bind` renders each value as a typed literal:
 * anything else -> :class:`FilterError`.
 
 User values are never pasted into an expression any other way.
+
+The shortlist filter (``id in [...]``) is built by :func:`restrict_to_ids`, and Milvus' rejection of a
+user's filter becomes a :class:`FilterError` in :func:`filter_errors`: both only here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from hivlp_milvus.errors import FilterError
+from hivlp_milvus.errors import FilterError, InvalidRequestError, milvus_message
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _IDENT_RE = re.compile(rf"^{_IDENT}$")
@@ -34,6 +38,7 @@ _JSON_PATH_RE = re.compile(rf'^({_IDENT})\[\s*"([^"\\]*)"\s*\]$')
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # Placeholder names the library itself adds (modality, shortlist ids); user params may not use them.
 RESERVED_PREFIX = "hivlp_"
+ID_PARAM = f"{RESERVED_PREFIX}ids"  # the shortlist / delete ids of restrict_to_ids
 OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "like")
 
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -282,25 +287,63 @@ def structured_filter(
     return " and ".join(clauses), params
 
 
-_FILTER_ERROR_HINTS = (
-    "expr",
-    "parse",
-    "field",
-    "column",
-    "unexpected",
-    "syntax",
-    "token",
-    "escape",
-    "literal",
-    "placeholder",
-    "template",
-    "operator",
-    "cannot",
-    "invalid",
-)
+def restrict_to_ids(
+    expr: str | None, params: Mapping[str, Any] | None, ids: Iterable[int]
+) -> tuple[str, dict[str, Any]]:
+    """``(expr) and id in {ids}``: a filter narrowed to a list of primary keys (a shortlist, a delete).
+
+    The ids travel as the reserved parameter ``hivlp_ids``; bind the result with
+    ``reserved_ok=True``.
+
+    Returns:
+        ``(expression, filter_params)``, not yet bound.
+    """
+    id_list = [int(i) for i in ids]
+    return and_filters(f"id in {{{ID_PARAM}}}", expr), merge_params(params, {ID_PARAM: id_list})
 
 
-def looks_like_filter_error(exc: BaseException) -> bool:
-    """Whether a Milvus error raised by a filtered call is about the filter expression."""
-    msg = str(exc).lower()
-    return any(h in msg for h in _FILTER_ERROR_HINTS)
+def filter_kwargs(expr: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``filter`` / ``filter_params`` keyword arguments of a Milvus call for a bound filter."""
+    kw: dict[str, Any] = {"filter": expr}
+    if params:
+        kw["filter_params"] = dict(params)
+    return kw
+
+
+@contextlib.contextmanager
+def filter_errors(user_filter: str | None, *, probe: Callable[[], object] | None = None) -> Iterator[None]:
+    """Inside: Milvus rejecting a call that carries the user's filter raises :class:`FilterError`.
+
+    A call whose only user input is the filter (query, count, delete) blames the filter. A call with
+    other inputs too (a search's params) passes ``probe``, a filter-only call (e.g. a ``query`` with
+    ``limit=1``) run once after the failure: when it succeeds the filter was fine and the original
+    :class:`InvalidRequestError` is raised.
+
+    Args:
+        user_filter: the user's filter expression (``None``/``""``: no filter, nothing is mapped).
+        probe: a filter-only Milvus call, run only after a failure.
+
+    Raises:
+        FilterError: Milvus rejected the filter (its message and code kept, its exception the cause).
+    """
+    try:
+        yield
+    except InvalidRequestError as exc:
+        if not (user_filter and user_filter.strip()):
+            raise
+        if probe is not None and _succeeds(probe):
+            raise
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        raise FilterError(
+            f"invalid filter {user_filter!r}: {milvus_message(cause)}. Check the operators, quoting and field "
+            'names (key, modality, reference, attributes["name"]); pass values through filter_params',
+            code=exc.code,
+        ) from cause
+
+
+def _succeeds(probe: Callable[[], object]) -> bool:
+    try:
+        probe()
+    except InvalidRequestError:
+        return False
+    return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
@@ -18,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from hivlp_milvus.errors import ConfigError, ProfileError, SearchLimitError
+from hivlp_milvus.errors import ConfigError, MilvusError, MilvusUnavailableError, ProfileError, SearchLimitError
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ NLIST_MAX = 65536
 # nprobe is raised so the probed lists hold on average this many times coarse_limit rows.
 _NPROBE_OVERSAMPLE = 4.0
 _MIN_POINTS_PER_LIST = 39
+_CAGRA_ALIGN = 32  # knowhere rounds CAGRA's itopk_size up to a multiple of 32
 
 
 def nlist_for(expected_rows: int) -> int:
@@ -130,14 +132,15 @@ class IndexProfile:
         """A copy with ``vec_low`` build params overridden (e.g. the ones a collection was built with)."""
         return replace(self, low=replace(self.low, build_params=dict(self.low.build_params, **params)))
 
-    def index_params(self, *, lite: bool = False) -> Any:
-        """``pymilvus.IndexParams`` for both vector fields (``nlist: auto`` must be resolved first).
+    def index_params(self, *, lite: bool = False, fields: Sequence[str] = ("vec_low", "vec_high")) -> Any:
+        """``pymilvus.IndexParams`` for the vector fields (``nlist: auto`` must be resolved first).
 
         Args:
             lite: build for Milvus Lite. pymilvus 3 sends build params as flat key/value pairs
                 (``nlist=...``), which a server reads but Milvus Lite 3.2 ignores (it reads only a
                 JSON ``params`` entry and silently builds nlist=128); for Lite the params are sent
                 nested under ``params``.
+            fields: the fields to index (both by default; ``("vec_low",)`` to rebuild the coarse one).
 
         Raises:
             ConfigError: ``nlist`` is still ``"auto"``.
@@ -147,7 +150,9 @@ class IndexProfile:
         if self.low.build_params.get("nlist") == "auto":
             raise ConfigError("nlist is 'auto': call profile.with_expected_rows(n) before building indexes")
         params = MilvusClient.prepare_index_params()
-        for field_name, spec in (("vec_low", self.low), ("vec_high", self.high)):
+        specs = {"vec_low": self.low, "vec_high": self.high}
+        for field_name in fields:
+            spec = specs[field_name]
             build = dict(spec.build_params)
             if lite and build:
                 build = {"params": build}
@@ -161,6 +166,7 @@ class IndexProfile:
         raised so the probed lists hold ~4x ``limit`` rows on average when ``num_rows`` is known
         (an IVF search cannot return more rows than its probed lists hold).
         HNSW: ``ef`` is raised to at least ``limit`` (Milvus requires ``ef >= k``).
+        GPU_CAGRA: ``itopk_size`` is raised to at least ``limit``, rounded up to a multiple of 32.
         """
         params = dict(self.low.search_params)
         fraction = float(params.pop("nprobe_fraction", 0.0) or 0.0)
@@ -176,6 +182,11 @@ class IndexProfile:
             params["nprobe"] = nprobe
         if self.low.index_type == "HNSW":
             params["ef"] = max(int(params.get("ef", limit)), limit)
+        if self.low.index_type == "GPU_CAGRA":
+            # CAGRA keeps itopk_size candidates and cannot return more (knowhere: k <= itopk_size);
+            # some Milvus versions do not derive it from k, and coarse_limit reaches 1024.
+            itopk = max(int(params.get("itopk_size", 0) or 0), limit)
+            params["itopk_size"] = -(-itopk // _CAGRA_ALIGN) * _CAGRA_ALIGN
         return {"metric_type": self.metric_type, "params": params}
 
     def high_search_params(self) -> dict[str, Any]:
@@ -222,6 +233,23 @@ class IndexProfile:
                 f"(e.g. {_bigger_cap_hint(self)})"
             )
         return coarse_limit
+
+
+def fallback_profile(profile: IndexProfile, expected_rows: int | None = None) -> IndexProfile:
+    """The profile to use when a server cannot build ``profile``'s ``vec_low`` index (``gpu`` -> ``cpu``).
+
+    The fallback keeps ``profile``'s ``nlist`` when both are IVF-sized; otherwise it is sized for
+    ``expected_rows``.
+
+    Raises:
+        ProfileError: ``profile`` has no fallback.
+    """
+    if not profile.fallback:
+        raise ProfileError(f"profile {profile.tag} has no fallback profile; choose another profile explicitly")
+    fallback = load_profile(profile.fallback)
+    if fallback.low.build_params.get("nlist") == "auto" and profile.low.nlist:
+        return fallback.with_low_build_params({"nlist": profile.low.nlist})
+    return fallback.with_expected_rows(expected_rows)
 
 
 def _bigger_cap_hint(profile: IndexProfile) -> str:
@@ -372,8 +400,14 @@ def resolve_profile(
 
 
 def _server_refuses(client: Any, profile: IndexProfile) -> str | None:
-    """``None`` if the server accepts ``profile``'s vec_low index, else the server's reason."""
+    """``None`` if the server accepts ``profile``'s vec_low index, else the server's reason.
+
+    Raises:
+        MilvusUnavailableError: the server stopped answering (an outage is not a refusal).
+    """
     from pymilvus import DataType, MilvusClient
+
+    from hivlp_milvus.connection import guarded
 
     probe = f"hivlp_probe_{uuid.uuid4().hex[:12]}"
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -382,14 +416,17 @@ def _server_refuses(client: Any, profile: IndexProfile) -> str | None:
     build = {k: (NLIST_MIN if v == "auto" else v) for k, v in profile.low.build_params.items()}
     params = MilvusClient.prepare_index_params()
     params.add_index("v", index_type=profile.low.index_type, metric_type=profile.metric_type, params=build)
+    milvus = guarded(client, f" (probing index {profile.low.index_type})")
     try:
-        client.create_collection(probe, schema=schema)
-        client.create_index(probe, params)
-    except Exception as exc:  # the server's refusal is the answer, whatever its type
+        milvus.create_collection(probe, schema=schema)
+        milvus.create_index(probe, params)
+    except MilvusUnavailableError:
+        raise
+    except MilvusError as exc:  # the server's refusal is the answer, whatever its code
         return str(exc)
     finally:
         try:
-            client.drop_collection(probe)
-        except Exception as exc:
+            milvus.drop_collection(probe)
+        except MilvusError as exc:
             logger.debug("could not drop probe collection %s: %s", probe, exc)
     return None

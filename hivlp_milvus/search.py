@@ -43,6 +43,10 @@
 
 Results are shaped like ``MilvusClient.search``: a list (one per query) of hits
 ``{"id", "distance" (fine score), "coarse_distance", "entity": {...}}``, with ``.timings``.
+
+The funnel reads a collection only through :class:`SearchableCollection` (``HierarchicalCollection``
+is one) and calls Milvus through the error boundary (:func:`hivlp_milvus.connection.guarded`):
+every failure leaves as a :class:`~hivlp_milvus.errors.HiVLPError` subclass.
 """
 
 from __future__ import annotations
@@ -50,16 +54,61 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from hivlp_milvus.errors import DimensionMismatchError, FilterError, QueryError
-from hivlp_milvus.filters import and_filters, bind, merge_params
+from hivlp_milvus.connection import guarded
+from hivlp_milvus.errors import DimensionMismatchError, FilterError, QueryError, SearchLimitError
+from hivlp_milvus.filters import bind, filter_errors, filter_kwargs, restrict_to_ids
 from hivlp_milvus.ids import MODALITIES
 
 if TYPE_CHECKING:
-    from hivlp_milvus.collection import HierarchicalCollection
+    from hivlp_milvus.profiles import IndexProfile
+
+
+class SearchableCollection(Protocol):
+    """What the funnel needs from a collection: where it lives, its dims, index profile and model."""
+
+    @property
+    def name(self) -> str:
+        """The Milvus collection name."""
+        ...
+
+    @property
+    def client(self) -> Any:
+        """A connected ``pymilvus.MilvusClient``."""
+        ...
+
+    @property
+    def low_dim(self) -> int:
+        """Dim of ``vec_low``."""
+        ...
+
+    @property
+    def high_dim(self) -> int:
+        """Dim of ``vec_high``."""
+        ...
+
+    @property
+    def profile(self) -> IndexProfile:
+        """The index profile (limits, search params)."""
+        ...
+
+    @property
+    def model(self) -> Any:
+        """The model that encodes str/image queries, or ``None``."""
+        ...
+
+    @property
+    def is_lite(self) -> bool:
+        """Whether the collection lives in Milvus Lite (no filter templating; client re-rank)."""
+        ...
+
+    def approx_num_rows(self) -> int | None:
+        """A cheap row count (sizes IVF ``nprobe``), ``None`` if unknown."""
+        ...
+
 
 RERANK_MODES = ("auto", "client", "server")
 LEVELS = ("low", "high")
@@ -184,39 +233,58 @@ def _resolve_modality(modality: str | None, kinds: list[str]) -> list[str | None
     return [modality] * len(kinds)
 
 
-# ---------------------------------------------------------------------- filters
+# ---------------------------------------------------------------------- Milvus access
 
 
-def _bind_for(
-    col: HierarchicalCollection,
-    user_expr: str | None,
-    user_params: Mapping[str, Any] | None,
-    ids: list[int] | None = None,
-) -> tuple[str, dict[str, Any]]:
-    """(user filter) [AND id in shortlist], bound for this Milvus.
+class _Milvus:
+    """One search's access to Milvus: the guarded client, the user's filter and the pass-through options.
 
-    The modality is not part of the expression: it selects a partition (see :func:`_search_kwargs`).
+    The modality is not part of the filter: it selects a partition. Each modality is its own
+    partition with its own ANN index (``HierarchicalCollection.create``): restricting the
+    partition, not filtering rows, keeps IVF cells of the right modality.
     """
-    bind(user_expr, user_params, templating=True)  # validate the user's part (no reserved names)
-    expr, params = (user_expr or "").strip(), dict(user_params or {})
-    if ids is not None:
-        expr = and_filters("id in {hivlp_ids}", expr)
-        params = merge_params(params, {"hivlp_ids": ids})
-    return bind(expr, params, templating=not col.is_lite, reserved_ok=True)
 
+    def __init__(
+        self,
+        col: SearchableCollection,
+        user_filter: str | None,
+        user_params: Mapping[str, Any] | None,
+        *,
+        timeout: float | None,
+        consistency_level: str | None,
+    ) -> None:
+        bind(user_filter, user_params, templating=True)  # the user's part alone: no reserved names
+        self.col = col
+        self.client = guarded(col.client, f" on collection {col.name!r}")
+        self.user_filter = (user_filter or "").strip()
+        self.user_params = dict(user_params or {})
+        self.options = {
+            k: v for k, v in (("timeout", timeout), ("consistency_level", consistency_level)) if v is not None
+        }
 
-def _search_kwargs(
-    expr: str, params: dict[str, Any], kwargs: Mapping[str, Any], modality: str | None
-) -> dict[str, Any]:
-    kw = dict(kwargs)
-    kw["filter"] = expr
-    if params:
-        kw["filter_params"] = params
-    if modality is not None:
-        # Each modality is its own partition with its own ANN index (HierarchicalCollection.create):
-        # restricting the partition, not filtering rows, keeps IVF cells of the right modality.
-        kw["partition_names"] = [modality]
-    return kw
+    def _bound(self, ids: list[int] | None = None) -> dict[str, Any]:
+        expr, params = self.user_filter, self.user_params
+        if ids is not None:
+            expr, params = restrict_to_ids(expr, params, ids)
+        return filter_kwargs(*bind(expr, params, templating=not self.col.is_lite, reserved_ok=True))
+
+    def search(
+        self, vectors: np.ndarray, partition: str | None, ids: list[int] | None = None, **search: Any
+    ) -> list[list[dict[str, Any]]]:
+        """``MilvusClient.search`` under (user filter) [AND id in ``ids``], in ``partition`` (``None``: all)."""
+        where = {"partition_names": [partition]} if partition is not None else {}
+
+        def filter_only() -> Any:  # run only after a failure: was it the user's filter?
+            return self.client.query(self.col.name, output_fields=["id"], limit=1, **self._bound(), **where)
+
+        with filter_errors(self.user_filter, probe=filter_only):
+            return self.client.search(
+                self.col.name, data=vectors, **search, **self._bound(ids), **where, **self.options
+            )
+
+    def get(self, ids: list[int], fields: list[str]) -> list[dict[str, Any]]:
+        """Rows by primary key (missing ones skipped)."""
+        return self.client.get(self.col.name, ids=ids, output_fields=fields, **self.options)
 
 
 def _merge_search_params(base: dict[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -247,7 +315,7 @@ def _entity(hit: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
     return {f: ent[f] for f in fields if f in ent}
 
 
-def _check_query_dims(col: HierarchicalCollection, low: np.ndarray, high: np.ndarray) -> None:
+def _check_query_dims(col: SearchableCollection, low: np.ndarray, high: np.ndarray) -> None:
     for label, arr, dim in (("low", low, col.low_dim), ("high", high, col.high_dim)):
         if arr.shape[1] != dim:
             raise DimensionMismatchError(
@@ -260,7 +328,7 @@ def _check_query_dims(col: HierarchicalCollection, low: np.ndarray, high: np.nda
 
 
 def hierarchical_search(
-    col: HierarchicalCollection,
+    col: SearchableCollection,
     query: Any,
     *,
     limit: int = 10,
@@ -271,12 +339,13 @@ def hierarchical_search(
     output_fields: Sequence[str] | None = None,
     rerank: str = "auto",
     search_params: Mapping[str, Any] | None = None,
-    **kwargs: Any,
+    timeout: float | None = None,
+    consistency_level: str | None = None,
 ) -> SearchResults:
     """Coarse ANN on ``vec_low`` -> exact re-rank on ``vec_high`` of the shortlist, one filter for both.
 
     Args:
-        col: the collection.
+        col: the collection (any :class:`SearchableCollection`; ``HierarchicalCollection`` is one).
         query: a str (text), an image (``pathlib.Path``, PIL image, HWC ``ndarray``, ``bytes``), a
             ``HierarchicalEmbedding`` (one or many rows), or a list of these (batched: the coarse
             stage is one multi-query search per target modality).
@@ -290,8 +359,11 @@ def hierarchical_search(
             attributes; ``[]`` for none).
         rerank: ``"client"``, ``"server"`` or ``"auto"`` (the one measured faster on the engine:
             client on Milvus Lite, server on a Milvus server; see the module docstring).
-        search_params: overrides for the coarse search params (e.g. ``{"params": {"nprobe": 64}}``).
-        **kwargs: passed to ``MilvusClient.search`` (``timeout``, ``consistency_level``, ...).
+        search_params: overrides for the coarse search params, nested or flat (e.g.
+            ``{"params": {"nprobe": 64}}`` or ``{"nprobe": 64}``); the exact stage takes none.
+        timeout: seconds each Milvus request may take (``MilvusUnavailableError`` after that).
+        consistency_level: override of the collection's consistency level for every request
+            (``"Strong"``, ``"Bounded"``, ``"Session"``, ``"Eventually"``).
 
     Returns:
         ``SearchResults``: per query, hits ``{"id", "distance", "coarse_distance", "entity"}`` sorted
@@ -302,12 +374,14 @@ def hierarchical_search(
         SearchLimitError: ``limit``/``coarse_limit`` out of range for the profile.
         FilterError: malformed filter or parameters (Milvus' parse message is kept).
         DimensionMismatchError: query vectors of the wrong dims.
+        MilvusError: (a subclass) Milvus is unreachable, refuses the token, or rejects the request.
     """
     if rerank not in RERANK_MODES:
         raise QueryError(f"rerank must be one of {RERANK_MODES}, got {rerank!r}")
     mode = auto_rerank(filter, lite=col.is_lite) if rerank == "auto" else rerank
     coarse_limit = col.profile.validate_limits(limit, coarse_limit)
     fields = list(DEFAULT_OUTPUT_FIELDS if output_fields is None else output_fields)
+    milvus = _Milvus(col, filter, filter_params, timeout=timeout, consistency_level=consistency_level)
     t0 = time.perf_counter()
     low, high, kinds = encode_queries(query, col.model)
     _check_query_dims(col, low, high)
@@ -318,72 +392,45 @@ def hierarchical_search(
         col.profile.low_search_params(coarse_limit, num_rows=col.approx_num_rows()), search_params
     )
     per_query = _search_partitions(
-        col,
-        low,
-        modalities,
-        filter,
-        filter_params,
-        kwargs,
-        anns_field="vec_low",
-        limit=coarse_limit,
-        output_fields=[],
-        search_params=low_params,
+        milvus, low, modalities, anns_field="vec_low", limit=coarse_limit, output_fields=[], search_params=low_params
     )
     coarse = [[(int(h["id"]), float(h["distance"])) for h in hits] for hits in per_query]
     t2 = time.perf_counter()
 
     if mode == "client":
-        hits = _rerank_client(col, high, coarse, limit, fields, kwargs)
+        hits = _rerank_client(milvus, high, coarse, limit, fields)
     else:
-        hits = _rerank_server(col, high, coarse, modalities, limit, fields, filter, filter_params, kwargs)
+        hits = _rerank_server(milvus, high, coarse, modalities, limit, fields)
     t3 = time.perf_counter()
     timings = {"encode_s": t1 - t0, "coarse_s": t2 - t1, "fine_s": t3 - t2, "total_s": t3 - t0}
     return SearchResults(hits, timings, rerank=mode)
 
 
 def _search_partitions(
-    col: HierarchicalCollection,
-    vectors: np.ndarray,
-    modalities: list[str | None],
-    user_filter: str | None,
-    user_params: Mapping[str, Any] | None,
-    kwargs: Mapping[str, Any],
-    **search: Any,
+    milvus: _Milvus, vectors: np.ndarray, modalities: list[str | None], **search: Any
 ) -> list[list[dict[str, Any]]]:
     """One multi-query search per target modality (its partition), hits returned in query order."""
     per_query: list[list[dict[str, Any]]] = [[] for _ in modalities]
     for target, idx in _groups(modalities).items():
-        expr, params = _bind_for(col, user_filter, user_params)
-        res = col._call_filtered(
-            col.client.search,
-            expr,
-            col.name,
-            data=vectors[idx],
-            **search,
-            **_search_kwargs(expr, params, kwargs, target),
-        )
+        res = milvus.search(vectors[idx], target, **search)
         for q, hits in zip(idx, res, strict=True):
             per_query[q] = hits
     return per_query
 
 
 def _rerank_client(
-    col: HierarchicalCollection,
+    milvus: _Milvus,
     high: np.ndarray,
     coarse: list[list[tuple[int, float]]],
     limit: int,
     fields: list[str],
-    kwargs: Mapping[str, Any],
 ) -> list[list[dict[str, Any]]]:
     union = sorted({i for hits in coarse for i, _ in hits})
     if not union:
         return [[] for _ in coarse]
-    get_kw = {"timeout": kwargs["timeout"]} if "timeout" in kwargs else {}
     # Two gets: vec_high for the whole shortlist, then output fields for the final hits only
     # (decoding JSON attributes of every shortlisted row would cost more than the dot products).
-    vecs = {
-        int(r["id"]): r["vec_high"] for r in col.client.get(col.name, ids=union, output_fields=["vec_high"], **get_kw)
-    }
+    vecs = {int(r["id"]): r["vec_high"] for r in milvus.get(union, ["vec_high"])}
     ranked: list[list[tuple[int, float, float]]] = []
     for q, shortlist in enumerate(coarse):
         # A row deleted between the two stages has no vec_high any more: it drops out.
@@ -397,7 +444,7 @@ def _rerank_client(
     entities: dict[int, dict[str, Any]] = {}
     final = sorted({i for hits in ranked for i, _, _ in hits})
     if fields and final:
-        for r in col.client.get(col.name, ids=final, output_fields=list(fields), **get_kw):
+        for r in milvus.get(final, list(fields)):
             entities[int(r["id"])] = {f: r[f] for f in fields if f in r}
     return [
         [{"id": i, "distance": s, "coarse_distance": c, "entity": entities.get(i, {})} for i, s, c in hits]
@@ -406,34 +453,28 @@ def _rerank_client(
 
 
 def _rerank_server(
-    col: HierarchicalCollection,
+    milvus: _Milvus,
     high: np.ndarray,
     coarse: list[list[tuple[int, float]]],
     modalities: list[str | None],
     limit: int,
     fields: list[str],
-    user_filter: str | None,
-    user_params: Mapping[str, Any] | None,
-    kwargs: Mapping[str, Any],
 ) -> list[list[dict[str, Any]]]:
     out: list[list[dict[str, Any]]] = []
-    high_params = col.profile.high_search_params()
+    high_params = milvus.col.profile.high_search_params()
     for q, shortlist in enumerate(coarse):
         if not shortlist:
             out.append([])
             continue
         coarse_d = dict(shortlist)
-        expr, params = _bind_for(col, user_filter, user_params, ids=list(coarse_d))
-        res = col._call_filtered(
-            col.client.search,
-            expr,
-            col.name,
-            data=high[q : q + 1],
+        res = milvus.search(
+            high[q : q + 1],
+            modalities[q],
+            ids=list(coarse_d),
             anns_field="vec_high",
             limit=min(limit, len(coarse_d)),
             output_fields=fields,
             search_params=high_params,
-            **_search_kwargs(expr, params, kwargs, modalities[q]),
         )
         out.append(
             [
@@ -450,7 +491,7 @@ def _rerank_server(
 
 
 def search(
-    col: HierarchicalCollection,
+    col: SearchableCollection,
     query: Any,
     *,
     level: str = "low",
@@ -460,23 +501,22 @@ def search(
     modality: str | None = None,
     output_fields: Sequence[str] | None = None,
     search_params: Mapping[str, Any] | None = None,
-    **kwargs: Any,
+    timeout: float | None = None,
+    consistency_level: str | None = None,
 ) -> SearchResults:
     """Single-stage search on one level: ``low`` = ANN on ``vec_low``, ``high`` = exact on ``vec_high``.
 
     The baselines the funnel is measured against (low-only, high-only). Arguments are those of
-    :func:`hierarchical_search`, plus ``level``.
+    :func:`hierarchical_search`, plus ``level``; ``search_params`` override the searched level's.
 
     Returns:
         ``SearchResults``: per query, hits ``{"id", "distance", "entity"}``; ``.timings``
         (``encode_s``, ``search_s``, ``total_s``).
 
     Raises:
-        QueryError, SearchLimitError, FilterError, DimensionMismatchError: as for
+        QueryError, SearchLimitError, FilterError, DimensionMismatchError, MilvusError: as for
         :func:`hierarchical_search`.
     """
-    from hivlp_milvus.errors import SearchLimitError
-
     if level not in LEVELS:
         raise QueryError(f"level must be one of {LEVELS}, got {level!r}")
     profile = col.profile
@@ -487,6 +527,7 @@ def search(
             f"limit must be an int in [1, {profile.fine_cap}] for the FLAT vec_high index, got {limit!r}"
         )
     fields = list(DEFAULT_OUTPUT_FIELDS if output_fields is None else output_fields)
+    milvus = _Milvus(col, filter, filter_params, timeout=timeout, consistency_level=consistency_level)
     t0 = time.perf_counter()
     low, high, kinds = encode_queries(query, col.model)
     _check_query_dims(col, low, high)
@@ -496,19 +537,14 @@ def search(
         base = profile.low_search_params(limit, num_rows=col.approx_num_rows())
     else:
         base = profile.high_search_params()
-    sp = _merge_search_params(base, search_params)
-    modalities = _resolve_modality(modality, kinds)
     per_query = _search_partitions(
-        col,
+        milvus,
         vectors,
-        modalities,
-        filter,
-        filter_params,
-        kwargs,
+        _resolve_modality(modality, kinds),
         anns_field=f"vec_{level}",
         limit=limit,
         output_fields=fields,
-        search_params=sp,
+        search_params=_merge_search_params(base, search_params),
     )
     out = [
         [{"id": int(h["id"]), "distance": float(h["distance"]), "entity": _entity(h, fields)} for h in hits]
@@ -518,4 +554,4 @@ def search(
     return SearchResults(out, {"encode_s": t1 - t0, "search_s": t2 - t1, "total_s": t2 - t0})
 
 
-__all__ = ["SearchResults", "hierarchical_search", "search", "encode_queries", "FilterError"]
+__all__ = ["SearchResults", "SearchableCollection", "hierarchical_search", "search", "encode_queries", "FilterError"]

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from hivlp_milvus.errors import ConfigError, HiVLPError, MilvusUnavailableError
+from hivlp_milvus.connection import ConnectionOptions, guarded, is_server_uri, redact_uri
+from hivlp_milvus.errors import ConfigError, MilvusUnavailableError
 from serving.encoders import load_model
 
 logger = logging.getLogger("ray.serve")
@@ -37,22 +38,7 @@ RECONNECT_EVERY_S = 5.0
 UNHEALTHY_AFTER_S = 60.0
 _CONNECT_TIMEOUT_S = 3.0
 _SERVER_CONCURRENCY = 8
-_UNAVAILABLE_HINTS = (
-    "unavailable",
-    "connect",
-    "deadline",
-    "timeout",
-    "timed out",
-    "closed",
-    "channel",
-    "refused",
-)
 HIT_FIELDS = ("key", "modality", "reference", "attributes")
-
-
-def _looks_unavailable(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}".lower()
-    return any(h in text for h in _UNAVAILABLE_HINTS)
 
 
 @serve.deployment(
@@ -74,14 +60,26 @@ class Searcher:
         milvus_uri: a Milvus Lite ``.db`` path or a ``http(s)://`` server URI.
         collection: the collection name.
         milvus_token: server token (``user:password`` or an API key).
+        connection: where and how to reach Milvus (URI, token, TLS files, server name) in one value;
+            when given, ``milvus_uri`` and ``milvus_token`` are ignored. Its ``timeout`` bounds
+            each connect attempt (default 3 s here: a replica answers 503 quickly when Milvus is down).
     """
 
-    def __init__(self, checkpoint: str, milvus_uri: str, collection: str, milvus_token: str | None = None) -> None:
-        from hivlp_milvus.connection import is_server_uri
-
+    def __init__(
+        self,
+        checkpoint: str,
+        milvus_uri: str,
+        collection: str,
+        milvus_token: str | None = None,
+        connection: ConnectionOptions | None = None,
+    ) -> None:
         self._model = load_model(checkpoint)
-        self._uri = str(milvus_uri)
-        self._token = milvus_token or None
+        if connection is None:
+            connection = ConnectionOptions(uri=str(milvus_uri), token=milvus_token or None)
+        if connection.timeout is None:
+            connection = connection.model_copy(update={"timeout": _CONNECT_TIMEOUT_S})
+        self._connection = connection
+        self._uri = connection.uri
         self._name = str(collection)
         self._lite = not is_server_uri(self._uri)
         self._col: Any = None
@@ -98,13 +96,12 @@ class Searcher:
     def _connect(self, retries: int = 1) -> None:
         """Open the collection; Milvus being down is remembered, anything else is raised."""
         from hivlp_milvus.collection import HierarchicalCollection
-        from hivlp_milvus.connection import connect
 
         try:
-            client = connect(self._uri, token=self._token, retries=retries, timeout=_CONNECT_TIMEOUT_S)
+            client = self._connection.model_copy(update={"retries": retries}).connect()
         except MilvusUnavailableError as exc:
             self._mark_down(exc)
-            logger.warning("Searcher: Milvus at %s is unreachable (%s); will retry", self._uri, exc)
+            logger.warning("Searcher: Milvus at %s is unreachable (%s); will retry", self._redacted_uri(), exc)
             return
         except ConfigError as exc:
             if self._lite:
@@ -144,29 +141,23 @@ class Searcher:
 
     def _redacted_uri(self) -> str:
         # URIs may carry credentials (https://user:pass@host); never echo them to clients.
-        from urllib.parse import urlparse
-
-        parsed = urlparse(self._uri)
-        if parsed.password or parsed.username:
-            host = (parsed.hostname or "?") + (f":{parsed.port}" if parsed.port else "")
-            return self._uri.replace(parsed.netloc, host)
-        return self._uri
+        return redact_uri(self._uri)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn(collection, ...)`` in a Milvus slot; connection failures become 503s."""
-        from pymilvus.exceptions import MilvusException
+        """Run ``fn(collection, ...)`` in a Milvus slot; an outage is remembered (and is a 503).
 
+        The library raises only HiVLPError subclasses, so the outage is told by its type
+        (``MilvusUnavailableError``), never by the words of a message.
+        """
         col = self._collection()
         with self._slots:
             try:
                 return fn(col, *args, **kwargs)
-            except HiVLPError:
-                raise
-            except (MilvusException, ConnectionError, TimeoutError, OSError) as exc:
-                if not _looks_unavailable(exc):
-                    raise
+            except MilvusUnavailableError as exc:
                 self._mark_down(exc)
-                raise MilvusUnavailableError(f"Milvus at {self._redacted_uri()} stopped answering: {exc}") from exc
+                raise MilvusUnavailableError(
+                    f"Milvus at {self._redacted_uri()} stopped answering: {exc}", code=exc.code
+                ) from exc
 
     # -- API (called by the ingress through a DeploymentHandle) ----------------------------------
 
@@ -246,7 +237,7 @@ class Searcher:
         """A round trip to Milvus: ``{"collection", "count"}``; raises MilvusUnavailableError when down."""
 
         def run(col: Any) -> dict[str, Any]:
-            col.client.list_collections(timeout=_CONNECT_TIMEOUT_S)
+            guarded(col.client).list_collections(timeout=_CONNECT_TIMEOUT_S)
             return {"collection": self._name, "count": col.approx_num_rows() or 0}
 
         return self._call(run)

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from hivlp_milvus.errors import DimensionMismatchError
+
 
 @dataclass(frozen=True)
 class HierarchicalEmbedding:
@@ -15,15 +17,22 @@ class HierarchicalEmbedding:
 
     ``low`` is ``(N, low_dim)`` and ``high`` is ``(N, high_dim)``; both are L2-normalised when they
     come from a model. They are torch tensors inside the model and float32 numpy arrays once
-    handed to Milvus (:meth:`numpy`).
+    handed to Milvus (:meth:`numpy`). A single vector is a batch of one: 1-D ``low``/``high``
+    (arrays, tensors or lists) are stored as ``(1, dim)``; lists become float32 arrays.
+
+    Raises:
+        DimensionMismatchError: a level is not 1-D or 2-D, or the levels have different row counts.
     """
 
     low: Any
     high: Any
 
     def __post_init__(self) -> None:
+        # Frozen: normalise the fields in place once, so every consumer sees (N, dim) batches.
+        object.__setattr__(self, "low", _as_batch(self.low, "low"))
+        object.__setattr__(self, "high", _as_batch(self.high, "high"))
         if len(self.low) != len(self.high):
-            raise ValueError(f"low has {len(self.low)} rows but high has {len(self.high)}")
+            raise DimensionMismatchError(f"low has {len(self.low)} rows but high has {len(self.high)}")
 
     def __len__(self) -> int:
         return len(self.low)
@@ -56,6 +65,19 @@ class HierarchicalEmbedding:
             return HierarchicalEmbedding(cat([p.low for p in parts]), cat([p.high for p in parts]))
         lows = [_to_numpy(p.low) for p in parts]
         return HierarchicalEmbedding(np.concatenate(lows), np.concatenate([_to_numpy(p.high) for p in parts]))
+
+
+def _as_batch(x: Any, name: str) -> Any:
+    """``x`` as a 2-D batch: a 1-D vector becomes one row; a list becomes a float32 array."""
+    if not hasattr(x, "ndim"):
+        x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        return x.reshape(1, -1)
+    if x.ndim != 2:
+        raise DimensionMismatchError(
+            f"{name} must be one vector (dim,) or a batch (n, dim), got shape {tuple(x.shape)}"
+        )
+    return x
 
 
 def _to_numpy(x: Any) -> np.ndarray:

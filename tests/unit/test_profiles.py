@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import pytest
 
 from hivlp_milvus.errors import ConfigError, ProfileError, SearchLimitError
 from hivlp_milvus.profiles import (
     IndexProfile,
+    fallback_profile,
     lite_equivalent,
     load_profile,
     nlist_for,
@@ -121,3 +127,127 @@ def test_search_params_sizing() -> None:
     assert cpu.low_search_params(5000, num_rows=10_000)["params"]["nprobe"] == 1000  # capped at nlist
     assert load_profile("cpu", "HNSW").low_search_params(500)["params"]["ef"] == 500
     assert load_profile("cpu", "HNSW").low_search_params(10)["params"]["ef"] == 128
+
+
+def test_cagra_itopk_size_covers_the_coarse_limit() -> None:
+    cagra = load_profile("gpu", "GPU_CAGRA")
+    assert cagra.low_search_params(10)["params"] == {"itopk_size": 64}  # knowhere's floor
+    assert cagra.low_search_params(65)["params"]["itopk_size"] == 96  # >= k, a multiple of 32
+    assert cagra.low_search_params(200)["params"]["itopk_size"] == 224
+    assert cagra.low_search_params(cagra.coarse_cap)["params"]["itopk_size"] == 1024
+    custom = replace(cagra, low=replace(cagra.low, search_params={"itopk_size": 512}))
+    assert custom.low_search_params(100)["params"]["itopk_size"] == 512  # a larger setting is kept
+
+
+def test_fallback_profile_keeps_nlist() -> None:
+    gpu = load_profile("gpu").with_expected_rows(20_000)
+    cpu = fallback_profile(gpu)
+    assert cpu.tag == "cpu:IVF_FLAT"
+    assert cpu.low.nlist == gpu.low.nlist == 512
+    assert fallback_profile(load_profile("gpu", "GPU_CAGRA"), 10_000).low.nlist == 256  # sized from rows
+    with pytest.raises(ProfileError, match="no fallback"):
+        fallback_profile(load_profile("cpu"))
+
+
+# ---------------------------------------------------------------------- GPU index built, then failing
+
+
+class GpuBuildFailsFake:
+    """Fault-injecting client (a fake: no GPU Milvus exists here) over a real Milvus Lite client.
+
+    It answers as a server (not Lite), accepts GPU index types when asked to create them, as GPU
+    Milvus images and the profile probe do, but reports their build as ``Failed`` once data is
+    indexed: the failure the empty-collection probe cannot see. Everything else is Milvus Lite.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.gpu_indexes: set[tuple[str, str]] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def get_server_version(self, **kwargs: Any) -> str:
+        return "v2.6.22-gpu"
+
+    def create_index(self, collection_name: str, index_params: Any, **kwargs: Any) -> None:
+        from pymilvus import MilvusClient
+
+        lite_params = MilvusClient.prepare_index_params()
+        for param in index_params:
+            config = param.get_index_configs()
+            index_type = config["index_type"]
+            if index_type.startswith("GPU_"):
+                self.gpu_indexes.add((collection_name, param.field_name))
+                index_type = "IVF_FLAT"  # what Lite can build in its place
+            lite_params.add_index(param.field_name, index_type=index_type, metric_type=config["metric_type"])
+        self._client.create_index(collection_name, lite_params, **kwargs)
+
+    def drop_index(self, collection_name: str, index_name: str, **kwargs: Any) -> None:
+        self.gpu_indexes.discard((collection_name, index_name))
+        self._client.drop_index(collection_name, index_name, **kwargs)
+
+    def describe_index(self, collection_name: str, index_name: str, **kwargs: Any) -> dict[str, Any]:
+        info = dict(self._client.describe_index(collection_name, index_name, **kwargs))
+        if (collection_name, index_name) in self.gpu_indexes:
+            info["state"] = "Failed"
+        return info
+
+
+def _unit_rows(n: int, low_dim: int, high_dim: int) -> list[dict[str, Any]]:
+    from hivlp_milvus.ids import row_id
+
+    rng = np.random.default_rng(11)
+    rows = []
+    for i in range(n):
+        low, high = rng.normal(size=low_dim), rng.normal(size=high_dim)
+        rows.append(
+            {
+                "id": row_id(str(i), "image"),
+                "key": str(i),
+                "modality": "image",
+                "reference": str(i),
+                "attributes": {},
+                "vec_low": (low / np.linalg.norm(low)).astype(np.float32),
+                "vec_high": (high / np.linalg.norm(high)).astype(np.float32),
+            }
+        )
+    return rows
+
+
+def test_failed_gpu_build_falls_back_to_cpu_after_the_real_build(tmp_path: Path) -> None:
+    from hivlp_milvus.collection import HierarchicalCollection
+    from hivlp_milvus.connection import connect
+    from hivlp_milvus.model.embedding import HierarchicalEmbedding
+
+    fake = GpuBuildFailsFake(connect(str(tmp_path / "gpu.db")))
+    col = HierarchicalCollection.create("g", client=fake, low_dim=8, high_dim=16, expected_rows=2_000)
+    assert col.profile.tag == "gpu:GPU_IVF_FLAT"  # the probe on an empty collection said yes
+    nlist = col.profile.low.nlist
+    rows = _unit_rows(60, 8, 16)
+    col.upsert(rows)
+    assert col.check_index(fallback=True) != "Failed"  # it fell back
+    assert col.profile.tag == "cpu:IVF_FLAT"
+    assert col.profile.low.nlist == nlist
+    assert fake.describe_index("g", "vec_low")["index_type"] == "IVF_FLAT"
+    assert ("g", "vec_low") not in fake.gpu_indexes
+    reopened = HierarchicalCollection.open("g", client=fake)
+    assert reopened.profile.tag == "cpu:IVF_FLAT"
+    assert reopened.properties["hivlp.profile"] == "cpu:IVF_FLAT"
+    q = HierarchicalEmbedding(rows[7]["vec_low"], rows[7]["vec_high"])
+    # rerank="client": this server-looking Lite has no filter templating for the server path.
+    assert reopened.hierarchical_search(q, limit=1, coarse_limit=60, rerank="client")[0][0]["id"] == rows[7]["id"]
+
+
+def test_failed_build_without_fallback_is_a_profile_error(tmp_path: Path) -> None:
+    from hivlp_milvus.collection import HierarchicalCollection
+    from hivlp_milvus.connection import connect
+
+    fake = GpuBuildFailsFake(connect(str(tmp_path / "gpu.db")))
+    col = HierarchicalCollection.create("g", client=fake, low_dim=8, high_dim=16, profile="gpu")
+    col.upsert(_unit_rows(10, 8, 16))
+    with pytest.raises(ProfileError, match=r"failed to build the GPU_IVF_FLAT index.*profile='cpu'"):
+        col.check_index(fallback=False)
+    assert col.profile.tag == "gpu:GPU_IVF_FLAT"
+    col.flush()  # flushing starts the real build: the failure is caught there, and falls back
+    assert col.profile.tag == "cpu:IVF_FLAT"

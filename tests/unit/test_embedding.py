@@ -1,0 +1,83 @@
+"""HierarchicalEmbedding: a single vector is a batch of one; shapes that cannot be a batch are errors."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+import torch
+
+from hivlp_milvus.collection import HierarchicalCollection
+from hivlp_milvus.connection import connect
+from hivlp_milvus.errors import DimensionMismatchError
+from hivlp_milvus.ids import row_id
+from hivlp_milvus.model.embedding import HierarchicalEmbedding
+
+
+def test_one_vector_of_each_level_is_a_batch_of_one() -> None:
+    emb = HierarchicalEmbedding(low=np.ones(32, np.float32), high=np.ones(256, np.float32))
+    assert len(emb) == 1
+    assert emb.low.shape == (1, 32)
+    assert emb.high.shape == (1, 256)
+    assert (emb.low_dim, emb.high_dim) == (32, 256)
+    as_lists = HierarchicalEmbedding(low=[0.5] * 4, high=[0.25] * 8)
+    assert as_lists.low.shape == (1, 4)
+    assert as_lists.low.dtype == np.float32
+    tensors = HierarchicalEmbedding(low=torch.ones(4), high=torch.ones(8))
+    assert tuple(tensors.low.shape) == (1, 4)
+    assert isinstance(tensors.low, torch.Tensor)
+    np.testing.assert_array_equal(tensors.numpy().high, np.ones((1, 8), np.float32))
+
+
+def test_batches_keep_their_shape_and_rows_are_batches() -> None:
+    emb = HierarchicalEmbedding(np.zeros((3, 4), np.float32), np.zeros((3, 8), np.float32))
+    assert len(emb) == 3
+    assert emb[1].low.shape == (1, 4)
+    assert emb[np.int64(2)].high.shape == (1, 8)  # a numpy index is a row too
+    assert len(HierarchicalEmbedding.concat([emb, emb[0]])) == 4
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "match"),
+    [
+        (np.zeros((2, 4)), np.zeros((3, 8)), "low has 2 rows but high has 3"),
+        (np.zeros(4), np.zeros((2, 8)), "low has 1 rows but high has 2"),
+        (np.zeros((1, 2, 4)), np.zeros((1, 8)), r"low must be one vector .*\(1, 2, 4\)"),
+        (np.zeros(4), np.float32(1.0), "high must be one vector"),
+    ],
+)
+def test_shapes_that_are_not_batches(low: object, high: object, match: str) -> None:
+    with pytest.raises(DimensionMismatchError, match=match):
+        HierarchicalEmbedding(low, high)
+    with pytest.raises(ValueError):  # still a ValueError for generic handlers
+        HierarchicalEmbedding(low, high)
+
+
+def test_a_single_vector_query_searches_like_its_batch(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    low = rng.normal(size=(20, 4)).astype(np.float32)
+    high = rng.normal(size=(20, 8)).astype(np.float32)
+    low /= np.linalg.norm(low, axis=1, keepdims=True)
+    high /= np.linalg.norm(high, axis=1, keepdims=True)
+    rows = [
+        {
+            "id": row_id(str(i), "image"),
+            "key": str(i),
+            "modality": "image",
+            "reference": str(i),
+            "attributes": {},
+            "vec_low": low[i],
+            "vec_high": high[i],
+        }
+        for i in range(20)
+    ]
+    col = HierarchicalCollection.create(
+        f"one_{uuid.uuid4().hex[:6]}", client=connect(str(tmp_path / "o.db")), low_dim=4, high_dim=8
+    )
+    col.upsert(rows)
+    single = col.hierarchical_search(HierarchicalEmbedding(low=low[5], high=high[5]), limit=3, coarse_limit=20)
+    batch = col.hierarchical_search(HierarchicalEmbedding(low[5:6], high[5:6]), limit=3, coarse_limit=20)
+    assert len(single) == 1
+    assert [h["id"] for h in single[0]] == [h["id"] for h in batch[0]]
+    assert single[0][0]["id"] == rows[5]["id"]
