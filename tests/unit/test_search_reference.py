@@ -228,7 +228,7 @@ def test_ivf_funnel_is_close_to_numpy_funnel(ivf: HierarchicalCollection, data: 
     """Up to ANN loss: the default IVF profile keeps most of the exact funnel's hits, with exact scores."""
     assert ivf.profile.low.index_type == "IVF_FLAT"
     res = ivf.hierarchical_search(_queries(data), limit=LIMIT, coarse_limit=100, output_fields=[])
-    assert _recall(res, data, 100) >= 0.9
+    assert _recall(res, data, 100) >= 0.85  # measured 0.95; one probed list gives 0.125
     for q, hits in enumerate(res):  # whatever was found, its scores are the exact dot products
         by_id = {int(i): n for n, i in enumerate(_row_ids(data))}
         rows = [by_id[h["id"]] for h in hits]
