@@ -7,6 +7,12 @@
 3. a Milvus Lite gRPC server (``milvus-lite server``) started as a subprocess on a free port.
 
 The same tests run against all three; the chosen source is printed in the pytest header.
+
+Each endpoint also says which engine answers (``engine``: ``lite``, ``cpu`` or ``gpu``), known from
+how it was started rather than from the library under test, so tests can assert the choices the
+library makes per engine (index profile, re-rank path). For ``HIVLP_TEST_MILVUS_URI`` set
+``HIVLP_TEST_MILVUS_ENGINE``; without it a ``milvus_lite`` server version means ``lite``, anything
+else ``cpu`` (a GPU server cannot be told from its version string).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class MilvusEndpoint:
     uri: str
     token: str
     source: str  # "env" | "testcontainers" | "milvus-lite-server"
+    engine: str = "cpu"  # "lite" | "cpu" | "gpu": which index profile this Milvus should get
 
 
 def docker_available() -> bool:
@@ -111,25 +118,45 @@ class LiteServer:
                 self.kill()
 
 
+ENGINES = ("lite", "cpu", "gpu")
+
+
+def engine_of_env_server(uri: str, token: str) -> str:
+    """The engine of the ``HIVLP_TEST_MILVUS_URI`` server (see the module docstring)."""
+    declared = os.environ.get("HIVLP_TEST_MILVUS_ENGINE", "").strip().lower()
+    if declared:
+        if declared not in ENGINES:
+            raise ValueError(f"HIVLP_TEST_MILVUS_ENGINE={declared!r}: use one of {ENGINES}")
+        return declared
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=uri, token=token, timeout=10)
+    try:
+        return "lite" if "lite" in str(client.get_server_version()).lower() else "cpu"
+    finally:
+        client.close()
+
+
 @contextlib.contextmanager
 def milvus_endpoint() -> Iterator[MilvusEndpoint]:
     """Yields a running Milvus for the duration of the block (see the module docstring)."""
     if os.environ.get("HIVLP_TEST_MILVUS_URI"):
-        yield MilvusEndpoint(os.environ["HIVLP_TEST_MILVUS_URI"], os.environ.get("HIVLP_TEST_MILVUS_TOKEN", ""), "env")
+        uri, token = os.environ["HIVLP_TEST_MILVUS_URI"], os.environ.get("HIVLP_TEST_MILVUS_TOKEN", "")
+        yield MilvusEndpoint(uri, token, "env", engine_of_env_server(uri, token))
         return
     if docker_available():
         from testcontainers.community.milvus import MilvusContainer
 
-        image = MILVUS_GPU_IMAGE if os.environ.get("HIVLP_TEST_MILVUS_GPU") == "1" else MILVUS_IMAGE
-        with MilvusContainer(image=image) as container:
+        gpu = os.environ.get("HIVLP_TEST_MILVUS_GPU") == "1"
+        with MilvusContainer(image=MILVUS_GPU_IMAGE if gpu else MILVUS_IMAGE) as container:
             uri = container.get_connection_url()
             wait_until_serving(uri, "root:Milvus", timeout_s=180)
-            yield MilvusEndpoint(uri, "root:Milvus", "testcontainers")
+            yield MilvusEndpoint(uri, "root:Milvus", "testcontainers", "gpu" if gpu else "cpu")
         return
     data_dir = tempfile.mkdtemp(prefix="hivlp-milvus-lite-")
     server = LiteServer(data_dir).start()
     try:
-        yield MilvusEndpoint(server.uri, "", "milvus-lite-server")
+        yield MilvusEndpoint(server.uri, "", "milvus-lite-server", "lite")
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)

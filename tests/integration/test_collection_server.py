@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from hivlp_milvus.collection import HierarchicalCollection
-from hivlp_milvus.connection import connect, is_lite
+from hivlp_milvus.connection import connect
 from hivlp_milvus.errors import FilterError
 
 pytestmark = pytest.mark.integration
@@ -30,33 +30,40 @@ _spec.loader.exec_module(behaviours)
 
 # Re-export the shared tests and fixtures: pytest collects them here, with the env fixture below.
 for _name in dir(behaviours):
-    if _name.startswith("test_") or _name in ("client", "model", "populated"):
+    if _name.startswith("test_") or _name in ("client", "model", "other_models", "populated"):
         globals()[_name] = getattr(behaviours, _name)
 
 Env = behaviours.Env
-HiVLPModelTestDouble = behaviours.HiVLPModelTestDouble
 unique = behaviours.unique
 
 
 @pytest.fixture(scope="module")
 def env(milvus_server: Any) -> Any:
-    return Env(milvus_server.uri, milvus_server.token)
+    return Env(milvus_server.uri, milvus_server.token, milvus_server.engine)
 
 
 def test_server_uri_forms(milvus_server: Any, milvus_uri: str) -> None:
+    """http:// and tcp:// reach the same server: a collection made through one is listed by the other."""
     client = connect(milvus_uri, token=milvus_server.token)
-    assert client.list_collections() is not None
-    tcp = connect(milvus_uri.replace("http://", "tcp://"), token=milvus_server.token)
-    assert tcp.get_server_version() == client.get_server_version()
+    name = unique("uri")
+    client.create_collection(name, dimension=4)
+    try:
+        assert name in client.list_collections()
+        tcp = connect(milvus_uri.replace("http://", "tcp://"), token=milvus_server.token)
+        assert name in tcp.list_collections()
+        assert tcp.get_server_version() == client.get_server_version()
+    finally:
+        client.drop_collection(name)
 
 
 def test_templating_is_chosen_by_server_kind(env: Any, model: Any) -> None:
     client = env.client()
     col = HierarchicalCollection.create(unique(), client=client, model=model)
     try:
-        col.upsert(behaviours.make_rows(model, n_images=4))
+        rows = behaviours.make_rows(model, n_images=4)
+        col.upsert(rows)
         expr, params = col.bind_filter("key == {k}", {"k": "1"})
-        if is_lite(client):  # milvus-lite server: no templating, values bound as literals
+        if env.engine == "lite":  # milvus-lite server: no templating, values bound as literals
             assert (expr, params) == ('key == "1"', {})
         else:  # a real Milvus: filter_params travel unchanged
             assert (expr, params) == ("key == {k}", {"k": "1"})
@@ -64,7 +71,8 @@ def test_templating_is_chosen_by_server_kind(env: Any, model: Any) -> None:
         assert [h["key"] for h in hits] == ["1"]
         with pytest.raises(FilterError):
             col.query("key == {k}")
-        q = model.embed_texts(["caption 0 of image 1"])
+        caption = next(r for r in rows if r["key"] == "1#0")
+        q = model.embed_texts([caption["reference"]])
         res = col.hierarchical_search(q, limit=2, filter="key == {k}", filter_params={"k": "1#0"}, rerank="server")
         assert [h["id"] for h in res[0]] == [behaviours.row_id("1#0", "text")]
         np.testing.assert_allclose(res[0][0]["distance"], 1.0, atol=1e-4)

@@ -2,20 +2,23 @@
 
 The same behaviour tests run over gRPC against a real Milvus server in
 tests/integration/test_collection_server.py (which re-uses the tests of this module with its own
-``env`` fixture). No mocks: every test talks to Milvus.
+``env`` fixture). No mocks: every test talks to Milvus, and str/image queries are encoded by the
+real ``micro`` HiVLP model (random init: its vectors are arbitrary, but an item's own vector is
+its exact best match, which is what the assertions use).
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
+import io
 import logging
 import socket
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -24,6 +27,7 @@ from pymilvus import DataType, MilvusClient
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.connection import connect, is_lite
+from hivlp_milvus.data import synthetic
 from hivlp_milvus.errors import (
     BadRecordError,
     CollectionExistsError,
@@ -32,69 +36,51 @@ from hivlp_milvus.errors import (
     FilterError,
     MilvusUnavailableError,
     ModelMismatchError,
+    ProfileError,
     QueryError,
     SchemaMismatchError,
     SearchLimitError,
 )
 from hivlp_milvus.ids import row_id, text_key
+from hivlp_milvus.model import create_model, get_config
 from hivlp_milvus.model.embedding import HierarchicalEmbedding
 from hivlp_milvus.search import SearchResults
 
-LOW, HIGH = 16, 32
+LOW, HIGH = 16, 64  # the micro config's dims
 N_IMAGES = 120  # + 2 captions each = 360 rows
 COLORS = ["red", "green", "blue"]
+DATA_SEED = 3
 
 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # expected RPC errors are asserted, not logged
 
 
-class HiVLPModelTestDouble:
-    """Test double of the HiVLP model: deterministic unit vectors from a hash of each input.
+@lru_cache(maxsize=1)
+def records() -> tuple[Any, ...]:
+    """The synthetic image-caption records every collection here is built from (record i is the same for any n)."""
+    return tuple(synthetic.generate(N_IMAGES, seed=DATA_SEED, image_size=32, captions_per_image=2))
 
-    Implements what the collection uses: ``embed_texts``, ``embed_images``, ``fingerprint`` and
-    ``config.low_dim`` / ``config.high_dim``.
-    """
 
-    def __init__(self, low_dim: int = LOW, high_dim: int = HIGH, fingerprint: str = "test-double-v1") -> None:
-        self.config = SimpleNamespace(low_dim=low_dim, high_dim=high_dim)
-        self.fingerprint = fingerprint
-        self.calls: list[tuple[str, int]] = []
+def captions() -> list[str]:
+    return [c for r in records() for c in r.captions]
 
-    def _vectors(self, keys: list[bytes]) -> HierarchicalEmbedding:
-        low, high = [], []
-        for key in keys:
-            seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
-            rng = np.random.default_rng(seed)
-            h = rng.standard_normal(self.config.high_dim).astype(np.float32)
-            lo = h[: self.config.low_dim] + 0.3 * rng.standard_normal(self.config.low_dim).astype(np.float32)
-            high.append(h / np.linalg.norm(h))
-            low.append(lo / np.linalg.norm(lo))
-        return HierarchicalEmbedding(np.stack(low), np.stack(high))
 
-    def embed_texts(self, texts: list[str], batch_size: int = 256) -> HierarchicalEmbedding:
-        self.calls.append(("text", len(texts)))
-        return self._vectors([b"t:" + t.encode() for t in texts])
-
-    def embed_images(self, images: list[Any], batch_size: int = 64) -> HierarchicalEmbedding:
-        self.calls.append(("image", len(images)))
-        keys = []
-        for img in images:
-            if isinstance(img, Path):
-                keys.append(b"p:" + str(img).encode())
-            elif isinstance(img, bytes | bytearray):
-                keys.append(b"b:" + bytes(img))
-            elif isinstance(img, np.ndarray):
-                keys.append(b"a:" + img.tobytes())
-            else:  # PIL
-                keys.append(b"i:" + img.tobytes())
-        return self._vectors(keys)
+def micro_model(seed: int = 0, **config: int) -> Any:
+    """The real ``micro`` HiVLP model (vocabulary trained from the captions); ``config`` overrides dims."""
+    cfg = dataclasses.replace(get_config("micro"), **config)
+    return create_model(cfg, texts=captions(), seed=seed)
 
 
 @dataclass(frozen=True)
 class Env:
-    """Where the collections of a test module live."""
+    """Where the collections of a test module live, and which engine answers there.
+
+    ``engine`` is what the suite knows independently of the library: ``"lite"`` for a ``.db`` path
+    or ``milvus-lite server``, ``"cpu"`` / ``"gpu"`` for a Milvus server (tests/milvus_server.py).
+    """
 
     uri: str
     token: str = ""
+    engine: str = "lite"
 
     def client(self) -> Any:
         return connect(self.uri, token=self.token)
@@ -114,48 +100,65 @@ def unique(prefix: str = "t") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
-def make_rows(model: HiVLPModelTestDouble, n_images: int = N_IMAGES) -> list[dict[str, Any]]:
-    """Image rows encoded from their path, and two caption rows per image."""
-    paths = [Path(f"/data/img_{i}.png") for i in range(n_images)]
-    captions = [f"caption {j} of image {i}" for i in range(n_images) for j in range(2)]
-    img = model.embed_images(paths)
-    txt = model.embed_texts(captions)
+@lru_cache(maxsize=4)
+def _embedded(model: Any) -> tuple[Any, Any]:
+    return model.embed_images([r.image for r in records()]), model.embed_texts(captions())
+
+
+def make_rows(model: Any, n_images: int = N_IMAGES) -> list[dict[str, Any]]:
+    """Rows of the first ``n_images`` records encoded by ``model``: the image, and its two captions.
+
+    Keys are the record index (``"4"``, captions ``"4#0"``, ``"4#1"``); a caption row's reference is
+    its text, so ``rows[k]["reference"]`` is a query that must find row ``k`` itself.
+    """
+    img, txt = _embedded(model)
     rows = []
-    for i, p in enumerate(paths):
+    for i in range(n_images):
         rows.append(
             {
                 "id": row_id(str(i), "image"),
                 "key": str(i),
                 "modality": "image",
-                "reference": str(p),
+                "reference": f"/data/img_{i}.png",
                 "attributes": {"color": COLORS[i % 3], "n": i, "tag": 'x" or id > 0 or "' if i == 7 else "plain"},
                 "vec_low": img.low[i],
                 "vec_high": img.high[i],
             }
         )
-    for k, cap in enumerate(captions):
-        i, j = divmod(k, 2)
-        rows.append(
-            {
-                "id": row_id(text_key(str(i), j), "text"),
-                "key": text_key(str(i), j),
-                "modality": "text",
-                "reference": cap,
-                "attributes": {"color": COLORS[i % 3], "n": i, "tag": "plain"},
-                "vec_low": txt.low[k],
-                "vec_high": txt.high[k],
-            }
-        )
+    for i in range(n_images):
+        for j, cap in enumerate(records()[i].captions):
+            k = 2 * i + j
+            rows.append(
+                {
+                    "id": row_id(text_key(str(i), j), "text"),
+                    "key": text_key(str(i), j),
+                    "modality": "text",
+                    "reference": cap,
+                    "attributes": {"color": COLORS[i % 3], "n": i, "tag": "plain"},
+                    "vec_low": txt.low[k],
+                    "vec_high": txt.high[k],
+                }
+            )
     return rows
 
 
 @pytest.fixture(scope="module")
-def model() -> HiVLPModelTestDouble:
-    return HiVLPModelTestDouble()
+def model() -> Any:
+    return micro_model()
 
 
 @pytest.fixture(scope="module")
-def populated(client: Any, model: HiVLPModelTestDouble) -> Iterator[tuple[HierarchicalCollection, list[dict]]]:
+def other_models() -> dict[str, Any]:
+    """Real micro models that differ from ``model`` in one recorded property each."""
+    return {
+        "low_dim": micro_model(low_dim=8),
+        "high_dim": micro_model(high_dim=32),
+        "fingerprint": micro_model(seed=1),
+    }
+
+
+@pytest.fixture(scope="module")
+def populated(client: Any, model: Any) -> Iterator[tuple[HierarchicalCollection, list[dict]]]:
     """A read-only collection with images and captions, flushed so the IVF index is used."""
     rows = make_rows(model)
     col = HierarchicalCollection.create(unique("pop"), client=client, model=model, expected_rows=len(rows))
@@ -183,23 +186,24 @@ def assert_same(hits: list[dict], expected: list[tuple[int, float]]) -> None:
 # ---------------------------------------------------------------------- create / open
 
 
-def test_create_records_properties(client: Any, model: HiVLPModelTestDouble) -> None:
+def test_create_records_properties(env: Env, client: Any, model: Any) -> None:
     name = unique()
     col = HierarchicalCollection.create(name, client=client, model=model, description="props")
     try:
         props = client.describe_collection(name)["properties"]
         assert props["hivlp.schema_version"] == "2"
-        assert props["hivlp.model_fingerprint"] == "test-double-v1"
+        assert props["hivlp.model_fingerprint"] == model.fingerprint
+        assert len(model.fingerprint) == 16
         assert props["hivlp.low_dim"] == str(LOW)
         assert props["hivlp.high_dim"] == str(HIGH)
         assert props["hivlp.profile"] == col.profile.tag
         assert (col.name, col.low_dim, col.high_dim, col.model, col.client) == (name, LOW, HIGH, model, client)
-        assert col.is_lite == is_lite(client)
-        assert col.profile.name == ("lite" if col.is_lite else col.profile.name)
+        assert col.is_lite == (env.engine == "lite")
+        assert col.profile.name == env.engine  # auto: lite on Lite, gpu on a GPU server, else cpu
         assert col.max_rows_per_request > 1000
         desc = col.describe()
         assert desc["count"] == 0
-        assert desc["fingerprint"] == "test-double-v1"
+        assert desc["fingerprint"] == model.fingerprint
         assert set(desc["indexes"]) == {"vec_low", "vec_high"}
         assert desc["indexes"]["vec_high"]["index_type"] == "FLAT"
         assert desc["indexes"]["vec_low"]["metric_type"] == "IP"
@@ -222,13 +226,13 @@ def test_create_twice_and_exist_ok(client: Any) -> None:
         col.drop()
 
 
-def test_create_needs_valid_dims(client: Any) -> None:
+def test_create_needs_valid_dims(client: Any, model: Any) -> None:
     with pytest.raises(DimensionMismatchError):
         HierarchicalCollection.create(unique(), client=client, low_dim=LOW)
     with pytest.raises(DimensionMismatchError):
         HierarchicalCollection.create(unique(), client=client, low_dim=0, high_dim=HIGH)
     with pytest.raises(DimensionMismatchError, match="model"):
-        HierarchicalCollection.create(unique(), client=client, low_dim=8, model=HiVLPModelTestDouble())
+        HierarchicalCollection.create(unique(), client=client, low_dim=8, model=model)
 
 
 def test_open_unknown_lists_existing(client: Any, populated: tuple) -> None:
@@ -252,28 +256,34 @@ def test_open_foreign_collection(client: Any) -> None:
         client.drop_collection(name)
 
 
-def test_reopen_with_mismatching_model(client: Any, populated: tuple) -> None:
-    col, _ = populated
-    same = HierarchicalCollection.open(col.name, client=client, model=HiVLPModelTestDouble())
-    assert same.model is not None
-    assert same.count() == col.count()
+def test_reopen_with_mismatching_model(client: Any, populated: tuple, model: Any, other_models: dict) -> None:
+    col, rows = populated
+    twin = micro_model()  # another instance of the same weights: the same fingerprint
+    assert twin is not model
+    same = HierarchicalCollection.open(col.name, client=client, model=twin)
+    assert same.model is twin
+    assert same.count() == len(rows)
+    # The attached model encodes the queries: a caption's text finds that caption row, exactly.
+    hit = same.hierarchical_search(rows[N_IMAGES + 5]["reference"], limit=1, modality="text")[0][0]
+    assert hit["id"] == rows[N_IMAGES + 5]["id"]
     with pytest.raises(ModelMismatchError, match=r"low_dim: collection 16, model 8.*new collection"):
-        HierarchicalCollection.open(col.name, client=client, model=HiVLPModelTestDouble(low_dim=8))
-    with pytest.raises(ModelMismatchError, match="high_dim"):
-        HierarchicalCollection.open(col.name, client=client, model=HiVLPModelTestDouble(high_dim=64))
+        HierarchicalCollection.open(col.name, client=client, model=other_models["low_dim"])
+    with pytest.raises(ModelMismatchError, match="high_dim: collection 64, model 32"):
+        HierarchicalCollection.open(col.name, client=client, model=other_models["high_dim"])
     with pytest.raises(ModelMismatchError, match=r"fingerprint.*checkpoint"):
-        HierarchicalCollection.open(col.name, client=client, model=HiVLPModelTestDouble(fingerprint="other"))
+        HierarchicalCollection.open(col.name, client=client, model=other_models["fingerprint"])
     with pytest.raises(ModelMismatchError):
-        col.check_model(HiVLPModelTestDouble(fingerprint="other"))
+        col.check_model(other_models["fingerprint"])
 
 
-def test_collection_without_fingerprint_accepts_same_dims(client: Any) -> None:
+def test_collection_without_fingerprint_accepts_same_dims(client: Any, other_models: dict) -> None:
     col = HierarchicalCollection.create(unique(), client=client, low_dim=LOW, high_dim=HIGH)
     try:
-        opened = HierarchicalCollection.open(col.name, client=client, model=HiVLPModelTestDouble(fingerprint="any"))
+        opened = HierarchicalCollection.open(col.name, client=client, model=other_models["fingerprint"])
         assert opened.fingerprint == ""
-        with pytest.raises(ModelMismatchError):
-            opened.model = HiVLPModelTestDouble(low_dim=LOW + 1)
+        assert opened.model is other_models["fingerprint"]
+        with pytest.raises(ModelMismatchError, match="low_dim: collection 16, model 8"):
+            opened.model = other_models["low_dim"]
     finally:
         col.drop()
 
@@ -281,7 +291,7 @@ def test_collection_without_fingerprint_accepts_same_dims(client: Any) -> None:
 # ---------------------------------------------------------------------- writes
 
 
-def test_upsert_validates_before_writing(client: Any, model: HiVLPModelTestDouble) -> None:
+def test_upsert_validates_before_writing(client: Any, model: Any) -> None:
     col = HierarchicalCollection.create(unique(), client=client, model=model)
     try:
         rows = make_rows(model, n_images=3)
@@ -316,7 +326,7 @@ def test_upsert_validates_before_writing(client: Any, model: HiVLPModelTestDoubl
         col.drop()
 
 
-def test_delete_by_ids_and_filter(client: Any, model: HiVLPModelTestDouble) -> None:
+def test_delete_by_ids_and_filter(client: Any, model: Any) -> None:
     col = HierarchicalCollection.create(unique(), client=client, model=model)
     try:
         rows = make_rows(model, n_images=6)  # 6 images + 12 captions
@@ -349,15 +359,15 @@ def test_drop(client: Any) -> None:
 # ---------------------------------------------------------------------- search
 
 
-def test_auto_rerank_follows_the_engine(populated: tuple, model: HiVLPModelTestDouble) -> None:
-    """Lite: the client path (measured faster there); a server gets the server path."""
-    from hivlp_milvus.search import auto_rerank
-
+def test_auto_rerank_follows_the_engine(env: Env, populated: tuple, model: Any) -> None:
+    """Lite: the client path (measured faster there); a Milvus server: the server path."""
     col, *_ = populated
-    q = model.embed_texts(["x"])
-    assert col.hierarchical_search(q, limit=3).rerank == "client"
-    assert col.hierarchical_search(q, limit=3, rerank="server").rerank == "server"
-    assert auto_rerank('key == "x"', lite=False) == "server"
+    q = model.embed_texts(["a small red circle"])
+    expected = "client" if env.engine == "lite" else "server"
+    assert col.hierarchical_search(q, limit=3).rerank == expected
+    assert col.hierarchical_search(q, limit=3, filter='key != "x"').rerank == expected
+    for forced in ("client", "server"):
+        assert col.hierarchical_search(q, limit=3, rerank=forced).rerank == forced
 
 
 @pytest.mark.parametrize("rerank", ["client", "server"])
@@ -387,46 +397,62 @@ def test_funnel_equals_brute_force_when_coarse_covers_everything(populated: tupl
         assert_same(res[qi], brute_force(rows, q.high[qi], 10, keep=lambda r: r["attributes"]["color"] == "blue"))
 
 
-def test_both_rerank_paths_agree(populated: tuple, model: HiVLPModelTestDouble) -> None:
-    col, _ = populated
+def test_both_rerank_paths_agree(populated: tuple, model: Any) -> None:
+    col, rows = populated
     col = HierarchicalCollection.open(col.name, client=col.client, model=model)
-    queries = ["caption 0 of image 5", "a query", Path("/data/img_9.png")]
+    queries = [rows[N_IMAGES + 10]["reference"], "a huge green square on a white background", records()[9].image]
     a = col.hierarchical_search(queries, limit=5, coarse_limit=50, rerank="client")
     b = col.hierarchical_search(queries, limit=5, coarse_limit=50, rerank="server")
     auto = col.hierarchical_search(queries, limit=5, coarse_limit=50)
     for x, y, z in zip(a, b, auto, strict=True):
+        assert len(x) == 5
         assert [h["id"] for h in x] == [h["id"] for h in y] == [h["id"] for h in z]
         np.testing.assert_allclose([h["distance"] for h in x], [h["distance"] for h in y], atol=1e-4)
         assert [h["entity"] for h in x] == [h["entity"] for h in y]
 
 
 def test_text_and_image_queries_use_the_model_and_default_modality(
-    populated: tuple, model: HiVLPModelTestDouble
+    populated: tuple, model: Any, tmp_path: Path
 ) -> None:
+    """str and image queries go through the real model: each finds its own row, at inner product 1."""
     col, rows = populated
     col = HierarchicalCollection.open(col.name, client=col.client, model=model)
-    res = col.hierarchical_search("caption 1 of image 4", limit=5, coarse_limit=N_IMAGES)
-    assert res[0]
+    caption = rows[N_IMAGES + 9]  # record 4's second caption
+    assert caption["key"] == text_key("4", 1)
+    # A text query searches images by default: exactly brute force over the images.
+    res = col.hierarchical_search(caption["reference"], limit=5, coarse_limit=N_IMAGES)
     assert all(h["entity"]["modality"] == "image" for h in res[0])
-    q = model.embed_texts(["caption 1 of image 4"])
+    q = model.embed_texts([caption["reference"]])
     assert_same(res[0], brute_force([r for r in rows if r["modality"] == "image"], q.high[0], 5))
-    # The image row's own path finds captions by default, and itself when searching images.
-    res = col.hierarchical_search(Path("/data/img_4.png"), limit=3)
-    assert all(h["entity"]["modality"] == "text" for h in res[0])
-    res = col.hierarchical_search(Path("/data/img_4.png"), limit=1, modality="image")
-    assert res[0][0]["entity"]["key"] == "4"
+    # ... and its own caption row when told to search texts.
+    res = col.hierarchical_search(caption["reference"], limit=3, modality="text")
+    assert res[0][0]["id"] == caption["id"]
     assert res[0][0]["distance"] == pytest.approx(1.0, abs=1e-4)
+    # An image (PIL) finds captions by default, and itself when searching images.
+    image = records()[4].image
+    res = col.hierarchical_search(image, limit=3, coarse_limit=2 * N_IMAGES)
+    assert len(res[0]) == 3
+    assert all(h["entity"]["modality"] == "text" for h in res[0])
+    q = model.embed_images([image])
+    assert_same(res[0], brute_force([r for r in rows if r["modality"] == "text"], q.high[0], 3))
+    path = tmp_path / "img_4.png"
+    image.save(path)
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    for form in (image, path, png.getvalue(), np.asarray(image)):  # PIL, a file, encoded bytes, an HWC array
+        res = col.hierarchical_search(form, limit=2, modality="image", output_fields=["key"])
+        assert res[0][0]["entity"]["key"] == "4", type(form).__name__
+        assert res[0][0]["distance"] == pytest.approx(1.0, abs=1e-4)
+        assert res[0][1]["distance"] < 1.0 - 1e-4
     # An embedding searches everything unless told otherwise.
-    emb = model.embed_texts(["caption 0 of image 2"])
+    emb = model.embed_texts([rows[N_IMAGES + 4]["reference"]])
     assert col.hierarchical_search(emb, limit=1)[0][0]["entity"]["key"] == text_key("2", 0)
-    for image in (b"raw-bytes", np.zeros((4, 4, 3), dtype=np.uint8)):
-        assert len(col.hierarchical_search(image, limit=2)[0]) == 2
 
 
-def test_batched_equals_one_by_one(populated: tuple, model: HiVLPModelTestDouble) -> None:
+def test_batched_equals_one_by_one(populated: tuple, model: Any) -> None:
     col, _ = populated
     col = HierarchicalCollection.open(col.name, client=col.client, model=model)
-    queries = [f"caption {i % 2} of image {i}" for i in range(6)]
+    queries = [records()[i].captions[i % 2] for i in range(6)]
     for rerank in ("client", "server"):
         batched = col.hierarchical_search(queries, limit=4, coarse_limit=40, rerank=rerank)
         single = [col.hierarchical_search(q, limit=4, coarse_limit=40, rerank=rerank)[0] for q in queries]
@@ -500,7 +526,7 @@ def test_limits(populated: tuple) -> None:
         col.search(q, level="high", limit=20000)
 
 
-def test_bad_queries(populated: tuple, model: HiVLPModelTestDouble) -> None:
+def test_bad_queries(populated: tuple, model: Any) -> None:
     col = HierarchicalCollection.open(populated[0].name, client=populated[0].client)  # no model attached
     assert col.model is None
     with pytest.raises(QueryError, match="model="):
@@ -516,7 +542,7 @@ def test_bad_queries(populated: tuple, model: HiVLPModelTestDouble) -> None:
     with pytest.raises(QueryError, match="modality"):
         col.hierarchical_search(model.embed_texts(["x"]), modality="audio")
     with pytest.raises(DimensionMismatchError, match="low_dim"):
-        col.hierarchical_search(HiVLPModelTestDouble(low_dim=8).embed_texts(["x"]))
+        col.hierarchical_search(HierarchicalEmbedding(np.ones((1, 8), np.float32), np.ones((1, HIGH), np.float32)))
 
 
 @pytest.mark.parametrize(
@@ -548,22 +574,29 @@ def test_unreachable_server_fails_fast() -> None:
         HierarchicalCollection.open("x", uri=f"http://127.0.0.1:{port}")
 
 
-def test_profiles_resolve_against_this_milvus(client: Any) -> None:
+def test_profiles_resolve_against_this_milvus(env: Env, client: Any) -> None:
     from hivlp_milvus.profiles import _server_refuses, load_profile, resolve_profile
 
     before = set(client.list_collections())
     assert _server_refuses(client, load_profile("cpu")) is None
     assert set(client.list_collections()) == before  # the probe collection is always dropped
-    auto = resolve_profile("auto", client)
-    col = HierarchicalCollection.create(unique(), client=client, low_dim=LOW, high_dim=HIGH, profile="gpu")
+    assert resolve_profile("auto", client).name == env.engine
+    name = unique()
+    if env.engine == "cpu":
+        # An explicitly requested GPU profile on a CPU server is refused, not silently replaced.
+        try:
+            with pytest.raises(ProfileError, match="GPU"):
+                HierarchicalCollection.create(name, client=client, low_dim=LOW, high_dim=HIGH, profile="gpu")
+        finally:
+            if client.has_collection(name):
+                client.drop_collection(name)
+        return
+    col = HierarchicalCollection.create(name, client=client, low_dim=LOW, high_dim=HIGH, profile="gpu")
     try:
-        if is_lite(client):
-            # Lite accepts GPU index names but has no GPU index: the recorded profile says what was built.
-            assert auto.tag == "lite:IVF_FLAT"
-            assert col.profile.tag == "lite:IVF_FLAT"
-            assert col.describe()["indexes"]["vec_low"]["index_type"] == "IVF_FLAT"
-        else:
-            assert auto.name in ("gpu", "cpu")
+        # Lite accepts GPU index names but has no GPU index: the recorded profile says what was built.
+        expected = {"lite": "lite:IVF_FLAT", "gpu": "gpu:GPU_IVF_FLAT"}[env.engine]
+        assert col.profile.tag == expected
+        assert col.describe()["indexes"]["vec_low"]["index_type"] == expected.split(":")[1]
         reopened = HierarchicalCollection.open(col.name, client=client)
         assert reopened.profile == col.profile
     finally:
