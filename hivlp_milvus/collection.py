@@ -14,9 +14,7 @@ Create or open with the classmethods::
 Every Milvus call goes through a :class:`~hivlp_milvus.connection.GuardedClient`, so the public
 methods raise only :class:`~hivlp_milvus.errors.HiVLPError` subclasses (Milvus' code kept).
 
-Over 600 lines because it still holds the schema (reading ``collection.json``, building the
-pymilvus schema), the write path's row validation and the index build check next to the class;
-each can move to its own module (``schema.py``, the ingest package, ``profiles.py``).
+The schema itself (fields, limits, properties, row checks) is :mod:`hivlp_milvus.schema`.
 """
 
 from __future__ import annotations
@@ -25,15 +23,10 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
-from importlib import resources
 from typing import Any
-
-import numpy as np
 
 from hivlp_milvus.connection import DEFAULT_URI, ConnectionOptions, connect, guarded, is_lite
 from hivlp_milvus.errors import (
-    BadRecordError,
     CollectionExistsError,
     CollectionNotFoundError,
     ConfigError,
@@ -48,19 +41,23 @@ from hivlp_milvus.errors import (
 from hivlp_milvus.filters import bind, filter_errors, filter_kwargs, restrict_to_ids
 from hivlp_milvus.ids import MODALITIES
 from hivlp_milvus.profiles import IndexProfile, fallback_profile, load_profile, resolve_profile
+from hivlp_milvus.schema import (
+    PROP_FINGERPRINT,
+    PROP_HIGH_DIM,
+    PROP_LOW_DIM,
+    PROP_LOW_INDEX,
+    PROP_PROFILE,
+    PROP_SCHEMA_VERSION,
+    SCALAR_OUTPUT_FIELDS,
+    build_schema,
+    check_dim,
+    field_names,
+    schema_version,
+    validate_rows,
+)
 
 logger = logging.getLogger(__name__)
 
-PROP_SCHEMA_VERSION = "hivlp.schema_version"
-PROP_FINGERPRINT = "hivlp.model_fingerprint"
-PROP_LOW_DIM = "hivlp.low_dim"
-PROP_HIGH_DIM = "hivlp.high_dim"
-PROP_PROFILE = "hivlp.profile"
-# Extra (not in the architecture's list): the vec_low build params actually used, e.g. nlist, so a
-# reopened collection sizes nprobe against the real index.
-PROP_LOW_INDEX = "hivlp.low_index"
-
-MAX_DIM = 32768
 # Milvus rejects requests above 64 MiB (proxy.grpc.serverMaxRecvSize). Half of it is budgeted for
 # vectors + scalars; the rest covers protobuf framing and unusually long references.
 _REQUEST_BUDGET_BYTES = 32 * 1024 * 1024
@@ -69,61 +66,6 @@ _ID_CHUNK = 10000  # ids per get/query request
 _ROWS_CACHE_S = 30.0
 # How long open() waits for the partitions of a collection another process is creating right now.
 PARTIAL_CREATE_WAIT_S = 10.0
-
-
-@lru_cache(maxsize=1)
-def schema_spec() -> dict[str, Any]:
-    """The row schema (``schemas/collection.json``) as a dict."""
-    return json.loads(resources.files("schemas").joinpath("collection.json").read_text(encoding="utf-8"))
-
-
-def schema_version() -> int:
-    return int(schema_spec()["schema_version"])
-
-
-def field_names() -> tuple[str, ...]:
-    return tuple(f["name"] for f in schema_spec()["fields"])
-
-
-SCALAR_OUTPUT_FIELDS = ("id", "key", "modality", "reference", "attributes")
-VECTOR_FIELDS = ("vec_low", "vec_high")
-
-
-@lru_cache(maxsize=1)
-def max_lengths() -> dict[str, int]:
-    """The VARCHAR fields' limits in bytes (``{"key": 1024, ...}``), as Milvus enforces them."""
-    return {f["name"]: int(f["max_length"]) for f in schema_spec()["fields"] if "max_length" in f}
-
-
-def build_schema(low_dim: int, high_dim: int, *, description: str = "", mmap_high: bool = False) -> Any:
-    """The pymilvus ``CollectionSchema`` for the given dims (from ``schemas/collection.json``)."""
-    from pymilvus import DataType, MilvusClient
-
-    spec = schema_spec()
-    schema = MilvusClient.create_schema(
-        auto_id=False,
-        enable_dynamic_field=bool(spec.get("enable_dynamic_field", False)),
-        description=description or spec.get("description", ""),
-    )
-    dims = {"low_dim": low_dim, "high_dim": high_dim}
-    for f in spec["fields"]:
-        kw: dict[str, Any] = {}
-        if f.get("is_primary"):
-            kw["is_primary"] = True
-        if "max_length" in f:
-            kw["max_length"] = int(f["max_length"])
-        if "dim" in f:
-            kw["dim"] = dims[f["dim"]] if isinstance(f["dim"], str) else int(f["dim"])
-        if f["name"] == "vec_high" and mmap_high:
-            kw["mmap_enabled"] = True
-        schema.add_field(f["name"], getattr(DataType, f["type"]), **kw)
-    return schema
-
-
-def _check_dim(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 1 <= int(value) <= MAX_DIM:
-        raise DimensionMismatchError(f"{name} must be an int in [1, {MAX_DIM}], got {value!r}")
-    return int(value)
 
 
 def _model_dims(model: Any) -> tuple[int, int]:
@@ -267,7 +209,7 @@ class HierarchicalCollection:
             low_dim, high_dim = m_low, m_high
         if low_dim is None or high_dim is None:
             raise DimensionMismatchError("give low_dim and high_dim, or a model to take them from")
-        low_dim, high_dim = _check_dim("low_dim", low_dim), _check_dim("high_dim", high_dim)
+        low_dim, high_dim = check_dim("low_dim", low_dim), check_dim("high_dim", high_dim)
         client = guarded(_client_for(client, uri, token, connection), f" on collection {name!r}")
 
         if client.has_collection(name):
@@ -292,6 +234,9 @@ class HierarchicalCollection:
             raise  # an outage is not a refusal of the profile
         except MilvusError as exc:
             if not (auto and resolved.fallback):
+                # Leave nothing half-made behind: a retry with another profile must find no collection.
+                if client.has_collection(name):
+                    client.drop_collection(name)
                 if resolved.name == "gpu":
                     raise ProfileError(
                         f"Milvus refused the {resolved.low.index_type} index of profile {resolved.tag}: {exc}. "
@@ -429,15 +374,24 @@ class HierarchicalCollection:
         fields = {f["name"]: f for f in desc.get("fields", [])}
         missing = [f for f in field_names() if f not in fields]
         if missing:
-            raise SchemaMismatchError(f"collection {name!r} lacks the field(s) {missing}; it is not a hivlp collection")
+            raise SchemaMismatchError(
+                f"collection {name!r} lacks the field(s) {missing}; it is not a hivlp collection: "
+                "use another collection name, or re-ingest into a new collection"
+            )
         try:
             low_dim, high_dim = int(props[PROP_LOW_DIM]), int(props[PROP_HIGH_DIM])
         except (KeyError, ValueError) as exc:
-            raise SchemaMismatchError(f"collection {name!r} has no valid {PROP_LOW_DIM}/{PROP_HIGH_DIM}") from exc
+            raise SchemaMismatchError(
+                f"collection {name!r} has no valid {PROP_LOW_DIM}/{PROP_HIGH_DIM} properties; "
+                "re-ingest into a new collection"
+            ) from exc
         for field, dim in (("vec_low", low_dim), ("vec_high", high_dim)):
             actual = int((fields[field].get("params") or {}).get("dim", dim))
             if actual != dim:
-                raise SchemaMismatchError(f"collection {name!r}: {field} has dim {actual} but the properties say {dim}")
+                raise SchemaMismatchError(
+                    f"collection {name!r}: {field} has dim {actual} but the properties say {dim}; "
+                    "re-ingest into a new collection"
+                )
         profile = load_profile(props.get(PROP_PROFILE) or "lite")
         try:
             built = json.loads(props.get(PROP_LOW_INDEX) or "{}")
@@ -600,66 +554,6 @@ class HierarchicalCollection:
 
     # ------------------------------------------------------------------ writes (the ingest contract)
 
-    def _validate_rows(self, rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-        expected = set(field_names())
-        limits = max_lengths()
-        out: list[Mapping[str, Any]] = []
-        for i, row in enumerate(rows):
-            if not isinstance(row, Mapping):
-                raise BadRecordError(
-                    f"row {i} is a {type(row).__name__}, expected a dict with fields {sorted(expected)}"
-                )
-            keys = set(row)
-            if keys != expected:
-                if keys == expected - {"attributes"} or row.get("attributes", {}) is None:
-                    row = {**row, "attributes": {}}
-                    keys = set(row)
-                if keys != expected:
-                    raise BadRecordError(
-                        f"row {i} (id={row.get('id')!r}): missing fields {sorted(expected - keys)}, "
-                        f"unknown fields {sorted(keys - expected)}; rows have exactly {sorted(expected)}"
-                    )
-            rid = row["id"]
-            if isinstance(rid, bool) or not isinstance(rid, int | np.integer) or not 0 <= int(rid) < 2**63:
-                raise BadRecordError(
-                    f"row {i}: id must be a non-negative INT64 (ids.row_id(key, modality)), got {rid!r}"
-                )
-            if row["modality"] not in MODALITIES:
-                raise BadRecordError(
-                    f"row {i} (id={rid}): modality must be one of {MODALITIES}, got {row['modality']!r}"
-                )
-            for field, cap in limits.items():
-                value = row[field]
-                if not isinstance(value, str):
-                    raise BadRecordError(f"row {i} (id={rid}): {field} must be a str, got {type(value).__name__}")
-                if len(value) * 4 > cap and len(value.encode("utf-8")) > cap:
-                    raise BadRecordError(f"row {i} (id={rid}): {field} is longer than {cap} bytes (UTF-8)")
-            if not isinstance(row["attributes"], Mapping):
-                raise BadRecordError(
-                    f"row {i} (id={rid}): attributes must be a dict, got {type(row['attributes']).__name__}"
-                )
-            out.append(row)
-        if not out:
-            return out
-        for field, dim in (("vec_low", self._low_dim), ("vec_high", self._high_dim)):
-            try:
-                mat = np.asarray([r[field] for r in out], dtype=np.float32)
-            except (ValueError, TypeError):
-                mat = None
-            if mat is None or mat.ndim != 2 or mat.shape[1] != dim:
-                for i, r in enumerate(out):
-                    shape = np.shape(r[field])
-                    if shape != (dim,):
-                        raise DimensionMismatchError(
-                            f"row {i} (id={r['id']}): {field} has shape {shape}, collection {self._name!r} expects "
-                            f"({dim},); was it encoded with another model?"
-                        )
-                raise DimensionMismatchError(f"{field} vectors are not a (n, {dim}) float matrix")
-            if not np.isfinite(mat).all():
-                bad = int(np.flatnonzero(~np.isfinite(mat).all(axis=1))[0])
-                raise BadRecordError(f"row {bad} (id={out[bad]['id']}): {field} contains NaN or inf")
-        return out
-
     def upsert(self, rows: Sequence[Mapping[str, Any]], *, validate: bool = True, **kwargs: Any) -> int:
         """Insert or overwrite rows (keyed by ``id``), validated first, in request-sized chunks.
 
@@ -678,7 +572,11 @@ class HierarchicalCollection:
             DimensionMismatchError: a vector does not have the collection's dim (nothing is written).
             BadRecordError: a row lacks a field, has an unknown one, or a value of the wrong type.
         """
-        rows = self._validate_rows(list(rows)) if validate else list(rows)
+        rows = (
+            validate_rows(list(rows), low_dim=self._low_dim, high_dim=self._high_dim, collection=self._name)
+            if validate
+            else list(rows)
+        )
         self._rows_cache = None
         written = 0
         step = self.max_rows_per_request

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from hivlp_milvus.collection import max_lengths
 from hivlp_milvus.data.record import EmbeddingRecord, Record, Skipped
 from hivlp_milvus.errors import DimensionMismatchError
 from hivlp_milvus.ids import MODALITIES, row_id, text_key
+from hivlp_milvus.schema import max_lengths
 
 NOT_FINITE = "vectors contain NaN or infinity"
 

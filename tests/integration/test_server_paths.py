@@ -132,13 +132,6 @@ def test_explicit_gpu_profile_refused_is_a_profile_error(milvus_server: Any, rea
         HierarchicalCollection.create(unique("gpu"), client=fake, low_dim=LOW, high_dim=HIGH, profile="gpu")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: HierarchicalCollection.create(profile='gpu') refused by the server raises ProfileError but leaves "
-    "the half-made collection (no index, no partitions) behind, so a retry with profile='cpu' finds it and "
-    "fails (CollectionExistsError / SchemaMismatchError). Fix: drop the collection before raising, as the "
-    "auto fallback already does",
-)
 def test_refused_explicit_gpu_profile_leaves_no_collection_behind(milvus_server: Any, real: Any) -> None:
     fake = server_like(real, milvus_server.engine, refuse_gpu="always")
     name = unique("gpu")

@@ -123,8 +123,6 @@ CASES = {
     "high_dim_mismatch": ({"dims": (LOW, 32)}, r"vec_high has dim 32 but the properties say 64"),
     "dims_not_recorded": ({"props": _props(**{"hivlp.high_dim": None})}, r"hivlp\.low_dim/hivlp\.high_dim"),
 }
-# Open bugs: these messages say what is wrong but not what to do (the common standard asks for both).
-NO_ACTION_YET = {"missing_field", "low_dim_mismatch", "high_dim_mismatch", "dims_not_recorded"}
 
 
 def test_a_well_formed_handmade_collection_opens(client: Any, made: Callable[..., str]) -> None:
@@ -142,23 +140,7 @@ def test_open_refuses_with_a_schema_mismatch(client: Any, refusals: dict, case: 
     assert name in str(error)
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(
-            case,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: open()'s message for this defect does not say what to do (collection.py open(): "
-                "missing fields / vector dims vs properties / unrecorded dims); fix: end it with "
-                "'; re-ingest into a new collection' like the schema-version and partition messages",
-            ),
-        )
-        if case in NO_ACTION_YET
-        else case
-        for case in sorted(CASES)
-    ],
-)
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_open_error_says_what_to_do(client: Any, refusals: dict, case: str) -> None:
     _, error = refusal(client, refusals, case)
     assert isinstance(error, SchemaMismatchError), f"open() returned or raised {error!r}"

@@ -1,0 +1,151 @@
+"""The row schema of a HiVLP collection, as data (``schemas/collection.json``) and as checks.
+
+What a row is — its fields, VARCHAR limits, vector dims — and the collection properties that
+record the model, read by :mod:`hivlp_milvus.collection` (create/open) and by the ingest package
+(row building), so each limit is read from the schema in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from hivlp_milvus.errors import BadRecordError, DimensionMismatchError
+from hivlp_milvus.ids import MODALITIES
+
+PROP_SCHEMA_VERSION = "hivlp.schema_version"
+PROP_FINGERPRINT = "hivlp.model_fingerprint"
+PROP_LOW_DIM = "hivlp.low_dim"
+PROP_HIGH_DIM = "hivlp.high_dim"
+PROP_PROFILE = "hivlp.profile"
+# Extra (not in the architecture's list): the vec_low build params actually used, e.g. nlist, so a
+# reopened collection sizes nprobe against the real index.
+PROP_LOW_INDEX = "hivlp.low_index"
+
+MAX_DIM = 32768
+
+
+@lru_cache(maxsize=1)
+def schema_spec() -> dict[str, Any]:
+    """The row schema (``schemas/collection.json``) as a dict."""
+    return json.loads(resources.files("schemas").joinpath("collection.json").read_text(encoding="utf-8"))
+
+
+def schema_version() -> int:
+    return int(schema_spec()["schema_version"])
+
+
+def field_names() -> tuple[str, ...]:
+    return tuple(f["name"] for f in schema_spec()["fields"])
+
+
+SCALAR_OUTPUT_FIELDS = ("id", "key", "modality", "reference", "attributes")
+VECTOR_FIELDS = ("vec_low", "vec_high")
+
+
+@lru_cache(maxsize=1)
+def max_lengths() -> dict[str, int]:
+    """The VARCHAR fields' limits in bytes (``{"key": 1024, ...}``), as Milvus enforces them."""
+    return {f["name"]: int(f["max_length"]) for f in schema_spec()["fields"] if "max_length" in f}
+
+
+def build_schema(low_dim: int, high_dim: int, *, description: str = "", mmap_high: bool = False) -> Any:
+    """The pymilvus ``CollectionSchema`` for the given dims (from ``schemas/collection.json``)."""
+    from pymilvus import DataType, MilvusClient
+
+    spec = schema_spec()
+    schema = MilvusClient.create_schema(
+        auto_id=False,
+        enable_dynamic_field=bool(spec.get("enable_dynamic_field", False)),
+        description=description or spec.get("description", ""),
+    )
+    dims = {"low_dim": low_dim, "high_dim": high_dim}
+    for f in spec["fields"]:
+        kw: dict[str, Any] = {}
+        if f.get("is_primary"):
+            kw["is_primary"] = True
+        if "max_length" in f:
+            kw["max_length"] = int(f["max_length"])
+        if "dim" in f:
+            kw["dim"] = dims[f["dim"]] if isinstance(f["dim"], str) else int(f["dim"])
+        if f["name"] == "vec_high" and mmap_high:
+            kw["mmap_enabled"] = True
+        schema.add_field(f["name"], getattr(DataType, f["type"]), **kw)
+    return schema
+
+
+def check_dim(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 1 <= int(value) <= MAX_DIM:
+        raise DimensionMismatchError(f"{name} must be an int in [1, {MAX_DIM}], got {value!r}")
+    return int(value)
+
+
+def validate_rows(
+    rows: Sequence[Mapping[str, Any]], *, low_dim: int, high_dim: int, collection: str
+) -> list[Mapping[str, Any]]:
+    """Check rows against the schema (fields, id, modality, VARCHAR limits, vector dims, finite values).
+
+    Returns:
+        The rows, with a missing ``attributes`` filled in as ``{}``.
+
+    Raises:
+        BadRecordError: a row is malformed (the message names the row and field).
+        DimensionMismatchError: a vector does not have the collection's dims.
+    """
+    expected = set(field_names())
+    limits = max_lengths()
+    out: list[Mapping[str, Any]] = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise BadRecordError(f"row {i} is a {type(row).__name__}, expected a dict with fields {sorted(expected)}")
+        keys = set(row)
+        if keys != expected:
+            if keys == expected - {"attributes"} or row.get("attributes", {}) is None:
+                row = {**row, "attributes": {}}
+                keys = set(row)
+            if keys != expected:
+                raise BadRecordError(
+                    f"row {i} (id={row.get('id')!r}): missing fields {sorted(expected - keys)}, "
+                    f"unknown fields {sorted(keys - expected)}; rows have exactly {sorted(expected)}"
+                )
+        rid = row["id"]
+        if isinstance(rid, bool) or not isinstance(rid, int | np.integer) or not 0 <= int(rid) < 2**63:
+            raise BadRecordError(f"row {i}: id must be a non-negative INT64 (ids.row_id(key, modality)), got {rid!r}")
+        if row["modality"] not in MODALITIES:
+            raise BadRecordError(f"row {i} (id={rid}): modality must be one of {MODALITIES}, got {row['modality']!r}")
+        for field, cap in limits.items():
+            value = row[field]
+            if not isinstance(value, str):
+                raise BadRecordError(f"row {i} (id={rid}): {field} must be a str, got {type(value).__name__}")
+            if len(value) * 4 > cap and len(value.encode("utf-8")) > cap:
+                raise BadRecordError(f"row {i} (id={rid}): {field} is longer than {cap} bytes (UTF-8)")
+        if not isinstance(row["attributes"], Mapping):
+            raise BadRecordError(
+                f"row {i} (id={rid}): attributes must be a dict, got {type(row['attributes']).__name__}"
+            )
+        out.append(row)
+    if not out:
+        return out
+    for field, dim in (("vec_low", low_dim), ("vec_high", high_dim)):
+        try:
+            mat = np.asarray([r[field] for r in out], dtype=np.float32)
+        except (ValueError, TypeError):
+            mat = None
+        if mat is None or mat.ndim != 2 or mat.shape[1] != dim:
+            for i, r in enumerate(out):
+                shape = np.shape(r[field])
+                if shape != (dim,):
+                    raise DimensionMismatchError(
+                        f"row {i} (id={r['id']}): {field} has shape {shape}, collection {collection!r} expects "
+                        f"({dim},); was it encoded with another model?"
+                    )
+            raise DimensionMismatchError(f"{field} vectors are not a (n, {dim}) float matrix")
+        if not np.isfinite(mat).all():
+            bad = int(np.flatnonzero(~np.isfinite(mat).all(axis=1))[0])
+            raise BadRecordError(f"row {bad} (id={out[bad]['id']}): {field} contains NaN or inf")
+    return out
