@@ -164,11 +164,13 @@ def test_make_demo_writes_where_the_commands_look() -> None:
     assert "serve run serving:app" in serve.stdout
     # serving:app falls back to the same layout as the CLI (serving/app.py; read, not imported: Ray).
     tree = ast.parse((ROOT / "serving" / "app.py").read_text(encoding="utf-8"))
-    constants = {
-        n.targets[0].id: n.value.value
-        for n in tree.body
-        if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name) and isinstance(n.value, ast.Constant)
-    }
-    assert constants["DEFAULT_CHECKPOINT"] == DEFAULTS["checkpoint"]
-    assert constants["DEFAULT_MILVUS_URI"] == DEFAULTS["milvus_uri"]
-    assert constants["DEFAULT_COLLECTION"] == DEFAULTS["collection"]
+    app_args = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "AppArgs")
+    defaults = {
+        n.target.id: n.value.args[0].value
+        for n in app_args.body
+        if isinstance(n, ast.AnnAssign) and isinstance(n.value, ast.Call) and n.value.args
+        and isinstance(n.value.args[0], ast.Constant)
+    }  # fmt: skip
+    assert defaults["checkpoint"] == DEFAULTS["checkpoint"]
+    assert defaults["milvus_uri"] == DEFAULTS["milvus_uri"]
+    assert defaults["collection"] == DEFAULTS["collection"]
