@@ -1,0 +1,587 @@
+"""The emoji corpus: the same Unicode emoji drawn by three design teams, with names and keywords.
+
+Sources (npm packages, pinned; fetched by :mod:`hivlp_milvus.data.npm`):
+
+* ``emoji-datasource-apple`` / ``-google`` / ``-twitter`` 16.0.0: ``package/img/VENDOR/64/*.png``
+  (64-px drawings, skin-tone variants too) and ``package/emoji.json`` (Unicode name, short
+  names, category, subcategory, ``unified`` code points, ``has_img_VENDOR``);
+* ``emojilib`` 4.0.3: ``package/dist/emoji-en-US.json``, English keywords per emoji character.
+
+The protocol (written by :func:`write_dataset`, read back with ``load_source(DIR, split=...)``):
+one record per (vendor, emoji); ``group`` is the emoji, so every vendor's drawing of it is
+relevant to its captions. A fixed, seeded 10 % of the emoji is held out of training in every
+style; of the rest, 10 % are validation emoji. ``train`` holds the apple and google drawings of
+every emoji that is not held out; ``val``, ``test`` and ``heldout`` hold the twitter drawings of
+the validation, test and held-out emoji: an unseen drawing style of seen emoji, and an unseen
+style of unseen emoji. docs/data.md describes it in full.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hivlp_milvus.data.npm import NpmPackage, fetch_tarballs
+from hivlp_milvus.errors import DataError
+
+__all__ = [
+    "DATASOURCES",
+    "EMOJILIB",
+    "SPLITS",
+    "VENDORS",
+    "Emoji",
+    "EmojiDataset",
+    "assign_splits",
+    "build_from_tarballs",
+    "captions_for",
+    "read_emoji_entries",
+    "write_dataset",
+]
+
+GENERATOR = "hivlp_milvus.data.emoji"
+# Bump when the captions, splits or layout change: a data set written by an older version is rebuilt.
+GENERATOR_VERSION = 1
+EMOJILIB = NpmPackage(
+    "emojilib",
+    "4.0.3",
+    "sha512-KbWiYre9aRSaPbHrHZIz9zmoM+21LAsK1VFJtnTh1VCtWE/rNMDviGhQTmselFl95dhqtGlY22iH0leG5BuW0g==",
+)
+DATASOURCES = {
+    "apple": NpmPackage(
+        "emoji-datasource-apple",
+        "16.0.0",
+        "sha512-dVYjsK0FnCry9F+PBtnivhG2K0xdwlmqYaSgiUtztUdAGPYiHYhZcVKvNBqC791g2qyEcFNTBO6utg4eQ3uLTw==",
+    ),
+    "google": NpmPackage(
+        "emoji-datasource-google",
+        "16.0.0",
+        "sha512-ZRexfzs7MVoLnmzZmNsO4TKhnAJp5D++Vm6PpUpH/jEQQlemp3l88CjZ+DoZ2faM9R4QxZkOPJCoT8DlPhfQ3A==",
+    ),
+    "twitter": NpmPackage(
+        "emoji-datasource-twitter",
+        "16.0.0",
+        "sha512-7F+uCuHH+7Qnrc15P5tnbvKkg9E6tlzi4MnT2uW1RlN4pLYTza6cP/dstIfSDMtpjFLWuZewWg8jBbuL2eyELQ==",
+    ),
+}
+VENDORS = tuple(DATASOURCES)
+TEST_VENDOR = "twitter"
+SPLITS = ("train", "val", "test", "heldout")
+IMAGE_SIZE = 64
+EMOJILIB_MEMBER = "package/dist/emoji-en-US.json"
+EMOJI_JSON_MEMBER = "package/emoji.json"
+SKIN_TONES = {"1F3FB": "light", "1F3FC": "medium-light", "1F3FD": "medium", "1F3FE": "medium-dark", "1F3FF": "dark"}
+MAX_KEYWORDS = 3
+_WORD = re.compile(r"^[a-z][a-z '’-]*$")
+
+
+@dataclass(frozen=True)
+class Emoji:
+    """One emoji (a skin-tone variant is an emoji of its own) and what describes it.
+
+    Attributes:
+        unified: its code points, e.g. ``"1F385-1F3FB"``: the relevance group of its drawings.
+        base: ``unified`` of the emoji it varies (itself when not a variant): split assignment
+            goes by ``base``, so a held-out emoji is held out with all its skin tones.
+        name: the Unicode name in lower case (``"father christmas"``).
+        cldr: the CLDR short name from emojilib (``"santa claus"``); ``name`` when unknown.
+        keywords: emojilib keywords not already said by the names, in emojilib's order.
+        category: e.g. ``"People & Body"``.
+        subcategory: e.g. ``"person-fantasy"``.
+        image: the PNG's file name inside ``img/VENDOR/64/``.
+        vendors: vendors that have a drawing of it.
+        tone: the skin tone words (``"light"``, ``"light and dark"``) of a variant, else ``None``.
+    """
+
+    unified: str
+    base: str
+    name: str
+    cldr: str
+    keywords: tuple[str, ...]
+    category: str
+    subcategory: str
+    image: str
+    vendors: frozenset[str]
+    tone: str | None = None
+
+    @property
+    def char(self) -> str:
+        """The emoji itself, as text."""
+        return _char(self.unified)
+
+
+@dataclass(frozen=True)
+class EmojiDataset:
+    """A written emoji data set.
+
+    Attributes:
+        root: the directory (``load_source(root, split=...)`` reads it).
+        info: the contents of ``root/dataset.json``: parameters, package versions, split sizes.
+        reused: the directory already held this data set, nothing was written.
+    """
+
+    root: Path
+    info: dict[str, Any] = field(default_factory=dict)
+    reused: bool = False
+
+    def manifest(self, split: str) -> Path:
+        """``root/<split>/manifest.jsonl``."""
+        return self.root / split / "manifest.jsonl"
+
+    def summary(self) -> str:
+        """One line per split: records and distinct emoji."""
+        lines = [f"emoji data set in {self.root}" + (" (already there, reused)" if self.reused else "")]
+        for split in SPLITS:
+            sizes = self.info.get("splits", {}).get(split, {})
+            lines.append(f"  {split:8s} {sizes.get('records', 0):5d} images of {sizes.get('emoji', 0):4d} emoji")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- captions
+
+
+def _phrase(words: str) -> str:
+    words = words.replace("_s_", "'s ").replace("_", " ").replace("’", "'")
+    return " ".join(words.split()).lower()
+
+
+def _article(words: str) -> str:
+    return "an" if words[:1] in "aeiou" else "a"
+
+
+def _join(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def captions_for(emoji: Emoji) -> list[str]:
+    """A few natural phrasings of what the emoji shows, from its names and keywords.
+
+    Real queries name the thing ("father christmas"), call it by its emoji name ("the santa claus
+    emoji"), say what it is for ("an emoji for christmas, holiday and xmas") or place it in its
+    kind ("a person fantasy emoji: santa claus"); one caption of each (duplicates dropped).
+    """
+    tone = f", {emoji.tone} skin tone" if emoji.tone else ""
+    kind = emoji.subcategory.replace("-", " ").lower()
+    candidates = [
+        f"{emoji.name}{tone}",
+        f"the {emoji.cldr} emoji{tone}" if emoji.cldr != emoji.name else f"an emoji of {emoji.name}{tone}",
+        f"an emoji for {_join(emoji.keywords[:MAX_KEYWORDS])}" if emoji.keywords else "",
+        f"{_article(kind)} {kind} emoji: {emoji.cldr}{tone}" if kind else "",
+    ]
+    out: list[str] = []
+    for caption in candidates:
+        if caption and caption not in out:
+            out.append(caption)
+    return out
+
+
+# --------------------------------------------------------------------------- package contents
+
+
+def _char(unified: str) -> str:
+    return "".join(chr(int(cp, 16)) for cp in unified.split("-"))
+
+
+def _keyword_lookup(emojilib: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    # emojilib keys are characters; emoji.json's may differ in the variation selector FE0F.
+    lookup: dict[str, list[str]] = {}
+    for key, words in emojilib.items():
+        lookup.setdefault(key, list(words))
+        lookup.setdefault(key.replace("\ufe0f", ""), list(words))
+    return lookup
+
+
+def _keywords_for(entry: Mapping[str, Any], lookup: Mapping[str, list[str]]) -> list[str]:
+    for unified in (entry.get("unified"), entry.get("non_qualified")):
+        if unified:
+            char = _char(unified)
+            for key in (char, char.replace("\ufe0f", "")):
+                if key in lookup:
+                    return lookup[key]
+    return []
+
+
+def _split_keywords(words: list[str], name: str) -> tuple[str, tuple[str, ...]]:
+    """emojilib's first keyword is the CLDR name; keep the rest that add a word the names lack."""
+    cldr = _phrase(words[0]) if words else name
+    said = set(name.split()) | set(cldr.split())
+    kept: list[str] = []
+    for raw in words[1:]:
+        word = _phrase(raw)
+        if _WORD.match(word) and not set(word.split()) <= said and word not in kept:
+            kept.append(word)
+    return cldr, tuple(kept)
+
+
+def _vendors_of(entry: Mapping[str, Any]) -> frozenset[str]:
+    return frozenset(v for v in VENDORS if entry.get(f"has_img_{v}"))
+
+
+def read_emoji_entries(
+    emoji_json: Iterable[Mapping[str, Any]], emojilib: Mapping[str, list[str]], *, skin_tones: bool = False
+) -> list[Emoji]:
+    """``emoji.json`` entries (+ emojilib keywords) → :class:`Emoji` values, in emoji.json's order.
+
+    Args:
+        emoji_json: the parsed ``package/emoji.json`` of an emoji-datasource package.
+        emojilib: the parsed ``emoji-en-US.json`` (character → keywords).
+        skin_tones: also yield every skin-tone variant as an emoji of its own.
+
+    Returns:
+        The emoji; entries without a name, code points or image are left out.
+    """
+    lookup = _keyword_lookup(emojilib)
+    out: list[Emoji] = []
+    for entry in emoji_json:
+        if not entry.get("unified") or not entry.get("name") or not entry.get("image"):
+            continue
+        name = _phrase(str(entry["name"]))
+        cldr, keywords = _split_keywords(_keywords_for(entry, lookup), name)
+        base = Emoji(
+            unified=str(entry["unified"]).upper(),
+            base=str(entry["unified"]).upper(),
+            name=name,
+            cldr=cldr,
+            keywords=keywords,
+            category=str(entry.get("category") or ""),
+            subcategory=str(entry.get("subcategory") or ""),
+            image=str(entry["image"]),
+            vendors=_vendors_of(entry),
+        )
+        out.append(base)
+        if not skin_tones:
+            continue
+        for tone_key, variant in (entry.get("skin_variations") or {}).items():
+            tones = [SKIN_TONES.get(t.upper(), t.lower()) for t in str(tone_key).split("-")]
+            out.append(
+                Emoji(
+                    unified=str(variant["unified"]).upper(),
+                    base=base.unified,
+                    name=name,
+                    cldr=cldr,
+                    keywords=keywords,
+                    category=base.category,
+                    subcategory=base.subcategory,
+                    image=str(variant["image"]),
+                    vendors=_vendors_of(variant),
+                    tone=_join(list(dict.fromkeys(tones))),
+                )
+            )
+    return out
+
+
+def assign_splits(
+    bases: Iterable[str], *, seed: int = 0, heldout_fraction: float = 0.1, val_fraction: float = 0.1
+) -> dict[str, str]:
+    """Each base emoji → ``"heldout"``, ``"val"`` or ``"test"``, fixed by ``seed``.
+
+    The order is a keyed hash of the code points, so the assignment depends only on the seed
+    and the set of emoji (not on file order, numpy or Python versions).
+
+    Returns:
+        ``{unified: split}``; ``heldout`` gets ``round(heldout_fraction * n)`` emoji, ``val``
+        ``round(val_fraction * n)``, ``test`` the rest (those are the seen emoji of training).
+    """
+    unique = sorted(set(bases))
+    ranked = sorted(unique, key=lambda u: hashlib.blake2b(f"{seed}:{u}".encode(), digest_size=8).digest())
+    n_held = round(heldout_fraction * len(unique))
+    n_val = round(val_fraction * len(unique))
+    return {u: "heldout" if i < n_held else "val" if i < n_held + n_val else "test" for i, u in enumerate(ranked)}
+
+
+def _read_member(tgz: Path, member: str) -> bytes:
+    try:
+        with tarfile.open(tgz, "r:gz") as archive:
+            handle = archive.extractfile(member)
+            if handle is None:
+                raise KeyError(member)
+            return handle.read()
+    except (KeyError, tarfile.TarError, OSError) as exc:
+        raise DataError(f"{tgz} has no readable {member} ({exc}); is it the right npm tarball?") from exc
+
+
+def _read_pngs(tgz: Path, vendor: str, wanted: set[str]) -> dict[str, bytes]:
+    """The wanted 64-px PNGs of one vendor, in one streaming pass (members are read, never extracted)."""
+    prefix = f"package/img/{vendor}/{IMAGE_SIZE}/"
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(tgz, "r|gz") as archive:
+            for member in archive:
+                name = member.name[len(prefix) :] if member.name.startswith(prefix) else None
+                if name in wanted and member.isfile():
+                    handle = archive.extractfile(member)
+                    if handle is not None:
+                        found[name] = handle.read()
+    except (tarfile.TarError, OSError) as exc:
+        raise DataError(f"cannot read {tgz} ({exc}); delete it and fetch again") from exc
+    return found
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _row(emoji: Emoji, vendor: str) -> dict[str, Any]:
+    return {
+        "id": f"{vendor}/{emoji.unified.lower()}",
+        "image": f"images/{vendor}/{emoji.image}",
+        "captions": captions_for(emoji),
+        "group": emoji.unified,
+        "attributes": {
+            "vendor": vendor,
+            "unified": emoji.unified,
+            "category": emoji.category,
+            "subcategory": emoji.subcategory,
+            "name": emoji.name,
+            "emoji": emoji.char,
+        },
+    }
+
+
+def _check_vendors(vendors: Sequence[str], test_vendor: str) -> tuple[list[str], list[str]]:
+    unknown = sorted(set(vendors) - set(VENDORS))
+    if unknown:
+        raise DataError(f"unknown vendor(s) {unknown}; choose from {list(VENDORS)}")
+    if test_vendor not in VENDORS:
+        raise DataError(f"unknown test vendor {test_vendor!r}; choose from {list(VENDORS)}")
+    train = [v for v in dict.fromkeys(vendors) if v != test_vendor]
+    if not train:
+        raise DataError(
+            f"vendors {list(vendors)} leave no training style besides the test vendor {test_vendor!r}; "
+            "add another vendor"
+        )
+    return train, [*train, test_vendor]
+
+
+def build_from_tarballs(
+    out_dir: str | Path,
+    tarballs: Mapping[str, str | Path],
+    emojilib: str | Path,
+    *,
+    test_vendor: str = TEST_VENDOR,
+    skin_tones: bool = False,
+    seed: int = 0,
+    heldout_fraction: float = 0.1,
+    val_fraction: float = 0.1,
+    info: Mapping[str, Any] | None = None,
+) -> EmojiDataset:
+    """Write the split manifests and images from tarballs already on disk (no network).
+
+    Layout: ``out_dir/<split>/images/<vendor>/<file>.png`` and ``out_dir/<split>/manifest.jsonl``
+    (``id``, ``image`` relative to the manifest, ``captions``, ``group``, ``attributes``) for
+    ``train``, ``val``, ``test`` and ``heldout``, plus ``out_dir/dataset.json``. ``out_dir``
+    is written whole into a temporary sibling and renamed into place at the end, so an
+    interrupted run leaves the previous contents (or nothing), never a half-written set.
+
+    Args:
+        out_dir: the directory to (re)write; it must not exist, be empty, or hold an emoji data set.
+        tarballs: ``{vendor: emoji-datasource tarball}`` for the training vendors and ``test_vendor``.
+        emojilib: the emojilib tarball.
+        test_vendor: the drawing style kept out of training (val / test / heldout images).
+        skin_tones: include the skin-tone variants as emoji of their own.
+        seed: fixes which emoji are held out and which validate.
+        heldout_fraction: share of emoji never trained on, in any style.
+        val_fraction: share of emoji whose test-style drawings form the validation split.
+        info: extra entries for ``dataset.json`` (e.g. package versions).
+
+    Returns:
+        The written :class:`EmojiDataset`.
+
+    Raises:
+        DataError: a tarball lacks the expected files, vendors are inconsistent, or ``out_dir``
+            holds something else.
+    """
+    root = Path(out_dir).expanduser()
+    train_vendors, _ = _check_vendors(list(tarballs), test_vendor)
+    if test_vendor not in tarballs:
+        raise DataError(f"no tarball for the test vendor {test_vendor!r}; got {sorted(tarballs)}")
+    _check_target(root)
+    keywords = json.loads(_read_member(Path(emojilib), EMOJILIB_MEMBER))
+    emoji_json = json.loads(_read_member(Path(tarballs[test_vendor]), EMOJI_JSON_MEMBER))
+    entries = read_emoji_entries(emoji_json, keywords, skin_tones=skin_tones)
+    if not entries:
+        raise DataError(f"{tarballs[test_vendor]}'s emoji.json lists no emoji")
+    split_of = assign_splits(
+        (e.base for e in entries), seed=seed, heldout_fraction=heldout_fraction, val_fraction=val_fraction
+    )
+    plan: dict[str, list[tuple[Emoji, str]]] = {split: [] for split in SPLITS}
+    for emoji in entries:
+        split = split_of[emoji.base]
+        if split != "heldout":
+            plan["train"].extend((emoji, v) for v in train_vendors if v in emoji.vendors)
+        if test_vendor in emoji.vendors:
+            plan[split].append((emoji, test_vendor))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.partial-"))
+    try:
+        counts = _write_splits(staging, plan, tarballs)
+        meta = {
+            "generator": GENERATOR,
+            "version": GENERATOR_VERSION,
+            **_params(train_vendors, test_vendor, skin_tones, seed, heldout_fraction, val_fraction),
+            "splits": counts,
+            **dict(info or {}),
+        }
+        (staging / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        _swap_into_place(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return EmojiDataset(root=root, info=meta)
+
+
+def _params(
+    train_vendors: Sequence[str],
+    test_vendor: str,
+    skin_tones: bool,
+    seed: int,
+    heldout_fraction: float,
+    val_fraction: float,
+) -> dict[str, Any]:
+    return {
+        "train_vendors": list(train_vendors),
+        "test_vendor": test_vendor,
+        "skin_tones": skin_tones,
+        "seed": seed,
+        "heldout_fraction": heldout_fraction,
+        "val_fraction": val_fraction,
+        "image_size": IMAGE_SIZE,
+    }
+
+
+def _write_splits(
+    staging: Path, plan: Mapping[str, list[tuple[Emoji, str]]], tarballs: Mapping[str, str | Path]
+) -> dict[str, dict[str, int]]:
+    wanted: dict[str, set[str]] = {}
+    for pairs in plan.values():
+        for emoji, vendor in pairs:
+            wanted.setdefault(vendor, set()).add(emoji.image)
+    pngs = {vendor: _read_pngs(Path(tarballs[vendor]), vendor, names) for vendor, names in wanted.items()}
+    counts: dict[str, dict[str, int]] = {}
+    for split, pairs in plan.items():
+        split_dir = staging / split
+        split_dir.mkdir()
+        written: set[str] = set()
+        rows = 0
+        with (split_dir / "manifest.jsonl").open("w", encoding="utf-8") as manifest:
+            for emoji, vendor in pairs:
+                data = pngs[vendor].get(emoji.image)
+                if data is None:  # emoji.json says the vendor drew it, the tarball lacks the file
+                    continue
+                row = _row(emoji, vendor)
+                image = split_dir / row["image"]
+                image.parent.mkdir(parents=True, exist_ok=True)
+                image.write_bytes(data)
+                manifest.write(json.dumps(row, ensure_ascii=False) + "\n")
+                written.add(emoji.unified)
+                rows += 1
+        counts[split] = {"records": rows, "emoji": len(written)}
+    return counts
+
+
+def _is_emoji_dataset(root: Path) -> bool:
+    try:
+        return json.loads((root / "dataset.json").read_text(encoding="utf-8")).get("generator") == GENERATOR
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_target(root: Path) -> None:
+    if root.exists() and (not root.is_dir() or (any(root.iterdir()) and not _is_emoji_dataset(root))):
+        raise DataError(
+            f"{root} exists and is not an emoji data set written by hivlp-milvus; "
+            "choose a new or empty directory (it is replaced as a whole)"
+        )
+
+
+def _swap_into_place(staging: Path, root: Path) -> None:
+    """Rename the finished directory over ``root``; the old one is removed only after the swap."""
+    old = None
+    if root.exists():
+        old = root.with_name(f".{root.name}.old-{os.getpid()}")
+        os.replace(root, old)
+    try:
+        os.replace(staging, root)
+    except OSError:
+        if old is not None:
+            os.replace(old, root)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _current(root: Path, params: Mapping[str, Any], packages: Mapping[str, str]) -> dict[str, Any] | None:
+    if not _is_emoji_dataset(root):
+        return None
+    info = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    same = info.get("version") == GENERATOR_VERSION and info.get("packages") == dict(packages)
+    same = same and all(info.get(k) == v for k, v in params.items())
+    complete = all((root / split / "manifest.jsonl").is_file() for split in SPLITS)
+    return info if same and complete else None
+
+
+def write_dataset(
+    out_dir: str | Path,
+    *,
+    vendors: Sequence[str] = VENDORS,
+    test_vendor: str = TEST_VENDOR,
+    skin_tones: bool = False,
+    tarballs: str | Path | None = None,
+    seed: int = 0,
+    heldout_fraction: float = 0.1,
+    val_fraction: float = 0.1,
+    npm: str | None = None,
+) -> EmojiDataset:
+    """Fetch the pinned npm packages (cached) and write the emoji data set into ``out_dir``.
+
+    A directory that already holds the same data set (same parameters and package versions) is
+    reused as is.
+
+    Args:
+        out_dir: where the splits go (see :func:`build_from_tarballs` for the layout).
+        vendors: drawing styles to use; ``test_vendor`` among them, the others are trained on.
+        test_vendor: the style kept out of training.
+        skin_tones: include skin-tone variants (about twice the images).
+        tarballs: the tarball cache; put the ``.tgz`` files there by hand to work without a
+            registry (default: :func:`hivlp_milvus.data.npm.default_cache_dir`).
+        seed: fixes the held-out and validation emoji.
+        heldout_fraction: share of emoji never trained on.
+        val_fraction: share of emoji that validate.
+        npm: the npm executable (default: ``npm`` on ``PATH``).
+
+    Returns:
+        The :class:`EmojiDataset` (``reused=True`` when nothing had to be written).
+
+    Raises:
+        DataError: bad vendors, npm missing or failing (the message says what to install or where
+            to put the tarballs), a tarball that fails its integrity check, or an ``out_dir``
+            holding something else.
+    """
+    root = Path(out_dir).expanduser()
+    train_vendors, used = _check_vendors(vendors, test_vendor)
+    packages = [EMOJILIB, *(DATASOURCES[v] for v in used)]
+    versions = {p.name: p.version for p in packages}
+    params = _params(train_vendors, test_vendor, skin_tones, seed, heldout_fraction, val_fraction)
+    existing = _current(root, params, versions)
+    if existing is not None:
+        return EmojiDataset(root=root, info=existing, reused=True)
+    _check_target(root)
+    paths = fetch_tarballs(packages, tarballs, npm=npm)
+    return build_from_tarballs(
+        root,
+        {v: paths[DATASOURCES[v].name] for v in used},
+        paths[EMOJILIB.name],
+        test_vendor=test_vendor,
+        skin_tones=skin_tones,
+        seed=seed,
+        heldout_fraction=heldout_fraction,
+        val_fraction=val_fraction,
+        info={"packages": versions},
+    )
