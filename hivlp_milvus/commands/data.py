@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fetch emoji-datasource-{apple,google,twitter}@16.0.0 and emojilib@4.0.3 with "
         "`npm pack` (pinned, integrity-checked, cached), then write DIR/{train,val,test,heldout}: train "
         "on the apple and google drawings, val/test on the twitter drawings of seen emoji, heldout on "
-        "the twitter drawings of a fixed 10%% of emoji never trained on. Offline: put the four .tgz "
+        "the twitter drawings of a fixed 10% of emoji never trained on. Offline: put the four .tgz "
         "files in the --tarballs directory.",
     )
     emoji.add_argument("dir", type=Path, metavar="DIR", help="output directory (new, empty or an earlier emoji set)")
@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tarballs",
         type=Path,
         default=None,
+        metavar="DIR",
         help="tarball cache (default: ~/.cache/hivlp-milvus/npm); tarballs found here are used, fetched ones kept",
     )
     emoji.add_argument("--seed", type=int, default=0, help="fixes the held-out and validation emoji")
