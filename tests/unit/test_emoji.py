@@ -412,3 +412,17 @@ def test_emoji_minilm_loads_the_pretrained_text_tower_offline(monkeypatch) -> No
     emb = model.embed_texts(["a raccoon", "father christmas"])
     assert emb.low.shape == (2, 32)
     assert emb.high.shape == (2, 256)
+
+
+def test_quickstart_data_option_maps_to_shipped_configs() -> None:
+    from hivlp_milvus.commands import quickstart
+    from training.config import load_config
+
+    parser = cli.build_parser()
+    assert parser.parse_args(["quickstart"]).data == "shapes"  # the default stays the synthetic scenes
+    assert parser.parse_args(["quickstart", "--data", "emoji"]).data == "emoji"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["quickstart", "--data", "flickr"])
+    assert quickstart.DATA_CONFIGS == {"shapes": "quickstart", "emoji": "emoji"}
+    for config in quickstart.DATA_CONFIGS.values():
+        load_config(config)
