@@ -214,6 +214,8 @@ def test_assign_splits_is_fixed_by_the_seed() -> None:
     assert first == emoji.assign_splits(list(reversed(bases)), seed=0)  # file order does not matter
     assert sum(v == "heldout" for v in first.values()) == 20
     assert sum(v == "val" for v in first.values()) == 20
+    with pytest.raises(DataError, match="leave emoji to test"):
+        emoji.assign_splits(bases, heldout_fraction=0.5, val_fraction=0.5)
     other = emoji.assign_splits(bases, seed=1)
     assert {u for u, s in other.items() if s == "heldout"} != {u for u, s in first.items() if s == "heldout"}
 
