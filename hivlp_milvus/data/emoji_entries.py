@@ -15,8 +15,8 @@ __all__ = ["SKIN_TONES", "Emoji", "captions_for", "read_emoji_entries"]
 
 SKIN_TONES = {"1F3FB": "light", "1F3FC": "medium-light", "1F3FD": "medium", "1F3FE": "medium-dark", "1F3FF": "dark"}
 MAX_KEYWORDS = 3
-# A keyword worth a caption: words, not emoticons such as ":D" (checked after _phrase lower-cases it).
-_WORD = re.compile(r"^[a-z0-9][a-z0-9 '-]*$")
+# A keyword worth a caption: words, not emoticons (":D") or codes ("55b6", "3"); checked after _phrase.
+_WORD = re.compile(r"^[a-z][a-z '-]*$")
 
 
 @dataclass(frozen=True)
