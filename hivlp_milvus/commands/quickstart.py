@@ -1,6 +1,6 @@
 """``hivlp-milvus quickstart``: the main job a new user runs first (``make demo``).
 
-Synthetic data → Ray Train (CPU workers) → Milvus Lite ingest → evaluation through Milvus →
+Synthetic shapes (or, with ``--data emoji``, the emoji corpus) → Ray Train (CPU workers) → Milvus Lite ingest → evaluation through Milvus →
 latency of the funnel vs exact high-dim search → example searches. Offline, embedded defaults,
 safe to re-run: finished stages are reused (``--fresh`` starts over).
 """
@@ -19,12 +19,14 @@ from hivlp_milvus.commands.common import QUICKSTART_COLLECTION as COLLECTION
 from hivlp_milvus.commands.common import QUICKSTART_WORK_DIR
 
 STAGES = 6
+# --data choice -> the shipped training config it trains with.
+DATA_CONFIGS = {"shapes": "quickstart", "emoji": "emoji"}
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "quickstart",
-        help="synthetic data -> Ray Train -> Milvus Lite -> eval table -> example searches",
+        help="data (synthetic shapes, or --data emoji) -> Ray Train -> Milvus Lite -> eval table -> example searches",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -41,6 +43,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--coarse-limit", type=int, default=50, help="shortlist size of the funnel")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="delete the work dir first")
+    p.add_argument(
+        "--data",
+        choices=tuple(DATA_CONFIGS),
+        default="shapes",
+        help="shapes: synthetic scenes (default); emoji: real emoji drawings fetched once with npm, "
+        "trained on apple + google, tested on twitter (docs/data.md; the --*-size options do not apply)",
+    )
     p.set_defaults(func=run)
 
 
@@ -57,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     sizes = {"train": args.train_size, "val": args.val_size, "test": args.test_size}
 
-    t = _stage(1, f"synthetic image-caption scenes {sizes} -> {work / 'data'}")
-    data_dir = _ensure_data(work / "data", sizes, args.seed)
+    t = time.perf_counter()
+    data_dir = _prepare_data(work, sizes, args)
     print(f"      done in {time.perf_counter() - t:.1f} s")
 
     t = _stage(2, f"training the tiny HiVLP with Ray Train ({args.workers} CPU workers)")
@@ -96,6 +105,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_data(work: Path, sizes: dict[str, int], args: argparse.Namespace) -> Path:
+    """Stage 1: the synthetic scenes, or the emoji data set (npm fetch once, then reused)."""
+    if args.data != "emoji":
+        _stage(1, f"synthetic image-caption scenes {sizes} -> {work / 'data'}")
+        return _ensure_data(work / "data", sizes, args.seed)
+    from hivlp_milvus.data import emoji
+
+    _stage(1, f"emoji drawings (npm: train on apple + google, test on twitter) -> {work / 'emoji'}")
+    dataset = emoji.write_dataset(work / "emoji")  # the fixed split: --seed varies training only
+    print(dataset.summary())
+    return dataset.root
+
+
 def _ensure_data(data_dir: Path, sizes: dict[str, int], seed: int) -> Path:
     from hivlp_milvus.data import synthetic
 
@@ -127,7 +149,7 @@ def _train(work: Path, data_dir: Path, args: argparse.Namespace) -> Path:
     ]
     if args.epochs is not None:
         overrides.append(f"optim.epochs={args.epochs}")
-    cfg = load_config("quickstart", overrides)
+    cfg = load_config(DATA_CONFIGS[args.data], overrides)
     _forget_outdated_run(cfg)
     result = run_training(cfg)
     print(result.summary())

@@ -16,17 +16,26 @@ from hivlp_milvus.errors import BadRecordError
 ImageLike = Any  # str | Path | PIL.Image.Image | np.ndarray (HWC uint8) | bytes
 
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError)
+# Transparent pixels are composited on this colour (emoji sets are drawn for light backgrounds too).
+BACKGROUND = (255, 255, 255)
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 
-def load_image(image: ImageLike) -> Image.Image:
+def load_image(image: ImageLike, *, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
     """Decode one image into an RGB PIL image.
+
+    Images with transparency (RGBA, LA, palette or grey images with a transparent colour, e.g. the
+    emoji PNGs) are composited over ``background`` before the conversion to RGB: dropping the
+    alpha channel would show whatever colour the transparent pixels happen to store (often
+    black), so the same drawing would look different from one file to the next.
 
     Args:
         image: a file path (``str`` / ``Path``), a PIL image, an ``(H, W)`` or ``(H, W, C)`` uint8
-            array with C in 1, 3, 4, or encoded bytes (JPEG, PNG, ...).
+            array with C in 1, 3, 4 (4 = RGBA), or encoded bytes (JPEG, PNG, ...).
+        background: the RGB colour transparent pixels are composited on (white by default).
 
     Returns:
-        A fully decoded RGB image (EXIF orientation applied).
+        A fully decoded RGB image (EXIF orientation applied, transparency flattened).
 
     Raises:
         BadRecordError: the file is missing, the bytes cannot be decoded, the array has the wrong
@@ -47,7 +56,22 @@ def load_image(image: ImageLike) -> Image.Image:
         )
     if img.width == 0 or img.height == 0:
         raise BadRecordError(f"image is empty ({img.width}x{img.height})")
+    if _has_alpha(img):
+        return _composite(img, background)
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    # Palette (and L / RGB) images carry a transparent colour in info["transparency"], not a band.
+    return img.mode in _ALPHA_MODES or "transparency" in img.info
+
+
+def _composite(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    # convert("RGBA") is the conversion PIL asks for ("Palette images with Transparency expressed
+    # in bytes should be converted to RGBA images"); it honours every form of transparency.
+    rgba = img.convert("RGBA")
+    canvas = Image.new("RGBA", rgba.size, (*background, 255))
+    return Image.alpha_composite(canvas, rgba).convert("RGB")
 
 
 def _open_path(path: Path) -> Image.Image:

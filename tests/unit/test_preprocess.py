@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -47,6 +48,45 @@ def test_load_image_converts_modes_to_rgb() -> None:
     assert np.asarray(out)[0, 0].tolist() == [77, 77, 77]
     assert load_image(np.zeros((5, 6, 1), dtype=np.uint8)).size == (6, 5)
     assert load_image(np.zeros((5, 6, 4), dtype=np.uint8)).mode == "RGB"
+
+
+def _palette_with_transparent_index() -> Image.Image:
+    """A palette PNG laid out like the emoji sets': index 0 transparent black, 1 red, 2 half-transparent blue."""
+    img = Image.new("P", (4, 4), 0)
+    img.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255] + [0, 0, 0] * 253)
+    img.putpixel((1, 1), 1)
+    img.putpixel((2, 2), 2)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG", transparency=bytes([0, 255, 128]))  # per-index alpha: "in bytes"
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def test_load_image_composites_palette_transparency_without_warning() -> None:
+    png = _palette_with_transparent_index()
+    assert png.mode == "P"
+    assert isinstance(png.info.get("transparency"), bytes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's "Palette images with Transparency" warning fails here
+        out = np.asarray(load_image(png))
+        out_grey = np.asarray(load_image(png, background=(10, 20, 30)))
+    assert out[0, 0].tolist() == [255, 255, 255]  # transparent -> the white background, not black
+    assert out[1, 1].tolist() == [255, 0, 0]  # opaque pixels keep their colour
+    assert out[2, 2].tolist() == [127, 127, 255]  # half-transparent blue over white
+    assert out_grey[0, 0].tolist() == [10, 20, 30]
+
+
+def test_load_image_blends_rgba_and_la_alpha_over_the_background() -> None:
+    rgba = np.zeros((2, 2, 4), dtype=np.uint8)  # transparent black, as emoji PNGs store it
+    rgba[0, 0] = (0, 0, 255, 255)
+    rgba[0, 1] = (0, 0, 0, 128)
+    out = np.asarray(load_image(rgba)).astype(int)
+    assert out[1, 1].tolist() == [255, 255, 255]
+    assert out[0, 0].tolist() == [0, 0, 255]
+    assert all(abs(v - 127) <= 1 for v in out[0, 1])  # half-transparent black over white: grey
+    la = Image.new("LA", (2, 2), (0, 0))
+    assert np.asarray(load_image(la, background=(0, 255, 0)))[0, 0].tolist() == [0, 255, 0]
+    opaque = Image.new("RGBA", (2, 2), (5, 6, 7, 255))
+    assert np.asarray(load_image(opaque))[0, 0].tolist() == [5, 6, 7]
 
 
 def test_load_image_applies_exif_orientation() -> None:
