@@ -1,8 +1,9 @@
 """``hivlp-milvus quickstart``: the main job a new user runs first (``make demo``).
 
-Synthetic shapes (or, with ``--data emoji``, the emoji corpus) → Ray Train (CPU workers) → Milvus Lite ingest → evaluation through Milvus →
-latency of the funnel vs exact high-dim search → example searches. Offline, embedded defaults,
-safe to re-run: finished stages are reused (``--fresh`` starts over).
+Synthetic shapes (or, with ``--data emoji``, the emoji corpus) → Ray Train (CPU workers) →
+Milvus Lite ingest → evaluation through Milvus → latency of the funnel vs exact high-dim search →
+example searches. Offline (the emoji packages are fetched once with npm), embedded defaults, safe
+to re-run: finished stages are reused (``--fresh`` starts over).
 """
 
 from __future__ import annotations
