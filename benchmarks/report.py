@@ -28,7 +28,7 @@ def _load(name: str, results_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _f(x: Any, nd: int = 1) -> str:
+def fmt(x: Any, nd: int = 1) -> str:
     if x is None:
         return "–"
     if isinstance(x, float):
@@ -45,7 +45,7 @@ def _rel(p: str) -> str:
         return p
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
+def md_table(headers: list[str], rows: list[list[Any]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
@@ -76,15 +76,15 @@ def _headline_rows(size: dict[str, Any]) -> list[list[Any]]:
         rows.append(
             [
                 f"`{r['name']}`",
-                _f(r["single"]["qps"]),
-                _f(r["single"]["p50_ms"]),
-                _f(r["single"]["p99_ms"]),
-                _f(r["batch32"]["qps"]),
-                _f(r["fidelity@10"], 3),
-                _f(r.get("R@1"), 3),
-                _f(r.get("R@10"), 3),
-                _f(r["speedup_qps_single"], 2) + "×",
-                _f(r["speedup_qps_batch32"], 2) + "×",
+                fmt(r["single"]["qps"]),
+                fmt(r["single"]["p50_ms"]),
+                fmt(r["single"]["p99_ms"]),
+                fmt(r["batch32"]["qps"]),
+                fmt(r["fidelity@10"], 3),
+                fmt(r.get("R@1"), 3),
+                fmt(r.get("R@10"), 3),
+                fmt(r["speedup_qps_single"], 2) + "×",
+                fmt(r["speedup_qps_batch32"], 2) + "×",
             ]
         )
     return rows
@@ -135,7 +135,7 @@ def search_section(res: dict[str, Any]) -> str:
         "measured in the same interleaved run. `faiss-*` rows are in-process (no database): the floor of "
         "this hardware.",
         "",
-        _table(HEAD, _headline_rows(big)),
+        md_table(HEAD, _headline_rows(big)),
         "",
     ]
     hc = best_at(big, "hier-client")
@@ -145,7 +145,7 @@ def search_section(res: dict[str, Any]) -> str:
         lines += [
             f"**Target (≥ {TARGET_SPEEDUP:.0f}× exact throughput at fidelity@10 ≥ {TARGET_FIDELITY}):** best "
             f"hierarchical config at ≥ 0.99 is `{hb['name']}`: **{hb['speedup_qps_single']:.2f}×** "
-            f"(single queries), **{_f(hb['speedup_qps_batch32'], 2)}×** (batches of 32) — "
+            f"(single queries), **{fmt(hb['speedup_qps_batch32'], 2)}×** (batches of 32) — "
             + (
                 "target met."
                 if hb["speedup_qps_single"] >= TARGET_SPEEDUP
@@ -159,8 +159,8 @@ def search_section(res: dict[str, Any]) -> str:
     fe = next((r for r in big["contenders"] if r["kind"] == "faiss-exact"), None)
     if ff and fe:
         lines += [
-            f"In-process, the same funnel (`{ff['name']}`) runs at {_f(ff['single']['qps'])} q/s vs "
-            f"{_f(fe['single']['qps'])} q/s for faiss exact search: {ff['single']['qps'] / fe['single']['qps']:.1f}× "
+            f"In-process, the same funnel (`{ff['name']}`) runs at {fmt(ff['single']['qps'])} q/s vs "
+            f"{fmt(fe['single']['qps'])} q/s for faiss exact search: {ff['single']['qps'] / fe['single']['qps']:.1f}× "
             f"(single queries) — the hierarchy itself is worth it; the database path is what bounds it.",
             "",
         ]
@@ -179,8 +179,8 @@ def search_section(res: dict[str, Any]) -> str:
         for k, v in prof.items():
             if k.startswith("cprofile") or k == "engine_profile" or not isinstance(v, dict):
                 continue
-            prow.append([k, _f(v.get("coarse_s")), _f(v.get("fine_s")), _f(v.get("total_s", v.get("search_s")))])
-        lines += [_table(["path", "coarse ms", "fine ms", "total ms"], prow), ""]
+            prow.append([k, fmt(v.get("coarse_s")), fmt(v.get("fine_s")), fmt(v.get("total_s", v.get("search_s")))])
+        lines += [md_table(["path", "coarse ms", "fine ms", "total ms"], prow), ""]
         for key, title in (
             ("cprofile_client", "hierarchical (client re-rank, largest shortlist)"),
             ("cprofile_exact", "exact-high"),
@@ -190,14 +190,14 @@ def search_section(res: dict[str, Any]) -> str:
                 lines += [
                     f"cProfile, {title}: top functions by own time (ms per query)",
                     "",
-                    _table(
+                    md_table(
                         ["function", "own ms/query", "cum ms/query", "calls/query"],
                         [
                             [
                                 f"`{r['function']}`",
-                                _f(r["tottime_ms_per_query"], 2),
-                                _f(r["cumtime_ms_per_query"], 2),
-                                _f(r["calls_per_query"], 0),
+                                fmt(r["tottime_ms_per_query"], 2),
+                                fmt(r["cumtime_ms_per_query"], 2),
+                                fmt(r["calls_per_query"], 0),
                             ]
                             for r in rows[:10]
                         ],
@@ -219,11 +219,11 @@ def search_section(res: dict[str, Any]) -> str:
         for k, v in eng.items():
             if isinstance(v, dict) and "top" in v:
                 top = "; ".join(f"`{t['function']}` {t['tottime_ms_per_query']:.0f}" for t in v["top"][:3])
-                rows.append([k, _f(v["ms_per_query_profiled"]), top])
+                rows.append([k, fmt(v["ms_per_query_profiled"]), top])
         lines += [
             f"Milvus Lite engine called directly (segments {eng.get('segments')}), cProfile, ms per query:",
             "",
-            _table(["request", "ms (profiled)", "top functions by own ms"], rows),
+            md_table(["request", "ms (profiled)", "top functions by own ms"], rows),
             "",
         ]
     # per size
@@ -231,13 +231,13 @@ def search_section(res: dict[str, Any]) -> str:
     for s in sorted(sizes, key=lambda s: (s["rows"], s["label"])):
         b = s["build"]
         build = (
-            f"built in {_f(b.get('build_s'))} s (insert {_f(b.get('insert_rows_per_s'))} rows/s, "
-            f"flush + index build {_f(b.get('flush_index_s'))} s, IVF-on-high collection "
-            f"{_f(b.get('ann_high_build_s'))} s), {_f(b.get('disk_mib'))} MiB on disk, "
-            f"+{_f(b.get('rss_growth_mib'))} MiB RSS while building"
+            f"built in {fmt(b.get('build_s'))} s (insert {fmt(b.get('insert_rows_per_s'))} rows/s, "
+            f"flush + index build {fmt(b.get('flush_index_s'))} s, IVF-on-high collection "
+            f"{fmt(b.get('ann_high_build_s'))} s), {fmt(b.get('disk_mib'))} MiB on disk, "
+            f"+{fmt(b.get('rss_growth_mib'))} MiB RSS while building"
         )
         if b.get("cached"):
-            build += f"; this run opened the cached database in {_f(b.get('open_s'))} s"
+            build += f"; this run opened the cached database in {fmt(b.get('open_s'))} s"
         lines += [
             f"#### {s['label']}: {s['rows']:,} rows, {s['low_dim']}/{s['high_dim']} dims — {s.get('data', '')}",
             "",
@@ -253,21 +253,21 @@ def search_section(res: dict[str, Any]) -> str:
             rows.append(
                 [
                     f"`{r['name']}`",
-                    _f(r.get("nprobe")),
-                    _f(r["single"]["qps"]),
-                    _f(r["single"]["p50_ms"]),
-                    _f(r["single"]["p99_ms"]),
-                    _f(r["batch32"]["qps"]),
-                    _f(r["batch32"]["p50_ms"]),
-                    _f(r["fidelity@10"], 3),
-                    _f(r.get("R@1"), 3),
-                    _f(r.get("R@10"), 3),
-                    _f(r["speedup_qps_single"], 2) + "×",
-                    _f(r["speedup_qps_batch32"], 2) + "×",
+                    fmt(r.get("nprobe")),
+                    fmt(r["single"]["qps"]),
+                    fmt(r["single"]["p50_ms"]),
+                    fmt(r["single"]["p99_ms"]),
+                    fmt(r["batch32"]["qps"]),
+                    fmt(r["batch32"]["p50_ms"]),
+                    fmt(r["fidelity@10"], 3),
+                    fmt(r.get("R@1"), 3),
+                    fmt(r.get("R@10"), 3),
+                    fmt(r["speedup_qps_single"], 2) + "×",
+                    fmt(r["speedup_qps_batch32"], 2) + "×",
                 ]
             )
         lines += [
-            _table(
+            md_table(
                 [
                     "contender",
                     "nprobe",
@@ -295,7 +295,7 @@ def search_section(res: dict[str, Any]) -> str:
     tr = res.get("text_recall")
     if tr:
         rows = [
-            [k, _f(v.get("R@1"), 3), _f(v.get("R@5"), 3), _f(v.get("R@10"), 3)]
+            [k, fmt(v.get("R@1"), 3), fmt(v.get("R@5"), 3), fmt(v.get("R@10"), 3)]
             for k, v in tr.items()
             if isinstance(v, dict)
         ]
@@ -306,7 +306,7 @@ def search_section(res: dict[str, Any]) -> str:
             "in-process (the Milvus contenders return these rankings at fidelity 1.0). "
             f"Distinct top-1 images over all queries (high-only): {tr.get('distinct_top1_high')}.",
             "",
-            _table(["ranking", "R@1", "R@5", "R@10"], rows),
+            md_table(["ranking", "R@1", "R@5", "R@10"], rows),
             "",
         ]
     # generator
@@ -330,9 +330,9 @@ def search_section(res: dict[str, Any]) -> str:
     for n, cur in g["agreement"].items():
         for kind in ("real", "generated"):
             rows.append(
-                [f"{int(n):,}", kind] + [_f(cur[kind].get(k), 3) for k in ("10", "50", "100", "200", "500", "1000")]
+                [f"{int(n):,}", kind] + [fmt(cur[kind].get(k), 3) for k in ("10", "50", "100", "200", "500", "1000")]
             )
-    lines += [_table(["rows", "vectors", "K=10", "K=50", "K=100", "K=200", "K=500", "K=1000"], rows), ""]
+    lines += [md_table(["rows", "vectors", "K=10", "K=50", "K=100", "K=200", "K=500", "K=1000"], rows), ""]
     chk = [s for s in sizes if s["label"].startswith("gen-check")]
     real_same = [s for s in sizes if s["label"].startswith("real-") and chk and s["rows"] == chk[0]["rows"]]
     if chk and real_same:
@@ -343,17 +343,17 @@ def search_section(res: dict[str, Any]) -> str:
                 rows.append(
                     [
                         f"`{r_real['name']}`",
-                        _f(r_real["fidelity@10"], 3),
-                        _f(r_gen["fidelity@10"], 3),
-                        _f(r_real["single"]["p50_ms"]),
-                        _f(r_gen["single"]["p50_ms"]),
+                        fmt(r_real["fidelity@10"], 3),
+                        fmt(r_gen["fidelity@10"], 3),
+                        fmt(r_real["single"]["p50_ms"]),
+                        fmt(r_gen["single"]["p50_ms"]),
                     ]
                 )
         lines += [
             f"Fidelity@10 of the same contenders on real vs generated vectors at {chk[0]['rows']:,} rows "
             "(the size where both exist):",
             "",
-            _table(["contender", "fidelity real", "fidelity generated", "p50 ms real", "p50 ms generated"], rows),
+            md_table(["contender", "fidelity real", "fidelity generated", "p50 ms real", "p50 ms generated"], rows),
             "",
         ]
     return "\n".join(lines)
@@ -371,10 +371,11 @@ def ingest_section(res: dict[str, Any]) -> str:
         "",
     ]
     rows = [
-        [k, _f(v["rows_per_s_median"]), ", ".join(_f(x) for x in v["rows_per_s"])] for k, v in pre["contenders"].items()
+        [k, fmt(v["rows_per_s_median"]), ", ".join(fmt(x) for x in v["rows_per_s"])]
+        for k, v in pre["contenders"].items()
     ]
     lines += [
-        _table(["writer", "rows/s (median)", "rows/s per round"], rows),
+        md_table(["writer", "rows/s (median)", "rows/s per round"], rows),
         "",
         f"**ingest() / bare insert loop = {pre['ingest_vs_bare_insert']:.2f}** (target ≥ {pre['target']}; "
         f"per round: {', '.join(f'{x:.2f}' for x in pre['ingest_vs_bare_insert_per_round'])}); "
@@ -382,7 +383,7 @@ def ingest_section(res: dict[str, Any]) -> str:
         + ("Target met." if pre["ingest_vs_bare_insert"] >= pre["target"] else "Target missed."),
         "",
         "ingest() time split (last round): "
-        + ", ".join(f"{k} {_f(v, 2)}" for k, v in pre["ingest_report_split"].items()),
+        + ", ".join(f"{k} {fmt(v, 2)}" for k, v in pre["ingest_report_split"].items()),
         "",
     ]
     lines += [
@@ -396,15 +397,15 @@ def ingest_section(res: dict[str, Any]) -> str:
             rows.append(
                 [
                     mode,
-                    _f(r["seconds"], 2),
-                    _f(r["setup_seconds"], 2),
-                    _f(r["encode_seconds"], 2),
-                    _f(r["write_seconds"], 2),
-                    _f(r["overlap"], 2),
+                    fmt(r["seconds"], 2),
+                    fmt(r["setup_seconds"], 2),
+                    fmt(r["encode_seconds"], 2),
+                    fmt(r["write_seconds"], 2),
+                    fmt(r["overlap"], 2),
                 ]
             )
     lines += [
-        _table(["mode", "wall s", "setup s", "encode s", "write s", "overlap"], rows),
+        md_table(["mode", "wall s", "setup s", "encode s", "write s", "overlap"], rows),
         "",
         f"**pipelined / sequential wall time = {enc['pipelined_over_sequential']:.2f}** "
         f"(ideal max(encode, write) = {enc['ideal_max_encode_write_s']:.1f} s, sum = "
@@ -434,14 +435,14 @@ def serve_section(res: dict[str, Any] | None) -> str:
         [
             r["path"],
             r["max_batch_size"],
-            _f(float(r["rps"])),
-            _f(float(r["p50_ms"])),
-            _f(float(r["p99_ms"])),
+            fmt(float(r["rps"])),
+            fmt(float(r["p50_ms"])),
+            fmt(float(r["p99_ms"])),
             r.get("mean_batch"),
         ]
         for r in res.get("results", [])
     ]
-    lines += [_table(["path", "max_batch_size", "req/s", "p50 ms", "p99 ms", "mean batch"], rows), ""]
+    lines += [md_table(["path", "max_batch_size", "req/s", "p50 ms", "p99 ms", "mean batch"], rows), ""]
     for path in ("http", "handle"):
         by = {r["max_batch_size"]: r for r in res.get("results", []) if r["path"] == path}
         if 1 in by and len(by) > 1:
@@ -466,14 +467,14 @@ def train_section(res: dict[str, Any]) -> str:
             r["workers"],
             r.get("round", 0),
             r["steps"],
-            _f(r.get("samples_per_s")),
-            _f(r.get("samples_per_s_per_worker")),
-            _f(r.get("wall_s")),
+            fmt(r.get("samples_per_s")),
+            fmt(r.get("samples_per_s_per_worker")),
+            fmt(r.get("wall_s")),
         ]
         for r in res["runs"]
     ]
     lines += [
-        _table(
+        md_table(
             ["workers", "round", "steps", "samples/s (global)", "samples/s per worker", "wall s (incl. start-up)"], rows
         ),
         "",
@@ -523,7 +524,7 @@ def _quality_cells(r: dict[str, Any]) -> list[str]:
         _pct(s.get("hier@50_over_high")) + " %",
         _pct(s.get("shortlist_recall@10")),
         _pct(s.get("shortlist_recall@50")),
-        _f(r["train"]["seconds"], 0) if not r.get("reused") else f"(= {r['reused']})",
+        fmt(r["train"]["seconds"], 0) if not r.get("reused") else f"(= {r['reused']})",
     ]
 
 
@@ -556,7 +557,7 @@ def quality_section(res: dict[str, Any], quick: dict[str, Any] | None = None) ->
         lines += [
             f"### `low_dim` sweep (full loss, high_dim {res['high_dim']})",
             "",
-            _table(["low_dim", *QUALITY_HEAD], [[r["low_dim"], *_quality_cells(r)] for r in sweep]),
+            md_table(["low_dim", *QUALITY_HEAD], [[r["low_dim"], *_quality_cells(r)] for r in sweep]),
             "",
         ]
         fd = res.get("findings") or {}
@@ -581,7 +582,7 @@ def quality_section(res: dict[str, Any], quick: dict[str, Any] | None = None) ->
         lines += [
             f"### Loss ablation (low_dim {res.get('ablation_low_dim')}; weights low / high / consistency / shortlist)",
             "",
-            _table(
+            md_table(
                 ["run", "weights", *QUALITY_HEAD],
                 [[r["name"], _weights(r["weights"]), *_quality_cells(r)] for r in ablation],
             ),
@@ -600,7 +601,7 @@ def quality_section(res: dict[str, Any], quick: dict[str, Any] | None = None) ->
             f"(`{quick.get('command')}`, {quick.get('date')}, wall time {quick.get('wall_s', 0) / 60:.0f} min; "
             f"written to `quality_quick.json`, so it never replaces the full run above):",
             "",
-            _table(["run", *QUALITY_HEAD], rows),
+            md_table(["run", *QUALITY_HEAD], rows),
             "",
         ]
     return "\n".join(lines)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.report import HEAD as SEARCH_HEAD
-from benchmarks.report import TARGET_FIDELITY, TARGET_SPEEDUP, _f, _table, best_at
+from benchmarks.report import TARGET_FIDELITY, TARGET_SPEEDUP, best_at, fmt, md_table
 
 # The search tables' columns without R@K: generated vectors carry no labels.
 HEAD = [h for h in SEARCH_HEAD if not h.startswith("R@")]
@@ -14,13 +14,13 @@ HEAD = [h for h in SEARCH_HEAD if not h.startswith("R@")]
 def _row(r: dict[str, Any]) -> list[str]:
     return [
         f"`{r['name']}`",
-        _f(r["single"]["qps"]),
-        _f(r["single"]["p50_ms"], 2),
-        _f(r["single"]["p99_ms"], 2),
-        _f(r["batch32"]["qps"]),
-        _f(r["fidelity@10"], 3),
-        _f(r["speedup_qps_single"], 2) + "×",
-        _f(r["speedup_qps_batch32"], 2) + "×",
+        fmt(r["single"]["qps"]),
+        fmt(r["single"]["p50_ms"], 2),
+        fmt(r["single"]["p99_ms"], 2),
+        fmt(r["batch32"]["qps"]),
+        fmt(r["fidelity@10"], 3),
+        fmt(r["speedup_qps_single"], 2) + "×",
+        fmt(r["speedup_qps_batch32"], 2) + "×",
     ]
 
 
@@ -72,18 +72,18 @@ def engine_section(res: dict[str, Any], lite3: dict[str, Any] | None = None) -> 
             f"{size['n_batches']} batches of 32, interleaved",
             "",
         ]
-        lines += [_table(HEAD, [_row(r) for r in size["contenders"]]), ""]
+        lines += [md_table(HEAD, [_row(r) for r in size["contenders"]]), ""]
         lines += [f"**Against the target (≥ {TARGET_SPEEDUP:.0f}× at ≥ {TARGET_FIDELITY}):** {_verdict(size)}.", ""]
         st = size.get("stages") or {}
         if st:
             rows = [
                 [
                     f"`{k}`",
-                    _f(v.get("coarse_ms"), 2),
-                    _f(v.get("get_ms"), 2),
-                    _f(v.get("numpy_ms"), 2),
-                    _f(v.get("filtered_search_ms"), 2),
-                    _f(v.get("total_ms"), 2),
+                    fmt(v.get("coarse_ms"), 2),
+                    fmt(v.get("get_ms"), 2),
+                    fmt(v.get("numpy_ms"), 2),
+                    fmt(v.get("filtered_search_ms"), 2),
+                    fmt(v.get("total_ms"), 2),
                 ]
                 for k, v in st.items()
             ]
@@ -92,7 +92,7 @@ def engine_section(res: dict[str, Any], lite3: dict[str, Any] | None = None) -> 
                 "`vec_high` in pieces of 1,000 ids (Lite 2.5's `get` of vectors is quadratic in the id count); "
                 "the server paths send one FLAT search on `vec_high` filtered to `id in [shortlist]`:",
                 "",
-                _table(["path", "coarse search", "get vec_high", "numpy re-rank", "filtered search", "total"], rows),
+                md_table(["path", "coarse search", "get vec_high", "numpy re-rank", "filtered search", "total"], rows),
                 "",
             ]
         old = lite3_sizes.get(n)
@@ -102,7 +102,7 @@ def engine_section(res: dict[str, Any], lite3: dict[str, Any] | None = None) -> 
                 a = next((r for r in old["contenders"] if r["kind"] == kind), None)
                 b = next((r for r in size["contenders"] if r["kind"] == kind), None)
                 if a and b:
-                    pairs.append([f"`{kind}` p50 ms", _f(a["single"]["p50_ms"]), _f(b["single"]["p50_ms"], 2)])
+                    pairs.append([f"`{kind}` p50 ms", fmt(a["single"]["p50_ms"]), fmt(b["single"]["p50_ms"], 2)])
             # The C++ side's server path may only reach the fidelity with its exact (FLAT) coarse stage.
             for kind, here in (
                 ("hier-client", ("hier-client",)),
@@ -123,7 +123,7 @@ def engine_section(res: dict[str, Any], lite3: dict[str, Any] | None = None) -> 
                 lines += [
                     f"Same size in the search benchmark (Milvus Lite 3, `{old['label']}`) vs here:",
                     "",
-                    _table(["", "Milvus Lite 3 (search.json)", name.split(" (")[0]], pairs),
+                    md_table(["", "Milvus Lite 3 (search.json)", name.split(" (")[0]], pairs),
                     "",
                 ]
     return "\n".join(lines)
