@@ -2,6 +2,10 @@
 
 hivlp-milvus bench report
 python -m benchmarks.report
+
+Over 600 lines on purpose: one renderer per BENCHMARKS.md section, each reading its own results
+file; they share the table/number formatting here (``fmt``, ``md_table``), and the engine check's
+section already lives in ``report_engine.py``.
 """
 
 from __future__ import annotations

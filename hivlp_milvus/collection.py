@@ -15,6 +15,12 @@ Every Milvus call goes through a :class:`~hivlp_milvus.connection.GuardedClient`
 methods raise only :class:`~hivlp_milvus.errors.HiVLPError` subclasses (Milvus' code kept).
 
 The schema itself (fields, limits, properties, row checks) is :mod:`hivlp_milvus.schema`.
+
+Over 600 lines on purpose: it is one class, the facade users hold, whose ~30 public methods
+(create/open and their checks, the write path, query/count/delete, the index check, the search
+entry points that hand over to :mod:`hivlp_milvus.search`) each stay a few lines over a guarded
+client. Splitting the class across files would scatter one object's contract; what is not the
+class (schema, filters, profiles, the funnel) already lives elsewhere.
 """
 
 from __future__ import annotations
