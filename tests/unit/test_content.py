@@ -5,6 +5,7 @@ http(s) is exercised against a real ``http.server`` on 127.0.0.1 (no network nee
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 import time
@@ -64,10 +65,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client stopped at its limit
             self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):  # the client stopped reading at its limit
-            pass
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +94,8 @@ def _pixels(img: Image.Image) -> np.ndarray:
 def test_local_path_and_file_url_read_the_same_pixels(image_file: Path) -> None:
     by_path = read_image(str(image_file))
     by_url = read_image(image_file.as_uri())
-    assert by_path.mode == "RGB" and by_path.size == (8, 8)
+    assert by_path.mode == "RGB"
+    assert by_path.size == (8, 8)
     np.testing.assert_array_equal(_pixels(by_path), _pixels(by_url))
     assert tuple(_pixels(by_path)[0, 0]) == (200, 30, 40)
 
