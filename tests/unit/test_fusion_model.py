@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from typing import Any
 
@@ -70,10 +71,16 @@ def test_score_pairs_batched_equals_one_by_one_and_broadcasts(model: HiVLP) -> N
         model.score_pairs(IMAGES[:3], texts[:2])
 
 
-def test_score_pairs_needs_no_grad_and_leaves_the_mode_alone(model: HiVLP) -> None:
+def test_score_pairs_builds_no_graph_and_leaves_the_mode_alone(model: HiVLP) -> None:
+    seen: list[bool] = []
+    hook = model.fusion.register_forward_hook(lambda _m, _i, out: seen.append(out.requires_grad))
     model.train()
-    with torch.enable_grad():
-        scores = model.score_pairs(IMAGES[:2], CAPTIONS[:2])
+    try:
+        with torch.enable_grad():
+            scores = model.score_pairs(IMAGES[:2], CAPTIONS[:2])
+    finally:
+        hook.remove()
+    assert seen == [False]  # no autograd graph, even where the caller enabled gradients
     assert model.training  # restored
     assert isinstance(scores, np.ndarray)
     model.eval()
@@ -98,6 +105,21 @@ def test_checkpoint_round_trip_keeps_scores_and_fingerprint(model: HiVLP, tmp_pa
     assert loaded.config == model.config
     assert loaded.fingerprint == model.fingerprint
     np.testing.assert_allclose(loaded.score_pairs(IMAGES, CAPTIONS[1::2]), before, atol=1e-6)
+
+
+def test_a_model_without_fusion_keeps_its_pre_fusion_fingerprint() -> None:
+    """The documented recipe, over the config *without* a fusion key: old collections still open."""
+    plain = create_model("micro", texts=CAPTIONS, seed=0)
+    config = plain.config.to_dict()
+    assert config.pop("fusion") is None
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
+    digest.update(json.dumps(sorted(plain.tokenizer.get_vocab().items()), separators=(",", ":")).encode())
+    state = plain.state_dict()
+    for name in sorted(state):
+        tensor = state[name].contiguous()
+        digest.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    assert plain.fingerprint == digest.hexdigest()[:16]
 
 
 def test_fingerprint_covers_the_fusion_weights_and_config(model: HiVLP) -> None:
