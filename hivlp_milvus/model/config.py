@@ -390,6 +390,17 @@ class HiVLPConfig(ConfigBase):
 
     # -- serialisation -------------------------------------------------------------------------
 
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict; without a fusion block it has no ``fusion`` key at all.
+
+        So a model without one writes the ``config.json`` (and has the fingerprint) it had before
+        the fusion block existed: its checkpoints and collections keep working with older readers.
+        """
+        data = super().to_dict()
+        if data.get("fusion") is None:
+            data.pop("fusion", None)
+        return data
+
     def to_json(self, *, indent: int | None = 2) -> str:
         """The config as JSON with sorted keys (stable text, so it can be hashed and diffed)."""
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)

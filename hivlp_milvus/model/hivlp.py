@@ -418,12 +418,8 @@ class HiVLP(nn.Module):
         once per use rather than per batch.
         """
         digest = hashlib.sha256()
-        config = self.config.to_dict()
-        if config.get("fusion") is None:
-            # Models without a fusion block keep the fingerprint they had before the block existed,
-            # so the collections built with them still open.
-            config.pop("fusion", None)
-        digest.update(json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
+        # (A config without a fusion block has no "fusion" key: such models keep their fingerprint.)
+        digest.update(json.dumps(self.config.to_dict(), sort_keys=True, separators=(",", ":")).encode())
         # Same weights over another vocabulary map text to other vectors, so the vocab counts too.
         vocab = sorted(self.tokenizer.get_vocab().items())
         digest.update(json.dumps(vocab, separators=(",", ":")).encode())
