@@ -13,13 +13,16 @@ is a linear read-out of the masked mean of the last layer's text tokens.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from hivlp_milvus.errors import DimensionMismatchError
 from hivlp_milvus.model.config import FusionConfig
+from hivlp_milvus.model.embedding import HiVLPOutput
 
-__all__ = ["FusionScorer", "spatial_tokens"]
+__all__ = ["FusedOutput", "FusionInputs", "FusionScorer", "spatial_tokens"]
 
 
 def spatial_tokens(features: torch.Tensor) -> torch.Tensor:
@@ -101,3 +104,35 @@ class FusionScorer(nn.Module):
         keep = (~padding).unsqueeze(-1).to(hidden.dtype)
         pooled = (self.norm(hidden) * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
         return self.head(pooled).squeeze(-1)
+
+
+@dataclass(frozen=True, eq=False)
+class FusionInputs:
+    """What a training forward pass keeps for the fusion block: token features of the batch.
+
+    Attributes:
+        scorer: the model's fusion block.
+        image: ``(B, T, D_img)`` image tokens (:func:`spatial_tokens`).
+        text: ``(B, L, D_txt)`` token features of the text tower.
+        text_mask: ``(B, L)`` attention mask.
+    """
+
+    scorer: FusionScorer
+    image: torch.Tensor
+    text: torch.Tensor
+    text_mask: torch.Tensor
+
+    def match(self, image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
+        """Match logits of the pairs ``(image[image_index[k]], text[text_index[k]])``, with gradients."""
+        return self.scorer(self.text[text_index], self.text_mask[text_index], self.image[image_index])
+
+
+@dataclass(frozen=True)
+class FusedOutput(HiVLPOutput):
+    """``HiVLP.forward``'s output for a model with a fusion block: the embeddings plus the fusion inputs.
+
+    It is a :class:`~hivlp_milvus.model.embedding.HiVLPOutput`, so every consumer of that keeps
+    working; the ``itm`` loss term reads :attr:`fusion`.
+    """
+
+    fusion: FusionInputs | None = None

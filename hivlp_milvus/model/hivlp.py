@@ -25,7 +25,7 @@ from hivlp_milvus.device import inference_dtype, resolve_device
 from hivlp_milvus.errors import CheckpointError, ConfigError, DimensionMismatchError
 from hivlp_milvus.model.config import HiVLPConfig, get_config
 from hivlp_milvus.model.embedding import HierarchicalEmbedding, HiVLPOutput
-from hivlp_milvus.model.fusion import FusionScorer, spatial_tokens
+from hivlp_milvus.model.fusion import FusedOutput, FusionInputs, FusionScorer, spatial_tokens
 from hivlp_milvus.model.heads import build_head
 from hivlp_milvus.model.preprocess import ImageLike, ImageProcessor, _as_batch
 from hivlp_milvus.model.tokenizer import load_pretrained_tokenizer, train_wordpiece
@@ -199,15 +199,30 @@ class HiVLP(nn.Module):
             attention_mask: ``(M, L)`` mask.
 
         Returns:
-            Both modalities at both levels and the clamped logit scales.
+            Both modalities at both levels and the clamped logit scales; with a fusion block, a
+            :class:`~hivlp_milvus.model.fusion.FusedOutput` that also keeps the batch's token
+            features for the ``itm`` loss term.
         """
         scale_low, scale_high = self.logit_scales()
-        return HiVLPOutput(
-            image=self.encode_image(pixel_values),
-            text=self.encode_text(input_ids, attention_mask),
-            logit_scale_low=scale_low,
-            logit_scale_high=scale_high,
-        )
+        if self.fusion is None:
+            return HiVLPOutput(
+                image=self.encode_image(pixel_values),
+                text=self.encode_text(input_ids, attention_mask),
+                logit_scale_low=scale_low,
+                logit_scale_high=scale_high,
+            )
+        # One pass per tower serves both the embeddings and the fusion inputs: timm's forward is
+        # forward_head(forward_features(x)), and the text tower's token states are caught on the way.
+        features = self.image_tower.model.forward_features(pixel_values.to(self.device))
+        image = self.image_head(self.image_tower.model.forward_head(features))
+        caught: list[torch.Tensor] = []
+        hook = self.text_tower.model.register_forward_hook(lambda _m, _i, out: caught.append(out.last_hidden_state))
+        try:
+            text = self.encode_text(input_ids, attention_mask)
+        finally:
+            hook.remove()
+        inputs = FusionInputs(self.fusion, spatial_tokens(features), caught[0], attention_mask.to(self.device))
+        return FusedOutput(image, text, scale_low, scale_high, fusion=inputs)
 
     # -- fusion (third stage) -------------------------------------------------------------------
 
