@@ -23,20 +23,25 @@ import numpy as np
 from hivlp_milvus.content import ContentOptions, row_content
 from hivlp_milvus.errors import BadRecordError, ConfigError, QueryError, SearchLimitError
 
-__all__ = ["CONTENT_FIELDS", "check_fusion", "fusion_rerank"]
+__all__ = ["CONTENT_FIELDS", "check_fusion", "fusion_rerank", "query_items"]
 
 #: The fields the fusion stage reads from each candidate row.
 CONTENT_FIELDS = ("modality", "reference")
 
 
-def check_fusion(model: Any, fusion_limit: Any, limit: int, kinds: Sequence[str]) -> None:
+def query_items(query: Any) -> list[Any]:
+    """The queries of a search: a list or tuple of queries, or one query."""
+    return list(query) if isinstance(query, list | tuple) else [query]
+
+
+def check_fusion(model: Any, fusion_limit: Any, limit: int, query: Any) -> None:
     """Validate a fusion request before any search runs.
 
     Args:
         model: the collection's model (``None`` when it has none).
         fusion_limit: candidates re-scored per query (``M``).
         limit: final hits per query.
-        kinds: ``"text"`` / ``"image"`` / ``"embedding"`` per query.
+        query: the search's query or list of queries.
 
     Raises:
         ConfigError: no model, or a model without a fusion block.
@@ -54,7 +59,8 @@ def check_fusion(model: Any, fusion_limit: Any, limit: int, kinds: Sequence[str]
             f"fusion_limit must be an int >= limit={limit} (the fusion stage re-scores the fine stage's top "
             f"fusion_limit and returns the first limit), got {fusion_limit!r}"
         )
-    if "embedding" in kinds:
+    # Duck-typed like search.encode_queries: an embedding has both levels and is no str/bytes.
+    if any(hasattr(q, "low") and hasattr(q, "high") and not isinstance(q, str | bytes) for q in query_items(query)):
         raise QueryError(
             "the fusion stage scores the query's own text or image against each candidate, so it cannot run on "
             "an embedding query; search with the text or image, or without fusion_limit"

@@ -66,7 +66,7 @@ from hivlp_milvus.connection import guarded
 from hivlp_milvus.content import ContentOptions
 from hivlp_milvus.errors import DimensionMismatchError, FilterError, QueryError, SearchLimitError
 from hivlp_milvus.filters import bind, filter_errors, filter_kwargs, restrict_to_ids
-from hivlp_milvus.fusion_stage import CONTENT_FIELDS, check_fusion, fusion_rerank
+from hivlp_milvus.fusion_stage import CONTENT_FIELDS, check_fusion, fusion_rerank, query_items
 from hivlp_milvus.ids import MODALITIES
 
 if TYPE_CHECKING:
@@ -409,7 +409,7 @@ def hierarchical_search(
     fields = list(DEFAULT_OUTPUT_FIELDS if output_fields is None else output_fields)
     fine_limit, fine_fields = limit, fields
     if fusion_limit is not None:
-        check_fusion(col.model, fusion_limit, limit, [_query_kind(q) for q in _query_items(query)])
+        check_fusion(col.model, fusion_limit, limit, query)
         # The fine stage hands the fusion stage its top-M with what it needs to read each one.
         coarse_limit = col.profile.validate_limits(fusion_limit, requested_coarse)
         fine_limit, fine_fields = fusion_limit, list(dict.fromkeys([*fields, *CONTENT_FIELDS]))
@@ -437,20 +437,12 @@ def hierarchical_search(
     timings = {"encode_s": t1 - t0, "coarse_s": t2 - t1, "fine_s": t3 - t2}
     if fusion_limit is None:
         return SearchResults(hits, timings | {"total_s": t3 - t0}, rerank=mode)
-    hits, skipped = fusion_rerank(col.model, _query_items(query), kinds, hits, limit, content)
+    hits, skipped = fusion_rerank(col.model, query_items(query), kinds, hits, limit, content)
     for hit in (h for per_query in hits for h in per_query):
         hit["entity"] = {f: v for f, v in hit["entity"].items() if f in fields}
     t4 = time.perf_counter()
     timings |= {"fusion_s": t4 - t3, "total_s": t4 - t0}
     return SearchResults(hits, timings, rerank=mode, fusion_skipped=skipped)
-
-
-def _query_items(query: Any) -> list[Any]:
-    return list(query) if isinstance(query, list | tuple) else [query]
-
-
-def _query_kind(item: Any) -> str:
-    return "embedding" if _is_embedding(item) else "text" if isinstance(item, str) else "image"
 
 
 def _search_partitions(
