@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from hivlp_milvus.connection import DEFAULT_URI, ConnectionOptions, connect, guarded, is_lite
+from hivlp_milvus.content import ContentOptions
 from hivlp_milvus.errors import (
     CollectionExistsError,
     CollectionNotFoundError,
@@ -804,11 +805,14 @@ class HierarchicalCollection:
         search_params: Mapping[str, Any] | None = None,
         timeout: float | None = None,
         consistency_level: str | None = None,
+        fusion_limit: int | None = None,
+        content: ContentOptions | None = None,
     ) -> Any:
         """Coarse (ANN on ``vec_low``) -> fine (exact on ``vec_high``) search, under one filter.
 
-        See :func:`hivlp_milvus.search.hierarchical_search` for the arguments (an unknown keyword
-        is a ``TypeError``, never silently ignored).
+        With ``fusion_limit=M``, a third stage re-scores the fine top-M with the model's fusion
+        block. See :func:`hivlp_milvus.search.hierarchical_search` for the arguments (an unknown
+        keyword is a ``TypeError``, never silently ignored).
         """
         from hivlp_milvus.search import hierarchical_search
 
@@ -825,6 +829,8 @@ class HierarchicalCollection:
             search_params=search_params,
             timeout=timeout,
             consistency_level=consistency_level,
+            fusion_limit=fusion_limit,
+            content=content,
         )
 
     def search(

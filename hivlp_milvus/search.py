@@ -41,8 +41,12 @@
    On a Milvus server both costs are lower; re-measure there (benchmarks/) before trusting the
    same rule.
 
+3. **Fusion** (only with ``fusion_limit=M``): the fine top-M re-scored by the model's cross-attention
+   scorer, which reads each candidate's content (:mod:`hivlp_milvus.fusion_stage`).
+
 Results are shaped like ``MilvusClient.search``: a list (one per query) of hits
-``{"id", "distance" (fine score), "coarse_distance", "entity": {...}}``, with ``.timings``.
+``{"id", "distance" (fine score), "coarse_distance", "entity": {...}}`` (plus ``fusion_score``
+with a fusion stage), with ``.timings``.
 
 The funnel reads a collection only through :class:`SearchableCollection` (``HierarchicalCollection``
 is one) and calls Milvus through the error boundary (:func:`hivlp_milvus.connection.guarded`):
@@ -59,8 +63,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from hivlp_milvus.connection import guarded
+from hivlp_milvus.content import ContentOptions
 from hivlp_milvus.errors import DimensionMismatchError, FilterError, QueryError, SearchLimitError
 from hivlp_milvus.filters import bind, filter_errors, filter_kwargs, restrict_to_ids
+from hivlp_milvus.fusion_stage import CONTENT_FIELDS, check_fusion, fusion_rerank, query_items
 from hivlp_milvus.ids import MODALITIES
 
 if TYPE_CHECKING:
@@ -129,8 +135,12 @@ class SearchResults(list):
     """One list of hits per query (like ``MilvusClient.search``), plus ``timings``.
 
     Attributes:
-        timings: seconds spent in ``encode_s``, ``coarse_s``, ``fine_s`` and ``total_s``.
+        timings: seconds spent in ``encode_s``, ``coarse_s``, ``fine_s`` (``fusion_s`` with a fusion
+            stage) and ``total_s``.
         rerank: the re-rank path that ran (``"client"`` / ``"server"``; ``None`` for one-level search).
+        fusion_skipped: the fusion stage's candidates that could not be scored (their image could
+            not be read, or they have the query's modality), as ``{"query", "id", "reason"}``;
+            they kept their fine-stage position.
     """
 
     def __init__(
@@ -138,10 +148,12 @@ class SearchResults(list):
         hits: Sequence[list[dict[str, Any]]] = (),
         timings: Mapping[str, float] | None = None,
         rerank: str | None = None,
+        fusion_skipped: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         super().__init__(hits)
         self.timings: dict[str, float] = dict(timings or {})
         self.rerank = rerank
+        self.fusion_skipped: list[dict[str, Any]] = [dict(s) for s in fusion_skipped]
 
 
 # ---------------------------------------------------------------------- queries
@@ -341,8 +353,12 @@ def hierarchical_search(
     search_params: Mapping[str, Any] | None = None,
     timeout: float | None = None,
     consistency_level: str | None = None,
+    fusion_limit: int | None = None,
+    content: ContentOptions | None = None,
 ) -> SearchResults:
     """Coarse ANN on ``vec_low`` -> exact re-rank on ``vec_high`` of the shortlist, one filter for both.
+
+    With ``fusion_limit=M`` a third stage re-scores the fine top-M with the model's fusion block.
 
     Args:
         col: the collection (any :class:`SearchableCollection`; ``HierarchicalCollection`` is one).
@@ -350,7 +366,8 @@ def hierarchical_search(
             ``HierarchicalEmbedding`` (one or many rows), or a list of these (batched: the coarse
             stage is one multi-query search per target modality).
         limit: final hits per query.
-        coarse_limit: shortlist size; default ``max(10 * limit, 100)`` capped by the profile.
+        coarse_limit: shortlist size; default ``max(10 * n, 100)`` capped by the profile, where
+            ``n`` is ``fusion_limit`` when given, else ``limit``.
         filter: Milvus boolean expression with ``{name}`` placeholders.
         filter_params: placeholder values (templated on servers, bound as literals on Lite).
         modality: targets: ``"image"``, ``"text"``, ``"all"``; default: a text query searches
@@ -364,10 +381,17 @@ def hierarchical_search(
         timeout: seconds each Milvus request may take (``MilvusUnavailableError`` after that).
         consistency_level: override of the collection's consistency level for every request
             (``"Strong"``, ``"Bounded"``, ``"Session"``, ``"Eventually"``).
+        fusion_limit: run the fusion stage on the fine stage's top ``fusion_limit`` (>= ``limit``)
+            and return its first ``limit``; ``None`` (default): two stages only.
+        content: how the fusion stage reads candidate images (root directory, http(s) opt-in,
+            size and time limits); defaults of :class:`~hivlp_milvus.content.ContentOptions`.
 
     Returns:
         ``SearchResults``: per query, hits ``{"id", "distance", "coarse_distance", "entity"}`` sorted
-        by the fine score (``distance``, inner product, higher is closer); ``.timings``.
+        by the fine score (``distance``, inner product, higher is closer); ``.timings``. With a
+        fusion stage, hits are in fusion order and gain ``fusion_score`` (``None``, with a
+        ``fusion_error``, for a candidate that could not be scored: it keeps its fine position and
+        is listed in ``.fusion_skipped``); ``.timings`` gains ``fusion_s``.
 
     Raises:
         QueryError: bad query type, a str/image query without a model, bad ``rerank``/``modality``.
@@ -375,12 +399,20 @@ def hierarchical_search(
         FilterError: malformed filter or parameters (Milvus' parse message is kept).
         DimensionMismatchError: query vectors of the wrong dims.
         MilvusError: (a subclass) Milvus is unreachable, refuses the token, or rejects the request.
+        ConfigError: ``fusion_limit`` with no model, or a model without a fusion block.
     """
     if rerank not in RERANK_MODES:
         raise QueryError(f"rerank must be one of {RERANK_MODES}, got {rerank!r}")
     mode = auto_rerank(filter, lite=col.is_lite) if rerank == "auto" else rerank
-    coarse_limit = col.profile.validate_limits(limit, coarse_limit)
+    requested_coarse = coarse_limit
+    coarse_limit = col.profile.validate_limits(limit, requested_coarse)
     fields = list(DEFAULT_OUTPUT_FIELDS if output_fields is None else output_fields)
+    fine_limit, fine_fields = limit, fields
+    if fusion_limit is not None:
+        check_fusion(col.model, fusion_limit, limit, query)
+        # The fine stage hands the fusion stage its top-M with what it needs to read each one.
+        coarse_limit = col.profile.validate_limits(fusion_limit, requested_coarse)
+        fine_limit, fine_fields = fusion_limit, list(dict.fromkeys([*fields, *CONTENT_FIELDS]))
     milvus = _Milvus(col, filter, filter_params, timeout=timeout, consistency_level=consistency_level)
     t0 = time.perf_counter()
     low, high, kinds = encode_queries(query, col.model)
@@ -398,12 +430,19 @@ def hierarchical_search(
     t2 = time.perf_counter()
 
     if mode == "client":
-        hits = _rerank_client(milvus, high, coarse, limit, fields)
+        hits = _rerank_client(milvus, high, coarse, fine_limit, fine_fields)
     else:
-        hits = _rerank_server(milvus, high, coarse, modalities, limit, fields)
+        hits = _rerank_server(milvus, high, coarse, modalities, fine_limit, fine_fields)
     t3 = time.perf_counter()
-    timings = {"encode_s": t1 - t0, "coarse_s": t2 - t1, "fine_s": t3 - t2, "total_s": t3 - t0}
-    return SearchResults(hits, timings, rerank=mode)
+    timings = {"encode_s": t1 - t0, "coarse_s": t2 - t1, "fine_s": t3 - t2}
+    if fusion_limit is None:
+        return SearchResults(hits, timings | {"total_s": t3 - t0}, rerank=mode)
+    hits, skipped = fusion_rerank(col.model, query_items(query), kinds, hits, limit, content)
+    for hit in (h for per_query in hits for h in per_query):
+        hit["entity"] = {f: v for f, v in hit["entity"].items() if f in fields}
+    t4 = time.perf_counter()
+    timings |= {"fusion_s": t4 - t3, "total_s": t4 - t0}
+    return SearchResults(hits, timings, rerank=mode, fusion_skipped=skipped)
 
 
 def _search_partitions(

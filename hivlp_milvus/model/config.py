@@ -40,6 +40,7 @@ from hivlp_milvus.errors import ConfigError
 
 __all__ = [
     "ConfigBase",
+    "FusionConfig",
     "HiVLPConfig",
     "ImageTowerConfig",
     "TextTowerConfig",
@@ -323,6 +324,29 @@ class TextTowerConfig(ConfigBase):
         return self
 
 
+@config_dataclass("fusion")
+class FusionConfig(ConfigBase):
+    """The optional fusion scorer: text tokens cross-attend to the image tower's spatial features.
+
+    Attributes:
+        layers: transformer layers (each: text self-attention, cross-attention to the image, MLP).
+        heads: attention heads per layer.
+        width: the scorer's hidden width (both towers' token features are projected to it).
+    """
+
+    layers: PositiveInt = 2
+    heads: PositiveInt = 4
+    width: PositiveInt = 256
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> FusionConfig:
+        if self.width % self.heads:
+            raise ValueError(
+                f"width={self.width} is not divisible by heads={self.heads}; pick a head count that divides the width"
+            )
+        return self
+
+
 @config_dataclass()
 class HiVLPConfig(ConfigBase):
     """A whole HiVLP model: both towers, the hierarchical heads and the temperatures.
@@ -336,6 +360,8 @@ class HiVLPConfig(ConfigBase):
             first ``low_dim`` dims of the high projection, normalised separately).
         init_temperature: initial softmax temperature of both levels (logit scale = 1 / T).
         max_logit_scale: the learnable logit scales are clamped to at most this value.
+        fusion: the optional cross-attention scorer of the third search stage (``None``: no
+            fusion block; a dict is accepted).
     """
 
     image: ImageTowerConfig = dataclasses.field(default_factory=ImageTowerConfig)
@@ -345,6 +371,7 @@ class HiVLPConfig(ConfigBase):
     head: Literal["separate", "nested"] = "separate"
     init_temperature: PositiveNumber = 0.07
     max_logit_scale: PositiveNumber = 100.0
+    fusion: FusionConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> HiVLPConfig:
@@ -362,6 +389,17 @@ class HiVLPConfig(ConfigBase):
         return self
 
     # -- serialisation -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict; without a fusion block it has no ``fusion`` key at all.
+
+        So a model without one writes the ``config.json`` (and has the fingerprint) it had before
+        the fusion block existed: its checkpoints and collections keep working with older readers.
+        """
+        data = super().to_dict()
+        if data.get("fusion") is None:
+            data.pop("fusion", None)
+        return data
 
     def to_json(self, *, indent: int | None = 2) -> str:
         """The config as JSON with sorted keys (stable text, so it can be hashed and diffed)."""

@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from hivlp_milvus.device import inference_dtype, resolve_device
-from hivlp_milvus.errors import CheckpointError, ConfigError
+from hivlp_milvus.errors import CheckpointError, ConfigError, DimensionMismatchError
 from hivlp_milvus.model.config import HiVLPConfig, get_config
 from hivlp_milvus.model.embedding import HierarchicalEmbedding, HiVLPOutput
+from hivlp_milvus.model.fusion import FusedOutput, FusionInputs, FusionScorer, spatial_tokens
 from hivlp_milvus.model.heads import build_head
 from hivlp_milvus.model.preprocess import ImageLike, ImageProcessor, _as_batch
 from hivlp_milvus.model.tokenizer import load_pretrained_tokenizer, train_wordpiece
@@ -57,6 +58,8 @@ class HiVLP(nn.Module):
         image_processor: the :class:`ImageProcessor` used by :meth:`preprocess_images`.
         logit_scale_low: learnable log inverse temperature of the low level (0-d parameter).
         logit_scale_high: learnable log inverse temperature of the high level (0-d parameter).
+        fusion: the cross-attention scorer of the third search stage when ``config.fusion`` is
+            set (:meth:`score_pairs`), else ``None``.
 
     Raises:
         ConfigError: invalid config, or a tokenizer that does not fit the text tower.
@@ -102,6 +105,24 @@ class HiVLP(nn.Module):
         init = math.log(1.0 / config.init_temperature)
         self.logit_scale_low = nn.Parameter(torch.tensor(init, dtype=torch.float32))
         self.logit_scale_high = nn.Parameter(torch.tensor(init, dtype=torch.float32))
+        # Built last, so the towers and heads draw the same random init with or without it.
+        self.fusion = self._build_fusion() if config.fusion is not None else None
+
+    def _build_fusion(self) -> FusionScorer:
+        assert self.config.fusion is not None
+        # The token count of the image features depends on the tower and the image size: measure it
+        # with one blank image, in eval mode so BatchNorm running statistics are not touched.
+        size = self.config.image.image_size
+        was_training = self.image_tower.training
+        self.image_tower.eval()
+        try:
+            with torch.no_grad():
+                probe = spatial_tokens(self.image_tower.model.forward_features(torch.zeros(1, 3, size, size)))
+        finally:
+            self.image_tower.train(was_training)
+        return FusionScorer(
+            self.config.fusion, text_dim=self.text_tower.out_dim, image_dim=probe.shape[-1], image_tokens=probe.shape[1]
+        )
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -178,15 +199,139 @@ class HiVLP(nn.Module):
             attention_mask: ``(M, L)`` mask.
 
         Returns:
-            Both modalities at both levels and the clamped logit scales.
+            Both modalities at both levels and the clamped logit scales; with a fusion block, a
+            :class:`~hivlp_milvus.model.fusion.FusedOutput` that also keeps the batch's token
+            features for the ``itm`` loss term.
         """
         scale_low, scale_high = self.logit_scales()
-        return HiVLPOutput(
-            image=self.encode_image(pixel_values),
-            text=self.encode_text(input_ids, attention_mask),
-            logit_scale_low=scale_low,
-            logit_scale_high=scale_high,
-        )
+        if self.fusion is None:
+            return HiVLPOutput(
+                image=self.encode_image(pixel_values),
+                text=self.encode_text(input_ids, attention_mask),
+                logit_scale_low=scale_low,
+                logit_scale_high=scale_high,
+            )
+        # One pass per tower serves both the embeddings and the fusion inputs: timm's forward is
+        # forward_head(forward_features(x)), and the text tower's token states are caught on the way.
+        features = self.image_tower.model.forward_features(pixel_values.to(self.device))
+        image = self.image_head(self.image_tower.model.forward_head(features))
+        caught: list[torch.Tensor] = []
+        hook = self.text_tower.model.register_forward_hook(lambda _m, _i, out: caught.append(out.last_hidden_state))
+        try:
+            text = self.encode_text(input_ids, attention_mask)
+        finally:
+            hook.remove()
+        inputs = FusionInputs(self.fusion, spatial_tokens(features), caught[0], attention_mask.to(self.device))
+        return FusedOutput(image, text, scale_low, scale_high, fusion=inputs)
+
+    # -- fusion (third stage) -------------------------------------------------------------------
+
+    @property
+    def has_fusion(self) -> bool:
+        """Whether this model carries a fusion block (can run :meth:`score_pairs`)."""
+        return self.fusion is not None
+
+    def _require_fusion(self) -> FusionScorer:
+        if self.fusion is None:
+            raise ConfigError(
+                "this model has no fusion block (its config's fusion is null), so it cannot score pairs or run "
+                "a fusion stage; search without fusion_limit, or use a checkpoint trained with a fusion block"
+            )
+        return self.fusion
+
+    def match_logits(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Fusion match logits of aligned image–text pairs, with gradients (for an ITM loss).
+
+        Args:
+            pixel_values: ``(N, 3, S, S)`` images.
+            input_ids: ``(N, L)`` token ids of the paired captions.
+            attention_mask: ``(N, L)`` mask.
+
+        Returns:
+            ``(N,)`` logits, higher = better match.
+
+        Raises:
+            ConfigError: the model has no fusion block.
+        """
+        fusion = self._require_fusion()
+        image = spatial_tokens(self.image_tower.model.forward_features(pixel_values.to(self.device)))
+        mask = attention_mask.to(self.device)
+        text = self.text_tower.model(input_ids=input_ids.to(self.device), attention_mask=mask).last_hidden_state
+        return fusion(text, mask, image)
+
+    def score_pairs(
+        self, images: ImageLike | Iterable[ImageLike], texts: str | Iterable[str], batch_size: int = 64
+    ) -> np.ndarray:
+        """Fusion scores of image–text pairs, batched, without gradients.
+
+        Pair ``i`` is ``(images[i], texts[i])``; one image (or one text) is paired with every item
+        of the other side, which is how search re-scores a query against its M candidates. Each
+        distinct text and image object is encoded once.
+
+        Args:
+            images: one image or a sequence of images (path, PIL image, HWC uint8 array, bytes).
+            texts: one caption or a sequence of captions.
+            batch_size: pairs (and items encoded) per forward pass.
+
+        Returns:
+            float32 ``(N,)`` match logits (higher = better match).
+
+        Raises:
+            ConfigError: the model has no fusion block.
+            DimensionMismatchError: both sides have several items but not the same number.
+            BadRecordError: an image cannot be loaded.
+            ValueError: ``batch_size`` is not positive.
+        """
+        fusion = self._require_fusion()
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        image_list = [images] if _is_single_image(images) else list(images)
+        text_list = [texts] if isinstance(texts, str) else list(texts)
+        n = max(len(image_list), len(text_list))
+        if len(image_list) not in (1, n) or len(text_list) not in (1, n):
+            raise DimensionMismatchError(
+                f"{len(image_list)} images and {len(text_list)} texts: give as many of each, or one of either"
+            )
+        if n == 0 or not image_list or not text_list:
+            return np.zeros(0, dtype=np.float32)
+        image_list = image_list * n if len(image_list) == 1 else image_list
+        text_list = text_list * n if len(text_list) == 1 else text_list
+        # Images are deduplicated by object (arrays are not hashable), texts by value.
+        unique_images: dict[int, int] = {}
+        image_of = [unique_images.setdefault(id(img), len(unique_images)) for img in image_list]
+        first_image = {slot: img for img, slot in zip(image_list, image_of, strict=True)}
+        unique_texts: dict[str, int] = {}
+        text_of = [unique_texts.setdefault(t, len(unique_texts)) for t in text_list]
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                image_feats = torch.cat(
+                    [
+                        spatial_tokens(
+                            self.image_tower.model.forward_features(self.preprocess_images(chunk).to(self.device))
+                        )
+                        for chunk in _chunks([first_image[k] for k in range(len(first_image))], batch_size)
+                    ]
+                )
+                hidden, masks = [], []
+                for chunk in _chunks(list(unique_texts), batch_size):
+                    tokens = self.tokenize(chunk)
+                    mask = tokens["attention_mask"].to(self.device)
+                    ids = tokens["input_ids"].to(self.device)
+                    hidden.append(self.text_tower.model(input_ids=ids, attention_mask=mask).last_hidden_state)
+                    masks.append(mask)
+                text_feats, text_masks = torch.cat(hidden), torch.cat(masks)
+                scores = []
+                for start in range(0, n, batch_size):
+                    ti = torch.as_tensor(text_of[start : start + batch_size], device=self.device)
+                    ii = torch.as_tensor(image_of[start : start + batch_size], device=self.device)
+                    scores.append(fusion(text_feats[ti], text_masks[ti], image_feats[ii]).float())
+        finally:
+            self.train(was_training)
+        return torch.cat(scores).cpu().numpy().astype(np.float32, copy=False)
 
     # -- inference helpers ---------------------------------------------------------------------
 
@@ -288,6 +433,7 @@ class HiVLP(nn.Module):
         once per use rather than per batch.
         """
         digest = hashlib.sha256()
+        # (A config without a fusion block has no "fusion" key: such models keep their fingerprint.)
         digest.update(json.dumps(self.config.to_dict(), sort_keys=True, separators=(",", ":")).encode())
         # Same weights over another vocabulary map text to other vectors, so the vocab counts too.
         vocab = sorted(self.tokenizer.get_vocab().items())

@@ -34,10 +34,13 @@ from hivlp_milvus.model.distributed import (
 )
 from hivlp_milvus.model.embedding import HiVLPOutput
 
-__all__ = ["TERMS", "HiVLPLoss", "LossConfig", "LossOutput"]
+__all__ = ["FUSION_TERMS", "TERMS", "HiVLPLoss", "LossConfig", "LossOutput"]
 
 #: The weighted terms of the objective, in the order they are reported.
 TERMS: tuple[str, ...] = ("low", "high", "consistency", "shortlist")
+#: Terms that train the fusion block (the model must have one); off by default, reported after TERMS.
+FUSION_TERMS: tuple[str, ...] = ("itm",)
+_ALL_TERMS = TERMS + FUSION_TERMS
 
 
 def _auto_or_bool(value: Any) -> Any:
@@ -62,6 +65,10 @@ class LossConfig(ConfigBase):
             and training the high level on it from step 0 held a from-scratch model at chance
             (measured: loss stuck at ln B); the funnel term is a curriculum stage, not a warm start.
         consistency_temperature: τ_c dividing both levels' logits inside the KL.
+        itm: Weight of image–text matching (needs a model with a fusion block): binary
+            cross-entropy of the fusion logit on each positive pair and on one hard negative
+            image per text and one hard negative text per image, sampled (as ALBEF does) in
+            proportion to the softmax of this rank's high-level similarities, positives excluded.
         gather: ``"auto"`` all-gathers when ``torch.distributed`` is initialised with ≥ 2 ranks;
             ``True`` requires that (error otherwise); ``False`` never gathers (per-rank batches).
     """
@@ -74,13 +81,16 @@ class LossConfig(ConfigBase):
     shortlist_k: Annotated[StrictInt, Field(ge=2)] = 16
     shortlist_start_step: NonNegativeInt = 0
     consistency_temperature: PositiveNumber = 1.0
+    itm: NonNegativeNumber = 0.0
     gather: Annotated[Literal["auto"] | StrictBool, BeforeValidator(_auto_or_bool)] = "auto"
 
     @model_validator(mode="after")
     def _some_loss_at_every_step(self) -> LossConfig:
-        if all(getattr(self, name) == 0 for name in TERMS):
-            raise ValueError(f"all weights ({', '.join(TERMS)}) are 0; switch on at least one")
-        if self.shortlist_start_step > 0 and all(getattr(self, name) == 0 for name in TERMS if name != "shortlist"):
+        if all(getattr(self, name) == 0 for name in _ALL_TERMS):
+            raise ValueError(f"all weights ({', '.join(_ALL_TERMS)}) are 0; switch on at least one")
+        if self.shortlist_start_step > 0 and all(
+            getattr(self, name) == 0 for name in _ALL_TERMS if name != "shortlist"
+        ):
             raise ValueError(
                 "shortlist_start_step > 0 with only the shortlist term on leaves no loss "
                 "before that step; switch on another term or set shortlist_start_step: 0"
@@ -89,8 +99,8 @@ class LossConfig(ConfigBase):
 
     @property
     def weights(self) -> dict[str, float]:
-        """The switched-on terms and their weights, in :data:`TERMS` order."""
-        return {name: getattr(self, name) for name in TERMS if getattr(self, name) > 0}
+        """The switched-on terms and their weights, in :data:`TERMS` then :data:`FUSION_TERMS` order."""
+        return {name: getattr(self, name) for name in _ALL_TERMS if getattr(self, name) > 0}
 
     def weights_at(self, step: int | None) -> dict[str, float]:
         """:attr:`weights` at optimisation ``step`` (``None``: every switched-on term)."""
@@ -210,6 +220,10 @@ class HiVLPLoss(nn.Module):
                 _soft_ce(high[0], positives, _shortlist_mask(low[0], positives, k))
                 + _soft_ce(high[1], positives, _shortlist_mask(low[1], positives, k))
             )
+        if "itm" in weights:
+            # Local rows only (as ALBEF): the fusion block needs token features, which are not gathered.
+            local = positives[:, rank * batch : (rank + 1) * batch] if groups is None else _positives_local(groups)
+            terms["itm"] = _itm(out, local)
 
         total = sum(weights[name] * value for name, value in terms.items())
         parts = {name: value.detach() for name, value in terms.items()}
@@ -229,6 +243,43 @@ class HiVLPLoss(nn.Module):
                 "use gather='auto' (gathers only when distributed) or initialise the process group first"
             )
         return 0, 1
+
+
+def _positives_local(groups: torch.Tensor) -> torch.Tensor:
+    """``(B, B)``: rows of this rank's batch that are mutual positives (same group id)."""
+    return groups[:, None] == groups[None, :]
+
+
+def _itm(out: HiVLPOutput, positives: torch.Tensor) -> torch.Tensor:
+    """Image–text matching BCE on the positives and one sampled hard negative per image and per text."""
+    fusion = getattr(out, "fusion", None)
+    if fusion is None:
+        raise ConfigError(
+            "LossConfig.itm > 0 needs a model with a fusion block (HiVLPConfig.fusion), but the forward "
+            "output has none; add a fusion block to the model config or set loss.itm: 0"
+        )
+    device = out.image.high.device
+    batch = len(out.image)
+    with torch.no_grad():
+        sim = (out.text.high @ out.image.high.T).float() * out.logit_scale_high.detach().float()
+        # Row t: how hard each image is as a negative for text t; rows of the transpose: texts per image.
+        weights_t2i = torch.softmax(sim, dim=1).masked_fill(positives, 0.0)
+        weights_i2t = torch.softmax(sim.T, dim=1).masked_fill(positives.T, 0.0)
+        texts_with_neg = torch.nonzero(weights_t2i.sum(dim=1) > 0).flatten()
+        images_with_neg = torch.nonzero(weights_i2t.sum(dim=1) > 0).flatten()
+        neg_images = (
+            torch.multinomial(weights_t2i[texts_with_neg], 1).flatten() if len(texts_with_neg) else texts_with_neg
+        )
+        neg_texts = (
+            torch.multinomial(weights_i2t[images_with_neg], 1).flatten() if len(images_with_neg) else images_with_neg
+        )
+    rows = torch.arange(batch, device=device)
+    image_index = torch.cat([rows, neg_images, images_with_neg])
+    text_index = torch.cat([rows, texts_with_neg, neg_texts])
+    logits = fusion.match(image_index, text_index).float()
+    labels = torch.zeros_like(logits)
+    labels[:batch] = 1.0
+    return F.binary_cross_entropy_with_logits(logits, labels)
 
 
 def _check_shapes(out: HiVLPOutput, groups: torch.Tensor | None) -> None:
