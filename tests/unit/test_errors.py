@@ -153,8 +153,8 @@ def test_invalid_argument_with_a_valid_filter_is_not_blamed_on_the_filter(col: H
 
 def test_unknown_keyword_arguments_are_errors(col: HierarchicalCollection) -> None:
     q = _query(_rows(), 0)
-    with pytest.raises(TypeError, match="fusion_limit"):
-        col.hierarchical_search(q, fusion_limit=20)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="fine_limit"):
+        col.hierarchical_search(q, fine_limit=20)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="nprobe"):
         col.search(q, nprobe=8)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="offset"):
