@@ -461,16 +461,42 @@ def cli(config: str | None, overrides: list[str], *, dry_run: bool = False) -> i
 
 
 def _check_gpus(cfg: TrainConfig) -> None:
-    """Warn (not fail: an autoscaling cluster adds GPU nodes on demand) when GPUs are missing."""
+    """Fail fast when the cluster's GPUs are held by others; warn when they are missing altogether.
+
+    Missing GPUs may still join (an autoscaling cluster adds GPU nodes on demand), so that is a
+    warning. GPUs that exist but are taken (a Ray Serve app holding them, as on the one-GPU compose
+    box) would make Ray Train wait forever without a word: that is an error that says so.
+    """
     import ray
 
     ensure_ray(cfg)
-    available = ray.cluster_resources().get("GPU", 0)
     needed = cfg.scaling.num_workers * cfg.scaling.worker_resources.get("GPU", 1)
-    if available < needed:
-        print(
-            f"[hivlp train] warning: scaling.use_gpu=true needs {needed:g} GPUs but the Ray cluster has "
-            f"{available:g} now; training waits until they join (ray start --address=...). "
-            "To train on CPU instead: scaling.use_gpu=false optim.precision=fp32",
-            flush=True,
+    message = gpu_shortfall(ray.cluster_resources().get("GPU", 0), ray.available_resources().get("GPU", 0), needed)
+    if message is None:
+        return
+    if message.startswith("busy"):
+        raise ConfigError(f"scaling.use_gpu=true: {message}")
+    print(f"[hivlp train] warning: scaling.use_gpu=true: {message}", flush=True)
+
+
+def gpu_shortfall(total: float, free: float, needed: float) -> str | None:
+    """Why ``needed`` GPUs cannot start now (``"busy: ..."`` or ``"missing: ..."``), or ``None``.
+
+    Args:
+        total: the cluster's GPUs (``ray.cluster_resources()``).
+        free: the GPUs no task or actor holds (``ray.available_resources()``).
+        needed: what the training workers ask for.
+    """
+    cpu = "To train on CPU instead: scaling.use_gpu=false optim.precision=fp32"
+    if free + 1e-9 >= needed:
+        return None
+    if total + 1e-9 >= needed:
+        return (
+            f"busy: the workers need {needed:g} GPU(s) and the cluster has {total:g}, but only {free:g} are "
+            "free (another Ray job holds the rest, e.g. a Ray Serve app: `serve shutdown`, or give its "
+            "encoders less with num_gpus=...; or ask less per worker with scaling.worker_resources.GPU=0.5). " + cpu
         )
+    return (
+        f"missing: the workers need {needed:g} GPU(s) but the Ray cluster has {total:g} now; training waits "
+        "until they join (ray start --address=...). " + cpu
+    )
