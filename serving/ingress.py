@@ -14,9 +14,11 @@ validated by FastAPI from the models in :mod:`serving.schemas`, which are also t
 * ``GET /`` — the web page; ``GET /static/{name}`` its assets; ``GET /stats`` encoder batch sizes.
 
 Errors are JSON ``{"error": code, "message": ..., "details": ...}``: 400 malformed JSON or bad
-base64, 401 API key, 404 unknown media, 413 too large, 415 not an image / not JSON, 422 invalid
-fields and limits, 503 Milvus or a backend unavailable, 504 a backend too slow. A client's input
-never produces a 500; a 500 means a server fault (e.g. an encoder batch failing).
+base64 or values Milvus refuses, 401 API key, 404 unknown media, 413 too large, 415 not an image /
+not JSON, 422 invalid fields and limits, 502 any other Milvus error, 503 Milvus or a backend
+unavailable, the service's token refused, or its collection gone, 504 a backend too slow. A
+client's input never produces a 500; a 500 means a server fault (e.g. an encoder batch failing).
+Messages never carry the credentials of a URI (:func:`redact`).
 """
 
 # No `from __future__ import annotations`: Serve's class-based FastAPI view needs the route
@@ -51,8 +53,12 @@ from hivlp_milvus.errors import (
     DimensionMismatchError,
     FilterError,
     HiVLPError,
+    InvalidRequestError,
+    MilvusError,
     MilvusUnavailableError,
     ModelMismatchError,
+    NotFoundError,
+    PermissionDeniedError,
     QueryError,
     SchemaMismatchError,
     SearchLimitError,
@@ -119,8 +125,10 @@ class ApiError(Exception):
         return JSONResponse(body, status_code=self.status, headers=headers)
 
 
-# Most specific first: ImageTooLargeError is a BadRecordError.
-_ERROR_MAP: tuple[tuple[type[BaseException], int, str], ...] = (
+# By type, most specific first (ImageTooLargeError is a BadRecordError; every Milvus error is a
+# MilvusError). The client's faults are 4xx; Milvus refusing the *service* (its token, its
+# collection gone) is the operator's to fix, so a 503 that says so, never a 4xx that blames the client.
+_ERROR_MAP: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str], ...] = (
     (ImageTooLargeError, 413, "image_too_large"),
     (BadRecordError, 415, "undecodable_image"),
     (FilterError, 422, "invalid_filter"),
@@ -128,14 +136,31 @@ _ERROR_MAP: tuple[tuple[type[BaseException], int, str], ...] = (
     (DimensionMismatchError, 422, "invalid_query"),
     (QueryError, 422, "invalid_query"),
     (MilvusUnavailableError, 503, "milvus_unavailable"),
-    # Configuration faults of the server, not of the request.
+    # The service's own token (or its privileges) refused: the client can do nothing about it.
+    (PermissionDeniedError, 503, "milvus_refused"),
+    # Configuration faults of the server, not of the request (NotFoundError: the app's collection,
+    # partition or database is gone).
     (
-        (CheckpointError, CollectionNotFoundError, SchemaMismatchError, ModelMismatchError),
+        (CheckpointError, NotFoundError, SchemaMismatchError, ModelMismatchError),
         503,
         "misconfigured",
     ),
+    # Milvus refused the arguments of a request the app let through: the request's values.
+    (InvalidRequestError, 400, "rejected_by_milvus"),
+    # Any other Milvus error: the upstream answered, but with an error nothing above describes.
+    (MilvusError, 502, "milvus_error"),
     (HiVLPError, 400, "bad_request"),
 )
+
+# Credentials in a URI (scheme://user:password@host) never leave the server in a message. The
+# user-info part alone is replaced, as hivlp_milvus.connection.redact_uri does for one URI: a URI
+# inside a sentence may end in punctuation that would not parse as a host and port.
+_URI_USER_INFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#@'\"]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with every ``scheme://user:pw@host`` shown as ``scheme://***@host`` (for messages and logs)."""
+    return _URI_USER_INFO.sub(lambda m: m.group("scheme") + "***@", text)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -158,12 +183,12 @@ def to_api_error(exc: BaseException) -> ApiError:
         return cause
     for classes, status, code in _ERROR_MAP:
         if isinstance(cause, classes):
-            return ApiError(status, code, str(cause))
+            return ApiError(status, code, redact(str(cause)) or type(cause).__name__)
     if isinstance(cause, BackPressureError | DeploymentUnavailableError | RayActorError):
         return ApiError(503, "backend_unavailable", f"a backend deployment is unavailable: {type(cause).__name__}")
     if isinstance(cause, asyncio.TimeoutError | TimeoutError):
         return ApiError(504, "timeout", "a backend deployment did not answer in time")
-    logger.error("internal error on the request path: %r", cause, exc_info=cause)
+    logger.error("internal error on the request path: %s", redact(repr(cause)), exc_info=cause)
     return ApiError(500, "internal_error", f"internal server error ({type(cause).__name__}); see the server log")
 
 
@@ -181,7 +206,7 @@ api = FastAPI(
     redoc_url=None,
     openapi_url=None,
 )
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 500, 503, 504)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 500, 502, 503, 504)}
 
 
 @api.exception_handler(ApiError)
@@ -509,7 +534,7 @@ class Ingress:
             info = await asyncio.wait_for(self._searcher.ping.remote(), timeout=_HEALTH_TIMEOUT_S)
         except Exception as exc:
             cause = _root_cause(exc)
-            message = str(cause) if isinstance(cause, HiVLPError) else f"{type(cause).__name__}: {cause}"
+            message = redact(str(cause) if isinstance(cause, HiVLPError) else f"{type(cause).__name__}: {cause}")
             body = HealthResponse(status="unavailable", milvus=message[:500], collection=self._settings.collection)
             return JSONResponse(body.model_dump(), status_code=503)
         return HealthResponse(status="ok", milvus="ok", collection=info["collection"], count=info.get("count"))
