@@ -49,7 +49,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from hivlp_milvus.errors import (
     BadRecordError,
     CheckpointError,
-    CollectionNotFoundError,
     DimensionMismatchError,
     FilterError,
     HiVLPError,
