@@ -25,7 +25,7 @@ from typing import Any
 
 from ray import serve
 
-from hivlp_milvus.errors import BadRecordError, CheckpointError
+from hivlp_milvus.errors import BadRecordError, CheckpointError, ConfigError
 
 logger = logging.getLogger("ray.serve")
 
@@ -48,7 +48,11 @@ def load_model(checkpoint: str, *, use_gpu: bool = False) -> Any:
 
     Raises:
         CheckpointError: the directory is missing or is not a HiVLP checkpoint.
+        ConfigError: ``use_gpu`` but CUDA cannot be used here (the message says why, from
+            :func:`hivlp_milvus.device.resolve_device`); the replica fails at start instead of
+            encoding on the CPU while holding a GPU reservation nobody uses.
     """
+    from hivlp_milvus.device import resolve_device
     from hivlp_milvus.model import HiVLP
 
     path = Path(checkpoint)
@@ -60,9 +64,16 @@ def load_model(checkpoint: str, *, use_gpu: bool = False) -> Any:
     import torch
 
     torch.set_num_threads(torch_threads_for_replica())
-    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    if use_gpu and device == "cpu":
-        logger.warning("a GPU was requested but torch sees none; encoding on CPU")
+    if use_gpu:
+        try:
+            device = resolve_device("cuda")
+        except ConfigError as exc:
+            raise ConfigError(
+                f"this encoder replica was given a GPU (num_gpus > 0) but cannot use it: {exc}. "
+                "Fix the GPU setup, or run the encoders on the CPU with num_gpus=0 (HIVLP_NUM_GPUS=0)"
+            ) from exc
+    else:
+        device = resolve_device("cpu")
     return HiVLP.from_pretrained(path, device=device)
 
 
