@@ -90,8 +90,9 @@ def torch_threads_for_replica() -> int:
     try:
         import ray
 
-        cpus = float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0))
-    except Exception:  # outside Ray (unit tests, local testing mode)
+        # Outside a Ray worker (unit tests, Serve's local testing mode) asking would start Ray.
+        cpus = float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)) if ray.is_initialized() else 0
+    except Exception:  # a runtime context without resources
         cpus = 0.0
     return max(1, math.ceil(cpus))
 
@@ -101,6 +102,13 @@ class _ItemError:
 
     def __init__(self, error: Exception) -> None:
         self.error = error
+
+
+def _unwrap(out: Any) -> dict[str, Any]:
+    """One caller's result of a batch: its vectors, or its own per-item error raised."""
+    if isinstance(out, _ItemError):
+        raise out.error
+    return out
 
 
 class _EncoderBase:
@@ -144,10 +152,15 @@ class _EncoderBase:
             BadRecordError: this item cannot be encoded (e.g. undecodable image); only this caller.
             Exception: the forward pass failed; every caller of the batch gets the same error.
         """
-        out = await self.encode_batch(item)
-        if isinstance(out, _ItemError):
-            raise out.error
-        return out
+        return _unwrap(await self.encode_batch(item))
+
+    async def encode_now(self, item: Any) -> dict[str, Any]:
+        """:meth:`encode` without waiting for a batch: the same checks, forward pass and errors, alone.
+
+        ``@serve.batch`` only runs inside a Serve replica (it reads the replica's context when its
+        queue starts), so in-process use (:mod:`serving.inprocess`) calls this instead.
+        """
+        return _unwrap((await self._run_batch([item]))[0])
 
     async def _run_batch(self, items: list[Any]) -> list[Any]:
         """Prepare every item on its own, then one forward pass for those that are usable."""
