@@ -48,6 +48,24 @@ AttributeValue = TypeAliasType(
     "StrictStr | StrictBool | Int64 | FiniteFloat | None | list[AttributeValue] | dict[str, AttributeValue]",
 )
 
+# What the ingress decodes as a base64 image, as a pattern for the OpenAPI document: an optional
+# data: URL prefix, then canonical base64 (padding only at the end, only as much as needed), ASCII
+# white space anywhere (the line-wrapped output of `base64`). The ingress checks the same rule and
+# answers 400 invalid_base64; the pattern sits in the schema only, so that status stays 400 (not
+# the validation 422) and an ingest record with a bad image is still reported per record.
+_WS = "[ \\t\\r\\n]*"
+_B64 = f"(?:[A-Za-z0-9+/]{_WS})"
+BASE64_PATTERN = (
+    f"^{_WS}(?:[dD][aA][tT][aA]:[A-Za-z0-9_.+/-]*;[bB][aA][sS][eE]64,{_WS})?"
+    f"(?:{_B64}{{4}})*(?:{_B64}{{2}}={_WS}={_WS}|{_B64}{{3}}={_WS})?$"
+)
+Base64Image = Field(
+    None,
+    min_length=1,
+    description="a base64 image (JPEG, PNG, ...; a data: URL is accepted)",
+    json_schema_extra={"pattern": BASE64_PATTERN, "contentEncoding": "base64"},
+)
+
 Modality = Literal["image", "text", "all"]
 FilterOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in", "like"]
 # Strict scalars: a JSON ``true`` must not become the integer 1 in a filter.
@@ -117,9 +135,7 @@ class SearchRequest(_Request):
     model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_OF_TEXT_IMAGE)
 
     text: Text | None = Field(None, description="a text query", examples=["a red circle"])
-    image: str | None = Field(
-        None, min_length=1, description="a base64 image (JPEG, PNG, ...; a data: URL is accepted)"
-    )
+    image: str | None = Base64Image
     limit: int = Field(10, ge=1, le=MAX_LIMIT, description="hits to return")
     coarse_limit: int | None = Field(
         None, ge=1, le=MAX_COARSE_LIMIT, description="coarse shortlist size; default max(10*limit, 100)"
@@ -166,7 +182,7 @@ class EncodeRequest(_Request):
     model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_OF_TEXT_IMAGE)
 
     text: Text | None = Field(None, examples=["a red circle"])
-    image: str | None = Field(None, min_length=1, description="a base64 image")
+    image: str | None = Base64Image
 
     @model_validator(mode="after")
     def _check(self) -> EncodeRequest:
