@@ -19,6 +19,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    WithJsonSchema,
     model_validator,
 )
 from typing_extensions import TypeAliasType
@@ -163,8 +164,13 @@ class ImageSearchForm(_Request):
 
     file: UploadFile = Field(description="the query image (JPEG, PNG, ...)")
     limit: int = Field(10, ge=1, le=MAX_LIMIT, description="hits to return")
-    coarse_limit: int | None = Field(None, ge=1, le=MAX_COARSE_LIMIT, description="coarse shortlist size")
-    modality: Modality | None = Field(None, description="what to search; captions by default")
+    # A form field is absent or a string: "null" cannot be sent, so the schema does not offer it.
+    coarse_limit: Annotated[
+        int | None, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_COARSE_LIMIT})
+    ] = Field(None, ge=1, le=MAX_COARSE_LIMIT, description="coarse shortlist size")
+    modality: Annotated[Modality | None, WithJsonSchema({"type": "string", "enum": ["image", "text", "all"]})] = Field(
+        None, description="what to search; captions by default"
+    )
     filter: Json[Annotated[list[FilterCondition], Field(max_length=MAX_FILTER_CONDITIONS)]] = Field(
         default_factory=list, description="JSON list of {field, op, value}, AND-ed"
     )
