@@ -60,12 +60,17 @@ BASE64_PATTERN = (
     f"^{_WS}(?:[dD][aA][tT][aA]:[A-Za-z0-9_.+/-]*;[bB][aA][sS][eE]64,{_WS})?"
     f"(?:{_B64}{{4}})*(?:{_B64}{{2}}={_WS}={_WS}|{_B64}{{3}}={_WS})?$"
 )
-Base64Image = Field(
-    None,
-    min_length=1,
-    description="a base64 image (JPEG, PNG, ...; a data: URL is accepted)",
-    json_schema_extra={"pattern": BASE64_PATTERN, "contentEncoding": "base64"},
-)
+
+
+def _base64_image() -> Any:
+    """The ``image`` field of a JSON request (a fresh FieldInfo per model)."""
+    return Field(
+        None,
+        min_length=1,
+        description="a base64 image (JPEG, PNG, ...; a data: URL is accepted)",
+        json_schema_extra={"pattern": BASE64_PATTERN, "contentEncoding": "base64"},
+    )
+
 
 Modality = Literal["image", "text", "all"]
 FilterOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in", "like"]
@@ -136,7 +141,7 @@ class SearchRequest(_Request):
     model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_OF_TEXT_IMAGE)
 
     text: Text | None = Field(None, description="a text query", examples=["a red circle"])
-    image: str | None = Base64Image
+    image: str | None = _base64_image()
     limit: int = Field(10, ge=1, le=MAX_LIMIT, description="hits to return")
     coarse_limit: int | None = Field(
         None, ge=1, le=MAX_COARSE_LIMIT, description="coarse shortlist size; default max(10*limit, 100)"
@@ -188,7 +193,7 @@ class EncodeRequest(_Request):
     model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_OF_TEXT_IMAGE)
 
     text: Text | None = Field(None, examples=["a red circle"])
-    image: str | None = Base64Image
+    image: str | None = _base64_image()
 
     @model_validator(mode="after")
     def _check(self) -> EncodeRequest:
