@@ -11,15 +11,23 @@ The graph is ``Ingress -> (TextEncoder, ImageEncoder, Searcher)``. Every argumen
     checkpoint            HIVLP_CHECKPOINT      hivlp_work/model
     milvus_uri            HIVLP_MILVUS_URI      hivlp_work/hivlp.db      (Milvus Lite)
     milvus_token          HIVLP_MILVUS_TOKEN    (none)
+    milvus_db_name        HIVLP_MILVUS_DB_NAME  (none: the default database)
+    milvus_secure, milvus_server_pem_path, milvus_server_name, milvus_ca_pem_path,
+    milvus_client_pem_path, milvus_client_key_path   HIVLP_MILVUS_...   (none: TLS as the URI says)
     collection            HIVLP_COLLECTION      quickstart
     api_key               HIVLP_API_KEY         (none: no authentication)
 
 So values that differ between deployments (paths, the collection, secrets) belong in the
 environment, and ``serving/config.yaml`` leaves them out: an arg there would hide the variable.
 
-Relative paths are made absolute when the app is built, because Ray replicas do not necessarily
-run in the directory ``serve run`` was started from. Nothing is opened here: a missing checkpoint
-or collection fails when the replicas start, with a message saying what to run.
+The ``milvus_*`` args become one :class:`~hivlp_milvus.connection.ConnectionOptions`
+(:attr:`ResolvedArgs.connection`) that the Searcher connects with; the ingest route writes
+through the Searcher, so it uses the same token and TLS files.
+
+Relative paths (the checkpoint, a Lite ``.db``, the certificate and key files) are made absolute
+when the app is built, because Ray replicas do not necessarily run in the directory ``serve run``
+was started from. Nothing is opened here: a missing checkpoint or collection fails when the
+replicas start, with a message saying what to run.
 """
 
 # No `from __future__ import annotations` here: Serve reads the builder's parameter annotation
@@ -35,6 +43,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from hivlp_milvus.connection import ConnectionOptions, is_server_uri, redact_uri
 from serving.encoders import MAX_IMAGE_PIXELS, ImageEncoder, TextEncoder
 from serving.ingress import Ingress, IngressSettings
 from serving.searcher import Searcher
@@ -58,6 +67,13 @@ class AppArgs(BaseModel):
         "hivlp_work/hivlp.db", min_length=1, description="Milvus Lite .db path or http(s):// server URI"
     )
     milvus_token: str | None = Field(None, description="Milvus server token (user:password or API key)")
+    milvus_db_name: str | None = Field(None, description="Milvus database (servers; none: the default database)")
+    milvus_secure: bool | None = Field(None, description="TLS to the Milvus server (implied by https://)")
+    milvus_server_pem_path: str | None = Field(None, description="the Milvus server's certificate (one-way TLS)")
+    milvus_server_name: str | None = Field(None, description="the name the server's certificate was issued for")
+    milvus_ca_pem_path: str | None = Field(None, description="the CA of the certificates (two-way TLS)")
+    milvus_client_pem_path: str | None = Field(None, description="this app's certificate (two-way TLS)")
+    milvus_client_key_path: str | None = Field(None, description="this app's private key (two-way TLS)")
     collection: str = Field("quickstart", min_length=1, description="collection name")
     api_key: str | None = Field(None, description="require 'Authorization: Bearer <key>' on all routes but /healthz")
     max_batch_size: int = Field(32, ge=1, le=1024, description="encoder @serve.batch max_batch_size")
@@ -96,6 +112,7 @@ class ResolvedArgs:
     api_key: str | None
     lite: bool
     workdir: str
+    connection: ConnectionOptions
 
 
 def resolve_args(args: AppArgs, environ: Mapping[str, str] | None = None, cwd: str | None = None) -> ResolvedArgs:
@@ -112,24 +129,44 @@ def resolve_args(args: AppArgs, environ: Mapping[str, str] | None = None, cwd: s
     Raises:
         pydantic.ValidationError: an environment variable holds an invalid value.
     """
-    from hivlp_milvus.connection import is_server_uri
-
     env = os.environ if environ is None else environ
     from_env = {name: env[env_var(name)] for name in AppArgs.model_fields if env.get(env_var(name))}
     given = {name: value for name, value in args.model_dump(exclude_unset=True).items() if value not in (None, "")}
     merged = AppArgs.model_validate({**from_env, **given})
     cwd = os.path.abspath(cwd or os.getcwd())
     lite = not is_server_uri(merged.milvus_uri)
+
+    def local(path: str | None) -> str | None:
+        return None if path is None else _absolute(path, cwd)
+
+    milvus_uri = _absolute(merged.milvus_uri, cwd) if lite else merged.milvus_uri
+    connection = ConnectionOptions(
+        uri=milvus_uri,
+        token=merged.milvus_token or None,
+        db_name=merged.milvus_db_name or "",
+        secure=merged.milvus_secure,
+        server_pem_path=local(merged.milvus_server_pem_path),
+        server_name=merged.milvus_server_name or None,
+        ca_pem_path=local(merged.milvus_ca_pem_path),
+        client_pem_path=local(merged.milvus_client_pem_path),
+        client_key_path=local(merged.milvus_client_key_path),
+    )
     return ResolvedArgs(
         args=merged,
-        checkpoint=os.path.join(cwd, os.path.expanduser(merged.checkpoint)),  # join keeps absolute paths as they are
-        milvus_uri=os.path.join(cwd, os.path.expanduser(merged.milvus_uri)) if lite else merged.milvus_uri,
+        checkpoint=_absolute(merged.checkpoint, cwd),
+        milvus_uri=milvus_uri,
         milvus_token=merged.milvus_token,
         collection=merged.collection,
         api_key=merged.api_key,
         lite=lite,
         workdir=cwd,
+        connection=connection,
     )
+
+
+def _absolute(path: str, cwd: str) -> str:
+    # join keeps absolute paths as they are
+    return os.path.join(cwd, os.path.expanduser(path))
 
 
 def gpus_per_encoder_replica(gpus: float, max_encoder_replicas: int) -> float:
@@ -205,12 +242,14 @@ def build_app(args: AppArgs) -> serve.Application:
     if resolved.lite and replicas != 1:
         logger.warning(
             "Milvus Lite (%s) is single-process: running 1 Searcher replica, not %d",
-            resolved.milvus_uri,
+            redact_uri(resolved.milvus_uri),
             replicas,
         )
         replicas = 1
+    # One ConnectionOptions (URI, token, database, TLS files) for the Searcher, which also serves
+    # the ingest route: every Milvus call of the app goes through it.
     searcher = Searcher.options(num_replicas=replicas).bind(
-        resolved.checkpoint, resolved.milvus_uri, resolved.collection, resolved.milvus_token
+        resolved.checkpoint, resolved.milvus_uri, resolved.collection, connection=resolved.connection
     )
     settings = IngressSettings(
         collection=resolved.collection,

@@ -25,7 +25,7 @@ from typing import Any
 
 from ray import serve
 
-from hivlp_milvus.errors import BadRecordError, CheckpointError
+from hivlp_milvus.errors import BadRecordError, CheckpointError, ConfigError
 
 logger = logging.getLogger("ray.serve")
 
@@ -48,7 +48,11 @@ def load_model(checkpoint: str, *, use_gpu: bool = False) -> Any:
 
     Raises:
         CheckpointError: the directory is missing or is not a HiVLP checkpoint.
+        ConfigError: ``use_gpu`` but CUDA cannot be used here (the message says why, from
+            :func:`hivlp_milvus.device.resolve_device`); the replica fails at start instead of
+            encoding on the CPU while holding a GPU reservation nobody uses.
     """
+    from hivlp_milvus.device import resolve_device
     from hivlp_milvus.model import HiVLP
 
     path = Path(checkpoint)
@@ -60,9 +64,16 @@ def load_model(checkpoint: str, *, use_gpu: bool = False) -> Any:
     import torch
 
     torch.set_num_threads(torch_threads_for_replica())
-    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    if use_gpu and device == "cpu":
-        logger.warning("a GPU was requested but torch sees none; encoding on CPU")
+    if use_gpu:
+        try:
+            device = resolve_device("cuda")
+        except ConfigError as exc:
+            raise ConfigError(
+                f"this encoder replica was given a GPU (num_gpus > 0) but cannot use it: {exc}. "
+                "Fix the GPU setup, or run the encoders on the CPU with num_gpus=0 (HIVLP_NUM_GPUS=0)"
+            ) from exc
+    else:
+        device = resolve_device("cpu")
     return HiVLP.from_pretrained(path, device=device)
 
 
@@ -79,8 +90,9 @@ def torch_threads_for_replica() -> int:
     try:
         import ray
 
-        cpus = float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0))
-    except Exception:  # outside Ray (unit tests, local testing mode)
+        # Outside a Ray worker (unit tests, Serve's local testing mode) asking would start Ray.
+        cpus = float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)) if ray.is_initialized() else 0
+    except Exception:  # a runtime context without resources
         cpus = 0.0
     return max(1, math.ceil(cpus))
 
@@ -90,6 +102,13 @@ class _ItemError:
 
     def __init__(self, error: Exception) -> None:
         self.error = error
+
+
+def _unwrap(out: Any) -> dict[str, Any]:
+    """One caller's result of a batch: its vectors, or its own per-item error raised."""
+    if isinstance(out, _ItemError):
+        raise out.error
+    return out
 
 
 class _EncoderBase:
@@ -133,10 +152,15 @@ class _EncoderBase:
             BadRecordError: this item cannot be encoded (e.g. undecodable image); only this caller.
             Exception: the forward pass failed; every caller of the batch gets the same error.
         """
-        out = await self.encode_batch(item)
-        if isinstance(out, _ItemError):
-            raise out.error
-        return out
+        return _unwrap(await self.encode_batch(item))
+
+    async def encode_now(self, item: Any) -> dict[str, Any]:
+        """:meth:`encode` without waiting for a batch: the same checks, forward pass and errors, alone.
+
+        ``@serve.batch`` only runs inside a Serve replica (it reads the replica's context when its
+        queue starts), so in-process use (:mod:`serving.inprocess`) calls this instead.
+        """
+        return _unwrap((await self._run_batch([item]))[0])
 
     async def _run_batch(self, items: list[Any]) -> list[Any]:
         """Prepare every item on its own, then one forward pass for those that are usable."""

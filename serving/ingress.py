@@ -14,9 +14,11 @@ validated by FastAPI from the models in :mod:`serving.schemas`, which are also t
 * ``GET /`` — the web page; ``GET /static/{name}`` its assets; ``GET /stats`` encoder batch sizes.
 
 Errors are JSON ``{"error": code, "message": ..., "details": ...}``: 400 malformed JSON or bad
-base64, 401 API key, 404 unknown media, 413 too large, 415 not an image / not JSON, 422 invalid
-fields and limits, 503 Milvus or a backend unavailable, 504 a backend too slow. A client's input
-never produces a 500; a 500 means a server fault (e.g. an encoder batch failing).
+base64 or values Milvus refuses, 401 API key, 404 unknown media, 413 too large, 415 not an image /
+not JSON, 422 invalid fields and limits, 502 any other Milvus error, 503 Milvus or a backend
+unavailable, the service's token refused, or its collection gone, 504 a backend too slow. A
+client's input never produces a 500; a 500 means a server fault (e.g. an encoder batch failing).
+Messages never carry the credentials of a URI (:func:`redact`).
 """
 
 # No `from __future__ import annotations`: Serve's class-based FastAPI view needs the route
@@ -44,20 +46,11 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hivlp_milvus.errors import (
-    BadRecordError,
-    CheckpointError,
-    CollectionNotFoundError,
-    DimensionMismatchError,
-    FilterError,
-    HiVLPError,
-    MilvusUnavailableError,
-    ModelMismatchError,
-    QueryError,
-    SchemaMismatchError,
-    SearchLimitError,
-)
+from hivlp_milvus.errors import BadRecordError, FilterError, HiVLPError
 from serving.encoders import ImageTooLargeError, check_image_header
+
+# ApiError and to_api_error are part of this module's API too (tests, callers import them from here).
+from serving.http_errors import ApiError, redact, root_cause, to_api_error
 from serving.schemas import (
     EncodeRequest,
     EncodeResponse,
@@ -82,7 +75,10 @@ FILTERABLE_FIELDS = ("key", "modality", "reference", "attributes")
 THUMBNAIL_SIDE = 256
 _BACKEND_TIMEOUT_S = 60.0
 _HEALTH_TIMEOUT_S = 10.0
-_DATA_URL = re.compile(r"^data:[\w.+/-]*;base64,", re.IGNORECASE)
+# The same rule as serving.schemas.BASE64_PATTERN (the OpenAPI document's), in three steps.
+_DATA_URL = re.compile(r"^[ \t\r\n]*data:[A-Za-z0-9_.+/-]*;base64,", re.IGNORECASE)
+_ASCII_SPACE = re.compile(r"[ \t\r\n]+")
+_CANONICAL_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 
 
 @dataclass(frozen=True)
@@ -107,66 +103,6 @@ class IngressSettings:
     media_root: str = "."
 
 
-class ApiError(Exception):
-    """An error answered as JSON with a status code."""
-
-    def __init__(self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.details = status, code, message, details
-
-    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
-        body = ErrorResponse(error=self.code, message=self.message, details=self.details).model_dump(exclude_none=True)
-        return JSONResponse(body, status_code=self.status, headers=headers)
-
-
-# Most specific first: ImageTooLargeError is a BadRecordError.
-_ERROR_MAP: tuple[tuple[type[BaseException], int, str], ...] = (
-    (ImageTooLargeError, 413, "image_too_large"),
-    (BadRecordError, 415, "undecodable_image"),
-    (FilterError, 422, "invalid_filter"),
-    (SearchLimitError, 422, "limit_out_of_range"),
-    (DimensionMismatchError, 422, "invalid_query"),
-    (QueryError, 422, "invalid_query"),
-    (MilvusUnavailableError, 503, "milvus_unavailable"),
-    # Configuration faults of the server, not of the request.
-    (
-        (CheckpointError, CollectionNotFoundError, SchemaMismatchError, ModelMismatchError),
-        503,
-        "misconfigured",
-    ),
-    (HiVLPError, 400, "bad_request"),
-)
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The user exception inside Ray's wrappers (``RayTaskError.cause``)."""
-    seen = 0
-    while getattr(exc, "cause", None) is not None and isinstance(exc.cause, BaseException) and seen < 5:
-        exc, seen = exc.cause, seen + 1
-    return exc
-
-
-def to_api_error(exc: BaseException) -> ApiError:
-    """Map any exception from the request path to an :class:`ApiError` (4xx for the client's faults)."""
-    from ray.exceptions import RayActorError
-    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-
-    if isinstance(exc, ApiError):
-        return exc
-    cause = _root_cause(exc)
-    if isinstance(cause, ApiError):
-        return cause
-    for classes, status, code in _ERROR_MAP:
-        if isinstance(cause, classes):
-            return ApiError(status, code, str(cause))
-    if isinstance(cause, BackPressureError | DeploymentUnavailableError | RayActorError):
-        return ApiError(503, "backend_unavailable", f"a backend deployment is unavailable: {type(cause).__name__}")
-    if isinstance(cause, asyncio.TimeoutError | TimeoutError):
-        return ApiError(504, "timeout", "a backend deployment did not answer in time")
-    logger.error("internal error on the request path: %r", cause, exc_info=cause)
-    return ApiError(500, "internal_error", f"internal server error ({type(cause).__name__}); see the server log")
-
-
 # -- the FastAPI app: module level, routes bound to the deployment class below ----------------------
 
 api = FastAPI(
@@ -181,7 +117,7 @@ api = FastAPI(
     redoc_url=None,
     openapi_url=None,
 )
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 500, 503, 504)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 500, 502, 503, 504)}
 
 
 @api.exception_handler(ApiError)
@@ -329,7 +265,7 @@ def decode_base64_image(data: str, settings: IngressSettings) -> bytes:
     Raises:
         ApiError: 400 not base64; 413 too many bytes or pixels; 415 not a decodable image.
     """
-    text = _DATA_URL.sub("", data.strip(), count=1)
+    text = _ASCII_SPACE.sub("", _DATA_URL.sub("", data, count=1))
     # Check the size before decoding: 4 base64 chars carry 3 bytes.
     if len(text) * 3 // 4 > settings.max_image_bytes + 3:
         raise ApiError(
@@ -337,11 +273,15 @@ def decode_base64_image(data: str, settings: IngressSettings) -> bytes:
             "image_too_large",
             f"the image has about {len(text) * 3 // 4} bytes; the limit is {settings.max_image_bytes}",
         )
-    try:
-        raw = base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ApiError(400, "invalid_base64", f"'image' is not valid base64: {exc}") from exc
-    return check_image_bytes(raw, settings)
+    if not _CANONICAL_BASE64.fullmatch(text):
+        # Python's decoder also takes padding past the end ("aGk=="); the schema's pattern does not.
+        raise ApiError(
+            400,
+            "invalid_base64",
+            "'image' is not valid base64: use A-Z a-z 0-9 + / with '=' padding only at the end, as much as "
+            "needed (white space and a data:...;base64, prefix are allowed)",
+        )
+    return check_image_bytes(base64.b64decode(text), settings)
 
 
 def check_image_bytes(raw: bytes, settings: IngressSettings) -> bytes:
@@ -508,8 +448,8 @@ class Ingress:
         try:
             info = await asyncio.wait_for(self._searcher.ping.remote(), timeout=_HEALTH_TIMEOUT_S)
         except Exception as exc:
-            cause = _root_cause(exc)
-            message = str(cause) if isinstance(cause, HiVLPError) else f"{type(cause).__name__}: {cause}"
+            cause = root_cause(exc)
+            message = redact(str(cause) if isinstance(cause, HiVLPError) else f"{type(cause).__name__}: {cause}")
             body = HealthResponse(status="unavailable", milvus=message[:500], collection=self._settings.collection)
             return JSONResponse(body.model_dump(), status_code=503)
         return HealthResponse(status="ok", milvus="ok", collection=info["collection"], count=info.get("count"))

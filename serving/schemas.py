@@ -19,6 +19,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    WithJsonSchema,
     model_validator,
 )
 from typing_extensions import TypeAliasType
@@ -47,6 +48,29 @@ AttributeValue = TypeAliasType(
     "AttributeValue",
     "StrictStr | StrictBool | Int64 | FiniteFloat | None | list[AttributeValue] | dict[str, AttributeValue]",
 )
+
+# What the ingress decodes as a base64 image, as a pattern for the OpenAPI document: an optional
+# data: URL prefix, then canonical base64 (padding only at the end, only as much as needed), ASCII
+# white space anywhere (the line-wrapped output of `base64`). The ingress checks the same rule and
+# answers 400 invalid_base64; the pattern sits in the schema only, so that status stays 400 (not
+# the validation 422) and an ingest record with a bad image is still reported per record.
+_WS = "[ \\t\\r\\n]*"
+_B64 = f"(?:[A-Za-z0-9+/]{_WS})"
+BASE64_PATTERN = (
+    f"^{_WS}(?:[dD][aA][tT][aA]:[A-Za-z0-9_.+/-]*;[bB][aA][sS][eE]64,{_WS})?"
+    f"(?:{_B64}{{4}})*(?:{_B64}{{2}}={_WS}={_WS}|{_B64}{{3}}={_WS})?$"
+)
+
+
+def _base64_image() -> Any:
+    """The ``image`` field of a JSON request (a fresh FieldInfo per model)."""
+    return Field(
+        None,
+        min_length=1,
+        description="a base64 image (JPEG, PNG, ...; a data: URL is accepted)",
+        json_schema_extra={"pattern": BASE64_PATTERN, "contentEncoding": "base64"},
+    )
+
 
 Modality = Literal["image", "text", "all"]
 FilterOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in", "like"]
@@ -117,9 +141,7 @@ class SearchRequest(_Request):
     model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_OF_TEXT_IMAGE)
 
     text: Text | None = Field(None, description="a text query", examples=["a red circle"])
-    image: str | None = Field(
-        None, min_length=1, description="a base64 image (JPEG, PNG, ...; a data: URL is accepted)"
-    )
+    image: str | None = _base64_image()
     limit: int = Field(10, ge=1, le=MAX_LIMIT, description="hits to return")
     coarse_limit: int | None = Field(
         None, ge=1, le=MAX_COARSE_LIMIT, description="coarse shortlist size; default max(10*limit, 100)"
@@ -147,8 +169,13 @@ class ImageSearchForm(_Request):
 
     file: UploadFile = Field(description="the query image (JPEG, PNG, ...)")
     limit: int = Field(10, ge=1, le=MAX_LIMIT, description="hits to return")
-    coarse_limit: int | None = Field(None, ge=1, le=MAX_COARSE_LIMIT, description="coarse shortlist size")
-    modality: Modality | None = Field(None, description="what to search; captions by default")
+    # A form field is absent or a string: "null" cannot be sent, so the schema does not offer it.
+    coarse_limit: Annotated[
+        int | None, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_COARSE_LIMIT})
+    ] = Field(None, ge=1, le=MAX_COARSE_LIMIT, description="coarse shortlist size")
+    modality: Annotated[Modality | None, WithJsonSchema({"type": "string", "enum": ["image", "text", "all"]})] = Field(
+        None, description="what to search; captions by default"
+    )
     filter: Json[Annotated[list[FilterCondition], Field(max_length=MAX_FILTER_CONDITIONS)]] = Field(
         default_factory=list, description="JSON list of {field, op, value}, AND-ed"
     )
@@ -166,7 +193,7 @@ class EncodeRequest(_Request):
     model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_OF_TEXT_IMAGE)
 
     text: Text | None = Field(None, examples=["a red circle"])
-    image: str | None = Field(None, min_length=1, description="a base64 image")
+    image: str | None = _base64_image()
 
     @model_validator(mode="after")
     def _check(self) -> EncodeRequest:

@@ -1,0 +1,132 @@
+"""The HTTP API in this process, without Ray: the ingress's FastAPI app over the real encoder and
+searcher classes. For tests (the OpenAPI fuzzer, ``tests/unit/test_serving_*.py``) and debugging.
+
+Serve runs ``Ingress``, ``TextEncoder``, ``ImageEncoder`` and ``Searcher`` as replicas that call each
+other through ``DeploymentHandle``\\ s. Here each class is instantiated in this process and each
+handle is a :class:`LocalHandle`: ``handle.method.remote(...)`` runs the real method (a sync one in
+a worker thread, as Serve runs it). One difference, named: ``@serve.batch`` only runs inside a Serve
+replica (Ray 2.60 reads the replica context when the batch queue starts, and Serve's local testing
+mode sets none), so the encoders' ``encode`` is served by ``encode_now``: the same checks, forward
+pass and errors, in batches of one.
+
+Example::
+
+    with local_app(checkpoint, ConnectionOptions(uri="hivlp_work/hivlp.db"), "quickstart") as app:
+        client = fastapi.testclient.TestClient(app)
+        client.post("/search", json={"text": "a red circle", "modality": "all"})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from hivlp_milvus.connection import ConnectionOptions
+from serving.encoders import ImageEncoder, TextEncoder
+from serving.ingress import Ingress, IngressSettings, api, configure
+from serving.searcher import Searcher
+
+
+class LocalHandle:
+    """A stand-in for a ``DeploymentHandle`` that calls an object in this process.
+
+    Args:
+        target: the deployment's object (an instance of the class Serve would run).
+        renames: handle method name -> the target's method that serves it.
+    """
+
+    def __init__(self, target: Any, **renames: str) -> None:
+        self._target = target
+        self._renames = renames
+
+    def __getattr__(self, name: str) -> _LocalMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _LocalMethod(getattr(self._target, self._renames.get(name, name)))
+
+
+class _LocalMethod:
+    def __init__(self, method: Any) -> None:
+        self._method = method
+
+    def remote(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """Start the call now (as a handle does) and return something to await."""
+        if inspect.iscoroutinefunction(self._method):
+            return asyncio.ensure_future(self._method(*args, **kwargs))
+        return asyncio.ensure_future(asyncio.to_thread(self._method, *args, **kwargs))
+
+
+def _plain_class(deployment: Any) -> type:
+    """The user's class under Serve's ingress wrapper (whose ``__init__`` is a coroutine Serve awaits)."""
+    for cls in deployment.func_or_class.__mro__:
+        init = vars(cls).get("__init__")
+        if init is not None and not inspect.iscoroutinefunction(init):
+            return cls
+    raise TypeError(f"no synchronous constructor under {deployment.func_or_class!r}")
+
+
+def _routes(routes: list[Any]) -> Iterator[APIRoute]:
+    # Serve re-mounts the class's routes under an included router: walk into it.
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _routes(inner.routes)
+
+
+def _self_dependencies(app: FastAPI) -> set[Any]:
+    """The dependencies Serve gave the routes' ``self`` parameter (they read the replica context).
+
+    Serve rewrites each method's signature to ``self=Depends(get_current_servable_instance)``.
+    """
+    found = set()
+    for route in _routes(app.routes):
+        param = inspect.signature(route.endpoint).parameters.get("self")
+        dependency = getattr(getattr(param, "default", None), "dependency", None)
+        if dependency is not None:
+            found.add(dependency)
+    return found
+
+
+@contextlib.contextmanager
+def local_app(
+    checkpoint: str,
+    connection: ConnectionOptions,
+    collection: str,
+    settings: IngressSettings | None = None,
+) -> Iterator[FastAPI]:
+    """The ingress app with real encoders and a real Searcher in this process (no Ray).
+
+    Args:
+        checkpoint: the model directory.
+        connection: how the Searcher reaches Milvus (a Lite ``.db`` path works).
+        collection: the collection to search.
+        settings: the ingress limits and API key (default: none, the builder's limits).
+
+    Yields:
+        The FastAPI app (the module's ``api``), routed to these objects until the block ends.
+    """
+    settings = replace(settings or IngressSettings(collection=collection), collection=collection)
+    text = LocalHandle(TextEncoder.func_or_class(checkpoint), encode="encode_now")
+    image = LocalHandle(ImageEncoder.func_or_class(checkpoint), encode="encode_now")
+    searcher = LocalHandle(Searcher.func_or_class(checkpoint, connection.uri, collection, connection=connection))
+    ingress = _plain_class(Ingress)(text, image, searcher, settings)
+    overrides = _self_dependencies(api)
+    if not overrides:
+        raise RuntimeError("the ingress routes have no `self` dependency: has Serve's class-based view changed?")
+    for dependency in overrides:
+        api.dependency_overrides[dependency] = lambda: ingress
+    try:
+        yield api
+    finally:
+        for dependency in overrides:
+            api.dependency_overrides.pop(dependency, None)
+        configure(IngressSettings(collection=collection))  # no API key, default limits: as at import
