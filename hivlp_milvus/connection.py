@@ -16,7 +16,7 @@ import weakref
 from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from hivlp_milvus.errors import (
     ConfigError,
@@ -176,7 +176,7 @@ class ConnectionOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     uri: str = DEFAULT_URI
-    token: str | None = None
+    token: str | None = Field(None, repr=False)  # never in a logged or printed options value
     db_name: str = ""
     secure: bool | None = None
     server_pem_path: str | None = None

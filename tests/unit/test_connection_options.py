@@ -39,3 +39,9 @@ def test_redact_uri(uri, expected):
 def test_connect_lite(tmp_path):
     client = ConnectionOptions(uri=str(tmp_path / "c.db")).connect()
     assert client.list_collections() == []
+
+
+def test_token_is_not_in_the_repr():
+    options = ConnectionOptions(uri="http://m:19530", token="root:Sup3rSecret")
+    assert "Sup3rSecret" not in repr(options) and "Sup3rSecret" not in str(options)
+    assert options.token == "root:Sup3rSecret"
