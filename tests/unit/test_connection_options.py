@@ -43,5 +43,6 @@ def test_connect_lite(tmp_path):
 
 def test_token_is_not_in_the_repr():
     options = ConnectionOptions(uri="http://m:19530", token="root:Sup3rSecret")
-    assert "Sup3rSecret" not in repr(options) and "Sup3rSecret" not in str(options)
+    assert "Sup3rSecret" not in repr(options)
+    assert "Sup3rSecret" not in str(options)
     assert options.token == "root:Sup3rSecret"

@@ -19,11 +19,14 @@ def test_enough_free_gpus_start() -> None:
 @pytest.mark.parametrize(("total", "free", "needed"), [(1, 0, 1), (1, 0.5, 1), (4, 1, 2)])
 def test_gpus_held_by_another_job_are_busy(total: float, free: float, needed: float) -> None:
     message = gpu_shortfall(total, free, needed)
-    assert message is not None and message.startswith("busy:")
-    assert "serve shutdown" in message and "scaling.use_gpu=false" in message
+    assert message is not None
+    assert message.startswith("busy:")
+    assert "serve shutdown" in message
+    assert "scaling.use_gpu=false" in message
 
 
 @pytest.mark.parametrize(("total", "free", "needed"), [(0, 0, 1), (1, 1, 2)])
 def test_gpus_the_cluster_lacks_are_missing(total: float, free: float, needed: float) -> None:
     message = gpu_shortfall(total, free, needed)
-    assert message is not None and message.startswith("missing:")
+    assert message is not None
+    assert message.startswith("missing:")
