@@ -77,9 +77,11 @@ class LoopSpec:
         coarse_ks: hierarchical evaluation shortlist sizes.
         val_max_items: validation images.
         val_batch_size: validation encoding batch.
-        fault_injection: ``{"step", "rank", "marker", "delay_s"}``: that rank ends its process
-            with ``os._exit(1)`` ``delay_s`` seconds after optimizer step ``step``, unless
-            ``marker`` exists (which it creates first). For fault-tolerance tests only.
+        fault_injection: ``{"step", "rank", "marker", "wait_for"}`` or a list of them: that rank
+            ends its process with ``os._exit(1)`` after optimizer step ``step``, unless ``marker``
+            exists (which it creates first). ``wait_for`` (``{"path", "text", "timeout_s"}``)
+            makes it wait first until the file ``path`` exists and contains ``text``. For
+            fault-tolerance tests only.
     """
 
     init_model: str
@@ -108,7 +110,7 @@ class LoopSpec:
     coarse_ks: tuple[int, ...] = (10, 50)
     val_max_items: int = 1000
     val_batch_size: int = 128
-    fault_injection: dict[str, Any] | None = field(default=None)
+    fault_injection: dict[str, Any] | list[dict[str, Any]] | None = field(default=None)
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> LoopSpec:
@@ -339,19 +341,36 @@ def _clip(module: torch.nn.Module, clip_norm: float) -> float:
 
 
 def _maybe_crash(spec: LoopSpec, step: int, rank: int) -> None:
-    """Fault injection for the fault-tolerance test: a hard process exit, once per marker file."""
-    fault = spec.fault_injection
-    if not fault or step != int(fault["step"]) or rank != int(fault.get("rank", 0)):
-        return
+    """Fault injection for the fault-tolerance tests: a hard process exit, once per marker file."""
+    faults = spec.fault_injection or []
+    for fault in [faults] if isinstance(faults, dict) else faults:
+        if step == int(fault["step"]) and rank == int(fault.get("rank", 0)) and not Path(fault["marker"]).exists():
+            _crash(fault, step, rank)
+
+
+def _crash(fault: dict[str, Any], step: int, rank: int) -> None:
     marker = Path(fault["marker"])
-    if marker.exists():
-        return
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"crashed at step {step} on rank {rank}\n")
-    # Ray Train's controller collects reports by polling (every ~2 s); a pause before dying lets
-    # it register the last checkpoint, so a test knows exactly where the restart must resume.
-    time.sleep(float(fault.get("delay_s", 0)))
+    marker.write_text(f"crashing at step {step} on rank {rank}\n")
+    # Ray Train's controller registers a report when it next polls the workers, seconds later.
+    # A test that must know where the restart resumes waits for that event (Ray's checkpoint
+    # manager snapshot naming the checkpoint), not for a fixed time, which a loaded machine
+    # can outlast.
+    waited = _wait_for_text(fault["wait_for"]) if fault.get("wait_for") else "no wait"
+    marker.write_text(f"crashed at step {step} on rank {rank} ({waited})\n")
     os._exit(1)
+
+
+def _wait_for_text(wait_for: dict[str, Any]) -> str:
+    """Poll until the file ``wait_for["path"]`` contains ``wait_for["text"]``; says how it ended."""
+    path, text = Path(wait_for["path"]), str(wait_for["text"])
+    deadline = time.monotonic() + float(wait_for.get("timeout_s", 120.0))
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            if text in path.read_text(encoding="utf-8"):
+                return f"{path.name} contains {text}"
+        time.sleep(0.1)
+    return f"timed out waiting for {text} in {path}"
 
 
 class _Progress:

@@ -5,6 +5,9 @@ small upsert batches) while a third process runs hierarchical searches in a loop
 are done, checking every result as it arrives. At the end every row exists exactly once, every
 process exited cleanly, and the searcher saw the collection grow under it (searches really ran
 during the writes). Child tracebacks are sent back to the test and shown in its failure message.
+
+The overlap is an event, not a timing: each writer holds its source half-way until the searcher
+has searched a few times among the rows written so far, then writes the rest under the searches.
 """
 
 from __future__ import annotations
@@ -67,16 +70,20 @@ def _child(role: str, results: Any, go: Any, body: Any) -> None:
         raise
 
 
-def _writer(writer: int, uri: str, token: str, name: str, results: Any, go: Any, create: bool = False) -> None:
+def _writer(
+    writer: int, uri: str, token: str, name: str, results: Any, go: Any, create: bool = False, midway: Any = None
+) -> None:
     def body() -> dict[str, Any]:
         from hivlp_milvus.ingest import ingest
 
-        def paced() -> Iterator[EmbeddingRecord]:
-            for record in _records(writer):
-                time.sleep(0.005)  # spreads the writes over seconds, so the searches run among them
+        def held() -> Iterator[EmbeddingRecord]:
+            for i, record in enumerate(_records(writer)):
+                # Half-way, wait until searches ran among the rows so far (``midway``, set by the searcher).
+                if midway is not None and i == PER_WRITER // 2 and not midway.wait(TIMEOUT_S):
+                    raise TimeoutError("the searcher never searched a partly written collection")
                 yield record
 
-        report = ingest(paced(), uri=uri, token=token or None, collection_name=name, write_batch_rows=25,
+        report = ingest(held(), uri=uri, token=token or None, collection_name=name, write_batch_rows=25,
                         create=create, expected_rows=WRITERS * PER_WRITER, progress=False)  # fmt: skip
         return report.to_dict()
 
@@ -110,7 +117,7 @@ def _check_hits(res: Any, queries: list[EmbeddingRecord], modality: str | None, 
     return found
 
 
-def _searcher(uri: str, token: str, name: str, results: Any, go: Any, writers_done: Any) -> None:
+def _searcher(uri: str, token: str, name: str, results: Any, go: Any, writers_done: Any, midway: Any) -> None:
     def body() -> dict[str, Any]:
         coll = HierarchicalCollection.open(name, uri=uri, token=token or None)
         rows = _all_records()
@@ -128,6 +135,8 @@ def _searcher(uri: str, token: str, name: str, results: Any, go: Any, writers_do
             res = coll.hierarchical_search(q, limit=LIMIT, coarse_limit=COARSE, modality=modality)
             stats["self_found"] += _check_hits(res, queries, modality, rows)
             stats["searches"] += 1
+            if stats["searches"] >= 3 and any(0 < c < len(rows) for c in stats["counts_during_writes"]):
+                midway.set()  # the writers may finish now
         # Both writers are done: now every row must be found as its own best match.
         sample = [records[i] for i in rng.choice(len(records), size=20, replace=False)]
         q = HierarchicalEmbedding(np.stack([r.vec_low for r in sample]), np.stack([r.vec_high for r in sample]))
@@ -141,7 +150,7 @@ def _searcher(uri: str, token: str, name: str, results: Any, go: Any, writers_do
 # -- the test ---------------------------------------------------------------------------------------
 
 
-def _run_children(procs: list[Any], results: Any, go: Any, writers_done: Any) -> tuple[dict, list[str]]:
+def _run_children(procs: list[Any], results: Any, go: Any, *releases: Any) -> tuple[dict, list[str]]:
     """Start the children, release them together, collect their results (or tracebacks)."""
     for p in procs:
         p.start()
@@ -164,13 +173,13 @@ def _run_children(procs: list[Any], results: Any, go: Any, writers_done: Any) ->
         elif kind == "done":
             done[role] = payload
             if all(f"writer-{w}" in done for w in range(WRITERS)):
-                writers_done.set()
+                releases[0].set()  # writers_done
         else:
             errors.append(f"--- {role} failed:\n{payload}")
     if len(done) < len(procs) and not errors:
         errors.append(f"no result within {TIMEOUT_S:.0f} s from {sorted({p.name for p in procs} - set(done))}")
-    go.set()  # release anyone still waiting, so they can exit
-    writers_done.set()
+    for event in (go, *releases):  # release anyone still waiting, so they can exit
+        event.set()
     for p in procs:
         p.join(timeout=30)
         if p.is_alive():
@@ -189,13 +198,15 @@ def test_two_writers_and_a_searcher_in_parallel(milvus_server: Any) -> None:
         name, uri=uri, token=token or None, low_dim=LOW, high_dim=HIGH, expected_rows=WRITERS * PER_WRITER
     )
     ctx = mp.get_context("spawn")
-    results, go, writers_done = ctx.Queue(), ctx.Event(), ctx.Event()
+    results, go, writers_done, midway = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Event()
     procs = [
-        ctx.Process(target=_writer, args=(w, uri, token, name, results, go), name=f"writer-{w}") for w in range(WRITERS)
+        ctx.Process(target=_writer, args=(w, uri, token, name, results, go, False, midway), name=f"writer-{w}")
+        for w in range(WRITERS)
     ]
-    procs.append(ctx.Process(target=_searcher, args=(uri, token, name, results, go, writers_done), name="searcher"))
+    searcher_args = (uri, token, name, results, go, writers_done, midway)
+    procs.append(ctx.Process(target=_searcher, args=searcher_args, name="searcher"))
     try:
-        done, errors = _run_children(procs, results, go, writers_done)
+        done, errors = _run_children(procs, results, go, writers_done, midway)
         assert not errors, "\n".join(errors)
 
         for w in range(WRITERS):

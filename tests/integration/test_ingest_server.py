@@ -33,8 +33,10 @@ pytestmark = pytest.mark.integration
 LOW, HIGH = 16, 64
 REPO = Path(__file__).resolve().parents[2]
 
-# The subprocess: ingest `n` deterministic BYO rows; a slow source (sleep per record) keeps it
-# running long enough to be killed half-way. The same seed gives the same rows in every run.
+# The subprocess: ingest `n` deterministic BYO rows. The same seed gives the same rows in every run.
+# A run to be killed half-way paces its source (sleep per record), so writes are in flight when
+# the kill comes, and holds it at record `hold` (waits there to be killed), so however slowly the
+# test gets to the kill on a loaded machine, the run cannot have finished by then.
 SCRIPT = textwrap.dedent(
     """
     import json, sys, time
@@ -42,8 +44,8 @@ SCRIPT = textwrap.dedent(
     from hivlp_milvus.data import EmbeddingRecord
     from hivlp_milvus.ingest import ingest
 
-    uri, token, name, n, wb, skip, delay = sys.argv[1:8]
-    n, wb, delay = int(n), int(wb), float(delay)
+    uri, token, name, n, wb, skip, delay, hold = sys.argv[1:9]
+    n, wb, delay, hold = int(n), int(wb), float(delay), int(hold)
 
     def records():
         rng = np.random.default_rng(7)
@@ -52,6 +54,8 @@ SCRIPT = textwrap.dedent(
             high = rng.standard_normal(64).astype(np.float32)
             if delay:
                 time.sleep(delay)
+            if hold and i == hold:
+                time.sleep(3600)  # held until the test kills this process
             yield EmbeddingRecord(f"r{i:05d}", "image" if i % 2 else "text", low, high, reference=f"ref {i}")
 
     report = ingest(records(), uri=uri, token=token or None, collection_name=name, write_batch_rows=wb,
@@ -75,9 +79,11 @@ def _all_ids(coll: HierarchicalCollection) -> list[int]:
     return ids
 
 
-def _run(script: Path, uri: str, token: str, name: str, n: int, wb: int, skip: bool, delay: float) -> subprocess.Popen:
+def _run(
+    script: Path, uri: str, token: str, name: str, n: int, wb: int, skip: bool, delay: float, hold: int = 0
+) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    args = [uri, token, name, str(n), str(wb), "1" if skip else "0", str(delay)]
+    args = [uri, token, name, str(n), str(wb), "1" if skip else "0", str(delay), str(hold)]
     return subprocess.Popen(
         [sys.executable, str(script), *args],
         stdout=subprocess.PIPE,
@@ -163,7 +169,7 @@ def test_ingest_over_the_network(milvus_server, name: str) -> None:
 
 def test_killed_ingest_resumes_to_exactly_once(milvus_server, script: Path, name: str) -> None:
     uri, token, n = milvus_server.uri, milvus_server.token, 3000
-    proc = _run(script, uri, token, name, n, wb=50, skip=False, delay=0.001)
+    proc = _run(script, uri, token, name, n, wb=50, skip=False, delay=0.001, hold=n // 2)
     try:
         landed = _wait_for_rows(name, uri, token, 300, proc)
     finally:
@@ -195,7 +201,7 @@ def test_milvus_killed_mid_ingest_then_resumed(script: Path, name: str) -> None:
     server = LiteServer(data_dir).start()
     n = 2000
     try:
-        proc = _run(script, server.uri, "", name, n, wb=50, skip=False, delay=0.001)
+        proc = _run(script, server.uri, "", name, n, wb=50, skip=False, delay=0.001, hold=n // 2)
         try:
             _wait_for_rows(name, server.uri, "", 200, proc)
             server.kill()  # Milvus dies under the writer

@@ -6,24 +6,32 @@
 3. Crash and resume: a worker process dies (``os._exit(1)``) mid-epoch; Ray restarts the group
    from the last checkpoint, which continues at exactly the next step with the same batches.
 
-2 and 3 share one run (module-scoped fixture): Ray start-up, not training, is what costs here.
+4. Resume the documented way: after the run failed for good (a second crash with
+   ``max_failures`` spent), re-running the same ``run.name`` on ONE worker continues the step
+   count and the schedule from the newest checkpoint; with another model it is refused.
+
+2-4 share one run (module-scoped fixture): Ray start-up, not training, is what costs here.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from hivlp_milvus.data import synthetic
+from hivlp_milvus.errors import ConfigError
 from hivlp_milvus.model.hivlp import HiVLP, create_model
 from hivlp_milvus.model.loss import HiVLPLoss, LossConfig
 from training.checkpoint import load_training_state
 from training.config import load_config
-from training.trainer import run_training
+from training.loop import lr_factor
+from training.trainer import run_directory, run_training
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -145,56 +153,95 @@ def test_two_workers_match_one_process_on_the_concatenated_batch(ray_cluster: No
     assert float(torch.stack([g.abs().sum() for g in expected.values()]).sum()) > 0
 
 
-# -- 2 + 3. one short training run with a real worker crash in the middle ----------------------------
+# -- 2 + 3 + 4. one short training run: a worker crash, the driver stopped, a resume elsewhere --------
 #
 # Ray start-up dominates on this machine (a run is ~40 s, of which training is ~5), so one run
-# serves both checks: it learns and checkpoints (test 2), and it survives a crash (test 3).
+# serves every check: it learns and checkpoints (test 2), Ray restarts a crashed worker group
+# from the last checkpoint (test 3), and after the run failed for good, re-running the same
+# ``run.name`` on another worker count resumes it, as docs/training.md says (test 4).
 #
-# 256 images / (2 workers x 16) = 8 steps per epoch, 3 epochs = 24 steps. Checkpoints at 5, 8
-# (epoch end), 10, 15, 16, 20, 24. Rank 1 dies 3 s after step 13 -- long enough for Ray's
-# controller to have registered the step-10 checkpoint -- so the restart must resume after step
-# 10: mid-epoch 1, with two micro-batches of that epoch to skip.
+# 256 images / (2 workers x 16) = 8 steps per epoch, 24 steps. Checkpoints at 5, 8 (epoch end),
+# 10, 15, 16, 20, 24. Rank 1 dies after step 13, once Ray's controller has registered the step-10
+# checkpoint (its checkpoint manager snapshot names it; the controller polls the workers every
+# ~2 s, which a loaded machine stretches), so the restart must resume after step 10: mid-epoch 1,
+# with two micro-batches of that epoch to skip. It dies again after step 21, once step 20 is
+# registered: with ``max_failures=1`` spent, the run fails and the driver returns. The same
+# config on ONE worker then resumes after step 20 (mid-epoch 2) and ends at step 24.
 STEPS, CRASH_STEP, RESUME_AFTER = 24, 13, 10
+SECOND_CRASH_STEP, DRIVER_RESUME_AFTER = 21, 20
+#: Ray Train V2 keeps its checkpoint manager's state here, in the run directory on storage.
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
-@pytest.fixture(scope="module")
-def crashed_run(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
-    tmp_path = tmp_path_factory.mktemp("train")
-    marker = tmp_path / "crash" / "crashed.marker"
-    cfg = _micro_config(
+@dataclass(frozen=True)
+class CrashedRun:
+    """The run of tests 2-5: ``result`` is the resumed (one-worker) run's, ``failure`` the first's."""
+
+    result: Any
+    failure: BaseException
+    run_dir: Path
+    cfg: Any
+    markers: list[Path]
+
+
+def _crash_after_registered(cfg: Any, step: int, registered_step: int, marker: Path) -> dict[str, Any]:
+    """Rank 1 dies after ``step`` once Ray has registered the checkpoint of ``registered_step``."""
+    snapshot = str(Path(run_directory(cfg)) / RAY_SNAPSHOT)
+    wait_for = {"path": snapshot, "text": f"checkpoint_{registered_step:07d}", "timeout_s": 300}
+    return {"step": step, "rank": 1, "marker": str(marker), "wait_for": wait_for}
+
+
+def _crash_config(tmp_path: Path, *extra: str) -> Any:
+    return _micro_config(
         tmp_path,
         "crash",
         "data.synthetic={train: 256, val: 32, seed: 2, image_size: 32}",
-        "optim.epochs=3",
+        f"optim.max_steps={STEPS}",  # the same schedule on any worker count
         "run.checkpoint_every_steps=5",
         "run.max_failures=1",
         "run.num_to_keep=2",
+        *extra,
     )
-    fault = {"step": CRASH_STEP, "rank": 1, "marker": str(marker), "delay_s": 3.0}
-    result = run_training(cfg, fault_injection=fault)
-    assert marker.exists(), "the injected crash did not happen"
-    return result, tmp_path / "crash"
 
 
-def test_short_run_learns_and_checkpoints_load(crashed_run: tuple) -> None:
-    result, run_dir = crashed_run
+@pytest.fixture(scope="module")
+def crashed_run(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> CrashedRun:
+    import ray.train
+
+    tmp_path = tmp_path_factory.mktemp("train")
+    cfg = _crash_config(tmp_path)
+    markers = [tmp_path / "crash" / "crashed.marker", tmp_path / "crash" / "crashed-again.marker"]
+    faults = [
+        _crash_after_registered(cfg, CRASH_STEP, RESUME_AFTER, markers[0]),
+        _crash_after_registered(cfg, SECOND_CRASH_STEP, DRIVER_RESUME_AFTER, markers[1]),
+    ]
+    with pytest.raises(ray.train.TrainingFailedError) as failed:
+        run_training(cfg, fault_injection=faults)
+    for marker, registered in zip(markers, (RESUME_AFTER, DRIVER_RESUME_AFTER), strict=True):
+        assert marker.exists(), f"the injected crash {marker.name} did not happen"
+        assert f"contains checkpoint_{registered:07d}" in marker.read_text(), marker.read_text()
+    # The documented resume: the same command (run.name, storage) again, here on one worker.
+    result = run_training(_crash_config(tmp_path, "scaling.num_workers=1"))
+    return CrashedRun(result, failed.value, tmp_path / "crash", cfg, markers)
+
+
+def test_short_run_learns_and_checkpoints_load(crashed_run: CrashedRun) -> None:
+    result, run_dir = crashed_run.result, crashed_run.run_dir
     steps = _read_steps(run_dir / "steps.jsonl")
-    losses = {s["step"]: s["loss"] for s in steps}  # the replayed steps overwrite identical values
+    losses = {s["step"]: s["loss"] for s in steps}  # the replayed steps overwrite (near) identical values
     first = sum(losses[i] for i in range(1, 5)) / 4
     last = sum(losses[i] for i in range(STEPS - 3, STEPS + 1)) / 4
     assert last < first - 0.5, (first, last)
 
     assert result.metrics["step"] == STEPS
-    assert result.metrics["samples_seen"] == STEPS * 32
     assert 0.0 <= result.metrics["val_AR"] <= 1.0
     assert {"val_low_AR", "val_high_AR", "val_hier@20_AR"} <= set(result.metrics)
-    assert result.plan.global_batch == 32
     assert result.plan.total_steps == STEPS
     assert result.best_metrics["val_AR"] >= result.metrics["val_AR"]
 
     checkpoint = Path(result.last_checkpoint)
     state = load_training_state(checkpoint)
-    assert (state.step, state.epoch, state.micro_in_epoch, state.total_steps) == (STEPS, 3, 0, STEPS)
+    assert (state.step, state.total_steps) == (STEPS, STEPS)
     names = {p.name for p in checkpoint.iterdir()}
     assert {
         "optimizer.pt",
@@ -215,17 +262,22 @@ def test_short_run_learns_and_checkpoints_load(crashed_run: tuple) -> None:
     assert Path(result.best_checkpoint).name in kept
 
 
-def test_worker_crash_resumes_at_the_next_step(crashed_run: tuple) -> None:
-    result, run_dir = crashed_run
+def _groups(run_dir: Path) -> list[list[dict]]:
+    """Rank 0's per-step log lines, one list per worker group (process) in the order they ran."""
     steps = _read_steps(run_dir / "steps.jsonl")
     pids = list(dict.fromkeys(s["pid"] for s in steps))
-    assert len(pids) == 2, "expected exactly one restart of the worker group"
-    before = [s for s in steps if s["pid"] == pids[0]]
-    after = [s for s in steps if s["pid"] == pids[1]]
+    return [[s for s in steps if s["pid"] == pid] for pid in pids]
+
+
+def test_worker_crash_resumes_at_the_next_step(crashed_run: CrashedRun) -> None:
+    groups = _groups(crashed_run.run_dir)
+    assert len(groups) == 3, "expected one Ray restart of the worker group, then one resumed run"
+    before, after = groups[0], groups[1]
     assert [s["step"] for s in before] == list(range(1, len(before) + 1))
     assert len(before) in (CRASH_STEP - 1, CRASH_STEP)  # rank 0 may not log the crash step itself
-    # Right after the last checkpoint: no step lost, none repeated except those after it.
-    assert [s["step"] for s in after] == list(range(RESUME_AFTER + 1, STEPS + 1))
+    # Right after the last registered checkpoint: no step lost, none repeated except those after it.
+    resumed = list(range(RESUME_AFTER + 1, SECOND_CRASH_STEP))
+    assert [s["step"] for s in after] in (resumed, [*resumed, SECOND_CRASH_STEP])  # until the second crash
     # The replayed steps trained on exactly the same batches (deterministic skip), same loss.
     replayed = before[RESUME_AFTER:]
     assert replayed
@@ -233,5 +285,36 @@ def test_worker_crash_resumes_at_the_next_step(crashed_run: tuple) -> None:
         assert old["step"] == new["step"]
         assert old["batch"] == new["batch"], f"step {old['step']} saw other images after the restart"
         assert old["loss"] == pytest.approx(new["loss"], rel=1e-4, abs=1e-5)
-    assert result.metrics["step"] == STEPS
-    assert load_training_state(result.last_checkpoint).step == STEPS
+
+
+def test_rerunning_the_run_name_resumes_on_another_worker_count(crashed_run: CrashedRun) -> None:
+    """docs/training.md: resume = run the same command again; another worker count continues the steps."""
+    result = crashed_run.result
+    two_workers, one_worker = _groups(crashed_run.run_dir)[1:]
+    assert two_workers[-1]["step"] in (SECOND_CRASH_STEP - 1, SECOND_CRASH_STEP)
+    # The new driver started from the newest registered checkpoint, not from scratch.
+    assert [s["step"] for s in one_worker] == list(range(DRIVER_RESUME_AFTER + 1, STEPS + 1))
+    # Same schedule (optim.max_steps) and the restored scheduler state: the warm-up + cosine
+    # learning rate of each step number, as the two-worker groups had it.
+    optim = crashed_run.cfg.optim
+    for line in [*two_workers, *one_worker]:
+        factor = lr_factor(line["step"], warmup_steps=optim.warmup_steps, total_steps=STEPS,
+                           min_lr_ratio=optim.min_lr_ratio)  # fmt: skip
+        assert line["lr"] == pytest.approx(optim.lr * factor, rel=1e-6), line
+    assert result.plan.workers == 1
+    assert result.plan.global_batch == 16
+    state = load_training_state(result.last_checkpoint)
+    assert (state.step, state.world_size, state.global_batch) == (STEPS, 1, 16)
+    # Samples count on: 20 steps of 2 x 16 before, 4 steps of 1 x 16 after.
+    expected_samples = DRIVER_RESUME_AFTER * 32 + (STEPS - DRIVER_RESUME_AFTER) * 16
+    assert state.samples_seen == result.metrics["samples_seen"] == expected_samples
+    assert (Path(result.run_path) / f"checkpoint_{STEPS:07d}").is_dir()
+
+
+def test_rerunning_the_run_name_with_another_model_is_refused(crashed_run: CrashedRun) -> None:
+    tmp_path = crashed_run.run_dir.parent
+    before = (crashed_run.run_dir / "steps.jsonl").read_text()
+    other = _crash_config(tmp_path, "model.overrides={low_dim: 24}")
+    with pytest.raises(ConfigError, match=r"run 'crash' already exists .* another model \(low_dim differ"):
+        run_training(other)
+    assert (crashed_run.run_dir / "steps.jsonl").read_text() == before  # nothing was trained

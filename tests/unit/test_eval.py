@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -342,59 +341,21 @@ def test_eval_command_parses():
     assert args.ks == [1, 5, 10]
 
 
-class PixelProjectionModelDouble:
-    """Test double of the HiVLP checkpoint interface for the CLI: fixed random projections of
-    4×4-downsampled pixels (images) and of hashed bag-of-words counts (texts)."""
-
-    fingerprint = "pixel-double"
-
-    def __init__(self) -> None:
-        rng = np.random.default_rng(0)
-        self.image_proj = rng.normal(size=(48, 16)).astype(np.float32)
-        self.text_proj = rng.normal(size=(64, 16)).astype(np.float32)
-
-    @classmethod
-    def from_pretrained(cls, path):
-        cls.loaded_from = path
-        return cls()
-
-    @staticmethod
-    def _levels(x: np.ndarray) -> SimpleNamespace:
-        high = x / np.linalg.norm(x, axis=1, keepdims=True)
-        low = high[:, :4] / np.linalg.norm(high[:, :4], axis=1, keepdims=True)
-        return SimpleNamespace(low=low.astype(np.float32), high=high.astype(np.float32))
-
-    def embed_images(self, images, batch_size=64):
-        from PIL import Image
-
-        pixels = [np.asarray(Image.open(p).convert("RGB").resize((4, 4)), np.float32).ravel() for p in images]
-        return self._levels(np.stack(pixels) @ self.image_proj)
-
-    def embed_texts(self, texts, batch_size=256):
-        counts = np.zeros((len(texts), 64), np.float32)
-        for i, text in enumerate(texts):
-            for word in text.split():
-                counts[i, sum(map(ord, word)) % 64] += 1
-        return self._levels(counts @ self.text_proj + 1e-3)
-
-
-def test_eval_command_runs_with_a_model_double(tmp_path, monkeypatch, capsys):
+def test_eval_command_loads_the_checkpoint_it_is_given(tmp_path, capsys):
+    """``eval --model DIR`` evaluates exactly the model ``save_pretrained`` wrote there."""
     from hivlp_milvus.cli import main
-    from hivlp_milvus.data import synthetic
+    from hivlp_milvus.data import load_source, synthetic
+    from hivlp_milvus.model import HiVLP, create_model
 
-    synthetic.write_splits(tmp_path / "data", {"train": 2, "test": 20}, progress=False)
-    monkeypatch.setitem(sys.modules, "hivlp_milvus.model", SimpleNamespace(HiVLP=PixelProjectionModelDouble))
+    synthetic.write_splits(tmp_path / "data", {"train": 2, "test": 20}, seed=5, image_size=32, progress=False)
+    test = list(load_source(tmp_path / "data", split="test"))
+    saved_model = create_model("micro", texts=[c for r in test for c in r.captions], seed=0)
+    saved_model.save_pretrained(tmp_path / "ckpt")
+    # Another model of the same config: the command must not evaluate a fresh initialisation.
+    other = create_model("micro", tokenizer=saved_model.tokenizer, seed=1)
+
     out_json = tmp_path / "out" / "eval.json"
-    argv = [
-        "eval",
-        "--model",
-        str(tmp_path / "ckpt"),
-        "--data",
-        str(tmp_path / "data"),
-        "--coarse-k",
-        "3",
-        "500",
-    ]
+    argv = ["eval", "--model", str(tmp_path / "ckpt"), "--data", str(tmp_path / "data"), "--coarse-k", "3", "500"]
     assert main([*argv, "--json", str(out_json), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "hier@3" in printed
@@ -403,5 +364,14 @@ def test_eval_command_runs_with_a_model_double(tmp_path, monkeypatch, capsys):
     assert list(saved["rows"]) == ["low", "high", "hier@3", "hier@500"]
     assert saved["meta"]["n_texts"] == 100
     assert saved["meta"]["split"] == "test"
-    assert saved["meta"]["model_fingerprint"] == "pixel-double"
+    assert saved["meta"]["model"] == str(tmp_path / "ckpt")
+    assert saved["meta"]["model_fingerprint"] == saved_model.fingerprint != other.fingerprint
+
+    loaded = HiVLP.from_pretrained(tmp_path / "ckpt")
+    expected = evaluate(loaded, test, coarse_ks=(3, 500), progress=False)
+    unrelated = evaluate(other, test, coarse_ks=(3, 500), progress=False)
+    for row, metrics in expected.rows.items():
+        assert saved["rows"][row] == pytest.approx(metrics, abs=1e-9), row
+    # The table tells models apart, so the equality above says which weights were evaluated.
+    assert any(saved["rows"][r] != pytest.approx(m, abs=1e-9) for r, m in unrelated.rows.items())
     assert saved["rows"]["hier@500"]["AR"] == saved["rows"]["high"]["AR"]
