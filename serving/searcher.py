@@ -29,7 +29,7 @@ import numpy as np
 from ray import serve
 
 from hivlp_milvus.connection import ConnectionOptions, guarded, is_server_uri, redact_uri
-from hivlp_milvus.errors import ConfigError, MilvusUnavailableError
+from hivlp_milvus.errors import CollectionNotFoundError, ConfigError, MilvusUnavailableError
 from serving.encoders import load_model
 
 logger = logging.getLogger("ray.serve")
@@ -237,7 +237,14 @@ class Searcher:
         """A round trip to Milvus: ``{"collection", "count"}``; raises MilvusUnavailableError when down."""
 
         def run(col: Any) -> dict[str, Any]:
-            guarded(col.client).list_collections(timeout=_CONNECT_TIMEOUT_S)
+            client = guarded(col.client)
+            # has_collection is the round trip: Milvus answering is not enough when the collection
+            # this app serves was dropped (that is a misconfiguration, not an outage).
+            if not client.has_collection(self._name, timeout=_CONNECT_TIMEOUT_S):
+                raise CollectionNotFoundError(
+                    f"collection {self._name!r} no longer exists in Milvus at {self._redacted_uri()}; "
+                    "re-ingest it, or restart the app with another collection"
+                )
             return {"collection": self._name, "count": col.approx_num_rows() or 0}
 
         return self._call(run)

@@ -696,12 +696,6 @@ def test_unreachable_milvus_is_a_503_not_a_hang(served: Served) -> None:
     assert elapsed < 15, elapsed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hivlp_milvus/connection.py connect() puts the raw uri (user:password included) in its "
-    "MilvusUnavailableError, which the Searcher echoes to clients when Milvus was never reachable "
-    "(fix: redact_uri(uri) in that message)",
-)
 def test_credentials_in_a_milvus_uri_never_reach_clients(served: Served) -> None:
     """The extra app's Milvus URI is ``http://hivlp:<SECRET>@127.0.0.1:<port>``, never reachable."""
     with httpx.Client(base_url=served.url + "/extra", timeout=TIMEOUT) as c:
@@ -813,11 +807,6 @@ def _drop_outage_collection(served: Served) -> None:
         client.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="serving/searcher.py ping() answers from approx_num_rows (cached) after list_collections, "
-    "so /healthz says ok when Milvus answers but the collection is gone (fix: check has_collection)",
-)
 def test_healthz_reports_a_collection_that_is_gone(served: Served) -> None:
     with _outage(served) as c:
         _search_ok(c)
@@ -828,12 +817,6 @@ def test_healthz_reports_a_collection_that_is_gone(served: Served) -> None:
     assert OUTAGE_COLLECTION in health.json()["milvus"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="serving/searcher.py lets pymilvus' 'collection does not exist' MilvusException through "
-    "unwrapped, which the ingress answers as a 500 internal_error (fix: map it to "
-    "CollectionNotFoundError -> 503 misconfigured)",
-)
 def test_search_on_a_collection_that_is_gone_is_a_503(served: Served) -> None:
     _drop_outage_collection(served)
     with _outage(served) as c:
