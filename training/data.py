@@ -310,7 +310,7 @@ def decode_images(batch: dict[str, np.ndarray], processor: ImageProcessor) -> di
 
 def shuffle_seed(seed: int, epoch: int, rank: int) -> int:
     """The seed of rank ``rank``'s local shuffle buffer in ``epoch`` (a new order every epoch)."""
-    return _mix(seed, epoch, rank, 0x5EED) & 0xFFFF_FFFF
+    return mix_seed(seed, epoch, rank, 0x5EED) & 0xFFFF_FFFF
 
 
 def select_captions(batch: dict[str, torch.Tensor], *, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,7 +329,7 @@ def select_captions(batch: dict[str, torch.Tensor], *, seed: int, epoch: int) ->
 
     uids = batch["uid"].tolist()
     counts = batch["num_captions"].tolist()
-    choice = [_mix(seed, epoch, uid, 0xCA7) % max(1, count) for uid, count in zip(uids, counts, strict=True)]
+    choice = [mix_seed(seed, epoch, uid, 0xCA7) % max(1, count) for uid, count in zip(uids, counts, strict=True)]
     index = torch.tensor(choice, dtype=torch.long, device=batch["input_ids"].device)
     rows = torch.arange(len(choice), device=index.device)
     return batch["input_ids"][rows, index].long(), batch["attention_mask"][rows, index].long()
@@ -374,6 +374,7 @@ def plan_epoch(num_rows: int, *, world_size: int, batch_size: int, grad_accum_st
     return micro, steps
 
 
-def _mix(*values: int) -> int:
+def mix_seed(*values: int) -> int:
+    """A 63-bit seed from integers (stable across processes and Python versions, unlike ``hash``)."""
     digest = hashlib.blake2b(",".join(str(int(v)) for v in values).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") & _MASK63

@@ -33,7 +33,7 @@ from training.checkpoint import (
     load_training_state,
     save_checkpoint,
 )
-from training.data import _mix, batch_fingerprint, select_captions, shuffle_seed
+from training.data import batch_fingerprint, mix_seed, select_captions, shuffle_seed
 
 if TYPE_CHECKING:  # pragma: no cover - imported for annotations only
     import torch
@@ -248,7 +248,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 continue
             last_micro_of_step = (micro + 1) % spec.grad_accum_steps == 0
             # Seeded per micro-batch, so dropout after a resume is what it would have been.
-            torch.manual_seed(_mix(spec.seed, epoch, micro, rank))
+            torch.manual_seed(mix_seed(spec.seed, epoch, micro, rank))
             sync = contextlib.nullcontext() if last_micro_of_step or world == 1 else ddp.no_sync()
             with sync:
                 input_ids, attention_mask = select_captions(batch, seed=spec.seed, epoch=epoch)

@@ -27,7 +27,7 @@ from hivlp_milvus.model.config import HiVLPConfig, get_config
 from hivlp_milvus.model.embedding import HierarchicalEmbedding, HiVLPOutput
 from hivlp_milvus.model.fusion import FusedOutput, FusionInputs, FusionScorer, spatial_tokens
 from hivlp_milvus.model.heads import build_head
-from hivlp_milvus.model.preprocess import ImageLike, ImageProcessor, _as_batch
+from hivlp_milvus.model.preprocess import ImageLike, ImageProcessor, as_image_list
 from hivlp_milvus.model.tokenizer import load_pretrained_tokenizer, train_wordpiece
 from hivlp_milvus.model.towers import ImageTower, TextTower
 
@@ -353,7 +353,7 @@ class HiVLP(nn.Module):
                 to skip bad ones individually).
             ValueError: ``batch_size`` is not positive.
         """
-        items = _as_batch(images) if _is_single_image(images) else images
+        items = as_image_list(images) if _is_single_image(images) else images
 
         def encode(chunk: list[ImageLike]) -> HierarchicalEmbedding:
             return self.encode_image(self.preprocess_images(chunk))

@@ -182,13 +182,14 @@ class ImageProcessor:
         Raises:
             BadRecordError: one of the images cannot be loaded.
         """
-        batch = _as_batch(images)
+        batch = as_image_list(images)
         if not batch:
             return torch.empty(0, 3, self.image_size, self.image_size)
         return torch.stack([self.process(image) for image in batch])
 
 
-def _as_batch(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+def as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+    """One image or many → a list of images."""
     # bytes and str are sequences too, so single images are recognised by type first.
     if isinstance(images, (str, Path, bytes, bytearray, memoryview, Image.Image)):
         return [images]
