@@ -226,7 +226,13 @@ def test_builder_signature_and_args() -> None:
     params = inspect.signature(build_app).parameters
     assert len(params) == 1
     assert next(iter(params.values())).annotation is AppArgs
-    assert build_app({"checkpoint": "/nowhere", "max_batch_size": "8"}) is not None  # nothing is opened
+    # Nothing is opened while building: the graph carries the validated args to each deployment.
+    ingress = build_app({"checkpoint": "/nowhere", "max_batch_size": "8"})._bound_deployment
+    text, image, searcher = (a._bound_deployment for a in ingress.init_args[:3])
+    names = (ingress.name, text.name, image.name, searcher.name)
+    assert names == ("Ingress", "TextEncoder", "ImageEncoder", "Searcher")
+    assert text.init_args[:2] == image.init_args[:2] == ("/nowhere", 8)  # "8" validated into an int
+    assert searcher.init_args[0] == "/nowhere"
     with pytest.raises(ValidationError):
         build_app({"chekpoint": "/typo"})
     with pytest.raises(ValidationError):
