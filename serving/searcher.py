@@ -256,6 +256,10 @@ class Searcher:
         """Fail only after a long outage, so Serve replaces the replica (and its connection)."""
         try:
             self.ping()
+        except CollectionNotFoundError as exc:
+            # A misconfiguration (the collection was dropped), not a sick replica: a new replica would
+            # find the same; /healthz and every search say so instead.
+            logger.warning("Searcher health: %s", exc)
         except MilvusUnavailableError as exc:
             down_for = time.monotonic() - (self._down_since or time.monotonic())
             if down_for >= UNHEALTHY_AFTER_S:

@@ -89,6 +89,8 @@ def test_searcher_maps_errors_by_type(tmp_path: Path, monkeypatch: pytest.Monkey
         HierarchicalCollection.open("s", connection=options).drop()
         with pytest.raises(CollectionNotFoundError):
             searcher.search(low, high, limit=1)
-        assert searcher.ping()["collection"] == "s"
+        with pytest.raises(CollectionNotFoundError, match="no longer exists"):  # /healthz says so, not "ok"
+            searcher.ping()
+        searcher.check_health()  # but the replica is healthy: replacing it would not bring the collection back
     finally:
         server.stop()
