@@ -39,6 +39,7 @@ def evaluate_collection(
     rerank: str = "client",
     progress: bool = True,
     fusion_limits: Sequence[int] = (),
+    fusion_queries: int | None = None,
     content: ContentOptions | None = None,
 ) -> EvalTable:
     """Recall@K of low-only, high-only, hierarchical and three-stage search over an ingested test set.
@@ -58,6 +59,10 @@ def evaluate_collection(
             ``hier@K+fusion@M``: the funnel's top ``M`` re-scored by the model's fusion block
             (``hierarchical_search(..., fusion_limit=M)``), queried with the records' own captions
             and images. Needs a collection whose model has a fusion block.
+        fusion_queries: run the fusion rows on the first ``N`` queries of each direction only (the
+            scorer runs the image tower on every candidate: ~4 ms a pair on one shared core for
+            ``tiny``); the rows are then named ``... n=N`` and a two-stage row ``hier@K n=N`` on
+            the same queries is added, so the two are compared on equal terms. ``None``: all.
         content: how the fusion stage reads the candidates' images.
 
     Returns:
@@ -74,10 +79,12 @@ def evaluate_collection(
     items = _stored_items(collection, records)
     searches: list[tuple[str, dict[str, Any]]] = [("low", {"level": "low"}), ("high", {"level": "high"})]
     searches += [(f"hier@{k}", {"coarse_limit": k}) for k in coarse_ks]
-    searches += _fusion_searches(coarse_ks, fusion_limits, limit)
+    searches += _fusion_searches(coarse_ks, fusion_limits, limit, fusion_queries)
     rows: dict[str, dict[str, float]] = {name: {} for name, _ in searches}
-    total_calls = sum(-(-len(items[src][0]) // batch_size) for _, src, _ in _DIRECTIONS) * (
-        len(searches) + len(coarse_ks)
+    total_calls = sum(
+        -(-min(len(items[src][0]), how.get("queries") or len(items[src][0])) // batch_size)
+        for _, src, _ in _DIRECTIONS
+        for _, how in [*searches, *[(None, {}) for _ in coarse_ks]]
     )
     bar = tqdm(total=total_calls, desc="eval through Milvus", unit="search", disable=not progress)
     shortlist: dict[str, list[float]] = {f"hier@{k}": [] for k in coarse_ks}
@@ -85,21 +92,20 @@ def evaluate_collection(
         _, query_emb, query_groups, raw = items[src]
 
         target = (dst, items[dst][0], items[dst][2])
-        ranks = partial(
-            _first_relevant_ranks,
-            collection,
-            query_emb,
-            query_groups,
-            target,
-            rerank=rerank,
-            batch_size=batch_size,
-            bar=bar,
-        )
+        common = {"rerank": rerank, "batch_size": batch_size, "bar": bar}
+        ranks = partial(_first_relevant_ranks, collection, query_emb, query_groups, target, **common)
 
         for name, how in searches:
-            if "fusion_limit" in how:
-                how = {**how, "raw": raw, "content": content, "stats": rows[name]}
-            firsts = ranks(limit, how)
+            if "queries" in how:  # a subset row: the first N queries of this direction
+                n = how["queries"]
+                how = {**how, "raw": raw[:n], "content": content, "stats": rows[name]}
+                firsts = _first_relevant_ranks(
+                    collection, query_emb[:n], query_groups[:n], target, limit, how, **common
+                )
+            else:
+                if "fusion_limit" in how:
+                    how = {**how, "raw": raw, "content": content, "stats": rows[name]}
+                firsts = ranks(limit, how)
             for k in ks:
                 rows[name][f"{direction}_R@{k}"] = float(np.mean(firsts <= k))
         for k in coarse_ks:
@@ -120,15 +126,23 @@ def evaluate_collection(
         "measured": "through Milvus search (stored vectors as queries; fusion rows: the raw captions and images)",
     }
     if fusion_limits:
-        meta["fusion_limits"] = list(fusion_limits)
+        meta |= {"fusion_limits": list(fusion_limits), "fusion_queries": fusion_queries}
     return EvalTable(rows=rows, meta=meta)
 
 
 def _fusion_searches(
-    coarse_ks: Sequence[int], fusion_limits: Sequence[int], limit: int
+    coarse_ks: Sequence[int], fusion_limits: Sequence[int], limit: int, queries: int | None
 ) -> list[tuple[str, dict[str, Any]]]:
-    """The ``hier@K+fusion@M`` searches: every ``K >= M``; each ``M`` must give at least ``limit`` hits."""
-    out = []
+    """The ``hier@K+fusion@M`` searches: every ``K >= M``; each ``M`` must give at least ``limit`` hits.
+
+    With ``queries`` (a subset), each fusion row is named ``... n=N`` and preceded by its two-stage
+    comparison ``hier@K n=N`` on the same queries.
+    """
+    if queries is not None and (isinstance(queries, bool) or not isinstance(queries, int) or queries < 1):
+        raise SearchLimitError(f"fusion_queries must be a positive int or None (all queries), got {queries!r}")
+    subset = {} if queries is None else {"queries": queries}
+    suffix = "" if queries is None else f" n={queries}"
+    out: list[tuple[str, dict[str, Any]]] = []
     for m in fusion_limits:
         if m < limit:
             raise SearchLimitError(f"fusion_limits: {m} is below max(ks)={limit}; re-score at least {limit} candidates")
@@ -138,7 +152,10 @@ def _fusion_searches(
                 f"fusion_limits: {m} is larger than every coarse_ks {list(coarse_ks)}; the fusion stage re-scores "
                 "part of the shortlist, so add a coarse K >= M"
             )
-        out += [(f"hier@{k}+fusion@{m}", {"coarse_limit": k, "fusion_limit": m}) for k in fitting]
+        for k in fitting:
+            if subset and (f"hier@{k}{suffix}", {"coarse_limit": k, **subset}) not in out:
+                out.append((f"hier@{k}{suffix}", {"coarse_limit": k, **subset}))
+            out.append((f"hier@{k}+fusion@{m}{suffix}", {"coarse_limit": k, "fusion_limit": m, **subset}))
     return out
 
 

@@ -104,22 +104,9 @@ def test_rows_missing_from_the_collection_are_not_queries(setup: tuple) -> None:
 FUSION_M, FUSION_KS = 4, (1, 2, 3)
 
 
-def _three_stage_firsts(model, queries, targets, query_groups, target_groups, *, text_queries: bool) -> np.ndarray:
-    """By hand: exact fine top-M by high-level dot product, then the scorer's order (stable), first relevant rank."""
-    q_emb = model.embed_texts(queries) if text_queries else model.embed_images(queries)
-    t_emb = model.embed_images(targets) if text_queries else model.embed_texts(targets)
-    firsts = np.full(len(queries), np.inf)
-    for i, query in enumerate(queries):
-        top = np.argsort(-(t_emb.high @ q_emb.high[i]), kind="stable")[:FUSION_M]
-        cands = [targets[j] for j in top]
-        scores = model.score_pairs(cands, query) if text_queries else model.score_pairs(query, cands)
-        ranked = top[np.argsort(-scores, kind="stable")]
-        hits = [r for r, j in enumerate(ranked, start=1) if target_groups[j] == query_groups[i]]
-        firsts[i] = hits[0] if hits else np.inf
-    return firsts
-
-
-def test_fusion_row_equals_a_hand_computed_three_stage_ranking(tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.fixture(scope="module")
+def fusion_setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A random-init micro model with a fusion block over 10 synthetic scenes (images on disk), ingested."""
     import dataclasses
 
     import hivlp_milvus
@@ -136,29 +123,90 @@ def test_fusion_row_equals_a_hand_computed_three_stage_ranking(tmp_path_factory:
     uri = str(root / "f.db")
     hivlp_milvus.ingest(records, uri=uri, collection_name="evalfusion", model=model, progress=False)
     col = HierarchicalCollection.open("evalfusion", uri=uri, model=model)
-    gallery = sum(len(r.captions) for r in records)  # a shortlist this large keeps every candidate
-    table = evaluate_collection(
-        col, records, coarse_ks=(gallery,), ks=FUSION_KS, fusion_limits=(FUSION_M,), batch_size=7, progress=False
-    )
-    name = f"hier@{gallery}+fusion@{FUSION_M}"
-    assert set(table.rows) == {"low", "high", f"hier@{gallery}", name}
-
     images = [r.image for r in records]
-    image_groups = [r.relevance_group for r in records]
     captions = [c for r in records for c in r.captions]
-    caption_groups = [r.relevance_group for r in records for _ in r.captions]
-    expected = {
-        "text_to_image": _three_stage_firsts(model, captions, images, caption_groups, image_groups, text_queries=True),
-        "image_to_text": _three_stage_firsts(model, images, captions, image_groups, caption_groups, text_queries=False),
+    groups = {
+        "image": [r.relevance_group for r in records],
+        "text": [r.relevance_group for r in records for _ in r.captions],
     }
-    row, two_stage = table.rows[name], table.rows[f"hier@{gallery}"]
+    return {"col": col, "records": records, "model": model, "images": images, "captions": captions, "groups": groups}
+
+
+def _expected(setup: dict, n: int | None, m: int | None) -> dict[str, np.ndarray]:
+    """First relevant ranks per direction by hand, on the first ``n`` queries; ``m=None``: two stages."""
+    model, images, captions, groups = setup["model"], setup["images"], setup["captions"], setup["groups"]
+    return {
+        "text_to_image": _firsts(model, captions[:n], images, groups["text"], groups["image"], True, m),
+        "image_to_text": _firsts(model, images[:n], captions, groups["image"], groups["text"], False, m),
+    }
+
+
+def _firsts(model, queries, targets, query_groups, target_groups, text_queries: bool, m: int | None) -> np.ndarray:
+    """Exact fine ranking by high-level dot product; with ``m``, its top-m in the scorer's (stable) order."""
+    q_emb = model.embed_texts(queries) if text_queries else model.embed_images(queries)
+    t_emb = model.embed_images(targets) if text_queries else model.embed_texts(targets)
+    firsts = np.full(len(queries), np.inf)
+    for i, query in enumerate(queries):
+        ranked = np.argsort(-(t_emb.high @ q_emb.high[i]), kind="stable")[: max(FUSION_KS)]
+        if m is not None:
+            top = np.argsort(-(t_emb.high @ q_emb.high[i]), kind="stable")[:m]
+            cands = [targets[j] for j in top]
+            scores = model.score_pairs(cands, query) if text_queries else model.score_pairs(query, cands)
+            ranked = top[np.argsort(-scores, kind="stable")]
+        hits = [r for r, j in enumerate(ranked, start=1) if target_groups[j] == query_groups[i]]
+        firsts[i] = hits[0] if hits else np.inf
+    return firsts
+
+
+def _assert_row(row: dict, expected: dict[str, np.ndarray]) -> None:
     for direction, firsts in expected.items():
         for k in FUSION_KS:
             assert row[f"{direction}_R@{k}"] == pytest.approx(float(np.mean(firsts <= k))), (direction, k)
+
+
+def test_fusion_row_equals_a_hand_computed_three_stage_ranking(fusion_setup: dict) -> None:
+    gallery = len(fusion_setup["captions"])  # a shortlist this large keeps every candidate
+    table = evaluate_collection(
+        fusion_setup["col"],
+        fusion_setup["records"],
+        coarse_ks=(gallery,),
+        ks=FUSION_KS,
+        fusion_limits=(FUSION_M,),
+        batch_size=7,
+        progress=False,
+    )
+    name = f"hier@{gallery}+fusion@{FUSION_M}"
+    assert set(table.rows) == {"low", "high", f"hier@{gallery}", name}
+    row, two_stage = table.rows[name], table.rows[f"hier@{gallery}"]
+    _assert_row(row, _expected(fusion_setup, None, FUSION_M))
     # The scorer changed the order somewhere, so this equality is no two-stage row in disguise.
     assert any(row[key] != two_stage[key] for key in two_stage if "_R@" in key)
     assert row["fusion_skipped"] == 0
     assert row["ms_per_query"] > 0
+
+
+def test_fusion_queries_compares_both_funnels_on_the_same_first_queries(fusion_setup: dict) -> None:
+    gallery, n = len(fusion_setup["captions"]), 6
+    table = evaluate_collection(
+        fusion_setup["col"],
+        fusion_setup["records"],
+        coarse_ks=(gallery,),
+        ks=FUSION_KS,
+        fusion_limits=(FUSION_M,),
+        fusion_queries=n,
+        batch_size=4,
+        progress=False,
+    )
+    assert list(table.rows) == [
+        "low",
+        "high",
+        f"hier@{gallery}",
+        f"hier@{gallery} n={n}",
+        f"hier@{gallery}+fusion@{FUSION_M} n={n}",
+    ]
+    _assert_row(table.rows[f"hier@{gallery} n={n}"], _expected(fusion_setup, n, None))
+    _assert_row(table.rows[f"hier@{gallery}+fusion@{FUSION_M} n={n}"], _expected(fusion_setup, n, FUSION_M))
+    assert table.meta["fusion_queries"] == n
 
 
 @pytest.mark.parametrize(("fusion_limits", "message"), [((2,), "below max"), ((100,), "larger than every coarse_ks")])
