@@ -114,3 +114,18 @@ def test_fusion_limit_below_limit_says_what_to_pass(
 ) -> None:
     assert main(["search", QUERY, "--limit", "5", "--fusion-limit", "2"]) == 2
     assert "fusion_limit must be an int >= limit=5" in capsys.readouterr().err
+
+
+def test_fusion_config_and_content_options_are_exported_without_loading_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hivlp_milvus\n"
+        "from hivlp_milvus import ContentOptions, FusionConfig\n"
+        "from hivlp_milvus.model import FusionConfig as F2\n"
+        "assert FusionConfig is F2 and ContentOptions(allow_http=True).allow_http\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"  # the config classes are light; the model's torch loads on use
