@@ -58,7 +58,7 @@ def register(subparsers: Any) -> None:
         default=500,
         metavar="N",
         help="queries per direction of the three-stage row and its two-stage twin (the scorer costs ~4 ms a "
-        "candidate on one core); all when the test set has no more",
+        "candidate on one core), and at most 50 for stage 5's per-stage times; all when the test set has no more",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="delete the work dir first")
@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
 
     t = _stage(5, "latency: hierarchical search vs exact single-stage high-dim search")
     latency = _latency(collection, test_records, args.coarse_limit)
-    latency |= _fusion_latency(collection, test_records, args.coarse_limit, fusion_limits)
+    n_fused = min(50, args.fusion_queries or 50)  # the fusion stage's ~4 ms a candidate: a few dozen queries
+    latency |= _fusion_latency(collection, test_records, args.coarse_limit, fusion_limits, n_fused)
     (work / "latency.json").write_text(json.dumps(latency, indent=2) + "\n")
     print(f"      done in {time.perf_counter() - t:.1f} s")
 
