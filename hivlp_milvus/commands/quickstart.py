@@ -3,8 +3,8 @@
 Synthetic shapes (or, with ``--data emoji``, the emoji corpus) → Ray Train (CPU workers) →
 Milvus Lite ingest → evaluation through Milvus (two-stage funnel, and three-stage with the fusion
 block re-scoring the funnel's top ``--fusion-limit``) → latency of the funnel vs exact high-dim
-search → example searches. Offline (the emoji packages are fetched once with npm), embedded defaults, safe
-to re-run: finished stages are reused (``--fresh`` starts over).
+search → example searches. Offline (the emoji packages are fetched once with npm), embedded
+defaults, safe to re-run: finished stages are reused (``--fresh`` starts over).
 """
 
 from __future__ import annotations
