@@ -28,6 +28,8 @@ _LAZY = {
     "HierarchicalEmbedding": "hivlp_milvus.model.embedding",
     "HiVLP": "hivlp_milvus.model",
     "HiVLPConfig": "hivlp_milvus.model",
+    "FusionConfig": "hivlp_milvus.model",
+    "ContentOptions": "hivlp_milvus.content",
     "create_model": "hivlp_milvus.model",
     "Record": "hivlp_milvus.data",
     "EmbeddingRecord": "hivlp_milvus.data",

@@ -2,20 +2,26 @@
 every ranking comes from a real search of the collection (ANN coarse stage included).
 
 The query vectors are the ones stored in the collection (fetched with ``get``), so nothing is
-encoded twice and the numbers describe exactly what users of the collection get.
+encoded twice and the numbers describe exactly what users of the collection get. The three-stage
+rows (``hier@K+fusion@M``) are the exception: the fusion scorer reads the query's own caption or
+image, so those searches take the raw queries of the records (and encode them again).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from hivlp_milvus.collection import HierarchicalCollection
+from hivlp_milvus.content import ContentOptions
 from hivlp_milvus.data.record import Record
+from hivlp_milvus.errors import SearchLimitError
 from hivlp_milvus.eval import EvalTable
 from hivlp_milvus.ids import row_id, text_key
 from hivlp_milvus.model.embedding import HierarchicalEmbedding
@@ -32,8 +38,11 @@ def evaluate_collection(
     batch_size: int = 256,
     rerank: str = "client",
     progress: bool = True,
+    fusion_limits: Sequence[int] = (),
+    fusion_queries: int | None = None,
+    content: ContentOptions | None = None,
 ) -> EvalTable:
-    """Recall@K of low-only, high-only and hierarchical search over an ingested test set.
+    """Recall@K of low-only, high-only, hierarchical and three-stage search over an ingested test set.
 
     Args:
         collection: a collection the ``records`` were ingested into (images and captions).
@@ -46,39 +55,57 @@ def evaluate_collection(
             queries in one request, where ``server`` sends one request per query (~10x slower
             for a batch of 256 on Milvus Lite).
         progress: show a progress bar over the search calls.
+        fusion_limits: for each ``M`` (and each ``K`` of ``coarse_ks`` with ``K >= M``) a row
+            ``hier@K+fusion@M``: the funnel's top ``M`` re-scored by the model's fusion block
+            (``hierarchical_search(..., fusion_limit=M)``), queried with the records' own captions
+            and images. Needs a collection whose model has a fusion block.
+        fusion_queries: run the fusion rows on the first ``N`` queries of each direction only (the
+            scorer runs the image tower on every candidate: ~4 ms a pair on one shared core for
+            ``tiny``); the rows are then named ``... n=N`` and a two-stage row ``hier@K n=N`` on
+            the same queries is added, so the two are compared on equal terms. ``None``: all.
+        content: how the fusion stage reads the candidates' images.
 
     Returns:
-        An :class:`EvalTable` with rows ``low``, ``high`` and ``hier@K``: R@K both directions and
-        their mean ``AR``; hierarchical rows also carry ``shortlist_recall`` (the share of queries
-        whose first relevant item is among the ``K`` coarse hits, both directions averaged).
+        An :class:`EvalTable` with rows ``low``, ``high``, ``hier@K`` and ``hier@K+fusion@M``: R@K
+        both directions and their mean ``AR``; hierarchical rows also carry ``shortlist_recall``
+        (the share of queries whose first relevant item is among the ``K`` coarse hits, both
+        directions averaged); fusion rows carry ``fusion_skipped`` (candidates whose content could
+        not be read, kept at their fine rank) and ``ms_per_query`` (the whole three-stage search).
+
+    Raises:
+        SearchLimitError: an ``M`` below ``max(ks)``, or larger than every ``K``.
     """
     limit = max(ks)
     items = _stored_items(collection, records)
     searches: list[tuple[str, dict[str, Any]]] = [("low", {"level": "low"}), ("high", {"level": "high"})]
     searches += [(f"hier@{k}", {"coarse_limit": k}) for k in coarse_ks]
+    searches += _fusion_searches(coarse_ks, fusion_limits, limit, fusion_queries)
     rows: dict[str, dict[str, float]] = {name: {} for name, _ in searches}
-    total_calls = sum(-(-len(items[src][0]) // batch_size) for _, src, _ in _DIRECTIONS) * (
-        len(searches) + len(coarse_ks)
+    total_calls = sum(
+        -(-min(len(items[src][0]), how.get("queries") or len(items[src][0])) // batch_size)
+        for _, src, _ in _DIRECTIONS
+        for _, how in [*searches, *[(None, {}) for _ in coarse_ks]]
     )
     bar = tqdm(total=total_calls, desc="eval through Milvus", unit="search", disable=not progress)
     shortlist: dict[str, list[float]] = {f"hier@{k}": [] for k in coarse_ks}
     for direction, src, dst in _DIRECTIONS:
-        _, query_emb, query_groups = items[src]
+        _, query_emb, query_groups, raw = items[src]
 
         target = (dst, items[dst][0], items[dst][2])
-        ranks = partial(
-            _first_relevant_ranks,
-            collection,
-            query_emb,
-            query_groups,
-            target,
-            rerank=rerank,
-            batch_size=batch_size,
-            bar=bar,
-        )
+        common = {"rerank": rerank, "batch_size": batch_size, "bar": bar}
+        ranks = partial(_first_relevant_ranks, collection, query_emb, query_groups, target, **common)
 
         for name, how in searches:
-            firsts = ranks(limit, how)
+            if "queries" in how:  # a subset row: the first N queries of this direction
+                n = how["queries"]
+                how = {**how, "raw": raw[:n], "content": content, "stats": rows[name]}
+                firsts = _first_relevant_ranks(
+                    collection, query_emb[:n], query_groups[:n], target, limit, how, **common
+                )
+            else:
+                if "fusion_limit" in how:
+                    how = {**how, "raw": raw, "content": content, "stats": rows[name]}
+                firsts = ranks(limit, how)
             for k in ks:
                 rows[name][f"{direction}_R@{k}"] = float(np.mean(firsts <= k))
         for k in coarse_ks:
@@ -86,6 +113,8 @@ def evaluate_collection(
     bar.close()
     for name, row in rows.items():
         row["AR"] = float(np.mean([v for key, v in row.items() if "_R@" in key]))
+        if "fusion_seconds" in row:  # both directions' queries, whole three-stage searches
+            row["ms_per_query"] = 1000 * row.pop("fusion_seconds") / row.pop("fusion_queries")
         if name in shortlist:
             row["shortlist_recall"] = float(np.mean(shortlist[name]))
     meta = {
@@ -94,24 +123,59 @@ def evaluate_collection(
         "collection": collection.name,
         "profile": collection.profile.name,
         "rerank": rerank,
-        "measured": "through Milvus search (stored vectors as queries)",
+        "measured": "through Milvus search (stored vectors as queries; fusion rows: the raw captions and images)",
     }
+    if fusion_limits:
+        meta |= {"fusion_limits": list(fusion_limits), "fusion_queries": fusion_queries}
     return EvalTable(rows=rows, meta=meta)
+
+
+def _fusion_searches(
+    coarse_ks: Sequence[int], fusion_limits: Sequence[int], limit: int, queries: int | None
+) -> list[tuple[str, dict[str, Any]]]:
+    """The ``hier@K+fusion@M`` searches: every ``K >= M``; each ``M`` must give at least ``limit`` hits.
+
+    With ``queries`` (a subset), each fusion row is named ``... n=N`` and preceded by its two-stage
+    comparison ``hier@K n=N`` on the same queries.
+    """
+    if queries is not None and (isinstance(queries, bool) or not isinstance(queries, int) or queries < 1):
+        raise SearchLimitError(f"fusion_queries must be a positive int or None (all queries), got {queries!r}")
+    subset = {} if queries is None else {"queries": queries}
+    suffix = "" if queries is None else f" n={queries}"
+    out: list[tuple[str, dict[str, Any]]] = []
+    for m in fusion_limits:
+        if m < limit:
+            raise SearchLimitError(f"fusion_limits: {m} is below max(ks)={limit}; re-score at least {limit} candidates")
+        fitting = [k for k in coarse_ks if k >= m]
+        if not fitting:
+            raise SearchLimitError(
+                f"fusion_limits: {m} is larger than every coarse_ks {list(coarse_ks)}; the fusion stage re-scores "
+                "part of the shortlist, so add a coarse K >= M"
+            )
+        for k in fitting:
+            if subset and (f"hier@{k}{suffix}", {"coarse_limit": k, **subset}) not in out:
+                out.append((f"hier@{k}{suffix}", {"coarse_limit": k, **subset}))
+            out.append((f"hier@{k}+fusion@{m}{suffix}", {"coarse_limit": k, "fusion_limit": m, **subset}))
+    return out
 
 
 def _stored_items(
     collection: HierarchicalCollection, records: Sequence[Record]
-) -> dict[str, tuple[list[int], HierarchicalEmbedding, np.ndarray]]:
-    """Per modality: row ids, their stored vectors and integer relevance groups."""
+) -> dict[str, tuple[list[int], HierarchicalEmbedding, np.ndarray, list[Any]]]:
+    """Per modality: row ids, their stored vectors, integer relevance groups and raw items (image or caption)."""
     group_index: dict[str, int] = {}
     keyed: dict[str, list[tuple[int, int]]] = {"image": [], "text": []}
+    raw_of: dict[int, Any] = {}
     for record in records:
         group = group_index.setdefault(record.relevance_group, len(group_index))
         if record.image is not None:
             keyed["image"].append((row_id(record.id, "image"), group))
+            # A str query is a caption to hierarchical_search: an image given by its path goes as a Path.
+            raw_of[keyed["image"][-1][0]] = Path(record.image) if isinstance(record.image, str) else record.image
         for i, caption in enumerate(record.captions):
             if caption.strip():
                 keyed["text"].append((row_id(text_key(record.id, i), "text"), group))
+                raw_of[keyed["text"][-1][0]] = caption
     out = {}
     for modality, pairs in keyed.items():
         wanted = dict(pairs)
@@ -125,7 +189,7 @@ def _stored_items(
         low = np.asarray([fetched[i]["vec_low"] for i in present], dtype=np.float32)
         high = np.asarray([fetched[i]["vec_high"] for i in present], dtype=np.float32)
         groups = np.asarray([wanted[i] for i in present], dtype=np.int64)
-        out[modality] = (present, HierarchicalEmbedding(low, high), groups)
+        out[modality] = (present, HierarchicalEmbedding(low, high), groups, [raw_of[i] for i in present])
     return out
 
 
@@ -144,7 +208,9 @@ def _first_relevant_ranks(
     """1-based rank of the first relevant hit per query; ``inf`` when none is in the top ``limit``.
 
     ``target`` is (modality, row ids, their groups); ``how`` is ``{"level": ...}`` for a
-    single-stage search or ``{"coarse_limit": K}`` for the funnel.
+    single-stage search, ``{"coarse_limit": K}`` for the funnel, or that plus ``fusion_limit``,
+    ``raw`` (the raw queries), ``content`` and ``stats`` (a row that gains the skipped candidates
+    and the search time) for three stages.
     """
     modality, target_ids, target_groups = target
     group_of = dict(zip(target_ids, target_groups.tolist(), strict=True))
@@ -154,6 +220,8 @@ def _first_relevant_ranks(
         batch = queries[start : start + batch_size]
         if "level" in how:
             hits = collection.search(batch, level=how["level"], **common)
+        elif "fusion_limit" in how:
+            hits = _fusion_batch(collection, how, start, batch_size, rerank=rerank, **common)
         else:
             cut = how["coarse_limit"]
             hits = collection.hierarchical_search(batch, coarse_limit=cut, rerank=rerank, **common)
@@ -165,3 +233,23 @@ def _first_relevant_ranks(
                     break
         bar.update(1)
     return ranks
+
+
+def _fusion_batch(
+    collection: HierarchicalCollection, how: dict[str, Any], start: int, batch_size: int, **search: Any
+) -> list[list[dict[str, Any]]]:
+    """One batch of three-stage searches with the raw queries; counts skips and time into ``how["stats"]``."""
+    stats = how["stats"]
+    queries = how["raw"][start : start + batch_size]
+    t0 = time.perf_counter()
+    hits = collection.hierarchical_search(
+        queries,
+        coarse_limit=how["coarse_limit"],
+        fusion_limit=how["fusion_limit"],
+        content=how["content"],
+        **search,
+    )
+    stats["fusion_seconds"] = stats.get("fusion_seconds", 0.0) + time.perf_counter() - t0
+    stats["fusion_queries"] = stats.get("fusion_queries", 0) + len(queries)
+    stats["fusion_skipped"] = stats.get("fusion_skipped", 0) + len(hits.fusion_skipped)
+    return hits

@@ -1,9 +1,10 @@
 """``hivlp-milvus quickstart``: the main job a new user runs first (``make demo``).
 
 Synthetic shapes (or, with ``--data emoji``, the emoji corpus) → Ray Train (CPU workers) →
-Milvus Lite ingest → evaluation through Milvus → latency of the funnel vs exact high-dim search →
-example searches. Offline (the emoji packages are fetched once with npm), embedded defaults, safe
-to re-run: finished stages are reused (``--fresh`` starts over).
+Milvus Lite ingest → evaluation through Milvus (two-stage funnel, and three-stage with the fusion
+block re-scoring the funnel's top ``--fusion-limit``) → latency of the funnel vs exact high-dim
+search → example searches. Offline (the emoji packages are fetched once with npm), embedded
+defaults, safe to re-run: finished stages are reused (``--fresh`` starts over).
 """
 
 from __future__ import annotations
@@ -42,6 +43,23 @@ def register(subparsers: Any) -> None:
     p.add_argument("--epochs", type=int, default=None, help="default: training/configs/quickstart.yaml")
     p.add_argument("--workers", type=int, default=2, help="Ray Train CPU workers")
     p.add_argument("--coarse-limit", type=int, default=50, help="shortlist size of the funnel")
+    p.add_argument(
+        "--fusion-limit",
+        type=int,
+        nargs="+",
+        default=[20],
+        metavar="M",
+        help="the eval table's three-stage rows re-score the funnel's top M (10 <= M <= --coarse-limit) with the "
+        "fusion block, one row per M (0: none); stage 5 times each stage of a three-stage search at each M",
+    )
+    p.add_argument(
+        "--fusion-queries",
+        type=int,
+        default=500,
+        metavar="N",
+        help="queries per direction of the three-stage row and its two-stage twin (the scorer costs ~4 ms a "
+        "candidate on one core), and at most 50 for stage 5's per-stage times; all when the test set has no more",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="delete the work dir first")
     p.add_argument(
@@ -79,16 +97,17 @@ def run(args: argparse.Namespace) -> int:
     collection, model, test_records = _ingest(work, data_dir, model_dir, args.test_size)
     print(f"      done in {time.perf_counter() - t:.1f} s")
 
-    t = _stage(4, "evaluation through Milvus: low only / high only / hierarchical")
-    from hivlp_milvus.eval_search import evaluate_collection
-
-    table = evaluate_collection(collection, test_records, coarse_ks=(args.coarse_limit,))
+    t = _stage(4, "evaluation through Milvus: low only / high only / hierarchical / hierarchical + fusion")
+    fusion_limits = _fusion_limits(model, args)
+    table = _evaluate(collection, test_records, args, fusion_limits)
     print(table.format())
     table.save_json(work / "eval.json")
     print(f"      done in {time.perf_counter() - t:.1f} s (saved {work / 'eval.json'})")
 
     t = _stage(5, "latency: hierarchical search vs exact single-stage high-dim search")
     latency = _latency(collection, test_records, args.coarse_limit)
+    n_fused = min(50, args.fusion_queries or 50)  # the fusion stage's ~4 ms a candidate: a few dozen queries
+    latency |= _fusion_latency(collection, test_records, args.coarse_limit, fusion_limits, n_fused)
     (work / "latency.json").write_text(json.dumps(latency, indent=2) + "\n")
     print(f"      done in {time.perf_counter() - t:.1f} s")
 
@@ -102,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     flags = "" if here else f" --model {model_dir} --uri {work / 'hivlp.db'}"
     env = "" if here else f"HIVLP_CHECKPOINT={model_dir} HIVLP_MILVUS_URI={work / 'hivlp.db'} "
     print(f'search it: hivlp-milvus search "a small red circle"{flags}')
+    if getattr(model, "has_fusion", False):
+        print(f'three stages: hivlp-milvus search "a small red circle" --fusion-limit 20{flags}')
     print(f"serve it:  {env}serve run serving:app      (then open http://127.0.0.1:8000/)")
     return 0
 
@@ -155,6 +176,34 @@ def _train(work: Path, data_dir: Path, args: argparse.Namespace) -> Path:
     result = run_training(cfg)
     print(result.summary())
     return result.model_dir
+
+
+def _evaluate(collection: Any, records: list, args: argparse.Namespace, fusion_limits: tuple[int, ...]) -> Any:
+    """Stage 4: the eval table, with the three-stage row when the model has a fusion block."""
+    from hivlp_milvus.eval_search import evaluate_collection
+
+    captions = sum(len(r.captions) for r in records)
+    # A subset only when there are more queries than asked for (captions outnumber images).
+    subset = args.fusion_queries if args.fusion_queries and captions > args.fusion_queries else None
+    return evaluate_collection(
+        collection,
+        records,
+        coarse_ks=(args.coarse_limit,),
+        fusion_limits=fusion_limits,
+        fusion_queries=subset,
+    )
+
+
+def _fusion_limits(model: Any, args: argparse.Namespace) -> tuple[int, ...]:
+    """The ``--fusion-limit`` values that can give a row (10 <= M <= coarse limit, a model with a fusion block)."""
+    asked = tuple(m for m in args.fusion_limit if m)
+    if asked and not getattr(model, "has_fusion", False):
+        print("      the model has no fusion block: no three-stage row")
+        return ()
+    # The table's R@10 needs 10 hits, and the fusion stage re-scores part of the shortlist.
+    for m in (m for m in asked if not 10 <= m <= args.coarse_limit):
+        print(f"      --fusion-limit {m} is outside [10, --coarse-limit {args.coarse_limit}]: no row for it")
+    return tuple(m for m in asked if 10 <= m <= args.coarse_limit)
 
 
 def _forget_outdated_run(cfg: Any) -> None:
@@ -224,6 +273,30 @@ def _latency(collection: Any, records: list, coarse_limit: int, n_queries: int =
         f"{out['exact_high_p50_ms']:.1f} ms ({out['speedup']:.2f}x). Milvus Lite at this size is "
         "dominated by per-call overhead; see BENCHMARKS.md for large galleries."
     )
+    return out
+
+
+def _fusion_latency(
+    collection: Any, records: list, coarse_limit: int, fusion_limits: tuple[int, ...], n_queries: int = 50
+) -> dict[str, float]:
+    """Median per-stage time of single-caption three-stage searches at each M (the fusion stage reads images)."""
+    out: dict[str, float] = {}
+    captions = [r.captions[0] for r in records[:n_queries]]
+    for m in fusion_limits:
+        stages: dict[str, list[float]] = {}
+        for caption in captions:
+            timings = collection.hierarchical_search(
+                caption, limit=10, coarse_limit=coarse_limit, fusion_limit=m, modality="image", output_fields=[]
+            ).timings
+            for stage, seconds in timings.items():
+                stages.setdefault(stage, []).append(seconds)
+        medians = {k.removesuffix("_s"): 1000 * statistics.median(v) for k, v in stages.items()}
+        out |= {f"fusion@{m}_{stage}_p50_ms": ms for stage, ms in medians.items()}
+        parts = ", ".join(f"{stage} {ms:.1f}" for stage, ms in medians.items())
+        print(
+            f"      {len(captions)} caption queries, three stages at fusion_limit={m}: p50 ms per stage: {parts} "
+            f"({medians['fusion'] / m:.2f} ms per fused candidate)"
+        )
     return out
 
 

@@ -36,6 +36,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--modality", choices=["image", "text", "all"], default=None)
     p.add_argument("--filter", default=None, help="Milvus expression with {name} placeholders")
     p.add_argument("--param", action="append", default=[], metavar="NAME=JSON", help="a filter parameter")
+    p.add_argument(
+        "--fusion-limit",
+        type=int,
+        default=None,
+        metavar="M",
+        help="third stage: re-score the fine stage's top M with the model's fusion block (needs a model with one)",
+    )
+    p.add_argument(
+        "--content-root",
+        default=None,
+        metavar="DIR",
+        help="fusion stage: read image references relative to DIR and refuse paths outside it",
+    )
+    p.add_argument(
+        "--allow-http", action="store_true", help="fusion stage: fetch http(s):// image references (off by default)"
+    )
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
     p.set_defaults(func=run)
 
@@ -66,16 +82,38 @@ def run(args: argparse.Namespace) -> int:
         "modality": args.modality,
     }
     if args.level == "hierarchical":
-        results = collection.hierarchical_search(query, coarse_limit=args.coarse_limit, **common)
+        results = collection.hierarchical_search(query, coarse_limit=args.coarse_limit, **common, **_fusion(args))
     else:
+        if args.fusion_limit is not None:
+            from hivlp_milvus.errors import QueryError
+
+            raise QueryError(f"--fusion-limit needs --level hierarchical (the funnel), got --level {args.level}")
         results = collection.search(query, level=args.level, **common)
     hits = results[0]
     if args.json:
-        print(json.dumps({"hits": hits, "timings": results.timings}, indent=2, default=str))
+        skipped = results.fusion_skipped
+        print(json.dumps({"hits": hits, "timings": results.timings, "fusion_skipped": skipped}, indent=2, default=str))
         return 0
     for rank, hit in enumerate(hits, start=1):
         entity = hit.get("entity", {})
-        print(f"{rank:>3}  {hit['distance']:.4f}  [{entity.get('modality', '?')}] {entity.get('reference', hit['id'])}")
+        what = f"[{entity.get('modality', '?')}] {entity.get('reference', hit['id'])}"
+        if "fusion_score" in hit:  # the fusion stage ran: its score orders the hits, the fine one is kept
+            fused = "   n/a " if hit["fusion_score"] is None else f"{hit['fusion_score']:+7.3f}"
+            print(f"{rank:>3}  fusion {fused}  fine {hit['distance']:.4f}  {what}")
+        else:
+            print(f"{rank:>3}  {hit['distance']:.4f}  {what}")
+    for skip in results.fusion_skipped:
+        print(f"  not fused (kept its fine rank): id {skip['id']}: {skip['reason']}")
     timing = "  ".join(f"{k}={1000 * v:.1f}ms" for k, v in results.timings.items())
     print(f"({len(hits)} hits; {timing})")
     return 0
+
+
+def _fusion(args: argparse.Namespace) -> dict[str, Any]:
+    """The fusion-stage keywords of ``hierarchical_search``; none without ``--fusion-limit``."""
+    if args.fusion_limit is None:
+        return {}
+    from hivlp_milvus.content import ContentOptions
+
+    content = ContentOptions(root=args.content_root, allow_http=args.allow_http)
+    return {"fusion_limit": args.fusion_limit, "content": content}

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hivlp_milvus.model.config import (
+        FusionConfig,
         HiVLPConfig,
         ImageTowerConfig,
         TextTowerConfig,
@@ -27,6 +28,7 @@ _LAZY = {
     "HiVLP": "hivlp_milvus.model.hivlp",
     "create_model": "hivlp_milvus.model.hivlp",
     "HiVLPConfig": "hivlp_milvus.model.config",
+    "FusionConfig": "hivlp_milvus.model.config",
     "ImageTowerConfig": "hivlp_milvus.model.config",
     "TextTowerConfig": "hivlp_milvus.model.config",
     "get_config": "hivlp_milvus.model.config",
@@ -41,6 +43,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "FusionConfig",
     "HiVLP",
     "HiVLPConfig",
     "HiVLPLoss",

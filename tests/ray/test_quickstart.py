@@ -38,19 +38,28 @@ def test_quickstart_runs_every_stage_and_reruns_from_its_work_dir(
         "1",
         "--coarse-limit",
         "20",
+        "--fusion-limit",
+        "20",
+        "--fusion-queries",
+        "10",  # of 200 captions: keeps the three-stage rows' image-tower cost to seconds
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
     for stage in range(1, 7):
         assert f"[{stage}/6]" in out
     table = json.loads((work / "eval.json").read_text())
-    assert set(table["rows"]) == {"low", "high", "hier@20"}
+    # The tiny config has a fusion block and the quickstart trains it: the table has its three-stage row,
+    # next to the two-stage row on the same 10 queries per direction.
+    assert set(table["rows"]) == {"low", "high", "hier@20", "hier@20 n=10", "hier@20+fusion@20 n=10"}
+    assert table["rows"]["hier@20+fusion@20 n=10"]["fusion_skipped"] == 0
+    assert "hier@20+fusion@20 n=10" in out
     for row in table["rows"].values():
         assert 0.0 <= row["AR"] <= 1.0
     assert table["meta"]["n_images"] == TEST_SIZE
     latency = json.loads((work / "latency.json").read_text())
     assert latency["gallery_rows"] == ROWS
     assert latency["hierarchical_p50_ms"] > 0
+    assert latency["fusion@20_fusion_p50_ms"] > 0  # stage 5 times the fusion stage too
     assert "text -> images" in out
     assert "image -> captions" in out
 

@@ -99,3 +99,120 @@ def test_rows_missing_from_the_collection_are_not_queries(setup: tuple) -> None:
     table = evaluate_collection(col, extra, coarse_ks=(20,), progress=False)
     assert table.meta["n_images"] == N_IMAGES
     assert table.meta["n_texts"] == N_IMAGES * CAPTIONS
+
+
+FUSION_M, FUSION_KS = 4, (1, 2, 3)
+
+
+@pytest.fixture(scope="module")
+def fusion_setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A random-init micro model with a fusion block over 10 synthetic scenes (images on disk), ingested."""
+    import dataclasses
+
+    import hivlp_milvus
+    from hivlp_milvus.data import load_source, synthetic
+    from hivlp_milvus.model import create_model, get_config
+    from hivlp_milvus.model.config import FusionConfig
+
+    root = tmp_path_factory.mktemp("evalfusion")
+    synthetic.write_splits(root / "data", {"test": 10}, seed=1)
+    records = list(load_source(root / "data", split="test"))
+    cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
+    model = create_model(cfg, texts=[c for r in records for c in r.captions], seed=0)
+    model.eval()
+    uri = str(root / "f.db")
+    hivlp_milvus.ingest(records, uri=uri, collection_name="evalfusion", model=model, progress=False)
+    col = HierarchicalCollection.open("evalfusion", uri=uri, model=model)
+    images = [r.image for r in records]
+    captions = [c for r in records for c in r.captions]
+    groups = {
+        "image": [r.relevance_group for r in records],
+        "text": [r.relevance_group for r in records for _ in r.captions],
+    }
+    return {"col": col, "records": records, "model": model, "images": images, "captions": captions, "groups": groups}
+
+
+def _expected(setup: dict, n: int | None, m: int | None) -> dict[str, np.ndarray]:
+    """First relevant ranks per direction by hand, on the first ``n`` queries; ``m=None``: two stages."""
+    model, images, captions, groups = setup["model"], setup["images"], setup["captions"], setup["groups"]
+    return {
+        "text_to_image": _firsts(model, captions[:n], images, groups["text"], groups["image"], True, m),
+        "image_to_text": _firsts(model, images[:n], captions, groups["image"], groups["text"], False, m),
+    }
+
+
+def _firsts(model, queries, targets, query_groups, target_groups, text_queries: bool, m: int | None) -> np.ndarray:
+    """Exact fine ranking by high-level dot product; with ``m``, its top-m in the scorer's (stable) order."""
+    q_emb = model.embed_texts(queries) if text_queries else model.embed_images(queries)
+    t_emb = model.embed_images(targets) if text_queries else model.embed_texts(targets)
+    firsts = np.full(len(queries), np.inf)
+    for i, query in enumerate(queries):
+        ranked = np.argsort(-(t_emb.high @ q_emb.high[i]), kind="stable")[: max(FUSION_KS)]
+        if m is not None:
+            top = np.argsort(-(t_emb.high @ q_emb.high[i]), kind="stable")[:m]
+            cands = [targets[j] for j in top]
+            scores = model.score_pairs(cands, query) if text_queries else model.score_pairs(query, cands)
+            ranked = top[np.argsort(-scores, kind="stable")]
+        hits = [r for r, j in enumerate(ranked, start=1) if target_groups[j] == query_groups[i]]
+        firsts[i] = hits[0] if hits else np.inf
+    return firsts
+
+
+def _assert_row(row: dict, expected: dict[str, np.ndarray]) -> None:
+    for direction, firsts in expected.items():
+        for k in FUSION_KS:
+            assert row[f"{direction}_R@{k}"] == pytest.approx(float(np.mean(firsts <= k))), (direction, k)
+
+
+def test_fusion_row_equals_a_hand_computed_three_stage_ranking(fusion_setup: dict) -> None:
+    gallery = len(fusion_setup["captions"])  # a shortlist this large keeps every candidate
+    table = evaluate_collection(
+        fusion_setup["col"],
+        fusion_setup["records"],
+        coarse_ks=(gallery,),
+        ks=FUSION_KS,
+        fusion_limits=(FUSION_M,),
+        batch_size=7,
+        progress=False,
+    )
+    name = f"hier@{gallery}+fusion@{FUSION_M}"
+    assert set(table.rows) == {"low", "high", f"hier@{gallery}", name}
+    row, two_stage = table.rows[name], table.rows[f"hier@{gallery}"]
+    _assert_row(row, _expected(fusion_setup, None, FUSION_M))
+    # The scorer changed the order somewhere, so this equality is no two-stage row in disguise.
+    assert any(row[key] != two_stage[key] for key in two_stage if "_R@" in key)
+    assert row["fusion_skipped"] == 0
+    assert row["ms_per_query"] > 0
+
+
+def test_fusion_queries_compares_both_funnels_on_the_same_first_queries(fusion_setup: dict) -> None:
+    gallery, n = len(fusion_setup["captions"]), 6
+    table = evaluate_collection(
+        fusion_setup["col"],
+        fusion_setup["records"],
+        coarse_ks=(gallery,),
+        ks=FUSION_KS,
+        fusion_limits=(FUSION_M,),
+        fusion_queries=n,
+        batch_size=4,
+        progress=False,
+    )
+    assert list(table.rows) == [
+        "low",
+        "high",
+        f"hier@{gallery}",
+        f"hier@{gallery} n={n}",
+        f"hier@{gallery}+fusion@{FUSION_M} n={n}",
+    ]
+    _assert_row(table.rows[f"hier@{gallery} n={n}"], _expected(fusion_setup, n, None))
+    _assert_row(table.rows[f"hier@{gallery}+fusion@{FUSION_M} n={n}"], _expected(fusion_setup, n, FUSION_M))
+    assert table.meta["fusion_queries"] == n
+
+
+@pytest.mark.parametrize(("fusion_limits", "message"), [((2,), "below max"), ((100,), "larger than every coarse_ks")])
+def test_fusion_limits_that_cannot_give_a_row_say_why(setup: tuple, fusion_limits: tuple, message: str) -> None:
+    from hivlp_milvus.errors import SearchLimitError
+
+    col, records, _ = setup
+    with pytest.raises(SearchLimitError, match=message):
+        evaluate_collection(col, records, coarse_ks=(20,), fusion_limits=fusion_limits, progress=False)

@@ -1,0 +1,131 @@
+"""``hivlp-milvus search --fusion-limit M``: the third stage from the command line.
+
+Real micro model with a small fusion block (random init: the order only has to be the scorer's),
+real Milvus Lite, the real entry point, in the quickstart's layout so ``search`` needs no path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hivlp_milvus.cli import main
+
+N_RECORDS = 12  # 12 image rows, 60 caption rows
+QUERY = "a small red circle"
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    import hivlp_milvus
+    from hivlp_milvus.data import load_source, synthetic
+    from hivlp_milvus.model import create_model, get_config
+    from hivlp_milvus.model.config import FusionConfig
+
+    root = tmp_path_factory.mktemp("fusion_demo")
+    work = root / "hivlp_work"
+    synthetic.write_splits(work / "data", {"test": N_RECORDS}, seed=0)
+    records = list(load_source(work / "data", split="test"))
+    cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
+    model = create_model(cfg, texts=[c for r in records for c in r.captions], seed=0)
+    model.eval()
+    model.save_pretrained(work / "model")
+    uri = str(work / "hivlp.db")
+    hivlp_milvus.ingest(records, uri=uri, collection_name="quickstart", model=model, progress=False)
+    return {"root": root, "uri": uri, "model": model, "records": records}
+
+
+@pytest.fixture
+def in_layout(layout: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    for name in ("HIVLP_CHECKPOINT", "HIVLP_MILVUS_URI", "HIVLP_MILVUS_TOKEN", "HIVLP_COLLECTION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(layout["root"])
+    return layout
+
+
+def _search_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    capsys.readouterr()
+    assert main(["search", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_fusion_limit_orders_the_fine_top_m_by_the_scorer(
+    in_layout: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hivlp_milvus.collection import HierarchicalCollection
+    from hivlp_milvus.content import read_image
+
+    model = in_layout["model"]
+    out = _search_json([QUERY, "--limit", "3", "--fusion-limit", "8", "--coarse-limit", "12"], capsys)
+    # The fine stage's top 8 (no fusion), each scored by the model with the query: the hand ranking.
+    collection = HierarchicalCollection.open("quickstart", uri=in_layout["uri"], model=model)
+    fine = collection.hierarchical_search(QUERY, limit=8, coarse_limit=12)[0]
+    images = [read_image(h["entity"]["reference"]) for h in fine]
+    scores = model.score_pairs(images, [QUERY] * len(images))
+    order = np.argsort(-scores, kind="stable")[:3]
+    assert [h["id"] for h in out["hits"]] == [fine[i]["id"] for i in order]
+    assert [h["fusion_score"] for h in out["hits"]] == pytest.approx(scores[order].tolist(), abs=1e-4)
+    assert [h["distance"] for h in out["hits"]] == pytest.approx([fine[i]["distance"] for i in order], abs=1e-5)
+    assert out["fusion_skipped"] == []
+    assert out["timings"]["fusion_s"] > 0
+
+    # The text output: the fusion score per hit and the fusion stage's time.
+    assert main(["search", QUERY, "--limit", "3", "--fusion-limit", "8", "--coarse-limit", "12"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    assert lines[0].split()[1:3] == ["fusion", f"{scores[order[0]]:+7.3f}".strip()]
+    assert "fusion_s=" in lines[-1]
+    assert lines[-1].startswith("(3 hits;")
+
+
+def test_content_root_reaches_the_resolver_and_unreadable_images_keep_their_fine_rank(
+    in_layout: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    elsewhere = tmp_path / "images_are_not_here"
+    elsewhere.mkdir()
+    # The stored references are absolute paths outside this root: every candidate is refused.
+    argv = [QUERY, "--limit", "3", "--fusion-limit", "6", "--coarse-limit", "12", "--content-root", str(elsewhere)]
+    out = _search_json(argv, capsys)
+    plain = _search_json([QUERY, "--limit", "3", "--coarse-limit", "12"], capsys)
+    assert [h["id"] for h in out["hits"]] == [h["id"] for h in plain["hits"]]  # fine order kept
+    assert all(h["fusion_score"] is None for h in out["hits"])
+    assert len(out["fusion_skipped"]) == 6
+    assert all("outside the content root" in s["reason"] for s in out["fusion_skipped"])
+    assert main(["search", *argv]) == 0
+    text = capsys.readouterr().out
+    assert "n/a" in text
+    assert text.count("not fused (kept its fine rank)") == 6
+
+
+def test_fusion_limit_with_a_single_level_search_is_refused(
+    in_layout: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["search", QUERY, "--level", "high", "--fusion-limit", "8"]) == 2
+    assert "--fusion-limit needs --level hierarchical" in capsys.readouterr().err
+
+
+def test_fusion_limit_below_limit_says_what_to_pass(
+    in_layout: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["search", QUERY, "--limit", "5", "--fusion-limit", "2"]) == 2
+    assert "fusion_limit must be an int >= limit=5" in capsys.readouterr().err
+
+
+def test_fusion_config_and_content_options_are_exported_without_loading_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hivlp_milvus\n"
+        "from hivlp_milvus import ContentOptions, FusionConfig\n"
+        "from hivlp_milvus.model import FusionConfig as F2\n"
+        "assert FusionConfig is F2 and ContentOptions(allow_http=True).allow_http\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"  # the config classes are light; the model's torch loads on use
