@@ -9,6 +9,7 @@ Everything measured here is wall-clock time on a shared machine, so every benchm
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -334,6 +335,8 @@ def train_in_process(
 
     recipe = recipe or Recipe.quickstart()
     loss_cfg = loss if loss is not None else recipe.loss_config(steps)
+    if loss_cfg.itm and not getattr(model, "has_fusion", False):
+        loss_cfg = dataclasses.replace(loss_cfg, itm=0.0)  # the recipe's itm needs a fusion block (micro has none)
     n = len(records)
     if not 2 <= batch_size <= n:
         raise ValueError(f"batch_size must lie in [2, {n}] (the number of records), got {batch_size}")

@@ -451,7 +451,7 @@ class _Progress:
         if self.rank != 0:
             return
         last = self.last
-        names = ("low", "high", "consistency", "shortlist")
+        names = ("low", "high", "consistency", "shortlist", "itm")
         parts = " ".join(f"{k} {last[k]:.4f}" for k in names if k in last)
         temps = ""
         if "logit_scale_low" in last:

@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--fusion-queries",
         type=int,
-        default=500,
+        default=100,
         metavar="N",
         help="queries per direction of the three-stage row and its two-stage twin (the scorer costs ~4 ms a "
         "candidate on one core), and at most 50 for stage 5's per-stage times; all when the test set has no more",
