@@ -408,8 +408,14 @@ class TrainConfig(ConfigBase):
         Raises:
             ConfigError: the model or loss section is invalid.
         """
-        self.model.resolve()
-        self.loss_config()
+        model = self.model.resolve()
+        loss = self.loss_config()
+        # Checked here, not on the workers: there it fails every rank at the first step.
+        if loss.itm > 0 and model.fusion is None and not self.model.init_checkpoint:
+            raise ConfigError(
+                f"loss.itm={loss.itm:g} trains the fusion block, but model {self.model.config!r} has none: "
+                "set loss.itm=0, or use a model config with a fusion block (tiny, base)"
+            )
         return self
 
     def loss_config(self) -> Any:

@@ -53,6 +53,7 @@ def _micro_config(tmp_path: Path, name: str, *extra: str):
         "quickstart",
         [
             "model.config=micro",
+            "loss.itm=0",
             "data.shuffle_buffer=64",
             "data.preprocess_batch_size=64",
             "optim.batch_size=16",

@@ -50,6 +50,7 @@ IMAGES, CAPTIONS, SEED = 24, 2, 5
 # 64 images / (2 workers x batch 8) = 4 optimizer steps, one epoch, no validation.
 TRAIN_OVERRIDES = [
     "model.config=micro",
+    "loss.itm=0",
     "data.synthetic={train: 64, val: 0, seed: 1, image_size: 32}",
     "data.shuffle_buffer=16",
     "data.preprocess_batch_size=16",

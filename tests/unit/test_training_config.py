@@ -336,3 +336,10 @@ def test_an_image_tower_swap_is_another_model(tmp_path: Path) -> None:
     published = Path(run_directory(cfg)) / INIT_MODEL_DIR
     create_model("micro", texts=["a red circle"]).save_pretrained(published)
     assert existing_run_model(cfg) == create_model("micro", texts=["a red circle"]).config
+
+
+def test_itm_without_a_fusion_block_is_refused_before_training() -> None:
+    with pytest.raises(ConfigError, match=r"loss.itm=1 trains the fusion block, but model 'micro' has none"):
+        load_config("quickstart", ["model.config=micro"])
+    assert load_config("quickstart", ["model.config=micro", "loss.itm=0"]).loss["itm"] == 0
+    assert load_config("quickstart").model.resolve().fusion is not None  # tiny carries the block itm trains
