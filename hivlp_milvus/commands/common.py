@@ -98,20 +98,11 @@ def add_connection_arguments(parser: argparse.ArgumentParser, *, collection: boo
 
 def connection_options(args: argparse.Namespace) -> Any:
     """A ``ConnectionOptions`` from the arguments :func:`add_connection_arguments` added."""
-    from hivlp_milvus.connection import ConnectionOptions
+    from hivlp_milvus.connection import TLS_OPTIONS, ConnectionOptions
 
     token = args.token if args.token is not None else os.environ.get(ENVIRONMENT["milvus_token"]) or None
-    return ConnectionOptions(
-        uri=args.uri,
-        token=token,
-        db_name=args.db_name,
-        secure=args.secure,
-        server_pem_path=args.server_pem_path,
-        server_name=args.server_name,
-        ca_pem_path=args.ca_pem_path,
-        client_pem_path=args.client_pem_path,
-        client_key_path=args.client_key_path,
-    )
+    tls = {name: getattr(args, name) for name in TLS_OPTIONS}  # the flags carry ConnectionOptions' names
+    return ConnectionOptions(uri=args.uri, token=token, db_name=args.db_name, **tls)
 
 
 _RUN_THE_DEMO = "run `make demo` (or `hivlp-milvus quickstart`) in this directory first"
