@@ -160,8 +160,8 @@ def run_ray(
         if workers_write:
             sink = ray_stages.MilvusDatasink(options.connection, coll.name, rows_per_write)
             rows_ds.write_datasink(sink)
-            for totals in sink.totals:
-                report.add_totals(totals)
+            for part in sink.parts:
+                report.merge(part)
         else:
             _write_on_driver(rows_ds, coll, rows_per_write, report, options)
     finally:
@@ -271,9 +271,6 @@ def _write_on_driver(
     with writing(coll, rows_per_write, report, progress=options.progress, pipelined=options.pipeline) as writer:
         batches = rows_ds.iter_batches(batch_size=rows_per_write, batch_format="numpy", prefetch_batches=2)
         for batch in batches:
-            rows, existing, failed, encode_s, dropped = ray_stages.rows_for_milvus(batch)
-            report.dropped_captions += dropped
-            report.skipped_existing += existing
-            report.failed.extend(failed)
-            report.encode_seconds += encode_s
+            rows, part = ray_stages.rows_for_milvus(batch)
+            report.merge(part)
             writer.add(rows)

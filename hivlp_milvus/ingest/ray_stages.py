@@ -24,33 +24,13 @@ from hivlp_milvus.connection import ConnectionOptions
 from hivlp_milvus.data.record import EmbeddingRecord, Record, Skipped
 from hivlp_milvus.errors import ModelMismatchError
 from hivlp_milvus.ids import row_id
+from hivlp_milvus.ingest.report import IngestReport
 from hivlp_milvus.ingest.rows import Item, check_vectors, record_items
 from hivlp_milvus.ingest.writer import write_rows
 
-ITEM_COLUMNS = (
-    "id",
-    "key",
-    "modality",
-    "reference",
-    "attributes",
-    "kind",
-    "image_path",
-    "image_bytes",
-    "text",
-    "error",
-)
-ROW_COLUMNS = (
-    "id",
-    "key",
-    "modality",
-    "reference",
-    "attributes",
-    "vec_low",
-    "vec_high",
-    "error",
-    "existing",
-    "encode_s",
-)
+# Item columns after "id", and the columns of an encoded row.
+ITEM_COLUMNS = ("key", "modality", "reference", "attributes", "kind", "image_path", "image_bytes", "text", "error")
+TEXT_COLUMNS = ("key", "modality", "reference", "attributes")
 _NPY_MAGIC = b"\x93NUMPY"
 # Blank captions are dropped, as load_source drops them (and caption indexes count kept captions
 # only, so a Ray Dataset and the same records as a list give the same keys). They travel as an
@@ -173,14 +153,13 @@ def _image_path(value: str, image_root: str | None) -> str:
 
 def explode(batch: dict[str, np.ndarray], *, image_root: str | None = None) -> dict[str, np.ndarray]:
     """Records → one item per image and per caption (failed items carry their ``error``)."""
-    out: dict[str, list[Any]] = {c: [] for c in ITEM_COLUMNS}
+    out: dict[str, list[Any]] = {c: [] for c in ("id", *ITEM_COLUMNS)}
 
     def add(key: str, modality: str, reference: str, attrs: str, kind: str, **cells: Any) -> None:
-        # A failed item is never written: its id only fills the column.
-        out["id"].append(row_id(key, modality) if not cells.get("error") else 0)
-        values = {"key": key, "modality": modality, "reference": reference, "attributes": attrs, "kind": kind}
-        for col in ITEM_COLUMNS[1:]:
-            out[col].append(values.get(col, cells.get(col, b"" if col == "image_bytes" else "")))
+        cells.update(key=key, modality=modality, reference=reference, attributes=attrs, kind=kind)
+        out["id"].append(0 if cells.get("error") else row_id(key, modality))  # a failed item is never written
+        for col in ITEM_COLUMNS:
+            out[col].append(cells.get(col, b"" if col == "image_bytes" else ""))
 
     for raw in rows_of(batch):
         row = {k: None if _missing(v) else v for k, v in raw.items()}
@@ -211,20 +190,26 @@ def explode(batch: dict[str, np.ndarray], *, image_root: str | None = None) -> d
                 add(item.key, "text", item.reference, attrs, "text", text=item.payload)
         for s in failed:
             add(s.key, "image", "", "{}", "image", error=s.reason)
-    return {c: np.asarray(v, dtype=np.int64) if c == "id" else np.asarray(v, dtype=object) for c, v in out.items()}
+    return {c: np.asarray(v, dtype=np.int64 if c == "id" else object) for c, v in out.items()}
 
 
 # --------------------------------------------------------------------------------------------------
 # Stage 2: items → rows (encoded, or precomputed vectors checked)
 
 
-def _empty_rows(n: int, low_dim: int, high_dim: int) -> dict[str, Any]:
+def _rows_batch(
+    ids: Any, cols: dict[str, Any], low: np.ndarray, high: np.ndarray, errors: list[str], existing: Any, t0: float
+) -> dict[str, Any]:
+    """The columns of a stage-2 batch; ``encode_s`` spreads the batch's time over its rows."""
+    n = len(errors)
     return {
-        "vec_low": np.zeros((n, low_dim), dtype=np.float32),
-        "vec_high": np.zeros((n, high_dim), dtype=np.float32),
-        "error": [""] * n,
-        "existing": np.zeros(n, dtype=bool),
-        "encode_s": np.zeros(n, dtype=np.float64),
+        "id": np.asarray(ids, dtype=np.int64),
+        **{c: np.asarray(cols[c], dtype=object) for c in TEXT_COLUMNS},
+        "vec_low": low,
+        "vec_high": high,
+        "error": np.asarray(errors, dtype=object),
+        "existing": np.asarray(existing, dtype=bool),
+        "encode_s": np.full(n, (time.perf_counter() - t0) / max(n, 1)),
     }
 
 
@@ -258,8 +243,9 @@ def validate_vectors(
     """Precomputed-vector rows → write-ready rows (bad vectors carry an ``error``)."""
     t0 = time.perf_counter()
     rows = rows_of(batch)
-    out = _empty_rows(len(rows), low_dim, high_dim)
-    cols: dict[str, list[Any]] = {c: [] for c in ("id", "key", "modality", "reference", "attributes")}
+    low, high = np.zeros((len(rows), low_dim), np.float32), np.zeros((len(rows), high_dim), np.float32)
+    cols: dict[str, list[Any]] = {c: [] for c in TEXT_COLUMNS}
+    ids, errors = [], []
     for i, row in enumerate(rows):
         key, modality, reference = text(row.get("id")), text(row.get("modality")), text(row.get("reference"))
         attributes, error = _attributes(row.get("attributes"))
@@ -272,25 +258,14 @@ def validate_vectors(
             if isinstance(checked, str):
                 error = checked
             else:
-                out["vec_low"][i], out["vec_high"][i] = checked
+                low[i], high[i] = checked
                 rid = items[0].id
-        for c, v in (("id", rid), ("key", key), ("modality", modality), ("reference", reference)):
+        for c, v in zip(TEXT_COLUMNS, (key, modality, reference, json.dumps(attributes)), strict=True):
             cols[c].append(v)
-        cols["attributes"].append(json.dumps(attributes))
-        out["error"][i] = error or ""
-    ids = np.asarray(cols["id"], dtype=np.int64)
-    out["existing"] = ExistingIds(skip).mask(ids) & (np.asarray(out["error"], dtype=object) == "")
-    out["encode_s"][:] = (time.perf_counter() - t0) / max(len(rows), 1)
-    return _finish(cols, out, ids)
-
-
-def _finish(cols: dict[str, list[Any]], out: dict[str, Any], ids: np.ndarray) -> dict[str, Any]:
-    result = {"id": ids}
-    for c in ("key", "modality", "reference", "attributes"):
-        result[c] = np.asarray(cols[c], dtype=object)
-    result.update(out)
-    result["error"] = np.asarray(out["error"], dtype=object)
-    return {c: result[c] for c in ROW_COLUMNS}
+        ids.append(rid)
+        errors.append(error or "")
+    existing = ExistingIds(skip).mask(np.asarray(ids, dtype=np.int64)) & (np.asarray(errors, dtype=object) == "")
+    return _rows_batch(ids, cols, low, high, errors, existing, t0)
 
 
 class EncodeActor:
@@ -315,11 +290,11 @@ class EncodeActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         t0 = time.perf_counter()
         n = len(batch["id"])
-        out = _empty_rows(n, self.low_dim, self.high_dim)
-        out["error"] = [text(e) for e in batch["error"]]
-        ok = np.asarray([not e for e in out["error"]], dtype=bool)
-        out["existing"] = self.existing.mask(batch["id"]) & ok
-        todo = np.flatnonzero(ok & ~out["existing"])
+        low, high = np.zeros((n, self.low_dim), np.float32), np.zeros((n, self.high_dim), np.float32)
+        errors = [text(e) for e in batch["error"]]
+        ok = np.asarray([not e for e in errors], dtype=bool)
+        existing = self.existing.mask(batch["id"]) & ok
+        todo = np.flatnonzero(ok & ~existing)
         items = []
         for i in todo:
             image = batch["kind"][i] == "image"
@@ -329,80 +304,70 @@ class EncodeActor:
             items.append(Item(int(batch["id"][i]), "", "", "", {}, "image" if image else "text", payload))
         for i, result in zip(todo, self.encoder.encode(items), strict=True):
             if isinstance(result, str):
-                out["error"][i] = result
+                errors[i] = result
             else:
-                out["vec_low"][i], out["vec_high"][i] = result
-        out["encode_s"][:] = (time.perf_counter() - t0) / max(n, 1)
-        cols = {c: list(batch[c]) for c in ("key", "modality", "reference", "attributes")}
-        return _finish(cols, out, np.asarray(batch["id"], dtype=np.int64))
+                low[i], high[i] = result
+        return _rows_batch(batch["id"], batch, low, high, errors, existing, t0)
 
 
 # --------------------------------------------------------------------------------------------------
 # Stage 3: rows → Milvus
 
 
-def rows_for_milvus(batch: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], int, list[Skipped], float, int]:
-    """Encoded batch → ``(rows to write, existing count, failures, encode seconds, dropped captions)``."""
+def rows_for_milvus(batch: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], IngestReport]:
+    """Encoded batch → the rows to write, and a report of the rest (existing, failed, dropped) and its encode time."""
     rows: list[dict[str, Any]] = []
-    failed: list[Skipped] = []
-    existing = dropped = 0
+    part = IngestReport(encode_seconds=float(np.sum(batch["encode_s"])))
     for i in range(len(batch["id"])):
         error = text(batch["error"][i])
         if error == DROPPED:
-            dropped += 1
+            part.dropped_captions += 1
         elif error:
-            failed.append(Skipped(text(batch["key"][i]), error))
+            part.failed.append(Skipped(text(batch["key"][i]), error))
         elif bool(batch["existing"][i]):
-            existing += 1
+            part.skipped_existing += 1
         else:
             rows.append(
                 {
                     "id": int(batch["id"][i]),
-                    "key": text(batch["key"][i]),
-                    "modality": text(batch["modality"][i]),
-                    "reference": text(batch["reference"][i]),
+                    **{c: text(batch[c][i]) for c in TEXT_COLUMNS[:3]},
                     "attributes": json.loads(text(batch["attributes"][i]) or "{}"),
                     "vec_low": np.asarray(batch["vec_low"][i], dtype=np.float32),
                     "vec_high": np.asarray(batch["vec_high"][i], dtype=np.float32),
                 }
             )
-    return rows, existing, failed, float(np.sum(batch["encode_s"])), dropped
+    return rows, part
 
 
 class MilvusDatasink(Datasink):
     """Upserts encoded rows into a Milvus *server* collection from each write task.
 
     Holds only the connection options and the name (never a client): every write task opens its
-    own connection. Each task returns its counts; :meth:`on_write_complete` sums them on the driver.
+    own connection. Each task returns its :class:`IngestReport`; the driver merges them.
     """
 
     def __init__(self, connection: ConnectionOptions, name: str, rows_per_write: int) -> None:
         self.connection, self.name, self.rows_per_write = connection, name, int(rows_per_write)
-        self.totals: list[dict[str, Any]] = []
+        self.parts: list[IngestReport] = []
 
     def get_name(self) -> str:
         return "Milvus"
 
-    def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
+    def write(self, blocks: Iterable[Any], ctx: Any) -> IngestReport:
         from hivlp_milvus.collection import HierarchicalCollection
-        from hivlp_milvus.ingest.report import zero_totals
 
         coll = HierarchicalCollection.open(self.name, client=self.connection.connect())
-        out = zero_totals()
+        out = IngestReport()
         try:
             for block in blocks:
-                batch = BlockAccessor.for_block(block).to_batch_format("numpy")
-                rows, existing, failed, encode_s, dropped = rows_for_milvus(batch)
-                out["dropped_captions"] += dropped
-                out["skipped_existing"] += existing
-                out["failed"] += [(s.key, s.reason) for s in failed]
-                out["encode_seconds"] += encode_s
+                rows, part = rows_for_milvus(BlockAccessor.for_block(block).to_batch_format("numpy"))
+                out.merge(part)
                 for start in range(0, len(rows), self.rows_per_write):
                     t0 = time.perf_counter()
                     inserted, updated = write_rows(coll, rows[start : start + self.rows_per_write])
-                    out["write_seconds"] += time.perf_counter() - t0
-                    out["inserted"] += inserted
-                    out["updated"] += updated
+                    out.write_seconds += time.perf_counter() - t0
+                    out.inserted, out.updated = out.inserted + inserted, out.updated + updated
+                    out.rows_written += inserted + updated
         finally:
             with contextlib.suppress(Exception):
                 coll.client.close()
@@ -410,4 +375,4 @@ class MilvusDatasink(Datasink):
 
     def on_write_complete(self, write_result: Any) -> None:
         # Runs on the driver, with every write task's return value.
-        self.totals = [part for part in write_result.write_returns if part]
+        self.parts = [part for part in write_result.write_returns if part is not None]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hivlp_milvus.data.record import Skipped
@@ -65,22 +65,9 @@ class IngestReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field (``failed`` / ``source_skipped`` as dicts)."""
-        return {
-            "collection": self.collection,
-            "distributed": self.distributed,
-            "inserted": self.inserted,
-            "updated": self.updated,
-            "skipped_existing": self.skipped_existing,
-            "failed": [{"key": s.key, "reason": s.reason} for s in self.failed],
-            "source_skipped": [{"key": s.key, "reason": s.reason} for s in self.source_skipped],
-            "dropped_captions": self.dropped_captions,
-            "rows_written": self.rows_written,
-            "seconds": round(self.seconds, 4),
-            "setup_seconds": round(self.setup_seconds, 4),
-            "rows_per_s": round(self.rows_per_s, 2),
-            "encode_seconds": round(self.encode_seconds, 4),
-            "write_seconds": round(self.write_seconds, 4),
-        }
+        d = asdict(self)
+        d.update({k: round(v, 4) for k, v in d.items() if isinstance(v, float)}, rows_per_s=round(self.rows_per_s, 2))
+        return d
 
     def __str__(self) -> str:
         lines = [
@@ -103,32 +90,19 @@ class IngestReport:
             lines.append(f"  ... and {len(problems) - 10} more (see report.failed / report.source_skipped)")
         return "\n".join(lines)
 
-    def add_totals(self, totals: dict[str, Any]) -> None:
-        """Add the counts one Ray write task returned (see :func:`zero_totals`)."""
-        self.inserted += int(totals.get("inserted", 0))
-        self.updated += int(totals.get("updated", 0))
-        self.rows_written += int(totals.get("inserted", 0)) + int(totals.get("updated", 0))
-        self.skipped_existing += int(totals.get("skipped_existing", 0))
-        self.dropped_captions += int(totals.get("dropped_captions", 0))
-        self.failed.extend(Skipped(str(k), str(r)) for k, r in totals.get("failed", []))
-        self.encode_seconds += float(totals.get("encode_seconds", 0.0))
-        self.write_seconds += float(totals.get("write_seconds", 0.0))
+    def merge(self, other: IngestReport) -> None:
+        """Add the counts of ``other``: the part of the run one Ray write task did."""
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.rows_written += other.rows_written
+        self.skipped_existing += other.skipped_existing
+        self.dropped_captions += other.dropped_captions
+        self.failed.extend(other.failed)
+        self.encode_seconds += other.encode_seconds
+        self.write_seconds += other.write_seconds
 
     def add_source_report(self, source: Any) -> None:
         """Copy what the data source skipped and the blank captions it dropped."""
         src = getattr(source, "report", None)
         self.source_skipped = list(getattr(src, "skipped", []))
         self.dropped_captions += int(getattr(src, "dropped_captions", 0))
-
-
-def zero_totals() -> dict[str, Any]:
-    """The counts a Ray write task returns, all zero (plain types: they travel through Ray)."""
-    return {
-        "inserted": 0,
-        "updated": 0,
-        "skipped_existing": 0,
-        "failed": [],
-        "dropped_captions": 0,
-        "encode_seconds": 0.0,
-        "write_seconds": 0.0,
-    }
