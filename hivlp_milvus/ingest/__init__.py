@@ -6,17 +6,9 @@ Every row's primary key is ``row_id(key, modality)``, so running the same data t
 same rows: a run that was killed half-way can simply be started again (``skip_existing=True``
 makes that resume skip the rows already written without encoding them again).
 
-The package, one job per module:
-
-* :mod:`.options` — :class:`IngestOptions`, every knob in one frozen value both drivers take;
-* :mod:`.rows` — records → items → rows, and their checks (limits from the collection schema);
-* :mod:`.encode` — the model forward passes, batch first, one by one when a batch fails;
-* :mod:`.writer` — upsert requests on a background thread, inserted/updated counts;
-* :mod:`.setup` — the model on its device, the collection opened or created;
-* :mod:`.report` — :class:`IngestReport`;
-* drivers: :mod:`.local` (in this process, pipelined) and :mod:`.ray_data` (a Ray Data actor
-  pool whose worker stages are :mod:`.ray_stages`, sized by :mod:`.resources` from the free
-  GPUs / CPUs; imported only when used, so a plain ingest never imports Ray).
+The package has one job per module (``options``, ``rows``, ``encode``, ``writer``, ``setup``,
+``report``) and two drivers: ``local`` (in this process) and ``ray_data`` (a Ray Data actor pool,
+imported only when used, so a plain ingest never imports Ray); docs/architecture.md draws it.
 
 This module stays light (no torch, pymilvus or Ray at import): ``hivlp_milvus`` binds
 ``ingest`` from it at import time.
@@ -130,7 +122,7 @@ def ingest(
         image_root=None if image_root is None else str(image_root),
         num_workers=num_workers,
     )
-    if options.distributed or _is_ray_dataset(dataset):
+    if options.distributed or is_ray_dataset(dataset):
         from hivlp_milvus.ingest.ray_data import run_ray
 
         return run_ray(dataset, model=model, collection=collection, options=options)
@@ -139,6 +131,7 @@ def ingest(
     return run_local(dataset, model=model, collection=collection, options=options)
 
 
-def _is_ray_dataset(obj: Any) -> bool:
+def is_ray_dataset(obj: Any) -> bool:
+    """Whether ``obj`` is a ``ray.data.Dataset``."""
     # Checked by class name so a plain (non-Ray) ingest never imports Ray.
     return any(c.__name__ == "Dataset" and c.__module__.startswith("ray.data") for c in type(obj).__mro__)

@@ -21,17 +21,11 @@ from hivlp_milvus.ingest import rows
 from hivlp_milvus.ingest.encode import Encoder
 from hivlp_milvus.ingest.options import IngestOptions
 from hivlp_milvus.ingest.report import IngestReport
-from hivlp_milvus.ingest.setup import estimate_rows, load_model, resolve_collection
+from hivlp_milvus.ingest.setup import NEEDS_MODEL, estimate_rows, load_model, resolve_collection
 from hivlp_milvus.ingest.writer import writing
 
 if TYPE_CHECKING:
     from hivlp_milvus.collection import HierarchicalCollection
-
-NEEDS_MODEL = (
-    "these records have images/captions and need a model to encode them: pass "
-    "model=HiVLP.from_pretrained(dir) (or a checkpoint directory), or ingest "
-    "EmbeddingRecord rows with precomputed vectors"
-)
 
 
 def run_local(

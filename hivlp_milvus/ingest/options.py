@@ -15,27 +15,9 @@ from hivlp_milvus.errors import ConfigError
 
 
 class IngestOptions(BaseModel):
-    """How to run :func:`hivlp_milvus.ingest` (everything but the data, the model and an open collection).
+    """How to run :func:`hivlp_milvus.ingest`; the fields are its keyword arguments (documented there).
 
-    Attributes:
-        collection_name: the collection to open or create when no open collection is given.
-        connection: where Milvus is and how to reach it (uri, token, TLS).
-        batch_size: items (images or captions) encoded per forward pass.
-        write_batch_rows: rows per upsert request; ``None`` = the collection's
-            ``max_rows_per_request`` (sized under Milvus' 64 MB request limit).
-        skip_existing: skip rows already in the collection before encoding them (fast resume).
-        distributed: run the Ray Data driver even for a non-Ray source.
-        progress: show a tqdm progress bar (rows).
-        create: create the collection when it does not exist.
-        pipeline: write on a background thread while the next batch is encoded.
-        expected_rows: rows the collection will hold, to size the ANN index of a collection this
-            run creates; ``None`` = estimated from the source's length.
-        num_workers: Ray Data encoder actors at most; ``None`` = sized from the free resources.
-        profile: index profile of a collection this run creates (``auto``, ``lite``, ``cpu``,
-            ``gpu``, ``name:VARIANT``); an existing collection keeps its own.
-        device: where the model encodes: ``auto`` (CUDA when usable), ``cpu``, ``cuda`` or ``cuda:N``.
-        image_root: directory that relative image paths of a Karpathy file or a manifest are
-            resolved against (default: the file's own directory).
+    Everything but the data, the model and an open collection; ``uri`` / ``token`` are in ``connection``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -7,20 +7,12 @@ Stages (the worker side is :mod:`hivlp_milvus.ingest.ray_stages`)::
             ──▶ Milvus server: write_datasink(MilvusDatasink)               (write tasks on the workers)
             ──▶ Milvus Lite (.db): iter_batches → writer thread on the driver
 
-The encoder pool is sized from the cluster's *free* resources (:mod:`.resources`): a GPU held by
-Ray Serve is not waited for; a GPU encode with no free GPU fails at once with what to do.
-
-The model reaches the workers as a *checkpoint directory* (``save_pretrained`` format): each actor
-loads it with ``HiVLP.from_pretrained`` and checks the fingerprint, so a live model is never
-pickled. On a multi-node cluster pass ``model`` as a directory on shared storage; a live model is
-saved to a local temporary directory, which only a single-node cluster can read.
-
-**Milvus Lite is single-process**: a ``.db`` data directory is locked by the process that opened
-it (the driver), so Ray workers cannot open it. For a Lite URI the encoded batches therefore stream
-back to the driver (``iter_batches``), which writes them on a background thread (or in line with
-``pipeline=False``) while the actors keep encoding. For a Milvus server (``http(s)://``) every
-write task connects with the run's connection options (token and TLS included) and upserts its
-own blocks, so writes scale with the cluster.
+The encoder pool is sized from the cluster's *free* resources (:mod:`.resources`). The model
+reaches the workers as a checkpoint directory, never pickled: on a multi-node cluster pass
+``model`` as a directory on shared storage (a live model is saved to a local temporary directory,
+which only a single-node cluster can read). A Milvus Lite ``.db`` is locked by the driver, so for
+Lite the encoded batches stream back to the driver, which writes them; for a server every write
+task connects with the run's connection options (token and TLS included).
 
 Accepted ``ray.data.Dataset`` columns:
 
@@ -43,14 +35,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hivlp_milvus.connection import is_server_uri
-from hivlp_milvus.data.record import EmbeddingRecord, Record, Skipped
+from hivlp_milvus.data.record import EmbeddingRecord, Record
 from hivlp_milvus.errors import ConfigError
-from hivlp_milvus.ingest import ray_stages
+from hivlp_milvus.ingest import is_ray_dataset, ray_stages
 from hivlp_milvus.ingest.options import IngestOptions
 from hivlp_milvus.ingest.report import IngestReport
 from hivlp_milvus.ingest.resources import plan_encoders
 from hivlp_milvus.ingest.rows import check_first_batch
-from hivlp_milvus.ingest.setup import load_model, resolve_collection
+from hivlp_milvus.ingest.setup import NEEDS_MODEL, load_model, resolve_collection
 from hivlp_milvus.ingest.writer import writing
 
 if TYPE_CHECKING:
@@ -76,21 +68,17 @@ def run_ray(
     # actors put their copy on the device.
     live_model, _ = load_model(model, "cpu")
 
-    source_skipped: list[Skipped] = []
-    dropped = 0
-    if _is_ray_dataset(dataset):
+    report = IngestReport(distributed=True)
+    if is_ray_dataset(dataset):
         ds, estimate = dataset, None
     else:
-        ds, source_skipped, dropped, estimate = _dataset_from_source(dataset, options.image_root)
+        ds, estimate = _dataset_from_source(dataset, options.image_root, report)
     if options.expected_rows is None:
         options = options.model_copy(update={"expected_rows": estimate})
     schema = ds.schema()
     byo = {"vec_low", "vec_high"} <= set(schema.names if schema is not None else [])
     if not byo and live_model is None:
-        raise ConfigError(
-            "these records have images/captions and need a model to encode them: pass a HiVLP "
-            "or a checkpoint directory as model=, or give vec_low / vec_high columns"
-        )
+        raise ConfigError(NEEDS_MODEL)
 
     # Sized before the collection is touched: a GPU encode with no free GPU fails here, at once.
     plan = None
@@ -103,9 +91,7 @@ def run_ray(
     if first_batch is not None:
         first = EmbeddingRecord("", "image", first_batch["vec_low"][0], first_batch["vec_high"][0])
     coll = resolve_collection(collection, options, model=live_model, first=first)
-    report = IngestReport(collection=str(getattr(coll, "name", options.collection_name)), distributed=True)
-    report.source_skipped = source_skipped
-    report.dropped_captions = dropped
+    report.collection = str(getattr(coll, "name", options.collection_name))
     if coll is None:
         report.setup_seconds = time.perf_counter() - started
         return report
@@ -172,18 +158,11 @@ def run_ray(
     return report
 
 
-def _is_ray_dataset(obj: Any) -> bool:
-    import ray.data
-
-    return isinstance(obj, ray.data.Dataset)
-
-
-def _dataset_from_source(source: Any, image_root: str | None) -> tuple[ray.data.Dataset, list[Skipped], int, int]:
+def _dataset_from_source(source: Any, image_root: str | None, report: IngestReport) -> tuple[ray.data.Dataset, int]:
     """Read a non-Ray source on the driver into a ``ray.data.Dataset`` of plain columns.
 
-    Returns:
-        The dataset, what the source skipped, the blank captions it dropped, and the rows it will
-        make (to size the index of a collection this run creates).
+    Returns the dataset and the rows it will make (to size the index of a collection this run
+    creates); what the source skipped goes to ``report``.
     """
     import ray.data
 
@@ -223,16 +202,14 @@ def _dataset_from_source(source: Any, image_root: str | None) -> tuple[ray.data.
                     "ingest_error": error,
                 }
             )
-    report = getattr(loaded, "report", None)
-    skipped = list(getattr(report, "skipped", []))
-    dropped = int(getattr(report, "dropped_captions", 0))
+    report.add_source_report(loaded)
     if records and embeddings:
         raise ConfigError(
             "distributed ingest takes either records with images/captions or precomputed "
             "EmbeddingRecords in one run, not both; ingest them in two runs"
         )
     rows = len(embeddings) + sum(bool(r["image"] or r["image_bytes"]) + len(r["captions"]) for r in records)
-    return ray.data.from_items(embeddings or records), skipped, dropped, rows
+    return ray.data.from_items(embeddings or records), rows
 
 
 def _first_batch(ds: ray.data.Dataset, batch_size: int) -> dict[str, np.ndarray] | None:

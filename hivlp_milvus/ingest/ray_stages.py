@@ -1,9 +1,8 @@
 """The Ray Data stages of distributed ingest, run on the workers (module-level: Ray pickles them by reference).
 
-Between the stages a record travels as columns (numpy batches). Attributes travel as JSON text so
-blocks with different attribute keys never need an Arrow schema merge. Items and their checks
-come from :mod:`hivlp_milvus.ingest.rows`, encoding from :mod:`hivlp_milvus.ingest.encode`: the
-same code as the in-process driver, so both paths build the same rows.
+Between the stages a record travels as numpy columns; attributes as JSON text, so blocks with
+different attribute keys never need an Arrow schema merge. Items, checks and encoding are those of
+the in-process driver (:mod:`.rows`, :mod:`.encode`), so both paths build the same rows.
 """
 
 from __future__ import annotations

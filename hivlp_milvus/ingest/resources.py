@@ -1,11 +1,9 @@
 """How many Ray Data encoder actors to start, and what each asks Ray for, from what is *free*.
 
-Asking for a whole GPU per actor while Ray Serve holds the GPU (the compose GPU box: one GPU,
-0.5 per encoder x 2) leaves the actor pool pending forever. So the request is sized from
-``ray.available_resources()``: whole GPUs while enough are free, a fraction of one when only a
-fraction is, and a :class:`ConfigError` saying what holds them when none is free, instead of a
-silent wait. The free amounts are a snapshot: another job starting at the same moment can still
-take them.
+Asking for a whole GPU per actor while Ray Serve holds the GPU leaves the actor pool pending
+forever. So the request is sized from ``ray.available_resources()`` (a snapshot: another job can
+still take them): whole GPUs while enough are free, a fraction of one when only a fraction is, and
+a :class:`ConfigError` saying what holds them when none is free.
 """
 
 from __future__ import annotations
@@ -41,21 +39,14 @@ def plan_encoders(
     device: str = "auto",
     num_workers: int | None = None,
 ) -> EncoderPlan:
-    """Size the encoder pool from the free resources.
+    """Size the encoder pool from the free (``ray.available_resources()``) and total resources.
 
-    Args:
-        available: ``ray.available_resources()`` (free now).
-        total: ``ray.cluster_resources()`` (everything, busy or not).
-        device: ``auto`` (GPUs when the cluster has any), ``cpu``, or ``cuda`` / ``cuda:N``.
-        num_workers: at most this many actors (``None``: one per free GPU, else half the free CPUs).
-
-    Returns:
-        The plan; GPU actors share the free GPUs when ``num_workers`` exceeds them, and one actor
-        takes a fraction when only a fraction of a GPU is free.
+    ``device="auto"`` encodes on GPUs when the cluster has any. ``num_workers`` caps the actors
+    (default: one per free GPU, else half the free CPUs); GPU actors share the free GPUs when it
+    exceeds them, and one actor takes a fraction when only a fraction of a GPU is free.
 
     Raises:
-        ConfigError: a GPU encode was asked for (``cuda``, or ``auto`` on a cluster with GPUs)
-            and no GPU share is free, or no CPU is free for an actor.
+        ConfigError: a GPU encode was asked for and no GPU share is free, or no CPU is free.
     """
     free_cpus = float(available.get("CPU", 0.0))
     if free_cpus < 1:

@@ -1,15 +1,11 @@
 """Records → items → rows: the one place rows are built and checked, for every ingest path.
 
 One record with an image and *k* captions becomes *k + 1* items: the image (key = ``record.id``)
-and one per caption (key = ``text_key(record.id, i)``). An :class:`EmbeddingRecord` becomes one
-item carrying the user's vectors. Every item's primary key is ``row_id(key, modality)``, so the
-same data ingested twice upserts the same rows. The in-process driver, the Ray Data stages and
-``POST /ingest`` all build their items here.
-
-Each item is checked here, one by one, so that one bad record is reported and skipped instead of
-failing a whole upsert request; rows built here are therefore written without a second check
-(``HierarchicalCollection.upsert(rows, validate=False)``). The VARCHAR limits come from the
-collection schema (``schemas/collection.json``), the same numbers Milvus enforces.
+and one per caption (key = ``text_key(record.id, i)``); an :class:`EmbeddingRecord` becomes one
+item carrying the user's vectors. The in-process driver, the Ray Data stages and ``POST /ingest``
+all build their items here. Each item is checked here, so one bad record is reported and skipped
+instead of failing a whole upsert request (and rows are then written without a second check); the
+VARCHAR limits come from the collection schema, the same numbers Milvus enforces.
 """
 
 from __future__ import annotations
@@ -32,16 +28,10 @@ NOT_FINITE = "vectors contain NaN or infinity"
 
 @dataclass
 class Item:
-    """One future row: an image to encode, a caption to encode, or a pair of precomputed vectors.
+    """One future row: an image or a caption to encode, or precomputed vectors (``kind``).
 
-    Attributes:
-        id: the Milvus primary key, ``row_id(key, modality)``.
-        key: the user's key of this row.
-        modality: ``image`` or ``text``.
-        reference: the image uri or the caption text.
-        attributes: the record's attributes (a JSON object).
-        kind: ``image``, ``text`` or ``vectors``.
-        payload: the image (path, bytes, array, PIL), the caption, or ``(vec_low, vec_high)``.
+    ``id`` is the Milvus primary key ``row_id(key, modality)``; ``payload`` is the image (path,
+    bytes, array, PIL), the caption, or ``(vec_low, vec_high)``.
     """
 
     id: int

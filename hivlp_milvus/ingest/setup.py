@@ -14,6 +14,11 @@ from hivlp_milvus.ingest.options import IngestOptions
 if TYPE_CHECKING:
     from hivlp_milvus.collection import HierarchicalCollection
 
+NEEDS_MODEL = (
+    "these records have images/captions and need a model to encode them: pass a HiVLP or a checkpoint "
+    "directory as model=, or ingest precomputed vectors (EmbeddingRecord rows, or vec_low / vec_high columns)"
+)
+
 
 def load_model(model: Any, device: str = "auto") -> tuple[Any, Any]:
     """``(live model, autocast dtype)``: a checkpoint directory is loaded onto ``device``.
