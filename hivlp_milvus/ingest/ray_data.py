@@ -26,6 +26,7 @@ Accepted ``ray.data.Dataset`` columns:
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -35,13 +36,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hivlp_milvus.connection import is_server_uri
-from hivlp_milvus.data.record import EmbeddingRecord, Record
+from hivlp_milvus.data.record import EmbeddingRecord, Skipped
 from hivlp_milvus.errors import ConfigError
 from hivlp_milvus.ingest import is_ray_dataset, ray_stages
 from hivlp_milvus.ingest.options import IngestOptions
 from hivlp_milvus.ingest.report import IngestReport
 from hivlp_milvus.ingest.resources import plan_encoders
-from hivlp_milvus.ingest.rows import check_first_batch
+from hivlp_milvus.ingest.rows import check_first_batch, record_items
 from hivlp_milvus.ingest.setup import NEEDS_MODEL, load_model, resolve_collection
 from hivlp_milvus.ingest.writer import writing
 
@@ -69,7 +70,9 @@ def run_ray(
     live_model, _ = load_model(model, "cpu")
 
     report = IngestReport(distributed=True)
-    if is_ray_dataset(dataset):
+    # A Ray Dataset holds records, exploded into items on the workers; another source is read here.
+    exploded = not is_ray_dataset(dataset)
+    if not exploded:
         ds, estimate = dataset, None
     else:
         ds, estimate = _dataset_from_source(dataset, options.image_root, report)
@@ -125,8 +128,12 @@ def run_ray(
         else:
             assert plan is not None  # planned above for every non-BYO run
             ckpt_dir, tmp_ckpt = _checkpoint_dir(model, live_model)
-            items_ds = ds.map_batches(
-                ray_stages.explode, batch_format="numpy", fn_kwargs={"image_root": options.image_root}
+            items_ds = (
+                ds
+                if exploded
+                else ds.map_batches(
+                    ray_stages.explode, batch_format="numpy", fn_kwargs={"image_root": options.image_root}
+                )
             )
             rows_ds = items_ds.map_batches(
                 ray_stages.EncodeActor,
@@ -159,57 +166,45 @@ def run_ray(
 
 
 def _dataset_from_source(source: Any, image_root: str | None, report: IngestReport) -> tuple[ray.data.Dataset, int]:
-    """Read a non-Ray source on the driver into a ``ray.data.Dataset`` of plain columns.
+    """Read a non-Ray source on the driver into a ``ray.data.Dataset`` of items, or of precomputed vectors.
 
-    Returns the dataset and the rows it will make (to size the index of a collection this run
-    creates); what the source skipped goes to ``report``.
+    The records are exploded into items here (:func:`record_items`, as the local driver does), so
+    the workers only encode; what cannot become a row, and what the source skipped, go to ``report``.
+    Returns the dataset and its length (to size the index of a collection this run creates).
     """
     import ray.data
 
     from hivlp_milvus.data import load_source
 
     loaded = load_source(source, image_root=image_root)
-    records, embeddings = [], []
-    for r in loaded:
-        if isinstance(r, EmbeddingRecord):
-            embeddings.append(
-                {
-                    "id": str(r.id),
-                    "modality": str(r.modality),
-                    "reference": str(r.reference or ""),
-                    "attributes": ray_stages.attributes_json(r.attributes),
-                    "vec_low": np.asarray(r.vec_low, dtype=np.float32),
-                    "vec_high": np.asarray(r.vec_high, dtype=np.float32),
-                }
-            )
-        elif isinstance(r, Record):
-            path = r.image_uri
-            # Typed placeholders rather than None: an all-null column would reach the workers as NaN.
-            data, error = b"", ""
-            if not path and r.image is not None:
-                # In-memory images travel as bytes (encoded, or a raw .npy dump of an array).
-                try:
-                    data = ray_stages.image_bytes(r.image)
-                except Exception as exc:  # an unusable image object fails this record only
-                    error = f"cannot serialise image of type {type(r.image).__name__}: {exc}"
-            records.append(
-                {
-                    "id": str(r.id),
-                    "image": path,
-                    "image_bytes": data,
-                    "captions": [str(c) for c in r.captions],
-                    "attributes": ray_stages.attributes_json(r.attributes),
-                    "ingest_error": error,
-                }
-            )
+    items, vectors = [], []
+    for record in loaded:
+        for it in record_items(record, report.failed):
+            if it.kind == "vectors":
+                low, high = it.payload
+                cells = {"id": it.key, "modality": it.modality, "reference": it.reference}
+                vectors.append(
+                    {
+                        **cells,
+                        "attributes": json.dumps(it.attributes),
+                        "vec_low": np.asarray(low, dtype=np.float32),
+                        "vec_high": np.asarray(high, dtype=np.float32),
+                    }
+                )
+                continue
+            try:
+                items.append(ray_stages.item_cells(it))
+            except Exception as exc:  # an unusable in-memory image fails this record only
+                report.failed.append(
+                    Skipped(it.key, f"cannot serialise image of type {type(it.payload).__name__}: {exc}")
+                )
     report.add_source_report(loaded)
-    if records and embeddings:
+    if items and vectors:
         raise ConfigError(
             "distributed ingest takes either records with images/captions or precomputed "
             "EmbeddingRecords in one run, not both; ingest them in two runs"
         )
-    rows = len(embeddings) + sum(bool(r["image"] or r["image_bytes"]) + len(r["captions"]) for r in records)
-    return ray.data.from_items(embeddings or records), rows
+    return ray.data.from_items(items or vectors), len(items) + len(vectors)
 
 
 def _first_batch(ds: ray.data.Dataset, batch_size: int) -> dict[str, np.ndarray] | None:

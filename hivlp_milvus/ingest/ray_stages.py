@@ -22,13 +22,23 @@ from ray.data.block import BlockAccessor
 from hivlp_milvus.connection import ConnectionOptions
 from hivlp_milvus.data.record import EmbeddingRecord, Record, Skipped
 from hivlp_milvus.errors import ModelMismatchError
-from hivlp_milvus.ids import row_id
 from hivlp_milvus.ingest.report import IngestReport
 from hivlp_milvus.ingest.rows import Item, check_vectors, record_items
 from hivlp_milvus.ingest.writer import write_rows
 
-# Item columns after "id", and the columns of an encoded row.
-ITEM_COLUMNS = ("key", "modality", "reference", "attributes", "kind", "image_path", "image_bytes", "text", "error")
+# The columns of an item (stage 1 → 2) and the text columns of a row (stage 2 → 3).
+ITEM_COLUMNS = (
+    "id",
+    "key",
+    "modality",
+    "reference",
+    "attributes",
+    "kind",
+    "image_path",
+    "image_bytes",
+    "text",
+    "error",
+)
 TEXT_COLUMNS = ("key", "modality", "reference", "attributes")
 _NPY_MAGIC = b"\x93NUMPY"
 # Blank captions are dropped, as load_source drops them (and caption indexes count kept captions
@@ -61,27 +71,12 @@ def text(value: Any) -> str:
     return str(value)
 
 
-def attributes_json(attributes: Any) -> str:
-    """Attributes as JSON text for the trip to the workers (a marked repr when not serialisable)."""
-    if attributes is None:
-        return "{}"
-    if isinstance(attributes, str):
-        return attributes
-    try:
-        return json.dumps(attributes, allow_nan=False)
-    except (TypeError, ValueError):
-        # Keep the row moving; the worker reports it with the reason.
-        return "\x00" + repr(attributes)[:200]
-
-
 def _attributes(value: Any) -> tuple[dict[str, Any], str | None]:
     """``(attributes, error)`` for an attributes cell (dict, JSON text or missing)."""
     if _missing(value):
         return {}, None
     if isinstance(value, (str, bytes)):
         raw = text(value)
-        if raw.startswith("\x00"):
-            return {}, f"attributes are not JSON-serialisable: {raw[1:]}"
         try:
             parsed = json.loads(raw) if raw else {}
         except ValueError as exc:
@@ -150,46 +145,54 @@ def _image_path(value: str, image_root: str | None) -> str:
 # Stage 1: records → items
 
 
+def item_cells(item: Item) -> dict[str, Any]:
+    """An image or caption item as the cells of the encode stage (an in-memory image as bytes).
+
+    Raises:
+        Exception: an in-memory image that cannot be serialised (that record's failure).
+    """
+    image = item.payload if item.kind == "image" else None
+    path = str(image) if isinstance(image, (str, Path)) else ""
+    return {
+        "id": item.id,
+        **{c: getattr(item, c) for c in TEXT_COLUMNS[:3]},
+        "attributes": json.dumps(item.attributes),
+        "kind": item.kind,
+        "image_path": path,
+        "image_bytes": image_bytes(image) if image is not None and not path else b"",
+        "text": item.payload if item.kind == "text" else "",
+        "error": "",
+    }
+
+
+def _error_cells(key: str, error: str) -> dict[str, Any]:
+    # A failed item is never written: its id only fills the column.
+    return {"id": 0, "key": key, "kind": "image", "image_bytes": b"", "error": error}
+
+
 def explode(batch: dict[str, np.ndarray], *, image_root: str | None = None) -> dict[str, np.ndarray]:
     """Records → one item per image and per caption (failed items carry their ``error``)."""
-    out: dict[str, list[Any]] = {c: [] for c in ("id", *ITEM_COLUMNS)}
-
-    def add(key: str, modality: str, reference: str, attrs: str, kind: str, **cells: Any) -> None:
-        cells.update(key=key, modality=modality, reference=reference, attributes=attrs, kind=kind)
-        out["id"].append(0 if cells.get("error") else row_id(key, modality))  # a failed item is never written
-        for col in ITEM_COLUMNS:
-            out[col].append(cells.get(col, b"" if col == "image_bytes" else ""))
-
+    out: list[dict[str, Any]] = []
     for raw in rows_of(batch):
         row = {k: None if _missing(v) else v for k, v in raw.items()}
         rid = text(row.get("id")) or text(row.get("path"))
         attributes, error = _attributes(row.get("attributes"))
-        image, data = row.get("image"), row.get("image_bytes")
+        image = row.get("image")
         path = _image_path(image, image_root) if isinstance(image, str) else ""
+        data = bytes(image) if isinstance(image, (bytes, bytearray)) else b""
         if isinstance(image, np.ndarray) and image.dtype != object:
             data = image_bytes(image)
-        elif isinstance(image, (bytes, bytearray)):
-            data = bytes(image)
-        data = bytes(data or b"")
         raw_captions = _captions(row)
         captions = [c.strip() for c in raw_captions if c.strip()]
-        for _ in range(len(raw_captions) - len(captions)):
-            add(rid, "text", "", "{}", "text", error=DROPPED)
-        error = text(row.get("ingest_error")) or error
+        out += [_error_cells(rid, DROPPED)] * (len(raw_captions) - len(captions))
         if error:
-            add(rid, "image", "", "{}", "image", error=error)
+            out.append(_error_cells(rid, error))
             continue
         record = Record(rid, image=path or data or None, captions=captions, attributes=attributes)
         failed: list[Skipped] = []
-        attrs = json.dumps(attributes)
-        for item in record_items(record, failed, image_reference=path or text(row.get("path"))):
-            if item.kind == "image":
-                add(item.key, "image", item.reference, attrs, "image", image_path=path, image_bytes=data)
-            else:
-                add(item.key, "text", item.reference, attrs, "text", text=item.payload)
-        for s in failed:
-            add(s.key, "image", "", "{}", "image", error=s.reason)
-    return {c: np.asarray(v, dtype=np.int64 if c == "id" else object) for c, v in out.items()}
+        out += [item_cells(it) for it in record_items(record, failed, image_reference=path or text(row.get("path")))]
+        out += [_error_cells(s.key, s.reason) for s in failed]
+    return {c: np.asarray([x.get(c, "") for x in out], dtype=np.int64 if c == "id" else object) for c in ITEM_COLUMNS}
 
 
 # --------------------------------------------------------------------------------------------------
