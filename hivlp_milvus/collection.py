@@ -14,51 +14,31 @@ Create or open with the classmethods::
 Every Milvus call goes through a :class:`~hivlp_milvus.connection.GuardedClient`, so the public
 methods raise only :class:`~hivlp_milvus.errors.HiVLPError` subclasses (Milvus' code kept).
 
-The schema itself (fields, limits, properties, row checks) is :mod:`hivlp_milvus.schema`.
-
-Over 600 lines on purpose: it is one class, the facade users hold, whose ~30 public methods
-(create/open and their checks, the write path, query/count/delete, the index check, the search
-entry points that hand over to :mod:`hivlp_milvus.search`) each stay a few lines over a guarded
-client. Splitting the class across files would scatter one object's contract; what is not the
-class (schema, filters, profiles, the funnel) already lives elsewhere.
+Elsewhere, one job each: the schema and the checks of an existing collection
+(:mod:`hivlp_milvus.schema`), the ``create`` / ``open`` factories (:mod:`hivlp_milvus.creation`),
+the ``vec_low`` build check (:mod:`hivlp_milvus.index_state`) and the search funnel
+(:mod:`hivlp_milvus.search`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from hivlp_milvus.connection import DEFAULT_URI, ConnectionOptions, connect, guarded, is_lite
+from hivlp_milvus.connection import guarded, is_lite
 from hivlp_milvus.content import ContentOptions
-from hivlp_milvus.errors import (
-    CollectionExistsError,
-    CollectionNotFoundError,
-    ConfigError,
-    DimensionMismatchError,
-    FilterError,
-    MilvusError,
-    MilvusUnavailableError,
-    ModelMismatchError,
-    ProfileError,
-    SchemaMismatchError,
-)
+from hivlp_milvus.creation import create_collection, model_dims, model_fingerprint, open_collection
+from hivlp_milvus.errors import FilterError, ModelMismatchError
 from hivlp_milvus.filters import bind, filter_errors, filter_kwargs, restrict_to_ids
 from hivlp_milvus.ids import MODALITIES
-from hivlp_milvus.profiles import IndexProfile, fallback_profile, load_profile, resolve_profile
+from hivlp_milvus.index_state import check_low_index
+from hivlp_milvus.profiles import IndexProfile
 from hivlp_milvus.schema import (
-    PROP_FINGERPRINT,
-    PROP_HIGH_DIM,
-    PROP_LOW_DIM,
-    PROP_LOW_INDEX,
-    PROP_PROFILE,
     PROP_SCHEMA_VERSION,
     SCALAR_OUTPUT_FIELDS,
-    build_schema,
-    check_dim,
-    field_names,
+    profile_properties,
     schema_version,
     validate_rows,
 )
@@ -71,52 +51,11 @@ _REQUEST_BUDGET_BYTES = 32 * 1024 * 1024
 _SCALAR_ALLOWANCE_BYTES = 2048  # id + key + modality + a typical reference and attributes
 _ID_CHUNK = 10000  # ids per get/query request
 _ROWS_CACHE_S = 30.0
-# How long open() waits for the partitions of a collection another process is creating right now.
-PARTIAL_CREATE_WAIT_S = 10.0
-
-
-def _model_dims(model: Any) -> tuple[int, int]:
-    cfg = getattr(model, "config", None)
-    try:
-        return int(cfg.low_dim), int(cfg.high_dim)
-    except AttributeError as exc:
-        raise ConfigError(f"model {type(model).__name__} has no config.low_dim / config.high_dim") from exc
-
-
-def _partitions_when_complete(client: Any, name: str, wait_s: float = PARTIAL_CREATE_WAIT_S) -> set[str]:
-    """The collection's partitions, waiting briefly while a concurrent ``create`` is adding ours.
-
-    ``create`` makes the collection first and its partitions a moment later, so another process
-    opening it in between (two ingests starting at once) must wait, not call it foreign.
-    """
-    deadline = time.monotonic() + wait_s
-    while True:
-        partitions = set(client.list_partitions(name))
-        if set(MODALITIES) <= partitions or time.monotonic() >= deadline:
-            return partitions
-        time.sleep(0.2)
-
-
-class _CreatedConcurrently(Exception):
-    """Creating the collection failed because another process had just created it."""
-
-
-def _model_fingerprint(model: Any) -> str:
-    return str(getattr(model, "fingerprint", "") or "")
 
 
 def _options(**options: Any) -> dict[str, Any]:
     """The pass-through options that were given (``None`` = Milvus' default, not sent)."""
     return {k: v for k, v in options.items() if v is not None}
-
-
-def _client_for(client: Any, uri: str, token: str | None, connection: ConnectionOptions | None) -> Any:
-    """The client to use: the given one, or one connected from ``connection`` or ``uri``/``token``."""
-    if connection is not None:
-        if client is not None or token is not None or str(uri) != DEFAULT_URI:
-            raise ConfigError("give connection= alone, or client=, or uri=/token=, not several of them")
-        return connection.connect()
-    return client if client is not None else connect(uri, token=token)
 
 
 class HierarchicalCollection:
@@ -152,280 +91,10 @@ class HierarchicalCollection:
             self.check_model(model)
             self._model = model
 
-    # ------------------------------------------------------------------ factories
+    # ------------------------------------------------------------------ factories (in hivlp_milvus.creation)
 
-    @classmethod
-    def create(
-        cls,
-        name: str,
-        *,
-        client: Any = None,
-        uri: str = DEFAULT_URI,
-        token: str | None = None,
-        connection: ConnectionOptions | None = None,
-        low_dim: int | None = None,
-        high_dim: int | None = None,
-        model: Any = None,
-        profile: str | IndexProfile = "auto",
-        exist_ok: bool = False,
-        description: str = "",
-        expected_rows: int | None = None,
-        consistency_level: str = "Strong",
-        num_shards: int | None = None,
-        properties: Mapping[str, str] | None = None,
-    ) -> HierarchicalCollection:
-        """Create a collection (schema, both indexes, properties) and load it.
-
-        Safe to call from several processes at once with ``exist_ok=True`` (e.g. parallel ingest
-        jobs into a new collection): one creates it, the others open it.
-
-        Args:
-            name: collection name.
-            client: a connected ``MilvusClient`` (else one is made from ``connection`` or ``uri``/``token``).
-            uri: ``./hivlp.db`` (Milvus Lite) or ``http(s)://host:port`` (a server).
-            token: server token (``"user:password"`` or an API key).
-            connection: where and how to connect (URI, token, TLS files, server name) in one value;
-                give it instead of ``uri``/``token``.
-            low_dim: dim of ``vec_low`` (taken from ``model`` when given).
-            high_dim: dim of ``vec_high`` (taken from ``model`` when given).
-            model: the HiVLP model whose vectors will be stored; its dims and fingerprint are recorded.
-            profile: ``"auto"``, ``"gpu"``, ``"cpu"``, ``"lite"``, ``"name:VARIANT"`` or an IndexProfile.
-            exist_ok: open the collection if it already exists (it must match the dims/model).
-            description: collection description.
-            expected_rows: expected size, used to size IVF ``nlist`` (~4*sqrt(N)); default 100k.
-            consistency_level: collection default; ``Strong`` gives read-your-writes.
-            num_shards: shards of the collection (servers; ``None`` = Milvus' default).
-            properties: extra collection properties to record (``hivlp.*`` ones are set here).
-
-        Returns:
-            The loaded collection.
-
-        Raises:
-            CollectionExistsError: it exists and ``exist_ok`` is false.
-            DimensionMismatchError: dims missing/invalid, or different from the model's.
-            ModelMismatchError: ``exist_ok`` and the existing collection has other dims/fingerprint.
-            ProfileError: unknown profile, or the server refuses an explicitly requested one.
-            ConfigError: ``connection`` given together with ``client`` or ``uri``/``token``.
-            MilvusError: (a subclass) Milvus is unreachable, refuses the token, or rejects the request.
-        """
-        if model is not None:
-            m_low, m_high = _model_dims(model)
-            for label, given, from_model in (("low_dim", low_dim, m_low), ("high_dim", high_dim, m_high)):
-                if given is not None and int(given) != from_model:
-                    raise DimensionMismatchError(f"{label}={given} but the model has {label}={from_model}")
-            low_dim, high_dim = m_low, m_high
-        if low_dim is None or high_dim is None:
-            raise DimensionMismatchError("give low_dim and high_dim, or a model to take them from")
-        low_dim, high_dim = check_dim("low_dim", low_dim), check_dim("high_dim", high_dim)
-        client = guarded(_client_for(client, uri, token, connection), f" on collection {name!r}")
-
-        if client.has_collection(name):
-            return cls._open_existing(name, client, model, low_dim, high_dim, exist_ok=exist_ok)
-
-        auto = profile == "auto"
-        resolved = resolve_profile(profile, client.raw).with_expected_rows(expected_rows)
-        fingerprint = _model_fingerprint(model) if model is not None else ""
-        extra: dict[str, Any] = {"properties": dict(properties or {})}
-        if num_shards is not None:
-            extra["num_shards"] = int(num_shards)
-        try:
-            cls._create_in_milvus(
-                client, name, low_dim, high_dim, resolved, fingerprint, description, consistency_level, extra
-            )
-        except _CreatedConcurrently as exc:
-            # Another process created it between our check and our create (two ingests starting
-            # on a new collection at once): the race is lost, not an error.
-            logger.info("collection %r was created concurrently (%s); opening it", name, exc.__cause__)
-            return cls._open_existing(name, client, model, low_dim, high_dim, exist_ok=exist_ok)
-        except MilvusUnavailableError:
-            raise  # an outage is not a refusal of the profile
-        except MilvusError as exc:
-            if not (auto and resolved.fallback):
-                # Leave nothing half-made behind: a retry with another profile must find no collection.
-                if client.has_collection(name):
-                    client.drop_collection(name)
-                if resolved.name == "gpu":
-                    raise ProfileError(
-                        f"Milvus refused the {resolved.low.index_type} index of profile {resolved.tag}: {exc}. "
-                        "Use a GPU Milvus image, or profile='cpu' / 'auto'"
-                    ) from exc
-                raise
-            # The server accepted the probe but refused the real index: fall back like resolve_profile.
-            fallback = fallback_profile(resolved, expected_rows)
-            logger.warning("Milvus refused profile %s (%s); falling back to %s", resolved.tag, exc, fallback.tag)
-            if client.has_collection(name):
-                client.drop_collection(name)
-            resolved = fallback
-            cls._create_in_milvus(
-                client, name, low_dim, high_dim, resolved, fingerprint, description, consistency_level, extra
-            )
-        return cls.open(name, client=client.raw, model=model)
-
-    @staticmethod
-    def _create_in_milvus(
-        client: Any,
-        name: str,
-        low_dim: int,
-        high_dim: int,
-        profile: IndexProfile,
-        fingerprint: str,
-        description: str,
-        consistency_level: str,
-        kwargs: dict[str, Any],
-    ) -> None:
-        lite = is_lite(client)
-        schema = build_schema(low_dim, high_dim, description=description, mmap_high=profile.high.mmap and not lite)
-        properties = {
-            PROP_SCHEMA_VERSION: str(schema_version()),
-            PROP_FINGERPRINT: fingerprint,
-            PROP_LOW_DIM: str(low_dim),
-            PROP_HIGH_DIM: str(high_dim),
-            PROP_PROFILE: profile.tag,
-            PROP_LOW_INDEX: json.dumps(profile.low.build_params, sort_keys=True),
-        }
-        properties.update(kwargs.pop("properties", None) or {})
-        # Create, index, partition, load: what create_collection(index_params=...) does in one
-        # call, in steps so that a failed create (a lost race) is told apart from a refused index
-        # (the GPU profile on a CPU server, which falls back).
-        try:
-            client.create_collection(
-                name, schema=schema, consistency_level=consistency_level, properties=properties, **kwargs
-            )
-        except MilvusError as exc:
-            if client.has_collection(name):
-                raise _CreatedConcurrently(name) from exc
-            raise
-        client.create_index(name, profile.index_params(lite=lite))
-        # One partition per modality: Milvus builds ANN indexes per segment and segments belong
-        # to a partition, so each modality gets its own IVF cells. With one shared index the
-        # modality gap (image and text vectors occupy different regions) puts a text query's
-        # nearest cells among *texts*, and a "modality == image" filter then empties the result.
-        for modality in MODALITIES:
-            client.create_partition(name, modality)
-        client.load_collection(name)
-
-    @classmethod
-    def _open_existing(
-        cls, name: str, client: Any, model: Any, low_dim: int, high_dim: int, *, exist_ok: bool
-    ) -> HierarchicalCollection:
-        """``create`` on a collection that exists: open it, or refuse without ``exist_ok``."""
-        if not exist_ok:
-            raise CollectionExistsError(
-                f"collection {name!r} already exists; open it with HierarchicalCollection.open({name!r}), "
-                "pass exist_ok=True, or drop it first"
-            )
-        # A concurrent creator may not have added the partitions yet: open() waits for them.
-        col = cls.open(name, client=client.raw, model=model)
-        col._check_dims(low_dim, high_dim)
-        return col
-
-    @classmethod
-    def open(
-        cls,
-        name: str,
-        *,
-        client: Any = None,
-        uri: str = DEFAULT_URI,
-        token: str | None = None,
-        model: Any = None,
-        connection: ConnectionOptions | None = None,
-    ) -> HierarchicalCollection:
-        """Open an existing hivlp collection and load it.
-
-        Args:
-            name: collection name.
-            client: a connected ``MilvusClient`` (else one is made from ``uri``/``token``).
-            uri: ``./hivlp.db`` (Milvus Lite) or ``http(s)://host:port`` (a server).
-            token: server token.
-            model: the model used to encode str/image queries; checked against the recorded dims
-                and fingerprint.
-            connection: where and how to connect (URI, token, TLS files, server name) in one value;
-                give it instead of ``uri``/``token``.
-
-        Returns:
-            The loaded collection.
-
-        Raises:
-            CollectionNotFoundError: no such collection (the message lists the existing ones).
-            SchemaMismatchError: the collection was not created by hivlp_milvus (or by another
-                schema version).
-            ModelMismatchError: ``model`` does not match the recorded dims/fingerprint.
-            ConfigError: ``connection`` given together with ``client`` or ``uri``/``token``.
-            MilvusError: (a subclass) Milvus is unreachable, or refuses the token.
-        """
-        client = guarded(_client_for(client, uri, token, connection), f" on collection {name!r}")
-        if not client.has_collection(name):
-            existing = sorted(client.list_collections())
-            raise CollectionNotFoundError(
-                f"collection {name!r} does not exist in this Milvus; existing collections: {existing or 'none'}. "
-                "Create it with HierarchicalCollection.create(...) or hivlp_milvus.ingest(...)"
-            )
-        desc = client.describe_collection(name)
-        props = {str(k): str(v) for k, v in (desc.get("properties") or {}).items()}
-        if PROP_SCHEMA_VERSION not in props:
-            raise SchemaMismatchError(
-                f"collection {name!r} was not created by hivlp_milvus (no {PROP_SCHEMA_VERSION} property); "
-                "use another collection name"
-            )
-        if props[PROP_SCHEMA_VERSION] != str(schema_version()):
-            raise SchemaMismatchError(
-                f"collection {name!r} has schema version {props[PROP_SCHEMA_VERSION]}, this hivlp_milvus writes "
-                f"version {schema_version()}; re-ingest into a new collection"
-            )
-        partitions = _partitions_when_complete(client, name)
-        if not set(MODALITIES) <= partitions:
-            raise SchemaMismatchError(
-                f"collection {name!r} lacks the per-modality partitions {list(MODALITIES)} (it has "
-                f"{sorted(partitions)}); re-ingest into a new collection"
-            )
-        fields = {f["name"]: f for f in desc.get("fields", [])}
-        missing = [f for f in field_names() if f not in fields]
-        if missing:
-            raise SchemaMismatchError(
-                f"collection {name!r} lacks the field(s) {missing}; it is not a hivlp collection: "
-                "use another collection name, or re-ingest into a new collection"
-            )
-        try:
-            low_dim, high_dim = int(props[PROP_LOW_DIM]), int(props[PROP_HIGH_DIM])
-        except (KeyError, ValueError) as exc:
-            raise SchemaMismatchError(
-                f"collection {name!r} has no valid {PROP_LOW_DIM}/{PROP_HIGH_DIM} properties; "
-                "re-ingest into a new collection"
-            ) from exc
-        for field, dim in (("vec_low", low_dim), ("vec_high", high_dim)):
-            actual = int((fields[field].get("params") or {}).get("dim", dim))
-            if actual != dim:
-                raise SchemaMismatchError(
-                    f"collection {name!r}: {field} has dim {actual} but the properties say {dim}; "
-                    "re-ingest into a new collection"
-                )
-        profile = load_profile(props.get(PROP_PROFILE) or "lite")
-        try:
-            built = json.loads(props.get(PROP_LOW_INDEX) or "{}")
-        except json.JSONDecodeError:
-            built = {}
-        if built:
-            profile = profile.with_low_build_params(built)
-        profile = profile.with_expected_rows(None)
-        col = cls(
-            name,
-            client.raw,
-            low_dim=low_dim,
-            high_dim=high_dim,
-            profile=profile,
-            fingerprint=props.get(PROP_FINGERPRINT, ""),
-            model=model,
-            properties=props,
-        )
-        col._ensure_loaded()
-        return col
-
-    def _ensure_loaded(self) -> None:
-        from pymilvus.client.types import LoadState
-
-        state = self._client.get_load_state(self._name).get("state")
-        if state != LoadState.Loaded:
-            self._client.load_collection(self._name)
+    create = classmethod(create_collection)
+    open = classmethod(open_collection)
 
     # ------------------------------------------------------------------ properties
 
@@ -513,18 +182,6 @@ class HierarchicalCollection:
 
     # ------------------------------------------------------------------ model checks
 
-    def _check_dims(self, low_dim: int, high_dim: int) -> None:
-        diffs = [
-            f"{label}: collection {mine}, given {theirs}"
-            for label, mine, theirs in (("low_dim", self._low_dim, low_dim), ("high_dim", self._high_dim, high_dim))
-            if mine != theirs
-        ]
-        if diffs:
-            raise ModelMismatchError(
-                f"collection {self._name!r} does not match: {'; '.join(diffs)}. Re-ingest into a new collection "
-                "or use the checkpoint the collection was built with"
-            )
-
     def check_model(self, model: Any) -> None:
         """Check that ``model`` produces vectors this collection can hold and search.
 
@@ -533,8 +190,8 @@ class HierarchicalCollection:
         Raises:
             ModelMismatchError: which of low_dim / high_dim / fingerprint differs, and what to do.
         """
-        low, high = _model_dims(model)
-        fp = _model_fingerprint(model)
+        low, high = model_dims(model)
+        fp = model_fingerprint(model)
         diffs = []
         if low != self._low_dim:
             diffs.append(f"low_dim: collection {self._low_dim}, model {low}")
@@ -731,39 +388,19 @@ class HierarchicalCollection:
         Raises:
             ProfileError: the build failed and there is no fallback (or ``fallback`` is false).
         """
-        deadline = time.monotonic() + wait_s
-        state = self._low_index_state()
-        while state == "InProgress" and time.monotonic() < deadline:
-            time.sleep(min(1.0, max(deadline - time.monotonic(), 0.05)))
-            state = self._low_index_state()
-        if state != "Failed":
-            return state
-        if not (fallback and self._profile.fallback):
-            raise ProfileError(
-                f"Milvus failed to build the {self._profile.low.index_type} index of collection {self._name!r} "
-                f"(profile {self._profile.tag}); re-create it with another profile (e.g. profile='cpu')"
-            )
-        self._rebuild_low_index(fallback_profile(self._profile, self.approx_num_rows()))
-        return self._low_index_state()
-
-    def _low_index_state(self) -> str:
-        return str((self._client.describe_index(self._name, "vec_low") or {}).get("state", ""))
-
-    def _rebuild_low_index(self, profile: IndexProfile) -> None:
-        logger.warning(
-            "Milvus failed to build the %s index of collection %r; rebuilding vec_low with profile %s",
-            self._profile.low.index_type,
+        state, profile = check_low_index(
+            self._client,
             self._name,
-            profile.tag,
+            self._profile,
+            lite=self._is_lite,
+            rows=self.approx_num_rows,
+            wait_s=wait_s,
+            fallback=fallback,
         )
-        self._client.release_collection(self._name)
-        self._client.drop_index(self._name, "vec_low")
-        self._client.create_index(self._name, profile.index_params(lite=self._is_lite, fields=("vec_low",)))
-        recorded = {PROP_PROFILE: profile.tag, PROP_LOW_INDEX: json.dumps(profile.low.build_params, sort_keys=True)}
-        self._client.alter_collection_properties(self._name, properties=recorded)
-        self._client.load_collection(self._name)
-        self._profile = profile
-        self._properties.update(recorded)
+        if profile is not self._profile:
+            self._profile = profile
+            self._properties.update(profile_properties(profile))
+        return state
 
     def drop(self) -> None:
         """Drop the collection and all its rows."""

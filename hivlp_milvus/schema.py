@@ -8,14 +8,14 @@ record the model, read by :mod:`hivlp_milvus.collection` (create/open) and by th
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
 from typing import Any
 
 import numpy as np
 
-from hivlp_milvus.errors import BadRecordError, DimensionMismatchError
+from hivlp_milvus.errors import BadRecordError, DimensionMismatchError, SchemaMismatchError
 from hivlp_milvus.ids import MODALITIES
 
 PROP_SCHEMA_VERSION = "hivlp.schema_version"
@@ -77,6 +77,66 @@ def build_schema(low_dim: int, high_dim: int, *, description: str = "", mmap_hig
             kw["mmap_enabled"] = True
         schema.add_field(f["name"], getattr(DataType, f["type"]), **kw)
     return schema
+
+
+def profile_properties(profile: Any) -> dict[str, str]:
+    """The properties that record an :class:`~hivlp_milvus.profiles.IndexProfile` and its ``vec_low`` build params."""
+    return {PROP_PROFILE: profile.tag, PROP_LOW_INDEX: json.dumps(profile.low.build_params, sort_keys=True)}
+
+
+def check_description(
+    name: str, desc: Mapping[str, Any], partitions: Callable[[], set[str]]
+) -> tuple[int, int, dict[str, str]]:
+    """``(low_dim, high_dim, properties)`` of an existing collection, checked against this schema.
+
+    Args:
+        name: the collection's name (for the messages).
+        desc: ``MilvusClient.describe_collection(name)``.
+        partitions: returns its partitions (called only once the properties say it is ours).
+
+    Raises:
+        SchemaMismatchError: it was not created by hivlp_milvus, or by another schema version, or
+            lacks a partition or field, or its dims disagree with its properties.
+    """
+    props = {str(k): str(v) for k, v in (desc.get("properties") or {}).items()}
+    if PROP_SCHEMA_VERSION not in props:
+        raise SchemaMismatchError(
+            f"collection {name!r} was not created by hivlp_milvus (no {PROP_SCHEMA_VERSION} property); "
+            "use another collection name"
+        )
+    if props[PROP_SCHEMA_VERSION] != str(schema_version()):
+        raise SchemaMismatchError(
+            f"collection {name!r} has schema version {props[PROP_SCHEMA_VERSION]}, this hivlp_milvus writes "
+            f"version {schema_version()}; re-ingest into a new collection"
+        )
+    found = partitions()
+    if not set(MODALITIES) <= found:
+        raise SchemaMismatchError(
+            f"collection {name!r} lacks the per-modality partitions {list(MODALITIES)} (it has "
+            f"{sorted(found)}); re-ingest into a new collection"
+        )
+    fields = {f["name"]: f for f in desc.get("fields", [])}
+    missing = [f for f in field_names() if f not in fields]
+    if missing:
+        raise SchemaMismatchError(
+            f"collection {name!r} lacks the field(s) {missing}; it is not a hivlp collection: "
+            "use another collection name, or re-ingest into a new collection"
+        )
+    try:
+        low_dim, high_dim = int(props[PROP_LOW_DIM]), int(props[PROP_HIGH_DIM])
+    except (KeyError, ValueError) as exc:
+        raise SchemaMismatchError(
+            f"collection {name!r} has no valid {PROP_LOW_DIM}/{PROP_HIGH_DIM} properties; "
+            "re-ingest into a new collection"
+        ) from exc
+    for field, dim in (("vec_low", low_dim), ("vec_high", high_dim)):
+        actual = int((fields[field].get("params") or {}).get("dim", dim))
+        if actual != dim:
+            raise SchemaMismatchError(
+                f"collection {name!r}: {field} has dim {actual} but the properties say {dim}; "
+                "re-ingest into a new collection"
+            )
+    return low_dim, high_dim, props
 
 
 def check_dim(name: str, value: Any) -> int:
