@@ -56,55 +56,51 @@ def ingest(
 
     Args:
         dataset: anything :func:`hivlp_milvus.data.load_source` accepts (a manifest / Karpathy /
-            CSV / JSONL / Parquet path, an HF ``save_to_disk`` directory, a list or iterable of
-            :class:`Record` / :class:`EmbeddingRecord`), or a ``ray.data.Dataset`` (columns in
-            :mod:`hivlp_milvus.ingest.ray_data`).
-        collection: an open :class:`HierarchicalCollection`; when ``None`` the collection
-            ``collection_name`` is opened (or created, see ``create``) at ``connection`` / ``uri``.
+            CSV / JSONL / Parquet path, an HF ``save_to_disk`` directory, :class:`Record` /
+            :class:`EmbeddingRecord` values), or a ``ray.data.Dataset`` (columns in :mod:`.ray_data`).
+        collection: an open :class:`HierarchicalCollection`; else ``collection_name`` is opened
+            (or created, see ``create``) at ``connection`` / ``uri``.
         uri: ``./hivlp.db`` (Milvus Lite in this process) or ``http(s)://host:port`` (a server).
         collection_name: the collection to open or create when ``collection`` is ``None``.
         token: Milvus token (``"user:password"`` or an API key) for a server.
-        model: a :class:`HiVLP` or a checkpoint directory; required for records with images or
-            captions, unused for :class:`EmbeddingRecord` rows.
+        model: a :class:`HiVLP` or a checkpoint directory; needed unless every row is an
+            :class:`EmbeddingRecord`.
         batch_size: items (images or captions) encoded per forward pass (>= 1).
-        write_batch_rows: rows per upsert request (>= 1); ``None`` = the collection's
+        write_batch_rows: rows per upsert request; ``None`` = the collection's
             ``max_rows_per_request`` (sized under Milvus' 64 MB request limit).
-        skip_existing: skip rows whose id is already in the collection *before* encoding them
-            (fast resume). Without it, existing rows are re-encoded and overwritten.
+        skip_existing: skip rows already in the collection *before* encoding them (fast resume);
+            without it, existing rows are re-encoded and overwritten.
         distributed: run the Ray Data path even for a non-Ray source.
         progress: show a tqdm progress bar (rows).
         create: create the collection when it does not exist (dims from the model, or from the
             first :class:`EmbeddingRecord`).
-        pipeline: write on a background thread while the next batch is encoded. ``False`` writes
-            each batch before encoding the next (for debugging, and to measure the overlap).
-        expected_rows: rows the collection will hold, to size the ANN index of a collection this
-            call creates (IVF ``nlist``); default: estimated from the source's length.
+        pipeline: write on a background thread while the next batch is encoded (``False``: in
+            line, to debug or to measure the overlap).
+        expected_rows: rows the collection will hold, to size the ANN index (IVF ``nlist``) of a
+            collection this call creates; default: estimated from the source's length.
         profile: index profile of a collection this call creates: ``auto`` (probe the server),
-            ``lite``, ``cpu``, ``gpu`` or ``name:VARIANT`` (``schemas/profiles.yaml``). An
-            existing collection keeps the profile it was built with.
-        device: where the model encodes: ``auto`` (CUDA when usable; a live model stays on its
-            device), ``cpu``, ``cuda`` or ``cuda:N`` (an error that says why when CUDA cannot be
-            used). CUDA runs in mixed precision (bf16 where native, else fp16).
+            ``lite``, ``cpu``, ``gpu`` or ``name:VARIANT`` (``schemas/profiles.yaml``).
+        device: ``auto`` (CUDA when usable; a live model stays on its device), ``cpu``, ``cuda``
+            or ``cuda:N``. CUDA runs in mixed precision (bf16 where native, else fp16).
         connection: where Milvus is and how to reach it, TLS and token included; instead of
             ``uri`` / ``token``.
-        image_root: directory that relative image paths of a Karpathy file or a manifest (and of
-            a Ray Dataset's ``image`` column) are resolved against; default: the file's directory.
-        num_workers: Ray Data encoder actors at most (distributed path); default: sized from the
-            cluster's free GPUs / CPUs.
+        image_root: directory that relative image paths (of a Karpathy file, a manifest, a Ray
+            Dataset's ``image`` column) are resolved against; default: the file's directory.
+        num_workers: Ray Data encoder actors at most; default: sized from the free GPUs / CPUs.
 
     Returns:
         An :class:`IngestReport` (inserted / updated / skipped / failed counts and timings).
 
     Raises:
-        ModelMismatchError: the model's dims or fingerprint differ from the collection's (raised
-            before anything is written).
-        DimensionMismatchError: precomputed vectors have other dims than the collection (checked
-            on the first batch, before anything is written).
-        ConfigError: a bad argument (e.g. ``batch_size < 1``), records that need a model when
-            none was given, a device that cannot be used, or (distributed) no free GPU for a
-            GPU encode.
+        ModelMismatchError: the model's dims or fingerprint differ from the collection's.
+        DimensionMismatchError: precomputed vectors do not have the collection's dims (checked on
+            the first batch).
+        ConfigError: a bad argument, records that need a model when none was given, a device
+            that cannot be used, or (distributed) no free GPU for a GPU encode.
         CollectionNotFoundError: the collection does not exist and ``create`` is ``False``.
         MilvusUnavailableError: Milvus cannot be reached.
+
+    Every check above happens before anything is written.
     """
     options = IngestOptions.build(
         collection_name=collection_name,

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from hivlp_milvus.data.record import Skipped
 from hivlp_milvus.errors import BadRecordError
 from hivlp_milvus.ingest.rows import Item
 
@@ -52,6 +53,16 @@ class Encoder:
             return results  # type: ignore[return-value]  (every slot is filled above)
         finally:
             self.seconds += time.perf_counter() - t0
+
+    def rows(self, items: list[Item], failed: list[Skipped]) -> list[dict[str, Any]]:
+        """The rows of ``items``; an item that fails is appended to ``failed`` with the reason."""
+        out = []
+        for it, result in zip(items, self.encode(items), strict=True):
+            if isinstance(result, str):
+                failed.append(Skipped(it.key, result))
+            else:
+                out.append(it.row(*result))
+        return out
 
     def _images(self, idx: list[int], items: list[Item], results: list[Result | None]) -> None:
         from hivlp_milvus.model.preprocess import load_image

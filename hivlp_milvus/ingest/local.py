@@ -1,11 +1,8 @@
-"""The in-process driver: read → (skip existing) → encode → write, pipelined on two threads.
+"""The in-process driver: read → (skip existing) → encode → write, the write on a background thread.
 
-The calling thread reads and encodes batch *i + 1* while a background writer thread upserts
-batch *i*, so the wall time is close to ``max(encode, write)`` rather than their sum. The overlap
-pays when the two sides leave the GIL (torch kernels, a Milvus server across a socket: measured
-1.06 s pipelined vs 1.77 s sequential for 1,200 micro-model rows into a ``milvus-lite server``).
-With in-process Milvus Lite the server is Python in this process too, so the sides mostly take
-turns.
+Wall time is close to ``max(encode, write)`` when both sides leave the GIL (torch kernels, a Milvus
+server across a socket: 1.06 s pipelined vs 1.77 s in line for 1,200 micro-model rows into a
+``milvus-lite server``); with in-process Milvus Lite the two sides mostly take turns.
 """
 
 from __future__ import annotations
@@ -53,31 +50,39 @@ def run_local(
         report.add_source_report(source)
         report.setup_seconds = time.perf_counter() - started
         return report
-    if model is not None:
-        coll.check_model(model)  # before anything is written
 
     loop_started = time.perf_counter()
     report.setup_seconds = loop_started - started
     rows_per_write = int(options.write_batch_rows or coll.max_rows_per_request)
-    chunk_rows = _ChunkRows(coll, Encoder(model, autocast_dtype=autocast_dtype) if model is not None else None, report)
-    check_seconds = 0.0
+    encoder = Encoder(model, autocast_dtype=autocast_dtype) if model is not None else None
+    low_dim, high_dim = int(coll.low_dim), int(coll.high_dim)
+    first_vectors = True
     with writing(coll, rows_per_write, report, progress=options.progress, pipelined=options.pipeline) as writer:
         seen = writer.seen
         for chunk in _chunks(rows.items(records, report.failed), options.batch_size):
+            t0 = time.perf_counter()
             if options.skip_existing:
-                t0 = time.perf_counter()
                 ids = [it.id for it in chunk]
                 # Rows still queued for the writer are not in `seen` yet: at worst re-encoded, and
                 # the upsert keeps one copy.
                 present = seen.present(ids) if seen.active else coll.existing_ids(ids)
-                check_seconds += time.perf_counter() - t0
-                if present:
-                    report.skipped_existing += sum(1 for it in chunk if it.id in present)
-                    chunk = [it for it in chunk if it.id not in present]
-            writer.add(chunk_rows(chunk))
+                report.skipped_existing += sum(1 for it in chunk if it.id in present)
+                chunk = [it for it in chunk if it.id not in present]
+            t1 = time.perf_counter()
+            report.write_seconds += t1 - t0  # the existence check is a Milvus call
+            vectors = [it for it in chunk if it.kind == "vectors"]
+            if vectors and first_vectors:
+                first_vectors = False
+                rows.check_first_batch([it.payload for it in vectors], low_dim, high_dim, vectors[0].key)
+            out = rows.vector_rows(vectors, low_dim, high_dim, report.failed)
+            encode = [it for it in chunk if it.kind != "vectors"]
+            if encoder is not None:
+                out += encoder.rows(encode, report.failed)
+            else:
+                report.failed.extend(Skipped(it.key, "needs a model to encode (none was given)") for it in encode)
+            report.encode_seconds += time.perf_counter() - t1
+            writer.add(out)
 
-    report.write_seconds += check_seconds
-    report.encode_seconds = chunk_rows.seconds
     report.add_source_report(source)
     report.seconds = time.perf_counter() - loop_started
     return report
@@ -87,38 +92,3 @@ def _chunks(items: Iterable[rows.Item], size: int) -> Iterator[list[rows.Item]]:
     it = iter(items)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
-
-
-class _ChunkRows:
-    """A chunk of items → rows: precomputed vectors checked, images and captions encoded."""
-
-    def __init__(self, collection: HierarchicalCollection, encoder: Encoder | None, report: IngestReport) -> None:
-        self.low_dim, self.high_dim = int(collection.low_dim), int(collection.high_dim)
-        self.encoder = encoder
-        self.failed = report.failed
-        self.seconds = 0.0
-        self._first_vectors = True
-
-    def __call__(self, chunk: list[rows.Item]) -> list[dict[str, Any]]:
-        t0 = time.perf_counter()
-        try:
-            out: list[dict[str, Any]] = []
-            vectors = [it for it in chunk if it.kind == "vectors"]
-            if vectors:
-                if self._first_vectors:
-                    self._first_vectors = False
-                    pairs = [it.payload for it in vectors]
-                    rows.check_first_batch(pairs, self.low_dim, self.high_dim, vectors[0].key)
-                out += rows.vector_rows(vectors, self.low_dim, self.high_dim, self.failed)
-            encode = [it for it in chunk if it.kind != "vectors"]
-            if encode and self.encoder is None:
-                self.failed.extend(Skipped(it.key, "needs a model to encode (none was given)") for it in encode)
-            elif encode:
-                for it, result in zip(encode, self.encoder.encode(encode), strict=True):
-                    if isinstance(result, str):
-                        self.failed.append(Skipped(it.key, result))
-                    else:
-                        out.append(it.row(*result))
-            return out
-        finally:
-            self.seconds += time.perf_counter() - t0

@@ -98,8 +98,6 @@ def run_ray(
     if coll is None:
         report.setup_seconds = time.perf_counter() - started
         return report
-    if live_model is not None:
-        coll.check_model(live_model)
     low_dim, high_dim = int(coll.low_dim), int(coll.high_dim)
     if first_batch is not None:
         pairs = list(zip(first_batch["vec_low"], first_batch["vec_high"], strict=True))

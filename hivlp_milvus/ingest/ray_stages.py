@@ -27,19 +27,8 @@ from hivlp_milvus.ingest.rows import Item, check_vectors, record_items
 from hivlp_milvus.ingest.writer import write_rows
 
 # The columns of an item (stage 1 → 2) and the text columns of a row (stage 2 → 3).
-ITEM_COLUMNS = (
-    "id",
-    "key",
-    "modality",
-    "reference",
-    "attributes",
-    "kind",
-    "image_path",
-    "image_bytes",
-    "text",
-    "error",
-)
 TEXT_COLUMNS = ("key", "modality", "reference", "attributes")
+ITEM_COLUMNS = ("id", *TEXT_COLUMNS, "kind", "image_path", "image_bytes", "text", "error")
 _NPY_MAGIC = b"\x93NUMPY"
 # Blank captions are dropped, as load_source drops them (and caption indexes count kept captions
 # only, so a Ray Dataset and the same records as a list give the same keys). They travel as an
@@ -66,9 +55,7 @@ def text(value: Any) -> str:
     """A cell as ``str`` (``""`` for a null)."""
     if _missing(value):
         return ""
-    if isinstance(value, bytes):
-        return value.decode()
-    return str(value)
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _attributes(value: Any) -> tuple[dict[str, Any], str | None]:
@@ -105,19 +92,17 @@ def image_bytes(image: Any) -> bytes:
     """An in-memory image as bytes: encoded bytes as is, an array as a ``.npy`` dump, PIL as PNG."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image)
-    if isinstance(image, np.ndarray):
-        buf = io.BytesIO()
-        np.save(buf, image, allow_pickle=False)
-        return buf.getvalue()
     buf = io.BytesIO()
-    image.save(buf, format="PNG")  # a PIL image
+    if isinstance(image, np.ndarray):
+        np.save(buf, image, allow_pickle=False)
+    else:
+        image.save(buf, format="PNG")  # a PIL image
     return buf.getvalue()
 
 
 def _decode_image(path: Any, data: Any) -> Any:
-    path = text(path)
-    if path:
-        return path
+    if text(path):
+        return text(path)
     data = bytes(data or b"")
     if data.startswith(_NPY_MAGIC):
         return np.load(io.BytesIO(data), allow_pickle=False)
@@ -125,9 +110,7 @@ def _decode_image(path: Any, data: Any) -> Any:
 
 
 def _captions(row: dict[str, Any]) -> list[str]:
-    value = row.get("captions")
-    if value is None:
-        value = row.get("caption")
+    value = row["captions"] if row.get("captions") is not None else row.get("caption")
     if value is None:
         return []
     if isinstance(value, (str, bytes)):

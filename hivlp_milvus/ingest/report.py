@@ -15,22 +15,18 @@ class IngestReport:
     Attributes:
         inserted: rows that did not exist before this run and were written.
         updated: rows that already existed (same key and modality) and were overwritten.
-        skipped_existing: rows not encoded nor written because they existed (``skip_existing``).
+        skipped_existing: rows neither encoded nor written because they existed (``skip_existing``).
         failed: records/rows that could not be used (undecodable image, empty caption, malformed
             vector, ...), each with the reason; the rest of the run went on.
-        source_skipped: rows the data source itself could not read (from its ``SourceReport``).
-        dropped_captions: blank captions the source dropped from records it kept (no row, no
-            error: :func:`load_source` strips captions and drops empty ones).
-        rows_written: rows sent to Milvus (``inserted + updated``).
-        seconds: wall time of the ingest proper (reading, encoding, writing), the basis of
-            ``rows_per_s``.
+        source_skipped: rows the data source itself could not read (its ``SourceReport``).
+        dropped_captions: blank captions dropped from records that were kept (no row, no error).
+        rows_written: ``inserted + updated``.
+        seconds: wall time of reading, encoding and writing (the basis of ``rows_per_s``).
         setup_seconds: wall time before that: connecting, opening or creating the collection,
-            checking the model (and starting the Ray pipeline's model checkpoint).
-        encode_seconds: time spent preparing and encoding rows (model forward passes, image
-            decoding, vector checks). Summed over workers in the Ray path.
-        write_seconds: time spent in Milvus calls (existence checks and upserts). Summed over
-            writers in the Ray path. With pipelining, ``encode_seconds + write_seconds`` exceeds
-            ``seconds`` by the overlap.
+            checking (and, for Ray, saving) the model.
+        encode_seconds: time spent building and encoding rows; summed over workers with Ray.
+        write_seconds: time spent in Milvus calls; summed over writers with Ray. With pipelining,
+            ``encode_seconds + write_seconds`` exceeds ``seconds`` by the overlap.
         collection: the collection written to.
         distributed: whether the Ray Data path ran.
     """

@@ -107,39 +107,34 @@ def record_items(record: Any, failed: list[Skipped], *, image_reference: str | N
     """
     if isinstance(record, EmbeddingRecord):
         key, modality = str(record.id or ""), str(record.modality)
-        if modality not in MODALITIES:
-            failed.append(Skipped(key, f"modality must be one of {MODALITIES}, got {modality!r}"))
-            return
         reference, attributes = str(record.reference or ""), record.attributes or {}
         reason = check_text_fields(key, reference, attributes)
+        if modality not in MODALITIES:
+            reason = f"modality must be one of {MODALITIES}, got {modality!r}"
         if reason:
             failed.append(Skipped(key, reason))
-            return
-        yield Item(
-            row_id(key, modality), key, modality, reference, attributes, "vectors", (record.vec_low, record.vec_high)
-        )
+        else:
+            vectors = (record.vec_low, record.vec_high)
+            yield Item(row_id(key, modality), key, modality, reference, attributes, "vectors", vectors)
     elif isinstance(record, Record):
         rid, attributes = str(record.id or ""), record.attributes or {}
         reference = record.image_uri if image_reference is None else image_reference
         reason = check_text_fields(rid, reference, attributes)
+        if not reason and record.image is None and not record.captions:
+            reason = "record has neither an image nor captions"
         if reason:
             failed.append(Skipped(rid, reason))
-            return
-        if record.image is None and not record.captions:
-            failed.append(Skipped(rid, "record has neither an image nor captions"))
             return
         if record.image is not None:
             yield Item(row_id(rid, "image"), rid, "image", reference, attributes, "image", record.image)
         for i, caption in enumerate(record.captions):
             key = text_key(rid, i)
-            if not isinstance(caption, str) or not caption.strip():
-                failed.append(Skipped(key, "empty caption"))
-                continue
-            reason = check_text_fields(key, caption, attributes)
+            blank = not isinstance(caption, str) or not caption.strip()
+            reason = "empty caption" if blank else check_text_fields(key, caption, attributes)
             if reason:
                 failed.append(Skipped(key, reason))
-                continue
-            yield Item(row_id(key, "text"), key, "text", caption, attributes, "text", caption)
+            else:
+                yield Item(row_id(key, "text"), key, "text", caption, attributes, "text", caption)
     else:
         key = str(getattr(record, "id", "?"))
         failed.append(Skipped(key, f"not a Record/EmbeddingRecord: {type(record).__name__}"))

@@ -49,53 +49,43 @@ def load_model(model: Any, device: str = "auto") -> tuple[Any, Any]:
 
 
 def resolve_collection(
-    collection: HierarchicalCollection | None,
-    options: IngestOptions,
-    *,
-    model: Any,
-    first: Any,
-    client: Any = None,
+    collection: HierarchicalCollection | None, options: IngestOptions, *, model: Any, first: Any
 ) -> HierarchicalCollection | None:
-    """The collection to write to: the given one, or ``options.collection_name`` opened or created.
+    """The collection to write to, checked against ``model``: the given one, or one opened or created.
 
     Returns ``None`` only when the collection does not exist and nothing tells its dims (no model
     and an empty source), i.e. there is nothing to ingest.
 
     Raises:
-        CollectionNotFoundError: it does not exist and ``options.create`` is false (the message
-            says how to create it).
-        ModelMismatchError, SchemaMismatchError, ProfileError, MilvusUnavailableError: as
-            :meth:`HierarchicalCollection.open` / :meth:`~HierarchicalCollection.create` raise them.
+        CollectionNotFoundError: it does not exist and ``options.create`` is false.
+        ModelMismatchError: the model does not match the collection.
+        SchemaMismatchError, ProfileError, MilvusUnavailableError: as ``open`` / ``create`` raise them.
     """
-    if collection is not None:
-        return collection
     from hivlp_milvus.collection import HierarchicalCollection
 
-    client = client if client is not None else options.connection.connect()
-    name = options.collection_name
-    try:
-        # Open first even when create=True: an existing collection must then be checked against
-        # the data (dims) by ingest itself, which gives the precise error.
-        return HierarchicalCollection.open(name, client=client)
-    except CollectionNotFoundError as exc:
-        if not options.create:
-            raise CollectionNotFoundError(
-                f"collection {name!r} does not exist at {options.connection.redacted_uri()} and create=False "
-                "(--no-create); create it by ingesting without create=False, or name an existing collection"
-            ) from exc
-    dims = dims_for_create(model, first)
-    if dims is None:
-        return None
-    return HierarchicalCollection.create(
-        name,
-        client=client,
-        low_dim=dims[0],
-        high_dim=dims[1],
-        model=model,
-        profile=options.profile,
-        exist_ok=True,
-        expected_rows=options.expected_rows,
-    )
+    if collection is None:
+        client = options.connection.connect()
+        name = options.collection_name
+        try:
+            # Open first even when create=True: an existing collection must then be checked against
+            # the data (dims) by ingest itself, which gives the precise error.
+            collection = HierarchicalCollection.open(name, client=client)
+        except CollectionNotFoundError as exc:
+            if not options.create:
+                raise CollectionNotFoundError(
+                    f"collection {name!r} does not exist at {options.connection.redacted_uri()} and create=False "
+                    "(--no-create); create it by ingesting without create=False, or name an existing collection"
+                ) from exc
+            if model is None and not isinstance(first, EmbeddingRecord):
+                return None
+            dims = {}
+            if model is None:  # the dims of the first record's vectors (else the model's)
+                dims = {"low_dim": np.shape(first.vec_low)[-1], "high_dim": np.shape(first.vec_high)[-1]}
+            kw = {"profile": options.profile, "expected_rows": options.expected_rows, **dims}
+            collection = HierarchicalCollection.create(name, client=client, model=model, exist_ok=True, **kw)
+    if model is not None:
+        collection.check_model(model)  # before anything is written
+    return collection
 
 
 def estimate_rows(source: Any, first: Any) -> int | None:
@@ -107,12 +97,3 @@ def estimate_rows(source: Any, first: Any) -> int | None:
     if isinstance(first, EmbeddingRecord) or first is None:
         return n
     return n * ((first.image is not None) + max(1, len(first.captions)))
-
-
-def dims_for_create(model: Any, first: Any) -> tuple[int, int] | None:
-    """``(low_dim, high_dim)`` of a collection to create: the model's, else the first record's vectors."""
-    if model is not None:
-        return int(model.config.low_dim), int(model.config.high_dim)
-    if isinstance(first, EmbeddingRecord):
-        return int(np.asarray(first.vec_low).shape[-1]), int(np.asarray(first.vec_high).shape[-1])
-    return None
