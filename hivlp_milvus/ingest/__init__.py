@@ -102,21 +102,11 @@ def ingest(
 
     Every check above happens before anything is written.
     """
+    given = locals()  # the keyword arguments: each option is spelled once, in the signature
     options = IngestOptions.build(
-        collection_name=collection_name,
+        **{name: given[name] for name in IngestOptions.model_fields if name not in ("connection", "image_root")},
         connection=connection_options(connection, uri=uri, token=token),
-        batch_size=batch_size,
-        write_batch_rows=write_batch_rows,
-        skip_existing=skip_existing,
-        distributed=distributed,
-        progress=progress,
-        create=create,
-        pipeline=pipeline,
-        expected_rows=expected_rows,
-        profile=profile,
-        device=device,
         image_root=None if image_root is None else str(image_root),
-        num_workers=num_workers,
     )
     if options.distributed or is_ray_dataset(dataset):
         from hivlp_milvus.ingest.ray_data import run_ray

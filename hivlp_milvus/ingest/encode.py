@@ -26,12 +26,10 @@ Result = tuple[np.ndarray, np.ndarray] | str
 
 
 class Encoder:
-    """Encodes image / text items with a :class:`HiVLP` on one device.
+    """Encodes image / text items with a :class:`HiVLP` already on its device.
 
-    Args:
-        model: the model, already on its device.
-        autocast_dtype: a torch dtype to run the forward passes in (mixed precision on CUDA, see
-            :func:`hivlp_milvus.device.inference_dtype`), or ``None`` for float32.
+    ``autocast_dtype`` is the mixed precision of the forward passes on CUDA
+    (:func:`hivlp_milvus.device.inference_dtype`), ``None`` for float32.
     """
 
     def __init__(self, model: Any, *, autocast_dtype: Any = None) -> None:

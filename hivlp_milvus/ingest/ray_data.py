@@ -84,14 +84,12 @@ def run_ray(
         raise ConfigError(NEEDS_MODEL)
 
     # Sized before the collection is touched: a GPU encode with no free GPU fails here, at once.
-    plan = None
     if not byo:
-        plan = plan_encoders(
-            ray.available_resources(), ray.cluster_resources(), device=options.device, num_workers=options.num_workers
-        )
-    first_batch = _first_batch(ds, options.batch_size) if byo else None
+        resources = ray.available_resources(), ray.cluster_resources()
+        plan = plan_encoders(*resources, device=options.device, num_workers=options.num_workers)
+    first_batch = ds.take_batch(options.batch_size, batch_format="numpy") if byo else None
     first = None
-    if first_batch is not None:
+    if first_batch and len(first_batch.get("id", [])):
         first = EmbeddingRecord("", "image", first_batch["vec_low"][0], first_batch["vec_high"][0])
     coll = resolve_collection(collection, options, model=live_model, first=first)
     report.collection = str(getattr(coll, "name", options.collection_name))
@@ -99,7 +97,7 @@ def run_ray(
         report.setup_seconds = time.perf_counter() - started
         return report
     low_dim, high_dim = int(coll.low_dim), int(coll.high_dim)
-    if first_batch is not None:
+    if first is not None:
         pairs = list(zip(first_batch["vec_low"], first_batch["vec_high"], strict=True))
         check_first_batch(pairs, low_dim, high_dim)
 
@@ -124,16 +122,12 @@ def run_ray(
                 fn_kwargs={"low_dim": low_dim, "high_dim": high_dim, "skip": skip},
             )
         else:
-            assert plan is not None  # planned above for every non-BYO run
             ckpt_dir, tmp_ckpt = _checkpoint_dir(model, live_model)
-            items_ds = (
-                ds
-                if exploded
-                else ds.map_batches(
+            if not exploded:
+                ds = ds.map_batches(
                     ray_stages.explode, batch_format="numpy", fn_kwargs={"image_root": options.image_root}
                 )
-            )
-            rows_ds = items_ds.map_batches(
+            rows_ds = ds.map_batches(
                 ray_stages.EncodeActor,
                 fn_constructor_kwargs={
                     "checkpoint_dir": ckpt_dir,
@@ -154,7 +148,11 @@ def run_ray(
             for part in sink.parts:
                 report.merge(part)
         else:
-            _write_on_driver(rows_ds, coll, rows_per_write, report, options)
+            with writing(coll, rows_per_write, report, progress=options.progress, pipelined=options.pipeline) as w:
+                for batch in rows_ds.iter_batches(batch_size=rows_per_write, batch_format="numpy", prefetch_batches=2):
+                    rows, part = ray_stages.rows_for_milvus(batch)
+                    report.merge(part)
+                    w.add(rows)
     finally:
         if tmp_ckpt:
             shutil.rmtree(tmp_ckpt, ignore_errors=True)
@@ -205,11 +203,6 @@ def _dataset_from_source(source: Any, image_root: str | None, report: IngestRepo
     return ray.data.from_items(items or vectors), len(items) + len(vectors)
 
 
-def _first_batch(ds: ray.data.Dataset, batch_size: int) -> dict[str, np.ndarray] | None:
-    batch = ds.take_batch(int(batch_size), batch_format="numpy")
-    return batch if batch and len(batch.get("id", [])) else None
-
-
 def _all_ids(coll: HierarchicalCollection) -> np.ndarray:
     """Every primary key in the collection, sorted (for ``skip_existing`` on Milvus Lite)."""
     ids: list[int] = []
@@ -229,18 +222,3 @@ def _checkpoint_dir(model: Any, live_model: Any) -> tuple[str, str | None]:
     tmp = tempfile.mkdtemp(prefix="hivlp-ingest-model-")
     live_model.save_pretrained(tmp)
     return tmp, tmp
-
-
-def _write_on_driver(
-    rows_ds: ray.data.Dataset,
-    coll: HierarchicalCollection,
-    rows_per_write: int,
-    report: IngestReport,
-    options: IngestOptions,
-) -> None:
-    with writing(coll, rows_per_write, report, progress=options.progress, pipelined=options.pipeline) as writer:
-        batches = rows_ds.iter_batches(batch_size=rows_per_write, batch_format="numpy", prefetch_batches=2)
-        for batch in batches:
-            rows, part = ray_stages.rows_for_milvus(batch)
-            report.merge(part)
-            writer.add(rows)

@@ -36,10 +36,6 @@ _NPY_MAGIC = b"\x93NUMPY"
 DROPPED = "blank caption (dropped)"
 
 
-# --------------------------------------------------------------------------------------------------
-# Cells
-
-
 def rows_of(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """A numpy batch as a list of row dicts."""
     n = len(next(iter(batch.values()))) if batch else 0
@@ -202,13 +198,9 @@ class ExistingIds:
     """Which ids are already stored: from Milvus (server) or from the driver's snapshot (Lite)."""
 
     def __init__(self, skip: dict[str, Any] | None) -> None:
-        self._ids: np.ndarray | None = None
+        self._ids = np.asarray(skip["ids"], dtype=np.int64) if skip and "ids" in skip else None
         self._coll: Any = None
-        if skip is None:
-            return
-        if "ids" in skip:
-            self._ids = np.asarray(skip["ids"], dtype=np.int64)
-        else:
+        if skip and self._ids is None:
             from hivlp_milvus.collection import HierarchicalCollection
 
             self._coll = HierarchicalCollection.open(skip["name"], client=skip["connection"].connect())

@@ -41,17 +41,15 @@ def write_rows(
 
 
 class RunIds:
-    """The ids this run wrote, when it started on an empty collection.
+    """The ids this run wrote, when it started on an empty collection (``active``).
 
     Then a row exists iff this run wrote it, so the inserted/updated split needs no ``existing_ids``
-    round trip per request (measured: that lookup is ~25% of a Milvus Lite write). Past ``limit``
-    ids (~60 MB of Python ints) it gives up and Milvus is asked again. Only the report depends on
-    it: the writes are upserts regardless. It assumes no other writer adds the same keys meanwhile.
+    round trip per request (~25% of a Milvus Lite write). Past ``limit`` ids (~60 MB) Milvus is
+    asked again. Only the report depends on it (assuming no other writer adds the same keys).
     """
 
     def __init__(self, active: bool, limit: int = 1_000_000) -> None:
-        self.active = active
-        self.limit = limit
+        self.active, self.limit = active, limit
         self._ids: set[int] = set()
 
     def present(self, ids: list[int]) -> set[int]:
