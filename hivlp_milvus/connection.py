@@ -202,6 +202,22 @@ class ConnectionOptions(BaseModel):
         return redact_uri(self.uri)
 
 
+def connection_options(
+    connection: ConnectionOptions | None, *, uri: str = DEFAULT_URI, token: str | None = None
+) -> ConnectionOptions:
+    """One :class:`ConnectionOptions` from ``connection`` or the older ``uri=`` / ``token=`` arguments.
+
+    Raises:
+        ConfigError: ``connection`` and a different ``uri``, or a ``token``, were given (which was
+            meant is not knowable).
+    """
+    if connection is None:
+        return ConnectionOptions(uri=str(uri), token=token)
+    if token is not None or str(uri) not in (DEFAULT_URI, connection.uri):
+        raise ConfigError("give either connection=ConnectionOptions(...) or uri=/token=, not both")
+    return connection
+
+
 def redact_uri(uri: str) -> str:
     """``uri`` without credentials (``http://user:pw@host`` → ``http://***@host``)."""
     parsed = urlparse(str(uri))

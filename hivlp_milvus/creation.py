@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from hivlp_milvus.connection import DEFAULT_URI, ConnectionOptions, connect, guarded, is_lite
+from hivlp_milvus.connection import DEFAULT_URI, ConnectionOptions, connection_options, guarded, is_lite
 from hivlp_milvus.errors import (
     CollectionExistsError,
     CollectionNotFoundError,
@@ -73,11 +73,11 @@ def model_fingerprint(model: Any) -> str:
 
 def _client_for(client: Any, uri: str, token: str | None, connection: ConnectionOptions | None) -> Any:
     """The client to use: the given one, or one connected from ``connection`` or ``uri``/``token``."""
+    if client is None:
+        return connection_options(connection, uri=uri, token=token).connect()
     if connection is not None:
-        if client is not None or token is not None or str(uri) != DEFAULT_URI:
-            raise ConfigError("give connection= alone, or client=, or uri=/token=, not several of them")
-        return connection.connect()
-    return client if client is not None else connect(uri, token=token)
+        raise ConfigError("give client= or connection=, not both")
+    return client
 
 
 def create_collection(

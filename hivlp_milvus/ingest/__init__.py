@@ -19,8 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hivlp_milvus.connection import DEFAULT_URI, ConnectionOptions
-from hivlp_milvus.ingest.options import IngestOptions, connection_options
+from hivlp_milvus.connection import DEFAULT_URI, ConnectionOptions, connection_options
+from hivlp_milvus.ingest.options import IngestOptions
 from hivlp_milvus.ingest.report import IngestReport
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hivlp_milvus.connection import DEFAULT_URI, ConnectionOptions
+from hivlp_milvus.connection import ConnectionOptions
 from hivlp_milvus.errors import ConfigError
 
 
@@ -52,19 +52,3 @@ class IngestOptions(BaseModel):
                 for err in exc.errors()
             )
             raise ConfigError(f"invalid ingest options: {problems}") from None
-
-
-def connection_options(
-    connection: ConnectionOptions | None, *, uri: str = DEFAULT_URI, token: str | None = None
-) -> ConnectionOptions:
-    """One :class:`ConnectionOptions` from ``connection`` or the older ``uri=`` / ``token=`` arguments.
-
-    Raises:
-        ConfigError: both ``connection`` and a different ``uri`` or a ``token`` were given (which
-            one was meant is not knowable).
-    """
-    if connection is None:
-        return ConnectionOptions(uri=str(uri), token=token)
-    if token is not None or (str(uri) != DEFAULT_URI and str(uri) != connection.uri):
-        raise ConfigError("give either connection=ConnectionOptions(...) or uri=/token=, not both")
-    return connection
