@@ -59,7 +59,8 @@ def run_local(
     first_vectors = True
     with writing(coll, rows_per_write, report, progress=options.progress, pipelined=options.pipeline) as writer:
         seen = writer.seen
-        for chunk in _chunks(rows.items(records, report.failed), options.batch_size):
+        items = (it for record in records for it in rows.record_items(record, report.failed))
+        for chunk in _chunks(items, options.batch_size):
             t0 = time.perf_counter()
             if options.skip_existing:
                 ids = [it.id for it in chunk]

@@ -24,7 +24,7 @@ from hivlp_milvus.data.record import EmbeddingRecord, Record, Skipped
 from hivlp_milvus.errors import ModelMismatchError
 from hivlp_milvus.ingest.report import IngestReport
 from hivlp_milvus.ingest.rows import Item, check_vectors, record_items
-from hivlp_milvus.ingest.writer import write_rows
+from hivlp_milvus.ingest.writer import Writer
 
 # The columns of an item (stage 1 → 2) and the text columns of a row (stage 2 → 3).
 TEXT_COLUMNS = ("key", "modality", "reference", "attributes")
@@ -120,7 +120,6 @@ def _image_path(value: str, image_root: str | None) -> str:
     return value
 
 
-# --------------------------------------------------------------------------------------------------
 # Stage 1: records → items
 
 
@@ -174,7 +173,6 @@ def explode(batch: dict[str, np.ndarray], *, image_root: str | None = None) -> d
     return {c: np.asarray([x.get(c, "") for x in out], dtype=np.int64 if c == "id" else object) for c in ITEM_COLUMNS}
 
 
-# --------------------------------------------------------------------------------------------------
 # Stage 2: items → rows (encoded, or precomputed vectors checked)
 
 
@@ -287,7 +285,6 @@ class EncodeActor:
         return _rows_batch(batch["id"], batch, low, high, errors, existing, t0)
 
 
-# --------------------------------------------------------------------------------------------------
 # Stage 3: rows → Milvus
 
 
@@ -335,16 +332,13 @@ class MilvusDatasink(Datasink):
 
         coll = HierarchicalCollection.open(self.name, client=self.connection.connect())
         out = IngestReport()
+        writer = Writer(coll, self.rows_per_write, out, pipelined=False)
         try:
             for block in blocks:
                 rows, part = rows_for_milvus(BlockAccessor.for_block(block).to_batch_format("numpy"))
                 out.merge(part)
-                for start in range(0, len(rows), self.rows_per_write):
-                    t0 = time.perf_counter()
-                    inserted, updated = write_rows(coll, rows[start : start + self.rows_per_write])
-                    out.write_seconds += time.perf_counter() - t0
-                    out.inserted, out.updated = out.inserted + inserted, out.updated + updated
-                    out.rows_written += inserted + updated
+                writer.add(rows)
+            writer.close()
         finally:
             with contextlib.suppress(Exception):
                 coll.client.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,12 +138,6 @@ def record_items(record: Any, failed: list[Skipped], *, image_reference: str | N
     else:
         key = str(getattr(record, "id", "?"))
         failed.append(Skipped(key, f"not a Record/EmbeddingRecord: {type(record).__name__}"))
-
-
-def items(records: Iterable[Any], failed: list[Skipped]) -> Iterator[Item]:
-    """Flatten records into items (see :func:`record_items`)."""
-    for record in records:
-        yield from record_items(record, failed)
 
 
 def check_vectors(

@@ -23,9 +23,8 @@ NEEDS_MODEL = (
 def load_model(model: Any, device: str = "auto") -> tuple[Any, Any]:
     """``(live model, autocast dtype)``: a checkpoint directory is loaded onto ``device``.
 
-    A live model stays where its owner put it under ``device="auto"``; an explicit device moves
-    it there (``nn.Module.to`` works in place). The dtype is the mixed precision that is safe for
-    inference on that device (``None`` = float32; always ``None`` on the CPU).
+    A live model stays on its device under ``device="auto"``, else it is moved (in place). The
+    dtype is the mixed precision safe for inference there (``None`` = float32, always on the CPU).
 
     Raises:
         ConfigError: ``device`` names a GPU that cannot be used (the message says why).

@@ -65,7 +65,7 @@ class RunIds:
 
 
 class Writer:
-    """Writes rows in requests of ``batch_rows``; on a background thread when pipelined.
+    """Writes rows in requests of ``batch_rows``, counted in ``report``; on a background thread when pipelined.
 
     A write error stops the run: no later request is written, and the error is re-raised in the
     calling thread at the next hand-off (or at :meth:`close`).
@@ -76,7 +76,7 @@ class Writer:
         collection: HierarchicalCollection,
         batch_rows: int,
         report: IngestReport,
-        bar: Any,
+        bar: Any = None,
         *,
         pipelined: bool = True,
         seen: RunIds | None = None,
@@ -138,7 +138,8 @@ class Writer:
         self.report.inserted += inserted
         self.report.updated += updated
         self.report.rows_written += inserted + updated
-        self.bar.update(inserted + updated)
+        if self.bar is not None:
+            self.bar.update(inserted + updated)
 
 
 @contextlib.contextmanager

@@ -22,6 +22,11 @@ def _schema_limits() -> dict[str, int]:
     return {f["name"]: int(f["max_length"]) for f in spec["fields"] if "max_length" in f}
 
 
+def _items(records: list, failed: list[Skipped]) -> list[rows.Item]:
+    """Every record's items, in order, as the local driver builds them."""
+    return [it for record in records for it in rows.record_items(record, failed)]
+
+
 def test_varchar_limits_are_the_schemas_counted_in_utf8_bytes() -> None:
     limits = _schema_limits()
     key_cap, ref_cap = limits["key"], limits["reference"]
@@ -58,7 +63,7 @@ def test_a_record_becomes_an_image_item_and_one_item_per_caption() -> None:
 def test_records_that_cannot_become_rows_are_reported_not_raised() -> None:
     failed: list[Skipped] = []
     vec = EmbeddingRecord("e", "audio", np.zeros(2), np.zeros(3))
-    got = list(rows.items([Record("empty"), vec, "not a record", Record("x" * 2000, captions=["c"])], failed))
+    got = list(_items([Record("empty"), vec, "not a record", Record("x" * 2000, captions=["c"])], failed))
     assert got == []
     assert [s.key for s in failed] == ["empty", "e", "?", "x" * 2000]
     assert "neither an image nor captions" in failed[0].reason
@@ -90,7 +95,7 @@ def test_the_ray_explode_stage_builds_the_same_items_as_the_local_path() -> None
         Record("toolong", image="/img/t.png", captions=["y" * 70_000]),
     ]
     failed: list[Skipped] = []
-    local = list(rows.items(records, failed))
+    local = list(_items(records, failed))
 
     captions = np.empty(len(records), dtype=object)  # one list per cell, as Ray's numpy batches hold them
     captions[:] = [r.captions for r in records]
