@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,22 +34,14 @@ class Encoder:
     def __init__(self, model: Any, *, autocast_dtype: Any = None) -> None:
         self.model = model
         self.autocast_dtype = autocast_dtype
-        self.seconds = 0.0
 
     def encode(self, items: list[Item]) -> list[Result]:
         """One result per item, in order: ``(low, high)`` float32 vectors, or why it failed."""
-        t0 = time.perf_counter()
-        try:
-            results: list[Result | None] = [None] * len(items)
-            self._images([i for i, it in enumerate(items) if it.kind == "image"], items, results)
-            text_idx = [i for i, it in enumerate(items) if it.kind == "text"]
-            self._embed(text_idx, [items[i].payload for i in text_idx], self.model.embed_texts, results)
-            for i, it in enumerate(items):
-                if results[i] is None:
-                    results[i] = f"cannot encode an item of kind {it.kind!r}"
-            return results  # type: ignore[return-value]  (every slot is filled above)
-        finally:
-            self.seconds += time.perf_counter() - t0
+        results: list[Result] = [f"cannot encode an item of kind {it.kind!r}" for it in items]
+        self._images([i for i, it in enumerate(items) if it.kind == "image"], items, results)
+        text_idx = [i for i, it in enumerate(items) if it.kind == "text"]
+        self._embed(text_idx, [items[i].payload for i in text_idx], self.model.embed_texts, results)
+        return results
 
     def rows(self, items: list[Item], failed: list[Skipped]) -> list[dict[str, Any]]:
         """The rows of ``items``; an item that fails is appended to ``failed`` with the reason."""
@@ -62,7 +53,7 @@ class Encoder:
                 out.append(it.row(*result))
         return out
 
-    def _images(self, idx: list[int], items: list[Item], results: list[Result | None]) -> None:
+    def _images(self, idx: list[int], items: list[Item], results: list[Result]) -> None:
         from hivlp_milvus.model.preprocess import load_image
 
         ok_idx, images = [], []
@@ -76,9 +67,7 @@ class Encoder:
                 results[i] = f"cannot load image: {type(exc).__name__}: {exc}"
         self._embed(ok_idx, images, self.model.embed_images, results)
 
-    def _embed(
-        self, idx: list[int], inputs: list[Any], embed: Callable[..., Any], results: list[Result | None]
-    ) -> None:
+    def _embed(self, idx: list[int], inputs: list[Any], embed: Callable[..., Any], results: list[Result]) -> None:
         if not idx:
             return
         try:

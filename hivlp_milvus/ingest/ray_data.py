@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hivlp_milvus.connection import is_server_uri
-from hivlp_milvus.data.record import EmbeddingRecord, Skipped
+from hivlp_milvus.data.record import EmbeddingRecord
 from hivlp_milvus.errors import ConfigError
 from hivlp_milvus.ingest import is_ray_dataset, ray_stages
 from hivlp_milvus.ingest.options import IngestOptions
@@ -188,12 +188,7 @@ def _dataset_from_source(source: Any, image_root: str | None, report: IngestRepo
                     }
                 )
                 continue
-            try:
-                items.append(ray_stages.item_cells(it))
-            except Exception as exc:  # an unusable in-memory image fails this record only
-                report.failed.append(
-                    Skipped(it.key, f"cannot serialise image of type {type(it.payload).__name__}: {exc}")
-                )
+            items.append(ray_stages.item_cells(it))
     report.add_source_report(loaded)
     if items and vectors:
         raise ConfigError(

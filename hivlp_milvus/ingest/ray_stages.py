@@ -124,20 +124,20 @@ def _image_path(value: str, image_root: str | None) -> str:
 
 
 def item_cells(item: Item) -> dict[str, Any]:
-    """An image or caption item as the cells of the encode stage (an in-memory image as bytes).
-
-    Raises:
-        Exception: an in-memory image that cannot be serialised (that record's failure).
-    """
+    """An image or caption item as the cells of the encode stage (an in-memory image as bytes)."""
     image = item.payload if item.kind == "image" else None
     path = str(image) if isinstance(image, (str, Path)) else ""
+    try:
+        data = image_bytes(image) if image is not None and not path else b""
+    except Exception as exc:  # an unusable in-memory image fails this record only
+        return _error_cells(item.key, f"cannot serialise image of type {type(image).__name__}: {exc}")
     return {
         "id": item.id,
         **{c: getattr(item, c) for c in TEXT_COLUMNS[:3]},
         "attributes": json.dumps(item.attributes),
         "kind": item.kind,
         "image_path": path,
-        "image_bytes": image_bytes(image) if image is not None and not path else b"",
+        "image_bytes": data,
         "text": item.payload if item.kind == "text" else "",
         "error": "",
     }
@@ -145,7 +145,7 @@ def item_cells(item: Item) -> dict[str, Any]:
 
 def _error_cells(key: str, error: str) -> dict[str, Any]:
     # A failed item is never written: its id only fills the column.
-    return {"id": 0, "key": key, "kind": "image", "image_bytes": b"", "error": error}
+    return {**dict.fromkeys(ITEM_COLUMNS, ""), "id": 0, "key": key, "image_bytes": b"", "error": error}
 
 
 def explode(batch: dict[str, np.ndarray], *, image_root: str | None = None) -> dict[str, np.ndarray]:
@@ -170,7 +170,7 @@ def explode(batch: dict[str, np.ndarray], *, image_root: str | None = None) -> d
         failed: list[Skipped] = []
         out += [item_cells(it) for it in record_items(record, failed, image_reference=path or text(row.get("path")))]
         out += [_error_cells(s.key, s.reason) for s in failed]
-    return {c: np.asarray([x.get(c, "") for x in out], dtype=np.int64 if c == "id" else object) for c in ITEM_COLUMNS}
+    return {c: np.asarray([x[c] for x in out], dtype=np.int64 if c == "id" else object) for c in ITEM_COLUMNS}
 
 
 # Stage 2: items → rows (encoded, or precomputed vectors checked)
