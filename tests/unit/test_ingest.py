@@ -15,7 +15,7 @@ import pytest
 from hivlp_milvus import cli
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.data import EmbeddingRecord, Record, synthetic
-from hivlp_milvus.errors import ConfigError, DimensionMismatchError, ModelMismatchError
+from hivlp_milvus.errors import ConfigError, DimensionMismatchError, MilvusUnavailableError, ModelMismatchError
 from hivlp_milvus.ids import row_id, text_key
 from hivlp_milvus.ingest import IngestReport, ingest
 from hivlp_milvus.model import HiVLP, create_model
@@ -272,3 +272,25 @@ def test_package_level_ingest_is_the_function_even_after_the_submodule_is_import
     importlib.import_module("hivlp_milvus.ingest")  # what any `from hivlp_milvus.ingest import ...` does
     assert callable(hivlp_milvus.ingest)
     assert hivlp_milvus.ingest is importlib.import_module("hivlp_milvus.ingest").ingest
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_a_failed_write_stops_the_run_and_nothing_after_it_is_written(tmp_path: Path, pipeline: bool) -> None:
+    # Fault injection, named so: Milvus Lite cannot be made to refuse one upsert of valid rows, so
+    # the collection's second upsert raises what an outage raises.
+    coll = HierarchicalCollection.create("w", uri=str(tmp_path / "t.db"), low_dim=LOW, high_dim=HIGH)
+    calls: list[int] = []
+    real_upsert = coll.upsert
+
+    def upsert_failing_the_second_request(rows: list, **kwargs: object) -> int:
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise MilvusUnavailableError("injected fault: Milvus went away")
+        return real_upsert(rows, **kwargs)
+
+    coll.upsert = upsert_failing_the_second_request  # type: ignore[method-assign]
+    with pytest.raises(MilvusUnavailableError, match="injected fault"):
+        ingest(_byo(60), collection=coll, batch_size=10, write_batch_rows=10, pipeline=pipeline, progress=False)
+    # The writer stopped at the failed request: the batches queued behind it were never sent.
+    assert calls == [10, 10]
+    assert coll.count() == 10
