@@ -181,6 +181,23 @@ def _metrics(ranks: dict[str, np.ndarray], ks: Sequence[int]) -> dict[str, float
     return result
 
 
+def _ranks_both_ways(
+    images: tuple[Any, Any],
+    texts: tuple[Any, Any],
+    image_groups: Sequence[Any],
+    text_groups: Sequence[Any],
+    coarse_ks: Sequence[int],
+    chunk_size: int,
+) -> dict[str, dict[str, np.ndarray]]:
+    """:func:`_direction_ranks` of both directions, keyed by direction (``(low, high)`` pairs in)."""
+    image_codes, text_codes, image_index, text_index = _prepare(image_groups, text_groups)
+    kw = {"coarse_ks": coarse_ks, "chunk_size": chunk_size}
+    return {
+        "image_to_text": _direction_ranks(images, texts, image_codes, text_index, **kw),
+        "text_to_image": _direction_ranks(texts, images, text_codes, image_index, **kw),
+    }
+
+
 def _prepare(
     image_groups: Sequence[Any], text_groups: Sequence[Any]
 ) -> tuple[np.ndarray, np.ndarray, _GroupIndex, _GroupIndex]:
@@ -248,16 +265,8 @@ def retrieval_metrics(
     """
     images, texts = _as_matrix(image_feats, "image_feats"), _as_matrix(text_feats, "text_feats")
     _check(len(images), len(texts), image_groups, text_groups, ks, chunk_size)
-    image_codes, text_codes, image_index, text_index = _prepare(image_groups, text_groups)
-    ranks = {
-        "image_to_text": _direction_ranks(
-            (images, None), (texts, None), image_codes, text_index, coarse_ks=(), chunk_size=chunk_size
-        )["low"],
-        "text_to_image": _direction_ranks(
-            (texts, None), (images, None), text_codes, image_index, coarse_ks=(), chunk_size=chunk_size
-        )["low"],
-    }
-    return _metrics(ranks, ks)
+    ranks = _ranks_both_ways((images, None), (texts, None), image_groups, text_groups, (), chunk_size)
+    return _metrics({d: r["low"] for d, r in ranks.items()}, ks)
 
 
 def _all_levels(
@@ -276,25 +285,7 @@ def _all_levels(
         raise ValueError("low and high embeddings must have the same number of rows")
     if not coarse_ks or min(coarse_ks) < 1:
         raise ValueError(f"coarse_ks must be positive, got {tuple(coarse_ks)}")
-    image_codes, text_codes, image_index, text_index = _prepare(image_groups, text_groups)
-    ranks = {
-        "image_to_text": _direction_ranks(
-            (i_low, i_high),
-            (t_low, t_high),
-            image_codes,
-            text_index,
-            coarse_ks=coarse_ks,
-            chunk_size=chunk_size,
-        ),
-        "text_to_image": _direction_ranks(
-            (t_low, t_high),
-            (i_low, i_high),
-            text_codes,
-            image_index,
-            coarse_ks=coarse_ks,
-            chunk_size=chunk_size,
-        ),
-    }
+    ranks = _ranks_both_ways((i_low, i_high), (t_low, t_high), image_groups, text_groups, coarse_ks, chunk_size)
     rows: dict[str, dict[str, float]] = {}
     for level in ["low", "high"] + [f"hier@{k}" for k in coarse_ks]:
         rows[level] = _metrics({d: ranks[d][level] for d in DIRECTIONS}, ks)
