@@ -208,12 +208,11 @@ def connection_options(
     """One :class:`ConnectionOptions` from ``connection`` or the older ``uri=`` / ``token=`` arguments.
 
     Raises:
-        ConfigError: ``connection`` and a different ``uri``, or a ``token``, were given (which was
-            meant is not knowable).
+        ConfigError: ``connection`` and a ``uri`` or ``token`` were both given.
     """
     if connection is None:
         return ConnectionOptions(uri=str(uri), token=token)
-    if token is not None or str(uri) not in (DEFAULT_URI, connection.uri):
+    if token is not None or str(uri) != DEFAULT_URI:
         raise ConfigError("give either connection=ConnectionOptions(...) or uri=/token=, not both")
     return connection
 
