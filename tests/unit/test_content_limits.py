@@ -149,7 +149,9 @@ def test_a_slow_host_does_not_delay_reads_from_other_hosts_or_local_files(
     with ThreadPoolExecutor(6) as pool:
         # Six reads at the slow host fill its slots and queue behind them ...
         stuck = [pool.submit(_attempt, f"{slow.url}/{i}.png", options) for i in range(6)]
-        time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while slow.in_flight < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert slow.in_flight == 2
         # ... while reads from another host and from disk take what they took without them.
         loaded = [_timed_read(f"{fast.url}/b.png", options) for _ in range(3)] + [
