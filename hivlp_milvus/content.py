@@ -8,6 +8,11 @@ A caption row's ``reference`` *is* its text. An image row's ``reference`` is whe
   stored in a database from the search process is a server-side request the operator must opt
   into), with a byte limit and a time limit for the whole download.
 
+Downloads are bounded: at most ``max_per_host`` at once to one host in this process (a slow or
+hanging host holds only its own slots, so reads from other hosts and local files go on), and the
+wait for a slot counts against the same ``timeout_s``. :func:`row_contents` reads many rows (a fusion
+stage's candidates) concurrently, so M slow references cost about one ``timeout_s``, not M of them.
+
 Every failure is a :class:`~hivlp_milvus.errors.BadRecordError` naming the reference and the cause,
 so the search stage can keep that candidate out of the re-scoring and report it.
 """
@@ -15,18 +20,21 @@ so the search stage can keep that candidate out of the re-scoring and report it.
 from __future__ import annotations
 
 import http.client
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any
 
 from hivlp_milvus.errors import BadRecordError
 from hivlp_milvus.model.config import ConfigBase, Flag, PositiveInt, PositiveNumber, config_dataclass
 
-__all__ = ["ContentOptions", "read_image", "row_content"]
+__all__ = ["ContentOptions", "read_image", "row_content", "row_contents"]
 
 _CHUNK = 64 * 1024
 
@@ -40,13 +48,16 @@ class ContentOptions(ConfigBase):
             outside it is refused. ``None``: relative to the working directory, any path allowed.
         allow_http: fetch ``http(s)://`` references.
         max_bytes: largest image download accepted (bytes).
-        timeout_s: seconds one download may take in total (connect, headers and body).
+        timeout_s: seconds one download may take in total (the wait for a slot, connect, headers
+            and body); also the bound of one :func:`row_contents` call.
+        max_per_host: downloads from one host (``host:port``) at once in this process.
     """
 
     root: str | None = None
     allow_http: Flag = False
     max_bytes: PositiveInt = 16 * 1024 * 1024
     timeout_s: PositiveNumber = 10.0
+    max_per_host: PositiveInt = 4
 
 
 def row_content(row: Mapping[str, Any], options: ContentOptions | None = None) -> Any:
@@ -68,6 +79,48 @@ def row_content(row: Mapping[str, Any], options: ContentOptions | None = None) -
     if row.get("modality") == "text":
         return reference
     return read_image(reference, options)
+
+
+def row_contents(rows: Sequence[Mapping[str, Any]], options: ContentOptions | None = None) -> list[Any]:
+    """The content of many rows, read concurrently; a row that fails gives its error instead.
+
+    Reads run in a pool of threads (downloads at most ``max_per_host`` at once per host), and the
+    whole call returns within about ``timeout_s``: a read still running then is reported as
+    too slow (its thread ends by itself: downloads stop at their own deadline).
+
+    Args:
+        rows: rows with ``modality`` and ``reference`` (e.g. the entities of a fusion stage's candidates).
+        options: how images are read; defaults of :class:`ContentOptions` when ``None``.
+
+    Returns:
+        One item per row, in order: what :func:`row_content` returns, or the
+        :class:`~hivlp_milvus.errors.BadRecordError` it raised.
+    """
+    options = options or ContentOptions()
+    if not rows:
+        return []
+    deadline = time.monotonic() + options.timeout_s
+    pool = ThreadPoolExecutor(max_workers=min(len(rows), 4 * options.max_per_host), thread_name_prefix="content")
+    try:
+        futures = [pool.submit(row_content, row, options) for row in rows]
+        # A little past the deadline: each download gives up at timeout_s by itself, with its own reason.
+        wait_futures(futures, timeout=max(0.0, deadline - time.monotonic()) + 0.5)
+        out: list[Any] = []
+        for row, future in zip(rows, futures, strict=True):
+            if not future.done():
+                out.append(
+                    BadRecordError(
+                        f"reading the content of row {row.get('id', '?')} took more than timeout_s={options.timeout_s}"
+                    )
+                )
+                continue
+            exc = future.exception()
+            if exc is not None and not isinstance(exc, BadRecordError):
+                raise exc
+            out.append(exc if exc is not None else future.result())
+        return out
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def read_image(reference: str, options: ContentOptions | None = None) -> Any:
@@ -131,12 +184,37 @@ def _confined(path: Path, root: str | None, reference: str) -> Path:
     return resolved
 
 
+_HOST_SLOTS: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+_HOST_SLOTS_LOCK = threading.Lock()
+
+
+def _host_slots(url: str, limit: int) -> threading.BoundedSemaphore:
+    """The process's download slots for the host of ``url`` (one set per host and limit)."""
+    key = (urllib.parse.urlsplit(url).netloc.lower(), limit)
+    with _HOST_SLOTS_LOCK:
+        return _HOST_SLOTS.setdefault(key, threading.BoundedSemaphore(limit))
+
+
 def _download(url: str, options: ContentOptions) -> bytes:
-    """The body of ``url``, at most ``max_bytes``, within ``timeout_s`` in total."""
+    """The body of ``url``, at most ``max_bytes``, within ``timeout_s`` in total (the wait for a slot included)."""
     deadline = time.monotonic() + options.timeout_s
+    slots = _host_slots(url, options.max_per_host)
+    if not slots.acquire(timeout=options.timeout_s):
+        raise BadRecordError(
+            f"image {url!r} waited more than timeout_s={options.timeout_s} for one of the "
+            f"max_per_host={options.max_per_host} downloads from its host: that host is slow"
+        )
+    try:
+        return _fetch(url, options, deadline)
+    finally:
+        slots.release()
+
+
+def _fetch(url: str, options: ContentOptions, deadline: float) -> bytes:
+    remaining = max(0.05, deadline - time.monotonic())
     request = urllib.request.Request(url, headers={"User-Agent": "hivlp-milvus"})  # noqa: S310 - http(s) only
     try:
-        with urllib.request.urlopen(request, timeout=options.timeout_s) as response:  # noqa: S310 - scheme checked
+        with urllib.request.urlopen(request, timeout=remaining) as response:  # noqa: S310 - scheme checked
             declared = response.headers.get("Content-Length")
             if declared is not None and declared.isdigit() and int(declared) > options.max_bytes:
                 raise BadRecordError(
