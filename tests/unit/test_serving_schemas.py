@@ -28,14 +28,8 @@ from hivlp_milvus.errors import (
 )
 from serving import AppArgs, build_app, resolve_args
 from serving.encoders import ImageEncoder, ImageTooLargeError, TextEncoder, check_image_header
-from serving.ingress import (
-    ApiError,
-    IngressSettings,
-    api,
-    check_image_bytes,
-    decode_base64_image,
-    to_api_error,
-)
+from serving.images import check_image_bytes, decode_base64_image
+from serving.ingress import ApiError, IngressSettings, api, to_api_error
 from serving.schemas import (
     MAX_INGEST_RECORDS,
     MAX_LIMIT,
