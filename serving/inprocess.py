@@ -118,7 +118,8 @@ def local_app(
         allow_http: the fusion stage may fetch ``http(s)://`` image references.
 
     Yields:
-        The FastAPI app (the module's ``api``), routed to these objects until the block ends.
+        The FastAPI app (the module's ``api``), routed to these objects until the block ends. The
+        app is one per process: a ``local_app`` opened inside another serves ``api`` until it ends.
     """
     settings = replace(settings or IngressSettings(collection=collection), collection=collection)
     text = LocalHandle(TextEncoder.func_or_class(checkpoint), encode="encode_now")
@@ -133,11 +134,16 @@ def local_app(
     overrides = _self_dependencies(api)
     if not overrides:
         raise RuntimeError("the ingress routes have no `self` dependency: has Serve's class-based view changed?")
+    # One `api` per process: the innermost open app serves it; an outer one is restored on exit.
+    previous = {dependency: api.dependency_overrides.get(dependency) for dependency in overrides}
     for dependency in overrides:
         api.dependency_overrides[dependency] = lambda: ingress
     try:
         yield api
     finally:
-        for dependency in overrides:
-            api.dependency_overrides.pop(dependency, None)
+        for dependency, before in previous.items():
+            if before is None:
+                api.dependency_overrides.pop(dependency, None)
+            else:
+                api.dependency_overrides[dependency] = before
         configure(IngressSettings(collection=collection))  # no API key, default limits: as at import
