@@ -86,7 +86,7 @@ class FusionScorer:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def score_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return await self._run(requests)
+        return await self.score_many(requests)
 
     async def score(self, request: dict[str, Any]) -> dict[str, Any]:
         """Re-rank one search's candidates (batched with concurrent callers).
@@ -99,13 +99,19 @@ class FusionScorer:
             ``{"ranked": [{"index", "fusion_score", "fusion_error"}], "batch_size", "pairs"}``:
             the first ``limit`` candidates in fusion order, ``index`` into ``candidates``.
         """
-        return await self.score_batch(request)
+        return _unwrap(await self.score_batch(request))
 
     async def score_now(self, request: dict[str, Any]) -> dict[str, Any]:
         """:meth:`score` without waiting for a batch (``@serve.batch`` runs only in a Serve replica)."""
-        return (await self._run([request]))[0]
+        return _unwrap((await self.score_many([request]))[0])
 
-    async def _run(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def score_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Re-rank several searches in one ``score_pairs`` call (the body of a batch).
+
+        Returns:
+            One result per request, as :meth:`score` returns it; a request whose own query image
+            cannot be decoded gets ``{"error": BadRecordError}`` instead (raised to its caller only).
+        """
         # A worker thread keeps the event loop free to collect the next batch meanwhile.
         return await asyncio.to_thread(self._rerank, requests)
 
@@ -127,10 +133,10 @@ class FusionScorer:
                 max((int(r["limit"]) for r in requests), default=0),  # each request keeps its own below
                 self._content,
             )
-        except BadRecordError:
+        except BadRecordError as exc:
             if len(requests) == 1:
-                raise
-            # A query image that decodes for the encoder but not here fails its own search only.
+                return [{"error": exc}]
+            # A query image that does not decode fails its own search only: score each alone.
             return [item for r in requests for item in self._rerank([r])]
         pairs = sum(h.get("fusion_score") is not None for cands in hits for h in cands)
         logger.debug(
@@ -159,3 +165,10 @@ class FusionScorer:
 
     def check_health(self) -> None:
         """Serve calls this periodically; the scorer holds no connection, so it is healthy while it runs."""
+
+
+def _unwrap(out: dict[str, Any]) -> dict[str, Any]:
+    """One caller's result of a batch: its order, or its own error raised."""
+    if "error" in out:
+        raise out["error"]
+    return out

@@ -260,3 +260,33 @@ def test_fusion_limit_out_of_range_is_422(fusion_site: FusionSite, extra: dict[s
     r = fusion_site.client.post("/search/image", files={"file": ("q.png", image, "image/png")}, data=form)
     assert r.status_code == 422, r.text
     assert where in r.json()["message"]
+
+
+def test_a_batch_scores_each_search_and_a_bad_query_image_fails_only_its_own(fusion_site: FusionSite) -> None:
+    """``score_many`` is a FusionScorer batch's body: several searches, one score_pairs call."""
+    import asyncio
+
+    from hivlp_milvus.errors import BadRecordError
+    from serving.fusion import FusionScorer
+
+    scorer = FusionScorer.func_or_class(str(fusion_site.root / "model"), media_root=str(fusion_site.root))
+    images = [{"id": i, "modality": "image", "reference": str(r.image)} for i, r in enumerate(fusion_site.records[:6])]
+    captions = [
+        {"id": 100 + i, "modality": "text", "reference": r.captions[0]} for i, r in enumerate(fusion_site.records)
+    ]
+    good_image = Path(fusion_site.records[2].image).read_bytes()
+    requests = [
+        {"query": fusion_site.records[0].captions[1], "kind": "text", "limit": 4, "candidates": images},
+        {"query": good_image[:60] + b"\0" * 100, "kind": "image", "limit": 3, "candidates": captions},  # no image
+        {"query": good_image, "kind": "image", "limit": 3, "candidates": captions},
+    ]
+    out = asyncio.run(scorer.score_many(requests))
+    assert isinstance(out[1]["error"], BadRecordError)
+    for request, result in ((requests[0], out[0]), (requests[2], out[2])):
+        alone = asyncio.run(scorer.score_now(request))
+        assert [r["index"] for r in result["ranked"]] == [r["index"] for r in alone["ranked"]]
+        assert len(result["ranked"]) == request["limit"]
+        scores = [r["fusion_score"] for r in result["ranked"]]
+        assert scores == sorted(scores, reverse=True)
+    with pytest.raises(BadRecordError):
+        asyncio.run(scorer.score_now(requests[1]))
