@@ -100,6 +100,13 @@ class AppArgs(BaseModel):
     fusion_max_batch_size: int = Field(
         8, ge=1, le=256, description="FusionScorer @serve.batch max_batch_size (searches, each with its M pairs)"
     )
+    fusion_num_gpus: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="GPUs of the FusionScorer replica; 0 (default): the CPU, so it never competes with the "
+        "encoders' GPU shares for a place",
+    )
     allow_http: bool = Field(
         False, description="the fusion stage may fetch http(s):// image references (server-side requests: opt in)"
     )
@@ -274,13 +281,16 @@ def build_app(args: AppArgs) -> serve.Application:
     fusion = None
     if checkpoint_has_fusion(resolved.checkpoint):
         # Built only for a checkpoint with a fusion block; without one, fusion_limit is a 422.
-        fusion = FusionScorer.options(ray_actor_options=dict(actor, num_cpus=0.25)).bind(
+        fusion_actor: dict[str, Any] = {"num_cpus": 0.25}
+        if opts.fusion_num_gpus > 0:
+            fusion_actor["num_gpus"] = opts.fusion_num_gpus
+        fusion = FusionScorer.options(ray_actor_options=fusion_actor).bind(
             resolved.checkpoint,
             opts.fusion_max_batch_size,
             opts.batch_wait_timeout_s,
             ContentOptions(allow_http=opts.allow_http),
             resolved.workdir,
-            gpus > 0,
+            opts.fusion_num_gpus > 0,
         )
     return Ingress.bind(text, image, searcher, settings, fusion)
 

@@ -247,12 +247,15 @@ def test_the_fusion_scorer_is_built_only_for_a_checkpoint_with_a_fusion_block(tm
     scorer = ingress._bound_deployment.init_args[4]._bound_deployment
     assert scorer.name == "FusionScorer"
     checkpoint, max_batch, _, content, media_root, use_gpu = scorer.init_args
-    assert (checkpoint, max_batch, use_gpu) == (str(fused), 4, False)
+    assert (checkpoint, max_batch, use_gpu) == (str(fused), 4, False)  # the CPU unless fusion_num_gpus
     assert content.allow_http is True  # http(s) references only when the app is started with it
     assert Path(media_root).is_absolute()  # relative references resolve as /media resolves them
-    assert build_app({"checkpoint": str(fused)})._bound_deployment.init_args[4]._bound_deployment.init_args[
-        3
-    ] == ContentOptions(allow_http=False)
+    default = build_app({"checkpoint": str(fused), "num_gpus": "1"})._bound_deployment.init_args[4]._bound_deployment
+    assert default.init_args[3] == ContentOptions(allow_http=False)
+    assert "num_gpus" not in default.ray_actor_options  # encoders' GPUs do not make the scorer take one
+    on_gpu = build_app({"checkpoint": str(fused), "fusion_num_gpus": "0.25"})._bound_deployment.init_args[4]
+    assert on_gpu._bound_deployment.ray_actor_options["num_gpus"] == 0.25
+    assert on_gpu._bound_deployment.init_args[5] is True
 
 
 def test_package_exposes_a_built_app() -> None:
