@@ -18,9 +18,9 @@ Errors are JSON ``{"error": code, "message": ..., "details": ...}``: 400 malform
 base64 or values Milvus refuses, 401 API key, 404 unknown media, 413 too large, 415 not an image /
 not JSON, 422 invalid fields and limits (``fusion_limit`` too, and when the model has no fusion
 block), 502 any other Milvus error, 503 Milvus or a backend unavailable, the service's token
-refused, or its collection gone, 504 a backend too slow. A
-client's input never produces a 500; a 500 means a server fault (e.g. an encoder batch failing).
-Messages never carry the credentials of a URI (:func:`redact`).
+refused, or its collection gone, 504 a backend too slow. A client's input never produces a 500;
+a 500 means a server fault (e.g. an encoder batch failing). Messages never carry the credentials
+of a URI (:func:`redact`).
 """
 
 # No `from __future__ import annotations`: Serve's class-based FastAPI view needs the route
