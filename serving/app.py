@@ -1,6 +1,7 @@
 """The Serve application builder: ``serve run serving:build_app key=value ...`` and ``serving:app``.
 
-The graph is ``Ingress -> (TextEncoder, ImageEncoder, Searcher)``. Every argument of
+The graph is ``Ingress -> (TextEncoder, ImageEncoder, Searcher[, FusionScorer])``; the
+FusionScorer (the third search stage) is built only when the checkpoint has a fusion block. Every argument of
 :class:`AppArgs` is set by exactly one rule, the first that applies:
 
 1. a builder arg: ``key=value`` on the ``serve run`` command line, or ``args:`` of a Serve config
@@ -33,6 +34,7 @@ replicas start, with a message saying what to run.
 # No `from __future__ import annotations` here: Serve reads the builder's parameter annotation
 # at runtime to turn `key=value` args into AppArgs, and a string annotation would defeat that.
 
+import json
 import logging
 import math
 import os
@@ -44,7 +46,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from hivlp_milvus.connection import ConnectionOptions, is_server_uri, redact_uri
+from hivlp_milvus.content import ContentOptions
 from serving.encoders import MAX_IMAGE_PIXELS, ImageEncoder, TextEncoder
+from serving.fusion import FusionScorer
 from serving.ingress import Ingress, IngressSettings
 from serving.searcher import Searcher
 
@@ -93,6 +97,19 @@ class AppArgs(BaseModel):
     )
     max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="413 above")
     max_image_pixels: int = Field(MAX_IMAGE_PIXELS, ge=64 * 64, le=400_000_000, description="413 above")
+    fusion_max_batch_size: int = Field(
+        8, ge=1, le=256, description="FusionScorer @serve.batch max_batch_size (searches, each with its M pairs)"
+    )
+    fusion_num_gpus: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="GPUs of the FusionScorer replica; 0 (default): the CPU, so it never competes with the "
+        "encoders' GPU shares for a place",
+    )
+    allow_http: bool = Field(
+        False, description="the fusion stage may fetch http(s):// image references (server-side requests: opt in)"
+    )
 
 
 def env_var(name: str) -> str:
@@ -208,7 +225,8 @@ def build_app(args: AppArgs) -> serve.Application:
         args: the builder args (a dict from ``serve run``/YAML is validated into :class:`AppArgs`).
 
     Returns:
-        The bound application: ``Ingress`` over ``TextEncoder``, ``ImageEncoder`` and ``Searcher``.
+        The bound application: ``Ingress`` over ``TextEncoder``, ``ImageEncoder``, ``Searcher`` and,
+        for a checkpoint with a fusion block, ``FusionScorer``.
 
     Raises:
         pydantic.ValidationError: an unknown arg or an out-of-range value (in an arg or a variable).
@@ -260,4 +278,32 @@ def build_app(args: AppArgs) -> serve.Application:
         max_body_bytes=opts.max_image_bytes * 4 // 3 + 1024 * 1024,
         media_root=resolved.workdir,
     )
-    return Ingress.bind(text, image, searcher, settings)
+    fusion = None
+    if checkpoint_has_fusion(resolved.checkpoint):
+        # Built only for a checkpoint with a fusion block; without one, fusion_limit is a 422.
+        fusion_actor: dict[str, Any] = {"num_cpus": 0.25}
+        if opts.fusion_num_gpus > 0:
+            fusion_actor["num_gpus"] = opts.fusion_num_gpus
+        fusion = FusionScorer.options(ray_actor_options=fusion_actor).bind(
+            resolved.checkpoint,
+            opts.fusion_max_batch_size,
+            opts.batch_wait_timeout_s,
+            ContentOptions(allow_http=opts.allow_http),
+            resolved.workdir,
+            opts.fusion_num_gpus > 0,
+        )
+    return Ingress.bind(text, image, searcher, settings, fusion)
+
+
+def checkpoint_has_fusion(checkpoint: str) -> bool:
+    """Whether the checkpoint's ``config.json`` has a fusion block (``False`` when it cannot be read).
+
+    Only the JSON is read (nothing is loaded at build time); a missing or broken checkpoint fails
+    when the replicas start, with the encoders' message.
+    """
+    try:
+        with open(os.path.join(checkpoint, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("fusion") is not None

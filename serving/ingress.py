@@ -5,7 +5,8 @@ served from the ``fastapi-offline`` package so they work offline). Every route b
 depends on :func:`require_api_key`; request bodies, the multipart form included, are parsed and
 validated by FastAPI from the models in :mod:`serving.schemas`, which are also the OpenAPI schema:
 
-* ``POST /search`` — JSON: a text or a base64 image, limits, structured filter, modality;
+* ``POST /search`` — JSON: a text or a base64 image, limits, structured filter, modality, and
+  ``fusion_limit`` for the third stage (the fine top-M re-ranked by the ``FusionScorer``);
 * ``POST /search/image`` — multipart: an image file plus the same options as form fields;
 * ``POST /encode`` — a text or a base64 image -> its ``low`` and ``high`` vectors;
 * ``POST /ingest`` — a small batch of records (base64 images and/or captions);
@@ -15,10 +16,11 @@ validated by FastAPI from the models in :mod:`serving.schemas`, which are also t
 
 Errors are JSON ``{"error": code, "message": ..., "details": ...}``: 400 malformed JSON or bad
 base64 or values Milvus refuses, 401 API key, 404 unknown media, 413 too large, 415 not an image /
-not JSON, 422 invalid fields and limits, 502 any other Milvus error, 503 Milvus or a backend
-unavailable, the service's token refused, or its collection gone, 504 a backend too slow. A
-client's input never produces a 500; a 500 means a server fault (e.g. an encoder batch failing).
-Messages never carry the credentials of a URI (:func:`redact`).
+not JSON, 422 invalid fields and limits (``fusion_limit`` too, and when the model has no fusion
+block), 502 any other Milvus error, 503 Milvus or a backend unavailable, the service's token
+refused, or its collection gone, 504 a backend too slow. A client's input never produces a 500;
+a 500 means a server fault (e.g. an encoder batch failing). Messages never carry the credentials
+of a URI (:func:`redact`).
 """
 
 # No `from __future__ import annotations`: Serve's class-based FastAPI view needs the route
@@ -28,9 +30,7 @@ import asyncio
 import base64
 import binascii
 import hmac
-import io
 import logging
-import re
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -46,11 +46,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hivlp_milvus.errors import BadRecordError, FilterError, HiVLPError
-from serving.encoders import ImageTooLargeError, check_image_header
+from hivlp_milvus.errors import FilterError, HiVLPError
+from serving.fusion import CANDIDATE_FIELDS
 
 # ApiError and to_api_error are part of this module's API too (tests, callers import them from here).
 from serving.http_errors import ApiError, redact, root_cause, to_api_error
+from serving.images import BodyLimit, check_image_bytes, decode_base64_image, thumbnail
 from serving.schemas import (
     EncodeRequest,
     EncodeResponse,
@@ -72,13 +73,8 @@ DOCS_ASSETS = {
     for name in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
 }
 FILTERABLE_FIELDS = ("key", "modality", "reference", "attributes")
-THUMBNAIL_SIDE = 256
 _BACKEND_TIMEOUT_S = 60.0
 _HEALTH_TIMEOUT_S = 10.0
-# The same rule as serving.schemas.BASE64_PATTERN (the OpenAPI document's), in three steps.
-_DATA_URL = re.compile(r"^[ \t\r\n]*data:[A-Za-z0-9_.+/-]*;base64,", re.IGNORECASE)
-_ASCII_SPACE = re.compile(r"[ \t\r\n]+")
-_CANONICAL_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 
 
 @dataclass(frozen=True)
@@ -217,103 +213,12 @@ async def require_multipart(request: Request) -> None:
         raise ApiError(415, "unsupported_media_type", f"send multipart/form-data with a 'file' part, not {ctype!r}")
 
 
-class _BodyLimit:
-    """ASGI middleware: refuse bodies above the configured limit (:func:`configure`) with 413.
-
-    A declared Content-Length is checked before anything is read; a chunked body is counted as it
-    streams and the request fails as soon as it passes the limit (nothing large is buffered).
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = _STATE["body_bytes"]
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            response = _too_large(int(declared), limit).response()
-            await response(scope, receive, send)
-            return
-        received = 0
-
-        async def limited_receive() -> dict[str, Any]:
-            nonlocal received
-            message = await receive()
-            if message.get("type") == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _too_large(received, limit)
-            return message
-
-        await self.app(scope, limited_receive, send)
+def body_limit() -> int:
+    """The body limit of this process's ingress (a module function: pickled by reference, see _STATE)."""
+    return int(_STATE["body_bytes"])
 
 
-def _too_large(size: int, limit: int) -> ApiError:
-    return ApiError(413, "body_too_large", f"the request body has {size} bytes or more; the limit is {limit} bytes")
-
-
-api.add_middleware(_BodyLimit)
-
-
-def decode_base64_image(data: str, settings: IngressSettings) -> bytes:
-    """A base64 (or ``data:...;base64,``) image -> bytes, with size and header checks.
-
-    Raises:
-        ApiError: 400 not base64; 413 too many bytes or pixels; 415 not a decodable image.
-    """
-    text = _ASCII_SPACE.sub("", _DATA_URL.sub("", data, count=1))
-    # Check the size before decoding: 4 base64 chars carry 3 bytes.
-    if len(text) * 3 // 4 > settings.max_image_bytes + 3:
-        raise ApiError(
-            413,
-            "image_too_large",
-            f"the image has about {len(text) * 3 // 4} bytes; the limit is {settings.max_image_bytes}",
-        )
-    if not _CANONICAL_BASE64.fullmatch(text):
-        # Python's decoder also takes padding past the end ("aGk=="); the schema's pattern does not.
-        raise ApiError(
-            400,
-            "invalid_base64",
-            "'image' is not valid base64: use A-Z a-z 0-9 + / with '=' padding only at the end, as much as "
-            "needed (white space and a data:...;base64, prefix are allowed)",
-        )
-    return check_image_bytes(base64.b64decode(text), settings)
-
-
-def check_image_bytes(raw: bytes, settings: IngressSettings) -> bytes:
-    """Refuse empty, oversized or undecodable images before they reach an encoder batch."""
-    if len(raw) > settings.max_image_bytes:
-        raise ApiError(
-            413, "image_too_large", f"the image has {len(raw)} bytes; the limit is {settings.max_image_bytes}"
-        )
-    try:
-        check_image_header(raw, settings.max_image_pixels)
-    except ImageTooLargeError as exc:
-        raise ApiError(413, "image_too_large", str(exc)) from exc
-    except BadRecordError as exc:
-        raise ApiError(415, "undecodable_image", f"{exc}; send a JPEG, PNG, GIF, BMP, TIFF or WebP image") from exc
-    return raw
-
-
-def _thumbnail(path: Path) -> tuple[bytes, str]:
-    """A PNG/JPEG thumbnail of an image file (re-encoded, so only real images are ever served)."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as img:
-        img.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))  # JPEG: decode at reduced size
-        img = ImageOps.exif_transpose(img)
-        img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-        img = img.convert("RGB")
-        out = io.BytesIO()
-        if img.width * img.height <= 128 * 128:
-            img.save(out, format="PNG")  # synthetic scenes: crisp edges, small either way
-            return out.getvalue(), "image/png"
-        img.save(out, format="JPEG", quality=85)
-        return out.getvalue(), "image/jpeg"
+api.add_middleware(BodyLimit, limit=body_limit)
 
 
 @serve.deployment(
@@ -332,6 +237,8 @@ class Ingress:
         image_encoder: handle of the ImageEncoder deployment.
         searcher: handle of the Searcher deployment.
         settings: limits and the API key.
+        fusion: handle of the FusionScorer deployment; ``None`` when the checkpoint has no fusion
+            block (a search with ``fusion_limit`` is then a 422).
     """
 
     def __init__(
@@ -340,10 +247,12 @@ class Ingress:
         image_encoder: DeploymentHandle,
         searcher: DeploymentHandle,
         settings: IngressSettings,
+        fusion: DeploymentHandle | None = None,
     ) -> None:
         self._text = text_encoder
         self._image = image_encoder
         self._searcher = searcher
+        self._fusion = fusion
         self._settings = settings
         configure(settings)
         self._static = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()} if STATIC_DIR.is_dir() else {}
@@ -374,26 +283,27 @@ class Ingress:
         except FilterError as exc:
             raise ApiError(422, "invalid_filter", str(exc)) from exc
 
-    async def _search(
-        self,
-        kind: str,
-        payload: Any,
-        limit: int,
-        coarse_limit: int | None,
-        modality: str | None,
-        conditions: list[Any],
-    ) -> dict[str, Any]:
+    async def _search(self, kind: str, payload: Any, req: SearchRequest | ImageSearchForm) -> dict[str, Any]:
         started = time.perf_counter()
-        target = modality or ("image" if kind == "text" else "text")  # cross-modal by default
-        expr, params = self._filter(conditions)
+        target = req.modality or ("image" if kind == "text" else "text")  # cross-modal by default
+        expr, params = self._filter(req.filter)
+        fusion_limit = req.fusion_limit
+        if fusion_limit is not None and self._fusion is None:
+            raise ApiError(
+                422,
+                "no_fusion_block",
+                "fusion_limit needs a model with a fusion block, but this server's checkpoint has none; search "
+                "without fusion_limit, or serve a checkpoint trained with a fusion block (config 'fusion')",
+            )
         enc = await self._encode(kind, payload)
         t0 = time.perf_counter()
         res = await self._backend(
             self._searcher.search.remote(
                 enc["low"],
                 enc["high"],
-                limit=limit,
-                coarse_limit=coarse_limit,
+                # The fine stage hands the fusion stage its top-M, as the library's three-stage search.
+                limit=fusion_limit or req.limit,
+                coarse_limit=req.coarse_limit,
                 filter=expr,
                 filter_params=params,
                 modality=target,
@@ -414,6 +324,9 @@ class Ingress:
             for h in res["hits"]
         ]
         timings = res.get("timings") or {}
+        fusion_timings: dict[str, Any] = {}
+        if fusion_limit is not None:
+            hits, fusion_timings = await self._fuse(kind, payload, res["hits"], hits, req.limit)
         return {
             "query": kind,
             "modality": target,
@@ -426,8 +339,25 @@ class Ingress:
                 "search_ms": round(search_ms, 3),
                 "total_ms": round((time.perf_counter() - started) * 1000, 3),
                 "batch_size": int(enc["batch_size"]),
+                **fusion_timings,
             },
         }
+
+    async def _fuse(
+        self, kind: str, payload: Any, rows: list[dict[str, Any]], hits: list[dict[str, Any]], limit: int
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The fine top-M (``rows`` from the searcher, ``hits`` as answered) re-ranked by the FusionScorer."""
+        candidates = [{f: row.get(f) for f in CANDIDATE_FIELDS} for row in rows]
+        t0 = time.perf_counter()
+        out = await self._backend(
+            self._fusion.score.remote({"query": payload, "kind": kind, "limit": limit, "candidates": candidates})
+        )
+        seconds = time.perf_counter() - t0
+        fused = [
+            {**hits[r["index"]], "fusion_score": r["fusion_score"], "fusion_error": r["fusion_error"]}
+            for r in out["ranked"]
+        ]
+        return fused, {"fusion_ms": round(1000 * seconds, 3), "fusion_batch_size": int(out["batch_size"])}
 
     @staticmethod
     def _media_url(hit: dict[str, Any]) -> str | None:
@@ -459,7 +389,7 @@ class Ingress:
         """Search with a text or a base64 image; ``filter`` is a list of ``{field, op, value}``."""
         kind = "text" if req.text is not None else "image"
         payload = req.text if kind == "text" else decode_base64_image(req.image or "", self._settings)
-        return await self._search(kind, payload, req.limit, req.coarse_limit, req.modality, req.filter)
+        return await self._search(kind, payload, req)
 
     @api.post(
         "/search/image",
@@ -471,7 +401,7 @@ class Ingress:
     async def search_image(self, form: Annotated[ImageSearchForm, Form(media_type="multipart/form-data")]) -> Any:
         """Search with an uploaded image (multipart/form-data: ``file`` plus optional fields)."""
         payload = check_image_bytes(await form.file.read(), self._settings)
-        return await self._search("image", payload, form.limit, form.coarse_limit, form.modality, form.filter)
+        return await self._search("image", payload, form)
 
     @api.post("/encode", response_model=EncodeResponse, responses=_ERRORS, tags=["encode"], dependencies=AUTH)
     async def encode(self, req: EncodeRequest) -> Any:
@@ -557,7 +487,7 @@ class Ingress:
         if not path.is_file():
             raise ApiError(404, "not_found", f"the file of row {row_id} is not on this server")
         try:
-            data, media_type = await asyncio.to_thread(_thumbnail, path)
+            data, media_type = await asyncio.to_thread(thumbnail, path)
         except Exception as exc:  # a referenced file that is not a readable image
             raise ApiError(404, "not_found", f"the file of row {row_id} is not a readable image") from exc
         return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})

@@ -1,13 +1,14 @@
 """The HTTP API in this process, without Ray: the ingress's FastAPI app over the real encoder and
 searcher classes. For tests (the OpenAPI fuzzer, ``tests/unit/test_serving_*.py``) and debugging.
 
-Serve runs ``Ingress``, ``TextEncoder``, ``ImageEncoder`` and ``Searcher`` as replicas that call each
-other through ``DeploymentHandle``\\ s. Here each class is instantiated in this process and each
-handle is a :class:`LocalHandle`: ``handle.method.remote(...)`` runs the real method (a sync one in
-a worker thread, as Serve runs it). One difference, named: ``@serve.batch`` only runs inside a Serve
-replica (Ray 2.60 reads the replica context when the batch queue starts, and Serve's local testing
-mode sets none), so the encoders' ``encode`` is served by ``encode_now``: the same checks, forward
-pass and errors, in batches of one.
+Serve runs ``Ingress``, ``TextEncoder``, ``ImageEncoder``, ``Searcher`` (and ``FusionScorer``) as
+replicas that call each other through ``DeploymentHandle``\\ s. Here each class is instantiated in
+this process and each handle is a :class:`LocalHandle`: ``handle.method.remote(...)`` runs the real
+method (a sync one in a worker thread, as Serve runs it). One difference, named: ``@serve.batch``
+only runs inside a Serve replica (Ray 2.60 reads the replica context when the batch queue starts,
+and Serve's local testing mode sets none), so the encoders' ``encode`` is served by ``encode_now``
+and the FusionScorer's ``score`` by ``score_now``: the same checks, forward pass and errors, in
+batches of one.
 
 Example::
 
@@ -29,7 +30,10 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from hivlp_milvus.connection import ConnectionOptions
+from hivlp_milvus.content import ContentOptions
+from serving.app import checkpoint_has_fusion
 from serving.encoders import ImageEncoder, TextEncoder
+from serving.fusion import FusionScorer
 from serving.ingress import Ingress, IngressSettings, api, configure
 from serving.searcher import Searcher
 
@@ -102,6 +106,7 @@ def local_app(
     connection: ConnectionOptions,
     collection: str,
     settings: IngressSettings | None = None,
+    allow_http: bool = False,
 ) -> Iterator[FastAPI]:
     """The ingress app with real encoders and a real Searcher in this process (no Ray).
 
@@ -110,23 +115,35 @@ def local_app(
         connection: how the Searcher reaches Milvus (a Lite ``.db`` path works).
         collection: the collection to search.
         settings: the ingress limits and API key (default: none, the builder's limits).
+        allow_http: the fusion stage may fetch ``http(s)://`` image references.
 
     Yields:
-        The FastAPI app (the module's ``api``), routed to these objects until the block ends.
+        The FastAPI app (the module's ``api``), routed to these objects until the block ends. The
+        app is one per process: a ``local_app`` opened inside another serves ``api`` until it ends.
     """
     settings = replace(settings or IngressSettings(collection=collection), collection=collection)
     text = LocalHandle(TextEncoder.func_or_class(checkpoint), encode="encode_now")
     image = LocalHandle(ImageEncoder.func_or_class(checkpoint), encode="encode_now")
     searcher = LocalHandle(Searcher.func_or_class(checkpoint, connection.uri, collection, connection=connection))
-    ingress = _plain_class(Ingress)(text, image, searcher, settings)
+    fusion = None
+    if checkpoint_has_fusion(checkpoint):  # as the builder: the scorer exists only for a fusion block
+        content = ContentOptions(allow_http=allow_http)
+        scorer = FusionScorer.func_or_class(checkpoint, content=content, media_root=settings.media_root)
+        fusion = LocalHandle(scorer, score="score_now")
+    ingress = _plain_class(Ingress)(text, image, searcher, settings, fusion)
     overrides = _self_dependencies(api)
     if not overrides:
         raise RuntimeError("the ingress routes have no `self` dependency: has Serve's class-based view changed?")
+    # One `api` per process: the innermost open app serves it; an outer one is restored on exit.
+    previous = {dependency: api.dependency_overrides.get(dependency) for dependency in overrides}
     for dependency in overrides:
         api.dependency_overrides[dependency] = lambda: ingress
     try:
         yield api
     finally:
-        for dependency in overrides:
-            api.dependency_overrides.pop(dependency, None)
+        for dependency, before in previous.items():
+            if before is None:
+                api.dependency_overrides.pop(dependency, None)
+            else:
+                api.dependency_overrides[dependency] = before
         configure(IngressSettings(collection=collection))  # no API key, default limits: as at import

@@ -1,6 +1,6 @@
 // The search page: plain DOM + fetch, no framework, no build step.
 // URLs are relative ("search", "media/1") so the page works under any Serve route prefix.
-// `?q=...` (and optionally `&modality=...&limit=...`) runs a search on load, so a search can be
+// `?q=...` (and optionally `&modality=...&limit=...&fusion=M`) runs a search on load, so a search can be
 // linked or bookmarked. When the server has an API key the browser's Basic-auth prompt (any user
 // name, the key as password) covers the page, its fetches and its thumbnails alike.
 "use strict";
@@ -11,7 +11,10 @@ const state = (s) => { document.body.dataset.state = s; };
 function options() {
   const limit = Math.max(1, Math.min(100, parseInt($("limit").value, 10) || 12));
   const modality = $("modality").value || null;
-  return { limit, modality };
+  // Empty means no fusion stage; M below the hit count is raised to it (the server needs M >= limit).
+  const m = parseInt($("fusion").value, 10);
+  const fusionLimit = Number.isFinite(m) && m > 0 ? Math.min(200, Math.max(m, limit)) : null;
+  return { limit, modality, fusionLimit };
 }
 
 function setStatus(text, isError) {
@@ -25,8 +28,10 @@ function showTimings(t, hits) {
   box.textContent = "";
   const chips = [
     ["encode", t.encode_ms], ["coarse", t.coarse_ms], ["fine", t.fine_ms],
-    ["search", t.search_ms], ["total", t.total_ms],
+    ["search", t.search_ms],
   ];
+  if (t.fusion_ms !== null && t.fusion_ms !== undefined) chips.push(["fusion", t.fusion_ms]);
+  chips.push(["total", t.total_ms]);
   for (const [name, ms] of chips) {
     const chip = document.createElement("span");
     chip.className = "chip " + name;
@@ -39,7 +44,7 @@ function showTimings(t, hits) {
   box.appendChild(extra);
 }
 
-function card(hit, rank) {
+function card(hit, rank, fused) {
   const fig = document.createElement("figure");
   fig.className = "hit " + hit.modality;
   fig.dataset.id = hit.id;
@@ -62,6 +67,13 @@ function card(hit, rank) {
   const coarse = hit.coarse_score === null ? "n/a" : hit.coarse_score.toFixed(3);
   cap.innerHTML = `<span class="rank">#${rank}</span> <span class="score" title="fine score">${hit.score.toFixed(3)}</span>`
     + ` <span class="coarse" title="coarse score">coarse ${coarse}</span>`;
+  if (fused) {
+    const span = document.createElement("span");
+    span.className = "fusion-score";
+    span.title = hit.fusion_error || "fusion score (the ranking)";
+    span.textContent = " fusion " + (hit.fusion_score === null ? "n/a" : hit.fusion_score.toFixed(3));
+    cap.appendChild(span);
+  }
   const key = document.createElement("div");
   key.className = "key";
   key.textContent = hit.key;
@@ -80,10 +92,12 @@ function placeholder(text) {
 function render(data) {
   const grid = $("results");
   grid.textContent = "";
-  data.hits.forEach((hit, i) => grid.appendChild(card(hit, i + 1)));
+  const fused = data.timings.fusion_ms !== null && data.timings.fusion_ms !== undefined;
+  data.hits.forEach((hit, i) => grid.appendChild(card(hit, i + 1, fused)));
   const what = data.query === "text" ? "text" : "image";
   setStatus(`${data.hits.length} ${data.modality === "all" ? "items" : data.modality + "s"} for the ${what} query`
-    + (data.filter ? ` (filter: ${data.filter})` : ""), false);
+    + (data.filter ? ` (filter: ${data.filter})` : "")
+    + (fused ? ", re-ranked with fusion" : ""), false);
   showTimings(data.timings, data.hits.length);
   state("done");
 }
@@ -107,13 +121,15 @@ async function run(request) {
 }
 
 function searchText(text) {
-  const { limit, modality } = options();
+  const { limit, modality, fusionLimit } = options();
   const params = new URLSearchParams({ q: text });
   if (modality) params.set("modality", modality);
+  if (fusionLimit) params.set("fusion", String(fusionLimit));
   history.replaceState(null, "", "?" + params.toString());
   $("query-preview").hidden = true;
   const body = { text, limit };
   if (modality) body.modality = modality;
+  if (fusionLimit) body.fusion_limit = fusionLimit;
   return run({
     url: "search",
     init: { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) },
@@ -121,11 +137,12 @@ function searchText(text) {
 }
 
 function searchImage(file) {
-  const { limit, modality } = options();
+  const { limit, modality, fusionLimit } = options();
   const form = new FormData();
   form.append("file", file, file.name || "query");
   form.append("limit", String(limit));
   if (modality) form.append("modality", modality);
+  if (fusionLimit) form.append("fusion_limit", String(fusionLimit));
   $("query-image").src = URL.createObjectURL(file);
   $("query-name").textContent = file.name || "";
   $("query-preview").hidden = false;
@@ -161,6 +178,7 @@ document.addEventListener("drop", (event) => {
   const params = new URLSearchParams(location.search);
   if (params.get("modality")) $("modality").value = params.get("modality");
   if (params.get("limit")) $("limit").value = params.get("limit");
+  if (params.get("fusion")) $("fusion").value = params.get("fusion");
   const q = params.get("q");
   if (q) {
     $("q").value = q;

@@ -3,7 +3,8 @@
 A module fixture serves ``serving.build_app(...)`` (micro model, 60 synthetic scenes as PNG files in
 a Milvus Lite .db) on a free port; another launches Chromium with remote debugging and talks to the
 page over its websocket. The tests type a query, upload an image through the file input, open a
-``?q=`` link, and check what a user sees: result cards, loaded thumbnails, scores, stage timings.
+``?q=`` link, re-rank with fusion, and check what a user sees: result cards, loaded thumbnails,
+scores (fine, coarse, fusion), stage timings.
 Screenshots land in ``tests/artifacts/`` (gitignored).
 
 The micro model is untrained, so relevance is checked where it is exact: a caption shown as a
@@ -12,6 +13,7 @@ The micro model is untrained, so relevance is checked where it is exact: a capti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import socket
@@ -69,13 +71,16 @@ def site(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Iterato
     from hivlp_milvus.collection import HierarchicalCollection
     from hivlp_milvus.data import load_source, synthetic
     from hivlp_milvus.ingest import ingest
-    from hivlp_milvus.model import create_model
+    from hivlp_milvus.model import create_model, get_config
+    from hivlp_milvus.model.config import FusionConfig
     from serving import AppArgs, build_app
 
     tmp = tmp_path_factory.mktemp("web")
     synthetic.write_splits(tmp / "data", {"test": N_RECORDS}, seed=5, progress=False)
     records = list(load_source(tmp / "data" / "test"))
-    model = create_model("micro", texts=[c for r in records for c in r.captions], seed=0)
+    # With a fusion block, so the app has its FusionScorer and the page's fusion control works.
+    cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
+    model = create_model(cfg, texts=[c for r in records for c in r.captions], seed=0)
     model.save_pretrained(tmp / "model")
     db = str(tmp / "hivlp.db")
     col = HierarchicalCollection.create("web", uri=db, model=model)
@@ -253,6 +258,33 @@ def test_a_link_with_q_runs_the_search(site: Site, page: Page) -> None:
     _wait_done(page)
     assert page.js(_CARDS) == 5
     assert page.js("document.querySelector('#results figure.hit blockquote').textContent") == caption
+
+
+def test_fusion_control_reranks_and_shows_the_fusion_score(site: Site, page: Page) -> None:
+    query = "a small red circle on a striped background"
+    page.goto(site.url + "/")
+    page.js("document.getElementById('fusion').value = '30'")
+    page.type_and_enter("#q", query)
+    _wait_done(page)
+    assert page.js(_CARDS) == LIMIT
+    assert "fusion=30" in page.js("location.search")  # the re-ranked search can be linked too
+    shown = page.js(
+        "[...document.querySelectorAll('#results figure.hit')].map(f => [f.dataset.id,"
+        " f.querySelector('.fusion-score').textContent.trim()])"
+    )
+    # What the page shows is what the API answers for the same search (the order is the fusion
+    # stage's: tests/unit/test_serving_inprocess.py checks it against model.score_pairs).
+    with httpx.Client(base_url=site.url, timeout=60) as client:
+        api = client.post("/search", json={"text": query, "limit": LIMIT, "fusion_limit": 30}).json()
+    assert [i for i, _ in shown] == [h["id"] for h in api["hits"]]
+    assert [t for _, t in shown] == [f"fusion {h['fusion_score']:.3f}" for h in api["hits"]]
+    fused = [h["fusion_score"] for h in api["hits"]]
+    assert fused == sorted(fused, reverse=True)  # every image file is readable: all scored, in order
+    chips = page.js("[...document.querySelectorAll('#timings .chip')].map(e => e.textContent)")
+    assert [c.split()[0] for c in chips[:6]] == ["encode", "coarse", "fine", "search", "fusion", "total"]
+    assert "re-ranked with fusion" in page.js("document.getElementById('status').textContent")
+    page.screenshot(ARTIFACTS / "web_fusion_search.png")
+    page.js("document.getElementById('fusion').value = ''")  # the other tests search without it
 
 
 def test_server_errors_are_shown_not_swallowed(site: Site, page: Page) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -146,7 +147,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Itera
     from hivlp_milvus.collection import HierarchicalCollection
     from hivlp_milvus.data import load_source, synthetic
     from hivlp_milvus.ingest import ingest
-    from hivlp_milvus.model import HiVLP, create_model
+    from hivlp_milvus.model import HiVLP, create_model, get_config
+    from hivlp_milvus.model.config import FusionConfig
     from serving import AppArgs, build_app
     from serving.encoders import TextEncoder
     from serving.ingress import Ingress, IngressSettings
@@ -157,7 +159,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Itera
     # Images as files, so image rows reference paths and /media can serve thumbnails.
     synthetic.write_splits(tmp / "data", {"test": N_RECORDS}, seed=11, progress=False)
     records = list(load_source(tmp / "data" / "test"))
-    model = create_model("micro", texts=[c for r in records for c in r.captions], seed=0)
+    # With a fusion block: the app builds its FusionScorer (the third stage) for this checkpoint.
+    cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
+    model = create_model(cfg, texts=[c for r in records for c in r.captions], seed=0)
     model.save_pretrained(tmp / "model")
     db = str(tmp / "hivlp.db")
     col = HierarchicalCollection.create(COLLECTION, uri=db, model=model)
@@ -321,7 +325,17 @@ def test_text_search_finds_the_exact_caption_first(served: Served) -> None:
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert all(h["coarse_score"] is not None for h in hits)
     timings = body["timings"]
-    assert set(timings) == {"encode_ms", "coarse_ms", "fine_ms", "search_ms", "total_ms", "batch_size"}
+    assert set(timings) == {
+        "encode_ms",
+        "coarse_ms",
+        "fine_ms",
+        "search_ms",
+        "total_ms",
+        "batch_size",
+        "fusion_ms",
+        "fusion_batch_size",
+    }
+    assert timings["fusion_ms"] is None  # no fusion_limit: no third stage
     assert timings["encode_ms"] > 0
     assert timings["coarse_ms"] > 0
     assert timings["fine_ms"] > 0
@@ -625,6 +639,35 @@ def test_concurrent_encodes_are_batched_and_each_caller_gets_its_own_vector(serv
     assert stats["max_seen_batch_size"] > 1
     assert stats["max_batch_size"] == 32
     assert stats["failed_batches"] == 0
+
+
+def test_concurrent_fused_searches_share_a_fusion_batch_and_keep_the_scorer_order(served: Served) -> None:
+    """The FusionScorer batches concurrent searches; each answer is ``model.score_pairs``' order."""
+    from hivlp_milvus.model.preprocess import load_image
+
+    captions = [r.captions[0] for r in served.records[:8]]
+    common = {"modality": "image", "coarse_limit": 200}
+    with served.client() as c:
+        fine = [c.post("/search", json={"text": t, "limit": 20, **common}).json()["hits"] for t in captions]
+    images = {h["reference"]: load_image(h["reference"]) for hits in fine for h in hits}
+    expected = []
+    for text, hits in zip(captions, fine, strict=True):
+        scores = served.model.score_pairs([images[h["reference"]] for h in hits], text)
+        order = sorted(range(len(hits)), key=lambda i: -scores[i])[:5]  # sorted is stable, as the stage
+        expected.append(([hits[i]["id"] for i in order], [float(scores[i]) for i in order]))
+    assert any(ids != [h["id"] for h in hits[:5]] for (ids, _), hits in zip(expected, fine, strict=True))
+    bodies = [{"text": t, "limit": 5, "fusion_limit": 20, **common} for t in captions]
+
+    def burst() -> list[int]:
+        responses = asyncio.run(_post_all(served.url, "/search", bodies))
+        assert [r.status_code for r in responses] == [200] * len(bodies), [r.text for r in responses]
+        for r, (ids, scores) in zip(responses, expected, strict=True):
+            hits = r.json()["hits"]
+            assert [h["id"] for h in hits] == ids
+            np.testing.assert_allclose([h["fusion_score"] for h in hits], scores, rtol=1e-4, atol=1e-5)
+        return [r.json()["timings"]["fusion_batch_size"] for r in responses]
+
+    assert max(_until_batched(burst)) > 1
 
 
 def test_an_undecodable_image_fails_only_its_own_caller(served: Served) -> None:

@@ -4,7 +4,8 @@ Schemathesis generates requests from the app's own OpenAPI document (``api.opena
 them in process to the ingress app over the real encoders and Searcher (``serving.inprocess``: the
 micro model, Milvus Lite; no Ray), with the API key on. Each route gets a fixed number of examples
 per generation mode (schema-valid and schema-invalid), derandomized, so a run is repeatable and
-bounded. It holds when:
+bounded. The model has a fusion block, so ``fusion_limit`` runs the third stage (FusionScorer). It
+holds when:
 
 * no generated request gets a 5xx;
 * every 4xx carries the JSON error body (``error`` code and a ``message`` reason);
@@ -67,7 +68,22 @@ FUZZ = settings(
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> DemoLayout:
-    return build_demo_layout(tmp_path_factory.mktemp("fuzz"), n_records=8)
+    """The demo layout with a fusion block in the model, so ``fusion_limit`` runs the third stage."""
+    import dataclasses
+
+    import hivlp_milvus
+    from hivlp_milvus.data import load_source
+    from hivlp_milvus.model import create_model, get_config
+    from hivlp_milvus.model.config import FusionConfig
+
+    demo = build_demo_layout(tmp_path_factory.mktemp("fuzz"), n_records=8)
+    # The same data under a fusion model: its own checkpoint and collection (the fingerprint differs).
+    records = list(load_source(demo.root / "hivlp_work" / "data", split="test"))
+    cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
+    model = create_model(cfg, texts=[c for r in records for c in r.captions], seed=0)
+    model.save_pretrained(demo.root / "fusion_model")
+    hivlp_milvus.ingest(records, uri=demo.uri, collection_name="fuzz_fusion", model=model, progress=False)
+    return DemoLayout(demo.root, demo.root / "fusion_model", demo.uri, "fuzz_fusion", model, records)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +138,9 @@ def _fuzzer(op: Any, mode: GenerationMode, tried: Counter[str], statuses: Counte
         tried[label] += 1
         response = case.call_and_validate(headers=AUTH, checks=CHECKS)
         statuses[label, response.status_code] += 1
+        body = case.body if isinstance(case.body, dict) else {}
+        if response.status_code == 200 and body.get("fusion_limit") is not None:
+            statuses[f"{label} with fusion_limit", 200] += 1  # the third stage ran
         if 400 <= response.status_code < 500:
             problem = _error_body_problem(response)
             assert problem is None, f"{response.status_code}: {problem}"
@@ -149,6 +168,8 @@ def test_fuzz_every_route(schema: Any, mode: GenerationMode) -> None:
     assert not found, "\n\n".join(found)
     assert set(tried) == {f"{op.method.upper()} {op.path}" for op in _operations(schema)}
     assert not [key for key in statuses if key[1] >= 500]
+    if mode == GenerationMode.POSITIVE:  # valid requests reach the fusion stage too
+        assert ("POST /search with fusion_limit", 200) in statuses, statuses
 
 
 def _unauthenticated(op: Any) -> Any:

@@ -32,7 +32,14 @@ from serving.ingress import (
     require_api_key,
     require_multipart,
 )
-from serving.schemas import EncodeRequest, ImageSearchForm, IngestRequest, SearchRequest
+from serving.schemas import (
+    FUSION_LIMIT_DOC,
+    MAX_FUSION_LIMIT,
+    EncodeRequest,
+    ImageSearchForm,
+    IngestRequest,
+    SearchRequest,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = api.openapi()
@@ -135,8 +142,16 @@ def test_image_search_form_is_described_by_fastapi() -> None:
     form = SPEC["components"]["schemas"][ref.rsplit("/", 1)[1]]
     assert form["required"] == ["file"]
     assert form["additionalProperties"] is False  # an unknown form field is a 422, as the schema says
-    assert set(form["properties"]) == {"file", "limit", "coarse_limit", "modality", "filter"}
+    assert set(form["properties"]) == {"file", "limit", "coarse_limit", "fusion_limit", "modality", "filter"}
     assert form["properties"]["limit"]["minimum"] == 1
+    # A form field is absent or a string: the schema offers no null for the optional limits.
+    assert form["properties"]["fusion_limit"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": MAX_FUSION_LIMIT,
+        "description": FUSION_LIMIT_DOC,
+        "title": "Fusion Limit",
+    }
     assert form["properties"]["filter"]["contentMediaType"] == "application/json"
 
 

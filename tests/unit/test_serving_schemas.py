@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import inspect
 import io
+import json
 import re
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import yaml
 from PIL import Image
 from pydantic import ValidationError
 
+from hivlp_milvus.content import ContentOptions
 from hivlp_milvus.errors import (
     BadRecordError,
     CollectionNotFoundError,
@@ -28,14 +30,8 @@ from hivlp_milvus.errors import (
 )
 from serving import AppArgs, build_app, resolve_args
 from serving.encoders import ImageEncoder, ImageTooLargeError, TextEncoder, check_image_header
-from serving.ingress import (
-    ApiError,
-    IngressSettings,
-    api,
-    check_image_bytes,
-    decode_base64_image,
-    to_api_error,
-)
+from serving.images import check_image_bytes, decode_base64_image
+from serving.ingress import ApiError, IngressSettings, api, to_api_error
 from serving.schemas import (
     MAX_INGEST_RECORDS,
     MAX_LIMIT,
@@ -237,6 +233,29 @@ def test_builder_signature_and_args() -> None:
         build_app({"chekpoint": "/typo"})
     with pytest.raises(ValidationError):
         AppArgs(max_batch_size=0)
+
+
+def test_the_fusion_scorer_is_built_only_for_a_checkpoint_with_a_fusion_block(tmp_path: Path) -> None:
+    plain, fused = tmp_path / "plain", tmp_path / "fused"
+    for path, config in ((plain, {"low_dim": 16}), (fused, {"low_dim": 16, "fusion": {"layers": 1}})):
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps(config))
+    # No checkpoint, or one without a fusion block: no FusionScorer (fusion_limit is then a 422).
+    for checkpoint in ("/nowhere", str(plain)):
+        assert build_app({"checkpoint": checkpoint})._bound_deployment.init_args[4] is None
+    ingress = build_app({"checkpoint": str(fused), "allow_http": "true", "fusion_max_batch_size": "4"})
+    scorer = ingress._bound_deployment.init_args[4]._bound_deployment
+    assert scorer.name == "FusionScorer"
+    checkpoint, max_batch, _, content, media_root, use_gpu = scorer.init_args
+    assert (checkpoint, max_batch, use_gpu) == (str(fused), 4, False)  # the CPU unless fusion_num_gpus
+    assert content.allow_http is True  # http(s) references only when the app is started with it
+    assert Path(media_root).is_absolute()  # relative references resolve as /media resolves them
+    default = build_app({"checkpoint": str(fused), "num_gpus": "1"})._bound_deployment.init_args[4]._bound_deployment
+    assert default.init_args[3] == ContentOptions(allow_http=False)
+    assert "num_gpus" not in default.ray_actor_options  # encoders' GPUs do not make the scorer take one
+    on_gpu = build_app({"checkpoint": str(fused), "fusion_num_gpus": "0.25"})._bound_deployment.init_args[4]
+    assert on_gpu._bound_deployment.ray_actor_options["num_gpus"] == 0.25
+    assert on_gpu._bound_deployment.init_args[5] is True
 
 
 def test_package_exposes_a_built_app() -> None:
