@@ -129,17 +129,34 @@ class BodyLimit:
             await response(scope, receive, send)
             return
         received = 0
+        exceeded = False
 
+        # Raising inside receive() would reach FastAPI's body parser, which turns any error into a
+        # 400 "error parsing the body". Instead the app sees the client go away, nothing it sends
+        # is passed on, and the 413 is answered here.
         async def limited_receive() -> dict[str, Any]:
-            nonlocal received
+            nonlocal received, exceeded
+            if exceeded:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message.get("type") == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _too_large(received, limit)
+                    exceeded = True
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if not exceeded:
+                await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded:
+            await _too_large(received, limit).response()(scope, receive, send)
 
 
 def _too_large(size: int, limit: int) -> ApiError:

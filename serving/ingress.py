@@ -475,7 +475,8 @@ class Ingress:
     )
     async def media(self, row_id: str) -> Response:
         """A thumbnail of an image row's file. Only files referenced by the collection are served."""
-        if not row_id.isdigit() or len(row_id) > 19:
+        # isdigit() alone accepts '²' and other Unicode digits that int() refuses.
+        if not (row_id.isascii() and row_id.isdigit()) or len(row_id) > 19:
             raise ApiError(404, "not_found", f"no image row {row_id!r} (ids are decimal integers)")
         row = await self._backend(self._searcher.reference.remote(int(row_id)))
         reference = str((row or {}).get("reference") or "")

@@ -185,8 +185,7 @@ def test_media_never_reads_a_caption_row_even_when_its_text_is_a_path(setup: Set
         "0x10",
         "99999999999999999999",  # 20 digits
         "9999999999999999999",  # 19 digits, above INT64
-        # '²': str.isdigit() says yes, int() says no. ingress.media checks row_id.isdigit(): a 500 today.
-        pytest.param("%C2%B2", marks=pytest.mark.xfail(strict=True, reason="ingress.media: int('²') raises")),
+        "%C2%B2",  # '²': str.isdigit() says yes, int() says no (it was a 500)
         "%D9%A1%D9%A2",  # Arabic-Indic digits: not the decimal ids the API hands out
         "%EF%BC%91",  # a full-width '1'
     ],
@@ -221,10 +220,6 @@ def test_a_declared_body_over_the_limit_is_a_413_before_it_is_read(setup: Setup)
     _assert_error(r, 413, "body_too_large")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingress._BodyLimit raises ApiError inside receive(); FastAPI's body parser turns it into a 400",
-)
 def test_a_chunked_body_over_the_limit_is_a_413(setup: Setup) -> None:
     def chunks() -> Iterator[bytes]:
         yield b'{"text": "'
