@@ -44,9 +44,11 @@ N_QUERIES = 600  # 0..499: curve and fit; 500..599: the check (other queries)
 BATCHES = (1, 8, 32)
 
 
-def load(n: int) -> tuple[Any, dict[str, np.ndarray]]:
-    """The gallery of ``n`` generated rows (vectors + its cached Lite collection)."""
+def load(n: int, *, db: bool = True) -> tuple[Any, dict[str, np.ndarray]]:
+    """The gallery of ``n`` generated rows: its vectors and (``db``) its cached Lite collection."""
     data = generate_vectors(n, GEN, n_queries=N_QUERIES)
+    if not db:
+        return None, data
     col, _client, info = build_or_open(gen_main_path(CACHE_DIR, GEN, n), data["low"], data["high"], with_ann_high=False)
     how = "cached" if info.get("cached") else f"built in {info.get('build_s', 0):.0f} s"
     log(f"gallery {n}: {how}")
@@ -79,8 +81,8 @@ def fit_timings(col: Any, data: dict[str, np.ndarray], k_curve: int, *, n_items:
             "exact": lambda i, nq=nq: hs(col, _query(data, i * nq, nq), limit=K, plan="exact")
         }
         for cl in cls:
-            contenders[f"hier cl={cl}"] = lambda i, nq=nq, cl=cl: hs(col, 
-                _query(data, i * nq, nq), limit=K, coarse_limit=cl, plan="hierarchical"
+            contenders[f"hier cl={cl}"] = lambda i, nq=nq, cl=cl: hs(
+                col, _query(data, i * nq, nq), limit=K, coarse_limit=cl, plan="hierarchical"
             )
         times, _ = interleaved(contenders, items, seed=nq)
         for name, ts in times.items():
@@ -131,7 +133,7 @@ def check(col: Any, data: dict[str, np.ndarray], *, n_items: int) -> list[dict[s
         items = n_items if nq == 1 else 2
         chosen: dict[int, Any] = {}
 
-        def auto(i: int, nq: int = nq) -> Any:
+        def auto(i: int, nq: int = nq, chosen: dict[int, Any] = chosen) -> Any:
             res = hs(col, _query(data, q0 + i * nq, nq), limit=K)
             chosen[i] = (res.plan, res.coarse_limit)
             return res
@@ -188,8 +190,9 @@ def main(argv: list[str] | None = None) -> Path:
     doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     res: dict[str, Any] = {k: doc.get(k, {}) for k in ("curve", "fit_rows", "check")}
     t0 = time.perf_counter()
+    out = path
     for n in sizes:
-        col, data = load(n)
+        col, data = load(n, db=bool({"fit", "check"} & set(args.stage)))
         if "curve" in args.stage:
             res["curve"][str(n)] = curve_point(data)
             log(f"  curve {n}: K={res['curve'][str(n)]['k']}")
@@ -198,8 +201,15 @@ def main(argv: list[str] | None = None) -> Path:
             res["fit_rows"][str(n)] = fit_timings(col, data, k_curve, n_items=args.queries)
         if "check" in args.stage:
             res["check"][str(n)] = check(col, data, n_items=args.queries)
-        col.client.close()
+        if col is not None:
+            col.client.close()
         del col, data
+        out = _write(res, time.perf_counter() - t0 + float(doc.get("wall_s", 0.0)))  # after each size
+    log(f"wrote {out}")
+    return out
+
+
+def _write(res: dict[str, Any], wall_s: float) -> Path:
     all_rows = [r for rows in res["fit_rows"].values() for r in rows]
     payload = {
         **res,
@@ -209,11 +219,9 @@ def main(argv: list[str] | None = None) -> Path:
         "coarse_curve": [
             {"rows": p["rows"], "per_hit": p["per_hit"]} for p in sorted(res["curve"].values(), key=lambda p: p["rows"])
         ],
-        "wall_s": time.perf_counter() - t0,
+        "wall_s": wall_s,
     }
-    out = write_result("plan", payload)
-    log(f"wrote {out}")
-    return out
+    return write_result("plan", payload)
 
 
 if __name__ == "__main__":

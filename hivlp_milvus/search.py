@@ -128,8 +128,8 @@ class SearchResults(list):
     Attributes:
         timings: seconds spent in ``encode_s``, ``coarse_s``, ``fine_s`` (``fusion_s`` with a fusion
             stage) and ``total_s``.
-        rerank: the re-rank path that ran (``"client"`` / ``"server"``; ``None`` for one-level search
-            and for the exact plan, which re-ranks nothing).
+        rerank: the funnel's re-rank path (``"client"`` / ``"server"``, ``"auto"`` resolved;
+            ``None`` for one-level search). On the exact plan nothing was re-ranked: see ``plan``.
         plan: how :func:`hierarchical_search` answered: ``"exact"`` (one exact search on
             ``vec_high``), ``"hierarchical"`` (coarse -> fine), with ``"+fusion"`` when the fusion
             stage ran; ``None`` for one-level search.
@@ -378,16 +378,15 @@ def hierarchical_search(
     t3 = time.perf_counter()
     timings = {"encode_s": t1 - t0, "coarse_s": t2 - t1, "fine_s": t3 - t2}
     info = {"plan": chosen_plan, "coarse_limit": chosen_coarse}
-    ran = None if chosen_plan == "exact" else mode
     if fusion_limit is None:
-        return SearchResults(hits, timings | {"total_s": t3 - t0}, rerank=ran, **info)
+        return SearchResults(hits, timings | {"total_s": t3 - t0}, rerank=mode, **info)
     hits, skipped = fusion_rerank(col.model, query_items(query), kinds, hits, limit, content)
     for hit in (h for per_query in hits for h in per_query):
         hit["entity"] = {f: v for f, v in hit["entity"].items() if f in fields}
     t4 = time.perf_counter()
     timings |= {"fusion_s": t4 - t3, "total_s": t4 - t0}
     info["plan"] += "+fusion"
-    return SearchResults(hits, timings, rerank=ran, fusion_skipped=skipped, **info)
+    return SearchResults(hits, timings, rerank=mode, fusion_skipped=skipped, **info)
 
 
 def _choose_plan(
