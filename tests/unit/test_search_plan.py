@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_fusion_search import CAPTIONS, RECORDS, image_dir, model  # noqa: F401 - fixtures reused
 from test_search_reference import (
     HIGH,
     LIMIT,
@@ -33,7 +34,9 @@ from test_search_reference import (
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.connection import connect
+from hivlp_milvus.content import ContentOptions
 from hivlp_milvus.errors import ProfileError, QueryError
+from hivlp_milvus.ids import row_id, text_key
 from hivlp_milvus.model.embedding import HierarchicalEmbedding
 from hivlp_milvus.profiles import PlanCost, PlanModel, load_profile
 from hivlp_milvus.search import hierarchical_search
@@ -141,37 +144,37 @@ def test_yaml_plan_for_every_profile_and_engine() -> None:
 
 def test_lite_plan_is_exact_when_small_and_hierarchical_when_large_for_single_queries() -> None:
     profile = load_profile("lite")
-    model = profile.plan_model(lite=True)
-    assert model is not None
+    pm = profile.plan_model(lite=True)
+    assert pm is not None
 
     def chosen(rows: int, nq: int = 1) -> str:
-        return model.choose(rows, nq, profile.default_coarse_limit(LIMIT, num_rows=rows, lite=True))
+        return pm.choose(rows, nq, profile.default_coarse_limit(LIMIT, num_rows=rows, lite=True))
 
     assert chosen(3_000) == chosen(10_000) == "exact"
     assert chosen(1_000_000) == "hierarchical"
-    assert model.choose(None, 1, 100) == "hierarchical"  # unknown size: the plan that scales
+    assert pm.choose(None, 1, 100) == "hierarchical"  # unknown size: the plan that scales
 
 
 def test_choose_compares_the_two_costs() -> None:
-    model = PlanModel(
+    pm = PlanModel(
         engine="lite",
         exact=PlanCost(per_row=1e-6),
         hierarchical=PlanCost(base=0.01, per_candidate=1e-4),
         coarse_curve=((1000, 10.0),),
     )
     # exact 1e-6 * rows vs hierarchical 0.01 + nq * cl * 1e-4: at cl=100 the break-even is 20k rows (nq=1).
-    assert model.choose(19_000, 1, 100) == "exact"
-    assert model.choose(21_000, 1, 100) == "hierarchical"
-    assert model.choose(21_000, 8, 100) == "exact"  # eight shortlists cost more than one shared scan
+    assert pm.choose(19_000, 1, 100) == "exact"
+    assert pm.choose(21_000, 1, 100) == "hierarchical"
+    assert pm.choose(21_000, 8, 100) == "exact"  # eight shortlists cost more than one shared scan
 
 
 @pytest.mark.parametrize("rows", [500, 3_000, 10_000, 50_000, 100_000, 300_000, 1_000_000, 3_000_000])
 @pytest.mark.parametrize("limit", [1, 10, 25])
 def test_default_coarse_limit_is_at_least_what_the_curve_says(rows: int, limit: int) -> None:
     profile = load_profile("lite")
-    model = profile.plan_model(lite=True)
-    assert model is not None
-    curve = model.coarse_curve
+    pm = profile.plan_model(lite=True)
+    assert pm is not None
+    curve = pm.coarse_curve
     got = profile.default_coarse_limit(limit, num_rows=rows, lite=True)
     # The first measured size at or above `rows` holds >= 0.99 with per_hit * limit: never fewer.
     covering = [p for n, p in curve if n >= rows]
@@ -289,3 +292,53 @@ def test_exact_plan_searches_only_the_target_modality(
 def test_unknown_plan_is_a_query_error(col: HierarchicalCollection, data: dict[str, np.ndarray]) -> None:
     with pytest.raises(QueryError, match="plan must be one of"):
         hierarchical_search(col, _queries(data), plan="fastest")
+
+
+# ---------------------------------------------------------------------- the fusion stage on both plans
+
+
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory: pytest.TempPathFactory, model: Any) -> Iterator[HierarchicalCollection]:  # noqa: F811
+    """test_fusion_search's records (a real ``micro`` model with a fusion block), images by reference."""
+    img, txt = model.embed_images([r.image for r in RECORDS]), model.embed_texts(CAPTIONS)
+    rows = []
+    for i in range(len(RECORDS)):
+        for key, modality, ref, emb in (
+            (str(i), "image", f"img_{i:03d}.png", img),
+            (text_key(str(i), 0), "text", CAPTIONS[i], txt),
+        ):
+            rows.append(
+                {
+                    "id": row_id(key, modality),
+                    "key": key,
+                    "modality": modality,
+                    "reference": ref,
+                    "attributes": {},
+                    "vec_low": emb.low[i],
+                    "vec_high": emb.high[i],
+                }
+            )
+    client = connect(str(tmp_path_factory.mktemp("planfus") / "hivlp.db"))
+    c = HierarchicalCollection.create(unique("planfus"), client=client, model=model)
+    try:
+        c.upsert(rows)
+        c.flush()
+        yield c
+    finally:
+        c.drop()
+
+
+def test_fusion_on_the_exact_plan_rescores_the_exact_top_m(fused: HierarchicalCollection, image_dir: Any) -> None:  # noqa: F811
+    """Exact top-M then fusion == the funnel over the whole partition then fusion (same ids, same scores)."""
+    content = ContentOptions(root=str(image_dir))
+    queries = [CAPTIONS[3], RECORDS[8].image]  # text -> images, image -> captions
+    kw: dict[str, Any] = {"limit": 5, "fusion_limit": 12, "content": content}
+    exact = hierarchical_search(fused, queries, plan="exact", **kw)
+    funnel = hierarchical_search(fused, queries, plan="hierarchical", coarse_limit=len(RECORDS), **kw)
+    assert exact.plan == "exact+fusion"
+    assert funnel.plan == "hierarchical+fusion"
+    assert "fusion_s" in exact.timings
+    for a, b in zip(exact, funnel, strict=True):
+        assert [h["id"] for h in a] == [h["id"] for h in b]
+        np.testing.assert_allclose([h["fusion_score"] for h in a], [h["fusion_score"] for h in b], atol=1e-5)
+        np.testing.assert_allclose([h["coarse_distance"] for h in a], [h["coarse_distance"] for h in b], atol=1e-5)
