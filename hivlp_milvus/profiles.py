@@ -87,6 +87,7 @@ class IndexSpec:
 
 
 ENGINES = ("lite", "server")
+PLAN_COSTS = ("exact", "hierarchical")
 
 
 @dataclass(frozen=True)
@@ -168,12 +169,9 @@ def _plan_models(raw: dict[str, Any] | None) -> dict[str, PlanModel]:
         curve = tuple(sorted((int(p["rows"]), float(p["per_hit"])) for p in spec["coarse_curve"]))
         if not curve or any(p < 1 for _, p in curve):
             raise ProfileError(f"plan.{engine}.coarse_curve needs points with per_hit >= 1 (schemas/profiles.yaml)")
-        out[engine] = PlanModel(
-            engine=engine,
-            exact=PlanCost(**spec["cost"]["exact"]),
-            hierarchical=PlanCost(**spec["cost"]["hierarchical"]),
-            coarse_curve=curve,
-        )
+        # float(): YAML 1.1 reads "3e-07" (no dot) as a string.
+        costs = {plan: PlanCost(**{k: float(v) for k, v in spec["cost"][plan].items()}) for plan in PLAN_COSTS}
+        out[engine] = PlanModel(engine=engine, coarse_curve=curve, **costs)
     return out
 
 

@@ -155,6 +155,19 @@ def test_lite_plan_is_exact_when_small_and_hierarchical_when_large_for_single_qu
     assert pm.choose(None, 1, 100) == "hierarchical"  # unknown size: the plan that scales
 
 
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_server_plan_is_exact_when_small_and_hierarchical_when_large(name: str) -> None:
+    profile = load_profile(name)
+    pm = profile.plan_model(lite=False)
+    assert pm is not None
+
+    def chosen(rows: int, nq: int) -> str:
+        return pm.choose(rows, nq, profile.default_coarse_limit(LIMIT, num_rows=rows, lite=False))
+
+    assert chosen(5_000, 1) == "exact"
+    assert chosen(1_000_000, 1) == chosen(1_000_000, 32) == "hierarchical"
+
+
 def test_choose_compares_the_two_costs() -> None:
     pm = PlanModel(
         engine="lite",
