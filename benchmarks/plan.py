@@ -124,13 +124,13 @@ def fit_cost(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def check(col: Any, data: dict[str, np.ndarray], *, n_items: int) -> list[dict[str, Any]]:
+def check(col: Any, data: dict[str, np.ndarray], *, n_items: int, rounds: int = 1) -> list[dict[str, Any]]:
     """``plan="auto"`` with the default coarse_limit against ``plan="exact"``, on the held-out queries."""
     n = len(data["low"])
     out = []
     q0 = 500
     for nq in (1, 32):
-        items = n_items if nq == 1 else 2
+        items = min(n_items, N_QUERIES - q0) if nq == 1 else (N_QUERIES - q0) // nq
         chosen: dict[int, Any] = {}
 
         def auto(i: int, nq: int = nq, chosen: dict[int, Any] = chosen) -> Any:
@@ -144,6 +144,7 @@ def check(col: Any, data: dict[str, np.ndarray], *, n_items: int) -> list[dict[s
                 "exact": lambda i, nq=nq: hs(col, _query(data, q0 + i * nq, nq), limit=K, plan="exact"),
             },
             items,
+            rounds=rounds,
             seed=100 + nq,
         )
         q_high = data["q_high"][q0 : q0 + items * nq]
@@ -159,6 +160,7 @@ def check(col: Any, data: dict[str, np.ndarray], *, n_items: int) -> list[dict[s
             "nq": nq,
             "plan": "/".join(plans),
             "coarse_limit": next(iter(chosen.values()))[1],
+            "rounds": rounds,
             "auto": latency_stats(times["auto"], nq),
             "exact": latency_stats(times["exact"], nq),
             "time_vs_exact": auto_s / exact_s,
@@ -182,6 +184,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--sizes", nargs="+", default=None, help="gallery sizes (10k 100k 300k 1M)")
     ap.add_argument("--stage", nargs="+", choices=("curve", "fit", "check"), default=["curve", "fit", "check"])
     ap.add_argument("--queries", type=int, default=12, help="single queries per contender (batches: fewer)")
+    ap.add_argument("--rounds", type=int, default=1, help="check: times each query is repeated (interleaved)")
     args = ap.parse_args(argv)
     sizes = parse_sizes(args.sizes, [10_000, 100_000, 300_000, 1_000_000])
     from benchmarks.common import RESULTS_DIR
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> Path:
             k_curve = int(res["curve"].get(str(n), {}).get("k", 10 * K))
             res["fit_rows"][str(n)] = fit_timings(col, data, k_curve, n_items=args.queries)
         if "check" in args.stage:
-            res["check"][str(n)] = check(col, data, n_items=args.queries)
+            res["check"][str(n)] = check(col, data, n_items=args.queries, rounds=args.rounds)
         if col is not None:
             col.client.close()
         del col, data

@@ -355,3 +355,16 @@ def test_fusion_on_the_exact_plan_rescores_the_exact_top_m(fused: HierarchicalCo
         assert [h["id"] for h in a] == [h["id"] for h in b]
         np.testing.assert_allclose([h["fusion_score"] for h in a], [h["fusion_score"] for h in b], atol=1e-5)
         np.testing.assert_allclose([h["coarse_distance"] for h in a], [h["coarse_distance"] for h in b], atol=1e-5)
+
+
+def test_costs_written_without_a_dot_are_numbers() -> None:
+    """YAML 1.1 reads ``3e-07`` as a string: the loader must still compute with it."""
+    from hivlp_milvus.profiles import _plan_models  # noqa: PLC2701 - the yaml loader itself
+
+    spec = {
+        "cost": {"exact": {"per_row": "3e-07"}, "hierarchical": {"base": 1}},
+        "coarse_curve": [{"rows": 10, "per_hit": 2}],
+    }
+    pm = _plan_models({"lite": spec})["lite"]
+    assert pm.exact.seconds(1_000_000, 1) == pytest.approx(0.3)
+    assert pm.choose(1_000_000, 1, 10) == "exact"  # 0.3 s against the funnel's 1 s
