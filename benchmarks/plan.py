@@ -192,6 +192,9 @@ def main(argv: list[str] | None = None) -> Path:
     path = RESULTS_DIR / "plan.json"
     doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     res: dict[str, Any] = {k: doc.get(k, {}) for k in ("curve", "fit_rows", "check")}
+    import sys
+
+    commands = [*doc.get("commands", []), " ".join(["python -m benchmarks.plan", *(argv or sys.argv[1:])])]
     t0 = time.perf_counter()
     out = path
     for n in sizes:
@@ -207,12 +210,12 @@ def main(argv: list[str] | None = None) -> Path:
         if col is not None:
             col.client.close()
         del col, data
-        out = _write(res, time.perf_counter() - t0 + float(doc.get("wall_s", 0.0)))  # after each size
+        out = _write(res, commands, time.perf_counter() - t0 + float(doc.get("wall_s", 0.0)))  # after each size
     log(f"wrote {out}")
     return out
 
 
-def _write(res: dict[str, Any], wall_s: float) -> Path:
+def _write(res: dict[str, Any], commands: list[str], wall_s: float) -> Path:
     all_rows = [r for rows in res["fit_rows"].values() for r in rows]
     payload = {
         **res,
@@ -222,6 +225,7 @@ def _write(res: dict[str, Any], wall_s: float) -> Path:
         "coarse_curve": [
             {"rows": p["rows"], "per_hit": p["per_hit"]} for p in sorted(res["curve"].values(), key=lambda p: p["rows"])
         ],
+        "commands": commands,
         "wall_s": wall_s,
     }
     return write_result("plan", payload)

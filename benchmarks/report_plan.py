@@ -128,7 +128,11 @@ def plan_section(res: dict[str, Any]) -> str:
         "collection's row count (docs/search.md). Data: the search benchmark's generated vectors "
         f"({gen.get('low_dim')}/{gen.get('high_dim')} dims, sigma={fmt(gen.get('sigma'), 4)}, fitted to the "
         "trained tiny model) in cached Milvus Lite databases. "
-        f"Command: `{res.get('command')}` ({res.get('date')}, {res.get('wall_s', 0) / 60:.0f} min in all stages).",
+        f"Commands, in order: {'; '.join(f'`{c}`' for c in res.get('commands') or [res.get('command')])} "
+        f"(last {res.get('date')}, {res.get('wall_s', 0) / 60:.0f} min in all). The machine was shared: "
+        f"load average {', '.join(str(x) for x in (res.get('machine') or {}).get('loadavg_at_end', []))} on "
+        f"{(res.get('machine') or {}).get('cores', '?')} cores at the end, so absolute times are several "
+        "times this hardware's idle ones (compare the search section's); the plans were always interleaved.",
         "",
     ]
     lines += _curve(res) + _fit(res) + _check(res)
