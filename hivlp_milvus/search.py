@@ -304,9 +304,9 @@ def hierarchical_search(
             and return its first ``limit``; ``None`` (default): two stages only.
         content: how the fusion stage reads candidate images (root directory, http(s) opt-in,
             size and time limits); defaults of :class:`~hivlp_milvus.content.ContentOptions`.
-        plan: ``"auto"`` (default): one exact search on ``vec_high`` where the profile's cost
-            model predicts it cheaper than coarse -> fine for this collection size and batch (and
-            ``coarse_limit`` is not given), else the funnel; ``"exact"`` or ``"hierarchical"``
+        plan: ``"auto"`` (default): the funnel where the profile's cost model predicts it clearly
+            cheaper than one exact search on ``vec_high`` for this collection size and batch (or
+            ``coarse_limit`` is given), else the exact search; ``"exact"`` or ``"hierarchical"``
             force one.
 
     Returns:
