@@ -75,7 +75,10 @@ def _check(res: dict[str, Any]) -> list[str]:
     rows, held = [], True
     for n in sorted(check, key=int):
         for r in check[n]:
-            held &= bool(r["holds"])
+            # When auto chose exact, both contenders sent the same requests: the ratio is the noise.
+            same = r["plan"] == "exact"
+            ok = bool(r["holds"]) or (same and r["fidelity_auto"] >= r["fidelity_exact"])
+            held &= ok
             rows.append(
                 [
                     f"{r['rows']:,}",
@@ -87,7 +90,7 @@ def _check(res: dict[str, Any]) -> list[str]:
                     fmt(r["time_vs_exact"], 2) + "×",
                     fmt(r["fidelity_auto"], 3),
                     fmt(r["fidelity_exact"], 3),
-                    "yes" if r["holds"] else "**no**",
+                    ("yes" if r["holds"] else "yes (same requests: the ratio is noise)") if ok else "**no**",
                 ]
             )
     verdict = "holds at every size and batch" if held else "does **not** hold everywhere (rows marked no)"
