@@ -126,9 +126,9 @@ def plan_section(res: dict[str, Any]) -> str:
     lines = [
         "## Search plan: never slower than exact search, never less faithful",
         "",
-        '`hierarchical_search(plan="auto")` answers with one exact search on `vec_high` where the profile\'s '
-        "cost model predicts it cheaper than coarse → fine, and sizes the default `coarse_limit` from the "
-        "collection's row count (docs/search.md). Data: the search benchmark's generated vectors "
+        '`hierarchical_search(plan="auto")` answers with one exact search on `vec_high` unless the profile\'s '
+        "cost model predicts coarse → fine at most `switch_ratio` (0.8) of its time, and sizes the default "
+        "`coarse_limit` from the collection's row count (docs/search.md). Data: the search benchmark's vectors "
         f"({gen.get('low_dim')}/{gen.get('high_dim')} dims, sigma={fmt(gen.get('sigma'), 4)}, fitted to the "
         "trained tiny model) in cached Milvus Lite databases. "
         f"Commands, in order: {'; '.join(f'`{c}`' for c in res.get('commands') or [res.get('command')])} "
