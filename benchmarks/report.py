@@ -685,6 +685,9 @@ def write_report(results_dir: Path | None = None, out: Path | None = None) -> Pa
         from benchmarks.report_engine import engine_section  # imports this module: import here
 
         parts.append(engine_section(engine, search))
+    from benchmarks.report_plan import plan_section  # imports this module: import here
+
+    parts += [plan_section(p) for p in [_load("plan", rd)] if p]
     parts.append(ingest_section(ingest) if ingest else "## Ingest\n\nNot measured yet.\n")
     parts.append(serve_section(serve))
     parts.append(train_section(train) if train else "## Training\n\nNot measured yet.\n")

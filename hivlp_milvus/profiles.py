@@ -4,6 +4,9 @@ A profile names the ANN index of ``vec_low`` (one of several variants) and the e
 ``vec_high`` (always FLAT), with build/search parameters and the top-k cap of the coarse index.
 ``resolve_profile`` picks the profile for a given Milvus: Milvus Lite gets ``lite``; a server gets
 ``gpu`` when it accepts GPU indexes and ``cpu`` otherwise.
+
+A profile also carries its measured search plan (:class:`PlanModel`, per engine): the cost of one
+exact search against coarse -> fine, and the shortlist that keeps fidelity as the collection grows.
 """
 
 from __future__ import annotations
@@ -83,6 +86,101 @@ class IndexSpec:
         return int(value) if isinstance(value, int) else None
 
 
+ENGINES = ("lite", "server")
+PLAN_COSTS = ("exact", "hierarchical")
+
+
+@dataclass(frozen=True)
+class PlanCost:
+    """A linear cost model of one search plan, in seconds, fitted by ``benchmarks/plan.py``.
+
+    ``base + nq * per_query + rows * (per_row + nq * per_row_query) + nq * coarse_limit * per_candidate``:
+    a request's fixed price, a price per query (results, per-query requests), a scan shared by the
+    batch, a scan per query, and (coarse -> fine only) the shortlist's fetch and re-rank.
+    """
+
+    base: float = 0.0
+    per_query: float = 0.0
+    per_row: float = 0.0
+    per_row_query: float = 0.0
+    per_candidate: float = 0.0
+
+    def seconds(self, rows: int, nq: int, coarse_limit: int = 0) -> float:
+        """Predicted seconds for ``nq`` queries over ``rows`` rows with a ``coarse_limit`` shortlist."""
+        scan = rows * (self.per_row + nq * self.per_row_query)
+        return self.base + nq * self.per_query + scan + nq * coarse_limit * self.per_candidate
+
+
+@dataclass(frozen=True)
+class PlanModel:
+    """The measured search plan of one profile on one engine (``plan.<engine>`` in the yaml).
+
+    Attributes:
+        engine: ``lite`` (Milvus Lite) or ``server``.
+        exact: cost of one exact search on ``vec_high``.
+        hierarchical: cost of coarse -> fine (the engine's default re-rank path).
+        coarse_curve: ``(rows, per_hit)`` ascending: at up to ``rows`` rows a shortlist of
+            ``per_hit * limit`` keeps >= 0.99 of the exact top-``limit`` (measured at limit 10).
+        switch_ratio: the funnel runs only where predicted at most this share of exact's time.
+            Near the crossover the two plans are within the model's error and the exact one is
+            never less faithful, so it keeps the tie (0.8 measured: at 100k rows on Lite a
+            prediction of 0.94x was 1.19x).
+    """
+
+    engine: str
+    exact: PlanCost
+    hierarchical: PlanCost
+    coarse_curve: tuple[tuple[int, float], ...]
+    switch_ratio: float = 0.8
+
+    def coarse_per_hit(self, rows: int | None) -> float:
+        """Shortlist per final hit for a collection of ``rows`` rows (``None``: the largest measured).
+
+        The first curve point at or above ``rows`` (never less than measured); past the last point,
+        extrapolated on the log-log slope of the last two (a shortlist grows with the collection).
+        """
+        curve = self.coarse_curve
+        if rows is None:
+            return curve[-1][1]
+        for n, per_hit in curve:
+            if rows <= n:
+                return per_hit
+        if len(curve) < 2:
+            return curve[-1][1]
+        (n0, p0), (n1, p1) = curve[-2], curve[-1]
+        slope = max(math.log(p1 / p0) / math.log(n1 / n0), 0.0) if n1 > n0 and p0 > 0 else 0.0
+        return p1 * (rows / n1) ** slope
+
+    def default_coarse_limit(self, n: int, rows: int | None) -> int:
+        """``ceil(per_hit * n)`` for ``n`` final hits (or fusion candidates), at least ``n``."""
+        return max(n, math.ceil(self.coarse_per_hit(rows) * n - 1e-9))
+
+    def choose(self, rows: int | None, nq: int, coarse_limit: int) -> str:
+        """``"hierarchical"`` where coarse -> fine is predicted clearly cheaper (``switch_ratio``), else ``"exact"``.
+
+        An unknown size (``None``) keeps the funnel: it is the plan that scales.
+        """
+        if rows is None:
+            return "hierarchical"
+        funnel = self.hierarchical.seconds(rows, nq, coarse_limit)
+        return "hierarchical" if funnel <= self.switch_ratio * self.exact.seconds(rows, nq) else "exact"
+
+
+def _plan_models(raw: dict[str, Any] | None) -> dict[str, PlanModel]:
+    out: dict[str, PlanModel] = {}
+    for engine, spec in (raw or {}).items():
+        if engine not in ENGINES:
+            raise ProfileError(f"plan engine must be one of {ENGINES}, got {engine!r} (schemas/profiles.yaml)")
+        curve = tuple(sorted((int(p["rows"]), float(p["per_hit"])) for p in spec["coarse_curve"]))
+        if not curve or any(p < 1 for _, p in curve):
+            raise ProfileError(f"plan.{engine}.coarse_curve needs points with per_hit >= 1 (schemas/profiles.yaml)")
+        # float(): YAML 1.1 reads "3e-07" (no dot) as a string.
+        costs = {plan: PlanCost(**{k: float(v) for k, v in spec["cost"][plan].items()}) for plan in PLAN_COSTS}
+        ratio = float(spec.get("switch_ratio", 0.8))
+        out[engine] = PlanModel(engine=engine, coarse_curve=curve, switch_ratio=ratio, **costs)
+    return out
+
+
 @dataclass(frozen=True)
 class IndexProfile:
     """A named index profile: the index of ``vec_low`` (one variant) and of ``vec_high``.
@@ -95,6 +193,7 @@ class IndexProfile:
         metric_type: always ``IP`` (vectors are L2-normalised).
         fallback: profile to use when a server refuses this one (``gpu`` -> ``cpu``).
         milvus_max_topk: Milvus' own cap on ``limit``.
+        plans: the measured search plan per engine (``lite`` / ``server``), see :class:`PlanModel`.
     """
 
     name: str
@@ -104,6 +203,21 @@ class IndexProfile:
     metric_type: str = "IP"
     fallback: str | None = None
     milvus_max_topk: int = MILVUS_MAX_TOPK
+    plans: dict[str, PlanModel] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def plan_model(self, *, lite: bool) -> PlanModel | None:
+        """The measured plan on Milvus Lite (``lite=True``) or a server; ``None`` if not measured."""
+        return self.plans.get("lite" if lite else "server")
+
+    def default_coarse_limit(self, n: int, *, num_rows: int | None, lite: bool) -> int:
+        """The default shortlist for ``n`` final hits (or fusion candidates) on a collection of ``num_rows``.
+
+        From the profile's measured recall curve (:meth:`PlanModel.default_coarse_limit`), capped by
+        the coarse index; without a measured plan, ``max(10 * n, 100)``.
+        """
+        model = self.plan_model(lite=lite)
+        wanted = model.default_coarse_limit(n, num_rows) if model else max(10 * n, 100)
+        return max(min(wanted, self.coarse_cap), min(n, self.coarse_cap))
 
     @property
     def tag(self) -> str:
@@ -331,6 +445,7 @@ def load_profile(name: str, variant: str | None = None) -> IndexProfile:
         metric_type=str(data.get("metric_type", "IP")),
         fallback=raw.get("fallback"),
         milvus_max_topk=max_topk,
+        plans=_plan_models(raw.get("plan")),
     )
 
 

@@ -23,26 +23,17 @@
      ``get`` of the shortlist's vectors, single queries and batches of 32 alike. That engine is
      not a standalone deployment; ``hivlp-milvus bench engine --uri`` re-measures on one.
 
-   An earlier measurement at 20k rows (Milvus Lite 3.2.2 in-process, 64/256 dims, limit 10, load
-   6-18 so +-50 %, before rows were split into per-modality partitions), fine-stage ms
-   (client | server), where the server path won small unfiltered shortlists:
-
-   ==================  ===========  ===========  ============  ===========
-   filter              coarse 100   coarse 200   coarse 500    coarse 200
-                       batch 1      batch 1      batch 1       batch 8
-   ==================  ===========  ===========  ============  ===========
-   none                11 | 14      63 | 53      176 | 45      435 | 130
-   modality (VARCHAR)  24 | 15      149 | 20     148 | 102     1217 | 561
-   attributes (JSON)   34 | 2634    28 | 1077    108 | 3385    262 | 13568
-   ==================  ===========  ===========  ============  ===========
-
-   The client path's cost is Lite's ``get`` of the shortlist's vectors (~0.3 ms per 256-d row);
-   the server path's cost is one request per query plus one filter evaluation per request.
-   On a Milvus server both costs are lower; re-measure there (benchmarks/) before trusting the
-   same rule.
+   The measurements behind this rule, and an older one at 20k rows, are in ``docs/search.md``.
 
 3. **Fusion** (only with ``fusion_limit=M``): the fine top-M re-scored by the model's cross-attention
    scorer, which reads each candidate's content (:mod:`hivlp_milvus.fusion_stage`).
+
+**Plan.** Where one exact search on ``vec_high`` is predicted cheaper than coarse -> fine (small
+collections, large batches on Milvus Lite), ``plan="auto"`` answers exactly instead, with the same
+filter, modality and fusion stage, and says so (``results.plan``). The default ``coarse_limit``
+grows with the collection, from the profile's measured recall curve. Both rules are data in
+``schemas/profiles.yaml`` (:class:`~hivlp_milvus.profiles.PlanModel`), measured by
+``benchmarks/plan.py``.
 
 Results are shaped like ``MilvusClient.search``: a list (one per query) of hits
 ``{"id", "distance" (fine score), "coarse_distance", "entity": {...}}`` (plus ``fusion_score``
@@ -57,7 +48,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -67,7 +57,7 @@ from hivlp_milvus.content import ContentOptions
 from hivlp_milvus.errors import DimensionMismatchError, FilterError, QueryError, SearchLimitError
 from hivlp_milvus.filters import bind, filter_errors, filter_kwargs, restrict_to_ids
 from hivlp_milvus.fusion_stage import CONTENT_FIELDS, check_fusion, fusion_rerank, query_items
-from hivlp_milvus.ids import MODALITIES
+from hivlp_milvus.queries import encode_queries, resolve_modality
 
 if TYPE_CHECKING:
     from hivlp_milvus.profiles import IndexProfile
@@ -117,6 +107,7 @@ class SearchableCollection(Protocol):
 
 
 RERANK_MODES = ("auto", "client", "server")
+PLANS = ("auto", "exact", "hierarchical")
 LEVELS = ("low", "high")
 DEFAULT_OUTPUT_FIELDS = ("key", "modality", "reference", "attributes")
 
@@ -137,7 +128,13 @@ class SearchResults(list):
     Attributes:
         timings: seconds spent in ``encode_s``, ``coarse_s``, ``fine_s`` (``fusion_s`` with a fusion
             stage) and ``total_s``.
-        rerank: the re-rank path that ran (``"client"`` / ``"server"``; ``None`` for one-level search).
+        rerank: the funnel's re-rank path (``"client"`` / ``"server"``, ``"auto"`` resolved;
+            ``None`` for one-level search). On the exact plan nothing was re-ranked: see ``plan``.
+        plan: how :func:`hierarchical_search` answered: ``"exact"`` (one exact search on
+            ``vec_high``), ``"hierarchical"`` (coarse -> fine), with ``"+fusion"`` when the fusion
+            stage ran; ``None`` for one-level search.
+        coarse_limit: the shortlist the funnel used or would have used (the default is sized from
+            the collection, see :meth:`~hivlp_milvus.profiles.IndexProfile.default_coarse_limit`).
         fusion_skipped: the fusion stage's candidates that could not be scored (their image could
             not be read, or they have the query's modality), as ``{"query", "id", "reason"}``;
             they kept their fine-stage position.
@@ -149,100 +146,16 @@ class SearchResults(list):
         timings: Mapping[str, float] | None = None,
         rerank: str | None = None,
         fusion_skipped: Sequence[Mapping[str, Any]] = (),
+        *,
+        plan: str | None = None,
+        coarse_limit: int | None = None,
     ) -> None:
         super().__init__(hits)
         self.timings: dict[str, float] = dict(timings or {})
         self.rerank = rerank
+        self.plan = plan
+        self.coarse_limit = coarse_limit
         self.fusion_skipped: list[dict[str, Any]] = [dict(s) for s in fusion_skipped]
-
-
-# ---------------------------------------------------------------------- queries
-
-
-def _is_image(x: Any) -> bool:
-    if isinstance(x, Path | bytes | bytearray | memoryview | np.ndarray):
-        return True
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        return False
-    return isinstance(x, Image.Image)
-
-
-def _is_embedding(x: Any) -> bool:
-    # Duck-typed so searching never imports the model package (torch, timm, transformers).
-    return hasattr(x, "low") and hasattr(x, "high") and not isinstance(x, str | bytes)
-
-
-def _as_2d(x: Any) -> np.ndarray:
-    arr = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float32)
-    return arr.reshape(1, -1) if arr.ndim == 1 else arr
-
-
-def encode_queries(query: Any, model: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Turn a query (or a list of queries) into ``(low, high, kinds)``.
-
-    ``kinds[i]`` is ``"text"``, ``"image"`` or ``"embedding"`` for query row ``i``.
-
-    Raises:
-        QueryError: unsupported query type, an empty list, or a str/image query without a model.
-    """
-    items = list(query) if isinstance(query, list | tuple) else [query]
-    if not items:
-        raise QueryError("the query list is empty")
-    parts: list[tuple[str, Any]] = []
-    for i, item in enumerate(items):
-        if _is_embedding(item):
-            parts.append(("embedding", item))
-        elif isinstance(item, str):
-            parts.append(("text", item))
-        elif _is_image(item):
-            parts.append(("image", item))
-        else:
-            raise QueryError(
-                f"query {i} is a {type(item).__name__}; search with a str (text), an image (path, PIL image, "
-                "HWC array, bytes), a HierarchicalEmbedding, or a list of these"
-            )
-    needs_model = [k for k, _ in parts if k != "embedding"]
-    if needs_model and model is None:
-        raise QueryError(
-            f"a {needs_model[0]} query must be encoded, but the collection has no model; pass model= to "
-            "HierarchicalCollection.open()/create() (or search with a HierarchicalEmbedding)"
-        )
-    lows: list[np.ndarray | None] = [None] * len(parts)
-    highs: list[np.ndarray | None] = [None] * len(parts)
-    kinds: list[list[str]] = [[] for _ in parts]
-    for kind, method in (("text", "embed_texts"), ("image", "embed_images")):
-        idx = [i for i, (k, _) in enumerate(parts) if k == kind]
-        if idx:
-            emb = getattr(model, method)([parts[i][1] for i in idx])
-            low, high = _as_2d(emb.low), _as_2d(emb.high)
-            for j, i in enumerate(idx):
-                lows[i], highs[i], kinds[i] = low[j : j + 1], high[j : j + 1], [kind]
-    for i, (kind, item) in enumerate(parts):
-        if kind == "embedding":
-            low, high = _as_2d(item.low), _as_2d(item.high)
-            if len(low) != len(high):
-                raise QueryError(f"query {i}: low has {len(low)} rows but high has {len(high)}")
-            lows[i], highs[i], kinds[i] = low, high, ["embedding"] * len(low)
-    low = np.concatenate([x for x in lows if x is not None])
-    high = np.concatenate([x for x in highs if x is not None])
-    return low, high, [k for ks in kinds for k in ks]
-
-
-def _default_modality(kind: str) -> str | None:
-    # Cross-modal retrieval: text finds images, an image finds captions; an embedding searches all.
-    return {"text": "image", "image": "text"}.get(kind)
-
-
-def _resolve_modality(modality: str | None, kinds: list[str]) -> list[str | None]:
-    if modality is None:
-        return [_default_modality(k) for k in kinds]
-    if modality in ("all", "any", "*"):
-        return [None] * len(kinds)
-    if modality not in MODALITIES:
-        raise QueryError(f"modality must be one of {MODALITIES}, 'all' or None, got {modality!r}")
-    return [modality] * len(kinds)
 
 
 # ---------------------------------------------------------------------- Milvus access
@@ -355,10 +268,13 @@ def hierarchical_search(
     consistency_level: str | None = None,
     fusion_limit: int | None = None,
     content: ContentOptions | None = None,
+    plan: str = "auto",
 ) -> SearchResults:
     """Coarse ANN on ``vec_low`` -> exact re-rank on ``vec_high`` of the shortlist, one filter for both.
 
     With ``fusion_limit=M`` a third stage re-scores the fine top-M with the model's fusion block.
+    Where one exact search is cheaper (``plan="auto"``), the fine stage runs on the whole
+    collection instead: the same hits as a funnel whose shortlist holds every row.
 
     Args:
         col: the collection (any :class:`SearchableCollection`; ``HierarchicalCollection`` is one).
@@ -366,8 +282,11 @@ def hierarchical_search(
             ``HierarchicalEmbedding`` (one or many rows), or a list of these (batched: the coarse
             stage is one multi-query search per target modality).
         limit: final hits per query.
-        coarse_limit: shortlist size; default ``max(10 * n, 100)`` capped by the profile, where
-            ``n`` is ``fusion_limit`` when given, else ``limit``.
+        coarse_limit: shortlist size; default: sized from the collection's row count by the profile's
+            measured recall curve so the funnel keeps >= 0.99 of the exact top-``n``
+            (``max(10 * n, 100)`` for a profile without one), capped by the profile, where ``n`` is
+            ``fusion_limit`` when given, else ``limit``. Given explicitly, it asks for the funnel:
+            ``plan="auto"`` then stays hierarchical.
         filter: Milvus boolean expression with ``{name}`` placeholders.
         filter_params: placeholder values (templated on servers, bound as literals on Lite).
         modality: targets: ``"image"``, ``"text"``, ``"all"``; default: a text query searches
@@ -385,16 +304,22 @@ def hierarchical_search(
             and return its first ``limit``; ``None`` (default): two stages only.
         content: how the fusion stage reads candidate images (root directory, http(s) opt-in,
             size and time limits); defaults of :class:`~hivlp_milvus.content.ContentOptions`.
+        plan: ``"auto"`` (default): the funnel where the profile's cost model predicts it clearly
+            cheaper than one exact search on ``vec_high`` for this collection size and batch (or
+            ``coarse_limit`` is given), else the exact search; ``"exact"`` or ``"hierarchical"``
+            force one.
 
     Returns:
         ``SearchResults``: per query, hits ``{"id", "distance", "coarse_distance", "entity"}`` sorted
-        by the fine score (``distance``, inner product, higher is closer); ``.timings``. With a
+        by the fine score (``distance``, inner product, higher is closer; ``coarse_distance`` is
+        the low-dim inner product on both plans); ``.timings`` (on the exact plan ``coarse_s`` is
+        0 and ``fine_s`` is the exact search); ``.plan`` and ``.coarse_limit`` say what ran. With a
         fusion stage, hits are in fusion order and gain ``fusion_score`` (``None``, with a
         ``fusion_error``, for a candidate that could not be scored: it keeps its fine position and
         is listed in ``.fusion_skipped``); ``.timings`` gains ``fusion_s``.
 
     Raises:
-        QueryError: bad query type, a str/image query without a model, bad ``rerank``/``modality``.
+        QueryError: bad query type, a str/image query without a model, bad ``rerank``/``modality``/``plan``.
         SearchLimitError: ``limit``/``coarse_limit`` out of range for the profile.
         FilterError: malformed filter or parameters (Milvus' parse message is kept).
         DimensionMismatchError: query vectors of the wrong dims.
@@ -403,46 +328,112 @@ def hierarchical_search(
     """
     if rerank not in RERANK_MODES:
         raise QueryError(f"rerank must be one of {RERANK_MODES}, got {rerank!r}")
+    if plan not in PLANS:
+        raise QueryError(f"plan must be one of {PLANS}, got {plan!r}")
     mode = auto_rerank(filter, lite=col.is_lite) if rerank == "auto" else rerank
-    requested_coarse = coarse_limit
-    coarse_limit = col.profile.validate_limits(limit, requested_coarse)
     fields = list(DEFAULT_OUTPUT_FIELDS if output_fields is None else output_fields)
     fine_limit, fine_fields = limit, fields
     if fusion_limit is not None:
         check_fusion(col.model, fusion_limit, limit, query)
         # The fine stage hands the fusion stage its top-M with what it needs to read each one.
-        coarse_limit = col.profile.validate_limits(fusion_limit, requested_coarse)
         fine_limit, fine_fields = fusion_limit, list(dict.fromkeys([*fields, *CONTENT_FIELDS]))
+    col.profile.validate_limits(limit, coarse_limit)
+    num_rows = col.approx_num_rows()
+    chosen_coarse = coarse_limit
+    if chosen_coarse is None:
+        chosen_coarse = col.profile.default_coarse_limit(fine_limit, num_rows=num_rows, lite=col.is_lite)
+    chosen_coarse = col.profile.validate_limits(fine_limit, chosen_coarse)
     milvus = _Milvus(col, filter, filter_params, timeout=timeout, consistency_level=consistency_level)
     t0 = time.perf_counter()
     low, high, kinds = encode_queries(query, col.model)
     _check_query_dims(col, low, high)
     t1 = time.perf_counter()
 
-    modalities = _resolve_modality(modality, kinds)
-    low_params = _merge_search_params(
-        col.profile.low_search_params(coarse_limit, num_rows=col.approx_num_rows()), search_params
+    modalities = resolve_modality(modality, kinds)
+    chosen_plan = _choose_plan(
+        col, plan, explicit_coarse=coarse_limit is not None, rows=num_rows, nq=len(low), coarse_limit=chosen_coarse
     )
-    per_query = _search_partitions(
-        milvus, low, modalities, anns_field="vec_low", limit=coarse_limit, output_fields=[], search_params=low_params
-    )
-    coarse = [[(int(h["id"]), float(h["distance"])) for h in hits] for hits in per_query]
-    t2 = time.perf_counter()
-
-    if mode == "client":
-        hits = _rerank_client(milvus, high, coarse, fine_limit, fine_fields)
+    if chosen_plan == "exact":
+        hits = _exact(milvus, low, high, modalities, fine_limit, fine_fields)
+        t2 = t1
     else:
-        hits = _rerank_server(milvus, high, coarse, modalities, fine_limit, fine_fields)
+        low_params = _merge_search_params(
+            col.profile.low_search_params(chosen_coarse, num_rows=num_rows), search_params
+        )
+        per_query = _search_partitions(
+            milvus,
+            low,
+            modalities,
+            anns_field="vec_low",
+            limit=chosen_coarse,
+            output_fields=[],
+            search_params=low_params,
+        )
+        coarse = [[(int(h["id"]), float(h["distance"])) for h in hits] for hits in per_query]
+        t2 = time.perf_counter()
+        if mode == "client":
+            hits = _rerank_client(milvus, high, coarse, fine_limit, fine_fields)
+        else:
+            hits = _rerank_server(milvus, high, coarse, modalities, fine_limit, fine_fields)
     t3 = time.perf_counter()
     timings = {"encode_s": t1 - t0, "coarse_s": t2 - t1, "fine_s": t3 - t2}
+    info = {"plan": chosen_plan, "coarse_limit": chosen_coarse}
     if fusion_limit is None:
-        return SearchResults(hits, timings | {"total_s": t3 - t0}, rerank=mode)
+        return SearchResults(hits, timings | {"total_s": t3 - t0}, rerank=mode, **info)
     hits, skipped = fusion_rerank(col.model, query_items(query), kinds, hits, limit, content)
     for hit in (h for per_query in hits for h in per_query):
         hit["entity"] = {f: v for f, v in hit["entity"].items() if f in fields}
     t4 = time.perf_counter()
     timings |= {"fusion_s": t4 - t3, "total_s": t4 - t0}
-    return SearchResults(hits, timings, rerank=mode, fusion_skipped=skipped)
+    info["plan"] += "+fusion"
+    return SearchResults(hits, timings, rerank=mode, fusion_skipped=skipped, **info)
+
+
+def _choose_plan(
+    col: SearchableCollection, plan: str, *, explicit_coarse: bool, rows: int | None, nq: int, coarse_limit: int
+) -> str:
+    """The plan to run: forced, or the profile's cost model's cheaper one (an explicit shortlist keeps the funnel)."""
+    if plan != "auto":
+        return plan
+    model = col.profile.plan_model(lite=col.is_lite)
+    if explicit_coarse or model is None:
+        return "hierarchical"
+    return model.choose(rows, nq, coarse_limit)
+
+
+def _exact(
+    milvus: _Milvus,
+    low: np.ndarray,
+    high: np.ndarray,
+    modalities: list[str | None],
+    limit: int,
+    fields: list[str],
+) -> list[list[dict[str, Any]]]:
+    """One exact search on ``vec_high`` per target modality: the funnel with every row shortlisted.
+
+    ``vec_low`` of the hits comes back with them so ``coarse_distance`` means the same on both plans.
+    """
+    per_query = _search_partitions(
+        milvus,
+        high,
+        modalities,
+        anns_field="vec_high",
+        limit=limit,
+        output_fields=list(dict.fromkeys([*fields, "vec_low"])),
+        search_params=milvus.col.profile.high_search_params(),
+    )
+    return [
+        [
+            {
+                "id": int(h["id"]),
+                "distance": float(h["distance"]),
+                "coarse_distance": float(np.dot(np.asarray((h.get("entity") or {})["vec_low"], np.float32), low[q])),
+                "entity": _entity(h, fields),
+            }
+            for h in hits
+        ]
+        for q, hits in enumerate(per_query)
+    ]
 
 
 def _search_partitions(
@@ -579,7 +570,7 @@ def search(
     per_query = _search_partitions(
         milvus,
         vectors,
-        _resolve_modality(modality, kinds),
+        resolve_modality(modality, kinds),
         anns_field=f"vec_{level}",
         limit=limit,
         output_fields=fields,

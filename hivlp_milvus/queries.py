@@ -1,0 +1,110 @@
+"""Queries of a search: what the user passed (text, images, embeddings) turned into vectors.
+
+Duck-typed so searching never imports the model package (torch, timm, transformers): a str is a
+text, an image is a path / PIL image / array / bytes, and anything with ``.low`` and ``.high`` is an
+embedding. Used by :mod:`hivlp_milvus.search` for both the funnel and one-level search.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hivlp_milvus.errors import QueryError
+from hivlp_milvus.ids import MODALITIES
+
+
+def _is_image(x: Any) -> bool:
+    if isinstance(x, Path | bytes | bytearray | memoryview | np.ndarray):
+        return True
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        return False
+    return isinstance(x, Image.Image)
+
+
+def _is_embedding(x: Any) -> bool:
+    # Duck-typed so searching never imports the model package (torch, timm, transformers).
+    return hasattr(x, "low") and hasattr(x, "high") and not isinstance(x, str | bytes)
+
+
+def _as_2d(x: Any) -> np.ndarray:
+    arr = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float32)
+    return arr.reshape(1, -1) if arr.ndim == 1 else arr
+
+
+def encode_queries(query: Any, model: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Turn a query (or a list of queries) into ``(low, high, kinds)``.
+
+    ``kinds[i]`` is ``"text"``, ``"image"`` or ``"embedding"`` for query row ``i``.
+
+    Raises:
+        QueryError: unsupported query type, an empty list, or a str/image query without a model.
+    """
+    items = list(query) if isinstance(query, list | tuple) else [query]
+    if not items:
+        raise QueryError("the query list is empty")
+    parts: list[tuple[str, Any]] = []
+    for i, item in enumerate(items):
+        if _is_embedding(item):
+            parts.append(("embedding", item))
+        elif isinstance(item, str):
+            parts.append(("text", item))
+        elif _is_image(item):
+            parts.append(("image", item))
+        else:
+            raise QueryError(
+                f"query {i} is a {type(item).__name__}; search with a str (text), an image (path, PIL image, "
+                "HWC array, bytes), a HierarchicalEmbedding, or a list of these"
+            )
+    needs_model = [k for k, _ in parts if k != "embedding"]
+    if needs_model and model is None:
+        raise QueryError(
+            f"a {needs_model[0]} query must be encoded, but the collection has no model; pass model= to "
+            "HierarchicalCollection.open()/create() (or search with a HierarchicalEmbedding)"
+        )
+    lows: list[np.ndarray | None] = [None] * len(parts)
+    highs: list[np.ndarray | None] = [None] * len(parts)
+    kinds: list[list[str]] = [[] for _ in parts]
+    for kind, method in (("text", "embed_texts"), ("image", "embed_images")):
+        idx = [i for i, (k, _) in enumerate(parts) if k == kind]
+        if idx:
+            emb = getattr(model, method)([parts[i][1] for i in idx])
+            low, high = _as_2d(emb.low), _as_2d(emb.high)
+            for j, i in enumerate(idx):
+                lows[i], highs[i], kinds[i] = low[j : j + 1], high[j : j + 1], [kind]
+    for i, (kind, item) in enumerate(parts):
+        if kind == "embedding":
+            low, high = _as_2d(item.low), _as_2d(item.high)
+            if len(low) != len(high):
+                raise QueryError(f"query {i}: low has {len(low)} rows but high has {len(high)}")
+            lows[i], highs[i], kinds[i] = low, high, ["embedding"] * len(low)
+    low = np.concatenate([x for x in lows if x is not None])
+    high = np.concatenate([x for x in highs if x is not None])
+    return low, high, [k for ks in kinds for k in ks]
+
+
+def _default_modality(kind: str) -> str | None:
+    # Cross-modal retrieval: text finds images, an image finds captions; an embedding searches all.
+    return {"text": "image", "image": "text"}.get(kind)
+
+
+def resolve_modality(modality: str | None, kinds: list[str]) -> list[str | None]:
+    """The partition each query row searches: ``modality`` as given, or the cross-modal default per kind.
+
+    Raises:
+        QueryError: ``modality`` is not ``"image"``, ``"text"``, ``"all"`` or ``None``.
+    """
+    if modality is None:
+        return [_default_modality(k) for k in kinds]
+    if modality in ("all", "any", "*"):
+        return [None] * len(kinds)
+    if modality not in MODALITIES:
+        raise QueryError(f"modality must be one of {MODALITIES}, 'all' or None, got {modality!r}")
+    return [modality] * len(kinds)
+
+
+__all__ = ["encode_queries", "resolve_modality"]
