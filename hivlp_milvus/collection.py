@@ -444,11 +444,14 @@ class HierarchicalCollection:
         consistency_level: str | None = None,
         fusion_limit: int | None = None,
         content: ContentOptions | None = None,
+        plan: str = "auto",
     ) -> Any:
         """Coarse (ANN on ``vec_low``) -> fine (exact on ``vec_high``) search, under one filter.
 
         With ``fusion_limit=M``, a third stage re-scores the fine top-M with the model's fusion
-        block. See :func:`hivlp_milvus.search.hierarchical_search` for the arguments (an unknown
+        block. ``plan`` is ``"auto"`` (one exact search where the profile predicts it is cheaper, see
+        docs/search.md), ``"exact"`` or ``"hierarchical"``; ``results.plan`` says which ran. See
+        :func:`hivlp_milvus.search.hierarchical_search` for the arguments (an unknown
         keyword is a ``TypeError``, never silently ignored).
         """
         from hivlp_milvus.search import hierarchical_search
@@ -468,6 +471,7 @@ class HierarchicalCollection:
             consistency_level=consistency_level,
             fusion_limit=fusion_limit,
             content=content,
+            plan=plan,
         )
 
     def search(

@@ -305,6 +305,16 @@ def test_exact_plan_searches_only_the_target_modality(
     _assert_reference(res, data, N_ROWS, rows=rows)
 
 
+def test_the_collection_method_passes_the_plan_through(
+    flat: HierarchicalCollection, data: dict[str, np.ndarray]
+) -> None:
+    """``col.hierarchical_search(plan=...)`` reaches the search (it was not a parameter of the method)."""
+    for plan in ("exact", "hierarchical"):
+        res = flat.hierarchical_search(_queries(data), limit=LIMIT, plan=plan, modality="all")
+        assert res.plan == plan
+        _assert_reference(res, data, N_ROWS if plan == "exact" else res.coarse_limit)
+
+
 def test_unknown_plan_is_a_query_error(col: HierarchicalCollection, data: dict[str, np.ndarray]) -> None:
     with pytest.raises(QueryError, match="plan must be one of"):
         hierarchical_search(col, _queries(data), plan="fastest")
