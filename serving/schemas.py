@@ -164,7 +164,7 @@ class SearchRequest(_Request):
     image: str | None = _base64_image()
     limit: int = Field(10, ge=1, le=MAX_LIMIT, description="hits to return")
     coarse_limit: int | None = Field(
-        None, ge=1, le=MAX_COARSE_LIMIT, description="coarse shortlist size; default max(10*limit, 100)"
+        None, ge=1, le=MAX_COARSE_LIMIT, description="coarse shortlist size; default sized from the collection by the index profile's recall curve (docs/search.md)"
     )
     filter: list[FilterCondition] = Field(
         default_factory=list, max_length=MAX_FILTER_CONDITIONS, description="conditions, AND-ed"
