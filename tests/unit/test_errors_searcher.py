@@ -165,7 +165,8 @@ def test_concurrent_searches_are_batched_and_equal_single_client_results(
         coarse = [(h["coarse_score"], s["coarse_score"]) for h, s in zip(batched["hits"], single["hits"], strict=True)]
         assert all(a == pytest.approx(b, rel=1e-6, abs=1e-6) for a, b in coarse)
     filtered = [r for r, (_, kw) in zip(together, calls, strict=True) if "filter" in kw]
-    assert filtered and {h["key"] for r in filtered for h in r["hits"]} <= {str(i) for i in range(0, 60, 2)}
+    assert filtered
+    assert {h["key"] for r in filtered for h in r["hits"]} <= {str(i) for i in range(0, 60, 2)}
 
 
 def _without_coarse(hit: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +191,8 @@ def test_a_failing_batch_fails_only_its_callers(tmp_path: Path, monkeypatch: pyt
 
     good, bad_filter, bad_dims, good2, bad_filter2 = asyncio.run(run())
     assert good["hits"][0]["key"] == good2["hits"][0]["key"] == "4"
-    assert isinstance(bad_filter, FilterError) and isinstance(bad_filter2, FilterError)
+    assert isinstance(bad_filter, FilterError)
+    assert isinstance(bad_filter2, FilterError)
     assert isinstance(bad_dims, DimensionMismatchError)
 
 
