@@ -111,13 +111,12 @@ class Searcher:
         # Lite: one call at a time. Server: bounded so a slow Milvus does not pile up threads.
         self._slots = threading.BoundedSemaphore(1 if self._lite else _SERVER_CONCURRENCY)
         # At most as many batches in flight as Milvus slots: queries arriving meanwhile form the next batch.
-        self._batcher: QueryBatcher | None = None
-        if batch_queries:
-            self._batcher = QueryBatcher(
-                self._run_search_batch,
-                max_batch_size=max_query_batch,
-                max_inflight=1 if self._lite else _SERVER_CONCURRENCY,
-            )
+        self._batching = bool(batch_queries)
+        self._batcher = QueryBatcher(
+            self._run_search_batch,
+            max_batch_size=max_query_batch,
+            max_inflight=1 if self._lite else _SERVER_CONCURRENCY,
+        )
         self._connect(retries=3 if not self._lite else 1)
 
     # -- connection -------------------------------------------------------------------------------
@@ -232,7 +231,7 @@ class Searcher:
             "filter_params": dict(filter_params or {}),
             "modality": modality,
         }
-        if self._batcher is None:
+        if not self._batching:
             out = (await asyncio.to_thread(self._search_batch, params, [query]))[0]
             if isinstance(out, Exception):
                 raise out
@@ -293,10 +292,12 @@ class Searcher:
 
     def batch_stats(self) -> dict[str, Any]:
         """Cross-request batching so far: ``{"enabled", "batches", "queries", "max_batch_size"}``."""
-        if self._batcher is None:
-            return {"enabled": False, "batches": 0, "queries": 0, "max_batch_size": 1}
         b = self._batcher
-        return {"enabled": True, "batches": b.batches, "queries": b.items, "max_batch_size": b.max_batch_size}
+        return {"enabled": self._batching, "batches": b.batches, "queries": b.items, "max_batch_size": b.max_batch_size}
+
+    def set_batching(self, enabled: bool) -> None:
+        """Turn cross-request batching on or off while serving (the load benchmark interleaves both)."""
+        self._batching = bool(enabled)
 
     def ingest(self, records: list[Any]) -> dict[str, Any]:
         """Upsert already-encoded rows (:class:`hivlp_milvus.data.EmbeddingRecord`) with ``ingest()``.
