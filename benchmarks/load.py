@@ -395,10 +395,13 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(__file__).resolve().parent / "results"
     if args.compare_batching:
         from benchmarks.load_compare import compare_batching, print_comparison
+        from benchmarks.report_load import plot
 
         result = compare_batching(args)
         print_comparison(result)
         out = args.out or results / "load.json"
+        if args.out is None:  # a smoke run's plot must not replace the measurement's
+            print(f"plot: {plot(result, results.parent / 'plots')}")
     else:
         result = mixed(args)
         print_mixed(result)

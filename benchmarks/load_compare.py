@@ -58,7 +58,7 @@ def compare_batching(args: argparse.Namespace) -> dict[str, Any]:
         model_dir, db, texts = _collection(Path(tmp), args.records, args.seed)
         print(f"collection of {args.records * 6} rows built in {time.perf_counter() - t0:.0f} s", flush=True)
         workload = Workload(texts=texts, images=[], check_texts=texts[:8])
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         runs: list[dict[str, Any]] = []
