@@ -73,6 +73,11 @@ def count_error(kind: str, status: int) -> None:
         _record(metrics["errors"].inc, 1.0, {"kind": str(kind), "status": str(int(status))})
 
 
+def recording() -> bool:
+    """True when the calls above record (inside a Serve replica, metrics created); False elsewhere."""
+    return _replica_metrics() is not None
+
+
 def _in_replica() -> bool:
     """True inside a Serve replica (where Ray exports the metrics)."""
     try:
