@@ -19,12 +19,16 @@ def plot(result: dict[str, Any], plots_dir: Path) -> Path:
     import matplotlib.pyplot as plt
 
     plots_dir.mkdir(parents=True, exist_ok=True)
-    fig, (lat, thr) = plt.subplots(1, 2, figsize=(10, 4))
-    for batching, color in ((True, "C0"), (False, "C3")):
-        rows = sorted((s for s in result["summary"] if s["batching"] is batching), key=lambda s: s["clients"])
+    fig, (lat, thr) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {("http", True): "C0", ("http", False): "C3", ("handle", True): "C2", ("handle", False): "C1"}
+    for (path, batching), color in styles.items():
+        rows = sorted(
+            (s for s in result["summary"] if s.get("path", "http") == path and s["batching"] is batching),
+            key=lambda s: s["clients"],
+        )
         if not rows:
             continue
-        label = "batching on" if batching else "batching off"
+        label = f"{path}, batching {'on' if batching else 'off'}"
         xs = [s["clients"] for s in rows]
         lat.plot(xs, [s["p99_ms"] for s in rows], "o-", color=color, label=f"p99, {label}")
         lat.plot(xs, [s["p50_ms"] for s in rows], "o--", color=color, alpha=0.6, label=f"p50, {label}")
@@ -32,7 +36,7 @@ def plot(result: dict[str, Any], plots_dir: Path) -> Path:
     for ax, title in ((lat, "latency (ms)"), (thr, "requests/s")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")
-        ax.set_title(f"POST /search: {title}")
+        ax.set_title(f"search: {title}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -47,6 +51,7 @@ def _batching(res: dict[str, Any]) -> list[str]:
     for s in res["summary"]:
         rows.append(
             [
+                "HTTP `POST /search`" if s.get("path", "http") == "http" else "handle `Searcher.search`",
                 s["clients"],
                 "on" if s["batching"] else "off",
                 fmt(s["rps"]),
@@ -58,22 +63,26 @@ def _batching(res: dict[str, Any]) -> list[str]:
                 fmt(s["cores_busy"], 2),
             ]
         )
-    head = ["clients", "batching", "req/s", "p50 ms", "p99 ms", "queries per search", "errors", "wrong / checked"]
-    by = {(s["clients"], s["batching"]): s for s in res["summary"]}
+    head = ["path", "clients", "batching", "req/s", "p50 ms", "p99 ms", "queries per search", "errors"]
+    head.append("wrong / checked")
+    by = {(s.get("path", "http"), s["clients"], s["batching"]): s for s in res["summary"]}
     gains = [
-        f"{c} clients {by[(c, True)]['rps'] / by[(c, False)]['rps']:.2f}× the requests/s, p99 "
-        f"{by[(c, True)]['p99_ms'] / by[(c, False)]['p99_ms']:.2f}×"
+        f"{p} at {c} clients {by[(p, c, True)]['rps'] / by[(p, c, False)]['rps']:.2f}× the requests/s, p99 "
+        f"{by[(p, c, True)]['p99_ms'] / by[(p, c, False)]['p99_ms']:.2f}×"
+        for p in ("http", "handle")
         for c in res["levels"]
-        if (c, True) in by and (c, False) in by and by[(c, False)]["rps"] and by[(c, False)]["p99_ms"]
+        if (p, c, True) in by and (p, c, False) in by and by[(p, c, False)]["rps"] and by[(p, c, False)]["p99_ms"]
     ]
     return [
         "### Cross-request batching in the Searcher (on vs off, interleaved)",
         "",
-        f"`hivlp-milvus bench load --compare-batching`: text searches (`POST /search`, limit 10) against the real "
+        f"`hivlp-milvus bench load --compare-batching`: text-to-image searches (limit 10) against the real "
         f"app on a Ray started by the benchmark (2 CPUs, one replica per deployment) over {res['rows']:,} rows "
-        f"(synthetic, {res['model']} model) in Milvus Lite; {res['duration_s']:.0f} s per run, {res['repeats']} "
-        "runs per cell whose order alternates (medians shown). Every answer to one of 8 check queries is "
-        "compared with the same query sent alone: the ids must match.",
+        f"(synthetic, {res['model']} model) in Milvus Lite, by two paths: HTTP `POST /search` (encoder, Serve's "
+        "proxy and the ingress included) and the Searcher's handle with encoded queries (the stage batching acts "
+        f"on). {res['duration_s']:.0f} s per run, {res['repeats']} runs per cell, on and off alternating which "
+        "goes first (medians shown). Answers are checked against the same query sent alone (HTTP: 8 check "
+        "queries; handle: all 64): the ids must match.",
         "",
         md_table([*head, "serve cores busy"], rows),
         "",

@@ -327,7 +327,7 @@ def test_report_load_section_and_plot(tmp_path: Path) -> None:
     res = {"levels": [1, 8], "duration_s": 5, "repeats": 1, "rows": 600, "model": "tiny", "runs": runs}
     res["summary"] = summarize_runs(runs)
     text = load_section(res, None)
-    assert "| 8 | on | 40.0 | 100.0 | 200.0 | 4.00 | 0 | 0 / 10 | 1.50 |" in text
-    assert "8 clients 2.00× the requests/s, p99 0.50×" in text
+    assert "| HTTP `POST /search` | 8 | on | 40.0 | 100.0 | 200.0 | 4.00 | 0 | 0 / 10 | 1.50 |" in text
+    assert "http at 8 clients 2.00× the requests/s, p99 0.50×" in text
     assert plot(res, tmp_path).stat().st_size > 1000
     assert "Not measured yet" in load_section(None, None)
