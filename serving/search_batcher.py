@@ -27,9 +27,8 @@ class QueryBatcher:
     """Group concurrent :meth:`submit` calls by key and run each group with one ``run_batch`` call.
 
     Args:
-        run_batch: ``await run_batch(key, items)`` returns one result per item, in order; a result
-            that is an ``Exception`` is raised to that item's caller alone. Raising fails every
-            caller of that batch (and nobody else).
+        run_batch: ``await run_batch(key, items)`` returns one result per item, in order. Raising
+            fails every caller of that batch (and nobody else).
         max_batch_size: the most items one batch takes.
         max_inflight: the most batches running at once.
     """
@@ -84,9 +83,5 @@ class QueryBatcher:
                 raise
             return
         for (_, future), result in zip(group, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
+            if not future.done():
                 future.set_result(result)

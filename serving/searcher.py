@@ -31,7 +31,7 @@ import numpy as np
 from ray import serve
 
 from hivlp_milvus.connection import ConnectionOptions, guarded, is_server_uri, redact_uri
-from hivlp_milvus.errors import CollectionNotFoundError, ConfigError, HiVLPError, MilvusUnavailableError
+from hivlp_milvus.errors import CollectionNotFoundError, ConfigError, MilvusUnavailableError
 from serving import metrics
 from serving.encoders import load_model
 from serving.search_batcher import QueryBatcher
@@ -232,40 +232,17 @@ class Searcher:
             "modality": modality,
         }
         if not self._batching:
-            out = (await asyncio.to_thread(self._search_batch, params, [query]))[0]
-            if isinstance(out, Exception):
-                raise out
-            return out
+            return (await asyncio.to_thread(self._search_now, params, [query]))[0]
         return await self._batcher.submit(search_key(params, query), (params, query))
 
     async def _run_search_batch(self, key: Any, items: list[Any]) -> list[Any]:
-        # Every item of a batch has the same key, so the first one's parameters are everyone's.
-        return await asyncio.to_thread(self._search_batch, items[0][0], [query for _, query in items])
-
-    def _search_batch(self, params: dict[str, Any], queries: list[tuple[np.ndarray, np.ndarray]]) -> list[Any]:
-        """One ``hierarchical_search`` over ``queries``: one result (or the error) per query.
-
-        A batch refused for its input (a 4xx error) is re-run one query at a time, so one bad query
-        fails only its own caller; an outage fails the whole batch at once.
-        """
-        try:
-            return self._search_now(params, queries)
-        except MilvusUnavailableError:
-            raise
-        except HiVLPError as exc:
-            if len(queries) == 1:
-                return [exc]
-        out: list[Any] = []
-        for query in queries:
-            try:
-                out.extend(self._search_now(params, [query]))
-            except MilvusUnavailableError:
-                raise
-            except HiVLPError as exc:
-                out.append(exc)
-        return out
+        # Every item of a batch has the same key, so the first one's parameters are everyone's. An
+        # error (a bad filter, an outage) is every caller's of this batch: they share the key, so
+        # they share the parameters and vector dims that could be at fault.
+        return await asyncio.to_thread(self._search_now, items[0][0], [query for _, query in items])
 
     def _search_now(self, params: dict[str, Any], queries: list[tuple[np.ndarray, np.ndarray]]) -> list[dict]:
+        """One ``hierarchical_search`` over ``queries`` (all with ``params``): one answer per query."""
         from hivlp_milvus.model.embedding import HierarchicalEmbedding
 
         embedding = HierarchicalEmbedding(np.stack([q[0] for q in queries]), np.stack([q[1] for q in queries]))
