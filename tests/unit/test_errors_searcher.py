@@ -208,3 +208,42 @@ def test_batching_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert [r["batch_size"] for r in results] == [1] * 8
     assert [r["hits"][0]["key"] for r in results] == [str(i) for i in range(8)]
     assert searcher.batch_stats()["enabled"] is False
+
+
+def test_batcher_serves_every_caller_and_survives_a_cancelled_one() -> None:
+    from serving.search_batcher import QueryBatcher
+
+    seen: list[list[int]] = []
+    delay = {"s": 0.01}
+
+    async def run_batch(key: Any, items: list[int]) -> list[int]:
+        seen.append(list(items))
+        await asyncio.sleep(delay["s"])
+        return [key * 1000 + i for i in items]
+
+    async def main() -> None:
+        batcher = QueryBatcher(run_batch, max_batch_size=4, max_inflight=2)
+        calls = [batcher.submit(i % 3, i) for i in range(50)]
+        assert await asyncio.gather(*calls) == [(i % 3) * 1000 + i for i in range(50)]
+        assert max(len(b) for b in seen) == 4  # capped, yet every caller was served
+        assert all(len({i % 3 for i in b}) == 1 for b in seen)  # one key per batch
+        assert batcher.items == 50
+        assert batcher.batches < 50
+        # A caller whose drain runs a batch holding others' queries goes away mid-batch: they still
+        # get their answers. One slot: a's batch runs while b and c queue; then b's drain takes [2, 3].
+        seen.clear()
+        delay["s"] = 0.2
+        one_slot = QueryBatcher(run_batch, max_batch_size=4, max_inflight=1)
+        a = asyncio.ensure_future(one_slot.submit(0, 1))
+        while not seen:
+            await asyncio.sleep(0.001)
+        b = asyncio.ensure_future(one_slot.submit(0, 2))
+        c = asyncio.ensure_future(one_slot.submit(0, 3))
+        while len(seen) < 2:
+            await asyncio.sleep(0.001)
+        assert seen == [[1], [2, 3]]
+        b.cancel()  # mid-batch
+        assert await a == 1
+        assert await c == 3
+
+    asyncio.run(main())
