@@ -368,7 +368,8 @@ def print_mixed(result: dict[str, Any]) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (``hivlp-milvus bench load`` passes its flags through)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="a running app (mixed load)")
     parser.add_argument("--api-key", default=None, help="the app's API key, if it needs one")
@@ -387,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="--compare-batching: runs per level and setting")
     parser.add_argument("--records", type=int, default=500, help="--compare-batching: synthetic scenes (x6 rows)")
     parser.add_argument("--out", type=Path, default=None, help="result JSON (default benchmarks/results/load*.json)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if min(args.clients, args.max_requests, *args.levels) < 1 or args.duration <= 0:
         parser.error("--clients, --levels and --max-requests must be >= 1 and --duration > 0")
