@@ -256,15 +256,15 @@ def test_bench_load_command_passes_only_the_flags_given(tmp_path: Path) -> None:
 
     p = build_parser()
     flags = ["--url", "http://h:1", "--api-key", "k", "--clients", "4", "--mix", "encode=1"]
-    cmd = load_command(p.parse_args(["bench", "load", *flags]), tmp_path / "load.py")
-    assert cmd[2:] == flags
+    given = load_command(p.parse_args(["bench", "load", *flags]), tmp_path / "load.py")
+    assert given[2:] == flags
     args = p.parse_args(["bench", "load", "--compare-batching", "--levels", "1", "8", "--start"])
     cmd = load_command(args, tmp_path / "load.py")
     assert cmd[2:] == ["--start", "--compare-batching", "--levels", "1", "8"]
     # Every flag the command passes is one benchmarks/load.py accepts, with the value it means.
     from benchmarks import load
 
-    parsed = load.build_parser().parse_args(cmd[2:])
+    parsed = load.build_parser().parse_args(given[2:])
     assert (parsed.url, parsed.api_key, parsed.clients, parsed.mix) == ("http://h:1", "k", 4, "encode=1")
     smoke = load_command(p.parse_args(["bench", "load", "--compare-batching", "--smoke"]), tmp_path / "load.py")
     parsed = load.build_parser().parse_args(smoke[2:])
