@@ -73,6 +73,14 @@ def _batching(res: dict[str, Any]) -> list[str]:
         for c in res["levels"]
         if (p, c, True) in by and (p, c, False) in by and by[(p, c, False)]["rps"] and by[(p, c, False)]["p99_ms"]
     ]
+    machine = res.get("machine") or {}
+    notes = [f"Machine: {machine.get('cores', '?')} cores, load average {machine.get('loadavg_at_end')} (1/5/15 min) at the end."]
+    if max((s["mean_query_batch"] for s in res["summary"] if s["batching"]), default=1.0) < 1.1:
+        notes.append(
+            "**No search batch of more than one query formed in this run**: queries never queued at the Searcher "
+            "(the serve processes got the share of the cores shown above), so the on/off differences here are the "
+            "machine's noise, not batching."
+        )
     return [
         "### Cross-request batching in the Searcher (on vs off, interleaved)",
         "",
@@ -87,6 +95,8 @@ def _batching(res: dict[str, Any]) -> list[str]:
         md_table([*head, "serve cores busy"], rows),
         "",
         "Batching on vs off: " + ("; ".join(gains) or "–") + ".",
+        "",
+        " ".join(notes),
         "",
         f"![latency and throughput vs clients](benchmarks/plots/{PLOT})",
         "",
