@@ -74,7 +74,8 @@ def _batching(res: dict[str, Any]) -> list[str]:
         if (p, c, True) in by and (p, c, False) in by and by[(p, c, False)]["rps"] and by[(p, c, False)]["p99_ms"]
     ]
     machine = res.get("machine") or {}
-    notes = [f"Machine: {machine.get('cores', '?')} cores, load average {machine.get('loadavg_at_end')} (1/5/15 min) at the end."]
+    loadavg = machine.get("loadavg_at_end")
+    notes = [f"Machine: {machine.get('cores', '?')} cores, load average {loadavg} (1/5/15 min) at the end."]
     if max((s["mean_query_batch"] for s in res["summary"] if s["batching"]), default=1.0) < 1.1:
         notes.append(
             "**No search batch of more than one query formed in this run**: queries never queued at the Searcher "
