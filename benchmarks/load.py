@@ -292,6 +292,17 @@ def _wait_healthy(url: str, proc: subprocess.Popen | None, timeout_s: float) -> 
     raise RuntimeError(f"the app at {url} was not healthy within {timeout_s:.0f} s")
 
 
+def _health(url: str) -> dict[str, Any]:
+    """``GET /healthz`` (the collection and its row count), ``{}`` when it does not answer 200."""
+    import httpx
+
+    try:
+        r = httpx.get(f"{url}/healthz", timeout=10)
+        return r.json() if r.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
 def start_app(workdir: Path, port: int, log: Path) -> subprocess.Popen:
     """``serve run`` of ``serving:build_app`` in ``workdir`` (its ``hivlp_work/``) on 127.0.0.1:``port``."""
     if not (workdir / "hivlp_work" / "model" / "config.json").is_file():
@@ -334,6 +345,7 @@ def mixed(args: argparse.Namespace) -> dict[str, Any]:
             proc = start_app(Path(args.workdir).resolve(), int(url.rsplit(":", 1)[1]), Path(tmp) / "serve.log")
             print(f"started `serve run` (pid {proc.pid}, log {tmp}/serve.log); waiting for {url}/healthz", flush=True)
             _wait_healthy(url, proc, args.start_timeout)
+        health = _health(url)
         meter = CpuMeter(serve_processes(proc.pid if proc else None))
         meter.start()
         result = asyncio.run(
@@ -353,6 +365,7 @@ def mixed(args: argparse.Namespace) -> dict[str, Any]:
         if proc is not None:
             stop_app(proc)
     result |= {"url": url, "started": bool(args.start), "mix": parse_mix(args.mix), "duration_s": args.duration}
+    result |= {"collection": health.get("collection"), "collection_rows": health.get("count")}
     return result
 
 

@@ -106,7 +106,7 @@ def _batching(res: dict[str, Any]) -> list[str]:
 
 def _mixed(res: dict[str, Any]) -> list[str]:
     rows = [
-        [f"`{route}`", r["requests"], fmt(r["rps"]), fmt(r["p50_ms"]), fmt(r["p95_ms"]), fmt(r["p99_ms"]), r["errors"]]
+        [f"`{route}`", r["requests"], fmt(r["rps"]), fmt(r["p50_ms"]), fmt(r["p95_ms"]), fmt(r["p99_ms"]), r["errors"] or "none"]
         for route, r in res["routes"].items()
     ]
     cpu = res.get("cpu") or {}
@@ -115,7 +115,8 @@ def _mixed(res: dict[str, Any]) -> list[str]:
         "### Mixed load (`hivlp-milvus bench load`)",
         "",
         f"{res['clients']} clients for {res['wall_s']} s against "
-        f"{'`serve run` on the quickstart output (started by the benchmark)' if res.get('started') else res['url']}; "
+        f"{'`serve run` of the app (started by the benchmark)' if res.get('started') else res['url']} on "
+        f"collection `{res.get('collection')}` ({res.get('collection_rows')} rows); "
         f"route weights {mix}. {res['requests']} requests, **{fmt(res['rps'])} req/s**, errors by status: "
         f"{res['errors'] or 'none'}; wrong answers {res['wrong_answers']} of {res['checked']} checked; "
         f"serve processes used {fmt(cpu.get('cores_busy'), 2)} cores of {cpu.get('machine_cores', '?')}.",

@@ -331,3 +331,11 @@ def test_report_load_section_and_plot(tmp_path: Path) -> None:
     assert "http at 8 clients 2.00× the requests/s, p99 0.50×" in text
     assert plot(res, tmp_path).stat().st_size > 1000
     assert "Not measured yet" in load_section(None, None)
+    route = {"requests": 10, "rps": 5.0, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "errors": {}}
+    mixed = {"clients": 8, "wall_s": 2.0, "started": True, "collection": "quickstart", "collection_rows": 360}
+    mixed |= {"mix": {"encode": 1.0, "ingest": 0.0}, "requests": 10, "rps": 5.0, "errors": {}, "wrong_answers": 0}
+    mixed |= {"checked": 4, "cpu": {"cores_busy": 1.2, "machine_cores": 2}, "routes": {"encode": route}}
+    text = load_section(None, mixed)
+    assert "| `encode` | 10 | 5.0 | 1.0 | 2.0 | 3.0 | none |" in text
+    assert "collection `quickstart` (360 rows)" in text
+    assert "wrong answers 0 of 4 checked" in text
