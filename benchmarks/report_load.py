@@ -106,7 +106,7 @@ def _batching(res: dict[str, Any]) -> list[str]:
 
 def _mixed(res: dict[str, Any]) -> list[str]:
     rows = [
-        [f"`{route}`", r["requests"], *(fmt(r[k]) for k in ("rps", "p50_ms", "p95_ms", "p99_ms")), r["errors"] or "none"]
+        [f"`{route}`", r["requests"], *(fmt(r[k]) for k in ("rps", "p50_ms", "p95_ms", "p99_ms")), r["errors"] or "-"]
         for route, r in res["routes"].items()
     ]
     cpu = res.get("cpu") or {}

@@ -336,6 +336,6 @@ def test_report_load_section_and_plot(tmp_path: Path) -> None:
     mixed |= {"mix": {"encode": 1.0, "ingest": 0.0}, "requests": 10, "rps": 5.0, "errors": {}, "wrong_answers": 0}
     mixed |= {"checked": 4, "cpu": {"cores_busy": 1.2, "machine_cores": 2}, "routes": {"encode": route}}
     text = load_section(None, mixed)
-    assert "| `encode` | 10 | 5.0 | 1.0 | 2.0 | 3.0 | none |" in text
+    assert "| `encode` | 10 | 5.0 | 1.0 | 2.0 | 3.0 | - |" in text
     assert "collection `quickstart` (360 rows)" in text
     assert "wrong answers 0 of 4 checked" in text
