@@ -690,6 +690,9 @@ def write_report(results_dir: Path | None = None, out: Path | None = None) -> Pa
     parts += [plan_section(p) for p in [_load("plan", rd)] if p]
     parts.append(ingest_section(ingest) if ingest else "## Ingest\n\nNot measured yet.\n")
     parts.append(serve_section(serve))
+    from benchmarks.report_load import load_section  # imports this module: import here
+
+    parts.append(load_section(_load("load", rd), _load("load_mixed", rd)))
     parts.append(train_section(train) if train else "## Training\n\nNot measured yet.\n")
     if quality or quality_quick:
         parts.append(quality_section(quality or quality_quick, quality_quick if quality else None))

@@ -95,6 +95,7 @@ class AppArgs(BaseModel):
         le=64,
         description="Searcher replicas; forced to 1 for Milvus Lite (.db is single-process)",
     )
+    search_batching: bool = Field(True, description="run concurrent compatible searches as one multi-query search")
     max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="413 above")
     max_image_pixels: int = Field(MAX_IMAGE_PIXELS, ge=64 * 64, le=400_000_000, description="413 above")
     fusion_max_batch_size: int = Field(
@@ -267,7 +268,11 @@ def build_app(args: AppArgs) -> serve.Application:
     # One ConnectionOptions (URI, token, database, TLS files) for the Searcher, which also serves
     # the ingest route: every Milvus call of the app goes through it.
     searcher = Searcher.options(num_replicas=replicas).bind(
-        resolved.checkpoint, resolved.milvus_uri, resolved.collection, connection=resolved.connection
+        resolved.checkpoint,
+        resolved.milvus_uri,
+        resolved.collection,
+        connection=resolved.connection,
+        batch_queries=opts.search_batching,
     )
     settings = IngressSettings(
         collection=resolved.collection,

@@ -26,6 +26,7 @@ from typing import Any
 from ray import serve
 
 from hivlp_milvus.errors import BadRecordError, CheckpointError, ConfigError
+from serving import metrics
 
 logger = logging.getLogger("ray.serve")
 
@@ -189,6 +190,10 @@ class _EncoderBase:
             finally:
                 self._busy_s += time.perf_counter() - started
             self._failed_in_a_row = 0
+            # Each caller waited for the whole forward pass: that is its encode latency.
+            elapsed = time.perf_counter() - started
+            for _ in usable:
+                metrics.observe_stage("encode", elapsed)
             for row, i in enumerate(usable):
                 results[i] = {"low": low[row], "high": high[row], "batch_size": len(items)}
         return results

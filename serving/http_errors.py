@@ -31,6 +31,7 @@ from hivlp_milvus.errors import (
     SchemaMismatchError,
     SearchLimitError,
 )
+from serving import metrics
 from serving.encoders import ImageTooLargeError
 from serving.schemas import ErrorResponse
 
@@ -45,6 +46,8 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.details = status, code, message, details
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        """The JSON answer; every error answer of the app passes here, so it is counted here."""
+        metrics.count_error(self.code, self.status)
         body = ErrorResponse(error=self.code, message=self.message, details=self.details).model_dump(exclude_none=True)
         return JSONResponse(body, status_code=self.status, headers=headers)
 

@@ -19,6 +19,8 @@ only churn).
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import threading
 import time
@@ -30,7 +32,9 @@ from ray import serve
 
 from hivlp_milvus.connection import ConnectionOptions, guarded, is_server_uri, redact_uri
 from hivlp_milvus.errors import CollectionNotFoundError, ConfigError, MilvusUnavailableError
+from serving import metrics
 from serving.encoders import load_model
+from serving.search_batcher import QueryBatcher
 
 logger = logging.getLogger("ray.serve")
 
@@ -39,6 +43,18 @@ UNHEALTHY_AFTER_S = 60.0
 _CONNECT_TIMEOUT_S = 3.0
 _SERVER_CONCURRENCY = 8
 HIT_FIELDS = ("key", "modality", "reference", "attributes")
+MAX_QUERY_BATCH = 32
+
+
+def search_key(params: Mapping[str, Any], query: tuple[np.ndarray, np.ndarray]) -> tuple[Any, ...]:
+    """What two searches must share to run in one multi-query request (hashable).
+
+    The parameters (filter values included, by their JSON form: ``1``, ``1.0`` and ``"1"`` differ)
+    and the vectors' shapes, so a query of the wrong dims is never batched with good ones.
+    """
+    values = json.dumps(params.get("filter_params") or {}, sort_keys=True, default=repr)
+    scalars = tuple((k, params.get(k)) for k in ("limit", "coarse_limit", "filter", "modality"))
+    return (*scalars, values, query[0].shape, query[1].shape)
 
 
 @serve.deployment(
@@ -63,6 +79,9 @@ class Searcher:
         connection: where and how to reach Milvus (URI, token, TLS files, server name) in one value;
             when given, ``milvus_uri`` and ``milvus_token`` are ignored. Its ``timeout`` bounds
             each connect attempt (default 3 s here: a replica answers 503 quickly when Milvus is down).
+        batch_queries: run concurrent compatible searches as one multi-query search (the default);
+            ``False``: one ``hierarchical_search`` per request.
+        max_query_batch: the most queries in one such search.
     """
 
     def __init__(
@@ -72,6 +91,8 @@ class Searcher:
         collection: str,
         milvus_token: str | None = None,
         connection: ConnectionOptions | None = None,
+        batch_queries: bool = True,
+        max_query_batch: int = MAX_QUERY_BATCH,
     ) -> None:
         self._model = load_model(checkpoint)
         if connection is None:
@@ -89,6 +110,13 @@ class Searcher:
         self._connect_lock = threading.Lock()
         # Lite: one call at a time. Server: bounded so a slow Milvus does not pile up threads.
         self._slots = threading.BoundedSemaphore(1 if self._lite else _SERVER_CONCURRENCY)
+        # At most as many batches in flight as Milvus slots: queries arriving meanwhile form the next batch.
+        self._batching = bool(batch_queries)
+        self._batcher = QueryBatcher(
+            self._run_search_batch,
+            max_batch_size=max_query_batch,
+            max_inflight=1 if self._lite else _SERVER_CONCURRENCY,
+        )
         self._connect(retries=3 if not self._lite else 1)
 
     # -- connection -------------------------------------------------------------------------------
@@ -161,7 +189,7 @@ class Searcher:
 
     # -- API (called by the ingress through a DeploymentHandle) ----------------------------------
 
-    def search(
+    async def search(
         self,
         low: np.ndarray,
         high: np.ndarray,
@@ -172,7 +200,11 @@ class Searcher:
         filter_params: Mapping[str, Any] | None = None,
         modality: str = "all",
     ) -> dict[str, Any]:
-        """Coarse -> fine search for one encoded query.
+        """Coarse -> fine search for one encoded query, batched with concurrent compatible queries.
+
+        Concurrent calls with the same ``limit``, ``coarse_limit``, filter, parameters, modality
+        and vector dims run as ONE multi-query ``hierarchical_search`` (see
+        :mod:`serving.search_batcher`); each caller gets exactly the hits a lone query would get.
 
         Args:
             low: the query's low-dim vector.
@@ -184,39 +216,65 @@ class Searcher:
             modality: ``image``, ``text`` or ``all``.
 
         Returns:
-            ``{"hits": [{id, score, coarse_score, key, modality, reference, attributes}], "timings": {...}}``
-            (timings in seconds, from the library).
+            ``{"hits": [{id, score, coarse_score, key, modality, reference, attributes}], "timings": {...},
+            "batch_size": n}`` (timings in seconds, from the library, for the whole batch of ``n`` queries).
 
         Raises:
             SearchLimitError, FilterError, QueryError, DimensionMismatchError: bad input (4xx).
             MilvusUnavailableError: Milvus is unreachable (503).
         """
+        query = (np.asarray(low, np.float32).reshape(-1), np.asarray(high, np.float32).reshape(-1))
+        params = {
+            "limit": limit,
+            "coarse_limit": coarse_limit,
+            "filter": filter or None,
+            "filter_params": dict(filter_params or {}),
+            "modality": modality,
+        }
+        if not self._batching:
+            return (await asyncio.to_thread(self._search_now, params, [query]))[0]
+        return await self._batcher.submit(search_key(params, query), (params, query))
+
+    async def _run_search_batch(self, key: Any, items: list[Any]) -> list[Any]:
+        # Every item of a batch has the same key, so the first one's parameters are everyone's. An
+        # error (a bad filter, an outage) is every caller's of this batch: they share the key, so
+        # they share the parameters and vector dims that could be at fault.
+        return await asyncio.to_thread(self._search_now, items[0][0], [query for _, query in items])
+
+    def _search_now(self, params: dict[str, Any], queries: list[tuple[np.ndarray, np.ndarray]]) -> list[dict]:
+        """One ``hierarchical_search`` over ``queries`` (all with ``params``): one answer per query."""
         from hivlp_milvus.model.embedding import HierarchicalEmbedding
 
-        query = HierarchicalEmbedding(np.asarray(low, np.float32)[None, :], np.asarray(high, np.float32)[None, :])
+        embedding = HierarchicalEmbedding(np.stack([q[0] for q in queries]), np.stack([q[1] for q in queries]))
+        results = self._call(lambda col: col.hierarchical_search(embedding, output_fields=list(HIT_FIELDS), **params))
+        timings = dict(results.timings)
+        answers = []
+        for per_query in results:
+            hits = [
+                {
+                    "id": int(h["id"]),
+                    "score": float(h["distance"]),
+                    "coarse_score": None if h.get("coarse_distance") is None else float(h["coarse_distance"]),
+                    **{f: h["entity"].get(f) for f in HIT_FIELDS},
+                }
+                for h in per_query
+            ]
+            # Each caller waited for the whole batch's stages: that is its latency per stage.
+            for stage in ("coarse", "fine"):
+                if f"{stage}_s" in timings:
+                    metrics.observe_stage(stage, timings[f"{stage}_s"])
+            metrics.count_hits("search", len(hits))
+            answers.append({"hits": hits, "timings": timings, "batch_size": len(queries)})
+        return answers
 
-        def run(col: Any) -> Any:
-            return col.hierarchical_search(
-                query,
-                limit=limit,
-                coarse_limit=coarse_limit,
-                filter=filter or None,
-                filter_params=dict(filter_params or {}),
-                modality=modality,
-                output_fields=list(HIT_FIELDS),
-            )
+    def batch_stats(self) -> dict[str, Any]:
+        """Cross-request batching so far: ``{"enabled", "batches", "queries", "max_batch_size"}``."""
+        b = self._batcher
+        return {"enabled": self._batching, "batches": b.batches, "queries": b.items, "max_batch_size": b.max_batch_size}
 
-        results = self._call(run)
-        hits = [
-            {
-                "id": int(h["id"]),
-                "score": float(h["distance"]),
-                "coarse_score": None if h.get("coarse_distance") is None else float(h["coarse_distance"]),
-                **{f: h["entity"].get(f) for f in HIT_FIELDS},
-            }
-            for h in results[0]
-        ]
-        return {"hits": hits, "timings": dict(results.timings)}
+    def set_batching(self, enabled: bool) -> None:
+        """Turn cross-request batching on or off while serving (the load benchmark interleaves both)."""
+        self._batching = bool(enabled)
 
     def ingest(self, records: list[Any]) -> dict[str, Any]:
         """Upsert already-encoded rows (:class:`hivlp_milvus.data.EmbeddingRecord`) with ``ingest()``.

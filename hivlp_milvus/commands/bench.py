@@ -11,6 +11,9 @@ Elsewhere the command stops with this advice before importing anything.
     hivlp-milvus bench report                  # BENCHMARKS.md from benchmarks/results/*.json
     hivlp-milvus bench search --smoke          # seconds; checks the benchmark works
     hivlp-milvus bench engine --lite25-python .venv-lite25/bin/python   # the same requests on Milvus' C++ engine
+    hivlp-milvus bench load --start            # N clients for T s on `serve run` of ./hivlp_work, then stops it
+    hivlp-milvus bench load --url http://127.0.0.1:8000 --clients 16 --duration 30
+    hivlp-milvus bench load --compare-batching # searcher batching on/off at 1, 8, 32 clients (interleaved)
 """
 
 from __future__ import annotations
@@ -24,7 +27,20 @@ from typing import Any
 
 from hivlp_milvus.errors import ConfigError
 
-WHAT = ("search", "ingest", "serve", "train", "quality", "engine", "all", "report")
+WHAT = ("search", "ingest", "serve", "train", "quality", "engine", "load", "all", "report")
+
+#: ``bench load`` flags passed through to ``benchmarks/load.py`` (flag -> attribute).
+LOAD_FLAGS = {
+    "--url": "url",
+    "--api-key": "api_key",
+    "--workdir": "workdir",
+    "--clients": "clients",
+    "--duration": "duration",
+    "--max-requests": "max_requests",
+    "--mix": "mix",
+    "--repeats": "repeats",
+    "--records": "records",
+}
 
 #: What ``bench all`` runs of the quality benchmark: one training run instead of eight, so that
 #: ``make bench`` stays near its time budget (the full sweep is ``bench quality``). Written to
@@ -87,6 +103,21 @@ def register(subparsers: Any) -> None:
         default=None,
         help="engine: a Python with milvus-lite==2.5.* installed; its C++ server is started and stopped",
     )
+    load = p.add_argument_group("load (benchmarks/load.py; defaults sized for 2 cores)")
+    load.add_argument("--url", default=None, help="a running app (default http://127.0.0.1:8000)")
+    load.add_argument("--api-key", default=None, help="the app's API key, if it needs one")
+    load.add_argument("--start", action="store_true", help="run `serve run` on --workdir/hivlp_work, stop it after")
+    load.add_argument("--workdir", default=None, help="--start: the directory holding hivlp_work/ (default .)")
+    load.add_argument("--clients", type=int, default=None, help="concurrent clients (default 8)")
+    load.add_argument("--duration", type=float, default=None, help="seconds of load per run (default 10)")
+    load.add_argument("--max-requests", type=int, default=None, help="requests per run at most (default 5000)")
+    load.add_argument(
+        "--mix", default=None, help="route weights (default search_text=6,search_image=2,encode=1,ingest=1)"
+    )
+    load.add_argument("--compare-batching", action="store_true", help="searcher batching on/off, interleaved")
+    load.add_argument("--levels", type=int, nargs="+", default=None, help="--compare-batching: clients (1 8 32)")
+    load.add_argument("--repeats", type=int, default=None, help="--compare-batching: runs per setting (default 2)")
+    load.add_argument("--records", type=int, default=None, help="--compare-batching: synthetic scenes (default 500)")
     p.add_argument("--no-report", action="store_true", help="do not regenerate BENCHMARKS.md afterwards")
     p.set_defaults(func=run)
 
@@ -118,6 +149,34 @@ def _serve(args: argparse.Namespace) -> int:
         cmd += ["--requests", "32", "--concurrency", "8"]
     # A separate process: the load generator and Ray Serve must not share this interpreter's GIL.
     return subprocess.call(cmd, cwd=str(root.parent))
+
+
+def load_command(args: argparse.Namespace, script: Path) -> list[str]:
+    """The ``benchmarks/load.py`` command line for ``bench load`` (only the flags given are passed)."""
+    cmd = [sys.executable, str(script)]
+    for flag, attr in LOAD_FLAGS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            cmd += [flag, str(value)]
+    if getattr(args, "start", False):
+        cmd.append("--start")
+    if getattr(args, "compare_batching", False):
+        cmd.append("--compare-batching")
+        if args.levels:
+            cmd += ["--levels", *map(str, args.levels)]
+    if args.smoke:  # seconds: checks the benchmark works
+        cmd += ["--duration", "2", "--max-requests", "200"]
+        if getattr(args, "compare_batching", False):
+            cmd += ["--levels", "1", "4", "--repeats", "1", "--records", "40"]
+        cmd += ["--out", str(script.parent / "results" / ("load_smoke.json"))]
+    return cmd
+
+
+def _load(args: argparse.Namespace) -> int:
+    pkg = _benchmarks()
+    root = Path(pkg.__file__).resolve().parent
+    # A separate process: the load generator must not share this interpreter (or its GIL) with anything.
+    return subprocess.call(load_command(args, root / "load.py"), cwd=str(Path(args.workdir or ".").resolve()))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -155,6 +214,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if what in ("serve", "all"):
         rc = _serve(args) or rc
+    if what == "load":  # not part of `all`: it needs a running app (--url) or the quickstart (--start)
+        rc = _load(args) or rc
     if what in ("train", "all"):
         from benchmarks import train
 
@@ -187,7 +248,11 @@ def run(args: argparse.Namespace) -> int:
             rebuild=args.rebuild,
             name="engine" + suffix,
         )
-    if (what in ("report", "engine") or (what == "all" and not args.no_report)) and not smoke:
+    if (
+        what in ("report", "engine")
+        or (what == "load" and args.compare_batching)
+        or (what == "all" and not args.no_report)
+    ) and not smoke:
         from benchmarks import report
 
         path = report.write_report()

@@ -248,3 +248,94 @@ def test_quality_smoke_json_and_report(tmp_path: Path) -> None:
     text = out.read_text()
     for heading in ("## Quality", "`low_dim` sweep", "### Loss ablation", "| full | 1 / 1 / 1 / 0.5 |"):
         assert heading in text
+
+
+def test_bench_load_command_passes_only_the_flags_given(tmp_path: Path) -> None:
+    from hivlp_milvus.cli import build_parser
+    from hivlp_milvus.commands.bench import load_command
+
+    p = build_parser()
+    flags = ["--url", "http://h:1", "--api-key", "k", "--clients", "4", "--mix", "encode=1"]
+    given = load_command(p.parse_args(["bench", "load", *flags]), tmp_path / "load.py")
+    assert given[2:] == flags
+    args = p.parse_args(["bench", "load", "--compare-batching", "--levels", "1", "8", "--start"])
+    cmd = load_command(args, tmp_path / "load.py")
+    assert cmd[2:] == ["--start", "--compare-batching", "--levels", "1", "8"]
+    # Every flag the command passes is one benchmarks/load.py accepts, with the value it means.
+    from benchmarks import load
+
+    parsed = load.build_parser().parse_args(given[2:])
+    assert (parsed.url, parsed.api_key, parsed.clients, parsed.mix) == ("http://h:1", "k", 4, "encode=1")
+    smoke = load_command(p.parse_args(["bench", "load", "--compare-batching", "--smoke"]), tmp_path / "load.py")
+    parsed = load.build_parser().parse_args(smoke[2:])
+    assert (parsed.compare_batching, parsed.levels, parsed.duration, parsed.repeats) == (True, [1, 4], 2.0, 1)
+
+
+def test_load_mix_percentiles_and_summary() -> None:
+    from benchmarks.load import parse_mix, percentile, summarize
+
+    assert parse_mix("search_text=3,encode=1") == {
+        "search_text": 3.0,
+        "search_image": 0.0,
+        "encode": 1.0,
+        "ingest": 0.0,
+    }
+    for bad in ("nope=1", "encode=-1", "encode=0"):
+        with pytest.raises(ValueError, match="mix"):
+            parse_mix(bad)
+    assert percentile([], 99) == 0.0
+    assert percentile([float(i) for i in range(1, 101)], 50) == 51.0
+    assert percentile([float(i) for i in range(1, 101)], 99) == 99.0
+    records = [
+        ("encode", 200, 0.010),
+        ("encode", 503, 0.001),
+        ("search_text", 200, 0.030),
+        ("ingest", "transport:X", 1),
+    ]
+    s = summarize(records, wall=2.0, clients=2)
+    assert (s["requests"], s["ok"], s["rps"], s["errors"]) == (4, 2, 2.0, {"503": 1, "transport:X": 1})
+    assert s["routes"]["encode"]["errors"] == {"503": 1}
+    assert s["routes"]["encode"]["p99_ms"] == 10.0  # failed requests do not count in the latencies
+    assert set(s["routes"]) == {"encode", "search_text", "ingest"}
+
+
+def test_report_load_section_and_plot(tmp_path: Path) -> None:
+    from benchmarks.load_compare import summarize_runs
+    from benchmarks.report_load import load_section, plot
+
+    def run(clients: int, batching: bool, rps: float, p99: float) -> dict:
+        return {
+            "clients": clients,
+            "batching": batching,
+            "rps": rps,
+            "p50_ms": p99 / 2,
+            "p99_ms": p99,
+            "mean_query_batch": 4.0 if batching else 1.0,
+            "requests": 100,
+            "ok": 100,
+            "checked": 10,
+            "wrong_answers": 0,
+            "cpu": {"cores_busy": 1.5},
+        }
+
+    runs = [
+        run(1, True, 10.0, 100.0),
+        run(1, False, 10.0, 100.0),
+        run(8, True, 40.0, 200.0),
+        run(8, False, 20.0, 400.0),
+    ]
+    res = {"levels": [1, 8], "duration_s": 5, "repeats": 1, "rows": 600, "model": "tiny", "runs": runs}
+    res["summary"] = summarize_runs(runs)
+    text = load_section(res, None)
+    assert "| HTTP `POST /search` | 8 | on | 40.0 | 100.0 | 200.0 | 4.00 | 0 | 0 / 10 | 1.50 |" in text
+    assert "http at 8 clients 2.00× the requests/s, p99 0.50×" in text
+    assert plot(res, tmp_path).stat().st_size > 1000
+    assert "Not measured yet" in load_section(None, None)
+    route = {"requests": 10, "rps": 5.0, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "errors": {}}
+    mixed = {"clients": 8, "wall_s": 2.0, "started": True, "collection": "quickstart", "collection_rows": 360}
+    mixed |= {"mix": {"encode": 1.0, "ingest": 0.0}, "requests": 10, "rps": 5.0, "errors": {}, "wrong_answers": 0}
+    mixed |= {"checked": 4, "cpu": {"cores_busy": 1.2, "machine_cores": 2}, "routes": {"encode": route}}
+    text = load_section(None, mixed)
+    assert "| `encode` | 10 | 5.0 | 1.0 | 2.0 | 3.0 | - |" in text
+    assert "collection `quickstart` (360 rows)" in text
+    assert "wrong answers 0 of 4 checked" in text

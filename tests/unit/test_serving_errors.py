@@ -83,3 +83,14 @@ def test_credentials_never_reach_the_client() -> None:
     assert "https://***@10.0.0.1:443/db" in err.message
     assert redact("no uri here; http://host:19530 stays") == "no uri here; http://host:19530 stays"
     assert "pw" not in json.loads(err.response().body)["message"]
+
+
+def test_metrics_are_no_ops_outside_a_replica_but_check_the_stage() -> None:
+    from serving import metrics
+
+    metrics.observe_stage("coarse", 0.1)
+    metrics.count_hits("search", 3)
+    metrics.count_error("invalid_filter", 422)
+    assert not metrics.recording()  # unit tests and the in-process app record nothing
+    with pytest.raises(ValueError, match="unknown stage 'rerank'"):
+        metrics.observe_stage("rerank", 0.1)  # a typo is caught here, not silently lost in production
