@@ -643,6 +643,8 @@ hivlp-milvus bench ingest [--sizes 50k]
 hivlp-milvus bench serve                     # runs benchmarks/serve.py in a separate process
 hivlp-milvus bench train [--steps 40]
 hivlp-milvus bench quality [--steps 240] [--low-dims 4 8 16 32] [--ablation-low-dim 32]   # ~8 runs, 40+ min
+hivlp-milvus bench load --start              # N clients for T s, mixed routes, against `serve run` on the quickstart
+hivlp-milvus bench load --compare-batching   # the Searcher's batching on/off at 1/8/32 clients, interleaved
 hivlp-milvus bench report                    # regenerates this file from benchmarks/results/*.json
 hivlp-milvus bench search --smoke            # the smoke version (tests/unit/test_benchmarks_smoke.py)
 python -m venv .venv-lite25 && .venv-lite25/bin/pip install milvus-lite==2.5.1

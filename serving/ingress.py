@@ -47,6 +47,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hivlp_milvus.errors import FilterError, HiVLPError
+from serving import metrics
 from serving.fusion import CANDIDATE_FIELDS
 
 # ApiError and to_api_error are part of this module's API too (tests, callers import them from here).
@@ -331,6 +332,9 @@ class Ingress:
             "query": kind,
             "modality": target,
             "filter": expr,
+            # What ran: one exact search or the funnel (the library's plan choice), then fusion if asked.
+            "plan": f"{res['plan']}+fusion" if fusion_limit is not None else res["plan"],
+            "coarse_limit": res.get("coarse_limit"),
             "hits": hits,
             "timings": {
                 "encode_ms": round(enc["encode_ms"], 3),
@@ -353,6 +357,7 @@ class Ingress:
             self._fusion.score.remote({"query": payload, "kind": kind, "limit": limit, "candidates": candidates})
         )
         seconds = time.perf_counter() - t0
+        metrics.observe_stage("fusion", seconds)
         fused = [
             {**hits[r["index"]], "fusion_score": r["fusion_score"], "fusion_error": r["fusion_error"]}
             for r in out["ranked"]

@@ -164,7 +164,13 @@ class SearchRequest(_Request):
     image: str | None = _base64_image()
     limit: int = Field(10, ge=1, le=MAX_LIMIT, description="hits to return")
     coarse_limit: int | None = Field(
-        None, ge=1, le=MAX_COARSE_LIMIT, description="coarse shortlist size; default sized from the collection by the index profile's recall curve (docs/search.md)"
+        None,
+        ge=1,
+        le=MAX_COARSE_LIMIT,
+        description=(
+            "coarse shortlist size; default sized from the collection by the index profile's recall curve "
+            "(docs/search.md)"
+        ),
     )
     filter: list[FilterCondition] = Field(
         default_factory=list, max_length=MAX_FILTER_CONDITIONS, description="conditions, AND-ed"
@@ -301,6 +307,11 @@ class SearchResponse(BaseModel):
     query: Literal["text", "image"]
     modality: Modality
     filter: str = Field(description="the Milvus expression built from the conditions ('' = none)")
+    plan: Literal["exact", "hierarchical", "exact+fusion", "hierarchical+fusion"] = Field(
+        description="what answered: one exact search on vec_high, or the coarse -> fine funnel (docs/search.md); "
+        "'+fusion' when the fusion stage re-ranked"
+    )
+    coarse_limit: int | None = Field(None, description="the shortlist the funnel used or would have used")
     hits: list[Hit]
     timings: Timings
 

@@ -217,7 +217,8 @@ class Searcher:
 
         Returns:
             ``{"hits": [{id, score, coarse_score, key, modality, reference, attributes}], "timings": {...},
-            "batch_size": n}`` (timings in seconds, from the library, for the whole batch of ``n`` queries).
+            "batch_size": n, "plan": "exact" | "hierarchical", "coarse_limit": k}``
+            (timings in seconds, from the library, for the whole batch of ``n`` queries).
 
         Raises:
             SearchLimitError, FilterError, QueryError, DimensionMismatchError: bad input (4xx).
@@ -264,7 +265,15 @@ class Searcher:
                 if f"{stage}_s" in timings:
                     metrics.observe_stage(stage, timings[f"{stage}_s"])
             metrics.count_hits("search", len(hits))
-            answers.append({"hits": hits, "timings": timings, "batch_size": len(queries)})
+            answers.append(
+                {
+                    "hits": hits,
+                    "timings": timings,
+                    "batch_size": len(queries),
+                    "plan": results.plan,
+                    "coarse_limit": results.coarse_limit,
+                }
+            )
         return answers
 
     def batch_stats(self) -> dict[str, Any]:

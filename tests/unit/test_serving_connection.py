@@ -6,6 +6,7 @@ are used directly.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def test_credentials_in_the_uri_never_reach_a_client_or_the_log(
     caplog.set_level(logging.DEBUG)
     searcher = searcher_module.Searcher.func_or_class(str(tmp_path / "model"), "ignored", "c", connection=options)
     with pytest.raises(MilvusUnavailableError) as info:
-        searcher.search(np.zeros(16, np.float32), np.zeros(64, np.float32), limit=1)
+        asyncio.run(searcher.search(np.zeros(16, np.float32), np.zeros(64, np.float32), limit=1))
     err = to_api_error(info.value)
     assert err.status == 503
     assert "127.0.0.1:9" in err.message  # where it failed is still said

@@ -73,6 +73,7 @@ def test_modality_all_returns_both_modalities_as_exact_search(
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["modality"] == "all"
+    assert (out["plan"], out["coarse_limit"]) == ("hierarchical", ALL_ROWS)  # an explicit shortlist keeps the funnel
     hits = out["hits"]
     assert {h["modality"] for h in hits} == {"image", "text"}
     exact = _exact_top(layout, high, limit)
@@ -193,6 +194,16 @@ def _check_fusion_hits(hits: list[dict[str, Any]], expected: list[Any]) -> None:
             assert hit["fusion_error"] is None, hit
 
 
+def test_a_small_collection_is_answered_by_one_exact_search_and_says_so(client: TestClient, layout: DemoLayout) -> None:
+    text = layout.records[0].captions[0]
+    body = {"text": text, "modality": "all", "limit": 7}
+    high = client.post("/encode", json={"text": text}).json()["high"]
+    out = client.post("/search", json=body).json()
+    assert out["plan"] == "exact"
+    assert out["coarse_limit"] >= 7
+    assert [h["id"] for h in out["hits"]] == [i for i, _ in _exact_top(layout, high, 7)]
+
+
 def test_fusion_order_over_http_equals_score_pairs_order(fusion_site: FusionSite) -> None:
     caption = fusion_site.records[0].captions[0]
     base = {"text": caption, "modality": "image", "coarse_limit": FUSION_ROWS}
@@ -205,6 +216,7 @@ def test_fusion_order_over_http_equals_score_pairs_order(fusion_site: FusionSite
     _check_fusion_hits(body["hits"], expected[:5])
     assert body["timings"]["fusion_ms"] > 0
     assert body["timings"]["fusion_batch_size"] == 1
+    assert body["plan"] == "hierarchical+fusion"
     # All M candidates, unreadable included: it keeps its fine position and says why.
     r = fusion_site.client.post("/search", json={**base, "limit": FUSION_IMAGES, "fusion_limit": FUSION_IMAGES})
     hits = r.json()["hits"]
