@@ -163,6 +163,38 @@ def run(args: argparse.Namespace) -> Path:
     return path
 
 
+def merge(parts: list[Path], name: str = "negatives") -> Path:
+    """Combine per-process result files (one seed or variant each, run in parallel) into one.
+
+    The settings must agree; the runs are ordered by seed, then in :data:`VARIANTS` order.
+    """
+    import json
+
+    docs = [json.loads(p.read_text()) for p in parts]
+    keys = ("config", "steps", "batch_size", "n_train", "n_test", "torch_threads")
+    settings = {k: docs[0][k] for k in keys}
+    for path, doc in zip(parts, docs, strict=True):
+        if {k: doc[k] for k in keys} != settings:
+            raise ValueError(f"{path} was run with other settings than {parts[0]}: {keys}")
+    order = list(VARIANTS)
+    runs = sorted((r for d in docs for r in d["runs"]), key=lambda r: (r["seed"], order.index(r["variant"])))
+    variants = [v for v in order if any(r["variant"] == v for r in runs)]
+    return write_result(
+        name,
+        {
+            "smoke": any(d["smoke"] for d in docs),
+            **settings,
+            "seeds": sorted({r["seed"] for r in runs}),
+            "variants": {v: VARIANTS[v] for v in variants},
+            "coarse_ks": docs[0]["coarse_ks"],
+            "runs": runs,
+            "merged_from": [p.name for p in parts],
+            "wall_s": max(d["wall_s"] for d in docs),
+            "cpu_parallel_processes": len(docs),
+        },
+    )
+
+
 def get_fusion(name: str) -> Any:
     """The shipped config's own fusion block (``None`` for micro)."""
     from hivlp_milvus.model.config import get_config
@@ -184,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fusion-m", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="negatives", help="results/<name>.json")
-    print(run(ap.parse_args(argv)))
+    ap.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="merge these result files into --name")
+    args = ap.parse_args(argv)
+    print(merge(args.merge, args.name) if args.merge else run(args))
     return 0
 
 
