@@ -17,6 +17,10 @@ high level's own R@1 on the same queries), and its pairwise accuracy against the
 hardest wrong image. Results: ``benchmarks/results/negatives.json``; the table:
 ``benchmarks/report_negatives.py`` (BENCHMARKS.md and docs/objective.md).
 
+On a shared machine the runs can go in parallel processes (one ``--seeds``/``--variants`` pair
+each, ``--name negatives_s<seed>_<variant>``, ``--threads 1``); ``--merge FILES...`` then combines
+their result files into ``negatives.json``.
+
 ``--config micro`` (the measured default on this shared 2-core machine) adds a one-layer fusion
 block to the micro model, whose 4×4 patch grid gives the scorer 16 image tokens. ``--smoke`` runs
 a few steps of it on tiny sets (checks the runner works).
