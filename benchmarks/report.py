@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS_DIR, ROOT
+from benchmarks.report_negatives import negatives_section
 
 OUT = ROOT / "BENCHMARKS.md"
 TARGET_SPEEDUP = 10.0
@@ -700,6 +701,7 @@ def write_report(results_dir: Path | None = None, out: Path | None = None) -> Pa
         parts.append(quality_section(quality or quality_quick, quality_quick if quality else None))
     else:
         parts.append("## Quality\n\nNot measured yet.\n")
+    parts.append(negatives_section(_load("negatives", rd)))
     parts.append(REPRO)
     path = Path(out or OUT)
     path.write_text("\n".join(parts))

@@ -6,9 +6,11 @@ Layout of one checkpoint directory (what ``ray.train.report(checkpoint=...)`` pe
     training_state.json                                            <- step, epoch, position, metrics
     optimizer.pt                                                   <- AdamW state (tensors only)
     scheduler.json                                                 <- LR scheduler counters
+    loss_state.safetensors                                         <- the loss's negative queue
+                                                                      (only with loss.queue_size > 0)
 
 So ``HiVLP.from_pretrained(checkpoint_dir)`` loads any checkpoint directly. Nothing is pickled:
-weights are safetensors, the optimizer state is ``torch.save``-d plain tensors and numbers that
+weights and the negative queue are safetensors, the optimizer state is ``torch.save``-d plain tensors and numbers that
 are read back with ``torch.load(..., weights_only=True)``, everything else is JSON.
 """
 
@@ -33,6 +35,7 @@ __all__ = [
     "TRAINING_FILES",
     "TrainingState",
     "export_model",
+    "load_loss_state",
     "load_optimizer_state",
     "load_scheduler_state",
     "load_training_state",
@@ -43,8 +46,9 @@ __all__ = [
 STATE_FILE = "training_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.json"
+LOSS_STATE_FILE = "loss_state.safetensors"
 #: Files a checkpoint has on top of the model's own; :func:`export_model` leaves them out.
-TRAINING_FILES = (STATE_FILE, OPTIMIZER_FILE, SCHEDULER_FILE)
+TRAINING_FILES = (STATE_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, LOSS_STATE_FILE)
 STATE_VERSION = 1
 
 
@@ -86,6 +90,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: TrainingState,
+    loss_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a complete checkpoint into ``directory``.
 
@@ -95,6 +100,7 @@ def save_checkpoint(
         optimizer: its optimizer.
         scheduler: its learning-rate scheduler.
         state: the training position and metrics.
+        loss_state: ``HiVLPLoss.queue_state()``; written as ``loss_state.safetensors`` when not empty.
 
     Returns:
         The directory.
@@ -105,6 +111,10 @@ def save_checkpoint(
     model.save_pretrained(directory)
     torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
     (directory / SCHEDULER_FILE).write_text(json.dumps(_jsonable(scheduler.state_dict()), indent=2) + "\n")
+    if loss_state:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in loss_state.items()}, str(directory / LOSS_STATE_FILE))
     # Written last: a directory with training_state.json is complete.
     (directory / STATE_FILE).write_text(state.to_json() + "\n", encoding="utf-8")
     return directory
@@ -141,6 +151,27 @@ def load_optimizer_state(directory: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"cannot read optimizer state {path}: {exc}") from exc
+
+
+def load_loss_state(directory: str | Path) -> dict[str, torch.Tensor]:
+    """Read ``loss_state.safetensors`` (the negative queue); ``{}`` when the checkpoint has none.
+
+    A checkpoint written without a queue resumes with an empty one, which then fills as it would
+    have from step 0.
+
+    Raises:
+        CheckpointError: the file exists but is not a readable safetensors file.
+    """
+    path = Path(directory) / LOSS_STATE_FILE
+    if not path.exists():
+        return {}
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"cannot read the loss state {path}: {exc}; resume from another checkpoint") from exc
 
 
 def load_scheduler_state(directory: str | Path) -> dict[str, Any]:

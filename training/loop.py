@@ -7,8 +7,9 @@ Dataset, scores its rows against the all-gathered global batch (``HiVLPLoss``), 
 the gradients: N workers with batch B optimise what one process with batch N·B would.
 
 Rank 0 validates, writes checkpoints and prints progress; every rank calls ``ray.train.report``
-the same number of times (it is a barrier). Resuming restores model, optimizer, scheduler and the
-position in the epoch from ``ray.train.get_checkpoint()`` and continues at the exact next step.
+the same number of times (it is a barrier). Resuming restores model, optimizer, scheduler, the
+loss's negative queue and the position in the epoch from ``ray.train.get_checkpoint()`` and
+continues at the exact next step.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from training.checkpoint import (
     TrainingState,
+    load_loss_state,
     load_optimizer_state,
     load_scheduler_state,
     load_training_state,
@@ -155,12 +157,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     resumed = ray.train.get_checkpoint()
     state: TrainingState | None = None
+    loss_state: dict[str, Any] = {}
     if resumed is not None:
         with resumed.as_directory() as directory:
             model = HiVLP.from_pretrained(directory)
             state = load_training_state(directory)
             optimizer_state = load_optimizer_state(directory)
             scheduler_state = load_scheduler_state(directory)
+            loss_state = load_loss_state(directory)
     else:
         with ray.train.Checkpoint(spec.init_model).as_directory() as directory:
             model = HiVLP.from_pretrained(directory)
@@ -184,6 +188,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "the step count continues, but the rest of this epoch is re-sharded"
             )
     loss_fn = HiVLPLoss(LossConfig.from_dict(spec.loss))
+    # Every rank loads rank 0's saved queue; each pushes the same all-gathered rows from here on.
+    loss_fn.load_queue_state(loss_state)
     validator = _Validator(spec) if rank == 0 and spec.validation is not None else None
     progress = _Progress(spec, rank=rank, world=world)
 
@@ -229,7 +235,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     global_batch=global_batch,
                     metrics=metrics,
                 )
-                save_checkpoint(tmp, model=module, optimizer=optimizer, scheduler=scheduler, state=train_state)
+                save_checkpoint(
+                    tmp,
+                    model=module,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    state=train_state,
+                    loss_state=loss_fn.queue_state(),
+                )
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 progress.print_checkpoint(metrics)
             # A barrier: every rank reports once per checkpoint; only rank 0 passes the checkpoint.

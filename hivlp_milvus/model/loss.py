@@ -1,5 +1,10 @@
 """The HiVLP training objective: two InfoNCE levels, coarse-to-fine consistency, shortlist re-rank.
 
+Optional negatives from the peers (``docs/objective.md``, "Negatives"): hard-negative weighting of
+the InfoNCE terms (Robinson et al. 2021, as VLDeformer's bi-modal hard negatives), a queue of past
+all-gathered embeddings as extra negatives (MoCo's/ALBEF's ``_dequeue_and_enqueue``, COTS), and the
+choice of how ``itm`` draws its negatives (ALBEF's softmax sampling, or the hardest).
+
 The maths, the motivation of every term and the distributed-equivalence argument are in
 ``docs/objective.md``; this file is the implementation. Every term is a mean over *query rows*
 of a function of that row against all columns, which is what lets N ranks score only their local
@@ -8,7 +13,6 @@ rows against the all-gathered columns and still optimise the single-process obje
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -17,7 +21,7 @@ import torch.nn.functional as F
 from pydantic import BeforeValidator, Field, StrictBool, StrictInt, model_validator
 from torch import nn
 
-from hivlp_milvus.errors import ConfigError, DimensionMismatchError
+from hivlp_milvus.errors import CheckpointError, ConfigError, DimensionMismatchError
 from hivlp_milvus.model.config import (
     ConfigBase,
     NonNegativeInt,
@@ -34,7 +38,7 @@ from hivlp_milvus.model.distributed import (
 )
 from hivlp_milvus.model.embedding import HiVLPOutput
 
-__all__ = ["FUSION_TERMS", "TERMS", "HiVLPLoss", "LossConfig", "LossOutput"]
+__all__ = ["FUSION_TERMS", "TERMS", "HiVLPLoss", "LossConfig", "LossOutput", "NegativeQueue"]
 
 #: The weighted terms of the objective, in the order they are reported.
 TERMS: tuple[str, ...] = ("low", "high", "consistency", "shortlist")
@@ -69,6 +73,17 @@ class LossConfig(ConfigBase):
             cross-entropy of the fusion logit on each positive pair and on one hard negative
             image per text and one hard negative text per image, sampled (as ALBEF does) in
             proportion to the softmax of this rank's high-level similarities, positives excluded.
+        itm_negatives: how ``itm`` picks each row's negative among this rank's non-positive rows:
+            ``"sampled"`` draws it in proportion to the softmax of the high-level similarity (ALBEF);
+            ``"hardest"`` takes the most similar one (deterministic, the hardest in the batch).
+        hard_negative_beta: β ≥ 0 of the hard-negative weighting of the ``low`` and ``high``
+            InfoNCE terms: each negative column j of a row is weighted by
+            ``w_j = N · softmax_j(β · logit_j)`` over the row's N negatives (detached importance
+            weights, mean 1), so the most similar negatives dominate the denominator. 0 = off.
+        queue_size: rows of past (all-gathered, detached) embeddings kept per level and modality
+            and used as extra negative columns of the ``low`` and ``high`` InfoNCE terms (0 = off).
+            Every call of the loss enqueues the global batch, so the queue is identical on every
+            rank; queued rows of a group in the batch are left out of that row's softmax.
         gather: ``"auto"`` all-gathers when ``torch.distributed`` is initialised with ≥ 2 ranks;
             ``True`` requires that (error otherwise); ``False`` never gathers (per-rank batches).
     """
@@ -82,6 +97,9 @@ class LossConfig(ConfigBase):
     shortlist_start_step: NonNegativeInt = 0
     consistency_temperature: PositiveNumber = 1.0
     itm: NonNegativeNumber = 0.0
+    itm_negatives: Literal["sampled", "hardest"] = "sampled"
+    hard_negative_beta: NonNegativeNumber = 0.0
+    queue_size: NonNegativeInt = 0
     gather: Annotated[Literal["auto"] | StrictBool, BeforeValidator(_auto_or_bool)] = "auto"
 
     @model_validator(mode="after")
@@ -143,6 +161,15 @@ class HiVLPLoss(nn.Module):
         """
         super().__init__()
         self.config = config if config is not None else LossConfig()
+        self.queue = NegativeQueue(self.config.queue_size)
+
+    def queue_state(self) -> dict[str, torch.Tensor]:
+        """The negative queue as named tensors (empty when it is off or empty), for checkpoints."""
+        return self.queue.state_dict()
+
+    def load_queue_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the queue from :meth:`queue_state` (the newest ``queue_size`` rows are kept)."""
+        self.queue.load_state_dict(state)
 
     def forward(self, out: HiVLPOutput, groups: torch.Tensor | None = None, *, step: int | None = None) -> LossOutput:
         """Compute the objective.
@@ -207,10 +234,33 @@ class HiVLPLoss(nn.Module):
         )
 
         terms: dict[str, torch.Tensor] = {}
-        if "low" in weights:
-            terms["low"] = _symmetric(low, lambda lg: _soft_ce(lg, positives))
-        if "high" in weights:
-            terms["high"] = _symmetric(high, lambda lg: _soft_ce(lg, positives))
+        # The queue's columns follow the batch's; consistency and shortlist keep to the batch (the
+        # funnel inference runs is over one gallery, not over stale rows of past steps).
+        queued = self.queue.columns(device) if len(self.queue) else None
+        if queued is not None:
+            queue_pos = (
+                self.queue.same_group(groups)
+                if groups is not None
+                else torch.zeros(batch, len(self.queue), dtype=torch.bool, device=device)
+            )
+            wide_pos = torch.cat([positives, torch.zeros_like(queue_pos)], dim=1)
+            wide_cand = torch.cat([torch.ones_like(positives), ~queue_pos], dim=1)
+        for level, pair in (("low", low), ("high", high)):
+            if level not in weights:
+                continue
+            assert pair is not None  # guaranteed by need_low / need_high
+            scale = scale_low if level == "low" else scale_high
+            if queued is not None:
+                i2t = torch.cat([pair[0], _logits(scale, getattr(image, level), queued[f"text_{level}"])], dim=1)
+                t2i = torch.cat([pair[1], _logits(scale, getattr(text, level), queued[f"image_{level}"])], dim=1)
+                pos, cand = wide_pos, wide_cand
+            else:
+                (i2t, t2i), pos, cand = pair, positives, None
+            beta = cfg.hard_negative_beta
+            terms[level] = 0.5 * (
+                _soft_ce(_hard_negative_logits(i2t, pos, cand, beta), pos, cand)
+                + _soft_ce(_hard_negative_logits(t2i, pos, cand, beta), pos, cand)
+            )
         if "consistency" in weights:
             tau = cfg.consistency_temperature
             terms["consistency"] = 0.5 * (_consistency_kl(high[0], low[0], tau) + _consistency_kl(high[1], low[1], tau))
@@ -223,7 +273,19 @@ class HiVLPLoss(nn.Module):
         if "itm" in weights:
             # Local rows only (as ALBEF): the fusion block needs token features, which are not gathered.
             local = positives[:, rank * batch : (rank + 1) * batch] if groups is None else _positives_local(groups)
-            terms["itm"] = _itm(out, local)
+            terms["itm"] = _itm(out, local, hardest=cfg.itm_negatives == "hardest")
+        if cfg.queue_size > 0:
+            # After the terms: a batch is never its own negative. Every rank pushes the same global rows.
+            all_groups_or_none = None if groups is None else all_groups
+            self.queue.push(
+                {
+                    "image_low": all_img_low,
+                    "image_high": all_img_high,
+                    "text_low": all_txt_low,
+                    "text_high": all_txt_high,
+                },
+                all_groups_or_none,
+            )
 
         total = sum(weights[name] * value for name, value in terms.items())
         parts = {name: value.detach() for name, value in terms.items()}
@@ -250,8 +312,12 @@ def _positives_local(groups: torch.Tensor) -> torch.Tensor:
     return groups[:, None] == groups[None, :]
 
 
-def _itm(out: HiVLPOutput, positives: torch.Tensor) -> torch.Tensor:
-    """Image–text matching BCE on the positives and one sampled hard negative per image and per text."""
+def _itm(out: HiVLPOutput, positives: torch.Tensor, *, hardest: bool = False) -> torch.Tensor:
+    """Image–text matching BCE on the positives and one hard negative per image and per text.
+
+    The negative is sampled in proportion to the softmax of the similarities (ALBEF's
+    ``model_retrieval.py``), or with ``hardest`` the most similar non-positive row.
+    """
     fusion = getattr(out, "fusion", None)
     if fusion is None:
         raise ConfigError(
@@ -267,12 +333,8 @@ def _itm(out: HiVLPOutput, positives: torch.Tensor) -> torch.Tensor:
         weights_i2t = torch.softmax(sim.T, dim=1).masked_fill(positives.T, 0.0)
         texts_with_neg = torch.nonzero(weights_t2i.sum(dim=1) > 0).flatten()
         images_with_neg = torch.nonzero(weights_i2t.sum(dim=1) > 0).flatten()
-        neg_images = (
-            torch.multinomial(weights_t2i[texts_with_neg], 1).flatten() if len(texts_with_neg) else texts_with_neg
-        )
-        neg_texts = (
-            torch.multinomial(weights_i2t[images_with_neg], 1).flatten() if len(images_with_neg) else images_with_neg
-        )
+        neg_images = _draw(weights_t2i[texts_with_neg], hardest) if len(texts_with_neg) else texts_with_neg
+        neg_texts = _draw(weights_i2t[images_with_neg], hardest) if len(images_with_neg) else images_with_neg
     rows = torch.arange(batch, device=device)
     image_index = torch.cat([rows, neg_images, images_with_neg])
     text_index = torch.cat([rows, texts_with_neg, neg_texts])
@@ -280,6 +342,127 @@ def _itm(out: HiVLPOutput, positives: torch.Tensor) -> torch.Tensor:
     labels = torch.zeros_like(logits)
     labels[:batch] = 1.0
     return F.binary_cross_entropy_with_logits(logits, labels)
+
+
+def _draw(weights: torch.Tensor, hardest: bool) -> torch.Tensor:
+    """One column per row: the heaviest (``hardest``) or one drawn in proportion to the weights."""
+    if hardest:
+        return torch.argmax(weights, dim=1)
+    return torch.multinomial(weights, 1).flatten()
+
+
+def _hard_negative_logits(
+    logits: torch.Tensor, positives: torch.Tensor, candidates: torch.Tensor | None, beta: float
+) -> torch.Tensor:
+    """Logits whose softmax denominator weights each negative by ``N · softmax(β · logit)``.
+
+    Robinson et al., "Contrastive Learning with Hard Negative Samples" (ICLR 2021, code
+    ``joshr17/HCL``: ``imp = exp(β·sim)``, ``reweight_neg = (imp·neg).sum / imp.mean``), the
+    re-weighting VLDeformer applies to its bi-modal negatives. Adding ``log w_j`` to a negative's
+    logit multiplies its ``exp`` by ``w_j``; the weights have mean 1 over the row's negatives, so
+    β = 0 is plain InfoNCE, and they are detached (importance weights, not a learnt quantity).
+    Positives and excluded columns keep their logits.
+    """
+    if beta == 0:
+        return logits
+    negatives = ~positives if candidates is None else candidates & ~positives
+    with torch.no_grad():
+        scaled = (beta * logits).masked_fill(~negatives, float("-inf"))
+        count = negatives.sum(dim=1, keepdim=True)
+        norm = torch.logsumexp(scaled, dim=1, keepdim=True)
+        log_w = scaled - norm + torch.log(count.clamp(min=1).to(logits.dtype))
+        # Rows without negatives (logsumexp = -inf) and non-negative columns: weight 1, log 0.
+        log_w = torch.where(negatives, log_w, torch.zeros_like(log_w))
+    return logits + log_w
+
+
+class NegativeQueue:
+    """A FIFO of past global batches' embeddings (both levels, both modalities) and group ids.
+
+    The rows are the *all-gathered* detached embeddings, pushed in the same order on every rank,
+    so the queue is the same everywhere without a collective of its own (MoCo's
+    ``_dequeue_and_enqueue`` gathers its keys first for the same reason). It is stored newest
+    first, at most ``size`` rows, without a momentum encoder: the rows are the online model's
+    own embeddings of the last ``size`` pairs, as in XBM (Wang et al., CVPR 2020), which found
+    their drift small enough once the model trains past its first steps; a momentum copy of both
+    towers (MoCo, COTS) would double the model's memory.
+    """
+
+    FIELDS = ("image_low", "image_high", "text_low", "text_high")
+
+    def __init__(self, size: int) -> None:
+        """An empty queue of at most ``size`` rows (0 = off: :meth:`push` keeps nothing)."""
+        self.size = size
+        self._rows: dict[str, torch.Tensor] = {}
+        self._groups: torch.Tensor | None = None  # group id per row, -1 = none
+        self._grouped: torch.Tensor | None = None  # whether the row's batch had group ids
+
+    def __len__(self) -> int:
+        return 0 if self._groups is None else len(self._groups)
+
+    @torch.no_grad()
+    def push(self, rows: dict[str, torch.Tensor], groups: torch.Tensor | None) -> None:
+        """Put a global batch in front; the oldest rows beyond ``size`` fall out."""
+        if self.size == 0:
+            return
+        count = len(rows["image_low"])
+        device = rows["image_low"].device
+        ids = groups if groups is not None else torch.full((count,), -1, dtype=torch.long, device=device)
+        flags = torch.full((count,), groups is not None, dtype=torch.bool, device=device)
+        if len(self) and any(self._rows[n].shape[1] != rows[n].shape[1] for n in self.FIELDS):
+            raise DimensionMismatchError(
+                "the negative queue holds embeddings of other dims than this batch's; a checkpoint's "
+                "queue belongs to its model: resume with the model that wrote it"
+            )
+        fresh = {n: rows[n].detach().float() for n in self.FIELDS}
+        if len(self):
+            fresh = {n: torch.cat([fresh[n], self._rows[n].to(device)]) for n in self.FIELDS}
+            ids = torch.cat([ids, self._groups.to(device)])
+            flags = torch.cat([flags, self._grouped.to(device)])
+        self._rows = {n: t[: self.size].contiguous() for n, t in fresh.items()}
+        self._groups, self._grouped = ids[: self.size].contiguous(), flags[: self.size].contiguous()
+
+    def columns(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The queued embeddings per :attr:`FIELDS` name, newest first, on ``device``."""
+        return {n: t.to(device) for n, t in self._rows.items()}
+
+    def same_group(self, groups: torch.Tensor) -> torch.Tensor:
+        """``(B, len)``: which queued rows share a group id with each batch row (excluded as negatives)."""
+        if self._groups is None or self._grouped is None:
+            return torch.zeros(len(groups), 0, dtype=torch.bool, device=groups.device)
+        queued = self._groups.to(groups.device)
+        return (groups[:, None] == queued[None, :]) & self._grouped.to(groups.device)[None, :]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Named CPU tensors (safetensors-ready); empty when the queue is."""
+        if not len(self):
+            return {}
+        state = {f"queue.{n}": t.cpu().contiguous() for n, t in self._rows.items()}
+        state["queue.groups"] = self._groups.cpu().contiguous()
+        state["queue.grouped"] = self._grouped.cpu().contiguous()
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict`'s tensors (empty: an empty queue); keeps the newest ``size`` rows.
+
+        Raises:
+            CheckpointError: a tensor is missing or the row counts disagree.
+        """
+        if not state or self.size == 0:
+            self._rows, self._groups, self._grouped = {}, None, None
+            return
+        names = [*(f"queue.{n}" for n in self.FIELDS), "queue.groups", "queue.grouped"]
+        missing = [n for n in names if n not in state]
+        lengths = {len(state[n]) for n in names if n in state}
+        if missing or len(lengths) != 1:
+            raise CheckpointError(
+                f"the saved negative queue is incomplete (missing {missing}, row counts {sorted(lengths)}); "
+                "resume from another checkpoint or delete its loss_state.safetensors to start with an empty queue"
+            )
+        keep = slice(0, self.size)
+        self._rows = {n: state[f"queue.{n}"][keep].float().clone() for n in self.FIELDS}
+        self._groups = state["queue.groups"][keep].long().clone()
+        self._grouped = state["queue.grouped"][keep].bool().clone()
 
 
 def _check_shapes(out: HiVLPOutput, groups: torch.Tensor | None) -> None:
@@ -303,13 +486,6 @@ def _check_shapes(out: HiVLPOutput, groups: torch.Tensor | None) -> None:
 
 def _logits(scale: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     return (scale * (rows @ columns.T)).float()
-
-
-def _symmetric(
-    pair: tuple[torch.Tensor, torch.Tensor] | None, term: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
-    assert pair is not None  # guaranteed by need_low / need_high
-    return 0.5 * (term(pair[0]) + term(pair[1]))
 
 
 def _soft_ce(logits: torch.Tensor, positives: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:

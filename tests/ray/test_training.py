@@ -4,7 +4,8 @@
    and the parameter gradients one process computes on the whole batch.
 2. A short training run: the loss goes down and the checkpoint loads with ``from_pretrained``.
 3. Crash and resume: a worker process dies (``os._exit(1)``) mid-epoch; Ray restarts the group
-   from the last checkpoint, which continues at exactly the next step with the same batches.
+   from the last checkpoint, which continues at exactly the next step with the same batches and
+   the same losses (the loss's negative queue is restored from the checkpoint too).
 
 4. Resume the documented way: after the run failed for good (a second crash with
    ``max_failures`` spent), re-running the same ``run.name`` on ONE worker continues the step
@@ -28,7 +29,7 @@ from hivlp_milvus.data import synthetic
 from hivlp_milvus.errors import ConfigError
 from hivlp_milvus.model.hivlp import HiVLP, create_model
 from hivlp_milvus.model.loss import HiVLPLoss, LossConfig
-from training.checkpoint import load_training_state
+from training.checkpoint import load_loss_state, load_training_state
 from training.config import load_config
 from training.loop import lr_factor
 from training.trainer import run_directory, run_training
@@ -169,6 +170,7 @@ def test_two_workers_match_one_process_on_the_concatenated_batch(ray_cluster: No
 # registered: with ``max_failures=1`` spent, the run fails and the driver returns. The same
 # config on ONE worker then resumes after step 20 (mid-epoch 2) and ends at step 24.
 STEPS, CRASH_STEP, RESUME_AFTER = 24, 13, 10
+QUEUE_SIZE = 8
 SECOND_CRASH_STEP, DRIVER_RESUME_AFTER = 21, 20
 #: Ray Train V2 keeps its checkpoint manager's state here, in the run directory on storage.
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
@@ -201,6 +203,9 @@ def _crash_config(tmp_path: Path, *extra: str) -> Any:
         "run.checkpoint_every_steps=5",
         "run.max_failures=1",
         "run.num_to_keep=2",
+        # A negative queue, so the exact-resume checks below also prove that it is saved and restored
+        # (the replayed steps' losses depend on it). Small: its extra columns barely raise the loss.
+        f"loss.queue_size={QUEUE_SIZE}",
         *extra,
     )
 
@@ -250,11 +255,16 @@ def test_short_run_learns_and_checkpoints_load(crashed_run: CrashedRun) -> None:
         "training_state.json",
         "model.safetensors",
         "config.json",
+        "loss_state.safetensors",
     } <= names
+    queue = load_loss_state(checkpoint)
+    assert len(queue["queue.text_high"]) == QUEUE_SIZE
+    assert queue["queue.grouped"].all()  # the loop passes every batch's relevance groups
     from_checkpoint = HiVLP.from_pretrained(checkpoint)
     exported = HiVLP.from_pretrained(result.model_dir)
     assert exported.fingerprint == from_checkpoint.fingerprint
     assert not (result.model_dir / "optimizer.pt").exists()
+    assert not (result.model_dir / "loss_state.safetensors").exists()
     assert exported.embed_texts(["a red circle"]).low.shape == (1, exported.config.low_dim)
     # num_to_keep=2 best by val_AR, plus the newest one, which Ray always keeps.
     kept = sorted(p.name for p in Path(result.run_path).glob("checkpoint_0*"))

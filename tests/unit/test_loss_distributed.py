@@ -43,6 +43,8 @@ CFG = {
 # Groups 1 and 4 span both ranks: the gathered group ids must be what makes them positives.
 GROUPS = [0, 1, 1, 2, 4, 5, 4, 6, 7, 1, 8, 9]
 SCENARIOS = ("plain", "groups")
+# The queue holds more than one global batch (12) and less than two, so the second push truncates.
+QUEUE_CFG = {**CFG, "queue_size": 18, "hard_negative_beta": 0.3}
 
 
 def _output(feats: dict[str, torch.Tensor], scales: dict[str, torch.Tensor]) -> HiVLPOutput:
@@ -68,6 +70,18 @@ def _run(data: dict[str, torch.Tensor], rows: slice, groups: torch.Tensor | None
     }
 
 
+def _queue_steps(data: dict[str, torch.Tensor], rows: slice, cfg: dict | None = None) -> dict[str, object]:
+    """Three calls of one queued loss (the batch, then two rolled batches); totals and the final queue."""
+    loss = HiVLPLoss(LossConfig(**(cfg or QUEUE_CFG)))
+    totals = []
+    for shift in (0, 5, 7):
+        batch = {n: data[n].roll(shift, dims=0) if n in FEATURES else data[n] for n in (*FEATURES, *SCALES)}
+        feats = {n: batch[n][rows] for n in FEATURES}
+        groups = data["groups"].roll(shift, dims=0)[rows]
+        totals.append(loss(_output(feats, {n: batch[n] for n in SCALES}), groups=groups).total.detach())
+    return {"totals": totals, "queue": loss.queue_state()}
+
+
 def _worker(rank: int, init_file: str, data_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -80,6 +94,8 @@ def _worker(rank: int, init_file: str, data_file: str, out_dir: str) -> None:
         for scenario in SCENARIOS:
             groups = data["groups"] if scenario == "groups" else None
             results[scenario] = _run(data, rows, groups, LossConfig(**CFG))
+
+        results["queue"] = _queue_steps(data, rows)
 
         # gather=False: no communication, this rank's half is a batch of its own.
         results["no_gather"] = _run(data, rows, None, LossConfig(**CFG, gather=False))["total"]
@@ -156,6 +172,24 @@ def test_rank_gradients_scaled_by_world_equal_single_process_gradients(spawned: 
         # Replicated scalars get only their own rank's loss gradient; DDP averages them.
         averaged = torch.stack([r[scenario]["scale_grads"][name] for r in ranks]).mean()
         torch.testing.assert_close(averaged, ref["scale_grads"][name], rtol=0, atol=1e-5)
+
+
+def test_queues_are_identical_on_every_rank_and_equal_the_single_process_queue(spawned: tuple) -> None:
+    data, ranks = spawned
+    ref = _queue_steps(data, slice(None))
+    queues = [r["queue"]["queue"] for r in ranks]
+    assert set(queues[0]) == set(ref["queue"])
+    assert len(queues[0]["queue.groups"]) == QUEUE_CFG["queue_size"]
+    for name, value in ref["queue"].items():
+        assert torch.equal(queues[0][name], queues[1][name]), name  # bit-identical across ranks
+        torch.testing.assert_close(queues[0][name], value, rtol=0, atol=1e-6)
+    # With a queue (and hard-negative weights) in play, the ranks still optimise the global loss.
+    for step in range(3):
+        mean_total = torch.stack([r["queue"]["totals"][step] for r in ranks]).mean()
+        torch.testing.assert_close(mean_total, ref["totals"][step], rtol=1e-6, atol=1e-6)
+    # The queue (and β) changed the loss: the same three batches without them give other totals.
+    plain = _queue_steps(data, slice(None), CFG)["totals"]
+    assert not torch.allclose(plain[2], ref["totals"][2])
 
 
 def test_groups_spanning_ranks_matter(spawned: tuple) -> None:

@@ -129,6 +129,9 @@ def test_old_dry_run_output_loads_to_the_same_config() -> None:
         (["model.overrides.low_dim=0"], "model: low_dim must be > 0"),
         (["loss.shortlist_k=1"], "shortlist_k"),
         (["loss.temperature=1"], "unknown LossConfig keys"),
+        (["loss.queue_size=-1"], "queue_size"),
+        (["loss.hard_negative_beta=-0.5"], "hard_negative_beta"),
+        (["loss.itm_negatives=random"], "itm_negatives"),
         (["optim.lr"], "is not key=value"),
         (["optim.lr.x=1"], "not a section"),
     ],
@@ -343,3 +346,13 @@ def test_itm_without_a_fusion_block_is_refused_before_training() -> None:
         load_config("quickstart", ["model.config=micro"])
     assert load_config("quickstart", ["model.config=micro", "loss.itm=0"]).loss["itm"] == 0
     assert load_config("quickstart").model.resolve().fusion is not None  # tiny carries the block itm trains
+
+
+def test_negatives_options_load_from_dotted_overrides() -> None:
+    cfg = load_config(
+        "quickstart", ["loss.queue_size=256", "loss.hard_negative_beta=0.5", "loss.itm_negatives=hardest"]
+    )
+    loss = cfg.loss_config()
+    assert (loss.queue_size, loss.hard_negative_beta, loss.itm_negatives) == (256, 0.5, "hardest")
+    shipped = load_config("quickstart").loss_config()  # off unless asked: no time cost by default
+    assert (shipped.queue_size, shipped.hard_negative_beta, shipped.itm_negatives) == (0, 0.0, "sampled")
