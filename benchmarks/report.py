@@ -692,6 +692,9 @@ def write_report(results_dir: Path | None = None, out: Path | None = None) -> Pa
         parts.append(quality_section(quality or quality_quick, quality_quick if quality else None))
     else:
         parts.append("## Quality\n\nNot measured yet.\n")
+    from benchmarks.report_fusion import fusion_section  # imports this module: import here
+
+    parts.append(fusion_section(_load("fusion", rd) or {}))
     parts.append(REPRO)
     path = Path(out or OUT)
     path.write_text("\n".join(parts))
