@@ -39,8 +39,9 @@ from hivlp_milvus.model.fusion import spatial_tokens
 
 __all__ = ["FusionFinetuneConfig", "FusionFinetuneReport", "finetune_fusion", "fusion_recall_at_1", "mix_order"]
 
-#: The score-mix weights tried on the validation split (``None``: the fusion score alone).
-DEFAULT_WEIGHTS: tuple[float | None, ...] = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, None)
+#: The score-mix weights tried on the validation split. ``None`` (the fusion score alone) is left out so
+#: a tuned model always carries a number: a large weight is that order in all but ties.
+DEFAULT_WEIGHTS: tuple[float | None, ...] = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0)
 
 
 @dataclasses.dataclass(frozen=True)

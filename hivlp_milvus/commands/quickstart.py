@@ -60,6 +60,14 @@ def register(subparsers: Any) -> None:
         help="queries per direction of the three-stage row and its two-stage twin (the scorer costs ~4 ms a "
         "candidate on one core), and at most 50 for stage 5's per-stage times; all when the test set has no more",
     )
+    p.add_argument(
+        "--fusion-steps",
+        type=int,
+        default=200,
+        metavar="N",
+        help="after training, steps of the fusion block alone on the funnel's own hard negatives, then the "
+        "score mix chosen on the validation split (training/fusion_finetune.py; 0: skip)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="delete the work dir first")
     p.add_argument(
@@ -190,7 +198,7 @@ def _finetune_fusion(model_dir: Path, data_dir: Path, args: argparse.Namespace) 
     from training.fusion_finetune import FusionFinetuneConfig, finetune_fusion
 
     model = HiVLP.from_pretrained(model_dir)
-    if not model.has_fusion or model.fusion_score_weight is not None:
+    if not model.has_fusion or model.fusion_score_weight is not None or args.fusion_steps <= 0:
         return
     train = list(load_source(data_dir, split="train"))
     val = list(load_source(data_dir, split="val"))
@@ -198,7 +206,9 @@ def _finetune_fusion(model_dir: Path, data_dir: Path, args: argparse.Namespace) 
     limit = (
         min(max(args.fusion_limit), args.coarse_limit) if any(args.fusion_limit) else FusionFinetuneConfig.mine_limit
     )
-    budget = FusionFinetuneConfig(seed=args.seed, mine_limit=limit, coarse_limit=args.coarse_limit)
+    budget = FusionFinetuneConfig(
+        steps=args.fusion_steps, seed=args.seed, mine_limit=limit, coarse_limit=args.coarse_limit
+    )
     report = finetune_fusion(model, train, val, budget)
     print(f"      {report.summary()}")
     model.save_pretrained(model_dir)
