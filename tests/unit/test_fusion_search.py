@@ -235,27 +235,28 @@ def test_score_weight_zero_gives_the_two_stage_order_exactly(col, weighted, imag
 
 
 def test_the_stage_three_order_is_the_mixed_score_order(col, weighted, image_dir) -> None:
-    weight = 0.02  # of the order of the random block's logit spread over the fine distances' gaps
-    weighted.set_fusion_score_weight(weight)
     queries = [CAPTIONS[3], CAPTIONS[17], RECORDS[8].image]
+    fines, scores = [], []
+    for query in queries:
+        fine = _fine(col, query, "client")
+        refs = [h["entity"]["reference"] for h in fine]
+        images = [Image.open(image_dir / r) for r in refs] if isinstance(query, str) else query
+        fines.append(fine)
+        scores.append(weighted.score_pairs(images, query if isinstance(query, str) else refs))
+    # A weight that puts the random block's logit spread on the scale of the fine distances' spread,
+    # so that neither pure order is the mixed one.
+    spread = np.ptp([h["distance"] for h in fines[0]]) / np.ptp(scores[0])
+    weight = float(spread / 2)
+    weighted.set_fusion_score_weight(weight)
     res = col.hierarchical_search(
         queries, limit=LIMIT, coarse_limit=COARSE, fusion_limit=M, content=ContentOptions(root=str(image_dir))
     )
     differs_from_both = False
-    for query, hits in zip(queries, res, strict=True):
-        fine = _fine(col, query, "client")
-        fusion_ids, _ = _expected(weighted, query, fine, image_dir)
-        by_id = {h["id"]: h for h in fine}
-        refs = [h["entity"]["reference"] for h in fine]
-        scores = (
-            weighted.score_pairs([Image.open(image_dir / r) for r in refs], query)
-            if isinstance(query, str)
-            else weighted.score_pairs(query, refs)
-        )
-        mixed = np.array([h["distance"] for h in fine]) + weight * scores
+    for fine, score, hits in zip(fines, scores, res, strict=True):
+        mixed = np.array([h["distance"] for h in fine]) + weight * score
         expected = [fine[j]["id"] for j in np.argsort(-mixed, kind="stable")][:LIMIT]
         got = [h["id"] for h in hits]
         assert got == expected
-        assert all(h["distance"] == pytest.approx(by_id[h["id"]]["distance"], abs=1e-5) for h in hits)
-        differs_from_both |= got not in ([h["id"] for h in fine[:LIMIT]], fusion_ids[:LIMIT])
+        fusion_only = [fine[j]["id"] for j in np.argsort(-score, kind="stable")][:LIMIT]
+        differs_from_both |= got not in ([h["id"] for h in fine[:LIMIT]], fusion_only)
     assert differs_from_both  # otherwise the mix could not be told from either pure order
