@@ -342,14 +342,15 @@ def _listwise_loss(
     """Softmax cross-entropy of the positive against its hard negatives, both directions."""
     k = cfg.negatives
     caps_rows, imgs_rows = [], []
-    for cap in rng.choice(len(cache.hidden), cfg.batch_size, replace=False):
+    n_caps, n_images = len(cache.hidden), len(cache.tokens)
+    for cap in rng.choice(n_caps, cfg.batch_size, replace=n_caps < cfg.batch_size):
         negs = _draw(t2i[cap], k, rng, len(cache.tokens))
         caps_rows.append(torch.full((k + 1,), int(cap)))
         imgs_rows.append(torch.cat([cache.cap_image[cap : cap + 1], negs]))
     positives = {}
     for cap, img in enumerate(cache.cap_image.tolist()):
         positives.setdefault(img, cap)  # the image's first cached caption is its positive
-    for img in rng.choice(len(cache.tokens), cfg.batch_size, replace=False):
+    for img in rng.choice(n_images, cfg.batch_size, replace=n_images < cfg.batch_size):
         negs = _draw(i2t[img], k, rng, len(cache.hidden))
         caps_rows.append(torch.cat([torch.tensor([positives[int(img)]]), negs]))
         imgs_rows.append(torch.full((k + 1,), int(img)))

@@ -80,3 +80,11 @@ def test_a_model_without_fusion_block_is_refused() -> None:
     plain = create_model("micro", texts=[c for r in TRAIN for c in r.captions], seed=0)
     with pytest.raises(ConfigError, match="fusion block"):
         finetune_fusion(plain, TRAIN, VAL, CFG, progress=False)
+
+
+def test_a_training_split_smaller_than_a_batch_still_trains() -> None:
+    model = _model()
+    small = dataclasses.replace(CFG, batch_size=64, max_images=10, steps=2)  # 10 images, 20 captions < 64
+    report = finetune_fusion(model, TRAIN, VAL, small, progress=False)
+    assert report.steps == 2
+    assert np.isfinite(report.last_loss)
