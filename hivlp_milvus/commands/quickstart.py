@@ -1,6 +1,7 @@
 """``hivlp-milvus quickstart``: the main job a new user runs first (``make demo``).
 
-Synthetic shapes (or, with ``--data emoji``, the emoji corpus) → Ray Train (CPU workers) →
+Synthetic shapes (or, with ``--data emoji``, the emoji corpus) → Ray Train (CPU workers) → the
+fusion block alone on the funnel's own hard negatives and its score mix (``--fusion-steps``) →
 Milvus Lite ingest → evaluation through Milvus (two-stage funnel, and three-stage with the fusion
 block re-scoring the funnel's top ``--fusion-limit``) → latency of the funnel vs exact high-dim
 search → example searches. Offline (the emoji packages are fetched once with npm), embedded
