@@ -702,6 +702,9 @@ def write_report(results_dir: Path | None = None, out: Path | None = None) -> Pa
     else:
         parts.append("## Quality\n\nNot measured yet.\n")
     parts.append(negatives_section(_load("negatives", rd)))
+    from benchmarks.report_fusion import fusion_section  # imports this module: import here
+
+    parts.append(fusion_section(_load("fusion", rd) or {}))
     parts.append(REPRO)
     path = Path(out or OUT)
     path.write_text("\n".join(parts))

@@ -6,8 +6,10 @@ read from its row (a caption is its ``reference``; an image is read through
 stage is cheaper per item than the next and runs on more items; this one runs only when a search
 asks for it (``fusion_limit``).
 
-Order: the candidates that were scored are sorted by fusion score (ties keep their fine order) and
-fill the positions of the fine top-M; a candidate that could not be scored (its image cannot be
+Order: the candidates that were scored are sorted by their mixed score ``distance + w *
+fusion_score`` (``w`` is the model's ``fusion_score_weight``, chosen on validation data; ``w = 0``
+gives the two-stage order exactly, ``None`` sorts by the fusion score alone; ties keep their fine
+order) and fill the positions of the fine top-M; a candidate that could not be scored (its image cannot be
 read, or it has the query's own modality) keeps its fine-stage position, gets ``fusion_score:
 None`` and a ``fusion_error``, and is listed in ``SearchResults.fusion_skipped``. One unreadable
 image never fails the search.
@@ -23,7 +25,7 @@ import numpy as np
 from hivlp_milvus.content import ContentOptions, row_content
 from hivlp_milvus.errors import BadRecordError, ConfigError, QueryError, SearchLimitError
 
-__all__ = ["CONTENT_FIELDS", "check_fusion", "fusion_rerank", "query_items"]
+__all__ = ["CONTENT_FIELDS", "check_fusion", "fusion_rerank", "mixed_score", "query_items"]
 
 #: The fields the fusion stage reads from each candidate row.
 CONTENT_FIELDS = ("modality", "reference")
@@ -112,11 +114,24 @@ def fusion_rerank(
     scores = model.score_pairs(pair_images, pair_texts) if slots else np.zeros(0, np.float32)
     for (q, pos), score in zip(slots, scores, strict=True):
         hits[q][pos]["fusion_score"] = float(score)
-    return [_order(cands)[:limit] for cands in hits], skipped
+    weight = getattr(model, "fusion_score_weight", None)
+    return [_order(cands, weight)[:limit] for cands in hits], skipped
 
 
-def _order(cands: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Scored candidates sorted by fusion score into the scored positions; unscored ones stay put."""
+def mixed_score(distance: float, fusion_score: float, weight: float | None) -> float:
+    """The third stage's sort key: ``distance + weight * fusion_score``, or the fusion score alone for ``None``.
+
+    Args:
+        distance: the fine stage's similarity (higher = closer).
+        fusion_score: the fusion block's match logit.
+        weight: the model's ``fusion_score_weight``.
+    """
+    return fusion_score if weight is None else distance + weight * fusion_score
+
+
+def _order(cands: list[dict[str, Any]], weight: float | None) -> list[dict[str, Any]]:
+    """Scored candidates sorted by their mixed score into the scored positions; unscored ones stay put."""
     scored = [h for h in cands if h.get("fusion_score") is not None]
-    ranked = iter(sorted(scored, key=lambda h: -h["fusion_score"]))  # sorted is stable: ties keep fine order
+    # sorted is stable: ties keep the fine order, so weight 0 (the key is the fine distance) is the fine order.
+    ranked = iter(sorted(scored, key=lambda h: -mixed_score(h["distance"], h["fusion_score"], weight)))
     return [next(ranked) if h.get("fusion_score") is not None else h for h in cands]

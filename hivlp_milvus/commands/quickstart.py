@@ -1,6 +1,7 @@
 """``hivlp-milvus quickstart``: the main job a new user runs first (``make demo``).
 
-Synthetic shapes (or, with ``--data emoji``, the emoji corpus) → Ray Train (CPU workers) →
+Synthetic shapes (or, with ``--data emoji``, the emoji corpus) → Ray Train (CPU workers) → the
+fusion block alone on the funnel's own hard negatives and its score mix (``--fusion-steps``) →
 Milvus Lite ingest → evaluation through Milvus (two-stage funnel, and three-stage with the fusion
 block re-scoring the funnel's top ``--fusion-limit``) → latency of the funnel vs exact high-dim
 search → example searches. Offline (the emoji packages are fetched once with npm), embedded
@@ -60,6 +61,14 @@ def register(subparsers: Any) -> None:
         help="queries per direction of the three-stage row and its two-stage twin (the scorer costs ~4 ms a "
         "candidate on one core), and at most 50 for stage 5's per-stage times; all when the test set has no more",
     )
+    p.add_argument(
+        "--fusion-steps",
+        type=int,
+        default=200,
+        metavar="N",
+        help="after training, steps of the fusion block alone on the funnel's own hard negatives, then the "
+        "score mix chosen on the validation split (training/fusion_finetune.py; 0: skip)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="delete the work dir first")
     p.add_argument(
@@ -91,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     t = _stage(2, f"training the tiny HiVLP with Ray Train ({args.workers} CPU workers)")
     model_dir = _train(work, data_dir, args)
+    _finetune_fusion(model_dir, data_dir, args)
     print(f"      done in {time.perf_counter() - t:.1f} s -> {model_dir}")
 
     t = _stage(3, f"ingesting the test split into Milvus Lite ({work / 'hivlp.db'}, collection {COLLECTION!r})")
@@ -176,6 +186,33 @@ def _train(work: Path, data_dir: Path, args: argparse.Namespace) -> Path:
     result = run_training(cfg)
     print(result.summary())
     return result.model_dir
+
+
+def _finetune_fusion(model_dir: Path, data_dir: Path, args: argparse.Namespace) -> None:
+    """Stage 2, second part: the fusion block on the funnel's own hard negatives, and the score mix.
+
+    Skipped for a model without a fusion block, and when the exported model already carries its
+    chosen mix (a re-run reusing a finished training run).
+    """
+    from hivlp_milvus.data import load_source
+    from hivlp_milvus.model import HiVLP
+    from training.fusion_finetune import FusionFinetuneConfig, finetune_fusion
+
+    model = HiVLP.from_pretrained(model_dir)
+    if not model.has_fusion or model.fusion_score_weight is not None or args.fusion_steps <= 0:
+        return
+    train = list(load_source(data_dir, split="train"))
+    val = list(load_source(data_dir, split="val"))
+    # Mined and mixed at the table's (largest) M, inside the table's coarse shortlist.
+    limit = (
+        min(max(args.fusion_limit), args.coarse_limit) if any(args.fusion_limit) else FusionFinetuneConfig.mine_limit
+    )
+    budget = FusionFinetuneConfig(
+        steps=args.fusion_steps, seed=args.seed, mine_limit=limit, coarse_limit=args.coarse_limit
+    )
+    report = finetune_fusion(model, train, val, budget)
+    print(f"      {report.summary()}")
+    model.save_pretrained(model_dir)
 
 
 def _evaluate(collection: Any, records: list, args: argparse.Namespace, fusion_limits: tuple[int, ...]) -> Any:

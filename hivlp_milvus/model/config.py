@@ -332,11 +332,15 @@ class FusionConfig(ConfigBase):
         layers: transformer layers (each: text self-attention, cross-attention to the image, MLP).
         heads: attention heads per layer.
         width: the scorer's hidden width (both towers' token features are projected to it).
+        score_weight: how the third stage orders the fine top-M: by ``distance + score_weight *
+            fusion_score`` (0 keeps the two-stage order exactly), or ``None`` by the fusion score
+            alone. Chosen on the validation split by ``training/fusion_finetune.py``.
     """
 
     layers: PositiveInt = 2
     heads: PositiveInt = 4
     width: PositiveInt = 256
+    score_weight: NonNegativeNumber | None = None
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> FusionConfig:
@@ -399,6 +403,9 @@ class HiVLPConfig(ConfigBase):
         data = super().to_dict()
         if data.get("fusion") is None:
             data.pop("fusion", None)
+        elif data["fusion"].get("score_weight") is None:
+            # Likewise a fusion block ordered by its score alone keeps its pre-mix config and fingerprint.
+            data["fusion"].pop("score_weight", None)
         return data
 
     def to_json(self, *, indent: int | None = 2) -> str:

@@ -231,6 +231,21 @@ class HiVLP(nn.Module):
         """Whether this model carries a fusion block (can run :meth:`score_pairs`)."""
         return self.fusion is not None
 
+    @property
+    def fusion_score_weight(self) -> float | None:
+        """The third stage's score mix (``config.fusion.score_weight``; ``None``: fusion score alone)."""
+        return None if self.config.fusion is None else self.config.fusion.score_weight
+
+    def set_fusion_score_weight(self, weight: float | None) -> None:
+        """Store the third stage's score mix in the config (saved with the checkpoint; part of the fingerprint).
+
+        Raises:
+            ConfigError: the model has no fusion block, or the weight is negative.
+        """
+        self._require_fusion()
+        assert self.config.fusion is not None
+        self.config = replace(self.config, fusion=replace(self.config.fusion, score_weight=weight))
+
     def _require_fusion(self) -> FusionScorer:
         if self.fusion is None:
             raise ConfigError(

@@ -42,6 +42,8 @@ def test_quickstart_runs_every_stage_and_reruns_from_its_work_dir(
         "20",
         "--fusion-queries",
         "10",  # of 200 captions: keeps the three-stage rows' image-tower cost to seconds
+        "--fusion-steps",
+        "5",
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -53,6 +55,7 @@ def test_quickstart_runs_every_stage_and_reruns_from_its_work_dir(
     assert set(table["rows"]) == {"low", "high", "hier@20", "hier@20 n=10", "hier@20+fusion@20 n=10"}
     assert table["rows"]["hier@20+fusion@20 n=10"]["fusion_skipped"] == 0
     assert "hier@20+fusion@20 n=10" in out
+    assert "fusion block fine-tuned on funnel negatives: 5 steps" in out
     for row in table["rows"].values():
         assert 0.0 <= row["AR"] <= 1.0
     assert table["meta"]["n_images"] == TEST_SIZE
@@ -64,6 +67,7 @@ def test_quickstart_runs_every_stage_and_reruns_from_its_work_dir(
     assert "image -> captions" in out
 
     model = HiVLP.from_pretrained(work / "model")
+    assert model.fusion_score_weight is not None  # the mix chosen on validation is saved with the model
     collection = HierarchicalCollection.open("quickstart", uri=str(work / "hivlp.db"), model=model)
     assert collection.count() == ROWS
 

@@ -163,3 +163,24 @@ def test_fusion_weights_must_match_the_config(model: HiVLP, tmp_path: Any) -> No
     (directory / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="model.safetensors"):
         HiVLP.from_pretrained(directory)
+
+
+def test_the_score_weight_round_trips_and_is_in_the_fingerprint(tmp_path: Any) -> None:
+    model = fusion_model()
+    before = model.fingerprint
+    assert model.fusion_score_weight is None
+    assert "score_weight" not in model.config.to_dict()["fusion"]  # pre-mix checkpoints keep their fingerprint
+    model.set_fusion_score_weight(0.05)
+    assert model.fusion_score_weight == 0.05
+    assert model.fingerprint != before
+    directory = model.save_pretrained(tmp_path / "mixed")
+    assert json.loads((directory / "config.json").read_text())["fusion"]["score_weight"] == 0.05
+    loaded = HiVLP.from_pretrained(directory)
+    assert loaded.fusion_score_weight == 0.05
+    assert loaded.fingerprint == model.fingerprint
+    model.set_fusion_score_weight(None)
+    assert model.fingerprint == before
+    with pytest.raises(ConfigError, match="score_weight must be >= 0"):
+        model.set_fusion_score_weight(-1.0)
+    with pytest.raises(ConfigError, match="no fusion block"):
+        create_model("micro", texts=CAPTIONS, seed=0).set_fusion_score_weight(0.1)

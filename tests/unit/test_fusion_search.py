@@ -207,3 +207,56 @@ def test_a_model_without_fusion_block_is_a_config_error(client) -> None:
             collection.hierarchical_search(CAPTIONS[0], limit=1, fusion_limit=2)
     finally:
         collection.drop()
+
+
+@pytest.fixture
+def weighted(model: Any) -> Iterator[Any]:
+    """The module's model with a score mix set for one test, then restored."""
+    yield model
+    model.set_fusion_score_weight(None)
+
+
+@pytest.mark.parametrize("rerank", ["client", "server"])
+def test_score_weight_zero_gives_the_two_stage_order_exactly(col, weighted, image_dir, rerank) -> None:
+    weighted.set_fusion_score_weight(0.0)
+    queries = [CAPTIONS[3], CAPTIONS[17], RECORDS[8].image]
+    res = col.hierarchical_search(
+        queries,
+        limit=LIMIT,
+        coarse_limit=COARSE,
+        fusion_limit=M,
+        rerank=rerank,
+        content=ContentOptions(root=str(image_dir)),
+    )
+    for query, hits in zip(queries, res, strict=True):
+        fine = _fine(col, query, rerank)
+        assert [h["id"] for h in hits] == [h["id"] for h in fine[:LIMIT]]
+        assert all(h["fusion_score"] is not None for h in hits)  # scored, yet in the fine order
+
+
+def test_the_stage_three_order_is_the_mixed_score_order(col, weighted, image_dir) -> None:
+    queries = [CAPTIONS[3], CAPTIONS[17], RECORDS[8].image]
+    fines, scores = [], []
+    for query in queries:
+        fine = _fine(col, query, "client")
+        refs = [h["entity"]["reference"] for h in fine]
+        images = [Image.open(image_dir / r) for r in refs] if isinstance(query, str) else query
+        fines.append(fine)
+        scores.append(weighted.score_pairs(images, query if isinstance(query, str) else refs))
+    # A weight that puts the random block's logit spread on the scale of the fine distances' spread,
+    # so that neither pure order is the mixed one.
+    spread = np.ptp([h["distance"] for h in fines[0]]) / np.ptp(scores[0])
+    weight = float(spread / 2)
+    weighted.set_fusion_score_weight(weight)
+    res = col.hierarchical_search(
+        queries, limit=LIMIT, coarse_limit=COARSE, fusion_limit=M, content=ContentOptions(root=str(image_dir))
+    )
+    differs_from_both = False
+    for fine, score, hits in zip(fines, scores, res, strict=True):
+        mixed = np.array([h["distance"] for h in fine]) + weight * score
+        expected = [fine[j]["id"] for j in np.argsort(-mixed, kind="stable")][:LIMIT]
+        got = [h["id"] for h in hits]
+        assert got == expected
+        fusion_only = [fine[j]["id"] for j in np.argsort(-score, kind="stable")][:LIMIT]
+        differs_from_both |= got not in ([h["id"] for h in fine[:LIMIT]], fusion_only)
+    assert differs_from_both  # otherwise the mix could not be told from either pure order
