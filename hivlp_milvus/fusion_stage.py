@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from hivlp_milvus.content import ContentOptions, row_content
+from hivlp_milvus.content import ContentOptions, row_contents
 from hivlp_milvus.errors import BadRecordError, ConfigError, QueryError, SearchLimitError
 
-__all__ = ["CONTENT_FIELDS", "check_fusion", "fusion_rerank", "mixed_score", "query_items"]
+__all__ = ["CONTENT_FIELDS", "check_fusion", "fusion_rerank", "mixed_score", "query_items", "read_candidates"]
 
 #: The fields the fusion stage reads from each candidate row.
 CONTENT_FIELDS = ("modality", "reference")
@@ -69,6 +69,35 @@ def check_fusion(model: Any, fusion_limit: Any, limit: int, query: Any) -> None:
         )
 
 
+def read_candidates(
+    kinds: Sequence[str], hits: Sequence[list[dict[str, Any]]], content: ContentOptions | None = None
+) -> list[list[Any]]:
+    """Each candidate's content (caption or image), or the ``BadRecordError`` saying why it cannot be scored.
+
+    Every candidate of every query is read in one :func:`~hivlp_milvus.content.row_contents` call,
+    so M slow image references cost about one ``timeout_s``, not M of them.
+
+    Args:
+        kinds: ``"text"`` or ``"image"`` per query.
+        hits: per query, the fine stage's hits, each with ``modality`` and ``reference`` in its ``entity``.
+        content: how candidate images are read.
+    """
+    out: list[list[Any]] = [[None] * len(cands) for cands in hits]
+    rows: list[dict[str, Any]] = []
+    where: list[tuple[int, int]] = []
+    for q, (kind, cands) in enumerate(zip(kinds, hits, strict=True)):
+        for pos, hit in enumerate(cands):
+            entity = hit.get("entity") or {}
+            if entity.get("modality") == kind:
+                out[q][pos] = BadRecordError(f"a {kind} candidate cannot be fused with a {kind} query")
+            else:
+                rows.append({"id": hit["id"], **entity})
+                where.append((q, pos))
+    for (q, pos), item in zip(where, row_contents(rows, content), strict=True):
+        out[q][pos] = item
+    return out
+
+
 def fusion_rerank(
     model: Any,
     queries: Sequence[Any],
@@ -76,6 +105,7 @@ def fusion_rerank(
     hits: Sequence[list[dict[str, Any]]],
     limit: int,
     content: ContentOptions | None = None,
+    contents: Sequence[Sequence[Any]] | None = None,
 ) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
     """Re-score each query's fine top-M with the fusion block and keep the first ``limit``.
 
@@ -87,6 +117,8 @@ def fusion_rerank(
             ``reference`` in its ``entity``.
         limit: hits kept per query.
         content: how candidate images are read.
+        contents: the candidates' content already read by :func:`read_candidates` (a server reads
+            it per request, before requests are batched); ``None`` reads it here.
 
     Returns:
         The re-ordered hits (each with ``fusion_score``, ``None`` when not scored, and then
@@ -96,16 +128,14 @@ def fusion_rerank(
     pair_texts: list[str] = []
     slots: list[tuple[int, int]] = []  # (query, position in its fine list) of each pair
     skipped: list[dict[str, Any]] = []
+    if contents is None:
+        contents = read_candidates(kinds, hits, content)
     for q, (query, kind, cands) in enumerate(zip(queries, kinds, hits, strict=True)):
         for pos, hit in enumerate(cands):
-            entity = hit.get("entity") or {}
-            try:
-                if entity.get("modality") == kind:
-                    raise BadRecordError(f"a {kind} candidate cannot be fused with a {kind} query")
-                item = row_content({"id": hit["id"], **entity}, content)
-            except BadRecordError as exc:
-                hit["fusion_score"], hit["fusion_error"] = None, str(exc)
-                skipped.append({"query": q, "id": hit["id"], "reason": str(exc)})
+            item = contents[q][pos]
+            if isinstance(item, BadRecordError):
+                hit["fusion_score"], hit["fusion_error"] = None, str(item)
+                skipped.append({"query": q, "id": hit["id"], "reason": str(item)})
                 continue
             # The query object itself is repeated, so score_pairs encodes it once per query.
             pair_images.append(item if kind == "text" else query)

@@ -31,13 +31,14 @@ from ray import serve
 
 from hivlp_milvus.content import ContentOptions
 from hivlp_milvus.errors import BadRecordError, ConfigError
-from hivlp_milvus.fusion_stage import fusion_rerank
+from hivlp_milvus.fusion_stage import fusion_rerank, read_candidates
 from serving.encoders import load_model
 
 logger = logging.getLogger("ray.serve")
 
-#: The candidate fields a fusion request carries per row.
-CANDIDATE_FIELDS = ("id", "modality", "reference")
+#: The candidate fields a fusion request carries per row (``score``: the fine stage's, which the
+#: model's score mix adds to the fusion score).
+CANDIDATE_FIELDS = ("id", "modality", "reference", "score")
 
 
 @serve.deployment(
@@ -93,17 +94,33 @@ class FusionScorer:
 
         Args:
             request: ``{"query": str | bytes, "kind": "text" | "image", "limit": int,
-                "candidates": [{"id", "modality", "reference"}, ...]}`` in fine order.
+                "candidates": [{"id", "modality", "reference", "score"}, ...]}`` in fine order.
 
         Returns:
             ``{"ranked": [{"index", "fusion_score", "fusion_error"}], "batch_size", "pairs"}``:
             the first ``limit`` candidates in fusion order, ``index`` into ``candidates``.
         """
-        return _unwrap(await self.score_batch(request))
+        # Candidates are read per request, before batching: a slow or unreadable image reference
+        # then delays only its own search (at most one content timeout), never the whole batch.
+        return _unwrap(await self.score_batch(await asyncio.to_thread(self._read, request)))
 
     async def score_now(self, request: dict[str, Any]) -> dict[str, Any]:
         """:meth:`score` without waiting for a batch (``@serve.batch`` runs only in a Serve replica)."""
-        return _unwrap((await self.score_many([request]))[0])
+        return _unwrap((await self.score_many([await asyncio.to_thread(self._read, request)]))[0])
+
+    def _read(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The request with its candidates as hits and their content read (concurrently)."""
+        hits = [
+            {
+                "id": c["id"],
+                "index": i,
+                "distance": c["score"],
+                "entity": {"modality": c["modality"], "reference": self._resolve(c)},
+            }
+            for i, c in enumerate(request["candidates"])
+        ]
+        contents = read_candidates([request["kind"]], [hits], self._content)[0]
+        return {**request, "hits": hits, "contents": contents}
 
     async def score_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Re-rank several searches in one ``score_pairs`` call (the body of a batch).
@@ -117,13 +134,9 @@ class FusionScorer:
 
     def _rerank(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         started = time.perf_counter()
-        hits = [
-            [
-                {"id": c["id"], "index": i, "entity": {"modality": c["modality"], "reference": self._resolve(c)}}
-                for i, c in enumerate(r["candidates"])
-            ]
-            for r in requests
-        ]
+        requests = [r if "contents" in r else self._read(r) for r in requests]
+        # Copies: a request split off a failed batch below is scored again from its fine order.
+        hits = [[{**h} for h in r["hits"]] for r in requests]
         try:
             ranked, _ = fusion_rerank(
                 self.model,
@@ -132,6 +145,7 @@ class FusionScorer:
                 hits,
                 max((int(r["limit"]) for r in requests), default=0),  # each request keeps its own below
                 self._content,
+                contents=[r["contents"] for r in requests],
             )
         except BadRecordError as exc:
             if len(requests) == 1:

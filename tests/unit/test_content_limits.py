@@ -212,3 +212,18 @@ def test_max_per_host_is_validated() -> None:
 
     with pytest.raises(ConfigError, match="max_per_host"):
         ContentOptions(max_per_host=0)
+
+
+def test_the_fusion_stage_reads_its_candidates_at_once(slow: Server, tmp_path: Path) -> None:
+    """``fusion_rerank`` reads a query's M candidates together: 6 slow images cost one read, not 6."""
+    from hivlp_milvus.fusion_stage import read_candidates
+
+    options = ContentOptions(allow_http=True, timeout_s=SLOW_S + 0.5, max_per_host=6)
+    hits = [[{"id": i, "entity": {"modality": "image", "reference": f"{slow.url}/{i}.png"}} for i in range(6)]]
+    hits[0].append({"id": 6, "entity": {"modality": "text", "reference": "a caption"}})
+    started = time.monotonic()
+    out = read_candidates(["text"], hits, options)
+    elapsed = time.monotonic() - started
+    assert elapsed < 2 * SLOW_S, elapsed  # one after the other would be 6 x SLOW_S
+    assert [o.size for o in out[0][:6]] == [(8, 8)] * 6
+    assert isinstance(out[0][6], BadRecordError)  # a caption cannot be fused with a text query

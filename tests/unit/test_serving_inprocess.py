@@ -282,9 +282,13 @@ def test_a_batch_scores_each_search_and_a_bad_query_image_fails_only_its_own(fus
     from serving.fusion import FusionScorer
 
     scorer = FusionScorer.func_or_class(str(fusion_site.root / "model"), media_root=str(fusion_site.root))
-    images = [{"id": i, "modality": "image", "reference": str(r.image)} for i, r in enumerate(fusion_site.records[:6])]
+    images = [
+        {"id": i, "modality": "image", "reference": str(r.image), "score": 0.0}
+        for i, r in enumerate(fusion_site.records[:6])
+    ]
     captions = [
-        {"id": 100 + i, "modality": "text", "reference": r.captions[0]} for i, r in enumerate(fusion_site.records)
+        {"id": 100 + i, "modality": "text", "reference": r.captions[0], "score": 0.0}
+        for i, r in enumerate(fusion_site.records)
     ]
     good_image = Path(fusion_site.records[2].image).read_bytes()
     requests = [
