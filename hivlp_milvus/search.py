@@ -314,7 +314,9 @@ def hierarchical_search(
         by the fine score (``distance``, inner product, higher is closer; ``coarse_distance`` is
         the low-dim inner product on both plans); ``.timings`` (on the exact plan ``coarse_s`` is
         0 and ``fine_s`` is the exact search); ``.plan`` and ``.coarse_limit`` say what ran. With a
-        fusion stage, hits are in fusion order and gain ``fusion_score`` (``None``, with a
+        fusion stage, hits are ordered by ``distance + w * fusion_score`` (``w`` is the model's
+        ``fusion_score_weight``, chosen on validation by the fusion fine-tune; the fusion score alone
+        when the model has none) and gain ``fusion_score`` (``None``, with a
         ``fusion_error``, for a candidate that could not be scored: it keeps its fine position and
         is listed in ``.fusion_skipped``); ``.timings`` gains ``fusion_s``.
 
