@@ -692,10 +692,9 @@ def write_report(results_dir: Path | None = None, out: Path | None = None) -> Pa
         parts.append(quality_section(quality or quality_quick, quality_quick if quality else None))
     else:
         parts.append("## Quality\n\nNot measured yet.\n")
-    if _load("quality_emoji", rd):
-        from benchmarks.report_emoji import emoji_section  # imports this module: import here
+    from benchmarks.report_emoji import emoji_sections  # imports this module: import here
 
-        parts.append(emoji_section(_load("quality_emoji", rd)))
+    parts += emoji_sections(rd)
     parts.append(REPRO)
     path = Path(out or OUT)
     path.write_text("\n".join(parts))

@@ -84,8 +84,9 @@ def register(subparsers: Any) -> None:
         "--data",
         choices=("shapes", "emoji"),
         default="shapes",
-        help="quality: synthetic shapes (default) or the emoji corpus (benchmarks/emoji_sweep.py: per level, "
-        "low_dim sweep, loss ablation, 3 seeds, MiniLM text tower; ~70 min here)",
+        help="quality: synthetic shapes (default) or the emoji corpus: per level, low_dim sweep, loss ablation, "
+        "3 seeds (benchmarks/emoji_sweep.py, every run trains; with --model, benchmarks/emoji_heads.py: that "
+        "model's towers frozen, heads retrained)",
     )
     p.add_argument(
         "--data-dir", default="data/emoji", help="quality --data emoji: the emoji data set (written if absent)"
@@ -169,8 +170,18 @@ def run(args: argparse.Namespace) -> int:
         from benchmarks import train
 
         train.run(smoke=smoke, steps=args.steps or 40, name="train" + suffix)
-    if what == "quality" and args.data == "emoji":
-        from benchmarks import emoji_sweep
+    if what == "quality" and args.data == "emoji" and args.model:
+        from benchmarks import emoji_heads  # a trained model: its towers frozen, the heads swept (minutes)
+
+        emoji_heads.run(
+            model_dir=args.model,
+            data_dir=args.data_dir,
+            **({"low_dims": tuple(args.low_dims)} if args.low_dims else {}),
+            **({"ablation_low_dim": args.ablation_low_dim} if args.ablation_low_dim else {}),
+            name="quality_emoji_heads" + suffix,
+        )
+    elif what == "quality" and args.data == "emoji":
+        from benchmarks import emoji_sweep  # every run trains both towers (~1 h on a free 2-core machine)
 
         emoji_sweep.run(
             data_dir=args.data_dir,
