@@ -251,7 +251,7 @@ def run(
     ablation_low_dim: int | str = "auto",
     minilm: bool = False,
     test_limit: int | None = 510,
-    threads: int | None = 2,
+    threads: int | None = 1,
     results_dir: Path | None = None,
     cache_dir: Path | None = None,
     name: str = "quality_emoji_heads",
@@ -287,6 +287,7 @@ def run(
             splits = {split: evaluate_heads(img_head, txt_head, subset[split]) for split in EVAL_SPLITS}
         run = {"text_tower": tower, "loss": loss, "low_dim": low_dim, "seed": seed, "splits": splits, "seconds": t.s}
         runs.append({**run, **info})
+        write()
         test = splits["test"]
         log(
             f"emoji heads: {tower} {loss} d{low_dim} s{seed}: test AR low {100 * test['low']['AR']:.2f} "
@@ -336,7 +337,7 @@ def run(
             log(f"emoji heads: the loss ablation runs at low_dim {ablation_dim}")
         for loss in (x for x in ABLATION if x != "full"):
             measure("own", loss, ablation_dim, seed)
-        path = write()
+    path = write()
     if minilm:
         from benchmarks.emoji_sweep import RunSpec, _load_train_config
         from hivlp_milvus.model import create_model
@@ -347,7 +348,7 @@ def run(
         towers["minilm"] = cached_features(model, data, text_model=text_model, tag=f"{key}-minilm", cache=cache)
         for seed in seeds:
             measure("minilm", "full", 32, seed)
-            path = write()
+        path = write()
     return path
 
 
@@ -361,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ablation-low-dim", default="auto", help="a low_dim, or auto: where low-only trails (seed 0)")
     ap.add_argument("--minilm", action="store_true", help="also all-MiniLM-L6-v2 text features (slow on a CPU)")
     ap.add_argument("--test-limit", type=int, default=510, help="test images per sweep run (0: the whole split)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: no spin-waiting on a busy machine)")
     ap.add_argument("--name", default="quality_emoji_heads")
     a = ap.parse_args(argv)
     path = run(
@@ -371,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds=a.seeds,
         ablation_low_dim=a.ablation_low_dim,
         minilm=a.minilm,
+        threads=a.threads,
         test_limit=a.test_limit or None,
         name=a.name,
     )
