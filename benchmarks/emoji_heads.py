@@ -311,7 +311,7 @@ def run(
                 "batch_size": batch_size,
                 "low_dims": sorted(low_dims),
                 "seeds": list(seeds),
-                "ablation_low_dim": ablation_dim,
+                "ablation_low_dims": ablation_dims,
                 "ablation_rule": str(ablation_low_dim),
                 "coarse_ks": list(COARSE_KS),
                 "splits": {
@@ -328,15 +328,23 @@ def run(
             results_dir=results_dir,
         )
 
-    ablation_dim = None if ablation_low_dim == "auto" else int(ablation_low_dim)
+    # auto: where seed 0's low-only starts to trail; all: at every swept dim (runs are cheap here).
+    ablation_dims: list[int] | None = (
+        sorted(low_dims)
+        if ablation_low_dim == "all"
+        else None
+        if ablation_low_dim == "auto"
+        else [int(d) for d in str(ablation_low_dim).split(",")]
+    )
     for seed in seeds:  # the most wanted runs first
         for d in sorted(low_dims):
             measure("own", "full", d, seed)
-        if ablation_dim is None:
-            ablation_dim = trailing_dim(runs)
-            log(f"emoji heads: the loss ablation runs at low_dim {ablation_dim}")
-        for loss in (x for x in ABLATION if x != "full"):
-            measure("own", loss, ablation_dim, seed)
+        if ablation_dims is None:
+            ablation_dims = [trailing_dim(runs)]
+            log(f"emoji heads: the loss ablation runs at low_dim {ablation_dims[0]}")
+        for d in ablation_dims:
+            for loss in (x for x in ABLATION if x != "full"):
+                measure("own", loss, d, seed)
     path = write()
     if minilm:
         from benchmarks.emoji_sweep import RunSpec, _load_train_config
@@ -359,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--low-dims", type=int, nargs="+", default=list(DEFAULT_LOW_DIMS))
     ap.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
-    ap.add_argument("--ablation-low-dim", default="auto", help="a low_dim, or auto: where low-only trails (seed 0)")
+    ap.add_argument(
+        "--ablation-low-dim", default="auto", help="low_dims (4,8,16), all, or auto: where low-only trails (seed 0)"
+    )
     ap.add_argument("--minilm", action="store_true", help="also all-MiniLM-L6-v2 text features (slow on a CPU)")
     ap.add_argument("--test-limit", type=int, default=510, help="test images per sweep run (0: the whole split)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: no spin-waiting on a busy machine)")

@@ -331,22 +331,34 @@ def heads_section(res: dict[str, Any]) -> str:
         md_table(head, _stat_rows(sweep, lambda a: str(a["low_dim"]), keys)),
         "",
     ]
-    dim = res.get("ablation_low_dim")
-    ablation = [a for a in sweep if a["low_dim"] == dim] + [
-        a for a in res["aggregate"] if a["text_tower"] == "own" and a["loss"] != "full" and a["low_dim"] == dim
+    dims = res.get("ablation_low_dims") or []
+    ablation = [
+        a
+        for d in dims
+        for a in [x for x in sweep if x["low_dim"] == d]
+        + sorted(
+            (x for x in res["aggregate"] if x["text_tower"] == "own" and x["loss"] != "full" and x["low_dim"] == d),
+            key=lambda x: x["loss"],
+        )
     ]
     if len(ablation) > 1:
-        rule = (
-            "the largest swept dim at which seed 0's low-only AR trails high-only's by more than 1 %"
-            if res.get("ablation_rule") == "auto"
-            else "given on the command line"
-        )
+        rule = {
+            "auto": "the largest swept dim at which seed 0's low-only AR trails high-only's by more than 1 %",
+            "all": "every swept dim",
+        }.get(res.get("ablation_rule"), "the dims where low-only trails high-only most (given on the command line)")
         lines += [
-            f"### Loss ablation at low_dim {dim} (frozen towers), each HiVLP term off in turn",
+            f"### Loss ablation (frozen towers), each HiVLP term off in turn, at low_dim {', '.join(map(str, dims))}",
             "",
-            f"low_dim {dim}: {rule}. Same heads training and seeds as the sweep.",
+            f"Dims: {rule}. Same heads training and seeds as the sweep.",
             "",
-            md_table(["loss", *head[1:]], _stat_rows(ablation, lambda a: a["loss"], keys)),
+            md_table(
+                ["low_dim", "loss", *head[1:]],
+                [
+                    [str(a["low_dim"]) if r[0] else "", *r]
+                    for a in ablation
+                    for r in _stat_rows([a], lambda a: a["loss"], keys)
+                ],
+            ),
             "",
         ]
     towers = sorted(
