@@ -305,7 +305,7 @@ def run(
     minilm: bool = True,
     fusion: bool = False,
     only_saved: bool = False,
-    threads: int | None = 2,
+    threads: int | None = 1,
     results_dir: Path | None = None,
     name: str = "quality_emoji",
 ) -> Path:
@@ -397,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ablation-low-dim", default="auto")
     ap.add_argument("--no-minilm", action="store_true")
     ap.add_argument("--fusion", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: no spin-waiting on a busy machine)")
     ap.add_argument("--only-saved", action="store_true", help="write the result from the runs saved so far")
     ap.add_argument("--name", default="quality_emoji")
     a = ap.parse_args(argv)
@@ -412,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             minilm=not a.no_minilm,
             fusion=a.fusion,
             only_saved=a.only_saved,
+            threads=a.threads,
             name=a.name,
         )
     )
