@@ -701,6 +701,9 @@ def write_report(results_dir: Path | None = None, out: Path | None = None) -> Pa
         parts.append(quality_section(quality or quality_quick, quality_quick if quality else None))
     else:
         parts.append("## Quality\n\nNot measured yet.\n")
+    from benchmarks.report_emoji import emoji_sections  # imports this module: import here
+
+    parts += emoji_sections(rd)
     parts.append(negatives_section(_load("negatives", rd)))
     from benchmarks.report_fusion import fusion_section  # imports this module: import here
 

@@ -96,6 +96,17 @@ def register(subparsers: Any) -> None:
         default=None,
         help="quality: the low_dim of the loss ablation (default 32; 8 is where low-only starts to trail)",
     )
+    p.add_argument(
+        "--data",
+        choices=("shapes", "emoji"),
+        default="shapes",
+        help="quality: synthetic shapes (default) or the emoji corpus: per level, low_dim sweep, loss ablation, "
+        "3 seeds (benchmarks/emoji_sweep.py, every run trains; with --model, benchmarks/emoji_heads.py: that "
+        "model's towers frozen, heads retrained)",
+    )
+    p.add_argument(
+        "--data-dir", default="data/emoji", help="quality --data emoji: the emoji data set (written if absent)"
+    )
     p.add_argument("--uri", default=None, help="engine: a running Milvus server to send the requests to")
     p.add_argument("--token", default=None, help="engine: the server's token, if any")
     p.add_argument(
@@ -220,7 +231,27 @@ def run(args: argparse.Namespace) -> int:
         from benchmarks import train
 
         train.run(smoke=smoke, steps=args.steps or 40, name="train" + suffix)
-    if what in ("quality", "all"):
+    if what == "quality" and args.data == "emoji" and args.model:
+        from benchmarks import emoji_heads  # a trained model: its towers frozen, the heads swept (minutes)
+
+        emoji_heads.run(
+            model_dir=args.model,
+            data_dir=args.data_dir,
+            **({"low_dims": tuple(args.low_dims)} if args.low_dims else {}),
+            **({"ablation_low_dim": args.ablation_low_dim} if args.ablation_low_dim else {}),
+            name="quality_emoji_heads" + suffix,
+        )
+    elif what == "quality" and args.data == "emoji":
+        from benchmarks import emoji_sweep  # every run trains both towers (~1 h on a free 2-core machine)
+
+        emoji_sweep.run(
+            data_dir=args.data_dir,
+            **({"steps": args.steps} if args.steps else {}),
+            **({"low_dims": tuple(args.low_dims)} if args.low_dims else {}),
+            **({"ablation_low_dim": args.ablation_low_dim} if args.ablation_low_dim else {}),
+            name="quality_emoji" + suffix,
+        )
+    elif what in ("quality", "all"):
         from benchmarks import quality
 
         if what == "all":

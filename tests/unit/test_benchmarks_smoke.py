@@ -151,6 +151,26 @@ def test_bench_quality_command_flags() -> None:
     assert build_parser().parse_args(["bench", "quality", "--ablation-low-dim", "8"]).ablation_low_dim == 8
 
 
+def test_bench_quality_data_emoji_routes_to_the_emoji_benchmarks(monkeypatch) -> None:
+    from benchmarks import emoji_heads, emoji_sweep
+    from hivlp_milvus.cli import build_parser
+    from hivlp_milvus.commands import bench
+
+    calls: list[tuple[str, dict]] = []
+    monkeypatch.setattr(emoji_heads, "run", lambda **kw: calls.append(("heads", kw)))
+    monkeypatch.setattr(emoji_sweep, "run", lambda **kw: calls.append(("sweep", kw)))
+    p = build_parser()
+    assert p.parse_args(["bench", "quality"]).data == "shapes"  # the synthetic benchmark stays the default
+    with pytest.raises(SystemExit):
+        p.parse_args(["bench", "quality", "--data", "flickr"])
+    bench.run(p.parse_args(["bench", "quality", "--data", "emoji", "--data-dir", "d", "--model", "m", "--no-report"]))
+    bench.run(p.parse_args(["bench", "quality", "--data", "emoji", "--steps", "30", "--low-dims", "4", "8"]))
+    assert calls == [
+        ("heads", {"model_dir": "m", "data_dir": "d", "name": "quality_emoji_heads"}),
+        ("sweep", {"data_dir": "data/emoji", "steps": 30, "low_dims": (4, 8), "name": "quality_emoji"}),
+    ]
+
+
 def test_bench_engine_command_flags() -> None:
     from hivlp_milvus.cli import build_parser
 

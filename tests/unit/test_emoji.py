@@ -433,3 +433,145 @@ def test_quickstart_data_option_maps_to_shipped_configs() -> None:
     assert quickstart.DATA_CONFIGS == {"shapes": "quickstart", "emoji": "emoji"}
     for config in quickstart.DATA_CONFIGS.values():
         load_config(config)
+
+
+# --------------------------------------------------------------------------- the emoji benchmark
+
+
+def test_sweep_subset_is_fixed_and_evenly_spread() -> None:
+    from benchmarks.emoji_sweep import subset
+
+    records = list(range(1529))
+    picked = subset(records, 510)
+    assert picked == records[::3]
+    assert len(picked) == 510
+    assert subset(records, None) is records
+    assert subset(records[:5], 510) == records[:5]
+
+
+def test_sweep_ablation_dim_is_where_low_only_starts_to_trail() -> None:
+    from benchmarks.emoji_sweep import auto_ablation_dim
+
+    def run(dim: int, low: float, high: float = 0.5) -> dict:
+        return {"low_dim": dim, "splits": {"test": {"rows": {"low": {"AR": low}, "high": {"AR": high}}}}}
+
+    assert auto_ablation_dim([run(4, 0.30), run(8, 0.49), run(16, 0.499), run(32, 0.51)]) == 8
+    assert auto_ablation_dim([run(8, 0.5), run(32, 0.52)]) == 8  # none trails: the fallback
+
+
+def test_emoji_sweep_runs_resumes_and_reports(pinned_to_fixture, tmp_path, monkeypatch) -> None:
+    """The real runner on the fixture set: every run saved as it ends, a rerun trains nothing, the report renders."""
+    from benchmarks import emoji_sweep, report_emoji
+
+    data = tmp_path / "emoji"
+    emoji.write_dataset(data, tarballs=pinned_to_fixture, npm="/nonexistent/npm")
+    rd = tmp_path / "results"
+    kwargs = {"data_dir": data, "steps": 2, "batch_size": 8, "low_dims": (32,), "seeds": (0, 1), "minilm": False}
+    kwargs["test_limit"] = 4
+    kwargs["ablation_low_dim"] = 32
+    doc = json.loads(emoji_sweep.run(results_dir=rd, threads=None, **kwargs).read_text())
+    names = [r["name"] for r in doc["runs"]]
+    assert names == [
+        "full-d32-s0",
+        "no_consistency-d32-s0",
+        "no_shortlist-d32-s0",
+        "full-d32-s1",
+        "no_consistency-d32-s1",
+        "no_shortlist-d32-s1",
+    ]
+    assert sorted(p.name for p in (rd / "quality_emoji_runs").glob("*.json")) == sorted(f"{n}.json" for n in names)
+    assert (rd / "quality_emoji_runs" / "full-d32-s0_model" / "config.json").exists()  # the per-level model, kept
+    full0 = doc["runs"][0]
+    assert full0["splits"]["test"]["n_images"] == len(list(load_source(data, split="test")))  # the whole split
+    assert doc["runs"][3]["splits"]["test"]["n_images"] <= 4 < full0["splits"]["test"]["n_images"]  # the subset
+    assert doc["runs"][1]["train"]["loss_config"]["consistency"] == 0.0
+    assert doc["runs"][2]["train"]["loss_config"]["shortlist"] == 0.0
+    assert all(r["train"]["loss_config"]["itm"] == 0.0 for r in doc["runs"])
+    assert doc["runs"][0]["seed"] != doc["runs"][3]["seed"]
+    full = next(a for a in doc["aggregate"] if a["label"] == "full-d32")
+    assert full["seeds"] == [0, 1]
+    ars = [r["splits"]["heldout"]["rows"]["low"]["AR"] for r in (doc["runs"][0], doc["runs"][3])]
+    assert full["heldout"]["AR_low"]["mean"] == pytest.approx(sum(ars) / 2)
+    assert full["heldout"]["AR_low"]["std"] is not None
+
+    def no_training(*args, **kw):
+        raise AssertionError("a saved run was trained again")
+
+    monkeypatch.setattr(emoji_sweep, "train_one", no_training)
+    again = json.loads(emoji_sweep.run(results_dir=rd, threads=None, **kwargs).read_text())
+    assert again["runs"] == doc["runs"]
+    (rd / "quality_emoji_runs" / "full-d32-s1.json").unlink()
+    partial = json.loads(emoji_sweep.run(results_dir=rd, threads=None, only_saved=True, **kwargs).read_text())
+    assert "full-d32-s1" not in [r["name"] for r in partial["runs"]]
+    assert len(partial["runs"]) == 5
+
+    text = report_emoji.emoji_section(doc)
+    assert "### Per level (seed 0, low_dim 32" in text
+    assert "### The `low_dim` sweep" in text
+    assert "### Loss ablation at low_dim 32" in text
+    assert "no consistency" in text
+    assert "hier@50" in text
+
+
+def _separable_features(n_groups: int = 48, per_group: int = 2, dim: int = 24, seed: int = 0) -> dict:
+    """Cached-feature splits where each group's images and captions share a random direction (+ noise)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_groups, dim))
+    groups = np.repeat(np.arange(n_groups), per_group)
+    image = centres[groups] + 0.3 * rng.normal(size=(len(groups), dim))
+    text = np.repeat(centres[groups], 2, axis=0) @ rng.normal(size=(dim, dim)) + 0.3 * rng.normal(
+        size=(2 * len(groups), dim)
+    )
+    return {
+        "image": image.astype(np.float32),
+        "text": text.astype(np.float32),
+        "image_group": groups.astype(str),
+        "text_group": np.repeat(groups, 2).astype(str),
+        "text_owner": np.repeat(np.arange(len(groups)), 2),
+    }
+
+
+def test_emoji_heads_learn_the_alignment_with_and_without_the_hivlp_terms() -> None:
+    from benchmarks import emoji_heads
+
+    feats = _separable_features()
+    for loss, weights in {"full": {}, "two InfoNCE only": {"consistency": 0.0, "shortlist": 0.0}}.items():
+        img, txt, info = emoji_heads.train_heads(
+            feats, low_dim=8, high_dim=32, seed=0, weights=weights, steps=200, batch_size=32
+        )
+        assert all(info["loss_config"][k] == v for k, v in weights.items()), loss
+        rows = emoji_heads.evaluate_heads(img, txt, feats)
+        assert rows["high"]["text_to_image_R@1"] > 0.5, (loss, rows["high"])  # chance: 1/48
+        assert rows["low"]["text_to_image_R@1"] > 0.1, (loss, rows["low"])  # 8-d: weaker, still 5x chance
+    untrained, untrained_t, _ = emoji_heads.train_heads(
+        feats, low_dim=8, high_dim=32, seed=0, weights={}, steps=1, batch_size=32
+    )
+    assert emoji_heads.evaluate_heads(untrained, untrained_t, feats)["high"]["text_to_image_R@1"] < 0.3
+
+
+def test_emoji_heads_trailing_dim_and_spread() -> None:
+    from benchmarks import emoji_heads
+
+    def run(dim: int, seed: int, low: float, high: float = 0.5) -> dict:
+        rows = {
+            level: {"AR": v, "text_to_image_R@1": v, "image_to_text_R@1": v, "shortlist_recall": 1.0}
+            for level, v in (("low", low), ("high", high), ("hier@10", high), ("hier@50", high))
+        }
+        return {
+            "text_tower": "own",
+            "loss": "full",
+            "low_dim": dim,
+            "seed": seed,
+            "splits": {"test": rows, "heldout": rows},
+        }
+
+    assert emoji_heads.trailing_dim([run(4, 0, 0.3), run(8, 0, 0.45), run(16, 0, 0.499), run(32, 0, 0.5)]) == 8
+    agg = emoji_heads.aggregate([run(8, 0, 0.40), run(8, 1, 0.44), run(16, 0, 0.5)])
+    d8 = next(a for a in agg if a["low_dim"] == 8)
+    assert d8["seeds"] == [0, 1]
+    assert d8["test"]["AR_low"]["mean"] == pytest.approx(0.42)
+    assert d8["test"]["AR_low"]["std"] == pytest.approx(0.028284, rel=1e-3)
+    assert d8["test"]["low_minus_high"]["mean"] == pytest.approx(-0.08)
+    assert next(a for a in agg if a["low_dim"] == 16)["test"]["AR_low"]["std"] is None
