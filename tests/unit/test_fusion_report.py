@@ -35,4 +35,4 @@ def test_the_verdict_reads_the_m20_gain_against_the_target() -> None:
 
 
 def test_no_results_is_said_so() -> None:
-    assert "Not measured yet." in fusion_section({})
+    assert "Not measured through Milvus yet" in fusion_section({})
