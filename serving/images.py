@@ -93,7 +93,11 @@ def thumbnail(path: Path) -> tuple[bytes, str]:
         img.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))  # JPEG: decode at reduced size
         img = ImageOps.exif_transpose(img)
         img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-        img = img.convert("RGB")
+        # Transparent pixels composited on white as the model sees them (convert("RGB") alone
+        # turns an emoji's transparent background black). Imported here: it brings torch.
+        from hivlp_milvus.model.preprocess import load_image
+
+        img = load_image(img)
         out = io.BytesIO()
         if img.width * img.height <= 128 * 128:
             img.save(out, format="PNG")  # synthetic scenes: crisp edges, small either way

@@ -302,3 +302,21 @@ def test_a_key_that_only_shares_a_prefix_is_refused(setup: Setup) -> None:
     bare = TestClient(setup.client.app)
     for given in (API_KEY[:-1], API_KEY + "x", API_KEY.upper(), f" {API_KEY}x"):
         _assert_error(bare.post("/encode", json={"text": "x"}, headers={"Authorization": f"Bearer {given}"}), 401)
+
+
+def test_a_transparent_image_is_served_on_white_not_black(tmp_path: Path) -> None:
+    """Emoji are RGBA PNGs: their thumbnails composite the transparency on white, as the model sees them."""
+
+    from PIL import Image
+
+    from serving.images import thumbnail
+
+    img = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    img.paste((255, 0, 0, 255), (8, 8, 24, 24))
+    path = tmp_path / "emoji.png"
+    img.save(path)
+    data, mime = thumbnail(path)
+    out = Image.open(io.BytesIO(data)).convert("RGB")
+    assert mime == "image/png"
+    assert out.getpixel((0, 0)) == (255, 255, 255)
+    assert out.getpixel((16, 16)) == (255, 0, 0)
