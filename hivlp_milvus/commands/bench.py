@@ -1,4 +1,4 @@
-"""``hivlp-milvus bench``: run the benchmarks (search, ingest, serve, train, quality) and regenerate BENCHMARKS.md.
+"""``hivlp-milvus bench``: run the benchmarks (search, ingest, serve, train, quality, load); regenerate BENCHMARKS.md.
 
 The benchmarks live in the top-level benchmarks/ directory of a source checkout (next to
 hivlp_milvus/), which is not part of the installed package: clone the repository and run this
@@ -8,6 +8,7 @@ Elsewhere the command stops with this advice before importing anything.
     hivlp-milvus bench all                     # what `make bench` runs (search to 100k, quality shortened)
     hivlp-milvus bench search --sizes 10k 100k 1M
     hivlp-milvus bench quality                 # low_dim sweep + loss ablation (~8 training runs)
+    hivlp-milvus bench quality --data emoji --data-dir DIR [--model DIR]   # the same on the emoji corpus
     hivlp-milvus bench report                  # BENCHMARKS.md from benchmarks/results/*.json
     hivlp-milvus bench search --smoke          # seconds; checks the benchmark works
     hivlp-milvus bench engine --lite25-python .venv-lite25/bin/python   # the same requests on Milvus' C++ engine
