@@ -27,10 +27,11 @@ behaviours = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = behaviours
 _spec.loader.exec_module(behaviours)
 
-# Re-export the shared tests and fixtures: pytest collects them here, with the client fixture below.
+# Re-export the shared tests and every fixture (any public name but ``client``, so a fixture added
+# there is never missing here): pytest collects them with the client fixture below.
 for _name in dir(behaviours):
-    if _name.startswith("test_") or _name in ("model", "image_dir", "col"):
-        globals()[_name] = getattr(behaviours, _name)
+    if not _name.startswith("_") and _name != "client":
+        globals().setdefault(_name, getattr(behaviours, _name))
 
 
 @pytest.fixture(scope="module")
