@@ -337,9 +337,19 @@ def test_text_search_finds_the_exact_caption_first(served: Served) -> None:
     }
     assert timings["fusion_ms"] is None  # no fusion_limit: no third stage
     assert timings["encode_ms"] > 0
-    assert timings["coarse_ms"] > 0
+    # A collection this small is answered by one exact search (the plan choice): no coarse stage.
+    assert body["plan"] == "exact"
+    assert timings["coarse_ms"] == 0
     assert timings["fine_ms"] > 0
     assert timings["total_ms"] >= timings["encode_ms"] + timings["search_ms"] * 0.99
+    # An explicit shortlist keeps the funnel, and both stages are timed.
+    with served.client() as c:
+        funnel = c.post("/search", json={"text": caption, "limit": 5, "modality": "text", "coarse_limit": 50}).json()
+    assert funnel["plan"] == "hierarchical"
+    assert funnel["coarse_limit"] == 50
+    assert funnel["timings"]["coarse_ms"] > 0
+    assert funnel["timings"]["fine_ms"] > 0
+    assert [h["id"] for h in funnel["hits"]][0] == hits[0]["id"]
     assert timings["batch_size"] >= 1
 
 
