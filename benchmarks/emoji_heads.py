@@ -347,11 +347,11 @@ def run(
                 measure("own", loss, d, seed)
     path = write()
     if minilm:
-        from benchmarks.emoji_sweep import RunSpec, _load_train_config
+        from benchmarks.emoji_sweep import RunSpec, load_train_config
         from hivlp_milvus.model import create_model
 
         text_model = create_model(
-            _load_train_config(RunSpec("minilm", "emoji_minilm", 32, 0)).model.resolve(), seed=0
+            load_train_config(RunSpec("minilm", "emoji_minilm", 32, 0)).model.resolve(), seed=0
         ).eval()
         towers["minilm"] = cached_features(model, data, text_model=text_model, tag=f"{key}-minilm", cache=cache)
         for seed in seeds:

@@ -102,7 +102,7 @@ def emoji_recipe(train_cfg: Any, steps: int) -> tuple[Recipe, dict[str, Any]]:
     return recipe, loss
 
 
-def _load_train_config(spec: RunSpec) -> Any:
+def load_train_config(spec: RunSpec) -> Any:
     from training.config import load_config
 
     overrides = [f"model.overrides.low_dim={spec.low_dim}"]
@@ -115,7 +115,7 @@ def train_one(spec: RunSpec, data: dict[str, list[Any]], *, steps: int, batch_si
     """Build and train the model of ``spec``; returns it (eval mode) and the training info."""
     from hivlp_milvus.model import create_model
 
-    cfg = _load_train_config(spec)
+    cfg = load_train_config(spec)
     recipe, _ = emoji_recipe(cfg, steps)
     model_cfg = cfg.model.resolve()
     # The fusion term only trains the third stage's scorer and quadruples a step's cost here.
