@@ -6,13 +6,11 @@ here with an ``env`` that points at the server; plus server-only checks (URI for
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from shared_tests import load_unit_tests
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.connection import connect
@@ -20,13 +18,7 @@ from hivlp_milvus.errors import FilterError
 
 pytestmark = pytest.mark.integration
 
-_SHARED = Path(__file__).resolve().parents[1] / "unit" / "test_collection_lite.py"
-_spec = importlib.util.spec_from_file_location("hivlp_collection_behaviours", _SHARED)
-assert _spec is not None
-assert _spec.loader is not None
-behaviours = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = behaviours
-_spec.loader.exec_module(behaviours)
+behaviours = load_unit_tests("test_collection_lite.py", "hivlp_collection_behaviours")
 
 # Re-export the shared tests and fixtures: pytest collects them here, with the env fixture below.
 for _name in dir(behaviours):

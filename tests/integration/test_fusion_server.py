@@ -8,24 +8,16 @@ re-rank paths; an unreadable image keeps its fine rank), loaded from that file a
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+from shared_tests import load_unit_tests
 
 from hivlp_milvus.connection import connect
 
 pytestmark = pytest.mark.integration
 
-_SHARED = Path(__file__).resolve().parents[1] / "unit" / "test_fusion_search.py"
-_spec = importlib.util.spec_from_file_location("hivlp_fusion_behaviours", _SHARED)
-assert _spec is not None
-assert _spec.loader is not None
-behaviours = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = behaviours
-_spec.loader.exec_module(behaviours)
+behaviours = load_unit_tests("test_fusion_search.py", "hivlp_fusion_behaviours")
 
 # Re-export the shared tests and every fixture (any public name but ``client``, so a fixture added
 # there is never missing here): pytest collects them with the client fixture below.
