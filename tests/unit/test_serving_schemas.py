@@ -235,6 +235,38 @@ def test_builder_signature_and_args() -> None:
         AppArgs(max_batch_size=0)
 
 
+def test_ingress_replicas_and_backend_timeout_reach_the_ingress(tmp_path: Path) -> None:
+    default = build_app({"checkpoint": "/nowhere"})._bound_deployment
+    assert default.num_replicas == 1
+    assert default.init_args[3].backend_timeout_s == 60.0
+    given = build_app({"checkpoint": "/nowhere", "ingress_replicas": "2", "backend_timeout_s": "7.5"})._bound_deployment
+    assert given.num_replicas == 2
+    assert given.init_args[3].backend_timeout_s == 7.5
+    # The environment is the fallback, as for every arg.
+    env = {"HIVLP_INGRESS_REPLICAS": "3", "HIVLP_BACKEND_TIMEOUT_S": "90"}
+    resolved = resolve_args(AppArgs(), environ=env, cwd=str(tmp_path)).args
+    assert (resolved.ingress_replicas, resolved.backend_timeout_s) == (3, 90.0)
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ({"ingress_replicas": 0}, "ingress_replicas"),
+        ({"ingress_replicas": "two"}, "ingress_replicas"),
+        ({"ingress_replicas": 1.5}, "ingress_replicas"),
+        ({"backend_timeout_s": 0}, "backend_timeout_s"),
+        ({"backend_timeout_s": -1}, "backend_timeout_s"),
+        ({"backend_timeout_s": "soon"}, "backend_timeout_s"),
+    ],
+)
+def test_ingress_replicas_and_backend_timeout_reject_bad_values(args: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        build_app({"checkpoint": "/nowhere", **args})
+    assert [e["loc"] for e in info.value.errors()] == [(field,)]  # the message names the arg
+    with pytest.raises(ValidationError, match=field):  # a bad environment variable too
+        resolve_args(AppArgs(), environ={f"HIVLP_{field.upper()}": str(next(iter(args.values())))})
+
+
 def test_the_fusion_scorer_is_built_only_for_a_checkpoint_with_a_fusion_block(tmp_path: Path) -> None:
     plain, fused = tmp_path / "plain", tmp_path / "fused"
     for path, config in ((plain, {"low_dim": 16}), (fused, {"low_dim": 16, "fusion": {"layers": 1}})):
