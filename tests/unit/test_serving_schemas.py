@@ -248,6 +248,26 @@ def test_ingress_replicas_and_backend_timeout_reach_the_ingress(tmp_path: Path) 
     assert (resolved.ingress_replicas, resolved.backend_timeout_s) == (3, 90.0)
 
 
+def test_a_backend_slower_than_backend_timeout_s_is_a_504() -> None:
+    import asyncio
+    import time
+
+    from serving.ingress import Ingress, configure
+
+    # The user's class under Serve's ingress wrapper (whose own __init__ is a coroutine Serve awaits).
+    inits = ((c, vars(c).get("__init__")) for c in Ingress.func_or_class.__mro__)
+    cls = next(c for c, init in inits if init is not None and not inspect.iscoroutinefunction(init))
+    ingress = cls(None, None, None, IngressSettings(collection="c", backend_timeout_s=0.2))
+    try:
+        started = time.monotonic()
+        with pytest.raises(ApiError) as info:
+            asyncio.run(ingress._backend(asyncio.sleep(30)))
+        assert (info.value.status, info.value.code) == (504, "timeout")
+        assert time.monotonic() - started < 5  # the setting, not the 60 s default
+    finally:
+        configure(IngressSettings(collection="c"))  # the module's state as at import
+
+
 @pytest.mark.parametrize(
     ("args", "field"),
     [
