@@ -349,6 +349,68 @@ def test_web_page_is_self_contained() -> None:
         assert not re.search(r"https?://", text), f"{name} loads something from the network"
 
 
+# The page's fetchRetrying, run by Node against scripted answers (the page's DOM stubbed: only the
+# retry rule is under test; tests/e2e/test_web_page.py drives the real page in a browser).
+_RETRY_SCRIPT = r"""
+const fs = require("fs"), vm = require("vm");
+const element = { addEventListener() {}, value: "", dataset: {}, files: [] };
+Object.assign(globalThis, {
+  document: { getElementById: () => element, addEventListener() {}, body: { dataset: {} } },
+  location: { search: "" },
+  history: { replaceState() {} },
+});
+vm.runInThisContext(fs.readFileSync(process.argv[2], "utf8"));
+const plain = (status) => new Response("Internal Server Error", { status, headers: { "content-type": "text/plain" } });
+const ours = (status) => new Response(JSON.stringify({ error: "internal_error", message: "m" }), {
+  status, headers: { "content-type": "application/json" } });
+const cases = {
+  plain500_then_ok: [() => plain(500), () => new Response("{}", { status: 200 })],
+  plain503_then_ok: [() => plain(503), () => new Response("{}", { status: 200 })],
+  reset_then_ok: [() => { throw new TypeError("fetch failed"); }, () => new Response("{}", { status: 200 })],
+  json500_is_final: [() => ours(500), () => new Response("{}", { status: 200 })],
+  json504_is_final: [() => ours(504), () => new Response("{}", { status: 200 })],
+  plain404_is_final: [() => plain(404), () => new Response("{}", { status: 200 })],
+  retried_once_only: [() => plain(500), () => plain(500), () => new Response("{}", { status: 200 })],
+};
+(async () => {
+  const out = {};
+  for (const [name, answers] of Object.entries(cases)) {
+    let calls = 0;
+    globalThis.fetch = async () => answers[calls++]();
+    let status;
+    try { status = (await fetchRetrying("search", {}, 1)).status; } catch (err) { status = String(err); }
+    out[name] = [status, calls];
+  }
+  console.log(JSON.stringify(out));
+})();
+"""
+
+
+def test_the_web_page_retries_once_what_died_with_an_ingress_replica(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("needs Node.js to run serving/static/app.js")
+    script = tmp_path / "retry.js"
+    script.write_text(_RETRY_SCRIPT, encoding="utf-8")
+    run = subprocess.run(
+        [node, str(script), str(ROOT / "serving" / "static" / "app.js")], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    got = {name: tuple(v) for name, v in json.loads(run.stdout).items()}
+    assert got == {
+        "plain500_then_ok": (200, 2),  # Serve's proxy for a dead ingress: sent again, answered
+        "plain503_then_ok": (200, 2),
+        "reset_then_ok": (200, 2),  # a dropped connection
+        "json500_is_final": (500, 1),  # the app's own errors are never retried
+        "json504_is_final": (504, 1),
+        "plain404_is_final": (404, 1),
+        "retried_once_only": (500, 2),
+    }
+
+
 # -- base64 images: the schema's pattern is the ingress's rule ------------------------------------
 
 
