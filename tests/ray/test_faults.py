@@ -209,7 +209,7 @@ class Load:
     def stop(self) -> None:
         self._stop.set()
         for t in self._threads:
-            t.join(timeout=CLIENT_TIMEOUT_S + 5)
+            t.join(timeout=2 * CLIENT_TIMEOUT_S + RETRY_BACKOFF_S + 5)  # a request and its one retry
             assert not t.is_alive(), "a load client did not stop: a request hangs past the client timeout"
 
     def _run(self, index: int) -> None:
