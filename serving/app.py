@@ -96,6 +96,18 @@ class AppArgs(BaseModel):
         description="Searcher replicas; forced to 1 for Milvus Lite (.db is single-process)",
     )
     search_batching: bool = Field(True, description="run concurrent compatible searches as one multi-query search")
+    ingress_replicas: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Ingress (HTTP) replicas; with 2 or more, a lost ingress leaves the others answering at once",
+    )
+    backend_timeout_s: float = Field(
+        60.0,
+        gt=0.0,
+        le=3600.0,
+        description="seconds the ingress waits for an encoder, the Searcher or the FusionScorer before a 504",
+    )
     max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="413 above")
     max_image_pixels: int = Field(MAX_IMAGE_PIXELS, ge=64 * 64, le=400_000_000, description="413 above")
     fusion_max_batch_size: int = Field(
@@ -282,6 +294,7 @@ def build_app(args: AppArgs) -> serve.Application:
         # base64 costs 4/3 of the bytes; 1 MiB for JSON, other fields and ingest captions.
         max_body_bytes=opts.max_image_bytes * 4 // 3 + 1024 * 1024,
         media_root=resolved.workdir,
+        backend_timeout_s=opts.backend_timeout_s,
     )
     fusion = None
     if checkpoint_has_fusion(resolved.checkpoint):
@@ -297,7 +310,7 @@ def build_app(args: AppArgs) -> serve.Application:
             resolved.workdir,
             opts.fusion_num_gpus > 0,
         )
-    return Ingress.bind(text, image, searcher, settings, fusion)
+    return Ingress.options(num_replicas=opts.ingress_replicas).bind(text, image, searcher, settings, fusion)
 
 
 def checkpoint_has_fusion(checkpoint: str) -> bool:

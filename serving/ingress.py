@@ -74,7 +74,6 @@ DOCS_ASSETS = {
     for name in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
 }
 FILTERABLE_FIELDS = ("key", "modality", "reference", "attributes")
-_BACKEND_TIMEOUT_S = 60.0
 _HEALTH_TIMEOUT_S = 10.0
 
 
@@ -90,6 +89,9 @@ class IngressSettings:
         max_image_pixels: largest ``width * height`` accepted (413 above).
         max_body_bytes: largest request body (413 above); base64 images need 4/3 of their size.
         media_root: directory that relative image references are resolved against.
+        backend_timeout_s: how long a request waits for a backend deployment (an encoder, the
+            Searcher, the FusionScorer) before it is a 504; long enough to ride out a replica's
+            replacement, which Serve's router retries in-flight calls on.
     """
 
     collection: str
@@ -98,6 +100,7 @@ class IngressSettings:
     max_image_pixels: int = 40_000_000
     max_body_bytes: int = 12 * 1024 * 1024
     media_root: str = "."
+    backend_timeout_s: float = 60.0
 
 
 # -- the FastAPI app: module level, routes bound to the deployment class below ----------------------
@@ -261,9 +264,9 @@ class Ingress:
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    async def _backend(self, call: Any, timeout: float = _BACKEND_TIMEOUT_S) -> Any:
+    async def _backend(self, call: Any) -> Any:
         try:
-            return await asyncio.wait_for(call, timeout=timeout)
+            return await asyncio.wait_for(call, timeout=self._settings.backend_timeout_s)
         except ApiError:
             raise
         except Exception as exc:
@@ -449,7 +452,9 @@ class Ingress:
             items += record_items(record, skipped)
         calls = [(self._image if it.kind == "image" else self._text).encode.remote(it.payload) for it in items]
         # All at once, so the encoders batch them.
-        outs = await asyncio.gather(*(asyncio.wait_for(c, _BACKEND_TIMEOUT_S) for c in calls), return_exceptions=True)
+        outs = await asyncio.gather(
+            *(asyncio.wait_for(c, self._settings.backend_timeout_s) for c in calls), return_exceptions=True
+        )
         failed = [{"key": s.key, "reason": s.reason} for s in skipped]
         records = []
         for it, out in zip(items, outs, strict=True):

@@ -187,8 +187,14 @@ def load_command(args: argparse.Namespace, script: Path) -> list[str]:
 def _load(args: argparse.Namespace) -> int:
     pkg = _benchmarks()
     root = Path(pkg.__file__).resolve().parent
+    workdir = Path(args.workdir or ".").resolve()
+    if not workdir.is_dir():  # else subprocess dies with a FileNotFoundError traceback about the cwd
+        raise ConfigError(
+            f"--workdir {args.workdir}: no such directory; give the directory holding hivlp_work/ "
+            "(the quickstart's output), or leave --workdir out to use the current one"
+        )
     # A separate process: the load generator must not share this interpreter (or its GIL) with anything.
-    return subprocess.call(load_command(args, root / "load.py"), cwd=str(Path(args.workdir or ".").resolve()))
+    return subprocess.call(load_command(args, root / "load.py"), cwd=str(workdir))
 
 
 def run(args: argparse.Namespace) -> int:

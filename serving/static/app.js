@@ -102,11 +102,34 @@ function render(data) {
   state("done");
 }
 
+// A request that dies with an ingress replica is answered by Serve's proxy, not by the app: a 5xx
+// without the app's JSON error ({error, message}), e.g. a plain-text "500 Internal Server Error", or
+// a dropped connection. Searches are idempotent, so such a request is sent once more, after a short
+// back-off, to the replicas still running. The app's own JSON errors are final.
+const RETRY_BACKOFF_MS = 500;
+
+async function diedInTransit(response) {
+  if (response.status < 500) return false;
+  const body = await response.clone().json().catch(() => null);
+  return !(body && typeof body === "object" && body.error);
+}
+
+async function fetchRetrying(url, init, backoffMs = RETRY_BACKOFF_MS) {
+  try {
+    const response = await fetch(url, init);
+    if (!(await diedInTransit(response))) return response;
+  } catch (err) {
+    if (!(err instanceof TypeError)) throw err;  // fetch rejects with a TypeError on a network failure
+  }
+  await new Promise((resolve) => setTimeout(resolve, backoffMs));
+  return fetch(url, init);
+}
+
 async function run(request) {
   state("loading");
   setStatus("searching\u2026", false);
   try {
-    const response = await fetch(request.url, request.init);
+    const response = await fetchRetrying(request.url, request.init);
     const body = await response.json().catch(() => ({ message: response.statusText }));
     if (!response.ok) {
       throw new Error(`${response.status} ${body.error || ""}: ${body.message || response.statusText}`);

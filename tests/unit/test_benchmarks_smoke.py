@@ -291,6 +291,18 @@ def test_bench_load_command_passes_only_the_flags_given(tmp_path: Path) -> None:
     assert (parsed.compare_batching, parsed.levels, parsed.duration, parsed.repeats) == (True, [1, 4], 2.0, 1)
 
 
+def test_bench_load_with_a_missing_workdir_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from hivlp_milvus.cli import main
+
+    missing = tmp_path / "nowhere"
+    assert main(["bench", "load", "--workdir", str(missing), "--duration", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line, no traceback
+    assert err.startswith("hivlp-milvus bench: error: --workdir "), err
+    assert str(missing) in err
+    assert "no such directory" in err
+
+
 def test_load_mix_percentiles_and_summary() -> None:
     from benchmarks.load import parse_mix, percentile, summarize
 

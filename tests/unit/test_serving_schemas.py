@@ -235,6 +235,58 @@ def test_builder_signature_and_args() -> None:
         AppArgs(max_batch_size=0)
 
 
+def test_ingress_replicas_and_backend_timeout_reach_the_ingress(tmp_path: Path) -> None:
+    default = build_app({"checkpoint": "/nowhere"})._bound_deployment
+    assert default.num_replicas == 1
+    assert default.init_args[3].backend_timeout_s == 60.0
+    given = build_app({"checkpoint": "/nowhere", "ingress_replicas": "2", "backend_timeout_s": "7.5"})._bound_deployment
+    assert given.num_replicas == 2
+    assert given.init_args[3].backend_timeout_s == 7.5
+    # The environment is the fallback, as for every arg.
+    env = {"HIVLP_INGRESS_REPLICAS": "3", "HIVLP_BACKEND_TIMEOUT_S": "90"}
+    resolved = resolve_args(AppArgs(), environ=env, cwd=str(tmp_path)).args
+    assert (resolved.ingress_replicas, resolved.backend_timeout_s) == (3, 90.0)
+
+
+def test_a_backend_slower_than_backend_timeout_s_is_a_504() -> None:
+    import asyncio
+    import time
+
+    from serving.ingress import Ingress, configure
+
+    # The user's class under Serve's ingress wrapper (whose own __init__ is a coroutine Serve awaits).
+    inits = ((c, vars(c).get("__init__")) for c in Ingress.func_or_class.__mro__)
+    cls = next(c for c, init in inits if init is not None and not inspect.iscoroutinefunction(init))
+    ingress = cls(None, None, None, IngressSettings(collection="c", backend_timeout_s=0.2))
+    try:
+        started = time.monotonic()
+        with pytest.raises(ApiError) as info:
+            asyncio.run(ingress._backend(asyncio.sleep(30)))
+        assert (info.value.status, info.value.code) == (504, "timeout")
+        assert time.monotonic() - started < 5  # the setting, not the 60 s default
+    finally:
+        configure(IngressSettings(collection="c"))  # the module's state as at import
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ({"ingress_replicas": 0}, "ingress_replicas"),
+        ({"ingress_replicas": "two"}, "ingress_replicas"),
+        ({"ingress_replicas": 1.5}, "ingress_replicas"),
+        ({"backend_timeout_s": 0}, "backend_timeout_s"),
+        ({"backend_timeout_s": -1}, "backend_timeout_s"),
+        ({"backend_timeout_s": "soon"}, "backend_timeout_s"),
+    ],
+)
+def test_ingress_replicas_and_backend_timeout_reject_bad_values(args: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        build_app({"checkpoint": "/nowhere", **args})
+    assert [e["loc"] for e in info.value.errors()] == [(field,)]  # the message names the arg
+    with pytest.raises(ValidationError, match=field):  # a bad environment variable too
+        resolve_args(AppArgs(), environ={f"HIVLP_{field.upper()}": str(next(iter(args.values())))})
+
+
 def test_the_fusion_scorer_is_built_only_for_a_checkpoint_with_a_fusion_block(tmp_path: Path) -> None:
     plain, fused = tmp_path / "plain", tmp_path / "fused"
     for path, config in ((plain, {"low_dim": 16}), (fused, {"low_dim": 16, "fusion": {"layers": 1}})):
@@ -295,6 +347,68 @@ def test_web_page_is_self_contained() -> None:
     for name in ("index.html", "app.js", "style.css"):
         text = (static / name).read_text(encoding="utf-8")
         assert not re.search(r"https?://", text), f"{name} loads something from the network"
+
+
+# The page's fetchRetrying, run by Node against scripted answers (the page's DOM stubbed: only the
+# retry rule is under test; tests/e2e/test_web_page.py drives the real page in a browser).
+_RETRY_SCRIPT = r"""
+const fs = require("fs"), vm = require("vm");
+const element = { addEventListener() {}, value: "", dataset: {}, files: [] };
+Object.assign(globalThis, {
+  document: { getElementById: () => element, addEventListener() {}, body: { dataset: {} } },
+  location: { search: "" },
+  history: { replaceState() {} },
+});
+vm.runInThisContext(fs.readFileSync(process.argv[2], "utf8"));
+const plain = (status) => new Response("Internal Server Error", { status, headers: { "content-type": "text/plain" } });
+const ours = (status) => new Response(JSON.stringify({ error: "internal_error", message: "m" }), {
+  status, headers: { "content-type": "application/json" } });
+const cases = {
+  plain500_then_ok: [() => plain(500), () => new Response("{}", { status: 200 })],
+  plain503_then_ok: [() => plain(503), () => new Response("{}", { status: 200 })],
+  reset_then_ok: [() => { throw new TypeError("fetch failed"); }, () => new Response("{}", { status: 200 })],
+  json500_is_final: [() => ours(500), () => new Response("{}", { status: 200 })],
+  json504_is_final: [() => ours(504), () => new Response("{}", { status: 200 })],
+  plain404_is_final: [() => plain(404), () => new Response("{}", { status: 200 })],
+  retried_once_only: [() => plain(500), () => plain(500), () => new Response("{}", { status: 200 })],
+};
+(async () => {
+  const out = {};
+  for (const [name, answers] of Object.entries(cases)) {
+    let calls = 0;
+    globalThis.fetch = async () => answers[calls++]();
+    let status;
+    try { status = (await fetchRetrying("search", {}, 1)).status; } catch (err) { status = String(err); }
+    out[name] = [status, calls];
+  }
+  console.log(JSON.stringify(out));
+})();
+"""
+
+
+def test_the_web_page_retries_once_what_died_with_an_ingress_replica(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("needs Node.js to run serving/static/app.js")
+    script = tmp_path / "retry.js"
+    script.write_text(_RETRY_SCRIPT, encoding="utf-8")
+    run = subprocess.run(
+        [node, str(script), str(ROOT / "serving" / "static" / "app.js")], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    got = {name: tuple(v) for name, v in json.loads(run.stdout).items()}
+    assert got == {
+        "plain500_then_ok": (200, 2),  # Serve's proxy for a dead ingress: sent again, answered
+        "plain503_then_ok": (200, 2),
+        "reset_then_ok": (200, 2),  # a dropped connection
+        "json500_is_final": (500, 1),  # the app's own errors are never retried
+        "json504_is_final": (504, 1),
+        "plain404_is_final": (404, 1),
+        "retried_once_only": (500, 2),
+    }
 
 
 # -- base64 images: the schema's pattern is the ingress's rule ------------------------------------
