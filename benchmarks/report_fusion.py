@@ -84,7 +84,8 @@ def fusion_section(doc: dict[str, Any]) -> str:
         "",
         f"Each case's split ingested into Milvus Lite and searched through it (coarse K = {doc.get('coarse_limit')}); "
         "the two-stage and three-stage rows of a case use the same `n` queries of each direction (a seeded "
-        "sample of the split), the gallery is the whole split. Recalls in %. `python -m benchmarks.fusion`.",
+        "sample of the split), the gallery is the whole split. Recalls in %; one query of 200 is 0.5 points. "
+        "`python -m benchmarks.fusion`; the cases and their reading: docs/objective.md.",
         "",
         md_table(HEAD, quality),
         "",
