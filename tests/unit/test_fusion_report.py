@@ -19,12 +19,16 @@ def _doc(two: float, three: float, weight: float | None) -> dict:
     stages = {
         "20": {"encode": 5.0, "coarse": 2.0, "fine": 1.0, "fusion": 80.0, "total": 88.0, "fusion_per_candidate": 4.0}
     }
-    return {"models": {"after": {"rows": rows, "score_weight": weight, "stage_p50_ms": stages}}}
+    meta = {"n_images": 191, "n_texts": 760}
+    case = {"rows": rows, "score_weight": weight, "stage_p50_ms": stages, "data": "emoji", "split": "heldout"}
+    return {"coarse_limit": 50, "cases": {"after": {**case, "meta": meta, "fingerprint": "abc", "model": "QS/model"}}}
 
 
 def test_the_verdict_reads_the_m20_gain_against_the_target() -> None:
     text = fusion_section(_doc(0.686, 0.708, 0.01))
-    assert "t2i R@1 at M = 20 +2.2 points over two stages (target (5 points) not met)" in text
+    assert "t2i R@1 at M = 20 +2.2 points over two stages (target (5 points) not met); i2t R@1 +2.2." in text
+    assert "| after | emoji heldout (191 images, 760 captions) | `hier@50 n=100` | 68.6 |" in text
+    assert "Models: `abc` (QS/model)." in text
     assert "distance + 0.01 × fusion score" in text
     assert "`hier@50 n=100`" in text
     assert "`hier@50`" not in text.replace("`hier@50 n=100`", "").replace("`hier@50+fusion@20 n=100`", "")
