@@ -298,8 +298,8 @@ def heads_section(res: dict[str, Any]) -> str:
     lines += [
         md_table(LEVEL_HEAD, rows),
         "",
-        "No hier+fusion row: this model predates the fusion block (the quickstart trains one now; "
-        "`hivlp_milvus.eval_search` measures its rows through Milvus).",
+        "No hier+fusion row here: this model predates the fusion block. The same model with `tiny`'s "
+        "block added and fine-tuned alone has its two- and three-stage rows in the Fusion section.",
         "",
     ]
     keys = ("AR_low", "AR_high", "AR_hier@50", "low_minus_high", "low_over_high", "hier@50_over_high")
