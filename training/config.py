@@ -159,7 +159,7 @@ class DataConfig(ConfigBase):
             one per 256 images); more blocks spread decoding over more CPUs.
         cache_decoded: decode the images once and keep the decoded pixels in Ray's object store
             for every epoch (``true``), decode them again every epoch (``false``), or ``auto``:
-            cache when the decoded set (``images x 3 x S x S x 4`` bytes) takes at most a quarter
+            cache when the decoded set (``images x 3 x S x S x 4`` bytes) takes at most half
             of the cluster's object store (10k images at 64 px: 0.49 GB); a larger set streams,
             decoded every epoch (docs/training.md, "Decode once or every epoch").
     """

@@ -67,7 +67,7 @@ TENSOR_COLUMNS = ("pixel_values", "input_ids", "attention_mask", "num_captions",
 _MASK63 = 0x7FFF_FFFF_FFFF_FFFF
 # ``cache_decoded: auto`` caches when the decoded set takes at most this share of the object store:
 # the rest stays free for the batches in flight, checkpoints and other jobs on the cluster.
-CACHE_SHARE = 0.25
+CACHE_SHARE = 0.5
 
 
 @dataclass(frozen=True)

@@ -236,12 +236,12 @@ def test_plan_epoch_matches_equal_split_and_drop_last() -> None:
         plan_epoch(100, world_size=2, batch_size=64, grad_accum_steps=1)
 
 
-def test_decoded_cache_auto_caches_only_what_fits_a_quarter_of_the_object_store() -> None:
+def test_decoded_cache_auto_caches_only_what_fits_half_of_the_object_store() -> None:
     quickstart = decoded_bytes(10_000, 64)
     assert quickstart == 10_000 * 3 * 64 * 64 * 4  # float32 pixels: 0.49 GB
-    fits = {"num_images": 10_000, "image_size": 64, "object_store_bytes": 4 * quickstart}
+    fits = {"num_images": 10_000, "image_size": 64, "object_store_bytes": 2 * quickstart}
     assert should_cache_decoded("auto", **fits)
-    assert not should_cache_decoded("auto", **{**fits, "object_store_bytes": 4 * quickstart - 1})
+    assert not should_cache_decoded("auto", **{**fits, "object_store_bytes": 2 * quickstart - 1})
     assert not should_cache_decoded("auto", **{**fits, "num_images": 10_001})
     # An explicit setting wins either way (a cluster without object store information included).
     assert should_cache_decoded(True, num_images=10**9, image_size=224, object_store_bytes=0)
