@@ -57,9 +57,11 @@ def evaluate_collection(
         ks: recall cut-offs; every search returns ``max(ks)`` hits.
         batch_size: queries per Milvus search call.
         rerank: re-rank path of the hierarchical rows (``"client"``, ``"server"``, ``"auto"``). Both
-            give the same hits (tested); ``client`` fetches the shortlist vectors of a whole batch of
-            queries in one request, where ``server`` sends one request per query (~10x slower
-            for a batch of 256 on Milvus Lite).
+            give the same hits (tested). ``client``: each ``hier@K`` row comes from the shortlist
+            search its ``shortlist_recall`` needs anyway, re-ranked on the stored ``vec_high``
+            (module docstring; the subset rows of ``fusion_queries`` still call
+            ``hierarchical_search``); ``server`` sends one request per query (~10x slower for a
+            batch of 256 on Milvus Lite).
         progress: show a progress bar over the search calls.
         fusion_limits: for each ``M`` (and each ``K`` of ``coarse_ks`` with ``K >= M``) a row
             ``hier@K+fusion@M``: the funnel's top ``M`` re-scored by the model's fusion block
