@@ -49,7 +49,7 @@ def _read_epochs(ds, epochs: int = 2) -> list[list[dict[str, np.ndarray]]]:
         def read(rank: int, got: list[dict[str, np.ndarray]] = got) -> None:
             # The split's iterators must be consumed concurrently, one consumer per rank.
             batches = list(splits[rank].iter_batches(batch_size=8, batch_format="numpy"))
-            got[rank] = {k: np.concatenate([b[k] for b in batches]) for k in ("uid", "pixel_values")}
+            got[rank] = {k: np.concatenate([b[k] for b in batches] or [np.empty(0)]) for k in ("uid", "pixel_values")}
 
         threads = [threading.Thread(target=read, args=(rank,)) for rank in range(2)]
         for thread in threads:
