@@ -5,6 +5,12 @@ The query vectors are the ones stored in the collection (fetched with ``get``), 
 encoded twice and the numbers describe exactly what users of the collection get. The three-stage
 rows (``hier@K+fusion@M``) are the exception: the fusion scorer reads the query's own caption or
 image, so those searches take the raw queries of the records (and encode them again).
+
+With ``rerank="client"`` a ``hier@K`` row shares its coarse stage with its shortlist recall: one
+``vec_low`` search at ``limit=K`` per batch (the request ``hierarchical_search`` sends, with the
+same search parameters) gives both, and the fine stage re-ranks each shortlist by the exact
+``vec_high`` inner product on the stored vectors, as the client re-rank does (tested equal to
+``hierarchical_search``). Searching the shortlist twice cost half of the quickstart's evaluation.
 """
 
 from __future__ import annotations
@@ -51,9 +57,11 @@ def evaluate_collection(
         ks: recall cut-offs; every search returns ``max(ks)`` hits.
         batch_size: queries per Milvus search call.
         rerank: re-rank path of the hierarchical rows (``"client"``, ``"server"``, ``"auto"``). Both
-            give the same hits (tested); ``client`` fetches the shortlist vectors of a whole batch of
-            queries in one request, where ``server`` sends one request per query (~10x slower
-            for a batch of 256 on Milvus Lite).
+            give the same hits (tested). ``client``: each ``hier@K`` row comes from the shortlist
+            search its ``shortlist_recall`` needs anyway, re-ranked on the stored ``vec_high``
+            (module docstring; the subset rows of ``fusion_queries`` still call
+            ``hierarchical_search``); ``server`` sends one request per query (~10x slower for a
+            batch of 256 on Milvus Lite).
         progress: show a progress bar over the search calls.
         fusion_limits: for each ``M`` (and each ``K`` of ``coarse_ks`` with ``K >= M``) a row
             ``hier@K+fusion@M``: the funnel's top ``M`` re-scored by the model's fusion block
@@ -76,15 +84,20 @@ def evaluate_collection(
         SearchLimitError: an ``M`` below ``max(ks)``, or larger than every ``K``.
     """
     limit = max(ks)
+    for k in coarse_ks:  # checked up front: the shared rows never send a funnel request that would
+        collection.profile.validate_limits(limit, k)
     items = _stored_items(collection, records)
+    # The client re-rank of a whole row is computed from the shortlist search (module docstring).
+    shared = rerank == "client"
     searches: list[tuple[str, dict[str, Any]]] = [("low", {"level": "low"}), ("high", {"level": "high"})]
-    searches += [(f"hier@{k}", {"coarse_limit": k}) for k in coarse_ks]
+    searches += [(f"hier@{k}", {"coarse_limit": k, "shared": shared}) for k in coarse_ks]
     searches += _fusion_searches(coarse_ks, fusion_limits, limit, fusion_queries)
     rows: dict[str, dict[str, float]] = {name: {} for name, _ in searches}
     total_calls = sum(
         -(-min(len(items[src][0]), how.get("queries") or len(items[src][0])) // batch_size)
         for _, src, _ in _DIRECTIONS
         for _, how in [*searches, *[(None, {}) for _ in coarse_ks]]
+        if not how.get("shared")
     )
     bar = tqdm(total=total_calls, desc="eval through Milvus", unit="search", disable=not progress)
     shortlist: dict[str, list[float]] = {f"hier@{k}": [] for k in coarse_ks}
@@ -94,9 +107,20 @@ def evaluate_collection(
         target = (dst, items[dst][0], items[dst][2])
         common = {"rerank": rerank, "batch_size": batch_size, "bar": bar}
         ranks = partial(_first_relevant_ranks, collection, query_emb, query_groups, target, **common)
+        funnels: dict[int, np.ndarray] = {}
+        for k in coarse_ks:
+            fine = _StoredHigh(collection, items[dst]) if shared else None
+            coarse, funnel = _shortlist_ranks(
+                collection, query_emb, query_groups, target, k, limit, fine, batch_size=batch_size, bar=bar
+            )
+            shortlist[f"hier@{k}"].append(float(np.mean(coarse <= k)))
+            if funnel is not None:
+                funnels[k] = funnel
 
         for name, how in searches:
-            if "queries" in how:  # a subset row: the first N queries of this direction
+            if how.get("shared"):
+                firsts = funnels[how["coarse_limit"]]
+            elif "queries" in how:  # a subset row: the first N queries of this direction
                 n = how["queries"]
                 how = {**how, "raw": raw[:n], "content": content, "stats": rows[name]}
                 firsts = _first_relevant_ranks(
@@ -108,8 +132,6 @@ def evaluate_collection(
                 firsts = ranks(limit, how)
             for k in ks:
                 rows[name][f"{direction}_R@{k}"] = float(np.mean(firsts <= k))
-        for k in coarse_ks:
-            shortlist[f"hier@{k}"].append(float(np.mean(ranks(k, {"level": "low"}) <= k)))
     bar.close()
     for name, row in rows.items():
         row["AR"] = float(np.mean([v for key, v in row.items() if "_R@" in key]))
@@ -226,13 +248,75 @@ def _first_relevant_ranks(
             cut = how["coarse_limit"]
             hits = collection.hierarchical_search(batch, coarse_limit=cut, rerank=rerank, **common)
         for offset, query_hits in enumerate(hits):
-            group = query_groups[start + offset]
-            for rank, hit in enumerate(query_hits, start=1):
-                if group_of.get(int(hit["id"])) == group:
-                    ranks[start + offset] = rank
-                    break
+            ranks[start + offset] = _first_rank(
+                [int(h["id"]) for h in query_hits], group_of, query_groups[start + offset]
+            )
         bar.update(1)
     return ranks
+
+
+def _first_rank(ids: Sequence[int], group_of: dict[int, int], group: int) -> float:
+    """1-based position of the first id of ``group`` in ``ids``; ``inf`` when there is none."""
+    return next((rank for rank, i in enumerate(ids, start=1) if group_of.get(i) == group), np.inf)
+
+
+def _shortlist_ranks(
+    collection: HierarchicalCollection,
+    queries: HierarchicalEmbedding,
+    query_groups: np.ndarray,
+    target: tuple[str, list[int], np.ndarray],
+    k: int,
+    limit: int,
+    fine: _StoredHigh | None,
+    *,
+    batch_size: int,
+    bar: Any,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The funnel's coarse stage alone (``vec_low`` at ``limit=k``): first-relevant ranks in the shortlist.
+
+    With ``fine``, also the ranks after re-ranking each shortlist by its exact ``vec_high`` score
+    and keeping ``limit``: the ``hier@k`` row from the same search (module docstring).
+    """
+    modality, target_ids, target_groups = target
+    group_of = dict(zip(target_ids, target_groups.tolist(), strict=True))
+    coarse = np.full(len(queries), np.inf)
+    funnel = np.full(len(queries), np.inf)
+    for start in range(0, len(queries), batch_size):
+        batch = queries[start : start + batch_size]
+        hits = collection.search(batch, level="low", limit=k, modality=modality, output_fields=[])
+        for offset, query_hits in enumerate(hits):
+            q, ids = start + offset, [int(h["id"]) for h in query_hits]
+            coarse[q] = _first_rank(ids, group_of, query_groups[q])
+            if fine is not None:
+                funnel[q] = _first_rank(fine.rerank(ids, batch.high[offset], limit), group_of, query_groups[q])
+        bar.update(1)
+    return coarse, funnel if fine is not None else None
+
+
+class _StoredHigh:
+    """The fine stage of the client re-rank on vectors eval already holds: ``vec_high`` by row id."""
+
+    def __init__(self, collection: HierarchicalCollection, item: tuple[list[int], HierarchicalEmbedding, Any, Any]):
+        ids, embedding = item[0], item[1]
+        self._collection = collection
+        self._vecs: dict[int, np.ndarray] = dict(zip(ids, embedding.high, strict=True))
+
+    def rerank(self, shortlist: list[int], query_high: np.ndarray, limit: int) -> list[int]:
+        """The ``shortlist`` (coarse order) by exact ``vec_high`` score, best first, at most ``limit`` ids."""
+        self._fetch([i for i in shortlist if i not in self._vecs])
+        # As in the client re-rank: a row deleted between the two stages drops out.
+        cand = [i for i in shortlist if i in self._vecs]
+        if not cand:
+            return []
+        scores = np.asarray([self._vecs[i] for i in cand], dtype=np.float32) @ query_high
+        return [cand[j] for j in np.argsort(-scores, kind="stable")[:limit]]
+
+    def _fetch(self, ids: list[int]) -> None:
+        """Rows of the collection outside the evaluated records can be coarse hits too."""
+        step = max(1, self._collection.max_rows_per_request)
+        for start in range(0, len(ids), step):
+            for row in self._collection.get(ids[start : start + step], output_fields=["vec_high"]):
+                self._vecs[int(row["id"])] = np.asarray(row["vec_high"], dtype=np.float32)
 
 
 def _fusion_batch(

@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BeforeValidator, Field, StrictInt, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, StrictInt, model_validator
 
 from hivlp_milvus.errors import ConfigError
 from hivlp_milvus.model.config import (
@@ -157,6 +157,11 @@ class DataConfig(ConfigBase):
         preprocess_batch_size: images decoded per Ray Data ``map_batches`` call.
         num_blocks: Ray Data blocks of the training set (``null`` = about 4 per worker, at least
             one per 256 images); more blocks spread decoding over more CPUs.
+        cache_decoded: decode the images once and keep the decoded pixels in Ray's object store
+            for every epoch (``true``), decode them again every epoch (``false``), or ``auto``:
+            cache when the decoded set (``images x 3 x S x S x 4`` bytes) takes at most half
+            of the cluster's object store (10k images at 64 px: 0.49 GB); a larger set streams,
+            decoded every epoch (docs/training.md, "Decode once or every epoch").
     """
 
     train: NonEmptyStr | None = None
@@ -169,6 +174,7 @@ class DataConfig(ConfigBase):
     shuffle_buffer: NonNegativeInt = 512
     preprocess_batch_size: PositiveInt = 64
     num_blocks: PositiveInt | None = None
+    cache_decoded: Literal["auto"] | StrictBool = "auto"
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

@@ -8,7 +8,9 @@ Driver side (once per run):
   ``max_captions`` tokenized captions, the image reference, a global integer relevance group and
   a stable integer id.
 * :func:`build_train_dataset` wraps the table in a Ray Dataset whose ``map_batches`` decodes and
-  pre-processes the images on the cluster's CPUs, in parallel with training.
+  pre-processes the images on the cluster's CPUs. With the cache (:func:`should_cache_decoded`,
+  ``data.cache_decoded``) that happens once, before training, and every epoch streams the decoded
+  blocks from the object store; without it, every epoch decodes again, in parallel with training.
 
 Worker side (every step):
 
@@ -54,13 +56,18 @@ __all__ = [
     "build_train_table",
     "decode_images",
     "prepare_sources",
+    "decoded_bytes",
     "select_captions",
+    "should_cache_decoded",
     "shuffle_seed",
 ]
 
 # Columns a worker receives per row (image pixels replace the image reference columns).
 TENSOR_COLUMNS = ("pixel_values", "input_ids", "attention_mask", "num_captions", "group", "uid")
 _MASK63 = 0x7FFF_FFFF_FFFF_FFFF
+# ``cache_decoded: auto`` caches when the decoded set takes at most this share of the object store:
+# the rest stays free for the batches in flight, checkpoints and other jobs on the cluster.
+CACHE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -245,12 +252,37 @@ def _image_reference(record: Record) -> tuple[str, bytes]:
 # -- driver: dataset -------------------------------------------------------------------------------
 
 
+def decoded_bytes(num_images: int, image_size: int) -> int:
+    """Bytes of the decoded training set: float32 ``(3, S, S)`` pixels per image."""
+    return num_images * 3 * image_size * image_size * 4
+
+
+def should_cache_decoded(setting: bool | str, *, num_images: int, image_size: int, object_store_bytes: float) -> bool:
+    """Whether to decode the images once and keep the pixels in the object store (``data.cache_decoded``).
+
+    Args:
+        setting: ``True`` / ``False``, or ``"auto"``: cache when :func:`decoded_bytes` is at most
+            :data:`CACHE_SHARE` of the object store. A larger set would push other objects out
+            (Ray spills to disk), so it is decoded every epoch, streaming, as before.
+        num_images: training images.
+        image_size: side of the decoded square images.
+        object_store_bytes: the cluster's object store memory (``ray.cluster_resources()``).
+
+    Returns:
+        Whether :func:`build_train_dataset` should materialize the decoded set.
+    """
+    if isinstance(setting, bool):
+        return setting
+    return decoded_bytes(num_images, image_size) <= CACHE_SHARE * object_store_bytes
+
+
 def build_train_dataset(
     table: TrainTable,
     processor: ImageProcessor,
     *,
     num_blocks: int,
     preprocess_batch_size: int,
+    cache_decoded: bool = False,
 ) -> ray.data.Dataset:
     """The training Ray Dataset: the table's rows, images decoded in ``map_batches``.
 
@@ -259,21 +291,32 @@ def build_train_dataset(
         processor: the model's :class:`ImageProcessor` (small and picklable; shipped to the tasks).
         num_blocks: blocks to cut the table into (the unit of parallel decoding and of sharding).
         preprocess_batch_size: rows per ``map_batches`` call.
+        cache_decoded: decode now, once, and return the materialized dataset (its blocks stay in
+            the object store; every epoch and every rank reads them, on any node, without decoding
+            again). ``False``: a lazy dataset that decodes on every pass.
 
     Returns:
-        A lazy dataset with the columns of :data:`TENSOR_COLUMNS`.
+        A dataset with the columns of :data:`TENSOR_COLUMNS`, in the table's order either way.
     """
     import ray.data
 
     n = len(table)
     items = [{name: column[i] for name, column in table.columns.items()} for i in range(n)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(num_blocks, n)))
-    return ds.map_batches(
+    ds = ds.map_batches(
         decode_images,
         fn_kwargs={"processor": processor},
         batch_size=preprocess_batch_size,
         batch_format="numpy",
     )
+    if not cache_decoded:
+        return ds
+    # The cached blocks must be in the table's order, as the streaming path delivers them: the
+    # equal split hands each rank the same rows every epoch, and a resumed run (a new driver that
+    # decodes again) must see the same order for "skip the consumed batches" to be exact.
+    ds.context.execution_options.preserve_order = True
+    ds.context.enable_progress_bars = False
+    return ds.materialize()
 
 
 def decode_images(batch: dict[str, np.ndarray], processor: ImageProcessor) -> dict[str, np.ndarray]:

@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 from hivlp_milvus.errors import ConfigError
 from training.checkpoint import directory_exists, export_model, publish_directory
 from training.config import TrainConfig, is_uri
-from training.data import build_train_dataset, build_train_table, plan_epoch, prepare_sources
+from training.data import (
+    build_train_dataset,
+    build_train_table,
+    decoded_bytes,
+    plan_epoch,
+    prepare_sources,
+    should_cache_decoded,
+)
 from training.loop import LoopSpec, train_loop_per_worker
 
 if TYPE_CHECKING:  # pragma: no cover - imported for annotations only
@@ -51,6 +58,8 @@ class RunPlan:
         init_model: where the workers read the initial model.
         storage_path: Ray Train storage.
         validation: whether rank 0 validates at every checkpoint.
+        decoded_cache_bytes: size of the decoded images cached in the object store (0: decoded
+            every epoch; ``data.cache_decoded``).
     """
 
     train_images: int
@@ -65,6 +74,7 @@ class RunPlan:
     init_model: str
     storage_path: str
     validation: bool
+    decoded_cache_bytes: int = 0
 
     def describe(self) -> str:
         """One paragraph for the console."""
@@ -73,8 +83,13 @@ class RunPlan:
             f"{self.workers} workers x batch {self.batch_size} = contrastive batch {self.global_batch}"
             f"{f' x {self.grad_accum_steps} accumulation' if self.grad_accum_steps > 1 else ''} | "
             f"{self.steps_per_epoch} steps/epoch, {self.total_steps} steps over {self.epochs} epoch(s) | "
-            f"validation {'on' if self.validation else 'off'} | storage {self.storage_path}"
+            f"validation {'on' if self.validation else 'off'} | {self._images()} | storage {self.storage_path}"
         )
+
+    def _images(self) -> str:
+        if not self.decoded_cache_bytes:
+            return "images decoded every epoch"
+        return f"images decoded once, {self.decoded_cache_bytes / 1e9:.2f} GB cached in the object store"
 
 
 @dataclass(frozen=True)
@@ -247,11 +262,19 @@ def _build(cfg: TrainConfig, *, fault_injection: dict[str, Any] | None) -> tuple
     )
     total_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
     num_blocks = cfg.data.num_blocks or max(4 * workers, len(table) // 256)
+    image_size = model.image_processor.image_size
+    cache = should_cache_decoded(
+        cfg.data.cache_decoded,
+        num_images=len(table),
+        image_size=image_size,
+        object_store_bytes=ray.cluster_resources().get("object_store_memory", 0.0),
+    )
     dataset = build_train_dataset(
         table,
         model.image_processor,
         num_blocks=num_blocks,
         preprocess_batch_size=cfg.data.preprocess_batch_size,
+        cache_decoded=cache,
     )
     validation = sources.val is not None
     optim = cfg.optim
@@ -297,6 +320,7 @@ def _build(cfg: TrainConfig, *, fault_injection: dict[str, Any] | None) -> tuple
         init_model=init_location,
         storage_path=storage_path,
         validation=validation,
+        decoded_cache_bytes=decoded_bytes(len(table), image_size) if cache else 0,
     )
     print(f"[hivlp train] {plan.describe()}", flush=True)
 

@@ -11,6 +11,7 @@ import pytest
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.data.record import Record
+from hivlp_milvus.errors import SearchLimitError
 from hivlp_milvus.eval import evaluate_embeddings
 from hivlp_milvus.eval_search import evaluate_collection
 from hivlp_milvus.ids import row_id, text_key
@@ -91,6 +92,22 @@ def test_exact_rows_equal_the_in_memory_metrics(setup: tuple, rerank: str) -> No
     assert table.rows["high"]["text_to_image_R@10"] > 10 / N_IMAGES
     assert table.rows["high"]["AR"] < 1.0
     assert 0.0 < table.rows["low"]["AR"] <= 1.0
+
+
+def test_shared_shortlist_rows_equal_hierarchical_search(setup: tuple) -> None:
+    """``client`` computes ``hier@K`` from the shortlist search; ``server`` runs ``hierarchical_search`` per batch."""
+    col, records, _ = setup
+    kw = {"coarse_ks": (4, 12), "ks": (1, 2, 4), "batch_size": 7, "progress": False}
+    shared = evaluate_collection(col, records, rerank="client", **kw)
+    searched = evaluate_collection(col, records, rerank="server", **kw)
+    assert shared.rows == searched.rows
+    # Shortlists this short lose relevant items, so the two funnels are not equal by being exact.
+    assert shared.rows["hier@4"]["shortlist_recall"] < 1.0
+    assert shared.rows["hier@4"]["AR"] < shared.rows["hier@12"]["AR"]
+    # The fine stage re-orders the shortlist: R@1 is not the coarse ranking's.
+    assert shared.rows["hier@4"]["text_to_image_R@1"] != shared.rows["low"]["text_to_image_R@1"]
+    with pytest.raises(SearchLimitError, match="coarse_limit=3 is smaller than limit=4"):
+        evaluate_collection(col, records, rerank="client", **{**kw, "coarse_ks": (3,)})
 
 
 def test_rows_missing_from_the_collection_are_not_queries(setup: tuple) -> None:
@@ -211,8 +228,6 @@ def test_fusion_queries_compares_both_funnels_on_the_same_first_queries(fusion_s
 
 @pytest.mark.parametrize(("fusion_limits", "message"), [((2,), "below max"), ((100,), "larger than every coarse_ks")])
 def test_fusion_limits_that_cannot_give_a_row_say_why(setup: tuple, fusion_limits: tuple, message: str) -> None:
-    from hivlp_milvus.errors import SearchLimitError
-
     col, records, _ = setup
     with pytest.raises(SearchLimitError, match=message):
         evaluate_collection(col, records, coarse_ks=(20,), fusion_limits=fusion_limits, progress=False)

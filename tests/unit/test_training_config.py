@@ -12,7 +12,7 @@ import yaml
 from hivlp_milvus.errors import ConfigError
 from training.checkpoint import TRAINING_FILES, TrainingState, export_model, load_training_state
 from training.config import TrainConfig, apply_overrides, is_uri, load_config, shipped_config
-from training.data import plan_epoch, select_captions, shuffle_seed
+from training.data import decoded_bytes, plan_epoch, select_captions, should_cache_decoded, shuffle_seed
 from training.loop import flatten_eval, lr_factor
 
 SHARED_STORAGE = ("s3://", "gs://", "/mnt/shared")
@@ -102,7 +102,8 @@ def test_old_dry_run_output_loads_to_the_same_config() -> None:
     shipped = load_config("quickstart")
     assert shipped.loss["itm"] > 0  # the one key added since (the fusion block's match loss)
     assert cfg == dataclasses.replace(shipped, loss={k: v for k, v in shipped.loss.items() if k != "itm"})
-    assert cfg.to_dict() == OLD_DRY_RUN
+    # Keys added since, with the defaults that keep the old behaviour's meaning.
+    assert cfg.to_dict() == {**OLD_DRY_RUN, "data": {**OLD_DRY_RUN["data"], "cache_decoded": "auto"}}
 
 
 @pytest.mark.parametrize(
@@ -132,6 +133,8 @@ def test_old_dry_run_output_loads_to_the_same_config() -> None:
         (["loss.queue_size=-1"], "queue_size"),
         (["loss.hard_negative_beta=-0.5"], "hard_negative_beta"),
         (["loss.itm_negatives=random"], "itm_negatives"),
+        (["data.cache_decoded=sometimes"], "data.cache_decoded.bool must be true or false, got 'sometimes'"),
+        (["data.cache_decoded=1"], "data.cache_decoded.bool must be true or false, got 1"),
         (["optim.lr"], "is not key=value"),
         (["optim.lr.x=1"], "not a section"),
     ],
@@ -231,6 +234,20 @@ def test_plan_epoch_matches_equal_split_and_drop_last() -> None:
     assert plan_epoch(1000, world_size=2, batch_size=64, grad_accum_steps=3) == (7, 2)
     with pytest.raises(ConfigError, match="fewer than one optimizer step"):
         plan_epoch(100, world_size=2, batch_size=64, grad_accum_steps=1)
+
+
+def test_decoded_cache_auto_caches_only_what_fits_half_of_the_object_store() -> None:
+    quickstart = decoded_bytes(10_000, 64)
+    assert quickstart == 10_000 * 3 * 64 * 64 * 4  # float32 pixels: 0.49 GB
+    fits = {"num_images": 10_000, "image_size": 64, "object_store_bytes": 2 * quickstart}
+    assert should_cache_decoded("auto", **fits)
+    assert not should_cache_decoded("auto", **{**fits, "object_store_bytes": 2 * quickstart - 1})
+    assert not should_cache_decoded("auto", **{**fits, "num_images": 10_001})
+    # An explicit setting wins either way (a cluster without object store information included).
+    assert should_cache_decoded(True, num_images=10**9, image_size=224, object_store_bytes=0)
+    assert not should_cache_decoded(False, **fits)
+    assert load_config("quickstart").data.cache_decoded == "auto"
+    assert load_config("quickstart", ["data.cache_decoded=false"]).data.cache_decoded is False
 
 
 def test_caption_choice_is_deterministic_per_epoch() -> None:
