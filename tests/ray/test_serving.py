@@ -12,8 +12,8 @@ with two CPUs and runs two Serve applications:
   unreachable Milvus look like to clients.
 * ``outage`` at ``/outage`` — the real ``Ingress``, ``TextEncoder`` and ``Searcher`` on a
   ``milvus-lite server`` subprocess (``tests/milvus_server.py``) that the tests pause (SIGSTOP),
-  stop, restart on the same data and port, and drop the collection of. The only test-specific
-  code: an ``Ingress`` subclass whose backend timeout is :data:`OUTAGE_TIMEOUT_S`, not 60 s.
+  stop, restart on the same data and port, and drop the collection of. Its ingress's
+  ``backend_timeout_s`` is :data:`OUTAGE_TIMEOUT_S`, not 60 s.
 
 The untrained micro model cannot match a caption to its image, so relevance is checked where it
 is exact: a caption finds itself among the text rows, an image finds itself among the images.
@@ -77,17 +77,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _quick_timeout_ingress_class() -> type:
-    """The real Ingress, with a backend timeout of OUTAGE_TIMEOUT_S instead of 60 s."""
-    from serving.ingress import Ingress
-
-    class QuickTimeoutIngress(Ingress.func_or_class):
-        async def _backend(self, call: Any, timeout: float = OUTAGE_TIMEOUT_S) -> Any:
-            return await super()._backend(call, timeout=min(timeout, OUTAGE_TIMEOUT_S))
-
-    return QuickTimeoutIngress
 
 
 def _outage_collection(tmp: Path, uri: str, model: Any, records: list[Any]) -> dict[str, int]:
@@ -208,9 +197,11 @@ def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Itera
         outage_searcher = Searcher.options(name="OutageSearcher", **none).bind(
             str(tmp / "model"), outage_uri, OUTAGE_COLLECTION
         )
-        quick = serve.deployment(_quick_timeout_ingress_class(), name="QuickTimeoutIngress", **none)
-        settings = IngressSettings(collection=OUTAGE_COLLECTION, media_root=str(tmp))
-        outage = quick.bind(outage_text, outage_text, outage_searcher, settings)
+        # backend_timeout_s (a builder arg) short, so a paused Milvus is a 504 within the test's patience.
+        settings = IngressSettings(
+            collection=OUTAGE_COLLECTION, media_root=str(tmp), backend_timeout_s=OUTAGE_TIMEOUT_S
+        )
+        outage = Ingress.options(name="OutageIngress", **none).bind(outage_text, outage_text, outage_searcher, settings)
         # The apps start together: replica start-up dominates the fixture's time.
         serve.run_many(
             [
