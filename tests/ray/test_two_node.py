@@ -225,7 +225,9 @@ def test_train_on_two_nodes_then_distributed_ingest(
         tmp_path / "ingest.log",
         timeout_s=180,
     )  # fmt: skip
-    facts = json.loads(out.strip().splitlines()[-1])
+    # The driver's last line of its own is one JSON object; Ray's log lines (e.g. the raylet's disk
+    # warnings) can still arrive after it on the shared output.
+    facts = json.loads(next(line for line in reversed(out.splitlines()) if line.startswith("{")))
 
     # One training worker on each node: the two ranks ran on the two different nodes.
     nodes, workers = facts["nodes"], facts["train_workers"]
