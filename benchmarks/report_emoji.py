@@ -145,22 +145,26 @@ def tower_section(res: dict[str, Any]) -> list[str]:
     ]
 
 
+#: Columns of the low_dim sweep tables (the whole-tower runs and the frozen-tower heads).
+SWEEP_HEAD = (
+    "low_dim",
+    "seeds",
+    "split",
+    "AR low",
+    "AR high",
+    "AR hier@50",
+    "low − high",
+    "low / high",
+    "hier@50 / high",
+)
+
+
 def _agg(res: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return sorted((a for a in res["aggregate"] if a["kind"] == kind), key=lambda a: (a["low_dim"], a["label"]))
 
 
 def sweep_section(res: dict[str, Any], splits: Sequence[str] = ("test", "heldout")) -> list[str]:
-    head = [
-        "low_dim",
-        "seeds",
-        "split",
-        "AR low",
-        "AR high",
-        "AR hier@50",
-        "low − high",
-        "low / high",
-        "hier@50 / high",
-    ]
+    head = list(SWEEP_HEAD)
     rows = []
     for a in _agg(res, "sweep"):
         for split in splits:
@@ -303,17 +307,7 @@ def heads_section(res: dict[str, Any]) -> str:
         "",
     ]
     keys = ("AR_low", "AR_high", "AR_hier@50", "low_minus_high", "low_over_high", "hier@50_over_high")
-    head = [
-        "low_dim",
-        "seeds",
-        "split",
-        "AR low",
-        "AR high",
-        "AR hier@50",
-        "low − high",
-        "low / high",
-        "hier@50 / high",
-    ]
+    head = list(SWEEP_HEAD)
     sweep = sorted(
         (a for a in res["aggregate"] if a["text_tower"] == "own" and a["loss"] == "full"), key=lambda a: a["low_dim"]
     )
