@@ -27,8 +27,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from hivlp_milvus import search as funnel
 from hivlp_milvus.connection import guarded, is_lite
-from hivlp_milvus.content import ContentOptions
 from hivlp_milvus.creation import create_collection, model_dims, model_fingerprint, open_collection
 from hivlp_milvus.errors import FilterError, ModelMismatchError
 from hivlp_milvus.filters import bind, filter_errors, filter_kwargs, restrict_to_ids
@@ -254,12 +254,7 @@ class HierarchicalCollection:
 
     def existing_ids(self, ids: Iterable[int]) -> set[int]:
         """The subset of ``ids`` present in the collection."""
-        ids = [int(i) for i in ids]
-        found: set[int] = set()
-        for start in range(0, len(ids), _ID_CHUNK):
-            chunk = ids[start : start + _ID_CHUNK]
-            found.update(int(r["id"]) for r in self._client.get(self._name, ids=chunk, output_fields=["id"]))
-        return found
+        return {int(r["id"]) for r in self.get(ids, output_fields=["id"])}
 
     def get(self, ids: Iterable[int], output_fields: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Rows by primary key (missing ids are skipped).
@@ -426,84 +421,11 @@ class HierarchicalCollection:
             "milvus": dict(self._client.describe_collection(self._name)),
         }
 
-    # ------------------------------------------------------------------ search (see search.py)
+    # ------------------------------------------------------------------ search (in hivlp_milvus.search)
 
-    def hierarchical_search(
-        self,
-        query: Any,
-        *,
-        limit: int = 10,
-        coarse_limit: int | None = None,
-        filter: str | None = None,  # noqa: A002
-        filter_params: Mapping[str, Any] | None = None,
-        modality: str | None = None,
-        output_fields: Sequence[str] | None = None,
-        rerank: str = "auto",
-        search_params: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-        consistency_level: str | None = None,
-        fusion_limit: int | None = None,
-        content: ContentOptions | None = None,
-        plan: str = "auto",
-    ) -> Any:
-        """Coarse (ANN on ``vec_low``) -> fine (exact on ``vec_high``) search, under one filter.
-
-        With ``fusion_limit=M``, a third stage re-scores the fine top-M with the model's fusion
-        block. ``plan`` is ``"auto"`` (one exact search where the profile predicts it is cheaper, see
-        docs/search.md), ``"exact"`` or ``"hierarchical"``; ``results.plan`` says which ran. See
-        :func:`hivlp_milvus.search.hierarchical_search` for the arguments (an unknown
-        keyword is a ``TypeError``, never silently ignored).
-        """
-        from hivlp_milvus.search import hierarchical_search
-
-        return hierarchical_search(
-            self,
-            query,
-            limit=limit,
-            coarse_limit=coarse_limit,
-            filter=filter,
-            filter_params=filter_params,
-            modality=modality,
-            output_fields=output_fields,
-            rerank=rerank,
-            search_params=search_params,
-            timeout=timeout,
-            consistency_level=consistency_level,
-            fusion_limit=fusion_limit,
-            content=content,
-            plan=plan,
-        )
-
-    def search(
-        self,
-        query: Any,
-        *,
-        level: str = "low",
-        limit: int = 10,
-        filter: str | None = None,  # noqa: A002
-        filter_params: Mapping[str, Any] | None = None,
-        modality: str | None = None,
-        output_fields: Sequence[str] | None = None,
-        search_params: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-        consistency_level: str | None = None,
-    ) -> Any:
-        """Single-stage search on one level (``low``: ANN on vec_low, ``high``: exact on vec_high).
-
-        See :func:`hivlp_milvus.search.search` for the arguments.
-        """
-        from hivlp_milvus.search import search
-
-        return search(
-            self,
-            query,
-            level=level,
-            limit=limit,
-            filter=filter,
-            filter_params=filter_params,
-            modality=modality,
-            output_fields=output_fields,
-            search_params=search_params,
-            timeout=timeout,
-            consistency_level=consistency_level,
-        )
+    # The funnel's functions take the collection first, so they are this class's methods as they
+    # stand (one signature and docstring, never a copy to keep in step): ``col.hierarchical_search(q,
+    # limit=10)`` is ``search.hierarchical_search(col, q, limit=10)``. An unknown keyword is a
+    # ``TypeError``, never silently ignored.
+    hierarchical_search = funnel.hierarchical_search
+    search = funnel.search

@@ -160,7 +160,6 @@ def connect(
 
 # The TLS options pymilvus' MilvusClient takes, by the names it takes them.
 TLS_OPTIONS = ("secure", "server_pem_path", "server_name", "client_pem_path", "client_key_path", "ca_pem_path")
-TOKEN_ENV = "HIVLP_MILVUS_TOKEN"  # noqa: S105 (the name of a variable, not a secret)
 
 
 class ConnectionOptions(BaseModel):

@@ -26,7 +26,6 @@ from hivlp_milvus.errors import ConfigError, MilvusError, MilvusUnavailableError
 
 logger = logging.getLogger(__name__)
 
-PROFILE_NAMES = ("gpu", "cpu", "lite")
 MILVUS_MAX_TOPK = 16384
 
 # IVF sizing.  nlist ~ 4*sqrt(N) is the usual rule of thumb (FAISS wiki: 4..16*sqrt(N)); the floor

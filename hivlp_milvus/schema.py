@@ -45,7 +45,6 @@ def field_names() -> tuple[str, ...]:
 
 
 SCALAR_OUTPUT_FIELDS = ("id", "key", "modality", "reference", "attributes")
-VECTOR_FIELDS = ("vec_low", "vec_high")
 
 
 @lru_cache(maxsize=1)
