@@ -68,40 +68,24 @@ class App:
     expected: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # query -> (id, score)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Iterator[App]:
-    from milvus_server import LiteServer
+def app(tmp_path_factory: pytest.TempPathFactory, ray_session: None, serve_collection: Callable) -> Iterator[App]:
+    from milvus_server import LiteServer, free_port
     from ray import serve
 
-    from hivlp_milvus.collection import HierarchicalCollection
     from hivlp_milvus.data import load_source, synthetic
-    from hivlp_milvus.ingest import ingest
-    from hivlp_milvus.model import create_model
     from serving import AppArgs, build_app
 
     tmp = tmp_path_factory.mktemp("faults")
     t0 = time.monotonic()
     synthetic.write_splits(tmp / "data", {"test": N_RECORDS}, seed=5, progress=False)
     records = list(load_source(tmp / "data" / "test"))
-    model = create_model("micro", texts=[c for r in records for c in r.captions], seed=0)
-    model.save_pretrained(tmp / "model")
     (tmp / "milvus").mkdir()
     milvus = LiteServer(str(tmp / "milvus"))
     try:
         milvus.start()
-        col = HierarchicalCollection.create(COLLECTION, uri=milvus.uri, model=model)
-        report = ingest(records, collection=col, model=model, progress=False)
-        assert not report.failed, str(report)
-        col.client.close()
-        port = _free_port()
+        serve_collection(tmp, records, COLLECTION, milvus.uri)
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = AppArgs(
             checkpoint=str(tmp / "model"),

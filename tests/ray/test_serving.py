@@ -28,7 +28,6 @@ import io
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -71,12 +70,6 @@ class Served:
     def client(self, key: str | None = API_KEY) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=TIMEOUT)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _outage_collection(tmp: Path, uri: str, model: Any, records: list[Any]) -> dict[str, int]:
@@ -128,15 +121,12 @@ def _faulty_text_encoder_class() -> type:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Iterator[Served]:
-    from milvus_lite.server_manager import server_manager_instance
-    from milvus_server import LiteServer
+def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None, serve_collection: Callable) -> Iterator[Served]:
+    from milvus_server import LiteServer, free_port
     from ray import cloudpickle, serve
 
-    from hivlp_milvus.collection import HierarchicalCollection
     from hivlp_milvus.data import load_source, synthetic
-    from hivlp_milvus.ingest import ingest
-    from hivlp_milvus.model import HiVLP, create_model, get_config
+    from hivlp_milvus.model import HiVLP, get_config
     from hivlp_milvus.model.config import FusionConfig
     from serving import AppArgs, build_app
     from serving.encoders import TextEncoder
@@ -150,23 +140,16 @@ def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Itera
     records = list(load_source(tmp / "data" / "test"))
     # With a fusion block: the app builds its FusionScorer (the third stage) for this checkpoint.
     cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
-    model = create_model(cfg, texts=[c for r in records for c in r.captions], seed=0)
-    model.save_pretrained(tmp / "model")
     db = str(tmp / "hivlp.db")
-    col = HierarchicalCollection.create(COLLECTION, uri=db, model=model)
-    report = ingest(records, collection=col, model=model, progress=False)
+    model, report = serve_collection(tmp, records, COLLECTION, db, config=cfg)
     assert report.rows_written == N_RECORDS * 6, str(report)
-    assert not report.failed, str(report)
-    # Milvus Lite is single-process: hand the .db over to the Searcher replica.
-    col.client.close()
-    server_manager_instance.release_server(db)
     (tmp / "milvus-server").mkdir()
     lite = LiteServer(str(tmp / "milvus-server"))
 
     print(f"\n[serving fixture] artefacts {time.monotonic() - t0:.1f}s", file=sys.stderr)
     # The faulty encoder subclass lives in this module, which Ray workers cannot import by name.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    port = _free_port()  # not 8000: another Serve on this machine must not be hit by mistake
+    port = free_port()  # not 8000: another Serve on this machine must not be hit by mistake
     try:
         lite.start()
         outage_uri = f"http://hivlp:{SECRET}@127.0.0.1:{lite.port}"
@@ -189,7 +172,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Itera
         none = {"ray_actor_options": {"num_cpus": 0}}
         faulty = serve.deployment(_faulty_text_encoder_class(), name="FaultyTextEncoder", max_ongoing_requests=64)
         faulty_app = faulty.options(**none).bind(str(tmp / "model"), 32, 0.25, False)
-        unreachable = f"http://hivlp:{SECRET}@127.0.0.1:{_free_port()}"  # nothing listens there
+        unreachable = f"http://hivlp:{SECRET}@127.0.0.1:{free_port()}"  # nothing listens there
         searcher = Searcher.options(name="UnreachableSearcher", **none).bind(str(tmp / "model"), unreachable, "nope")
         extra = Ingress.options(**none).bind(faulty_app, faulty_app, searcher, IngressSettings(collection="nope"))
         # The outage app's one text encoder also stands in for the image encoder.

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from fakes import ServerLikeClient
 from pymilvus import DataType, MilvusClient
 
 from hivlp_milvus.collection import HierarchicalCollection
@@ -147,42 +148,12 @@ def test_open_error_says_what_to_do(client: Any, refusals: dict, case: str) -> N
     assert ACTION.search(str(error)), str(error)
 
 
-class GpuIndexRefusedFake:
-    """Fault-injecting client (a fake: no GPU Milvus exists here) over a real Milvus Lite client.
-
-    It answers as a GPU server whose profile probe accepts a GPU index, then refuses the GPU index
-    of the collection being created: the case where ``create(profile="auto")`` falls back to the
-    CPU profile. Everything else is Milvus Lite.
-    """
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    def get_server_version(self, **kwargs: Any) -> str:
-        return "v2.6.22-gpu"
-
-    def create_index(self, collection_name: str, index_params: Any, **kwargs: Any) -> None:
-        from pymilvus import MilvusException
-
-        lite_params = MilvusClient.prepare_index_params()
-        for param in index_params:
-            config = param.get_index_configs()
-            index_type = config["index_type"]
-            if index_type.startswith("GPU_"):
-                if not collection_name.startswith("hivlp_probe_"):
-                    raise MilvusException(code=1100, message=f"index type {index_type} is not supported here")
-                index_type = "IVF_FLAT"  # the probe passes
-            lite_params.add_index(param.field_name, index_type=index_type, metric_type=config["metric_type"])
-        self._client.create_index(collection_name, lite_params, **kwargs)
-
-
 def test_a_refused_auto_gpu_index_falls_back_and_keeps_the_users_properties(client: Any) -> None:
-    fake = GpuIndexRefusedFake(client)
+    # FAKE (tests/fakes.py): a GPU server whose profile probe passes and whose real GPU index is refused.
+    fake = ServerLikeClient(client, refuse_gpu="build")
     name = f"fallback_{uuid.uuid4().hex[:8]}"
     col = HierarchicalCollection.create(name, client=fake, low_dim=LOW, high_dim=HIGH, properties={"team": "search"})
+    assert fake.refused, "the collection's GPU index was never refused: the fallback create did not run"
     assert col.profile.tag.startswith("cpu:")
     reopened = HierarchicalCollection.open(name, client=client)
     # The fallback create records what the first attempt would have: the user's properties too.

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fakes import ServerLikeClient
 
 from hivlp_milvus.errors import ConfigError, ProfileError, SearchLimitError
 from hivlp_milvus.profiles import (
@@ -152,43 +153,30 @@ def test_fallback_profile_keeps_nlist() -> None:
 # ---------------------------------------------------------------------- GPU index built, then failing
 
 
-class GpuBuildFailsFake:
-    """Fault-injecting client (a fake: no GPU Milvus exists here) over a real Milvus Lite client.
+class GpuBuildFailsFake(ServerLikeClient):
+    """FAKE (no GPU Milvus exists here): the server-looking Milvus Lite client of ``tests/fakes.py``.
 
-    It answers as a server (not Lite), accepts GPU index types when asked to create them, as GPU
-    Milvus images and the profile probe do, but reports their build as ``Failed`` once data is
-    indexed: the failure the empty-collection probe cannot see. Everything else is Milvus Lite.
+    It accepts GPU index types when asked to create them, as GPU Milvus images and the profile probe
+    do, but reports their build as ``Failed`` once data is indexed: the failure the empty-collection
+    probe cannot see. Everything else is Milvus Lite.
     """
 
     def __init__(self, client: Any) -> None:
-        self._client = client
+        super().__init__(client)
         self.gpu_indexes: set[tuple[str, str]] = set()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    def get_server_version(self, **kwargs: Any) -> str:
-        return "v2.6.22-gpu"
-
     def create_index(self, collection_name: str, index_params: Any, **kwargs: Any) -> None:
-        from pymilvus import MilvusClient
-
-        lite_params = MilvusClient.prepare_index_params()
         for param in index_params:
-            config = param.get_index_configs()
-            index_type = config["index_type"]
-            if index_type.startswith("GPU_"):
+            if str(param.index_type).startswith("GPU_"):
                 self.gpu_indexes.add((collection_name, param.field_name))
-                index_type = "IVF_FLAT"  # what Lite can build in its place
-            lite_params.add_index(param.field_name, index_type=index_type, metric_type=config["metric_type"])
-        self._client.create_index(collection_name, lite_params, **kwargs)
+        super().create_index(collection_name, index_params, **kwargs)
 
     def drop_index(self, collection_name: str, index_name: str, **kwargs: Any) -> None:
         self.gpu_indexes.discard((collection_name, index_name))
-        self._client.drop_index(collection_name, index_name, **kwargs)
+        self.real.drop_index(collection_name, index_name, **kwargs)
 
     def describe_index(self, collection_name: str, index_name: str, **kwargs: Any) -> dict[str, Any]:
-        info = dict(self._client.describe_index(collection_name, index_name, **kwargs))
+        info = dict(self.real.describe_index(collection_name, index_name, **kwargs))
         if (collection_name, index_name) in self.gpu_indexes:
             info["state"] = "Failed"
         return info
