@@ -11,10 +11,11 @@ fallback is then used).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from hivlp_milvus.connection import DEFAULT_URI, ConnectionOptions, connection_options, guarded, is_lite
@@ -148,23 +149,20 @@ def create_collection(
         return _open_existing(cls, name, client, model, low_dim, high_dim, exist_ok=exist_ok)
 
     resolved = resolve_profile(profile, client.raw).with_expected_rows(expected_rows)
-    extra: dict[str, Any] = {"properties": dict(properties or {})}
-    if num_shards is not None:
-        extra["num_shards"] = int(num_shards)
+    create = functools.partial(
+        _create,
+        client,
+        name,
+        low_dim=low_dim,
+        high_dim=high_dim,
+        fingerprint=model_fingerprint(model) if model is not None else "",
+        description=description,
+        consistency_level=consistency_level,
+        properties=dict(properties or {}),
+        num_shards=num_shards,
+    )
     try:
-        _create_with_fallback(
-            client,
-            name,
-            low_dim=low_dim,
-            high_dim=high_dim,
-            profile=resolved,
-            auto=profile == "auto",
-            expected_rows=expected_rows,
-            fingerprint=model_fingerprint(model) if model is not None else "",
-            description=description,
-            consistency_level=consistency_level,
-            extra=extra,
-        )
+        _create_with_fallback(client, name, create, resolved, auto=profile == "auto", expected_rows=expected_rows)
     except _CreatedConcurrently as exc:
         # Another process created it between our check and our create (two ingests starting
         # on a new collection at once): the race is lost, not an error.
@@ -264,31 +262,25 @@ class _CreatedConcurrently(Exception):
 def _create_with_fallback(
     client: Any,
     name: str,
-    *,
-    low_dim: int,
-    high_dim: int,
+    create: Callable[[IndexProfile], None],
     profile: IndexProfile,
+    *,
     auto: bool,
     expected_rows: int | None,
-    fingerprint: str,
-    description: str,
-    consistency_level: str,
-    extra: dict[str, Any],
 ) -> None:
-    """Create collection ``name`` with ``profile`` (with its fallback when ``auto`` and the server refuses it).
+    """``create(profile)``, or ``create(fallback)`` when ``auto`` and the server refuses ``profile``'s index.
 
     Args:
         client: a guarded client.
-        extra: ``properties`` to record besides the ``hivlp.*`` ones, and other ``create_collection`` keywords.
+        create: makes collection ``name`` with the given profile (:func:`_create` with its other arguments).
 
     Raises:
         _CreatedConcurrently: another process created it between the caller's check and this create.
         ProfileError: the server refused an explicitly requested ``gpu`` profile.
         MilvusError: (a subclass) Milvus is unreachable or refuses the request.
     """
-    kwargs = dict(low_dim=low_dim, high_dim=high_dim, fingerprint=fingerprint, description=description)
     try:
-        _create(client, name, profile, consistency_level, dict(extra), **kwargs)
+        create(profile)
     except MilvusUnavailableError:
         raise  # an outage is not a refusal of the profile
     except MilvusError as exc:
@@ -305,37 +297,39 @@ def _create_with_fallback(
         # The server accepted the probe but refused the real index: fall back like resolve_profile.
         fallback = fallback_profile(profile, expected_rows)
         logger.warning("Milvus refused profile %s (%s); falling back to %s", profile.tag, exc, fallback.tag)
-        _create(client, name, fallback, consistency_level, dict(extra), **kwargs)
+        create(fallback)
 
 
 def _create(
     client: Any,
     name: str,
     profile: IndexProfile,
-    consistency_level: str,
-    extra: dict[str, Any],
     *,
     low_dim: int,
     high_dim: int,
     fingerprint: str,
     description: str,
+    consistency_level: str,
+    properties: dict[str, str],
+    num_shards: int | None,
 ) -> None:
     lite = is_lite(client)
     schema = build_schema(low_dim, high_dim, description=description, mmap_high=profile.high.mmap and not lite)
-    properties = {
+    recorded = {
         PROP_SCHEMA_VERSION: str(schema_version()),
         PROP_FINGERPRINT: fingerprint,
         PROP_LOW_DIM: str(low_dim),
         PROP_HIGH_DIM: str(high_dim),
         **profile_properties(profile),
-        **(extra.pop("properties", None) or {}),
+        **properties,
     }
+    shards = {} if num_shards is None else {"num_shards": int(num_shards)}
     # Create, index, partition, load: what create_collection(index_params=...) does in one
     # call, in steps so that a failed create (a lost race) is told apart from a refused index
     # (the GPU profile on a CPU server, which falls back).
     try:
         client.create_collection(
-            name, schema=schema, consistency_level=consistency_level, properties=properties, **extra
+            name, schema=schema, consistency_level=consistency_level, properties=recorded, **shards
         )
     except MilvusError as exc:
         if client.has_collection(name):
