@@ -166,10 +166,19 @@ _ADVICE: dict[type[MilvusError], str] = {
 }
 
 
-def _grpc_status_name(value: object) -> str | None:
-    """``"UNAVAILABLE"`` for ``grpc.StatusCode.UNAVAILABLE`` (pymilvus puts one in ``code`` after retries)."""
-    name = getattr(value, "name", None)
-    return name if isinstance(name, str) and name in _GRPC_CLASSES else None
+def _code(exc: BaseException) -> int | str | None:
+    """Milvus' code of a pymilvus/gRPC error, or its gRPC status name (``"UNAVAILABLE"``), else ``None``.
+
+    pymilvus puts a ``grpc.StatusCode`` in ``code`` after retries; a raw ``grpc.RpcError``'s ``code()``
+    is its status.
+    """
+    code = getattr(exc, "code", None)
+    if callable(code):
+        code = code()
+    name = getattr(code, "name", None)
+    if isinstance(name, str) and name in _GRPC_CLASSES:
+        return name
+    return int(code) if isinstance(code, int) else None
 
 
 def _class_for(exc: BaseException) -> type[MilvusError]:
@@ -197,13 +206,10 @@ def _class_for(exc: BaseException) -> type[MilvusError]:
         return MilvusUnavailableError
     if isinstance(exc, pe.CollectionNotExistException):
         return CollectionNotFoundError
-    code = getattr(exc, "code", None)
-    if callable(code):  # a raw grpc.RpcError: code() is its status
-        code = code()
-    status = _grpc_status_name(code)
-    if status is not None:
-        return _GRPC_CLASSES[status]
-    if not isinstance(code, int):
+    code = _code(exc)
+    if isinstance(code, str):
+        return _GRPC_CLASSES[code]
+    if code is None:
         return MilvusError
     if code == _COLLECTION_NOT_FOUND_CODE:
         return CollectionNotFoundError
@@ -249,12 +255,7 @@ def from_milvus(exc: BaseException, what: str = "the Milvus call") -> MilvusErro
         The error to raise (``raise from_milvus(exc, ...) from exc`` keeps the cause); its ``code``
         is Milvus' code, or the gRPC status name.
     """
-    cls = _class_for(exc)
-    code = getattr(exc, "code", None)
-    if callable(code):
-        code = code()
-    status = _grpc_status_name(code)
-    code = status if status is not None else (int(code) if isinstance(code, int) else None)
+    cls, code = _class_for(exc), _code(exc)
     shown = f"code {code}" if code is not None else "no code"
     return cls(f"{what} failed: {milvus_message(exc)} ({shown}); {_ADVICE[cls]}", code=code)
 
