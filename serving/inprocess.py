@@ -76,14 +76,17 @@ def _plain_class(deployment: Any) -> type:
     raise TypeError(f"no synchronous constructor under {deployment.func_or_class!r}")
 
 
-def _routes(routes: list[Any]) -> Iterator[APIRoute]:
-    # Serve re-mounts the class's routes under an included router: walk into it.
+def api_routes(routes: list[Any]) -> Iterator[APIRoute]:
+    """Every ``APIRoute`` in ``routes`` (e.g. ``serving.ingress.api.routes``), the class's own included.
+
+    Serve re-mounts the ingress class's routes under an included router: the walk goes into it.
+    """
     for route in routes:
         if isinstance(route, APIRoute):
             yield route
         inner = getattr(route, "original_router", None)
         if inner is not None:
-            yield from _routes(inner.routes)
+            yield from api_routes(inner.routes)
 
 
 def _self_dependencies(app: FastAPI) -> set[Any]:
@@ -92,7 +95,7 @@ def _self_dependencies(app: FastAPI) -> set[Any]:
     Serve rewrites each method's signature to ``self=Depends(get_current_servable_instance)``.
     """
     found = set()
-    for route in _routes(app.routes):
+    for route in api_routes(app.routes):
         param = inspect.signature(route.endpoint).parameters.get("self")
         dependency = getattr(getattr(param, "default", None), "dependency", None)
         if dependency is not None:

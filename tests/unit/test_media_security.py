@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -254,23 +253,14 @@ def test_an_image_over_the_pixel_limit_is_a_413(setup: Setup) -> None:
 # -- the API key ----------------------------------------------------------------------------------
 
 
-def _walk(routes: list[Any]) -> Iterator[APIRoute]:
-    # Serve mounts the class's routes under an included router: walk into it.
-    for route in routes:
-        if isinstance(route, APIRoute):
-            yield route
-        inner = getattr(route, "original_router", None)
-        if inner is not None:
-            yield from _walk(inner.routes)
-
-
 def _routes() -> list[tuple[str, str]]:
     """(method, path) of every route of the app, path parameters filled in."""
     from serving.ingress import api
+    from serving.inprocess import api_routes
 
     found = {
         (method, route.path.replace("{row_id}", "1").replace("{name}", "app.js"))
-        for route in _walk(api.routes)
+        for route in api_routes(api.routes)
         for method in route.methods - {"HEAD"}
     }
     return sorted(found)

@@ -15,7 +15,6 @@ import jsonschema
 import pytest
 import yaml
 from fastapi import Depends, FastAPI, Form
-from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -32,6 +31,7 @@ from serving.ingress import (
     require_api_key,
     require_multipart,
 )
+from serving.inprocess import api_routes
 from serving.schemas import (
     FUSION_LIMIT_DOC,
     MAX_FUSION_LIMIT,
@@ -170,20 +170,8 @@ def test_every_4xx_is_documented_with_the_error_body() -> None:
 # -- the API key -------------------------------------------------------------------------------------
 
 
-def _api_routes(routes: list[Any]) -> list[APIRoute]:
-    # Serve's ingress decorator re-mounts the routes under an included router.
-    found: list[APIRoute] = []
-    for route in routes:
-        if isinstance(route, APIRoute):
-            found.append(route)
-        inner = getattr(route, "original_router", None)
-        if inner is not None:
-            found.extend(_api_routes(inner.routes))
-    return found
-
-
 def test_every_route_but_healthz_depends_on_the_api_key() -> None:
-    routes = _api_routes(api.routes)
+    routes = list(api_routes(api.routes))
     assert len(routes) >= 12
     for route in routes:
         calls = {d.call for d in route.dependant.dependencies}
