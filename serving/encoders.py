@@ -204,7 +204,9 @@ class _EncoderBase:
 
     def _embed(self, prepared: list[Any]) -> tuple[Any, Any]:
         """One forward pass over the prepared items: ``(low, high)`` float32 arrays."""
-        raise NotImplementedError
+        embed = self.model.embed_texts if self.modality == "text" else self.model.embed_images
+        emb = embed(prepared, batch_size=max(len(prepared), 1))
+        return emb.low, emb.high
 
     def stats(self) -> dict[str, Any]:
         """Batch statistics of this replica (for tests, dashboards and tuning max_batch_size)."""
@@ -235,9 +237,6 @@ class _EncoderBase:
         import torch
 
         return int(torch.get_num_threads())
-
-    def dims(self) -> dict[str, int]:
-        return {"low_dim": int(self.model.config.low_dim), "high_dim": int(self.model.config.high_dim)}
 
     def check_health(self) -> None:
         """Serve calls this periodically; raising makes Serve replace the replica."""
@@ -272,10 +271,6 @@ class TextEncoder(_EncoderBase):
             raise BadRecordError("a text query must be a non-blank string")
         return item
 
-    def _embed(self, prepared: list[str]) -> tuple[Any, Any]:
-        emb = self.model.embed_texts(prepared, batch_size=max(len(prepared), 1))
-        return emb.low, emb.high
-
 
 @serve.deployment(name="ImageEncoder", **_ENCODER_DEPLOYMENT)
 class ImageEncoder(_EncoderBase):
@@ -299,10 +294,6 @@ class ImageEncoder(_EncoderBase):
         if not isinstance(image, Image.Image):  # pragma: no cover - load_image's contract
             raise BadRecordError("image could not be decoded")
         return image
-
-    def _embed(self, prepared: list[Any]) -> tuple[Any, Any]:
-        emb = self.model.embed_images(prepared, batch_size=max(len(prepared), 1))
-        return emb.low, emb.high
 
 
 class ImageTooLargeError(BadRecordError):

@@ -316,9 +316,6 @@ class Searcher:
 
         return self._call(run)
 
-    def dims(self) -> dict[str, int]:
-        return {"low_dim": int(self._model.config.low_dim), "high_dim": int(self._model.config.high_dim)}
-
     def check_health(self) -> None:
         """Fail only after a long outage, so Serve replaces the replica (and its connection)."""
         try:
