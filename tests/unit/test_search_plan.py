@@ -71,12 +71,12 @@ def data() -> dict[str, np.ndarray]:
     return {"low": low, "high": high, "q_low": q_low[keep], "q_high": q_high[keep]}
 
 
-@pytest.fixture(scope="module")
-def col(tmp_path_factory: pytest.TempPathFactory, data: dict[str, np.ndarray]) -> Iterator[HierarchicalCollection]:
-    """The rows under the default Lite profile (IVF_FLAT on vec_low), sealed and indexed."""
-    client = connect(str(tmp_path_factory.mktemp("plan") / "hivlp.db"))
+def _built(
+    tmp_path_factory: pytest.TempPathFactory, data: dict[str, np.ndarray], name: str, profile: str
+) -> Iterator[HierarchicalCollection]:
+    client = connect(str(tmp_path_factory.mktemp(name) / "hivlp.db"))
     c = HierarchicalCollection.create(
-        unique("plan"), client=client, low_dim=LOW, high_dim=HIGH, profile="lite", expected_rows=N_ROWS
+        unique(name), client=client, low_dim=LOW, high_dim=HIGH, profile=profile, expected_rows=N_ROWS
     )
     try:
         assert c.upsert(make_rows(data["low"], data["high"])) == N_ROWS
@@ -87,18 +87,15 @@ def col(tmp_path_factory: pytest.TempPathFactory, data: dict[str, np.ndarray]) -
 
 
 @pytest.fixture(scope="module")
+def col(tmp_path_factory: pytest.TempPathFactory, data: dict[str, np.ndarray]) -> Iterator[HierarchicalCollection]:
+    """The rows under the default Lite profile (IVF_FLAT on vec_low), sealed and indexed."""
+    yield from _built(tmp_path_factory, data, "plan", "lite")
+
+
+@pytest.fixture(scope="module")
 def flat(tmp_path_factory: pytest.TempPathFactory, data: dict[str, np.ndarray]) -> Iterator[HierarchicalCollection]:
     """The same rows with an exact (FLAT) coarse index: the funnel equals numpy's exactly."""
-    client = connect(str(tmp_path_factory.mktemp("planflat") / "hivlp.db"))
-    c = HierarchicalCollection.create(
-        unique("planflat"), client=client, low_dim=LOW, high_dim=HIGH, profile="lite:FLAT", expected_rows=N_ROWS
-    )
-    try:
-        c.upsert(make_rows(data["low"], data["high"]))
-        c.flush()
-        yield c
-    finally:
-        c.drop()
+    yield from _built(tmp_path_factory, data, "planflat", "lite:FLAT")
 
 
 class SizedCollection:
