@@ -564,11 +564,10 @@ def search(
     low, high, kinds = encode_queries(query, col.model)
     _check_query_dims(col, low, high)
     t1 = time.perf_counter()
-    vectors = low if level == "low" else high
     if level == "low":
-        base = profile.low_search_params(limit, num_rows=col.approx_num_rows())
+        vectors, base = low, profile.low_search_params(limit, num_rows=col.approx_num_rows())
     else:
-        base = profile.high_search_params()
+        vectors, base = high, profile.high_search_params()
     per_query = _search_partitions(
         milvus,
         vectors,
