@@ -15,6 +15,7 @@ from shared_tests import load_unit_tests
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.connection import connect
 from hivlp_milvus.errors import FilterError
+from hivlp_milvus.ids import row_id
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +67,7 @@ def test_templating_is_chosen_by_server_kind(env: Any, model: Any) -> None:
         caption = next(r for r in rows if r["key"] == "1#0")
         q = model.embed_texts([caption["reference"]])
         res = col.hierarchical_search(q, limit=2, filter="key == {k}", filter_params={"k": "1#0"}, rerank="server")
-        assert [h["id"] for h in res[0]] == [behaviours.row_id("1#0", "text")]
+        assert [h["id"] for h in res[0]] == [row_id("1#0", "text")]
         np.testing.assert_allclose(res[0][0]["distance"], 1.0, atol=1e-4)
     finally:
         col.drop()

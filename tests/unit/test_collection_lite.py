@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from collection_rows import row
 from pymilvus import DataType, MilvusClient
 
 from hivlp_milvus.collection import HierarchicalCollection
@@ -41,7 +42,7 @@ from hivlp_milvus.errors import (
     SchemaMismatchError,
     SearchLimitError,
 )
-from hivlp_milvus.ids import row_id, text_key
+from hivlp_milvus.ids import text_key
 from hivlp_milvus.model import create_model, get_config
 from hivlp_milvus.model.embedding import HierarchicalEmbedding
 from hivlp_milvus.search import SearchResults
@@ -114,31 +115,15 @@ def make_rows(model: Any, n_images: int = N_IMAGES) -> list[dict[str, Any]]:
     img, txt = _embedded(model)
     rows = []
     for i in range(n_images):
+        attributes = {"color": COLORS[i % 3], "n": i, "tag": 'x" or id > 0 or "' if i == 7 else "plain"}
         rows.append(
-            {
-                "id": row_id(str(i), "image"),
-                "key": str(i),
-                "modality": "image",
-                "reference": f"/data/img_{i}.png",
-                "attributes": {"color": COLORS[i % 3], "n": i, "tag": 'x" or id > 0 or "' if i == 7 else "plain"},
-                "vec_low": img.low[i],
-                "vec_high": img.high[i],
-            }
+            row(str(i), "image", img.low[i], img.high[i], reference=f"/data/img_{i}.png", attributes=attributes)
         )
     for i in range(n_images):
         for j, cap in enumerate(records()[i].captions):
             k = 2 * i + j
-            rows.append(
-                {
-                    "id": row_id(text_key(str(i), j), "text"),
-                    "key": text_key(str(i), j),
-                    "modality": "text",
-                    "reference": cap,
-                    "attributes": {"color": COLORS[i % 3], "n": i, "tag": "plain"},
-                    "vec_low": txt.low[k],
-                    "vec_high": txt.high[k],
-                }
-            )
+            attributes = {"color": COLORS[i % 3], "n": i, "tag": "plain"}
+            rows.append(row(text_key(str(i), j), "text", txt.low[k], txt.high[k], reference=cap, attributes=attributes))
     return rows
 
 
@@ -631,19 +616,7 @@ def test_modality_gap_does_not_empty_cross_modal_ann_results(client: Any) -> Non
         low /= np.linalg.norm(low, axis=1, keepdims=True)
         high = rng.normal(size=(n, high_dim)).astype(np.float32)
         high /= np.linalg.norm(high, axis=1, keepdims=True)
-        for i in range(n):
-            key = f"{modality}-{i}"
-            rows.append(
-                {
-                    "id": row_id(key, modality),
-                    "key": key,
-                    "modality": modality,
-                    "reference": key,
-                    "attributes": {},
-                    "vec_low": low[i],
-                    "vec_high": high[i],
-                }
-            )
+        rows += [row(f"{modality}-{i}", modality, low[i], high[i]) for i in range(n)]
     # The default index sizing (expected_rows unknown): many IVF cells for few rows, as when a
     # source's length is not known before ingest; it made every cross-modal result empty.
     col = HierarchicalCollection.create(unique("gap"), client=client, low_dim=low_dim, high_dim=high_dim)

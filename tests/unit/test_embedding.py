@@ -7,11 +7,11 @@ import uuid
 import numpy as np
 import pytest
 import torch
+from collection_rows import row
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.connection import connect
 from hivlp_milvus.errors import DimensionMismatchError
-from hivlp_milvus.ids import row_id
 from hivlp_milvus.model.embedding import HierarchicalEmbedding
 
 
@@ -60,18 +60,7 @@ def test_a_single_vector_query_searches_like_its_batch(tmp_path) -> None:
     high = rng.normal(size=(20, 8)).astype(np.float32)
     low /= np.linalg.norm(low, axis=1, keepdims=True)
     high /= np.linalg.norm(high, axis=1, keepdims=True)
-    rows = [
-        {
-            "id": row_id(str(i), "image"),
-            "key": str(i),
-            "modality": "image",
-            "reference": str(i),
-            "attributes": {},
-            "vec_low": low[i],
-            "vec_high": high[i],
-        }
-        for i in range(20)
-    ]
+    rows = [row(str(i), "image", low[i], high[i]) for i in range(20)]
     col = HierarchicalCollection.create(
         f"one_{uuid.uuid4().hex[:6]}", client=connect(str(tmp_path / "o.db")), low_dim=4, high_dim=8
     )

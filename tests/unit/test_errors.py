@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from collection_rows import row
 from pymilvus.exceptions import InvalidConsistencyLevel, MilvusException, ParamError
 
 from hivlp_milvus.collection import HierarchicalCollection
@@ -34,7 +35,6 @@ from hivlp_milvus.errors import (
     from_milvus,
     milvus_errors,
 )
-from hivlp_milvus.ids import row_id
 from hivlp_milvus.model.embedding import HierarchicalEmbedding
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -49,17 +49,8 @@ def _rows(n: int = 12) -> list[dict[str, Any]]:
     for i in range(n):
         modality = "image" if i % 2 == 0 else "text"
         low, high = rng.normal(size=LOW), rng.normal(size=HIGH)
-        rows.append(
-            {
-                "id": row_id(str(i), modality),
-                "key": str(i),
-                "modality": modality,
-                "reference": f"ref {i}",
-                "attributes": {"n": i},
-                "vec_low": (low / np.linalg.norm(low)).astype(np.float32),
-                "vec_high": (high / np.linalg.norm(high)).astype(np.float32),
-            }
-        )
+        low, high = (low / np.linalg.norm(low)).astype(np.float32), (high / np.linalg.norm(high)).astype(np.float32)
+        rows.append(row(str(i), modality, low, high, reference=f"ref {i}", attributes={"n": i}))
     return rows
 
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from collection_rows import row
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.connection import ConnectionOptions
 from hivlp_milvus.errors import CollectionNotFoundError, FilterError, MilvusUnavailableError
-from hivlp_milvus.ids import row_id
 from hivlp_milvus.model import create_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,18 +28,7 @@ CAPTIONS = ["a red circle", "a blue square", "two green triangles"]
 
 def _rows(model: Any) -> list[dict[str, Any]]:
     emb = model.embed_texts(CAPTIONS).numpy()
-    return [
-        {
-            "id": row_id(str(i), "text"),
-            "key": str(i),
-            "modality": "text",
-            "reference": caption,
-            "attributes": {},
-            "vec_low": emb.low[i],
-            "vec_high": emb.high[i],
-        }
-        for i, caption in enumerate(CAPTIONS)
-    ]
+    return [row(str(i), "text", emb.low[i], emb.high[i], reference=c) for i, c in enumerate(CAPTIONS)]
 
 
 def test_searcher_maps_errors_by_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,16 +102,8 @@ def _batching_searcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **option
     model.save_pretrained(tmp_path / "model")
     emb = model.embed_texts(captions).numpy()
     rows = [
-        {
-            "id": row_id(str(i), "text"),
-            "key": str(i),
-            "modality": "text",
-            "reference": caption,
-            "attributes": {"group": i % 3},
-            "vec_low": emb.low[i],
-            "vec_high": emb.high[i],
-        }
-        for i, caption in enumerate(captions)
+        row(str(i), "text", emb.low[i], emb.high[i], reference=c, attributes={"group": i % 3})
+        for i, c in enumerate(captions)
     ]
     db = str(tmp_path / "b.db")
     HierarchicalCollection.create("b", uri=db, model=model).upsert(rows)

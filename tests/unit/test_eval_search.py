@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from collection_rows import row
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.data.record import Record
 from hivlp_milvus.errors import SearchLimitError
 from hivlp_milvus.eval import evaluate_embeddings
 from hivlp_milvus.eval_search import evaluate_collection
-from hivlp_milvus.ids import row_id, text_key
+from hivlp_milvus.ids import text_key
 from hivlp_milvus.model.embedding import HierarchicalEmbedding
 
 N_IMAGES, CAPTIONS, LOW, HIGH = 30, 2, 8, 16
@@ -37,30 +38,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     ]
     rows = []
     for i, record in enumerate(records):
-        rows.append(
-            {
-                "id": row_id(record.id, "image"),
-                "key": record.id,
-                "modality": "image",
-                "reference": record.image_uri,
-                "attributes": {},
-                "vec_low": img_low[i],
-                "vec_high": img_high[i],
-            }
-        )
+        rows.append(row(record.id, "image", img_low[i], img_high[i], reference=record.image_uri))
         for j, caption in enumerate(record.captions):
-            key, t = text_key(record.id, j), i * CAPTIONS + j
-            rows.append(
-                {
-                    "id": row_id(key, "text"),
-                    "key": key,
-                    "modality": "text",
-                    "reference": caption,
-                    "attributes": {},
-                    "vec_low": txt_low[t],
-                    "vec_high": txt_high[t],
-                }
-            )
+            t = i * CAPTIONS + j
+            rows.append(row(text_key(record.id, j), "text", txt_low[t], txt_high[t], reference=caption))
     uri = str(tmp_path_factory.mktemp("evalsearch") / "e.db")
     col = HierarchicalCollection.create("evalsearch", uri=uri, low_dim=LOW, high_dim=HIGH, expected_rows=len(rows))
     col.upsert(rows)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from collection_rows import row
 from PIL import Image
 
 from hivlp_milvus.collection import HierarchicalCollection
@@ -24,7 +25,7 @@ from hivlp_milvus.connection import connect
 from hivlp_milvus.content import ContentOptions
 from hivlp_milvus.data import synthetic
 from hivlp_milvus.errors import ConfigError, QueryError, SearchLimitError
-from hivlp_milvus.ids import row_id, text_key
+from hivlp_milvus.ids import text_key
 from hivlp_milvus.model import create_model, get_config
 from hivlp_milvus.model.config import FusionConfig
 
@@ -59,21 +60,9 @@ def _rows(model: Any) -> list[dict[str, Any]]:
     rows = []
     for i in range(N):
         # Image references are relative: the content root says where they live.
-        rows.append(_row(str(i), "image", _image_file(i), img.low[i], img.high[i]))
-        rows.append(_row(text_key(str(i), 0), "text", CAPTIONS[i], txt.low[i], txt.high[i]))
+        rows.append(row(str(i), "image", img.low[i], img.high[i], reference=_image_file(i)))
+        rows.append(row(text_key(str(i), 0), "text", txt.low[i], txt.high[i], reference=CAPTIONS[i]))
     return rows
-
-
-def _row(key: str, modality: str, reference: str, low: Any, high: Any) -> dict[str, Any]:
-    return {
-        "id": row_id(key, modality),
-        "key": key,
-        "modality": modality,
-        "reference": reference,
-        "attributes": {},
-        "vec_low": low,
-        "vec_high": high,
-    }
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +187,7 @@ def test_a_model_without_fusion_block_is_a_config_error(client) -> None:
     collection = HierarchicalCollection.create(f"plain_{uuid.uuid4().hex[:8]}", client=client, model=plain)
     try:
         emb = plain.embed_texts(CAPTIONS[:2])
-        collection.upsert([_row(str(i), "text", CAPTIONS[i], emb.low[i], emb.high[i]) for i in range(2)])
+        collection.upsert([row(str(i), "text", emb.low[i], emb.high[i], reference=CAPTIONS[i]) for i in range(2)])
         with pytest.raises(ConfigError, match="no fusion block"):
             collection.hierarchical_search(CAPTIONS[0], limit=1, fusion_limit=2, modality="text")
         assert len(collection.hierarchical_search(CAPTIONS[0], limit=1, modality="text")[0]) == 1

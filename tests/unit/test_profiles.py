@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from collection_rows import row
 from fakes import ServerLikeClient
 
 from hivlp_milvus.errors import ConfigError, ProfileError, SearchLimitError
@@ -183,23 +184,12 @@ class GpuBuildFailsFake(ServerLikeClient):
 
 
 def _unit_rows(n: int, low_dim: int, high_dim: int) -> list[dict[str, Any]]:
-    from hivlp_milvus.ids import row_id
-
     rng = np.random.default_rng(11)
     rows = []
     for i in range(n):
         low, high = rng.normal(size=low_dim), rng.normal(size=high_dim)
-        rows.append(
-            {
-                "id": row_id(str(i), "image"),
-                "key": str(i),
-                "modality": "image",
-                "reference": str(i),
-                "attributes": {},
-                "vec_low": (low / np.linalg.norm(low)).astype(np.float32),
-                "vec_high": (high / np.linalg.norm(high)).astype(np.float32),
-            }
-        )
+        low, high = (low / np.linalg.norm(low)).astype(np.float32), (high / np.linalg.norm(high)).astype(np.float32)
+        rows.append(row(str(i), "image", low, high))
     return rows
 
 

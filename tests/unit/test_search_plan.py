@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from collection_rows import row
 from test_fusion_search import CAPTIONS, RECORDS, image_dir, model  # noqa: F401 - fixtures reused
 from test_search_reference import (
     HIGH,
@@ -37,7 +38,7 @@ from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.connection import connect
 from hivlp_milvus.content import ContentOptions
 from hivlp_milvus.errors import ProfileError, QueryError
-from hivlp_milvus.ids import row_id, text_key
+from hivlp_milvus.ids import text_key
 from hivlp_milvus.model.embedding import HierarchicalEmbedding
 from hivlp_milvus.profiles import PlanCost, PlanModel, load_profile
 from hivlp_milvus.search import hierarchical_search
@@ -330,17 +331,7 @@ def fused(tmp_path_factory: pytest.TempPathFactory, model: Any) -> Iterator[Hier
             (str(i), "image", f"img_{i:03d}.png", img),
             (text_key(str(i), 0), "text", CAPTIONS[i], txt),
         ):
-            rows.append(
-                {
-                    "id": row_id(key, modality),
-                    "key": key,
-                    "modality": modality,
-                    "reference": ref,
-                    "attributes": {},
-                    "vec_low": emb.low[i],
-                    "vec_high": emb.high[i],
-                }
-            )
+            rows.append(row(key, modality, emb.low[i], emb.high[i], reference=ref))
     client = connect(str(tmp_path_factory.mktemp("planfus") / "hivlp.db"))
     c = HierarchicalCollection.create(unique("planfus"), client=client, model=model)
     try:

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from collection_rows import row
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.connection import connect
-from hivlp_milvus.ids import row_id
 from hivlp_milvus.model.embedding import HierarchicalEmbedding
 
 LOW, HIGH = 16, 64
@@ -51,17 +51,7 @@ def make_rows(low: np.ndarray, high: np.ndarray) -> list[dict[str, Any]]:
     for i in range(len(low)):
         modality = "image" if i < len(low) // 2 else "text"
         key = f"r{i:05d}"
-        rows.append(
-            {
-                "id": row_id(key, modality),
-                "key": key,
-                "modality": modality,
-                "reference": key,
-                "attributes": {"i": i},
-                "vec_low": low[i],
-                "vec_high": high[i],
-            }
-        )
+        rows.append(row(key, modality, low[i], high[i], attributes={"i": i}))
     return rows
 
 

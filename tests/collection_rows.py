@@ -1,0 +1,22 @@
+"""One builder for the rows tests write with their own vectors (the seven fields of ``schemas/collection.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hivlp_milvus.ids import row_id
+
+
+def row(
+    key: str, modality: str, low: Any, high: Any, *, reference: str | None = None, attributes: Any = None
+) -> dict[str, Any]:
+    """The row of ``key``: id ``row_id(key, modality)``, ``reference`` ``key`` and ``attributes`` ``{}`` by default."""
+    return {
+        "id": row_id(key, modality),
+        "key": key,
+        "modality": modality,
+        "reference": key if reference is None else reference,
+        "attributes": {} if attributes is None else attributes,
+        "vec_low": low,
+        "vec_high": high,
+    }
