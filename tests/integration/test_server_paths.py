@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from collection_rows import row
 from fakes import ServerLikeClient
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.connection import connect, is_lite
 from hivlp_milvus.errors import ProfileError, SearchLimitError
-from hivlp_milvus.ids import row_id
 from hivlp_milvus.model.embedding import HierarchicalEmbedding
 from hivlp_milvus.profiles import resolve_profile
 
@@ -45,19 +45,8 @@ def make_rows() -> list[dict[str, Any]]:
     low = _unit(high[:, :LOW] + 0.5 * rng.standard_normal((2 * PER_MODALITY, LOW)) / np.sqrt(LOW))
     rows = []
     for i in range(2 * PER_MODALITY):
-        modality = "image" if i < PER_MODALITY else "text"
-        key = f"k{i:04d}"
-        rows.append(
-            {
-                "id": row_id(key, modality),
-                "key": key,
-                "modality": modality,
-                "reference": key,
-                "attributes": {"i": i, "color": ("red", "green", "blue")[i % 3]},
-                "vec_low": low[i],
-                "vec_high": high[i],
-            }
-        )
+        attributes = {"i": i, "color": ("red", "green", "blue")[i % 3]}
+        rows.append(row(f"k{i:04d}", "image" if i < PER_MODALITY else "text", low[i], high[i], attributes=attributes))
     return rows
 
 
