@@ -1,8 +1,10 @@
-"""One builder for the rows tests write with their own vectors (the seven fields of ``schemas/collection.json``)."""
+"""The rows tests write with their own vectors (the seven fields of ``schemas/collection.json``)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from hivlp_milvus.ids import row_id
 
@@ -20,3 +22,9 @@ def row(
         "vec_low": low,
         "vec_high": high,
     }
+
+
+def unit(x: Any) -> np.ndarray:
+    """``x`` L2-normalised along its last axis, as float32 (the model's vectors are unit vectors)."""
+    x = np.asarray(x)
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)

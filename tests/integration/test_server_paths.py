@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from collection_rows import row
+from collection_rows import row, unit
 from fakes import ServerLikeClient
 
 from hivlp_milvus.collection import HierarchicalCollection
@@ -35,14 +35,10 @@ PER_MODALITY = 150
 ON_LITE = "the suite's Milvus is Milvus Lite (no HIVLP_TEST_MILVUS_URI, no Docker): this needs a real Milvus server"
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
 def make_rows() -> list[dict[str, Any]]:
     rng = np.random.default_rng(11)
-    high = _unit(rng.standard_normal((2 * PER_MODALITY, HIGH)))
-    low = _unit(high[:, :LOW] + 0.5 * rng.standard_normal((2 * PER_MODALITY, LOW)) / np.sqrt(LOW))
+    high = unit(rng.standard_normal((2 * PER_MODALITY, HIGH)))
+    low = unit(high[:, :LOW] + 0.5 * rng.standard_normal((2 * PER_MODALITY, LOW)) / np.sqrt(LOW))
     rows = []
     for i in range(2 * PER_MODALITY):
         attributes = {"i": i, "color": ("red", "green", "blue")[i % 3]}

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from collection_rows import row
+from collection_rows import row, unit
 from pymilvus import DataType, MilvusClient
 
 from hivlp_milvus.collection import HierarchicalCollection
@@ -612,10 +612,8 @@ def test_modality_gap_does_not_empty_cross_modal_ann_results(client: Any) -> Non
     axis[0] = 4.0
     rows = []
     for modality, sign in (("image", 1.0), ("text", -1.0)):
-        low = rng.normal(size=(n, low_dim)).astype(np.float32) + sign * axis
-        low /= np.linalg.norm(low, axis=1, keepdims=True)
-        high = rng.normal(size=(n, high_dim)).astype(np.float32)
-        high /= np.linalg.norm(high, axis=1, keepdims=True)
+        low = unit(rng.normal(size=(n, low_dim)).astype(np.float32) + sign * axis)
+        high = unit(rng.normal(size=(n, high_dim)))
         rows += [row(f"{modality}-{i}", modality, low[i], high[i]) for i in range(n)]
     # The default index sizing (expected_rows unknown): many IVF cells for few rows, as when a
     # source's length is not known before ingest; it made every cross-modal result empty.

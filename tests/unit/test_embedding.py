@@ -7,7 +7,7 @@ import uuid
 import numpy as np
 import pytest
 import torch
-from collection_rows import row
+from collection_rows import row, unit
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.connection import connect
@@ -56,10 +56,7 @@ def test_shapes_that_are_not_batches(low: object, high: object, match: str) -> N
 
 def test_a_single_vector_query_searches_like_its_batch(tmp_path) -> None:
     rng = np.random.default_rng(3)
-    low = rng.normal(size=(20, 4)).astype(np.float32)
-    high = rng.normal(size=(20, 8)).astype(np.float32)
-    low /= np.linalg.norm(low, axis=1, keepdims=True)
-    high /= np.linalg.norm(high, axis=1, keepdims=True)
+    low, high = unit(rng.normal(size=(20, 4))), unit(rng.normal(size=(20, 8)))
     rows = [row(str(i), "image", low[i], high[i]) for i in range(20)]
     col = HierarchicalCollection.create(
         f"one_{uuid.uuid4().hex[:6]}", client=connect(str(tmp_path / "o.db")), low_dim=4, high_dim=8

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from collection_rows import row
+from collection_rows import row, unit
 from pymilvus.exceptions import InvalidConsistencyLevel, MilvusException, ParamError
 
 from hivlp_milvus.collection import HierarchicalCollection
@@ -48,8 +48,7 @@ def _rows(n: int = 12) -> list[dict[str, Any]]:
     rows = []
     for i in range(n):
         modality = "image" if i % 2 == 0 else "text"
-        low, high = rng.normal(size=LOW), rng.normal(size=HIGH)
-        low, high = (low / np.linalg.norm(low)).astype(np.float32), (high / np.linalg.norm(high)).astype(np.float32)
+        low, high = unit(rng.normal(size=LOW)), unit(rng.normal(size=HIGH))
         rows.append(row(str(i), modality, low, high, reference=f"ref {i}", attributes={"n": i}))
     return rows
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from collection_rows import row
+from collection_rows import row, unit
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.data.record import Record
@@ -21,17 +21,13 @@ from hivlp_milvus.model.embedding import HierarchicalEmbedding
 N_IMAGES, CAPTIONS, LOW, HIGH = 30, 2, 8, 16
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     rng = np.random.default_rng(3)
-    img_low, img_high = _unit(rng.normal(size=(N_IMAGES, LOW))), _unit(rng.normal(size=(N_IMAGES, HIGH)))
+    img_low, img_high = unit(rng.normal(size=(N_IMAGES, LOW))), unit(rng.normal(size=(N_IMAGES, HIGH)))
     # Captions are noisy copies of their image, so retrieval is far from perfect and from chance.
-    txt_low = _unit(np.repeat(img_low, CAPTIONS, 0) + 0.9 * rng.normal(size=(N_IMAGES * CAPTIONS, LOW)))
-    txt_high = _unit(np.repeat(img_high, CAPTIONS, 0) + 0.9 * rng.normal(size=(N_IMAGES * CAPTIONS, HIGH)))
+    txt_low = unit(np.repeat(img_low, CAPTIONS, 0) + 0.9 * rng.normal(size=(N_IMAGES * CAPTIONS, LOW)))
+    txt_high = unit(np.repeat(img_high, CAPTIONS, 0) + 0.9 * rng.normal(size=(N_IMAGES * CAPTIONS, HIGH)))
     records = [
         Record(id=f"r{i}", image=f"images/r{i}.png", captions=[f"caption {i}.{j}" for j in range(CAPTIONS)])
         for i in range(N_IMAGES)

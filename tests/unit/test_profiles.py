@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from collection_rows import row
+from collection_rows import row, unit
 from fakes import ServerLikeClient
 
 from hivlp_milvus.errors import ConfigError, ProfileError, SearchLimitError
@@ -187,9 +187,7 @@ def _unit_rows(n: int, low_dim: int, high_dim: int) -> list[dict[str, Any]]:
     rng = np.random.default_rng(11)
     rows = []
     for i in range(n):
-        low, high = rng.normal(size=low_dim), rng.normal(size=high_dim)
-        low, high = (low / np.linalg.norm(low)).astype(np.float32), (high / np.linalg.norm(high)).astype(np.float32)
-        rows.append(row(str(i), "image", low, high))
+        rows.append(row(str(i), "image", unit(rng.normal(size=low_dim)), unit(rng.normal(size=high_dim))))
     return rows
 
 

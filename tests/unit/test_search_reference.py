@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from collection_rows import row
+from collection_rows import row, unit
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.connection import connect
@@ -35,14 +35,10 @@ N_QUERIES = 8
 TIE = 1e-5
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
 def correlated(rng: np.random.Generator, n: int, noise: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
     """``n`` (low, high) unit-vector pairs; low = noisy projection of high onto its first LOW dims."""
-    high = _unit(rng.standard_normal((n, HIGH)))
-    low = _unit(high[:, :LOW] + noise * rng.standard_normal((n, LOW)) / np.sqrt(LOW))
+    high = unit(rng.standard_normal((n, HIGH)))
+    low = unit(high[:, :LOW] + noise * rng.standard_normal((n, LOW)) / np.sqrt(LOW))
     return low, high
 
 
