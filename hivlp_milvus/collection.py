@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from hivlp_milvus import search as funnel
-from hivlp_milvus.connection import guarded, is_lite
+from hivlp_milvus.connection import call_options, guarded, is_lite
 from hivlp_milvus.creation import create_collection, model_dims, model_fingerprint, open_collection
 from hivlp_milvus.errors import FilterError, ModelMismatchError
 from hivlp_milvus.filters import bind, filter_errors, filter_kwargs, restrict_to_ids
@@ -51,11 +51,6 @@ _REQUEST_BUDGET_BYTES = 32 * 1024 * 1024
 _SCALAR_ALLOWANCE_BYTES = 2048  # id + key + modality + a typical reference and attributes
 _ID_CHUNK = 10000  # ids per get/query request
 _ROWS_CACHE_S = 30.0
-
-
-def _options(**options: Any) -> dict[str, Any]:
-    """The pass-through options that were given (``None`` = Milvus' default, not sent)."""
-    return {k: v for k, v in options.items() if v is not None}
 
 
 class HierarchicalCollection:
@@ -300,7 +295,7 @@ class HierarchicalCollection:
             FilterError: the filter is malformed or its parameters are invalid.
         """
         expr, params = self.bind_filter(filter, filter_params)
-        options = _options(limit=limit, timeout=timeout, consistency_level=consistency_level)
+        options = call_options(limit=limit, timeout=timeout, consistency_level=consistency_level)
         fields = list(output_fields) if output_fields is not None else list(SCALAR_OUTPUT_FIELDS)
         with filter_errors(filter):
             res = self._client.query(self._name, output_fields=fields, **filter_kwargs(expr, params), **options)

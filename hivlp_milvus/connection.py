@@ -281,6 +281,11 @@ class GuardedClient:
         return f"GuardedClient({self.raw!r})"
 
 
+def call_options(**options: Any) -> dict[str, Any]:
+    """The pass-through options of a Milvus call that were given (``None`` = Milvus' default, not sent)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def guarded(client: Any, where: str = "") -> GuardedClient:
     """``client`` behind the error boundary (a :class:`GuardedClient`; one already guarded is re-labelled).
 

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from hivlp_milvus.connection import guarded
+from hivlp_milvus.connection import call_options, guarded
 from hivlp_milvus.content import ContentOptions
 from hivlp_milvus.errors import DimensionMismatchError, FilterError, QueryError, SearchLimitError
 from hivlp_milvus.filters import bind, filter_errors, filter_kwargs, restrict_to_ids
@@ -183,9 +183,7 @@ class _Milvus:
         self.client = guarded(col.client, f" on collection {col.name!r}")
         self.user_filter = (user_filter or "").strip()
         self.user_params = dict(user_params or {})
-        self.options = {
-            k: v for k, v in (("timeout", timeout), ("consistency_level", consistency_level)) if v is not None
-        }
+        self.options = call_options(timeout=timeout, consistency_level=consistency_level)
 
     def _bound(self, ids: list[int] | None = None) -> dict[str, Any]:
         expr, params = self.user_filter, self.user_params
