@@ -200,7 +200,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     global_batch = spec.batch_size * world
     last_reported = step
     # bf16 where the device would only emulate it (several times slower) is refused; auto picks it
-    # where it is native: an Ampere+ GPU, or a CPU with AVX512-BF16/AMX (x2.5 a step on tiny there).
+    # where it is native: an Ampere+ GPU, or a CPU with AVX512-BF16/AMX (1.65-2x a step on tiny there).
     check_training_precision(spec.precision, device)
     dtype = training_autocast_dtype(spec.precision, device)
     if rank == 0:

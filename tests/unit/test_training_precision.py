@@ -1,8 +1,8 @@
 """Training precision: which dtype a step runs in, and that a bf16 step trains what a float32 one does.
 
 ``optim.precision: auto`` (the quickstart and emoji configs) trains in bf16 autocast where the
-device runs it natively, which on a CPU with AVX512-BF16 or AMX is ~2.5x faster a step on the
-tiny model (BENCHMARKS.md, "Training precision"). The step below is the training loop's own
+device runs it natively, which on a CPU with AVX512-BF16 or AMX made a step of the tiny model
+1.65-2x faster (BENCHMARKS.md, "Training precision"). The step below is the training loop's own
 (``training.loop.forward_loss``), with every HiVLP term and ``itm`` on.
 """
 
