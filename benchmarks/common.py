@@ -318,6 +318,7 @@ def train_in_process(
     step_offset: int = 0,
     log_every: int = 20,
     label: str = "train",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Train ``model`` on ``records`` for ``steps`` optimizer steps in this process (no Ray).
 
@@ -326,12 +327,18 @@ def train_in_process(
     as positives, ``HiVLPLoss(out, groups, step=)``, AdamW + warm-up/cosine of ``recipe``
     (default: the quickstart's). Deterministic for a given ``seed``. ``loss`` (a ``LossConfig``)
     replaces ``recipe.loss_config(steps)``; ``step_offset`` continues a previous run's loss
-    curriculum. Leaves the model in eval mode; returns what was run and the last loss.
+    curriculum. ``precision`` is ``optim.precision`` (``auto``: bf16 autocast where the device runs
+    it natively); the step is the training loop's own (``training.loop.forward_loss``). Leaves the
+    model in eval mode; returns what was run and the last loss.
     """
     import torch
 
+    from hivlp_milvus.device import check_training_precision, training_autocast_dtype
     from hivlp_milvus.model.loss import HiVLPLoss
-    from training.loop import lr_factor
+    from training.loop import forward_loss, lr_factor
+
+    check_training_precision(precision, model.device)
+    dtype = training_autocast_dtype(precision, model.device)
 
     recipe = recipe or Recipe.quickstart()
     loss_cfg = loss if loss is not None else recipe.loss_config(steps)
@@ -372,8 +379,10 @@ def train_in_process(
         idx = perm[pos : pos + batch_size]
         pos += batch_size
         tok = model.tokenize([captions[i][rng.integers(len(captions[i]))] for i in idx.tolist()])
-        out = model(pixels[idx], tok["input_ids"], tok["attention_mask"])
-        res = loss_fn(out, groups=groups[idx], step=step_offset + step)
+        batch = {"pixel_values": pixels[idx], "group": groups[idx]}
+        res = forward_loss(
+            model, loss_fn, batch, tok["input_ids"], tok["attention_mask"], step=step_offset + step, dtype=dtype
+        )
         opt.zero_grad(set_to_none=True)
         res.total.backward()
         if recipe.clip_norm > 0:
@@ -392,6 +401,7 @@ def train_in_process(
         "batch_size": batch_size,
         "n_train": n,
         "seed": seed,
+        "precision": "fp32" if dtype is None else "bf16",
         "loss_config": loss_cfg.to_dict(),
         "last_loss": parts,
         "recipe": recipe.to_dict(),

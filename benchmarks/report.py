@@ -17,6 +17,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS_DIR, ROOT
 from benchmarks.report_negatives import negatives_section
+from benchmarks.report_precision import precision_section
 
 OUT = ROOT / "BENCHMARKS.md"
 TARGET_SPEEDUP = 10.0
@@ -697,6 +698,7 @@ def write_report(results_dir: Path | None = None, out: Path | None = None) -> Pa
 
     parts.append(load_section(_load("load", rd), _load("load_mixed", rd)))
     parts.append(train_section(train) if train else "## Training\n\nNot measured yet.\n")
+    parts.append(precision_section(_load("precision", rd)))
     if quality or quality_quick:
         parts.append(quality_section(quality or quality_quick, quality_quick if quality else None))
     else:

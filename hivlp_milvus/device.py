@@ -97,19 +97,61 @@ def inference_dtype(device: Any) -> Any:
     return torch.float16
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix products and convolutions natively (AVX512-BF16 or AMX).
+
+    oneDNN then runs CPU autocast's bf16 kernels several times faster than emulated bf16; without
+    these instructions CPU bf16 is slower than float32.
+    """
+    import torch
+
+    cpu = torch.cpu
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch's own CPUID probes
+    return torch.backends.mkldnn.is_available() and any(bool(getattr(cpu, p, lambda: False)()) for p in probes)
+
+
+def _native_bf16(device: Any) -> bool:
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
 def check_training_precision(precision: str, device: Any) -> None:
     """Refuse a training precision that ``device`` cannot run natively.
 
     Raises:
-        ConfigError: bf16 on a GPU without native bf16 (pre-Ampere), where emulated bf16 is
-            several times slower than float32: say so instead of training slowly. (bf16 on the
-            CPU is refused earlier, by the training config.)
+        ConfigError: ``bf16`` on a GPU without native bf16 (pre-Ampere) or on a CPU without
+            AVX512-BF16 / AMX, where emulated bf16 is several times slower than float32: say so
+            instead of training slowly. (``auto`` is never refused: it falls back to float32.)
     """
     import torch
 
     device = torch.device(device)
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+    if precision != "bf16" or _native_bf16(device):
+        return
+    if device.type == "cuda":
         raise ConfigError(
             f"optim.precision=bf16, but {torch.cuda.get_device_name(device)} has no native bf16 (it needs an "
-            "Ampere or newer GPU); set optim.precision=fp32"
+            "Ampere or newer GPU); set optim.precision=fp32 (or auto)"
         )
+    raise ConfigError(
+        "optim.precision=bf16, but this CPU has no native bf16 (AVX512-BF16 or AMX instructions); "
+        "set optim.precision=fp32 (or auto, which picks bf16 only where it runs natively)"
+    )
+
+
+def training_autocast_dtype(precision: str, device: Any) -> Any:
+    """The autocast dtype a training step runs in on ``device``, or ``None`` for full float32.
+
+    ``bf16``: bfloat16 (refused by :func:`check_training_precision` where it is not native);
+    ``auto``: bfloat16 where ``device`` runs it natively (an Ampere or newer GPU, a CPU with
+    AVX512-BF16 or AMX), float32 elsewhere; ``fp32``: float32.
+    """
+    import torch
+
+    device = torch.device(device)
+    if precision == "bf16" or (precision == "auto" and _native_bf16(device)):
+        return torch.bfloat16
+    return None

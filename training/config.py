@@ -56,7 +56,7 @@ __all__ = [
     "shipped_config",
 ]
 
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "auto"]
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 Export = Literal["last", "best"]
 PRECISIONS = typing.get_args(Precision)
@@ -215,7 +215,9 @@ class OptimConfig(ConfigBase):
         grad_accum_steps: micro-batches per optimizer step (averages gradients of several
             contrastive batches; it does not enlarge the set of negatives).
         clip_norm: global gradient-norm clip (``0`` = off).
-        precision: ``fp32`` or ``bf16`` (bf16 autocast, GPU only).
+        precision: ``fp32``; ``bf16`` (bf16 autocast, on an Ampere or newer GPU or a CPU with
+            AVX512-BF16 / AMX; refused where it would be emulated); ``auto``: bf16 where the
+            device runs it natively, fp32 elsewhere.
         seed: seeds weights, data order, caption choice and dropout.
     """
 
@@ -374,15 +376,6 @@ class TrainConfig(ConfigBase):
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     run: RunConfig = field(default_factory=RunConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
-
-    @model_validator(mode="after")
-    def _precision_fits_device(self) -> TrainConfig:
-        if self.optim.precision == "bf16" and not self.scaling.use_gpu:
-            raise ValueError(
-                "optim.precision=bf16 uses CUDA autocast and needs scaling.use_gpu=true; "
-                "on CPU set optim.precision=fp32"
-            )
-        return self
 
     # -- construction --------------------------------------------------------------------------
 

@@ -33,9 +33,11 @@ import torch
 from torch import nn
 
 from hivlp_milvus.data.record import Record
+from hivlp_milvus.device import check_training_precision, training_autocast_dtype
 from hivlp_milvus.errors import ConfigError
 from hivlp_milvus.model import HiVLP
 from hivlp_milvus.model.fusion import spatial_tokens
+from training.loop import mixed_precision
 
 __all__ = ["FusionFinetuneConfig", "FusionFinetuneReport", "finetune_fusion", "fusion_recall_at_1", "mix_order"]
 
@@ -61,6 +63,8 @@ class FusionFinetuneConfig:
         seed: sampling seed.
         weights: score-mix weights tried on the validation split.
         val_images: validation images in the weight-selection gallery.
+        precision: of the training steps, as ``optim.precision`` (``auto``: bf16 autocast where the
+            device runs it natively); the caching and the weight choice stay float32, as search does.
     """
 
     steps: int = 200
@@ -75,6 +79,7 @@ class FusionFinetuneConfig:
     seed: int = 0
     weights: tuple[float | None, ...] = DEFAULT_WEIGHTS
     val_images: int = 500
+    precision: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,11 +168,14 @@ def finetune_fusion(
     optimizer = torch.optim.AdamW(fusion.parameters(), lr=cfg.lr, weight_decay=0.01)
     losses: list[float] = []
     fusion.train()
+    check_training_precision(cfg.precision, model.device)
+    dtype = training_autocast_dtype(cfg.precision, model.device)
     for step in range(cfg.steps):
         lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.steps // 10))  # a short warm-up, then flat
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = _listwise_loss(fusion, cache, t2i, i2t, cfg, rng)
+        with mixed_precision(dtype, model.device.type):
+            loss = _listwise_loss(fusion, cache, t2i, i2t, cfg, rng)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(fusion.parameters(), 1.0)

@@ -22,6 +22,7 @@ from PIL import Image
 from hivlp_milvus import cli
 from hivlp_milvus.data import emoji, load_source
 from hivlp_milvus.data.npm import NpmPackage, fetch_tarballs, integrity_of
+from hivlp_milvus.device import training_autocast_dtype
 from hivlp_milvus.errors import DataError
 from hivlp_milvus.model import load_image
 
@@ -484,6 +485,12 @@ def test_emoji_sweep_runs_resumes_and_reports(pinned_to_fixture, tmp_path, monke
     full0 = doc["runs"][0]
     assert full0["splits"]["test"]["n_images"] == len(list(load_source(data, split="test")))  # the whole split
     assert doc["runs"][3]["splits"]["test"]["n_images"] <= 4 < full0["splits"]["test"]["n_images"]  # the subset
+    # ... and the whole-split run is also measured on the subset, which the statistics use.
+    assert full0["subset_splits"]["test"]["n_images"] == doc["runs"][3]["splits"]["test"]["n_images"]
+    assert doc["runs"][3]["subset_splits"] is None
+    # The recipe's precision (emoji.yaml: auto) decides the step's dtype.
+    auto = "fp32" if training_autocast_dtype("auto", "cpu") is None else "bf16"
+    assert {r["train"]["precision"] for r in doc["runs"]} == {auto}
     assert doc["runs"][1]["train"]["loss_config"]["consistency"] == 0.0
     assert doc["runs"][2]["train"]["loss_config"]["shortlist"] == 0.0
     assert all(r["train"]["loss_config"]["itm"] == 0.0 for r in doc["runs"])
@@ -492,6 +499,8 @@ def test_emoji_sweep_runs_resumes_and_reports(pinned_to_fixture, tmp_path, monke
     assert full["seeds"] == [0, 1]
     ars = [r["splits"]["heldout"]["rows"]["low"]["AR"] for r in (doc["runs"][0], doc["runs"][3])]
     assert full["heldout"]["AR_low"]["mean"] == pytest.approx(sum(ars) / 2)
+    tests = [full0["subset_splits"]["test"]["rows"]["low"]["AR"], doc["runs"][3]["splits"]["test"]["rows"]["low"]["AR"]]
+    assert full["test"]["AR_low"]["mean"] == pytest.approx(sum(tests) / 2)
     assert full["heldout"]["AR_low"]["std"] is not None
 
     def no_training(*args, **kw):

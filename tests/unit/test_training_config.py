@@ -101,7 +101,12 @@ def test_old_dry_run_output_loads_to_the_same_config() -> None:
     cfg = TrainConfig.from_dict(OLD_DRY_RUN)
     shipped = load_config("quickstart")
     assert shipped.loss["itm"] > 0  # the one key added since (the fusion block's match loss)
-    assert cfg == dataclasses.replace(shipped, loss={k: v for k, v in shipped.loss.items() if k != "itm"})
+    assert shipped.optim.precision == "auto"  # the one value changed since (fp32 then: bf16 where native now)
+    assert cfg == dataclasses.replace(
+        shipped,
+        loss={k: v for k, v in shipped.loss.items() if k != "itm"},
+        optim=dataclasses.replace(shipped.optim, precision="fp32"),
+    )
     # Keys added since, with the defaults that keep the old behaviour's meaning.
     assert cfg.to_dict() == {**OLD_DRY_RUN, "data": {**OLD_DRY_RUN["data"], "cache_decoded": "auto"}}
 
@@ -112,8 +117,7 @@ def test_old_dry_run_output_loads_to_the_same_config() -> None:
         (["optim.lr=-1"], "optim.lr must be > 0"),
         (["optim.lrr=1e-3"], "did you mean optim.lr"),
         (["optimizer.lr=1e-3"], r"unknown keys \['optimizer'\]; did you mean optim\?"),
-        (["optim.precision=fp16"], "optim.precision must be 'fp32' or 'bf16', got 'fp16'"),
-        (["optim.precision=bf16"], "needs scaling.use_gpu=true"),
+        (["optim.precision=fp16"], "optim.precision must be 'fp32', 'bf16' or 'auto', got 'fp16'"),
         (["scaling.num_workers=0"], "scaling.num_workers must be > 0, got 0"),
         (["scaling.num_workers=true"], "scaling.num_workers must be an integer, got True"),
         (["scaling.resources_per_worker.CPU=-1"], "scaling.resources_per_worker.CPU must be >= 0"),
@@ -176,7 +180,7 @@ def test_quickstart_is_a_cpu_run_on_two_workers() -> None:
     assert cfg.data.has_validation
     assert cfg.scaling.num_workers == 2
     assert not cfg.scaling.use_gpu
-    assert cfg.optim.precision == "fp32"
+    assert cfg.optim.precision == "auto"  # bf16 where the CPU runs it natively, fp32 elsewhere: never refused
     # What learns on this CPU: lr <= 1e-3 *with* warm-up and clipping (1e-3 without warm-up collapsed).
     assert cfg.optim.lr <= 1e-3
     assert cfg.optim.warmup_steps >= 50
