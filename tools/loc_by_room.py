@@ -39,6 +39,11 @@ NEW_FEATURES: dict[str, tuple[str, ...]] = {
         "benchmarks/negatives.py",
         "benchmarks/report_negatives.py",
     ),
+    "training precision (bf16 where native)": (
+        "benchmarks/precision.py",
+        "benchmarks/report_precision.py",
+        "tests/unit/test_training_precision.py",
+    ),
     "search plan choice": ("tests/unit/test_search_plan.py", "benchmarks/plan.py", "benchmarks/report_plan.py"),
     "load, batching, metrics, faults": (
         "serving/metrics.py",
