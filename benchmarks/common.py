@@ -328,14 +328,15 @@ def train_in_process(
     (default: the quickstart's). Deterministic for a given ``seed``. ``loss`` (a ``LossConfig``)
     replaces ``recipe.loss_config(steps)``; ``step_offset`` continues a previous run's loss
     curriculum. ``precision`` is ``optim.precision`` (``auto``: bf16 autocast where the device runs
-    it natively); the step is the training loop's own (``training.loop.forward_loss``). Leaves the
+    it natively); the step is the training loop's own (``training.step.forward_loss``). Leaves the
     model in eval mode; returns what was run and the last loss.
     """
     import torch
 
     from hivlp_milvus.device import check_training_precision, training_autocast_dtype
     from hivlp_milvus.model.loss import HiVLPLoss
-    from training.loop import forward_loss, lr_factor
+    from training.loop import lr_factor
+    from training.step import forward_loss
 
     check_training_precision(precision, model.device)
     dtype = training_autocast_dtype(precision, model.device)

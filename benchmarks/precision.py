@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.precision`` times one optimizer step of the tiny model (forward, the full
 HiVLP loss with ``itm``, backward, AdamW) on a batch of synthetic scenes, through the training
-loop's own step (``training.loop.forward_loss``), in three variants interleaved round by round so
+loop's own step (``training.step.forward_loss``), in three variants interleaved round by round so
 a noisy machine slows them alike:
 
 - ``fp32``: float32, NCHW pixels (the step before ``optim.precision: auto``);
@@ -33,7 +33,7 @@ def run(*, batch_size: int = 128, rounds: int = 5, threads: int = 1, name: str =
     from hivlp_milvus.data import synthetic
     from hivlp_milvus.device import cpu_has_native_bf16
     from hivlp_milvus.model import HiVLPLoss, LossConfig, create_model, get_config
-    from training.loop import forward_loss
+    from training.step import forward_loss
 
     torch.set_num_threads(threads)
     scenes = synthetic.generate(batch_size, seed=0, image_size=64)

@@ -31,7 +31,7 @@ def precision_section(res: dict[str, Any] | None) -> str:
     lines += [
         "",
         "`bf16` is what `optim.precision: auto` runs on such a CPU (bf16 autocast, channels-last "
-        "pixels, the math attention kernel: `training.loop.forward_loss`); `bf16 flash` keeps torch's "
+        "pixels, the math attention kernel: `training.step.forward_loss`); `bf16 flash` keeps torch's "
         "default CPU attention kernel, whose bf16 backward is the slow part. The quickstart's whole "
         "training stage gains less than the step (docs/training.md): Ray's data feed, DDP and "
         "validation do not get faster.",

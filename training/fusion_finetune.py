@@ -37,7 +37,7 @@ from hivlp_milvus.device import check_training_precision, training_autocast_dtyp
 from hivlp_milvus.errors import ConfigError
 from hivlp_milvus.model import HiVLP
 from hivlp_milvus.model.fusion import spatial_tokens
-from training.loop import mixed_precision
+from training.step import mixed_precision
 
 __all__ = ["FusionFinetuneConfig", "FusionFinetuneReport", "finetune_fusion", "fusion_recall_at_1", "mix_order"]
 

@@ -36,6 +36,7 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.data import batch_fingerprint, mix_seed, select_captions, shuffle_seed
+from training.step import forward_loss
 
 if TYPE_CHECKING:  # pragma: no cover - imported for annotations only
     import torch
@@ -323,51 +324,6 @@ def _batches(shard: Any, spec: LoopSpec, epoch: int, rank: int, device: torch.de
         },
         device=device,
     )
-
-
-def mixed_precision(dtype: Any, device_type: str) -> contextlib.AbstractContextManager[Any]:
-    """Autocast in ``dtype`` on ``device_type`` (``None``: float32, a no-op context).
-
-    bf16 on the CPU also takes the math attention kernel: the CPU flash-attention kernel's bf16
-    backward was ~6x slower than its float32 one (torch 2.14.1; with it a bf16 step of tiny was
-    1.5x faster than float32, with the math kernel 2.0x).
-    """
-    import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    stack = contextlib.ExitStack()
-    if dtype is not None:
-        stack.enter_context(torch.autocast(device_type=device_type, dtype=dtype))
-        if device_type == "cpu":
-            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
-    return stack
-
-
-def forward_loss(
-    model: Any,
-    loss_fn: Any,
-    batch: dict[str, Any],
-    input_ids: Any,
-    attention_mask: Any,
-    *,
-    step: int,
-    dtype: Any = None,
-) -> Any:
-    """One micro-batch's forward pass and loss (a ``LossOutput``), in autocast ``dtype`` when given.
-
-    The loss runs inside autocast too, as open_clip's does: the ``itm`` term runs the fusion block
-    on the towers' bf16 token states (outside, its float32 weights meet bf16 inputs and fail). The
-    loss keeps its logits and softmaxes in float32. On the CPU the pixels go in channels-last
-    (NHWC) layout, which oneDNN's convolutions run faster.
-    """
-    import torch
-
-    pixels = batch["pixel_values"]
-    if pixels.device.type == "cpu":
-        pixels = pixels.contiguous(memory_format=torch.channels_last)
-    with mixed_precision(dtype, pixels.device.type):
-        out = model(pixels, input_ids, attention_mask)
-        return loss_fn(out, groups=batch["group"], step=step)
 
 
 def _build_optimizer(module: torch.nn.Module, spec: LoopSpec) -> torch.optim.Optimizer:

@@ -3,7 +3,7 @@
 ``optim.precision: auto`` (the quickstart and emoji configs) trains in bf16 autocast where the
 device runs it natively, which on a CPU with AVX512-BF16 or AMX made a step of the tiny model
 1.65-2x faster (BENCHMARKS.md, "Training precision"). The step below is the training loop's own
-(``training.loop.forward_loss``), with every HiVLP term and ``itm`` on.
+(``training.step.forward_loss``), with every HiVLP term and ``itm`` on.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from hivlp_milvus.data import synthetic
 from hivlp_milvus.device import check_training_precision, cpu_has_native_bf16, training_autocast_dtype
 from hivlp_milvus.errors import ConfigError
 from hivlp_milvus.model import HiVLPLoss, LossConfig, create_model, get_config
-from training.loop import forward_loss
+from training.step import forward_loss
 
 CPUINFO = Path("/proc/cpuinfo")
 
