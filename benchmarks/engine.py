@@ -274,7 +274,7 @@ class Requests:
             data=q_low,
             anns_field="vec_low",
             limit=cl,
-            output_fields=[],
+            output_fields=["id"],  # the key only, as hivlp_milvus.search sends: Lite answers [] with every field
             search_params={"metric_type": "IP", "params": {"nprobe": nprobe} if nprobe else {}},
         )
         return hit_ids(res)
@@ -307,7 +307,7 @@ class Requests:
                 data=q_high[q : q + 1],
                 anns_field="vec_high",
                 limit=min(K, len(s)),
-                output_fields=[],
+                output_fields=["id"],
                 filter=f"id in [{','.join(str(int(i)) for i in s)}]",  # ints produced here, not user input
                 search_params={"metric_type": "IP", "params": {}},
             )
@@ -320,7 +320,7 @@ class Requests:
             data=q,
             anns_field=field,
             limit=K,
-            output_fields=[],
+            output_fields=["id"],
             search_params={"metric_type": "IP", "params": params},
         )
         return hit_ids(res)

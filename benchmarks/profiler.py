@@ -99,11 +99,11 @@ def profile_engine(
             top_k=coarse_limit,
             metric_type="IP",
             anns_field="vec_low",
-            output_fields=[],
+            output_fields=["id"],  # the key only, as hivlp_milvus.search sends
             search_params={"nprobe": nprobe} if nprobe else None,
         ),
         "exact FLAT vec_high": lambda i: eng.search(
-            [q_high[i].tolist()], top_k=K, metric_type="IP", anns_field="vec_high", output_fields=[]
+            [q_high[i].tolist()], top_k=K, metric_type="IP", anns_field="vec_high", output_fields=["id"]
         ),
         f"get {coarse_limit} ids vec_high": lambda i: eng.get(
             list(range(i * coarse_limit, (i + 1) * coarse_limit)), output_fields=["vec_high"]

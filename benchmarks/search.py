@@ -207,7 +207,7 @@ def bench_size(
                     data=q_high[sl],
                     anns_field="vec",
                     limit=K,
-                    output_fields=[],
+                    output_fields=["id"],  # the key only: Lite answers [] with every field
                     search_params={"metric_type": "IP", "params": {"nprobe": npb}},
                 )
                 return hit_ids(res)
