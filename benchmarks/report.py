@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS_DIR, ROOT
+from benchmarks.report_coarse_fields import coarse_fields_section
 from benchmarks.report_negatives import negatives_section
 from benchmarks.report_precision import precision_section
 
@@ -684,6 +685,7 @@ def write_report(results_dir: Path | None = None, out: Path | None = None) -> Pa
     if docs:
         parts.append(machine_section(docs))
     parts.append(search_section(search) if search else "## Search\n\nNot measured yet.\n")
+    parts += [s for s in [coarse_fields_section(_load("coarse_fields", rd))] if s]
     engine = _load("engine", rd)
     if engine:
         from benchmarks.report_engine import engine_section  # imports this module: import here

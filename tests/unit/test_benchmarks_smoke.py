@@ -371,3 +371,26 @@ def test_report_load_section_and_plot(tmp_path: Path) -> None:
     assert "| `encode` | 10 | 5.0 | 1.0 | 2.0 | 3.0 | - |" in text
     assert "collection `quickstart` (360 rows)" in text
     assert "wrong answers 0 of 4 checked" in text
+
+
+def test_coarse_fields_compares_both_requests_on_the_same_ids(tmp_path: Path) -> None:
+    """The all-fields and key-only coarse requests return the same ids; the section renders them."""
+    from benchmarks import coarse_fields
+    from benchmarks.report_coarse_fields import coarse_fields_section
+
+    assert coarse_fields.main(["--rows", "1500", "--queries", "3", "--results-dir", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "coarse_fields.json").read_text())
+    assert doc["rows"] == 1500
+    assert doc["same_ids"] == {"100": True, "1000": True}
+    assert set(doc["stats"]) == {
+        'coarse cl=100 output_fields=["id"]',
+        "coarse cl=100 output_fields=[]",
+        'coarse cl=1000 output_fields=["id"]',
+        "coarse cl=1000 output_fields=[]",
+        "funnel cl=1000",
+        "exact-high",
+    }
+    assert all(s["n"] == 3 for s in doc["stats"].values())
+    section = coarse_fields_section(doc)
+    assert "| `funnel cl=1000` |" in section
+    assert "for the same ids: yes" in section
