@@ -44,6 +44,7 @@ NEW_FEATURES: dict[str, tuple[str, ...]] = {
         "benchmarks/report_precision.py",
         "tests/unit/test_training_precision.py",
     ),
+    "coarse request's output fields": ("benchmarks/coarse_fields.py", "benchmarks/report_coarse_fields.py"),
     "search plan choice": ("tests/unit/test_search_plan.py", "benchmarks/plan.py", "benchmarks/report_plan.py"),
     "load, batching, metrics, faults": (
         "serving/metrics.py",
