@@ -7,7 +7,9 @@ vectors that nobody read; it now sends ``["id"]``. On one gallery, single querie
 
 * the raw coarse request (``MilvusClient.search`` on ``vec_low``, the profile's ``nprobe``) both
   ways at each ``cl``, checked to return the same ids;
-* the funnel as it runs now (``hierarchical_search``, client re-rank) and exact high-dim search.
+* the funnel as it runs now (``hierarchical_search``, client re-rank) and exact high-dim search;
+
+once with single queries and once with batches of ``--nq`` queries a call.
 
     python -m benchmarks.coarse_fields --db benchmarks/.cache/gen_..._1000000_s0.0020.db
 
@@ -31,8 +33,13 @@ from benchmarks.metrics import K, hit_ids
 SHORTLISTS = (100, 1000)
 
 
-def measure(col: Any, *, queries: int, shortlists: tuple[int, ...] = SHORTLISTS, seed: int = 0) -> dict[str, Any]:
-    """p50 / p99 per contender, the ``[]`` / ``["id"]`` ratio per shortlist, and the funnel vs exact."""
+def measure(
+    col: Any, *, queries: int, nq: int = 1, shortlists: tuple[int, ...] = SHORTLISTS, seed: int = 0
+) -> dict[str, Any]:
+    """p50 / p99 per contender, the ``[]`` / ``["id"]`` ratio per shortlist, and the funnel vs exact.
+
+    Each call sends ``nq`` queries (``queries // nq`` calls per contender).
+    """
     from hivlp_milvus.model.embedding import HierarchicalEmbedding
 
     rng = np.random.default_rng(seed)
@@ -51,7 +58,7 @@ def measure(col: Any, *, queries: int, shortlists: tuple[int, ...] = SHORTLISTS,
         return lambda i: hit_ids(
             client.search(
                 col.name,
-                data=q["vec_low"][i : i + 1],
+                data=q["vec_low"][i * nq : (i + 1) * nq],
                 anns_field="vec_low",
                 limit=cl,
                 output_fields=fields,
@@ -60,7 +67,7 @@ def measure(col: Any, *, queries: int, shortlists: tuple[int, ...] = SHORTLISTS,
         )
 
     def query(i: int) -> Any:
-        return HierarchicalEmbedding(q["vec_low"][i], q["vec_high"][i])
+        return HierarchicalEmbedding(q["vec_low"][i * nq : (i + 1) * nq], q["vec_high"][i * nq : (i + 1) * nq])
 
     contenders: dict[str, Any] = {}
     for cl in shortlists:
@@ -70,7 +77,7 @@ def measure(col: Any, *, queries: int, shortlists: tuple[int, ...] = SHORTLISTS,
         col.hierarchical_search(query(i), limit=K, coarse_limit=shortlists[-1], rerank="client", output_fields=[])
     )
     contenders["exact-high"] = lambda i: hit_ids(col.search(query(i), level="high", limit=K, output_fields=[]))
-    times, outputs = interleaved(contenders, queries, seed=seed)
+    times, outputs = interleaved(contenders, queries // nq, seed=seed)
     # Searched without a partition: the search benchmark's galleries hold their rows outside the
     # modality partitions, where a partition-restricted search would time empty answers.
     empty = [name for name, per_query in outputs.items() if not all(per_query)]
@@ -89,7 +96,8 @@ def measure(col: Any, *, queries: int, shortlists: tuple[int, ...] = SHORTLISTS,
     speedup = stats["exact-high"]["p50_ms"] / stats[f"funnel cl={shortlists[-1]}"]["p50_ms"]
     return {
         "rows": rows,
-        "queries": queries,
+        "queries": queries // nq * nq,
+        "nq": nq,
         "stats": stats,
         "same_ids": same,
         "all_fields_over_key_p50": ratio,
@@ -130,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", type=Path, default=None, help="a search-benchmark cache database (collection 'gallery')")
     p.add_argument("--rows", type=int, default=20_000, help="rows of the random gallery built without --db")
     p.add_argument("--queries", type=int, default=30, help="single queries per contender")
+    p.add_argument("--nq", type=int, default=32, help="queries per call of the batched run")
+    p.add_argument("--batches", type=int, default=3, help="calls per contender of the batched run")
     p.add_argument("--results-dir", type=Path, default=None)
     args = p.parse_args(argv)
     from hivlp_milvus.collection import HierarchicalCollection
@@ -140,13 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             col = build_gallery(Path(tmp) / "gallery.db", args.rows)
         log(f"{col.count()} rows; {args.queries} queries per contender")
-        result = measure(col, queries=args.queries)
-    result["gallery"] = str(args.db) if args.db else f"random, {args.rows} rows"
-    for name, s in result["stats"].items():
-        log(f"{name}: p50 {s['p50_ms']:.1f} ms")
-    speedup = result["funnel_speedup_vs_exact_p50"]
-    log(f"[] / ['id'] p50: {result['all_fields_over_key_p50']}; funnel vs exact {speedup:.2f}x")
-    print(write_result("coarse_fields", result, results_dir=args.results_dir))
+        runs = [measure(col, queries=args.queries), measure(col, queries=args.batches * args.nq, nq=args.nq)]
+    for run in runs:
+        for name, s in run["stats"].items():
+            log(f"nq={run['nq']} {name}: p50 {s['p50_ms']:.1f} ms")
+        speedup = run["funnel_speedup_vs_exact_p50"]
+        log(f"nq={run['nq']} [] / ['id'] p50: {run['all_fields_over_key_p50']}; funnel vs exact {speedup:.2f}x")
+    gallery = str(args.db) if args.db else f"random, {args.rows} rows"
+    print(write_result("coarse_fields", {"gallery": gallery, "runs": runs}, results_dir=args.results_dir))
     return 0
 
 

@@ -378,19 +378,22 @@ def test_coarse_fields_compares_both_requests_on_the_same_ids(tmp_path: Path) ->
     from benchmarks import coarse_fields
     from benchmarks.report_coarse_fields import coarse_fields_section
 
-    assert coarse_fields.main(["--rows", "1500", "--queries", "3", "--results-dir", str(tmp_path)]) == 0
+    argv = ["--rows", "1500", "--queries", "3", "--nq", "4", "--batches", "2", "--results-dir", str(tmp_path)]
+    assert coarse_fields.main(argv) == 0
     doc = json.loads((tmp_path / "coarse_fields.json").read_text())
-    assert doc["rows"] == 1500
-    assert doc["same_ids"] == {"100": True, "1000": True}
-    assert set(doc["stats"]) == {
-        'coarse cl=100 output_fields=["id"]',
-        "coarse cl=100 output_fields=[]",
-        'coarse cl=1000 output_fields=["id"]',
-        "coarse cl=1000 output_fields=[]",
-        "funnel cl=1000",
-        "exact-high",
-    }
-    assert all(s["n"] == 3 for s in doc["stats"].values())
+    assert [(r["nq"], r["queries"]) for r in doc["runs"]] == [(1, 3), (4, 8)]
+    for run in doc["runs"]:
+        assert run["rows"] == 1500
+        assert run["same_ids"] == {"100": True, "1000": True}
+        assert set(run["stats"]) == {
+            'coarse cl=100 output_fields=["id"]',
+            "coarse cl=100 output_fields=[]",
+            'coarse cl=1000 output_fields=["id"]',
+            "coarse cl=1000 output_fields=[]",
+            "funnel cl=1000",
+            "exact-high",
+        }
+        assert all(s["n"] == run["queries"] // run["nq"] for s in run["stats"].values())
     section = coarse_fields_section(doc)
     assert "| `funnel cl=1000` |" in section
-    assert "for the same ids: yes" in section
+    assert section.count("same ids: yes") == 2
