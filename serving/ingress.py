@@ -269,8 +269,18 @@ class Ingress:
             return await asyncio.wait_for(call, timeout=self._settings.backend_timeout_s)
         except ApiError:
             raise
+        except TimeoutError as exc:  # asyncio.wait_for's own timeout: say which limit ran out
+            raise self._timeout() from exc
         except Exception as exc:
             raise to_api_error(exc) from exc
+
+    def _timeout(self) -> ApiError:
+        return ApiError(
+            504,
+            "timeout",
+            f"a backend deployment did not answer in time ({self._settings.backend_timeout_s:g} s, the "
+            "backend_timeout_s builder arg / HIVLP_BACKEND_TIMEOUT_S); retry, or raise it for slow backends",
+        )
 
     async def _encode(self, kind: str, payload: Any) -> dict[str, Any]:
         handle = self._text if kind == "text" else self._image
@@ -459,7 +469,7 @@ class Ingress:
         records = []
         for it, out in zip(items, outs, strict=True):
             if isinstance(out, BaseException):
-                err = to_api_error(out)
+                err = self._timeout() if isinstance(out, TimeoutError) else to_api_error(out)
                 if err.status >= 500:  # a server fault fails the request; the client may retry it
                     raise err
                 failed.append({"key": it.key, "reason": err.message})
