@@ -9,8 +9,9 @@ bypass its detection.
 Manifest rows (CSV, JSONL, Parquet, HF datasets) share one layout: ``image`` (a path, relative
 paths resolved against the manifest's directory or ``image_root``; or bytes / ``{"bytes", "path"}`` / a PIL image)
 and ``caption`` (one text) or ``captions`` (a list, or a JSON list in CSV); optional ``id``,
-``group`` and ``split``; every other column becomes an attribute (a column named ``attributes``
-holding an object, as in synthetic manifests, is merged in). Adjacent rows with the same id
+``group`` and ``split`` (``split`` selects rows and is also kept as an attribute, so searches can
+filter on it, as the Karpathy reader does); every other column becomes an attribute (a column named
+``attributes`` holding an object, as in synthetic manifests, is merged in). Adjacent rows with the same id
 (or, without an id column, the same image) are merged into one record, as in caption files that
 list one caption per line (Flickr8k's ``captions.txt``).
 """
