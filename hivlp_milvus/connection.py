@@ -242,7 +242,7 @@ def is_lite(client: Any) -> bool:
         pass
     with milvus_errors("get_server_version"):
         version = str(client.get_server_version())
-    lite = version.lower().startswith("milvus_lite") or "lite" in version.lower()
+    lite = "lite" in version.lower()  # Lite 3.x says "milvus_lite-3.2.2"; a server, "v2.6.x"
     with contextlib.suppress(TypeError):
         _LITE_CACHE[client] = lite
     return lite
