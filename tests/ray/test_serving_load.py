@@ -14,7 +14,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,14 +44,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Iterator[Served]:
-    from milvus_lite.server_manager import server_manager_instance
+def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None, serve_collection: Callable) -> Iterator[Served]:
     from ray import serve
 
-    from hivlp_milvus.collection import HierarchicalCollection
     from hivlp_milvus.data import synthetic
-    from hivlp_milvus.ingest import ingest
-    from hivlp_milvus.model import create_model
     from serving import AppArgs, build_app
 
     sys.path.insert(0, str(ROOT))
@@ -59,13 +55,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Itera
 
     tmp = tmp_path_factory.mktemp("load")
     records = synthetic.generate(N_RECORDS, seed=5)
-    model = create_model("micro", texts=[c for r in records for c in r.captions], seed=0)
-    model.save_pretrained(tmp / "model")
     db = str(tmp / "load.db")
-    col = HierarchicalCollection.create("load", uri=db, model=model)
-    assert not ingest(records, collection=col, model=model, progress=False).failed
-    col.client.close()
-    server_manager_instance.release_server(db)  # the Searcher replica opens the .db next
+    serve_collection(tmp, records, "load", db)  # micro model in tmp/model; the .db released for the Searcher
     work = make_workload(16, seed=5)
     # The check queries are captions of the collection's own scenes.
     texts = [r.captions[0] for r in records]
