@@ -89,6 +89,9 @@ class AppArgs(BaseModel):
         "at their autoscaling ceiling (at most 1 each; 0 without GPUs)",
     )
     max_encoder_replicas: int = Field(2, ge=1, le=64, description="autoscaling ceiling of each encoder")
+    min_encoder_replicas: int = Field(
+        1, ge=1, le=64, description="autoscaling floor of each encoder (at most max_encoder_replicas)"
+    )
     searcher_replicas: int | None = Field(
         None,
         ge=1,
@@ -158,11 +161,19 @@ def resolve_args(args: AppArgs, environ: Mapping[str, str] | None = None, cwd: s
 
     Raises:
         pydantic.ValidationError: an environment variable holds an invalid value.
+        ValueError: ``min_encoder_replicas`` is above ``max_encoder_replicas``.
     """
     env = os.environ if environ is None else environ
     from_env = {name: env[env_var(name)] for name in AppArgs.model_fields if env.get(env_var(name))}
     given = {name: value for name, value in args.model_dump(exclude_unset=True).items() if value not in (None, "")}
     merged = AppArgs.model_validate({**from_env, **given})
+    # Checked on the merged values, not per source: a floor given as an arg may rest on a ceiling
+    # from the environment.
+    if merged.min_encoder_replicas > merged.max_encoder_replicas:
+        raise ValueError(
+            f"min_encoder_replicas ({merged.min_encoder_replicas}) is above max_encoder_replicas "
+            f"({merged.max_encoder_replicas}); raise max_encoder_replicas or lower min_encoder_replicas"
+        )
     cwd = os.path.abspath(cwd or os.getcwd())
     lite = not is_server_uri(merged.milvus_uri)
 
@@ -243,6 +254,7 @@ def build_app(args: AppArgs) -> serve.Application:
 
     Raises:
         pydantic.ValidationError: an unknown arg or an out-of-range value (in an arg or a variable).
+        ValueError: ``min_encoder_replicas`` above ``max_encoder_replicas``.
     """
     if not isinstance(args, AppArgs):
         args = AppArgs.model_validate(dict(args or {}))
@@ -260,7 +272,7 @@ def build_app(args: AppArgs) -> serve.Application:
         # Room for two full batches per replica: one running, one filling.
         "max_ongoing_requests": max(64, 2 * opts.max_batch_size),
         "autoscaling_config": {
-            "min_replicas": 1,
+            "min_replicas": opts.min_encoder_replicas,
             "max_replicas": opts.max_encoder_replicas,
             "target_ongoing_requests": max(2, opts.max_batch_size // 2),
         },

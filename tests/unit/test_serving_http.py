@@ -269,6 +269,33 @@ def test_default_gpu_share_fits_both_encoders(gpus: float, ceiling: int, share: 
     assert 2 * ceiling * got <= gpus  # every replica up to the autoscaling ceiling can be scheduled
 
 
+def test_encoder_replica_floor_and_ceiling_reach_autoscaling(tmp_path: Path) -> None:
+    """``min_encoder_replicas`` / ``max_encoder_replicas`` become each encoder's autoscaling range."""
+    from hivlp_milvus.model import create_model
+    from serving.app import build_app
+
+    create_model("micro", texts=["a red circle"], seed=0).save_pretrained(tmp_path / "model")
+    args = {"checkpoint": str(tmp_path / "model"), "milvus_uri": str(tmp_path / "x.db"), "num_gpus": 0}
+    app = build_app({**args, "min_encoder_replicas": 2, "max_encoder_replicas": 3})
+    # Ray has no public accessor for a bound graph: the Ingress's init args are the other deployments.
+    encoders = {
+        d.name: d._deployment_config.autoscaling_config
+        for d in (getattr(a, "_bound_deployment", None) for a in app._bound_deployment.init_args)
+        if d is not None and d.name.endswith("Encoder")
+    }
+    assert {name: (c.min_replicas, c.max_replicas) for name, c in encoders.items()} == {
+        "TextEncoder": (2, 3),
+        "ImageEncoder": (2, 3),
+    }
+    with pytest.raises(ValueError, match=r"min_encoder_replicas \(3\) is above max_encoder_replicas \(2\)"):
+        resolve_args(AppArgs(min_encoder_replicas=3, max_encoder_replicas=2), environ={})
+    with pytest.raises(ValueError, match="min_encoder_replicas"):  # from the environment alike
+        resolve_args(AppArgs(), environ={env_var("min_encoder_replicas"): "5"})
+    # Checked once the sources are merged: a floor given as an arg may rest on a ceiling from the environment.
+    mixed = resolve_args(AppArgs(min_encoder_replicas=3), environ={env_var("max_encoder_replicas"): "4"})
+    assert (mixed.args.min_encoder_replicas, mixed.args.max_encoder_replicas) == (3, 4)
+
+
 # -- the same models, dependencies and error handlers over HTTP, without Ray ---------------------------
 
 
