@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 ROUTES = ("search_text", "search_image", "encode", "ingest")
 DEFAULT_MIX = {"search_text": 6, "search_image": 2, "encode": 1, "ingest": 1}
 INGEST_KEYS = 16
@@ -210,20 +212,8 @@ def summarize(records: list[tuple[str, int | str, float]], wall: float, clients:
 # -- CPU of the serve processes --------------------------------------------------------------------
 
 
-def _psutil() -> Any:
-    try:
-        import psutil
-    except ImportError:  # Ray ships psutil in ray/thirdparty_files and puts it on sys.path at import
-        import importlib
-
-        importlib.import_module("ray")
-        psutil = importlib.import_module("psutil")
-    return psutil
-
-
 def serve_processes(root_pid: int | None = None, *, include_root: bool = True) -> list[Any]:
     """The processes of the app: ``root_pid``'s descendants (and itself), else every Ray Serve process here."""
-    psutil = _psutil()
     if root_pid is not None:
         root = psutil.Process(root_pid)
         return [root, *root.children(recursive=True)] if include_root else root.children(recursive=True)
@@ -263,7 +253,7 @@ class CpuMeter:
             "processes": len(after),
             "cpu_s": round(used, 2),
             "cores_busy": round(used / wall, 2) if wall else 0.0,
-            "machine_cores": _psutil().cpu_count(),
+            "machine_cores": psutil.cpu_count(),
         }
 
 
