@@ -47,6 +47,7 @@ from ray import serve
 
 from hivlp_milvus.connection import ConnectionOptions, is_server_uri, redact_uri
 from hivlp_milvus.content import ContentOptions
+from hivlp_milvus.errors import ConfigError
 from serving.encoders import MAX_IMAGE_PIXELS, ImageEncoder, TextEncoder
 from serving.fusion import FusionScorer
 from serving.ingress import Ingress, IngressSettings
@@ -161,7 +162,7 @@ def resolve_args(args: AppArgs, environ: Mapping[str, str] | None = None, cwd: s
 
     Raises:
         pydantic.ValidationError: an environment variable holds an invalid value.
-        ValueError: ``min_encoder_replicas`` is above ``max_encoder_replicas``.
+        ConfigError: ``min_encoder_replicas`` is above ``max_encoder_replicas``.
     """
     env = os.environ if environ is None else environ
     from_env = {name: env[env_var(name)] for name in AppArgs.model_fields if env.get(env_var(name))}
@@ -170,7 +171,7 @@ def resolve_args(args: AppArgs, environ: Mapping[str, str] | None = None, cwd: s
     # Checked on the merged values, not per source: a floor given as an arg may rest on a ceiling
     # from the environment.
     if merged.min_encoder_replicas > merged.max_encoder_replicas:
-        raise ValueError(
+        raise ConfigError(
             f"min_encoder_replicas ({merged.min_encoder_replicas}) is above max_encoder_replicas "
             f"({merged.max_encoder_replicas}); raise max_encoder_replicas or lower min_encoder_replicas"
         )
@@ -254,7 +255,7 @@ def build_app(args: AppArgs) -> serve.Application:
 
     Raises:
         pydantic.ValidationError: an unknown arg or an out-of-range value (in an arg or a variable).
-        ValueError: ``min_encoder_replicas`` above ``max_encoder_replicas``.
+        ConfigError: ``min_encoder_replicas`` above ``max_encoder_replicas``.
     """
     if not isinstance(args, AppArgs):
         args = AppArgs.model_validate(dict(args or {}))

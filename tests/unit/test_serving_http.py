@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from starlette.requests import Request
 
+from hivlp_milvus.errors import ConfigError
 from serving.app import AppArgs, env_var, gpus_per_encoder_replica, resolve_args
 from serving.ingress import (
     AUTH,
@@ -287,9 +288,9 @@ def test_encoder_replica_floor_and_ceiling_reach_autoscaling(tmp_path: Path) -> 
         "TextEncoder": (2, 3),
         "ImageEncoder": (2, 3),
     }
-    with pytest.raises(ValueError, match=r"min_encoder_replicas \(3\) is above max_encoder_replicas \(2\)"):
+    with pytest.raises(ConfigError, match=r"min_encoder_replicas \(3\) is above max_encoder_replicas \(2\)"):
         resolve_args(AppArgs(min_encoder_replicas=3, max_encoder_replicas=2), environ={})
-    with pytest.raises(ValueError, match="min_encoder_replicas"):  # from the environment alike
+    with pytest.raises(ConfigError, match="min_encoder_replicas"):  # from the environment alike
         resolve_args(AppArgs(), environ={env_var("min_encoder_replicas"): "5"})
     # Checked once the sources are merged: a floor given as an arg may rest on a ceiling from the environment.
     mixed = resolve_args(AppArgs(min_encoder_replicas=3), environ={env_var("max_encoder_replicas"): "4"})
