@@ -82,5 +82,5 @@ def test_mixed_precision_choice(monkeypatch):
     with pytest.raises(ConfigError, match="no native bf16"):
         check_training_precision("bf16", "cuda")
     check_training_precision("fp32", "cuda")
-    check_training_precision("bf16", "cpu")  # the training config refuses this one, not this check
+    # bf16 on the CPU depends on this CPU's instructions: test_training_precision.py covers both cases.
     assert device_mod.DEVICE_CHOICES[0] == "auto"
