@@ -89,25 +89,25 @@ GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def _git(repo: Path, *args: str) -> str:
+def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
 
 
-def _non_blank(text: str) -> int:
+def non_blank(text: str) -> int:
     return sum(1 for line in text.splitlines() if line.strip())
 
 
 def lines_at(repo: Path, rev: str) -> dict[str, int]:
     """Non-blank lines of every ``*.py`` file of the rooms at ``rev``."""
-    paths = [p for p in _git(repo, "ls-tree", "-r", "--name-only", rev, "--", *ROOMS).splitlines() if p.endswith(".py")]
-    return {p: _non_blank(_git(repo, "show", f"{rev}:{p}")) for p in paths}
+    paths = [p for p in git(repo, "ls-tree", "-r", "--name-only", rev, "--", *ROOMS).splitlines() if p.endswith(".py")]
+    return {p: non_blank(git(repo, "show", f"{rev}:{p}")) for p in paths}
 
 
 def lines_now(repo: Path) -> dict[str, int]:
     """Non-blank lines of every tracked or new (not ignored) ``*.py`` file of the rooms in the working tree."""
-    listed = _git(repo, "ls-files", "--cached", "--others", "--exclude-standard", "--", *ROOMS).splitlines()
+    listed = git(repo, "ls-files", "--cached", "--others", "--exclude-standard", "--", *ROOMS).splitlines()
     return {
-        p: _non_blank((repo / p).read_text(encoding="utf-8"))
+        p: non_blank((repo / p).read_text(encoding="utf-8"))
         for p in listed
         if p.endswith(".py") and (repo / p).is_file()
     }
