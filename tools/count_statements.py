@@ -18,15 +18,17 @@ import subprocess
 from pathlib import Path
 
 
+def is_statement(node: ast.AST) -> bool:
+    """Whether ``node`` is a statement other than a docstring (a bare string expression)."""
+    if not isinstance(node, ast.stmt):
+        return False
+    is_string = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+    return not (is_string and isinstance(node.value.value, str))
+
+
 def statements(source: str) -> int:
-    """AST statements of ``source``, without docstrings (a bare string expression statement)."""
-    count = 0
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.stmt):
-            continue
-        is_docstring = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-        count += not (is_docstring and isinstance(node.value.value, str))
-    return count
+    """AST statements of ``source``, docstrings not counted."""
+    return sum(is_statement(node) for node in ast.walk(ast.parse(source)))
 
 
 def non_blank(source: str) -> int:

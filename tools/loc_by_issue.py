@@ -17,15 +17,18 @@ redesign's, which goes against it.
 Usage::
 
     python tools/loc_by_issue.py                 # against 5baa575, a Markdown table
+    python tools/loc_by_issue.py --unit statements  # AST statements (by their first line), not lines
     python tools/loc_by_issue.py --commits       # also the lines each commit still owns
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 from pathlib import Path
 
+from count_statements import is_statement, statements
 from loc_by_room import BASELINE, ROOMS, feature_of, git, lines_at, room_of
 
 REDESIGN = "#14"
@@ -116,20 +119,29 @@ def issue_of(commit: str, branch_of: dict[str, str]) -> str:
     return BRANCH_ISSUE.get(branch_of.get(commit, ""), REDESIGN)
 
 
-def blame(repo: Path, rev: str, path: str) -> collections.Counter[str]:
-    """Non-blank lines of ``path`` at HEAD by the short hash that wrote them (``"baseline"`` if older)."""
+def blame(repo: Path, rev: str, path: str) -> dict[int, str]:
+    """The short hash that wrote each line of ``path`` at HEAD (``"baseline"`` if older), by line number."""
     porcelain = git(repo, "blame", "-w", "-M", "-C", "-C", "--line-porcelain", f"{rev}..HEAD", "--", path)
-    owners: collections.Counter[str] = collections.Counter()
-    boundary, commit = set(), ""
+    owner_of: dict[int, str] = {}
+    boundary, commit, line_no = set(), "", 0
     for line in porcelain.splitlines():
-        head = line.split(" ", 1)[0]
-        if len(head) == 40 and all(c in "0123456789abcdef" for c in head):
-            commit = head
+        fields = line.split(" ")
+        if len(fields[0]) == 40 and all(c in "0123456789abcdef" for c in fields[0]):
+            commit, line_no = fields[0], int(fields[2])
         elif line == "boundary":
             boundary.add(commit)
         elif line.startswith("\t") and line[1:].strip():
-            owners["baseline" if commit in boundary else commit[:7]] += 1
-    return owners
+            owner_of[line_no] = "baseline" if commit in boundary else commit[:7]
+    return owner_of
+
+
+def owners(repo: Path, rev: str, path: str, unit: str) -> collections.Counter[str]:
+    """Non-blank lines (``unit="lines"``) or statements (by their first line) of ``path`` per owner."""
+    owner_of = blame(repo, rev, path)
+    if unit == "lines":
+        return collections.Counter(owner_of.values())
+    tree = ast.parse(git(repo, "show", f"HEAD:{path}"))
+    return collections.Counter(owner_of[node.lineno] for node in ast.walk(tree) if is_statement(node))
 
 
 def head_files(repo: Path) -> list[str]:
@@ -137,36 +149,39 @@ def head_files(repo: Path) -> list[str]:
     return [p for p in listed if p.endswith(".py")]
 
 
-def report(repo: Path, rev: str, show_commits: bool) -> str:
-    then = lines_at(repo, rev)
+def report(repo: Path, rev: str, unit: str, show_commits: bool) -> str:
+    if unit == "lines":
+        then = lines_at(repo, rev)
+    else:
+        then = {p: statements(git(repo, "show", f"{rev}:{p}")) for p in lines_at(repo, rev)}
     branch_of = branch_of_commits(repo, rev)
     table: dict[str, collections.Counter[str]] = {room: collections.Counter() for room in ROOMS}
     per_commit: collections.Counter[str] = collections.Counter()
     for path in head_files(repo):
-        owners = blame(repo, rev, path)
+        counted = owners(repo, rev, path, unit)
         room = table[room_of(path)]
         if path not in then and feature_of(path):
-            room["new-feature files"] += sum(owners.values())
+            room["new-feature files"] += sum(counted.values())
             continue
-        for owner, n in owners.items():
+        for owner, n in counted.items():
             room["baseline" if owner == "baseline" else issue_of(owner, branch_of)] += n
             per_commit[owner] += n
     issues = sorted({k for c in table.values() for k in c} - {"baseline", "new-feature files", REDESIGN})
-    head = ["room", rev, "baseline lines left", f"written by {REDESIGN}", *[f"by {i}" for i in issues]]
+    head = ["room", rev, f"baseline {unit} left", f"written by {REDESIGN}", *[f"by {i}" for i in issues]]
     out = [
         "| " + " | ".join([*head, "new-feature files", "old features now", "change"]) + " |",
         "|---" + "|---:" * (len(head) + 2) + "|",
     ]
-    for room, owners in table.items():
+    for room, credited in table.items():
         before = sum(n for p, n in then.items() if room_of(p) == room)
-        old_now = owners["baseline"] + owners[REDESIGN]
-        cells = [room, f"{before:,}", f"{owners['baseline']:,}", f"{owners[REDESIGN]:,}"]
-        cells += [f"{owners[i]:,}" for i in issues]
+        old_now = credited["baseline"] + credited[REDESIGN]
+        cells = [room, f"{before:,}", f"{credited['baseline']:,}", f"{credited[REDESIGN]:,}"]
+        cells += [f"{credited[i]:,}" for i in issues]
         change = f"{old_now - before:+,} ({(old_now - before) / before:+.1%})" if before else "—"
-        cells += [f"{owners['new-feature files']:,}", f"{old_now:,}", change]
+        cells += [f"{credited['new-feature files']:,}", f"{old_now:,}", change]
         out.append("| " + " | ".join(cells) + " |")
     if show_commits:
-        out += ["", "| commit | issue | lines at HEAD |", "|---|---|---:|"]
+        out += ["", f"| commit | issue | {unit} at HEAD |", "|---|---|---:|"]
         for commit, n in per_commit.most_common():
             if commit != "baseline":
                 out.append(f"| {commit} | {issue_of(commit, branch_of)} | {n} |")
@@ -177,9 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rev", default=BASELINE, help=f"the baseline revision (default {BASELINE})")
     parser.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1], help="the checkout")
-    parser.add_argument("--commits", action="store_true", help="also list the lines each commit still owns")
+    parser.add_argument("--unit", choices=("lines", "statements"), default="lines", help="what to count")
+    parser.add_argument("--commits", action="store_true", help="also list what each commit still owns")
     args = parser.parse_args(argv)
-    print(report(args.repo, args.rev, args.commits))
+    print(report(args.repo, args.rev, args.unit, args.commits))
 
 
 if __name__ == "__main__":
