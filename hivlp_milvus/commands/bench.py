@@ -238,41 +238,25 @@ def run(args: argparse.Namespace) -> int:
         from benchmarks import train
 
         train.run(smoke=smoke, steps=args.steps or 40, name="train" + suffix)
+    # The sweep options given on the command line: each benchmark keeps its own defaults for the rest.
+    sweep = {"low_dims": tuple(args.low_dims or ()), "ablation_low_dim": args.ablation_low_dim}
+    sweep = {k: v for k, v in sweep.items() if v}
+    steps = {"steps": args.steps} if args.steps else {}
     if what == "quality" and args.data == "emoji" and args.model:
         from benchmarks import emoji_heads  # a trained model: its towers frozen, the heads swept (minutes)
 
-        emoji_heads.run(
-            model_dir=args.model,
-            data_dir=args.data_dir,
-            **({"low_dims": tuple(args.low_dims)} if args.low_dims else {}),
-            **({"ablation_low_dim": args.ablation_low_dim} if args.ablation_low_dim else {}),
-            name="quality_emoji_heads" + suffix,
-        )
+        emoji_heads.run(model_dir=args.model, data_dir=args.data_dir, **sweep, name="quality_emoji_heads" + suffix)
     elif what == "quality" and args.data == "emoji":
         from benchmarks import emoji_sweep  # every run trains both towers (~2.5 min a run here in bf16, ~22 runs)
 
-        emoji_sweep.run(
-            data_dir=args.data_dir,
-            **({"steps": args.steps} if args.steps else {}),
-            **({"low_dims": tuple(args.low_dims)} if args.low_dims else {}),
-            **({"ablation_low_dim": args.ablation_low_dim} if args.ablation_low_dim else {}),
-            name="quality_emoji" + suffix,
-        )
+        emoji_sweep.run(data_dir=args.data_dir, **steps, **sweep, name="quality_emoji" + suffix)
     elif what in ("quality", "all"):
         from benchmarks import quality
 
         if what == "all":
-            kwargs: dict[str, Any] = dict(QUALITY_IN_ALL)
-            kwargs["name"] += suffix
+            quality.run(smoke=smoke, **{**QUALITY_IN_ALL, "name": QUALITY_IN_ALL["name"] + suffix})
         else:
-            kwargs = {"name": "quality" + suffix}
-            if args.steps:
-                kwargs["steps"] = args.steps
-            if args.low_dims:
-                kwargs["low_dims"] = tuple(args.low_dims)
-            if args.ablation_low_dim:
-                kwargs["ablation_low_dim"] = args.ablation_low_dim
-        quality.run(smoke=smoke, **kwargs)
+            quality.run(smoke=smoke, **steps, **sweep, name="quality" + suffix)
     if what == "engine":  # not part of `all`: it needs a second Milvus (another venv or a server)
         from benchmarks import engine
         from benchmarks.common import parse_sizes
