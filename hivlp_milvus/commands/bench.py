@@ -151,9 +151,7 @@ def _benchmarks() -> Any:
     )
 
 
-def _serve(args: argparse.Namespace) -> int:
-    pkg = _benchmarks()
-    root = Path(pkg.__file__).resolve().parent
+def _serve(args: argparse.Namespace, root: Path) -> int:
     out = root / "results" / ("serve_smoke.json" if args.smoke else "serve.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(root / "serve.py"), "--out", str(out)]
@@ -184,9 +182,7 @@ def load_command(args: argparse.Namespace, script: Path) -> list[str]:
     return cmd
 
 
-def _load(args: argparse.Namespace) -> int:
-    pkg = _benchmarks()
-    root = Path(pkg.__file__).resolve().parent
+def _load(args: argparse.Namespace, root: Path) -> int:
     workdir = Path(args.workdir or ".").resolve()
     if not workdir.is_dir():  # else subprocess dies with a FileNotFoundError traceback about the cwd
         raise ConfigError(
@@ -198,14 +194,15 @@ def _load(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    pkg = _benchmarks()  # noqa: F841  (fails early with a clear message outside a checkout)
+    root = Path(_benchmarks().__file__).resolve().parent  # fails early with a clear message outside a checkout
+    from benchmarks.common import parse_sizes
+
     what = args.what
     smoke = bool(args.smoke)
     suffix = "_smoke" if smoke else ""
     rc = 0
     if what in ("search", "all"):
         from benchmarks import search
-        from benchmarks.common import parse_sizes
 
         # `bench all` (make bench) stops at 100k to stay near a ~20 min budget; the 1M gallery
         # alone takes ~10 min to build and ~15 min to measure here: `bench search --sizes ... 1M`.
@@ -222,7 +219,6 @@ def run(args: argparse.Namespace) -> int:
         )
     if what in ("ingest", "all"):
         from benchmarks import ingest
-        from benchmarks.common import parse_sizes
 
         ingest.run(
             smoke=smoke,
@@ -231,9 +227,9 @@ def run(args: argparse.Namespace) -> int:
             name="ingest" + suffix,
         )
     if what in ("serve", "all"):
-        rc = _serve(args) or rc
+        rc = _serve(args, root) or rc
     if what == "load":  # not part of `all`: it needs a running app (--url) or the quickstart (--start)
-        rc = _load(args) or rc
+        rc = _load(args, root) or rc
     if what in ("train", "all"):
         from benchmarks import train
 
@@ -259,7 +255,6 @@ def run(args: argparse.Namespace) -> int:
             quality.run(smoke=smoke, **steps, **sweep, name="quality" + suffix)
     if what == "engine":  # not part of `all`: it needs a second Milvus (another venv or a server)
         from benchmarks import engine
-        from benchmarks.common import parse_sizes
 
         engine.run(
             parse_sizes(args.sizes, [2_000] if smoke else [100_000, 1_000_000]),
