@@ -172,10 +172,11 @@ def _dataset_from_source(source: Any, image_root: str | None, report: IngestRepo
         for it in record_items(record, report.failed):
             if it.kind == "vectors":
                 low, high = it.payload
-                cells = {"id": it.key, "modality": it.modality, "reference": it.reference}
                 vectors.append(
                     {
-                        **cells,
+                        "id": it.key,
+                        "modality": it.modality,
+                        "reference": it.reference,
                         "attributes": json.dumps(it.attributes),
                         "vec_low": np.asarray(low, dtype=np.float32),
                         "vec_high": np.asarray(high, dtype=np.float32),

@@ -79,10 +79,8 @@ def _attributes(value: Any) -> tuple[dict[str, Any], str | None]:
 
 
 def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
+    if isinstance(x, (np.generic, np.ndarray)):
+        return x.tolist()  # a numpy scalar's tolist() is its Python value
     raise TypeError(f"{type(x).__name__} is not JSON-serialisable")
 
 
