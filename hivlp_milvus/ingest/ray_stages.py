@@ -319,9 +319,6 @@ class MilvusDatasink(Datasink):
         self.connection, self.name, self.rows_per_write = connection, name, int(rows_per_write)
         self.parts: list[IngestReport] = []
 
-    def get_name(self) -> str:
-        return "Milvus"
-
     def write(self, blocks: Iterable[Any], ctx: Any) -> IngestReport:
         from hivlp_milvus.collection import HierarchicalCollection
 
