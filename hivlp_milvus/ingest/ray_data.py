@@ -144,9 +144,7 @@ def run_ray(
         else:
             with writing(coll, report, options) as w:
                 for batch in rows_ds.iter_batches(batch_size=w.batch_rows, batch_format="numpy", prefetch_batches=2):
-                    rows, part = ray_stages.rows_for_milvus(batch)
-                    report.merge(part)
-                    w.add(rows)
+                    w.add(ray_stages.rows_for_milvus(batch, report))
     finally:
         if tmp_ckpt:
             shutil.rmtree(tmp_ckpt, ignore_errors=True)

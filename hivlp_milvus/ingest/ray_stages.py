@@ -283,18 +283,18 @@ class EncodeActor:
 # Stage 3: rows → Milvus
 
 
-def rows_for_milvus(batch: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], IngestReport]:
-    """Encoded batch → the rows to write, and a report of the rest (existing, failed, dropped) and its encode time."""
+def rows_for_milvus(batch: dict[str, np.ndarray], report: IngestReport) -> list[dict[str, Any]]:
+    """Encoded batch → the rows to write; the rest (existing, failed, dropped) and the encode time go to ``report``."""
     rows: list[dict[str, Any]] = []
-    part = IngestReport(encode_seconds=float(np.sum(batch["encode_s"])))
+    report.encode_seconds += float(np.sum(batch["encode_s"]))
     for i in range(len(batch["id"])):
         error = text(batch["error"][i])
         if error == DROPPED:
-            part.dropped_captions += 1
+            report.dropped_captions += 1
         elif error == EXISTING:
-            part.skipped_existing += 1
+            report.skipped_existing += 1
         elif error:
-            part.failed.append(Skipped(text(batch["key"][i]), error))
+            report.failed.append(Skipped(text(batch["key"][i]), error))
         else:
             rows.append(
                 {
@@ -305,7 +305,7 @@ def rows_for_milvus(batch: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]],
                     "vec_high": np.asarray(batch["vec_high"][i], dtype=np.float32),
                 }
             )
-    return rows, part
+    return rows
 
 
 class MilvusDatasink(Datasink):
@@ -327,9 +327,7 @@ class MilvusDatasink(Datasink):
         writer = Writer(coll, self.rows_per_write, out, pipelined=False)
         try:
             for block in blocks:
-                rows, part = rows_for_milvus(BlockAccessor.for_block(block).to_batch_format("numpy"))
-                out.merge(part)
-                writer.add(rows)
+                writer.add(rows_for_milvus(BlockAccessor.for_block(block).to_batch_format("numpy"), out))
             writer.close()
         finally:
             with contextlib.suppress(Exception):
