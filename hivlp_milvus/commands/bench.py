@@ -151,9 +151,7 @@ def _benchmarks() -> Any:
     )
 
 
-def _serve(args: argparse.Namespace) -> int:
-    pkg = _benchmarks()
-    root = Path(pkg.__file__).resolve().parent
+def _serve(args: argparse.Namespace, root: Path) -> int:
     out = root / "results" / ("serve_smoke.json" if args.smoke else "serve.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(root / "serve.py"), "--out", str(out)]
@@ -184,9 +182,7 @@ def load_command(args: argparse.Namespace, script: Path) -> list[str]:
     return cmd
 
 
-def _load(args: argparse.Namespace) -> int:
-    pkg = _benchmarks()
-    root = Path(pkg.__file__).resolve().parent
+def _load(args: argparse.Namespace, root: Path) -> int:
     workdir = Path(args.workdir or ".").resolve()
     if not workdir.is_dir():  # else subprocess dies with a FileNotFoundError traceback about the cwd
         raise ConfigError(
@@ -198,14 +194,15 @@ def _load(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    pkg = _benchmarks()  # noqa: F841  (fails early with a clear message outside a checkout)
+    root = Path(_benchmarks().__file__).resolve().parent  # fails early with a clear message outside a checkout
+    from benchmarks.common import parse_sizes
+
     what = args.what
     smoke = bool(args.smoke)
     suffix = "_smoke" if smoke else ""
     rc = 0
     if what in ("search", "all"):
         from benchmarks import search
-        from benchmarks.common import parse_sizes
 
         # `bench all` (make bench) stops at 100k to stay near a ~20 min budget; the 1M gallery
         # alone takes ~10 min to build and ~15 min to measure here: `bench search --sizes ... 1M`.
@@ -222,7 +219,6 @@ def run(args: argparse.Namespace) -> int:
         )
     if what in ("ingest", "all"):
         from benchmarks import ingest
-        from benchmarks.common import parse_sizes
 
         ingest.run(
             smoke=smoke,
@@ -231,51 +227,34 @@ def run(args: argparse.Namespace) -> int:
             name="ingest" + suffix,
         )
     if what in ("serve", "all"):
-        rc = _serve(args) or rc
+        rc = _serve(args, root) or rc
     if what == "load":  # not part of `all`: it needs a running app (--url) or the quickstart (--start)
-        rc = _load(args) or rc
+        rc = _load(args, root) or rc
     if what in ("train", "all"):
         from benchmarks import train
 
         train.run(smoke=smoke, steps=args.steps or 40, name="train" + suffix)
+    # The sweep options given on the command line: each benchmark keeps its own defaults for the rest.
+    sweep = {"low_dims": tuple(args.low_dims or ()), "ablation_low_dim": args.ablation_low_dim}
+    sweep = {k: v for k, v in sweep.items() if v}
+    steps = {"steps": args.steps} if args.steps else {}
     if what == "quality" and args.data == "emoji" and args.model:
         from benchmarks import emoji_heads  # a trained model: its towers frozen, the heads swept (minutes)
 
-        emoji_heads.run(
-            model_dir=args.model,
-            data_dir=args.data_dir,
-            **({"low_dims": tuple(args.low_dims)} if args.low_dims else {}),
-            **({"ablation_low_dim": args.ablation_low_dim} if args.ablation_low_dim else {}),
-            name="quality_emoji_heads" + suffix,
-        )
+        emoji_heads.run(model_dir=args.model, data_dir=args.data_dir, **sweep, name="quality_emoji_heads" + suffix)
     elif what == "quality" and args.data == "emoji":
         from benchmarks import emoji_sweep  # every run trains both towers (~2.5 min a run here in bf16, ~22 runs)
 
-        emoji_sweep.run(
-            data_dir=args.data_dir,
-            **({"steps": args.steps} if args.steps else {}),
-            **({"low_dims": tuple(args.low_dims)} if args.low_dims else {}),
-            **({"ablation_low_dim": args.ablation_low_dim} if args.ablation_low_dim else {}),
-            name="quality_emoji" + suffix,
-        )
+        emoji_sweep.run(data_dir=args.data_dir, **steps, **sweep, name="quality_emoji" + suffix)
     elif what in ("quality", "all"):
         from benchmarks import quality
 
         if what == "all":
-            kwargs: dict[str, Any] = dict(QUALITY_IN_ALL)
-            kwargs["name"] += suffix
+            quality.run(smoke=smoke, **{**QUALITY_IN_ALL, "name": QUALITY_IN_ALL["name"] + suffix})
         else:
-            kwargs = {"name": "quality" + suffix}
-            if args.steps:
-                kwargs["steps"] = args.steps
-            if args.low_dims:
-                kwargs["low_dims"] = tuple(args.low_dims)
-            if args.ablation_low_dim:
-                kwargs["ablation_low_dim"] = args.ablation_low_dim
-        quality.run(smoke=smoke, **kwargs)
+            quality.run(smoke=smoke, **steps, **sweep, name="quality" + suffix)
     if what == "engine":  # not part of `all`: it needs a second Milvus (another venv or a server)
         from benchmarks import engine
-        from benchmarks.common import parse_sizes
 
         engine.run(
             parse_sizes(args.sizes, [2_000] if smoke else [100_000, 1_000_000]),

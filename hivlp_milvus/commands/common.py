@@ -38,9 +38,9 @@ ENVIRONMENT = {
 }
 
 
-def default(name: str, environ: dict[str, str] | None = None) -> str | None:
+def default(name: str) -> str | None:
     """The default of setting ``name``: its environment variable when set and non-empty, else the quickstart's."""
-    value = (os.environ if environ is None else environ).get(ENVIRONMENT[name], "")
+    value = os.environ.get(ENVIRONMENT[name], "")
     return value or DEFAULTS.get(name)
 
 
@@ -65,8 +65,8 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_connection_arguments(parser: argparse.ArgumentParser, *, collection: bool = True) -> None:
-    """The Milvus location, credentials and TLS files (the fields of ``ConnectionOptions``)."""
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Milvus location, the collection, credentials and TLS files (the fields of ``ConnectionOptions``)."""
     group = parser.add_argument_group("Milvus connection")
     group.add_argument(
         "--uri",
@@ -74,13 +74,11 @@ def add_connection_arguments(parser: argparse.ArgumentParser, *, collection: boo
         help=f"Milvus Lite path or server URL (http(s)://host:19530); default ${ENVIRONMENT['milvus_uri']}, "
         f"else {DEFAULTS['milvus_uri']}. Now: %(default)s",
     )
-    if collection:
-        group.add_argument(
-            "--collection",
-            default=default("collection"),
-            help=f"collection name; default ${ENVIRONMENT['collection']}, else {DEFAULTS['collection']}. "
-            "Now: %(default)s",
-        )
+    group.add_argument(
+        "--collection",
+        default=default("collection"),
+        help=f"collection name; default ${ENVIRONMENT['collection']}, else {DEFAULTS['collection']}. Now: %(default)s",
+    )
     group.add_argument(
         "--token",
         default=None,

@@ -42,22 +42,17 @@ def run_local(
         records = itertools.chain([first], records)
         if model is None and not isinstance(first, EmbeddingRecord):
             raise ConfigError(NEEDS_MODEL)
-    if options.expected_rows is None:
-        options = options.model_copy(update={"expected_rows": estimate_rows(source, first)})
-    coll = resolve_collection(collection, options, model=model, first=first)
+    coll = resolve_collection(collection, options, model=model, first=first, estimate=estimate_rows(source, first))
     report = IngestReport(collection=str(getattr(coll, "name", options.collection_name)))
+    report.setup_seconds = time.perf_counter() - started
     if coll is None:  # empty source and no collection to write to: nothing to do
         report.add_source_report(source)
-        report.setup_seconds = time.perf_counter() - started
         return report
 
-    loop_started = time.perf_counter()
-    report.setup_seconds = loop_started - started
-    rows_per_write = int(options.write_batch_rows or coll.max_rows_per_request)
     encoder = Encoder(model, autocast_dtype=autocast_dtype) if model is not None else None
     low_dim, high_dim = int(coll.low_dim), int(coll.high_dim)
     first_vectors = True
-    with writing(coll, rows_per_write, report, progress=options.progress, pipelined=options.pipeline) as writer:
+    with writing(coll, report, options) as writer:
         seen = writer.seen
         items = (it for record in records for it in rows.record_items(record, report.failed))
         for chunk in _chunks(items, options.batch_size):
@@ -85,7 +80,7 @@ def run_local(
             writer.add(out)
 
     report.add_source_report(source)
-    report.seconds = time.perf_counter() - loop_started
+    report.seconds = time.perf_counter() - started - report.setup_seconds
     return report
 
 

@@ -70,14 +70,10 @@ def run_ray(
     live_model, _ = load_model(model, "cpu")
 
     report = IngestReport(distributed=True)
-    # A Ray Dataset holds records, exploded into items on the workers; another source is read here.
-    exploded = not is_ray_dataset(dataset)
-    if not exploded:
-        ds, estimate = dataset, None
-    else:
-        ds, estimate = _dataset_from_source(dataset, options.image_root, report)
-    if options.expected_rows is None:
-        options = options.model_copy(update={"expected_rows": estimate})
+    # A Ray Dataset holds records, exploded into items on the workers; another source is read (and
+    # exploded) here.
+    given = is_ray_dataset(dataset)
+    ds, estimate = (dataset, None) if given else _dataset_from_source(dataset, options.image_root, report)
     schema = ds.schema()
     byo = {"vec_low", "vec_high"} <= set(schema.names if schema is not None else [])
     if not byo and live_model is None:
@@ -91,17 +87,16 @@ def run_ray(
     first = None
     if first_batch and len(first_batch.get("id", [])):
         first = EmbeddingRecord("", "image", first_batch["vec_low"][0], first_batch["vec_high"][0])
-    coll = resolve_collection(collection, options, model=live_model, first=first)
+    coll = resolve_collection(collection, options, model=live_model, first=first, estimate=estimate)
     report.collection = str(getattr(coll, "name", options.collection_name))
+    report.setup_seconds = time.perf_counter() - started
     if coll is None:
-        report.setup_seconds = time.perf_counter() - started
         return report
     low_dim, high_dim = int(coll.low_dim), int(coll.high_dim)
     if first is not None:
         pairs = list(zip(first_batch["vec_low"], first_batch["vec_high"], strict=True))
         check_first_batch(pairs, low_dim, high_dim)
 
-    rows_per_write = int(options.write_batch_rows or coll.max_rows_per_request)
     # Workers write only to a server this run connected to itself: a Lite .db is locked by the
     # driver, and a collection handed in gives no connection to repeat on the workers.
     workers_write = collection is None and is_server_uri(options.connection.uri)
@@ -112,8 +107,6 @@ def run_ray(
         skip = {"connection": options.connection, "name": coll.name} if workers_write else {"ids": _all_ids(coll)}
 
     tmp_ckpt: str | None = None
-    loop_started = time.perf_counter()
-    report.setup_seconds = loop_started - started
     try:
         if byo:
             rows_ds = ds.map_batches(
@@ -123,7 +116,7 @@ def run_ray(
             )
         else:
             ckpt_dir, tmp_ckpt = _checkpoint_dir(model, live_model)
-            if not exploded:
+            if given:
                 ds = ds.map_batches(
                     ray_stages.explode, batch_format="numpy", fn_kwargs={"image_root": options.image_root}
                 )
@@ -143,21 +136,20 @@ def run_ray(
                 num_cpus=plan.num_cpus,
             )
         if workers_write:
+            rows_per_write = options.write_batch_rows or coll.max_rows_per_request
             sink = ray_stages.MilvusDatasink(options.connection, coll.name, rows_per_write)
             rows_ds.write_datasink(sink)
             for part in sink.parts:
                 report.merge(part)
         else:
-            with writing(coll, rows_per_write, report, progress=options.progress, pipelined=options.pipeline) as w:
-                for batch in rows_ds.iter_batches(batch_size=rows_per_write, batch_format="numpy", prefetch_batches=2):
-                    rows, part = ray_stages.rows_for_milvus(batch)
-                    report.merge(part)
-                    w.add(rows)
+            with writing(coll, report, options) as w:
+                for batch in rows_ds.iter_batches(batch_size=w.batch_rows, batch_format="numpy", prefetch_batches=2):
+                    w.add(ray_stages.rows_for_milvus(batch, report))
     finally:
         if tmp_ckpt:
             shutil.rmtree(tmp_ckpt, ignore_errors=True)
 
-    report.seconds = time.perf_counter() - loop_started
+    report.seconds = time.perf_counter() - started - report.setup_seconds
     return report
 
 
@@ -178,10 +170,11 @@ def _dataset_from_source(source: Any, image_root: str | None, report: IngestRepo
         for it in record_items(record, report.failed):
             if it.kind == "vectors":
                 low, high = it.payload
-                cells = {"id": it.key, "modality": it.modality, "reference": it.reference}
                 vectors.append(
                     {
-                        **cells,
+                        "id": it.key,
+                        "modality": it.modality,
+                        "reference": it.reference,
                         "attributes": json.dumps(it.attributes),
                         "vec_low": np.asarray(low, dtype=np.float32),
                         "vec_high": np.asarray(high, dtype=np.float32),

@@ -23,7 +23,7 @@ from hivlp_milvus.connection import ConnectionOptions
 from hivlp_milvus.data.record import EmbeddingRecord, Record, Skipped
 from hivlp_milvus.errors import ModelMismatchError
 from hivlp_milvus.ingest.report import IngestReport
-from hivlp_milvus.ingest.rows import Item, check_vectors, record_items
+from hivlp_milvus.ingest.rows import Item, record_items, vector_rows
 from hivlp_milvus.ingest.writer import Writer
 
 # The columns of an item (stage 1 → 2) and the text columns of a row (stage 2 → 3).
@@ -34,6 +34,8 @@ _NPY_MAGIC = b"\x93NUMPY"
 # only, so a Ray Dataset and the same records as a list give the same keys). They travel as an
 # item with this error so the driver can count them.
 DROPPED = "blank caption (dropped)"
+# Rows already stored (skip_existing) travel the same way, to be counted as skipped.
+EXISTING = "already stored (skipped)"
 
 
 def rows_of(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -77,10 +79,8 @@ def _attributes(value: Any) -> tuple[dict[str, Any], str | None]:
 
 
 def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
+    if isinstance(x, (np.generic, np.ndarray)):
+        return x.tolist()  # a numpy scalar's tolist() is its Python value
     raise TypeError(f"{type(x).__name__} is not JSON-serialisable")
 
 
@@ -177,17 +177,25 @@ def explode(batch: dict[str, np.ndarray], *, image_root: str | None = None) -> d
 
 
 def _rows_batch(
-    ids: Any, cols: dict[str, Any], low: np.ndarray, high: np.ndarray, errors: list[str], existing: Any, t0: float
+    rows: list[dict[str, Any]], problems: list[Skipped], dims: tuple[int, int], t0: float
 ) -> dict[str, Any]:
-    """The columns of a stage-2 batch; ``encode_s`` spreads the batch's time over its rows."""
-    n = len(errors)
+    """The columns of a stage-2 batch: the rows to write, then one row per problem (its reason in ``error``).
+
+    A problem's vectors are zeros (a column holds one shape); ``encode_s`` spreads the batch's time over its rows.
+    """
+    n = len(rows) + len(problems)
+    blank = {"id": 0, "modality": "", "reference": "", "attributes": {}}
+    cells = [*({**row, "error": ""} for row in rows), *({**blank, "key": s.key, "error": s.reason} for s in problems)]
+    low, high = np.zeros((n, dims[0]), np.float32), np.zeros((n, dims[1]), np.float32)
+    for i, row in enumerate(rows):
+        low[i], high[i] = row["vec_low"], row["vec_high"]
     return {
-        "id": np.asarray(ids, dtype=np.int64),
-        **{c: np.asarray(cols[c], dtype=object) for c in TEXT_COLUMNS},
+        "id": np.asarray([c["id"] for c in cells], dtype=np.int64),
+        **{c: np.asarray([x[c] for x in cells], dtype=object) for c in TEXT_COLUMNS[:3]},
+        "attributes": np.asarray([json.dumps(x["attributes"]) for x in cells], dtype=object),
         "vec_low": low,
         "vec_high": high,
-        "error": np.asarray(errors, dtype=object),
-        "existing": np.asarray(existing, dtype=bool),
+        "error": np.asarray([x["error"] for x in cells], dtype=object),
         "encode_s": np.full(n, (time.perf_counter() - t0) / max(n, 1)),
     }
 
@@ -203,44 +211,38 @@ class ExistingIds:
 
             self._coll = HierarchicalCollection.open(skip["name"], client=skip["connection"].connect())
 
-    def mask(self, ids: np.ndarray) -> np.ndarray:
+    def new(self, items: list[Item], problems: list[Skipped]) -> list[Item]:
+        """The items not stored yet; the others go to ``problems`` as :data:`EXISTING` (counted, not failed)."""
+        ids = [it.id for it in items]
         if self._ids is not None:
-            return np.isin(ids, self._ids)
-        if self._coll is not None and len(ids):
-            present = self._coll.existing_ids([int(i) for i in ids])
-            return np.fromiter((int(i) in present for i in ids), dtype=bool, count=len(ids))
-        return np.zeros(len(ids), dtype=bool)
+            present = np.isin(np.asarray(ids, dtype=np.int64), self._ids)
+        elif self._coll is not None and ids:
+            stored = self._coll.existing_ids(ids)
+            present = [i in stored for i in ids]
+        else:
+            return items
+        problems += [Skipped(it.key, EXISTING) for it, p in zip(items, present, strict=True) if p]
+        return [it for it, p in zip(items, present, strict=True) if not p]
 
 
 def validate_vectors(
     batch: dict[str, np.ndarray], *, low_dim: int, high_dim: int, skip: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """Precomputed-vector rows → write-ready rows (bad vectors carry an ``error``)."""
+    """Precomputed-vector rows → write-ready rows, checked as the in-process driver checks them (:mod:`.rows`)."""
     t0 = time.perf_counter()
-    rows = rows_of(batch)
-    low, high = np.zeros((len(rows), low_dim), np.float32), np.zeros((len(rows), high_dim), np.float32)
-    cols: dict[str, list[Any]] = {c: [] for c in TEXT_COLUMNS}
-    ids, errors = [], []
-    for i, row in enumerate(rows):
-        key, modality, reference = text(row.get("id")), text(row.get("modality")), text(row.get("reference"))
+    items: list[Item] = []
+    problems: list[Skipped] = []
+    for row in rows_of(batch):
+        key = text(row.get("id"))
         attributes, error = _attributes(row.get("attributes"))
-        rid = 0
-        if not error:
-            failed: list[Skipped] = []
-            record = EmbeddingRecord(key, modality, row["vec_low"], row["vec_high"], reference, attributes)
-            items = list(record_items(record, failed))
-            checked = failed[0].reason if failed else check_vectors(row["vec_low"], row["vec_high"], low_dim, high_dim)
-            if isinstance(checked, str):
-                error = checked
-            else:
-                low[i], high[i] = checked
-                rid = items[0].id
-        for c, v in zip(TEXT_COLUMNS, (key, modality, reference, json.dumps(attributes)), strict=True):
-            cols[c].append(v)
-        ids.append(rid)
-        errors.append(error or "")
-    existing = ExistingIds(skip).mask(np.asarray(ids, dtype=np.int64)) & (np.asarray(errors, dtype=object) == "")
-    return _rows_batch(ids, cols, low, high, errors, existing, t0)
+        if error:
+            problems.append(Skipped(key, error))
+            continue
+        modality, reference = text(row.get("modality")), text(row.get("reference"))
+        record = EmbeddingRecord(key, modality, row["vec_low"], row["vec_high"], reference, attributes)
+        items += record_items(record, problems)
+    rows = vector_rows(ExistingIds(skip).new(items, problems), low_dim, high_dim, problems)
+    return _rows_batch(rows, problems, (low_dim, high_dim), t0)
 
 
 class EncodeActor:
@@ -259,47 +261,40 @@ class EncodeActor:
                 f"not the driver's {fingerprint}: the directory changed during ingest"
             )
         self.encoder = Encoder(model, autocast_dtype=inference_dtype(target))
-        self.low_dim, self.high_dim = int(model.config.low_dim), int(model.config.high_dim)
+        self.dims = int(model.config.low_dim), int(model.config.high_dim)
         self.existing = ExistingIds(skip)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         t0 = time.perf_counter()
-        n = len(batch["id"])
-        low, high = np.zeros((n, self.low_dim), np.float32), np.zeros((n, self.high_dim), np.float32)
-        errors = [text(e) for e in batch["error"]]
-        ok = np.asarray([not e for e in errors], dtype=bool)
-        existing = self.existing.mask(batch["id"]) & ok
-        todo = np.flatnonzero(ok & ~existing)
-        items = []
-        for i in todo:
-            image = batch["kind"][i] == "image"
-            payload = (
-                _decode_image(batch["image_path"][i], batch["image_bytes"][i]) if image else text(batch["text"][i])
-            )
-            items.append(Item(int(batch["id"][i]), "", "", "", {}, "image" if image else "text", payload))
-        for i, result in zip(todo, self.encoder.encode(items), strict=True):
-            if isinstance(result, str):
-                errors[i] = result
-            else:
-                low[i], high[i] = result
-        return _rows_batch(batch["id"], batch, low, high, errors, existing, t0)
+        items: list[Item] = []
+        problems: list[Skipped] = []
+        for row in rows_of(batch):
+            key, error, kind = text(row["key"]), text(row["error"]), text(row["kind"])
+            if error:
+                problems.append(Skipped(key, error))
+                continue
+            payload = _decode_image(row["image_path"], row["image_bytes"]) if kind == "image" else text(row["text"])
+            cells = (text(row["modality"]), text(row["reference"]), json.loads(text(row["attributes"]) or "{}"))
+            items.append(Item(int(row["id"]), key, *cells, kind, payload))
+        rows = self.encoder.rows(self.existing.new(items, problems), problems)
+        return _rows_batch(rows, problems, self.dims, t0)
 
 
 # Stage 3: rows → Milvus
 
 
-def rows_for_milvus(batch: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], IngestReport]:
-    """Encoded batch → the rows to write, and a report of the rest (existing, failed, dropped) and its encode time."""
+def rows_for_milvus(batch: dict[str, np.ndarray], report: IngestReport) -> list[dict[str, Any]]:
+    """Encoded batch → the rows to write; the rest (existing, failed, dropped) and the encode time go to ``report``."""
     rows: list[dict[str, Any]] = []
-    part = IngestReport(encode_seconds=float(np.sum(batch["encode_s"])))
+    report.encode_seconds += float(np.sum(batch["encode_s"]))
     for i in range(len(batch["id"])):
         error = text(batch["error"][i])
         if error == DROPPED:
-            part.dropped_captions += 1
+            report.dropped_captions += 1
+        elif error == EXISTING:
+            report.skipped_existing += 1
         elif error:
-            part.failed.append(Skipped(text(batch["key"][i]), error))
-        elif bool(batch["existing"][i]):
-            part.skipped_existing += 1
+            report.failed.append(Skipped(text(batch["key"][i]), error))
         else:
             rows.append(
                 {
@@ -310,7 +305,7 @@ def rows_for_milvus(batch: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]],
                     "vec_high": np.asarray(batch["vec_high"][i], dtype=np.float32),
                 }
             )
-    return rows, part
+    return rows
 
 
 class MilvusDatasink(Datasink):
@@ -324,9 +319,6 @@ class MilvusDatasink(Datasink):
         self.connection, self.name, self.rows_per_write = connection, name, int(rows_per_write)
         self.parts: list[IngestReport] = []
 
-    def get_name(self) -> str:
-        return "Milvus"
-
     def write(self, blocks: Iterable[Any], ctx: Any) -> IngestReport:
         from hivlp_milvus.collection import HierarchicalCollection
 
@@ -335,9 +327,7 @@ class MilvusDatasink(Datasink):
         writer = Writer(coll, self.rows_per_write, out, pipelined=False)
         try:
             for block in blocks:
-                rows, part = rows_for_milvus(BlockAccessor.for_block(block).to_batch_format("numpy"))
-                out.merge(part)
-                writer.add(rows)
+                writer.add(rows_for_milvus(BlockAccessor.for_block(block).to_batch_format("numpy"), out))
             writer.close()
         finally:
             with contextlib.suppress(Exception):

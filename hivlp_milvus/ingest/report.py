@@ -7,6 +7,18 @@ from typing import Any
 
 from hivlp_milvus.data.record import Skipped
 
+# What :meth:`IngestReport.merge` adds up (the wall times and the source's skips are the driver's).
+_SUMMED = (
+    "inserted",
+    "updated",
+    "rows_written",
+    "skipped_existing",
+    "dropped_captions",
+    "failed",
+    "encode_seconds",
+    "write_seconds",
+)
+
 
 @dataclass
 class IngestReport:
@@ -88,14 +100,8 @@ class IngestReport:
 
     def merge(self, other: IngestReport) -> None:
         """Add the counts of ``other``: the part of the run one Ray write task did."""
-        self.inserted += other.inserted
-        self.updated += other.updated
-        self.rows_written += other.rows_written
-        self.skipped_existing += other.skipped_existing
-        self.dropped_captions += other.dropped_captions
-        self.failed.extend(other.failed)
-        self.encode_seconds += other.encode_seconds
-        self.write_seconds += other.write_seconds
+        for name in _SUMMED:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def add_source_report(self, source: Any) -> None:
         """Copy what the data source skipped and the blank captions it dropped."""

@@ -48,9 +48,17 @@ def load_model(model: Any, device: str = "auto") -> tuple[Any, Any]:
 
 
 def resolve_collection(
-    collection: HierarchicalCollection | None, options: IngestOptions, *, model: Any, first: Any
+    collection: HierarchicalCollection | None,
+    options: IngestOptions,
+    *,
+    model: Any,
+    first: Any,
+    estimate: int | None = None,
 ) -> HierarchicalCollection | None:
     """The collection to write to, checked against ``model``: the given one, or one opened or created.
+
+    A collection created here sizes its index for ``options.expected_rows``, else for ``estimate``
+    (the rows the source will write, when its driver knows).
 
     Returns ``None`` only when the collection does not exist and nothing tells its dims (no model
     and an empty source), i.e. there is nothing to ingest.
@@ -80,7 +88,8 @@ def resolve_collection(
             dims = {}
             if model is None:  # the dims of the first record's vectors (else the model's)
                 dims = {"low_dim": np.shape(first.vec_low)[-1], "high_dim": np.shape(first.vec_high)[-1]}
-            kw = {"profile": options.profile, "expected_rows": options.expected_rows, **dims}
+            expected = estimate if options.expected_rows is None else options.expected_rows
+            kw = {"profile": options.profile, "expected_rows": expected, **dims}
             collection = HierarchicalCollection.create(name, client=client, model=model, exist_ok=True, **kw)
     if model is not None:
         collection.check_model(model)  # before anything is written

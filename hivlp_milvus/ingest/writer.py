@@ -18,6 +18,7 @@ from hivlp_milvus.ingest.report import IngestReport
 
 if TYPE_CHECKING:
     from hivlp_milvus.collection import HierarchicalCollection
+    from hivlp_milvus.ingest.options import IngestOptions
 
 # Requests waiting for the writer. Two keep it busy while the encoder works on the next batch,
 # and bound the memory a slow Milvus can make the encoder fill.
@@ -143,15 +144,21 @@ class Writer:
 
 
 @contextlib.contextmanager
-def writing(
-    collection: HierarchicalCollection, batch_rows: int, report: IngestReport, *, progress: bool, pipelined: bool
-) -> Iterator[Writer]:
-    """A :class:`Writer` with its progress bar: closed (everything written) on success, aborted on error."""
+def writing(collection: HierarchicalCollection, report: IngestReport, options: IngestOptions) -> Iterator[Writer]:
+    """A :class:`Writer` with its progress bar: closed (everything written) on success, aborted on error.
+
+    Requests are ``options.write_batch_rows`` rows, else the collection's ``max_rows_per_request``.
+    """
     from tqdm.auto import tqdm
 
-    bar = tqdm(desc="ingest", unit="row", dynamic_ncols=True, disable=not progress)
+    bar = tqdm(desc="ingest", unit="row", dynamic_ncols=True, disable=not options.progress)
     writer = Writer(
-        collection, batch_rows, report, bar, pipelined=pipelined, seen=RunIds(active=collection.count() == 0)
+        collection,
+        options.write_batch_rows or collection.max_rows_per_request,
+        report,
+        bar,
+        pipelined=options.pipeline,
+        seen=RunIds(active=collection.count() == 0),
     )
     try:
         yield writer
