@@ -358,10 +358,10 @@ def test_dockerfile_contract() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     include = re.search(r"include\s*=\s*\[([^\]]*)\]", pyproject).group(1)
     packages = {p.strip().strip('"').rstrip("*") for p in include.split(",") if p.strip()}
-    copied = set()
-    for line in re.findall(r"^COPY\s+(.+)$", text, re.MULTILINE):
-        sources = [w for w in line.split() if not w.startswith("--")][:-1]
-        copied |= set(sources)
+    copies = [
+        [w for w in line.split() if not w.startswith("--")] for line in re.findall(r"^COPY\s+(.+)$", text, re.MULTILINE)
+    ]
+    copied = {source for words in copies for source in words[:-1]}  # the last word is the destination
     assert packages <= copied, f"Dockerfile does not COPY packages {sorted(packages - copied)}"
     for source in copied:  # README.md included: pyproject's `readme` makes `pip install .` read it
         assert (ROOT / source).exists(), f"Dockerfile copies {source!r}, which does not exist"
