@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from collection_rows import unit
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.data import EmbeddingRecord
@@ -36,18 +37,17 @@ LIMIT, COARSE = 5, 20
 TIMEOUT_S = 180.0
 
 
-def _unit(rng: np.random.Generator, dim: int) -> np.ndarray:
-    v = rng.standard_normal(dim).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
 def _records(writer: int) -> Iterator[EmbeddingRecord]:
     """Writer ``writer``'s rows: the same every time (seeded), keys disjoint from the other writer's."""
     rng = np.random.default_rng(1000 + writer)
     for i in range(PER_WRITER):
         modality = "image" if i % 2 else "text"
         yield EmbeddingRecord(
-            f"w{writer}-{i:04d}", modality, _unit(rng, LOW), _unit(rng, HIGH), attributes={"writer": writer}
+            f"w{writer}-{i:04d}",
+            modality,
+            unit(rng.standard_normal(LOW)),
+            unit(rng.standard_normal(HIGH)),
+            attributes={"writer": writer},
         )
 
 
@@ -125,23 +125,23 @@ def _searcher(uri: str, token: str, name: str, results: Any, go: Any, writers_do
         rng = np.random.default_rng(7)
         stats: dict[str, Any] = {"searches": 0, "counts_during_writes": [], "self_found": 0}
         modalities = (None, "image", "text")
+
+        def search(queries: list[EmbeddingRecord], modality: str | None) -> int:
+            q = HierarchicalEmbedding(np.stack([r.vec_low for r in queries]), np.stack([r.vec_high for r in queries]))
+            res = coll.hierarchical_search(q, limit=LIMIT, coarse_limit=COARSE, modality=modality)
+            return _check_hits(res, queries, modality, rows)
+
         while not writers_done.is_set():
             count = coll.count()
             assert count >= max(stats["counts_during_writes"], default=0), "the row count went down"
             stats["counts_during_writes"].append(count)
             queries = [records[i] for i in rng.choice(len(records), size=2, replace=False)]
-            modality = modalities[stats["searches"] % 3]
-            q = HierarchicalEmbedding(np.stack([r.vec_low for r in queries]), np.stack([r.vec_high for r in queries]))
-            res = coll.hierarchical_search(q, limit=LIMIT, coarse_limit=COARSE, modality=modality)
-            stats["self_found"] += _check_hits(res, queries, modality, rows)
+            stats["self_found"] += search(queries, modalities[stats["searches"] % 3])
             stats["searches"] += 1
             if stats["searches"] >= 3 and any(0 < c < len(rows) for c in stats["counts_during_writes"]):
                 midway.set()  # the writers may finish now
         # Both writers are done: now every row must be found as its own best match.
-        sample = [records[i] for i in rng.choice(len(records), size=20, replace=False)]
-        q = HierarchicalEmbedding(np.stack([r.vec_low for r in sample]), np.stack([r.vec_high for r in sample]))
-        res = coll.hierarchical_search(q, limit=LIMIT, coarse_limit=COARSE)
-        stats["final_found"] = _check_hits(res, sample, None, rows)
+        stats["final_found"] = search([records[i] for i in rng.choice(len(records), size=20, replace=False)], None)
         return stats
 
     _child("searcher", results, go, body)

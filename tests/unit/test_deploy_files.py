@@ -114,21 +114,33 @@ def _walk(node: Any) -> Iterator[Any]:
             yield from _walk(value)
 
 
+def _ray_cluster(manifest: dict[str, Any]) -> dict[str, Any]:
+    spec = manifest["spec"]
+    return spec.get("rayClusterSpec") or spec.get("rayClusterConfig")
+
+
+def _groups(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The head group and every worker group of a RayJob / RayService."""
+    cluster = _ray_cluster(manifest)
+    return [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+
+
 def _pod_specs(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """The pod specs of a RayJob / RayService (head + every worker group)."""
-    spec = manifest["spec"]
-    cluster = spec.get("rayClusterSpec") or spec.get("rayClusterConfig")
-    groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
-    return [group["template"]["spec"] for group in groups]
+    return [group["template"]["spec"] for group in _groups(manifest)]
 
 
 def _containers(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return [c for pod in _pod_specs(manifest) for c in pod["containers"]]
 
 
-def _ray_cluster(manifest: dict[str, Any]) -> dict[str, Any]:
-    spec = manifest["spec"]
-    return spec.get("rayClusterSpec") or spec.get("rayClusterConfig")
+def _worker_gpus(cluster: dict[str, Any]) -> list[tuple[int, int]]:
+    """(replicas, nvidia.com/gpu limit) of every container of every worker group."""
+    return [
+        (int(group["replicas"]), int(c["resources"]["limits"]["nvidia.com/gpu"]))
+        for group in cluster["workerGroupSpecs"]
+        for c in group["template"]["spec"]["containers"]
+    ]
 
 
 def _command_text(service: dict[str, Any]) -> str:
@@ -188,24 +200,14 @@ def _all_images() -> list[tuple[str, str]]:
     return images
 
 
-def _gpu_profile() -> dict[str, Any]:
+def _profiles() -> dict[str, Any]:
     data = yaml.safe_load(PROFILES.read_text(encoding="utf-8"))
-    profiles = data.get("profiles", data)
-    assert "gpu" in profiles, f"{PROFILES.relative_to(ROOT)} has no `gpu` profile"
-    return profiles["gpu"]
+    return data.get("profiles", data)
 
 
-def _gpu_names(node: Any) -> set[str]:
-    """Every GPU_* index name used as a key or a value anywhere inside ``node``."""
-    names: set[str] = set()
-    for item in _walk(node):
-        candidates = list(item) if isinstance(item, dict) else [item]
-        names |= {c for c in candidates if isinstance(c, str) and re.fullmatch(r"GPU_[A-Z0-9_]+", c)}
-    return names
-
-
-def _gpu_tokens(text: str) -> set[str]:
-    return set(re.findall(r"\bGPU_[A-Z0-9_]+\b", text))
+def _strings(node: Any) -> set[str]:
+    """Every string used as a key or a value anywhere inside ``node``."""
+    return {s for item in _walk(node) for s in (item if isinstance(item, dict) else [item]) if isinstance(s, str)}
 
 
 def _serve_invocations(text: str) -> list[tuple[str, str, dict[str, str]]]:
@@ -220,16 +222,12 @@ def _serve_invocations(text: str) -> list[tuple[str, str, dict[str, str]]]:
         for i in range(len(words) - 1):
             if words[i] != "serve" or words[i + 1] not in ("run", "deploy"):
                 continue
-            rest, positional = words[i + 2 :], []
-            j = 0
-            while j < len(rest):
-                word = rest[j]
+            rest, positional = iter(words[i + 2 :]), []
+            for word in rest:
                 if word in _SERVE_VALUE_OPTIONS:
-                    j += 2
-                    continue
-                if not word.startswith("-"):
+                    next(rest, None)  # the option's value
+                elif not word.startswith("-"):
                     positional.append(word)
-                j += 1
             if positional:
                 args = dict(p.split("=", 1) for p in positional[1:] if "=" in p)
                 found.append((words[i + 1], positional[0], args))
@@ -240,20 +238,15 @@ def _builder_deployment_names() -> set[str]:
     """Deployment names defined in serving/*.py (decorated classes, `name=` wins); empty if none yet."""
     names: set[str] = set()
     for path in (ROOT / "serving").glob("*.py"):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-                continue
-            for deco in node.decorator_list:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            for deco in getattr(node, "decorator_list", []):  # classes and functions
                 target = deco.func if isinstance(deco, ast.Call) else deco
-                if not (isinstance(target, ast.Attribute) and target.attr == "deployment"):
-                    continue
-                name = node.name
-                if isinstance(deco, ast.Call):
-                    for kw in deco.keywords:
-                        if kw.arg == "name" and isinstance(kw.value, ast.Constant):
-                            name = kw.value.value
-                names.add(name)
+                if isinstance(target, ast.Attribute) and target.attr == "deployment":
+                    keywords = deco.keywords if isinstance(deco, ast.Call) else []
+                    given = [
+                        kw.value.value for kw in keywords if kw.arg == "name" and isinstance(kw.value, ast.Constant)
+                    ]
+                    names.add(given[-1] if given else node.name)
     return names
 
 
@@ -313,8 +306,7 @@ def test_every_image_is_pinned() -> None:
     for where, image in _all_images():
         repo, tag = _image_ref(image)
         assert tag, f"{where}: image {image!r} has no tag; pin an exact version"
-        assert "latest" not in tag, f"{where}: {image!r} is a moving tag"
-        assert "nightly" not in tag, f"{where}: {image!r} is a moving tag"
+        assert not re.search("latest|nightly", tag), f"{where}: {image!r} is a moving tag"
         assert "${" not in image, f"{where}: image {image!r} must be literal, not interpolated"
         assert re.search(r"\d", tag), f"{where}: tag {tag!r} of {repo} names no version"
 
@@ -366,10 +358,10 @@ def test_dockerfile_contract() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     include = re.search(r"include\s*=\s*\[([^\]]*)\]", pyproject).group(1)
     packages = {p.strip().strip('"').rstrip("*") for p in include.split(",") if p.strip()}
-    copied = set()
-    for line in re.findall(r"^COPY\s+(.+)$", text, re.MULTILINE):
-        sources = [w for w in line.split() if not w.startswith("--")][:-1]
-        copied |= set(sources)
+    copies = [
+        [w for w in line.split() if not w.startswith("--")] for line in re.findall(r"^COPY\s+(.+)$", text, re.MULTILINE)
+    ]
+    copied = {source for words in copies for source in words[:-1]}  # the last word is the destination
     assert packages <= copied, f"Dockerfile does not COPY packages {sorted(packages - copied)}"
     for source in copied:  # README.md included: pyproject's `readme` makes `pip install .` read it
         assert (ROOT / source).exists(), f"Dockerfile copies {source!r}, which does not exist"
@@ -435,8 +427,7 @@ def test_gpu_compose_reserves_nvidia_devices() -> None:
 
 def test_cpu_compose_needs_no_gpu() -> None:
     services = _services(COMPOSE_CPU)
-    _, milvus = _milvus_service(services)
-    assert not _image_ref(milvus["image"])[1].endswith("-gpu")
+    _milvus_service(services)  # the check below covers the Milvus image too
     for name, service in services.items():
         assert not _nvidia_devices(service), f"{COMPOSE_CPU.name}:{name} reserves a GPU"
         assert "-gpu" not in str(service.get("image", "")), f"{COMPOSE_CPU.name}:{name} uses a GPU image"
@@ -494,14 +485,11 @@ def test_compose_ports_are_consistent(path: Path) -> None:
     serve = [s for s in services.values() if _serve_invocations(_command_text(s))]
     assert len(serve) == 1, "expected one service that deploys the Serve app"
     serve_cmd = _command_text(serve[0])
-    address = re.search(r"--address[= ](\S+)", serve_cmd).group(1)
-    assert urlparse(address).hostname == head_name
-    assert urlparse(address).port == dash_port
+    address = urlparse(re.search(r"--address[= ](\S+)", serve_cmd).group(1))
+    assert (address.hostname, address.port) == (head_name, dash_port)
     probe = " ".join(serve[0]["healthcheck"]["test"])
-    url = re.search(r"https?://[^'\" ]+", probe).group(0)
-    assert urlparse(url).hostname == head_name
-    assert urlparse(url).port == SERVE_PORT
-    assert urlparse(url).path == "/healthz"
+    url = urlparse(re.search(r"https?://[^'\" ]+", probe).group(0))
+    assert (url.hostname, url.port, url.path) == (head_name, SERVE_PORT, "/healthz")
 
     for name, service in services.items():
         uri = (
@@ -605,11 +593,8 @@ def test_sync_rewrites_only_the_serve_config_block(tmp_path: Path) -> None:
 
 def _app_invocations() -> list[tuple[str, str, dict[str, Any]]]:
     """(where, import path, args) for every place that starts the app."""
-    out: list[tuple[str, str, dict[str, Any]]] = []
-    for app in _doc(SERVE_CONFIG)["applications"]:
-        out.append(("serving/config.yaml", app["import_path"], app.get("args") or {}))
-    for app in _rayservice_applications():
-        out.append(("rayservice.yaml", app["import_path"], app.get("args") or {}))
+    apps = {"serving/config.yaml": _doc(SERVE_CONFIG)["applications"], "rayservice.yaml": _rayservice_applications()}
+    out = [(where, app["import_path"], app.get("args") or {}) for where, listed in apps.items() for app in listed]
     texts = {p.name: _command_text(s) for p in COMPOSE_FILES for s in _services(p).values()}
     for extra in (DEPLOY_DOC, DOCKER / "README.md", ROOT / "README.md", ROOT / "Makefile"):
         if extra.exists():
@@ -653,13 +638,9 @@ def test_kuberay_manifest_basics(path: Path) -> None:
     assert ports.get(8265) == "dashboard"
     if manifest["kind"] == "RayService":
         assert ports.get(SERVE_PORT) == "serve", "the RayService head must expose Serve's port 8000"
-    gpus = [
-        int(c["resources"]["limits"]["nvidia.com/gpu"])
-        for group in cluster["workerGroupSpecs"]
-        for c in group["template"]["spec"]["containers"]
-    ]
+    gpus = _worker_gpus(cluster)
     assert gpus, "no worker group"
-    assert all(g >= 1 for g in gpus), "every worker group needs nvidia.com/gpu limits"
+    assert all(g >= 1 for _, g in gpus), "every worker group needs nvidia.com/gpu limits"
     # Every pod mounts the shared volume at the same place.
     for pod in _pod_specs(manifest):
         claims = {
@@ -693,12 +674,7 @@ def test_rayjob_runs_a_shipped_training_config() -> None:
         "multi-node Ray Train needs run.storage_path on the shared volume (/mnt/shared)"
     )
     if keys.get("scaling.use_gpu", "").lower() == "true":
-        cluster = _ray_cluster(_doc(RAYJOB))
-        offered = sum(
-            int(group["replicas"]) * int(c["resources"]["limits"]["nvidia.com/gpu"])
-            for group in cluster["workerGroupSpecs"]
-            for c in group["template"]["spec"]["containers"]
-        )
+        offered = sum(replicas * gpus for replicas, gpus in _worker_gpus(_ray_cluster(_doc(RAYJOB))))
         assert int(keys["scaling.num_workers"]) == offered, "one Ray Train worker per GPU the cluster has"
     # The model the RayJob exports is the one the RayService serves.
     served = {_env(c)["HIVLP_CHECKPOINT"]["value"] for c in _containers(_doc(RAYSERVICE))}
@@ -725,19 +701,18 @@ def test_helm_values_put_gpus_on_query_and_data_nodes() -> None:
 
 def test_gpu_index_types_match_profiles() -> None:
     assert PROFILES.exists(), "schemas/profiles.yaml is missing (the collection engineer writes it)"
-    profile = _gpu_profile()
+    profiles = _profiles()
+    assert "gpu" in profiles, f"{PROFILES.relative_to(ROOT)} has no `gpu` profile"
+    profile = profiles["gpu"]
     low = profile.get("vec_low", profile)
-    variants = _gpu_names(low)
+    variants = {name for name in _strings(low) if re.fullmatch(r"GPU_[A-Z0-9_]+", name)}
     assert variants, "the gpu profile names no GPU_* vec_low index"
     high = profile.get("vec_high") or {}
     assert "FLAT" in {v for v in _walk(high) if isinstance(v, str)}, "gpu profile's vec_high must be FLAT"
 
     named = {
-        "docker/k8s/milvus-values-gpu.yaml": _gpu_tokens(HELM_VALUES.read_text(encoding="utf-8")),
-        "docker/docker-compose.gpu.yml": _gpu_tokens(COMPOSE_GPU.read_text(encoding="utf-8")),
-        "docker/docker-compose.yml": _gpu_tokens(COMPOSE_CPU.read_text(encoding="utf-8")),
-        "docs/deploy.md": _gpu_tokens(DEPLOY_DOC.read_text(encoding="utf-8")),
-        "docker/README.md": _gpu_tokens((DOCKER / "README.md").read_text(encoding="utf-8")),
+        str(path.relative_to(ROOT)): set(re.findall(r"\bGPU_[A-Z0-9_]+\b", path.read_text(encoding="utf-8")))
+        for path in (HELM_VALUES, COMPOSE_GPU, COMPOSE_CPU, DEPLOY_DOC, DOCKER / "README.md")
     }
     for where, tokens in named.items():
         assert tokens <= variants, (
@@ -756,11 +731,10 @@ def test_gpu_index_types_match_profiles() -> None:
 
 
 def test_cpu_compose_index_types_match_profiles() -> None:
-    data = yaml.safe_load(PROFILES.read_text(encoding="utf-8"))
-    cpu = data.get("profiles", data).get("cpu")
+    cpu = _profiles().get("cpu")
     if cpu is None:
         pytest.skip("schemas/profiles.yaml has no cpu profile")
-    strings = {v for v in _walk(cpu.get("vec_low", cpu)) for v in ([*v] if isinstance(v, dict) else [v])}
+    strings = _strings(cpu.get("vec_low", cpu))
     declared = _doc(COMPOSE_CPU)["x-hivlp-index-profile"]
     assert declared["profile"] == "cpu"
     assert set(declared["vec_low"]) <= strings, f"{declared['vec_low']} not all in the cpu profile"
@@ -799,14 +773,10 @@ def _compose_default(value: str) -> str:
     return match.group(1) if match else value.strip()
 
 
-def _docker_bytes(text: str) -> int:
-    number, unit = re.fullmatch(r"(\d+)\s*([a-zA-Z]*)", text).groups()
-    return int(number) * _BYTES_UNITS[unit.lower()]
-
-
-def _kube_bytes(text: str) -> int:
-    number, unit = re.fullmatch(r"(\d+)([a-zA-Z]*)", str(text)).groups()
-    return int(number) * _KUBE_UNITS[unit]
+def _bytes(text: str, units: dict[str, int]) -> int:
+    """``text`` (a number and a unit of ``units``) in bytes; docker's units are case-blind, give them lower-cased."""
+    number, unit = re.fullmatch(r"(\d+)\s*([a-zA-Z]*)", str(text)).groups()
+    return int(number) * units[unit]
 
 
 @pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
@@ -820,23 +790,24 @@ def test_compose_object_store_fits_in_shm(path: Path) -> None:
         match = re.search(r"--object-store-memory[= ](\S+)", command)
         assert match, f"{path.name}:{name}: `ray start` without --object-store-memory (Ray would take 30 % of RAM)"
         store = int(_compose_default(match.group(1)))
-        shm = _docker_bytes(_compose_default(str(service.get("shm_size", "64m"))))
+        shm = _bytes(_compose_default(str(service.get("shm_size", "64m"))).lower(), _BYTES_UNITS)
         assert store < shm, f"{path.name}:{name}: object store {store} B does not fit shm_size {shm} B"
 
 
 @pytest.mark.parametrize("path", KUBE_FILES, ids=lambda p: p.name)
 def test_kuberay_object_store_fits_in_dshm(path: Path) -> None:
-    cluster = _ray_cluster(_doc(path))
-    for group in [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]:
+    for group in _groups(_doc(path)):
         name = group.get("groupName", "head")
         store = group["rayStartParams"].get("object-store-memory")
         assert store is not None, f"{path.name}:{name}: no object-store-memory (Ray would take 30 % of the pod)"
         volumes = {v["name"]: v for v in group["template"]["spec"]["volumes"]}
         mounts = [m for c in group["template"]["spec"]["containers"] for m in c.get("volumeMounts", [])]
         shm = next(volumes[m["name"]] for m in mounts if m["mountPath"] == "/dev/shm")
-        limit = _kube_bytes(shm["emptyDir"]["sizeLimit"])
+        limit = _bytes(shm["emptyDir"]["sizeLimit"], _KUBE_UNITS)
         assert int(store) < limit, f"{path.name}:{name}: object store {store} B does not fit /dev/shm {limit} B"
-        memory = min(_kube_bytes(c["resources"]["limits"]["memory"]) for c in group["template"]["spec"]["containers"])
+        memory = min(
+            _bytes(c["resources"]["limits"]["memory"], _KUBE_UNITS) for c in group["template"]["spec"]["containers"]
+        )
         # A Memory emptyDir counts against the pod's memory limit: the store's pages are the pod's.
         assert limit < memory, f"{path.name}:{name}: /dev/shm {limit} B is not below the pod's memory {memory} B"
 

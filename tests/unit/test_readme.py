@@ -51,14 +51,10 @@ def _blocks(lang: str) -> list[str]:
 
 def _commands() -> list[str]:
     """The shell commands of the README's bash blocks: comments dropped, continuations joined."""
-    out: list[str] = []
-    for block in _blocks("bash"):
-        for line in block.replace("\\\n", " ").splitlines():
-            # The README's comments start with " # " (no argument it shows contains one).
-            text = re.split(r"(?:^|\s)#\s", line, maxsplit=1)[0].strip()
-            if text:
-                out.append(text)
-    return out
+    lines = [line for block in _blocks("bash") for line in block.replace("\\\n", " ").splitlines()]
+    # The README's comments start with " # " (no argument it shows contains one).
+    commands = [re.split(r"(?:^|\s)#\s", line, maxsplit=1)[0].strip() for line in lines]
+    return [command for command in commands if command]
 
 
 def _argv(command: str) -> list[str] | None:
@@ -171,6 +167,5 @@ def test_make_demo_writes_where_the_commands_look() -> None:
         if isinstance(n, ast.AnnAssign) and isinstance(n.value, ast.Call) and n.value.args
         and isinstance(n.value.args[0], ast.Constant)
     }  # fmt: skip
-    assert defaults["checkpoint"] == DEFAULTS["checkpoint"]
-    assert defaults["milvus_uri"] == DEFAULTS["milvus_uri"]
-    assert defaults["collection"] == DEFAULTS["collection"]
+    for key in ("checkpoint", "milvus_uri", "collection"):
+        assert defaults[key] == DEFAULTS[key], key
