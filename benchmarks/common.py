@@ -467,6 +467,15 @@ def obtain_model(model_dir: str | Path | None = None, *, train_steps: int = 120)
     return HiVLP.from_pretrained(cached), info
 
 
+def smoke_model(n_scenes: int) -> tuple[Any, dict[str, Any]]:
+    """The smoke runs' model: untrained ``micro`` with the vocabulary of ``n_scenes`` synthetic scenes, and its info."""
+    from hivlp_milvus.data import synthetic
+    from hivlp_milvus.model import create_model
+
+    texts = [c for r in synthetic.generate(n_scenes, seed=1) for c in r.captions]
+    return create_model("micro", texts=texts, seed=0), {"source": "untrained micro model (smoke)"}
+
+
 def embed_gallery(
     model: Any,
     n: int,

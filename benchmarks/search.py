@@ -47,6 +47,7 @@ from benchmarks.common import (
     log,
     obtain_model,
     parse_sizes,
+    smoke_model,
     write_result,
 )
 from benchmarks.galleries import (
@@ -294,12 +295,7 @@ def run(
     cache.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if smoke:
-        from hivlp_milvus.data import synthetic
-        from hivlp_milvus.model import create_model
-
-        recs = synthetic.generate(50, seed=1)
-        model = create_model("micro", texts=[c for r in recs for c in r.captions], seed=0)
-        model_info = {"source": "untrained micro model (smoke)"}
+        model, model_info = smoke_model(50)
         query_kind = "text"  # labelled, so R@K is computed per contender
     else:
         model, model_info = obtain_model(model_dir, train_steps=train_steps)
