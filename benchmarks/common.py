@@ -45,35 +45,28 @@ def _version(mod: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+def _proc_value(path: str, key: str) -> str | None:
+    """What follows ``key:`` on the first line of a ``/proc`` file that starts with ``key`` (``None``: no such line)."""
+    with contextlib.suppress(OSError):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def _cpu_model() -> str:
+    return _proc_value("/proc/cpuinfo", "model name") or platform.processor() or "unknown"
 
 
 def _mem_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
+    kib = _proc_value("/proc/meminfo", "MemTotal")  # "16318480 kB"
+    return round(int(kib.split()[0]) / 2**20, 1) if kib else None
 
 
 def rss_mib() -> float:
     """Resident set size of this process (MiB)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    kib = _proc_value("/proc/self/status", "VmRSS")
+    return int(kib.split()[0]) / 1024 if kib else float("nan")
 
 
 def peak_rss_mib() -> float:
@@ -474,6 +467,15 @@ def obtain_model(model_dir: str | Path | None = None, *, train_steps: int = 120)
     return HiVLP.from_pretrained(cached), info
 
 
+def smoke_model(n_scenes: int) -> tuple[Any, dict[str, Any]]:
+    """The smoke runs' model: untrained ``micro`` with the vocabulary of ``n_scenes`` synthetic scenes, and its info."""
+    from hivlp_milvus.data import synthetic
+    from hivlp_milvus.model import create_model
+
+    texts = [c for r in synthetic.generate(n_scenes, seed=1) for c in r.captions]
+    return create_model("micro", texts=texts, seed=0), {"source": "untrained micro model (smoke)"}
+
+
 def embed_gallery(
     model: Any,
     n: int,
@@ -501,31 +503,25 @@ def embed_gallery(
         qpath = CACHE_DIR / f"embq_img_{fp}_{n_queries}_{seed + 1}.npz"
         existing = sorted(CACHE_DIR.glob(f"emb_{fp}_{n}_{seed}_*.npz")) if cache else []
         if existing:  # the gallery is the same whatever text queries were drawn with it
-            z = np.load(existing[0], allow_pickle=False)
-            base = {k: z[k] for k in z.files}
+            base = dict(np.load(existing[0], allow_pickle=False))
         else:
             base = embed_gallery(model, n, seed=seed, n_queries=n_queries, cache=cache, chunk=chunk)
         if cache and qpath.exists():
-            z = np.load(qpath, allow_pickle=False)
-            q = {k: z[k] for k in z.files}
+            q = dict(np.load(qpath, allow_pickle=False))
         else:
-            recs = synthetic_generate(n_queries, seed + 1)
+            recs = synthetic.generate(n_queries, seed=seed + 1)
             e = model.embed_images([r.image for r in recs], batch_size=256)
             q = {"q_low": np.asarray(e.low, np.float32), "q_high": np.asarray(e.high, np.float32)}
             if cache:
                 CACHE_DIR.mkdir(parents=True, exist_ok=True)
                 np.savez(qpath, **q)
-        out = {k: v for k, v in base.items() if k not in ("q_low", "q_high", "q_label")}
-        out.update(q)
-        return out
+        return {**{k: v for k, v in base.items() if k not in ("q_low", "q_high", "q_label")}, **q}
     if cache and path.exists():
-        z = np.load(path, allow_pickle=False)
-        return {k: z[k] for k in z.files}
+        return dict(np.load(path, allow_pickle=False))
     rng = np.random.default_rng(seed)
     qidx = np.sort(rng.choice(n, size=min(n_queries, n), replace=False))
     lows, highs, groups, qcaps = [], [], [], {}
     qset = set(int(i) for i in qidx)
-    done = 0
     t0 = time.perf_counter()
     it = synthetic.generate_iter(n, seed=seed)
     for start in range(0, n, chunk):
@@ -533,11 +529,9 @@ def embed_gallery(
         emb = model.embed_images([r.image for r in recs], batch_size=256)
         lows.append(np.asarray(emb.low, np.float32))
         highs.append(np.asarray(emb.high, np.float32))
-        for j, r in enumerate(recs):
-            groups.append(r.group)
-            if start + j in qset:
-                qcaps[start + j] = r.captions[0]
-        done += len(recs)
+        groups += [r.group for r in recs]
+        qcaps.update({start + j: r.captions[0] for j, r in enumerate(recs) if start + j in qset})
+        done = start + len(recs)
         log(f"embedded {done}/{n} images ({done / (time.perf_counter() - t0):.0f}/s)")
     caps = [qcaps[int(i)] for i in qidx]
     qemb = model.embed_texts(caps, batch_size=256)
@@ -556,26 +550,10 @@ def embed_gallery(
     return out
 
 
-def synthetic_generate(n: int, seed: int) -> list[Any]:
-    from hivlp_milvus.data import synthetic
-
-    return synthetic.generate(n, seed=seed)
-
-
 def parse_sizes(values: Iterable[str] | None, default: Sequence[int]) -> list[int]:
-    """``["10k", "1M", "2000"]`` -> ``[10000, 1000000, 2000]``."""
+    """``["10k", "1M", "2000"]`` -> ``[10000, 1000000, 2000]`` (commas separate sizes too)."""
     if not values:
         return list(default)
-    out = []
-    for v in values:
-        for part in str(v).split(","):
-            p = part.strip().lower()
-            if not p:
-                continue
-            mult = 1
-            if p.endswith("k"):
-                mult, p = 1000, p[:-1]
-            elif p.endswith("m"):
-                mult, p = 1_000_000, p[:-1]
-            out.append(int(float(p) * mult))
-    return out
+    parts = [p.strip().lower() for v in values for p in str(v).split(",") if p.strip()]
+    mult = {"k": 1000, "m": 1_000_000}
+    return [int(float(p[:-1]) * mult[p[-1]]) if p[-1] in mult else int(float(p)) for p in parts]

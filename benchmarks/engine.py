@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -55,6 +54,7 @@ from benchmarks.common import (
     rss_mib,
     write_result,
 )
+from benchmarks.load import free_port
 from benchmarks.metrics import K, fidelity, hit_ids, topk_ip
 from benchmarks.vectors import GenParams, generate_vectors
 from hivlp_milvus.errors import ConfigError
@@ -93,18 +93,12 @@ finally:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_lite25(python: str, data_dir: Path, *, timeout_s: float = 60.0) -> tuple[subprocess.Popen, str]:
     """Start Milvus Lite 2.5's C++ server (``python`` must have ``milvus-lite==2.5.*``); returns (process, uri)."""
     from pymilvus import MilvusClient
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     log_path = data_dir / "server.log"
     with log_path.open("w") as log_file:  # a file, not a pipe nobody reads (a full pipe blocks the server)
         proc = subprocess.Popen(
@@ -269,15 +263,7 @@ class Requests:
 
     def coarse(self, q_low: np.ndarray, cl: int, nprobe: int | None, collection: str = GALLERY) -> list[list[int]]:
         """The coarse stage; ``nprobe=None`` for the FLAT coarse collection."""
-        res = self.client.search(
-            collection,
-            data=q_low,
-            anns_field="vec_low",
-            limit=cl,
-            output_fields=["id"],  # the key only, as hivlp_milvus.search sends: Lite answers [] with every field
-            search_params={"metric_type": "IP", "params": {"nprobe": nprobe} if nprobe else {}},
-        )
-        return hit_ids(res)
+        return self.single_stage(collection, "vec_low", q_low, {"nprobe": nprobe} if nprobe else {}, limit=cl)
 
     def rerank_client(self, shortlists: list[list[int]], q_high: np.ndarray) -> tuple[list[list[int]], float, float]:
         """(ids, get seconds, numpy seconds)."""
@@ -314,13 +300,15 @@ class Requests:
             out.append(hit_ids(res)[0])
         return out
 
-    def single_stage(self, name: str, field: str, q: np.ndarray, params: dict[str, Any]) -> list[list[int]]:
+    def single_stage(
+        self, name: str, field: str, q: np.ndarray, params: dict[str, Any], limit: int = K
+    ) -> list[list[int]]:
         res = self.client.search(
             name,
             data=q,
             anns_field=field,
-            limit=K,
-            output_fields=["id"],
+            limit=limit,
+            output_fields=["id"],  # the key only, as hivlp_milvus.search sends: Lite answers [] with every field
             search_params={"metric_type": "IP", "params": params},
         )
         return hit_ids(res)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Timer, log, obtain_model, parse_sizes, write_result
+from benchmarks.common import Timer, log, obtain_model, parse_sizes, smoke_model, write_result
 
 
 def _records(n: int, low_dim: int, high_dim: int, seed: int = 0) -> list[Any]:
@@ -187,12 +187,7 @@ def run(
     try:
         if smoke:
             rows, rounds, records = 1000, 1, 20
-            from hivlp_milvus.data import synthetic
-            from hivlp_milvus.model import create_model
-
-            recs = synthetic.generate(20, seed=1)
-            model = create_model("micro", texts=[c for r in recs for c in r.captions], seed=0)
-            model_info = {"source": "untrained micro model (smoke)"}
+            model, model_info = smoke_model(20)
         else:
             model, model_info = obtain_model(model_dir)
         log(f"ingest: precomputed vectors, {rows} rows x {rounds} rounds")

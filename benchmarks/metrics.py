@@ -30,24 +30,16 @@ def topk_ip(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 def coarse_recall_curve(d: dict[str, np.ndarray], ks: tuple[int, ...] = COARSE_KS, nq: int = 200) -> dict[str, float]:
     """Share of the exact high top-10 inside the exact low top-K, per K (the funnel's ceiling)."""
-    n = len(d["low"])
-    ks = tuple(k for k in ks if k <= n)
-    q_low, q_high = d["q_low"][:nq], d["q_high"][:nq]
-    gt = topk_ip(d["high"], q_high, K)
-    low_top = topk_ip(d["low"], q_low, max(ks))
-    out = {}
-    for k in ks:
-        hit = [len(set(gt[i]) & set(low_top[i, :k])) / K for i in range(len(gt))]
-        out[str(k)] = float(np.mean(hit))
-    return out
+    return coarse_recall_from(d, topk_ip(d["high"], d["q_high"][:nq], K), d["q_low"], nq, ks)
 
 
-def coarse_recall_from(data: dict[str, np.ndarray], gt: np.ndarray, q_low: np.ndarray, nq: int) -> dict[str, float]:
+def coarse_recall_from(
+    data: dict[str, np.ndarray], gt: np.ndarray, q_low: np.ndarray, nq: int, ks: tuple[int, ...] = COARSE_KS
+) -> dict[str, float]:
     """:func:`coarse_recall_curve` for a gallery whose exact high top-10 ``gt`` is already known."""
-    n = len(data["low"])
-    ks = tuple(k for k in COARSE_KS if k <= n)
+    ks = tuple(k for k in ks if k <= len(data["low"]))
     top = topk_ip(data["low"], q_low[:nq], max(ks))
-    return {str(k): float(np.mean([len(set(gt[i]) & set(top[i, :k])) / K for i in range(nq)])) for k in ks}
+    return {str(k): float(np.mean([len(set(gt[i]) & set(top[i, :k])) / K for i in range(len(top))])) for k in ks}
 
 
 def hit_ids(hits: Any) -> list[list[int]]:
@@ -87,14 +79,13 @@ def recall_at(
     pred: list[list[int]] | np.ndarray, labels: np.ndarray, group: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)
 ) -> dict[str, float]:
     """R@K per cut-off: share of queries with an image of the labelled scene group in the top K."""
-    out = {}
-    for k in ks:
-        hit = [
-            any(x >= 0 and group[int(x)] == group[int(lab)] for x in list(p)[:k])
-            for p, lab in zip(pred, labels, strict=False)
-        ]
-        out[f"R@{k}"] = float(np.mean(hit))
-    return out
+    pairs = list(zip(pred, labels, strict=False))
+    return {
+        f"R@{k}": float(
+            np.mean([any(x >= 0 and group[int(x)] == group[int(lab)] for x in list(p)[:k]) for p, lab in pairs])
+        )
+        for k in ks
+    }
 
 
 def labelled_recall(model: Any, n: int, *, smoke: bool = False) -> dict[str, Any]:

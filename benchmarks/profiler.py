@@ -7,6 +7,7 @@ import io
 import os
 import pstats
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ import numpy as np
 from benchmarks.galleries import QueryVectors
 from benchmarks.metrics import K
 
+STAGES = ("coarse_s", "fine_s", "total_s")  # SearchResults.timings of a hierarchical search
+
 
 def profile_hier(
     col: Any,
@@ -22,51 +25,28 @@ def profile_hier(
     q_high: np.ndarray,
     nq: int,
     coarse_list: list[int],
-    default_nprobe: int | None,
     *,
     db_path: Path,
 ) -> dict[str, Any]:
     """Where the time of the hierarchical path goes: stage timings + cProfile of the Milvus Lite internals."""
+
+    def exact(i: int) -> Any:
+        return col.search(QueryVectors(q_low[i : i + 1], q_high[i : i + 1]), level="high", limit=K, output_fields=[])
+
+    def hier(i: int, cl: int, rerank: str) -> Any:
+        query = QueryVectors(q_low[i : i + 1], q_high[i : i + 1])
+        return col.hierarchical_search(query, limit=K, coarse_limit=cl, rerank=rerank, output_fields=[])
+
     out: dict[str, Any] = {}
     for rr in ("client", "server"):
         for cl in (coarse_list[0], coarse_list[-1]):
-            stages = {"coarse_s": [], "fine_s": [], "total_s": []}
-            for i in range(nq):
-                r = col.hierarchical_search(
-                    QueryVectors(q_low[i : i + 1], q_high[i : i + 1]),
-                    limit=K,
-                    coarse_limit=cl,
-                    rerank=rr,
-                    output_fields=[],
-                )
-                for k in stages:
-                    stages[k].append(r.timings[k])
-            out[f"{rr} cl={cl}"] = {k: float(np.median(v) * 1e3) for k, v in stages.items()}
+            timings = [hier(i, cl, rr).timings for i in range(nq)]
+            out[f"{rr} cl={cl}"] = {k: float(np.median([t[k] for t in timings]) * 1e3) for k in STAGES}
     # The exact baseline's single request, for comparison.
-    ex = []
-    for i in range(nq):
-        r = col.search(QueryVectors(q_low[i : i + 1], q_high[i : i + 1]), level="high", limit=K, output_fields=[])
-        ex.append(r.timings["search_s"])
-    out["exact-high"] = {"search_s": float(np.median(ex) * 1e3)}
+    out["exact-high"] = {"search_s": float(np.median([exact(i).timings["search_s"] for i in range(nq)]) * 1e3)}
     # cProfile of the client path at the largest shortlist: which functions hold the time.
-    pr = cProfile.Profile()
-    pr.enable()
-    for i in range(nq):
-        col.hierarchical_search(
-            QueryVectors(q_low[i : i + 1], q_high[i : i + 1]),
-            limit=K,
-            coarse_limit=coarse_list[-1],
-            rerank="client",
-            output_fields=[],
-        )
-    pr.disable()
-    out["cprofile_client"] = top_functions(pr, nq)
-    pr = cProfile.Profile()
-    pr.enable()
-    for i in range(nq):
-        col.search(QueryVectors(q_low[i : i + 1], q_high[i : i + 1]), level="high", limit=K, output_fields=[])
-    pr.disable()
-    out["cprofile_exact"] = top_functions(pr, nq)
+    out["cprofile_client"] = top_functions(_profile(lambda i: hier(i, coarse_list[-1], "client"), range(nq))[0], nq)
+    out["cprofile_exact"] = top_functions(_profile(exact, range(nq))[0], nq)
     try:  # the server side: the Lite engine called in this thread, so cProfile sees its work
         out["engine_profile"] = profile_engine(col, db_path, q_low, q_high, min(nq, 3), coarse_list[-1])
     except Exception as exc:  # depends on milvus-lite internals
@@ -112,29 +92,31 @@ def profile_engine(
     out: dict[str, Any] = {"segments": [int(s.num_rows) for s in eng._segments_snapshot()]}
     for name, fn in calls.items():
         fn(0)
-        pr = cProfile.Profile()
-        t0 = time.perf_counter()
-        pr.enable()
-        for i in range(1, nq + 1):
-            fn(i)
-        pr.disable()
-        out[name] = {"ms_per_query_profiled": (time.perf_counter() - t0) / nq * 1e3, "top": top_functions(pr, nq, n=8)}
+        pr, seconds = _profile(fn, range(1, nq + 1))
+        out[name] = {"ms_per_query_profiled": seconds / nq * 1e3, "top": top_functions(pr, nq, n=8)}
     return out
+
+
+def _profile(call: Callable[[int], Any], indices: range) -> tuple[cProfile.Profile, float]:
+    """``call(i)`` for every index under cProfile: the profile and the wall seconds it took."""
+    pr = cProfile.Profile()
+    t0 = time.perf_counter()
+    with pr:
+        for i in indices:
+            call(i)
+    return pr, time.perf_counter() - t0
 
 
 def top_functions(pr: cProfile.Profile, nq: int, n: int = 14) -> list[dict[str, Any]]:
     """The ``n`` functions with the most own time in ``pr``, per query."""
     st = pstats.Stats(pr, stream=io.StringIO())
-    rows = []
-    for (fname, line, func), (_cc, nc, tt, ct, _) in st.stats.items():  # type: ignore[attr-defined]
-        short = "/".join(Path(fname).parts[-2:])
-        rows.append(
-            {
-                "function": f"{short}:{line}({func})",
-                "tottime_ms_per_query": tt / nq * 1e3,
-                "cumtime_ms_per_query": ct / nq * 1e3,
-                "calls_per_query": nc / nq,
-            }
-        )
-    rows.sort(key=lambda r: -r["tottime_ms_per_query"])
-    return rows[:n]
+    rows = [
+        {
+            "function": f"{'/'.join(Path(fname).parts[-2:])}:{line}({func})",
+            "tottime_ms_per_query": tt / nq * 1e3,
+            "cumtime_ms_per_query": ct / nq * 1e3,
+            "calls_per_query": nc / nq,
+        }
+        for (fname, line, func), (_cc, nc, tt, ct, _) in st.stats.items()  # type: ignore[attr-defined]
+    ]
+    return sorted(rows, key=lambda r: -r["tottime_ms_per_query"])[:n]

@@ -174,14 +174,14 @@ def run(
         sweep = [
             one_run(f"full@{d}", base_config, d, ABLATION["full"], train, test, **common) for d in sorted(low_dims)
         ]
-        rows = []
-        if ablation:
-            for label, weights in ABLATION.items():
-                reuse = next((r for r in sweep if r["low_dim"] == ablation_low_dim), None)
-                if label == "full" and reuse is not None:
-                    rows.append({**reuse, "name": "full", "reused": reuse["name"]})
-                    continue
-                rows.append(one_run(label, base_config, ablation_low_dim, weights, train, test, **common))
+        # The sweep's full run at ablation_low_dim is the ablation's "full" row: not trained twice.
+        reuse = next((r for r in sweep if r["low_dim"] == ablation_low_dim), None)
+        rows = [
+            {**reuse, "name": "full", "reused": reuse["name"]}
+            if label == "full" and reuse is not None
+            else one_run(label, base_config, ablation_low_dim, weights, train, test, **common)
+            for label, weights in (ABLATION.items() if ablation else ())
+        ]
     finally:
         torch.set_num_threads(previous_threads)
     return write_result(

@@ -26,12 +26,9 @@ TARGET_FIDELITY = 0.99
 
 
 def _load(name: str, results_dir: Path) -> dict[str, Any] | None:
-    p = results_dir / f"{name}.json"
-    if not p.exists():
-        return None
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:
+        return json.loads((results_dir / f"{name}.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
         return None
 
 
@@ -64,37 +61,36 @@ def best_at(size: dict[str, Any], kind: str, fid: float = TARGET_FIDELITY, mode:
     return max(ok, key=lambda r: r[mode]["qps"]) if ok else None
 
 
+def _first(size: dict[str, Any], kind: str) -> dict | None:
+    """The first contender of ``kind`` (the single-config kinds have one)."""
+    return next((r for r in size["contenders"] if r["kind"] == kind), None)
+
+
 def _headline_rows(size: dict[str, Any]) -> list[list[Any]]:
-    rows = []
-    ex = next(r for r in size["contenders"] if r["kind"] == "exact-high")
-    picks: list[tuple[str, dict | None]] = []
+    picks = []
     for kind in ("hier-client", "hier-server", "ann-high", "faiss-funnel"):
         b = best_at(size, kind)
         if b is None:  # nothing reached 0.99: show the most faithful config
             cands = [r for r in size["contenders"] if r["kind"] == kind]
             b = max(cands, key=lambda r: (r["fidelity@10"], r["single"]["qps"])) if cands else None
-        picks.append((kind, b))
-    picks.append(("exact-high", ex))
-    picks.append(("low-only", next((r for r in size["contenders"] if r["kind"] == "low-only"), None)))
-    picks.append(("faiss-exact", next((r for r in size["contenders"] if r["kind"] == "faiss-exact"), None)))
-    for _kind, r in picks:
-        if r is None:
-            continue
-        rows.append(
-            [
-                f"`{r['name']}`",
-                fmt(r["single"]["qps"]),
-                fmt(r["single"]["p50_ms"]),
-                fmt(r["single"]["p99_ms"]),
-                fmt(r["batch32"]["qps"]),
-                fmt(r["fidelity@10"], 3),
-                fmt(r.get("R@1"), 3),
-                fmt(r.get("R@10"), 3),
-                fmt(r["speedup_qps_single"], 2) + "×",
-                fmt(r["speedup_qps_batch32"], 2) + "×",
-            ]
-        )
-    return rows
+        picks.append(b)
+    picks += [_first(size, kind) for kind in ("exact-high", "low-only", "faiss-exact")]
+    return [
+        [
+            f"`{r['name']}`",
+            fmt(r["single"]["qps"]),
+            fmt(r["single"]["p50_ms"]),
+            fmt(r["single"]["p99_ms"]),
+            fmt(r["batch32"]["qps"]),
+            fmt(r["fidelity@10"], 3),
+            fmt(r.get("R@1"), 3),
+            fmt(r.get("R@10"), 3),
+            fmt(r["speedup_qps_single"], 2) + "×",
+            fmt(r["speedup_qps_batch32"], 2) + "×",
+        ]
+        for r in picks
+        if r is not None
+    ]
 
 
 HEAD = [
@@ -163,7 +159,7 @@ def search_section(res: dict[str, Any]) -> str:
     else:
         lines += ["**Target:** no hierarchical configuration reached fidelity@10 ≥ 0.99 at this size.", ""]
     ff = best_at(big, "faiss-funnel")
-    fe = next((r for r in big["contenders"] if r["kind"] == "faiss-exact"), None)
+    fe = _first(big, "faiss-exact")
     if ff and fe:
         lines += [
             f"In-process, the same funnel (`{ff['name']}`) runs at {fmt(ff['single']['qps'])} q/s vs "
@@ -182,11 +178,11 @@ def search_section(res: dict[str, Any]) -> str:
             "search per query (server)):",
             "",
         ]
-        prow = []
-        for k, v in prof.items():
-            if k.startswith("cprofile") or k == "engine_profile" or not isinstance(v, dict):
-                continue
-            prow.append([k, fmt(v.get("coarse_s")), fmt(v.get("fine_s")), fmt(v.get("total_s", v.get("search_s")))])
+        prow = [
+            [k, fmt(v.get("coarse_s")), fmt(v.get("fine_s")), fmt(v.get("total_s", v.get("search_s")))]
+            for k, v in prof.items()
+            if not (k.startswith("cprofile") or k == "engine_profile" or not isinstance(v, dict))
+        ]
         lines += [md_table(["path", "coarse ms", "fine ms", "total ms"], prow), ""]
         for key, title in (
             ("cprofile_client", "hierarchical (client re-rank, largest shortlist)"),
@@ -222,11 +218,15 @@ def search_section(res: dict[str, Any]) -> str:
             "",
         ]
     elif any(isinstance(v, dict) and "top" in v for v in eng.values()):
-        rows = []
-        for k, v in eng.items():
-            if isinstance(v, dict) and "top" in v:
-                top = "; ".join(f"`{t['function']}` {t['tottime_ms_per_query']:.0f}" for t in v["top"][:3])
-                rows.append([k, fmt(v["ms_per_query_profiled"]), top])
+        rows = [
+            [
+                k,
+                fmt(v["ms_per_query_profiled"]),
+                "; ".join(f"`{t['function']}` {t['tottime_ms_per_query']:.0f}" for t in v["top"][:3]),
+            ]
+            for k, v in eng.items()
+            if isinstance(v, dict) and "top" in v
+        ]
         lines += [
             f"Milvus Lite engine called directly (segments {eng.get('segments')}), cProfile, ms per query:",
             "",
@@ -255,24 +255,23 @@ def search_section(res: dict[str, Any]) -> str:
             + ", ".join(f"K={k}: {v:.3f}" for k, v in s["coarse_recall_curve"].items()),
             "",
         ]
-        rows = []
-        for r in s["contenders"]:
-            rows.append(
-                [
-                    f"`{r['name']}`",
-                    fmt(r.get("nprobe")),
-                    fmt(r["single"]["qps"]),
-                    fmt(r["single"]["p50_ms"]),
-                    fmt(r["single"]["p99_ms"]),
-                    fmt(r["batch32"]["qps"]),
-                    fmt(r["batch32"]["p50_ms"]),
-                    fmt(r["fidelity@10"], 3),
-                    fmt(r.get("R@1"), 3),
-                    fmt(r.get("R@10"), 3),
-                    fmt(r["speedup_qps_single"], 2) + "×",
-                    fmt(r["speedup_qps_batch32"], 2) + "×",
-                ]
-            )
+        rows = [
+            [
+                f"`{r['name']}`",
+                fmt(r.get("nprobe")),
+                fmt(r["single"]["qps"]),
+                fmt(r["single"]["p50_ms"]),
+                fmt(r["single"]["p99_ms"]),
+                fmt(r["batch32"]["qps"]),
+                fmt(r["batch32"]["p50_ms"]),
+                fmt(r["fidelity@10"], 3),
+                fmt(r.get("R@1"), 3),
+                fmt(r.get("R@10"), 3),
+                fmt(r["speedup_qps_single"], 2) + "×",
+                fmt(r["speedup_qps_batch32"], 2) + "×",
+            ]
+            for r in s["contenders"]
+        ]
         lines += [
             md_table(
                 [
@@ -333,29 +332,27 @@ def search_section(res: dict[str, Any]) -> str:
         "generated, at the sizes where both exist:",
         "",
     ]
-    rows = []
-    for n, cur in g["agreement"].items():
-        for kind in ("real", "generated"):
-            rows.append(
-                [f"{int(n):,}", kind] + [fmt(cur[kind].get(k), 3) for k in ("10", "50", "100", "200", "500", "1000")]
-            )
+    rows = [
+        [f"{int(n):,}", kind] + [fmt(cur[kind].get(k), 3) for k in ("10", "50", "100", "200", "500", "1000")]
+        for n, cur in g["agreement"].items()
+        for kind in ("real", "generated")
+    ]
     lines += [md_table(["rows", "vectors", "K=10", "K=50", "K=100", "K=200", "K=500", "K=1000"], rows), ""]
     chk = [s for s in sizes if s["label"].startswith("gen-check")]
     real_same = [s for s in sizes if s["label"].startswith("real-") and chk and s["rows"] == chk[0]["rows"]]
     if chk and real_same:
-        rows = []
-        for r_real in real_same[0]["contenders"]:
-            r_gen = next((x for x in chk[0]["contenders"] if x["name"] == r_real["name"]), None)
-            if r_gen and r_real["kind"].startswith(("hier", "low", "ann")):
-                rows.append(
-                    [
-                        f"`{r_real['name']}`",
-                        fmt(r_real["fidelity@10"], 3),
-                        fmt(r_gen["fidelity@10"], 3),
-                        fmt(r_real["single"]["p50_ms"]),
-                        fmt(r_gen["single"]["p50_ms"]),
-                    ]
-                )
+        generated = {r["name"]: r for r in reversed(chk[0]["contenders"])}  # the first of a name wins
+        rows = [
+            [
+                f"`{r_real['name']}`",
+                fmt(r_real["fidelity@10"], 3),
+                fmt(r_gen["fidelity@10"], 3),
+                fmt(r_real["single"]["p50_ms"]),
+                fmt(r_gen["single"]["p50_ms"]),
+            ]
+            for r_real in real_same[0]["contenders"]
+            if (r_gen := generated.get(r_real["name"])) and r_real["kind"].startswith(("hier", "low", "ann"))
+        ]
         lines += [
             f"Fidelity@10 of the same contenders on real vs generated vectors at {chk[0]['rows']:,} rows "
             "(the size where both exist):",
@@ -398,19 +395,11 @@ def ingest_section(res: dict[str, Any]) -> str:
         f"{enc['rounds']} alternating rounds)",
         "",
     ]
-    rows = []
-    for mode, runs in enc["runs"].items():
-        for r in runs:
-            rows.append(
-                [
-                    mode,
-                    fmt(r["seconds"], 2),
-                    fmt(r["setup_seconds"], 2),
-                    fmt(r["encode_seconds"], 2),
-                    fmt(r["write_seconds"], 2),
-                    fmt(r["overlap"], 2),
-                ]
-            )
+    rows = [
+        [mode, *(fmt(r[k], 2) for k in ("seconds", "setup_seconds", "encode_seconds", "write_seconds", "overlap"))]
+        for mode, runs in enc["runs"].items()
+        for r in runs
+    ]
     lines += [
         md_table(["mode", "wall s", "setup s", "encode s", "write s", "overlap"], rows),
         "",

@@ -47,6 +47,7 @@ from benchmarks.common import (
     log,
     obtain_model,
     parse_sizes,
+    smoke_model,
     write_result,
 )
 from benchmarks.galleries import (
@@ -144,7 +145,11 @@ def bench_size(
     with Timer() as t_gt:
         gt = topk_ip(data["high"], q_high, K)
     nlist_low = int(col.profile.low.build_params.get("nlist") or 0)
-    default_nprobe = (col.profile.low_search_params(100, num_rows=n).get("params") or {}).get("nprobe")
+
+    def _np_for(cl: int) -> int | None:  # the nprobe the profile picks for this shortlist (the default)
+        return (col.profile.low_search_params(cl, num_rows=n).get("params") or {}).get("nprobe")
+
+    default_nprobe = _np_for(100)
     ann_nlist = build.get("ann_high_nlist")
     inproc = InProcess(data["low"], data["high"], nlist=max(nlist_low, 16))
 
@@ -169,10 +174,6 @@ def bench_size(
         return fn
 
     coarse_list = sorted({min(c, n) for c in plan["coarse"]})
-
-    def _np_for(cl: int) -> int | None:  # the nprobe the profile picks for this shortlist (the default)
-        return (col.profile.low_search_params(cl, num_rows=n).get("params") or {}).get("nprobe")
-
     for cl in coarse_list:
         for npb in plan["nprobe"]:
             for rr in ("client", "server"):
@@ -184,20 +185,13 @@ def bench_size(
                     hier(rr, cl, npb),
                 )
 
-    def exact_fn(sl: slice) -> list[list[int]]:
-        return hit_ids(col.search(QueryVectors(q_low[sl], q_high[sl]), level="high", limit=K, output_fields=[]))
+    def single_level(level: str) -> Any:
+        return lambda sl: hit_ids(
+            col.search(QueryVectors(q_low[sl], q_high[sl]), level=level, limit=K, output_fields=[])
+        )
 
-    def low_fn(sl: slice) -> list[list[int]]:
-        return hit_ids(col.search(QueryVectors(q_low[sl], q_high[sl]), level="low", limit=K, output_fields=[]))
-
-    contenders["exact-high"] = ({"kind": "exact-high"}, exact_fn)
-    contenders["low-only"] = (
-        {
-            "kind": "low-only",
-            "nprobe": (col.profile.low_search_params(K, num_rows=n).get("params") or {}).get("nprobe"),
-        },
-        low_fn,
-    )
+    contenders["exact-high"] = ({"kind": "exact-high"}, single_level("high"))
+    contenders["low-only"] = ({"kind": "low-only", "nprobe": _np_for(K)}, single_level("low"))
     if client.has_collection(ANN_COLLECTION):
         for npb in plan["ann_nprobe"]:
 
@@ -279,9 +273,7 @@ def bench_size(
         "contenders": rows,
     }
     if plan.get("profile_queries"):
-        result["profile"] = profile_hier(
-            col, q_low, q_high, plan["profile_queries"], coarse_list, default_nprobe, db_path=db_path
-        )
+        result["profile"] = profile_hier(col, q_low, q_high, plan["profile_queries"], coarse_list, db_path=db_path)
     return result
 
 
@@ -302,15 +294,9 @@ def run(
     cache = Path(cache_dir or CACHE_DIR)
     cache.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if smoke:  # text queries: labelled, so R@K is computed per contender
-        query_kind = "text"
     if smoke:
-        from hivlp_milvus.data import synthetic
-        from hivlp_milvus.model import create_model
-
-        recs = synthetic.generate(50, seed=1)
-        model = create_model("micro", texts=[c for r in recs for c in r.captions], seed=0)
-        model_info = {"source": "untrained micro model (smoke)"}
+        model, model_info = smoke_model(50)
+        query_kind = "text"  # labelled, so R@K is computed per contender
     else:
         model, model_info = obtain_model(model_dir, train_steps=train_steps)
     real_sizes = [s for s in sizes if s <= real_max]
@@ -378,23 +364,9 @@ def run(
     }
     result["plots"] = plot(result, Path(plots_dir or PLOTS_DIR))
     path = write_result(name, result, results_dir=results_dir)
-    partial = path.with_name(f"{name}_partial.json")
-    if partial.exists():
-        partial.unlink()
+    path.with_name(f"{name}_partial.json").unlink(missing_ok=True)
     log(f"wrote {path}")
     return path
-
-
-def prebuild(n: int, model_dir: str | None = None, real_n: int = 10_000) -> None:
-    """Fit the generator on 10k real embeddings and build the generated n-row database (background job)."""
-    model, _ = obtain_model(model_dir)
-    gp, fit = fitted_generator(model, real_n, model.config.low_dim, model.config.high_dim, CACHE_DIR)
-    log(f"fitted {gp} {fit}")
-    g = generate_vectors(n, gp, n_queries=0)
-    _, _, info = build_or_open(gen_main_path(CACHE_DIR, gp, n), g["low"], g["high"], with_ann_high=False)
-    log(f"built {info}")
-    _, _, info = build_or_open(gen_db_path(CACHE_DIR, gp, n), None, g["high"])
-    log(f"built {info}")
 
 
 def _h(n: int) -> str:

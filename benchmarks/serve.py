@@ -188,14 +188,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(out: Path, payload: dict[str, Any]) -> None:
-    """Write the result with the machine info (load average!) of benchmarks/common.py when available."""
+    """Write the result with the machine info (load average!) of benchmarks/common.py."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `benchmarks` importable
-    try:
-        from benchmarks.common import write_result
-    except ImportError:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        return
+    from benchmarks.common import write_result
+
     write_result(out.stem, payload, results_dir=out.parent, command=" ".join(["python", *sys.argv]))
 
 

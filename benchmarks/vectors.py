@@ -7,6 +7,7 @@ clustered high vectors, low vectors a noisy projection of them, the noise ``sigm
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ def calibrate(real: dict[str, np.ndarray], base: GenParams, *, n: int, target_k:
     trace = []
     for _ in range(8):
         mid = (lo + hi) / 2
-        p = GenParams(**{**base.__dict__, "sigma": mid})
+        p = dataclasses.replace(base, sigma=mid)
         g = generate_vectors(n, p, n_queries=200)
         r = coarse_recall_curve(g, ks=(target_k,))[str(target_k)]
         trace.append((round(mid, 4), round(r, 4)))
@@ -99,7 +100,7 @@ def calibrate(real: dict[str, np.ndarray], base: GenParams, *, n: int, target_k:
             lo = mid
         else:
             hi = mid
-    fitted = GenParams(**{**base.__dict__, "sigma": (lo + hi) / 2})
+    fitted = dataclasses.replace(base, sigma=(lo + hi) / 2)
     return fitted, {"fit_size": n, "target_k": target_k, "target": target, "trace": trace}
 
 

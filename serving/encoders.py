@@ -98,17 +98,14 @@ def torch_threads_for_replica() -> int:
     return max(1, math.ceil(cpus))
 
 
-class _ItemError:
-    """A per-item failure travelling through the batch result list (raised to its caller only)."""
+def item_result(out: Any) -> Any:
+    """One caller's result of a batch: its own result, or its own per-item error raised.
 
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-
-def _unwrap(out: Any) -> dict[str, Any]:
-    """One caller's result of a batch: its vectors, or its own per-item error raised."""
-    if isinstance(out, _ItemError):
-        raise out.error
+    A batch body returns one entry per caller; a caller's failure travels as the exception object
+    itself (``@serve.batch`` hands each entry back as a value), so the rest of the batch succeeds.
+    """
+    if isinstance(out, Exception):
+        raise out
     return out
 
 
@@ -153,7 +150,7 @@ class _EncoderBase:
             BadRecordError: this item cannot be encoded (e.g. undecodable image); only this caller.
             Exception: the forward pass failed; every caller of the batch gets the same error.
         """
-        return _unwrap(await self.encode_batch(item))
+        return item_result(await self.encode_batch(item))
 
     async def encode_now(self, item: Any) -> dict[str, Any]:
         """:meth:`encode` without waiting for a batch: the same checks, forward pass and errors, alone.
@@ -161,7 +158,7 @@ class _EncoderBase:
         ``@serve.batch`` only runs inside a Serve replica (it reads the replica's context when its
         queue starts), so in-process use (:mod:`serving.inprocess`) calls this instead.
         """
-        return _unwrap((await self._run_batch([item]))[0])
+        return item_result((await self._run_batch([item]))[0])
 
     async def _run_batch(self, items: list[Any]) -> list[Any]:
         """Prepare every item on its own, then one forward pass for those that are usable."""
@@ -177,7 +174,7 @@ class _EncoderBase:
                 prepared.append(self._prepare(item))
                 usable.append(i)
             except BadRecordError as exc:
-                results[i] = _ItemError(exc)
+                results[i] = exc  # this caller's alone (item_result raises it)
         if usable:
             try:
                 # A worker thread keeps the event loop free to collect the next batch meanwhile.

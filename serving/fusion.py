@@ -32,7 +32,7 @@ from ray import serve
 from hivlp_milvus.content import ContentOptions
 from hivlp_milvus.errors import BadRecordError, ConfigError
 from hivlp_milvus.fusion_stage import fusion_rerank, read_candidates
-from serving.encoders import load_model
+from serving.encoders import item_result, load_model
 
 logger = logging.getLogger("ray.serve")
 
@@ -86,7 +86,7 @@ class FusionScorer:
         self._media_root = Path(media_root)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def score_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def score_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any] | BadRecordError]:
         return await self.score_many(requests)
 
     async def score(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -102,11 +102,11 @@ class FusionScorer:
         """
         # Candidates are read per request, before batching: a slow or unreadable image reference
         # then delays only its own search (at most one content timeout), never the whole batch.
-        return _unwrap(await self.score_batch(await asyncio.to_thread(self._read, request)))
+        return item_result(await self.score_batch(await asyncio.to_thread(self._read, request)))
 
     async def score_now(self, request: dict[str, Any]) -> dict[str, Any]:
         """:meth:`score` without waiting for a batch (``@serve.batch`` runs only in a Serve replica)."""
-        return _unwrap((await self.score_many([await asyncio.to_thread(self._read, request)]))[0])
+        return item_result((await self.score_many([await asyncio.to_thread(self._read, request)]))[0])
 
     def _read(self, request: dict[str, Any]) -> dict[str, Any]:
         """The request with its candidates as hits and their content read (concurrently)."""
@@ -122,17 +122,17 @@ class FusionScorer:
         contents = read_candidates([request["kind"]], [hits], self._content)[0]
         return {**request, "hits": hits, "contents": contents}
 
-    async def score_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def score_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any] | BadRecordError]:
         """Re-rank several searches in one ``score_pairs`` call (the body of a batch).
 
         Returns:
             One result per request, as :meth:`score` returns it; a request whose own query image
-            cannot be decoded gets ``{"error": BadRecordError}`` instead (raised to its caller only).
+            cannot be decoded gets the ``BadRecordError`` itself instead (raised to its caller only).
         """
         # A worker thread keeps the event loop free to collect the next batch meanwhile.
         return await asyncio.to_thread(self._rerank, requests)
 
-    def _rerank(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _rerank(self, requests: list[dict[str, Any]]) -> list[dict[str, Any] | BadRecordError]:
         started = time.perf_counter()
         requests = [r if "contents" in r else self._read(r) for r in requests]
         # Copies: a request split off a failed batch below is scored again from its fine order.
@@ -149,7 +149,7 @@ class FusionScorer:
             )
         except BadRecordError as exc:
             if len(requests) == 1:
-                return [{"error": exc}]
+                return [exc]
             # A query image that does not decode fails its own search only: score each alone.
             return [item for r in requests for item in self._rerank([r])]
         pairs = sum(h.get("fusion_score") is not None for cands in hits for h in cands)
@@ -179,10 +179,3 @@ class FusionScorer:
 
     def check_health(self) -> None:
         """Serve calls this periodically; the scorer holds no connection, so it is healthy while it runs."""
-
-
-def _unwrap(out: dict[str, Any]) -> dict[str, Any]:
-    """One caller's result of a batch: its order, or its own error raised."""
-    if "error" in out:
-        raise out["error"]
-    return out

@@ -24,6 +24,7 @@ import contextlib
 import inspect
 from collections.abc import Iterator
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 from fastapi import FastAPI
@@ -50,24 +51,22 @@ class LocalHandle:
         self._target = target
         self._renames = renames
 
-    def __getattr__(self, name: str) -> _LocalMethod:
+    def __getattr__(self, name: str) -> SimpleNamespace:
+        """``handle.name``: an object whose ``remote(...)`` calls the target's method."""
         if name.startswith("_"):
             raise AttributeError(name)
-        return _LocalMethod(getattr(self._target, self._renames.get(name, name)))
+        method = getattr(self._target, self._renames.get(name, name))
+
+        def remote(*args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+            # Started now (as a handle does); the caller awaits the future.
+            if inspect.iscoroutinefunction(method):
+                return asyncio.ensure_future(method(*args, **kwargs))
+            return asyncio.ensure_future(asyncio.to_thread(method, *args, **kwargs))
+
+        return SimpleNamespace(remote=remote)
 
 
-class _LocalMethod:
-    def __init__(self, method: Any) -> None:
-        self._method = method
-
-    def remote(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
-        """Start the call now (as a handle does) and return something to await."""
-        if inspect.iscoroutinefunction(self._method):
-            return asyncio.ensure_future(self._method(*args, **kwargs))
-        return asyncio.ensure_future(asyncio.to_thread(self._method, *args, **kwargs))
-
-
-def _plain_class(deployment: Any) -> type:
+def plain_class(deployment: Any) -> type:
     """The user's class under Serve's ingress wrapper (whose ``__init__`` is a coroutine Serve awaits)."""
     for cls in deployment.func_or_class.__mro__:
         init = vars(cls).get("__init__")
@@ -133,20 +132,17 @@ def local_app(
         content = ContentOptions(allow_http=allow_http)
         scorer = FusionScorer.func_or_class(checkpoint, content=content, media_root=settings.media_root)
         fusion = LocalHandle(scorer, score="score_now")
-    ingress = _plain_class(Ingress)(text, image, searcher, settings, fusion)
+    ingress = plain_class(Ingress)(text, image, searcher, settings, fusion)
     overrides = _self_dependencies(api)
     if not overrides:
         raise RuntimeError("the ingress routes have no `self` dependency: has Serve's class-based view changed?")
-    # One `api` per process: the innermost open app serves it; an outer one is restored on exit.
-    previous = {dependency: api.dependency_overrides.get(dependency) for dependency in overrides}
-    for dependency in overrides:
-        api.dependency_overrides[dependency] = lambda: ingress
+    # One `api` per process: the innermost open app serves it; an outer one is restored on exit
+    # (this module is the only one that overrides the app's dependencies).
+    previous = dict(api.dependency_overrides)
+    api.dependency_overrides.update(dict.fromkeys(overrides, lambda: ingress))
     try:
         yield api
     finally:
-        for dependency, before in previous.items():
-            if before is None:
-                api.dependency_overrides.pop(dependency, None)
-            else:
-                api.dependency_overrides[dependency] = before
+        api.dependency_overrides.clear()
+        api.dependency_overrides.update(previous)
         configure(IngressSettings(collection=collection))  # no API key, default limits: as at import

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -37,12 +36,6 @@ class Served:
     workload: Any
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None, serve_collection: Callable) -> Iterator[Served]:
     from ray import serve
@@ -51,7 +44,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None, serve_co
     from serving import AppArgs, build_app
 
     sys.path.insert(0, str(ROOT))
-    from benchmarks.load import Workload, make_workload
+    from benchmarks.load import Workload, free_port, make_workload
 
     tmp = tmp_path_factory.mktemp("load")
     records = synthetic.generate(N_RECORDS, seed=5)
@@ -62,7 +55,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None, serve_co
     texts = [r.captions[0] for r in records]
     workload = Workload(texts=texts, images=work.images, check_texts=texts[:6])
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         args = AppArgs(checkpoint=str(tmp / "model"), milvus_uri=db, collection="load", max_encoder_replicas=1)

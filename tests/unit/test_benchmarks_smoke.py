@@ -133,22 +133,27 @@ def test_ingest_and_train_smoke_and_report(search_result: dict) -> None:
         assert heading in text
 
 
-def test_bench_command_registered() -> None:
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["search", "--smoke", "--sizes", "500"], {"what": "search", "smoke": True, "sizes": ["500"]}),
+        (
+            ["quality", "--steps", "60", "--low-dims", "8", "32", "--smoke"],
+            {"what": "quality", "steps": 60, "low_dims": [8, 32], "smoke": True, "ablation_low_dim": None},
+        ),
+        (["quality", "--ablation-low-dim", "8"], {"ablation_low_dim": 8}),
+        (
+            ["engine", "--uri", "http://h:19530", "--token", "t", "--sizes", "1M"],
+            {"what": "engine", "uri": "http://h:19530", "token": "t", "lite25_python": None, "sizes": ["1M"]},
+        ),
+        (["engine", "--lite25-python", "/v/bin/python"], {"lite25_python": "/v/bin/python"}),
+    ],
+)
+def test_bench_command_flags(argv: list[str], expected: dict) -> None:
     from hivlp_milvus.cli import build_parser
 
-    args = build_parser().parse_args(["bench", "search", "--smoke", "--sizes", "500"])
-    assert args.what == "search"
-    assert args.smoke
-    assert args.sizes == ["500"]
-
-
-def test_bench_quality_command_flags() -> None:
-    from hivlp_milvus.cli import build_parser
-
-    args = build_parser().parse_args(["bench", "quality", "--steps", "60", "--low-dims", "8", "32", "--smoke"])
-    assert (args.what, args.steps, args.low_dims, args.smoke) == ("quality", 60, [8, 32], True)
-    assert args.ablation_low_dim is None
-    assert build_parser().parse_args(["bench", "quality", "--ablation-low-dim", "8"]).ablation_low_dim == 8
+    args = vars(build_parser().parse_args(["bench", *argv]))
+    assert {name: args[name] for name in expected} == expected
 
 
 def test_bench_quality_data_emoji_routes_to_the_emoji_benchmarks(monkeypatch) -> None:
@@ -169,21 +174,6 @@ def test_bench_quality_data_emoji_routes_to_the_emoji_benchmarks(monkeypatch) ->
         ("heads", {"model_dir": "m", "data_dir": "d", "name": "quality_emoji_heads"}),
         ("sweep", {"data_dir": "data/emoji", "steps": 30, "low_dims": (4, 8), "name": "quality_emoji"}),
     ]
-
-
-def test_bench_engine_command_flags() -> None:
-    from hivlp_milvus.cli import build_parser
-
-    p = build_parser()
-    args = p.parse_args(["bench", "engine", "--uri", "http://h:19530", "--token", "t", "--sizes", "1M"])
-    assert (args.what, args.uri, args.token, args.lite25_python, args.sizes) == (
-        "engine",
-        "http://h:19530",
-        "t",
-        None,
-        ["1M"],
-    )
-    assert p.parse_args(["bench", "engine", "--lite25-python", "/v/bin/python"]).lite25_python == "/v/bin/python"
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"uri": "http://h:19530", "lite25_python": "/v/bin/python"}])

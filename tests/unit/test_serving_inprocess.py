@@ -297,7 +297,7 @@ def test_a_batch_scores_each_search_and_a_bad_query_image_fails_only_its_own(fus
         {"query": good_image, "kind": "image", "limit": 3, "candidates": captions},
     ]
     out = asyncio.run(scorer.score_many(requests))
-    assert isinstance(out[1]["error"], BadRecordError)
+    assert isinstance(out[1], BadRecordError)
     for request, result in ((requests[0], out[0]), (requests[2], out[2])):
         alone = asyncio.run(scorer.score_now(request))
         assert [r["index"] for r in result["ranked"]] == [r["index"] for r in alone["ranked"]]
