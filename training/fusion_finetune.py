@@ -36,7 +36,7 @@ from hivlp_milvus.data.record import Record
 from hivlp_milvus.device import check_training_precision, training_autocast_dtype
 from hivlp_milvus.errors import ConfigError
 from hivlp_milvus.model import HiVLP
-from hivlp_milvus.model.fusion import spatial_tokens
+from hivlp_milvus.model.hivlp import eval_mode
 from training.step import mixed_precision
 
 __all__ = ["FusionFinetuneConfig", "FusionFinetuneReport", "finetune_fusion", "fusion_recall_at_1", "mix_order"]
@@ -254,28 +254,22 @@ def _cache(model: HiVLP, records: Sequence[Record], captions_per_image: int) -> 
         for caption in [c for c in r.captions if c.strip()][:captions_per_image]:
             captions.append(caption)
             cap_image.append(i)
-    was_training = model.training
-    model.eval()
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("tok", "il", "ih", "hid", "mask", "tl", "th")}
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(records), 128):
-                pixels = model.preprocess_images([r.image for r in records[start : start + 128]]).to(model.device)
-                features = model.image_tower.model.forward_features(pixels)
-                emb = model.image_head(model.image_tower.model.forward_head(features))
-                parts["tok"].append(spatial_tokens(features).float().cpu())
-                parts["il"].append(emb.low.float().cpu())
-                parts["ih"].append(emb.high.float().cpu())
-            for start in range(0, len(captions), 256):
-                tokens = model.tokenize(captions[start : start + 256])
-                ids, mask = tokens["input_ids"].to(model.device), tokens["attention_mask"].to(model.device)
-                parts["hid"].append(model.text_tower.model(input_ids=ids, attention_mask=mask).last_hidden_state.cpu())
-                parts["mask"].append(mask.cpu())
-                emb = model.encode_text(ids, mask)
-                parts["tl"].append(emb.low.float().cpu())
-                parts["th"].append(emb.high.float().cpu())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        for start in range(0, len(records), 128):
+            emb, image_tokens = model.image_features(
+                model.preprocess_images([r.image for r in records[start : start + 128]])
+            )
+            parts["tok"].append(image_tokens.float().cpu())
+            parts["il"].append(emb.low.float().cpu())
+            parts["ih"].append(emb.high.float().cpu())
+        for start in range(0, len(captions), 256):
+            tokens = model.tokenize(captions[start : start + 256])
+            emb, hidden = model.text_features(tokens["input_ids"], tokens["attention_mask"])
+            parts["hid"].append(hidden.cpu())
+            parts["mask"].append(tokens["attention_mask"])
+            parts["tl"].append(emb.low.float().cpu())
+            parts["th"].append(emb.high.float().cpu())
     cat = {k: torch.cat(v) for k, v in parts.items()}
     cap_image_t = torch.as_tensor(cap_image)
     image_group_t = torch.as_tensor(image_group)
