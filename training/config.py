@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import re
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
@@ -59,9 +58,6 @@ __all__ = [
 Precision = Literal["fp32", "bf16", "auto"]
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 Export = Literal["last", "best"]
-PRECISIONS = typing.get_args(Precision)
-PLACEMENT_STRATEGIES = typing.get_args(PlacementStrategy)
-EXPORTS = typing.get_args(Export)
 _CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
