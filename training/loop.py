@@ -197,10 +197,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     validator = _Validator(spec) if rank == 0 and spec.validation is not None else None
     progress = _Progress(spec, rank=rank, world=world)
 
-    step = state.step if state is not None else 0
-    epoch = state.epoch if state is not None else 0
-    skip = state.micro_in_epoch if state is not None else 0
-    samples_seen = state.samples_seen if state is not None else 0
+    step, epoch, skip, samples_seen = (
+        (state.step, state.epoch, state.micro_in_epoch, state.samples_seen) if state is not None else (0, 0, 0, 0)
+    )
     global_batch = spec.batch_size * world
     last_reported = step
     # bf16 where the device would only emulate it (several times slower) is refused; auto picks it
