@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import safetensors.torch
 import torch
-from PIL import Image
 from safetensors import SafetensorError
 from torch import nn
 from tqdm.auto import tqdm
@@ -27,7 +26,7 @@ from hivlp_milvus.model.config import HiVLPConfig, get_config
 from hivlp_milvus.model.embedding import HierarchicalEmbedding, HiVLPOutput
 from hivlp_milvus.model.fusion import FusedOutput, FusionInputs, FusionScorer, spatial_tokens
 from hivlp_milvus.model.heads import build_head
-from hivlp_milvus.model.preprocess import ImageLike, ImageProcessor, as_image_list
+from hivlp_milvus.model.preprocess import ImageLike, ImageProcessor, as_image_list, is_single_image
 from hivlp_milvus.model.tokenizer import load_pretrained_tokenizer, train_wordpiece
 from hivlp_milvus.model.towers import ImageTower, TextTower
 
@@ -304,7 +303,7 @@ class HiVLP(nn.Module):
         fusion = self._require_fusion()
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        image_list = [images] if _is_single_image(images) else list(images)
+        image_list = as_image_list(images)
         text_list = [texts] if isinstance(texts, str) else list(texts)
         n = max(len(image_list), len(text_list))
         if len(image_list) not in (1, n) or len(text_list) not in (1, n):
@@ -361,7 +360,7 @@ class HiVLP(nn.Module):
                 to skip bad ones individually).
             ValueError: ``batch_size`` is not positive.
         """
-        items = as_image_list(images) if _is_single_image(images) else images
+        items = [images] if is_single_image(images) else images
 
         def encode(chunk: list[ImageLike]) -> HierarchicalEmbedding:
             return self.encode_image(self.preprocess_images(chunk))
@@ -570,12 +569,6 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
         yield module
     finally:
         module.train(was_training)
-
-
-def _is_single_image(images: Any) -> bool:
-    if isinstance(images, np.ndarray):
-        return images.ndim != 4
-    return isinstance(images, (str, Path, bytes, bytearray, memoryview, Image.Image))
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
