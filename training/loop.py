@@ -162,16 +162,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     resumed = ray.train.get_checkpoint()
     state: TrainingState | None = None
     loss_state: dict[str, Any] = {}
-    if resumed is not None:
-        with resumed.as_directory() as directory:
-            model = HiVLP.from_pretrained(directory)
+    # A restarted worker group continues from the newest checkpoint, a new one from the initial model.
+    start_from = resumed if resumed is not None else ray.train.Checkpoint(spec.init_model)
+    with start_from.as_directory() as directory:
+        model = HiVLP.from_pretrained(directory)
+        if resumed is not None:
             state = load_training_state(directory)
             optimizer_state = load_optimizer_state(directory)
             scheduler_state = load_scheduler_state(directory)
             loss_state = load_loss_state(directory)
-    else:
-        with ray.train.Checkpoint(spec.init_model).as_directory() as directory:
-            model = HiVLP.from_pretrained(directory)
     model.train()  # from_pretrained returns eval mode
     ddp = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": spec.find_unused_parameters})
     module: HiVLP = getattr(ddp, "module", ddp)  # one worker: prepare_model does not wrap
