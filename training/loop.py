@@ -444,6 +444,8 @@ class _Progress:
         import torch
         import torch.distributed as dist
 
+        from hivlp_milvus.model.loss import FUSION_TERMS, TERMS
+
         keys = sorted(self.sums)
         values = torch.tensor([self.sums[k] / max(1, self.count) for k in keys], dtype=torch.float64)
         if self.world > 1 and dist.is_initialized():
@@ -462,8 +464,7 @@ class _Progress:
         if self.rank != 0:
             return
         last = self.last
-        names = ("low", "high", "consistency", "shortlist", "itm")
-        parts = " ".join(f"{k} {last[k]:.4f}" for k in names if k in last)
+        parts = " ".join(f"{k} {last[k]:.4f}" for k in (*TERMS, *FUSION_TERMS) if k in last)
         temps = ""
         if "logit_scale_low" in last:
             temps = f" | T_low {1 / last['logit_scale_low']:.4f} T_high {1 / last['logit_scale_high']:.4f}"
