@@ -141,8 +141,6 @@ def prepare_sources(cfg: TrainConfig, work_dir: Path) -> Sources:
         val_src, val_split = (str(root / "val"), None) if syn.val > 0 else (None, None)
     source = load_source(train_src, split=train_split, image_root=data.image_root)
     records = [r for r in source if r.image is not None and r.captions]
-    report = getattr(source, "report", None)
-    skipped = len(report.skipped) if report is not None else 0
     if not records:
         raise DataError(
             f"the training source {train_src} has no image with a caption; check data.train "
@@ -151,7 +149,7 @@ def prepare_sources(cfg: TrainConfig, work_dir: Path) -> Sources:
     val = None
     if val_src is not None and cfg.validation.enabled:
         val = {"source": str(val_src), "split": val_split, "image_root": data.image_root}
-    return Sources(train=records, val=val, skipped=skipped)
+    return Sources(train=records, val=val, skipped=len(source.report.skipped))
 
 
 def _synthetic_is_current(root: Path, sizes: dict[str, int], seed: int, image_size: int) -> bool:
