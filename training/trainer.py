@@ -520,7 +520,7 @@ def gpu_shortfall(total: float, free: float, needed: float) -> str | None:
         return (
             f"busy: the workers need {needed:g} GPU(s) and the cluster has {total:g}, but only {free:g} are "
             "free (another Ray job holds the rest, e.g. a Ray Serve app: `serve shutdown`, or give its "
-            "encoders less with num_gpus=...; or ask less per worker with scaling.worker_resources.GPU=0.5). " + cpu
+            "encoders less with num_gpus=...; or ask less per worker with scaling.resources_per_worker.GPU=0.5). " + cpu
         )
     return (
         f"missing: the workers need {needed:g} GPU(s) but the Ray cluster has {total:g} now; training waits "
