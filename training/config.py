@@ -262,11 +262,8 @@ class ScalingConfig(ConfigBase):
     @property
     def worker_resources(self) -> dict[str, float]:
         """The resources of one worker, defaults filled in."""
-        resources = dict(self.resources_per_worker or {})
-        resources.setdefault("CPU", 1.0)
-        if self.use_gpu:
-            resources.setdefault("GPU", 1.0)
-        return resources
+        defaults = {"CPU": 1.0, **({"GPU": 1.0} if self.use_gpu else {})}
+        return {**defaults, **(self.resources_per_worker or {})}
 
     @property
     def cpus_per_worker(self) -> int:
