@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import re
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
@@ -59,9 +58,6 @@ __all__ = [
 Precision = Literal["fp32", "bf16", "auto"]
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 Export = Literal["last", "best"]
-PRECISIONS = typing.get_args(Precision)
-PLACEMENT_STRATEGIES = typing.get_args(PlacementStrategy)
-EXPORTS = typing.get_args(Export)
 _CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -266,11 +262,8 @@ class ScalingConfig(ConfigBase):
     @property
     def worker_resources(self) -> dict[str, float]:
         """The resources of one worker, defaults filled in."""
-        resources = dict(self.resources_per_worker or {})
-        resources.setdefault("CPU", 1.0)
-        if self.use_gpu:
-            resources.setdefault("GPU", 1.0)
-        return resources
+        defaults = {"CPU": 1.0, **({"GPU": 1.0} if self.use_gpu else {})}
+        return {**defaults, **(self.resources_per_worker or {})}
 
     @property
     def cpus_per_worker(self) -> int:

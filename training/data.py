@@ -141,8 +141,6 @@ def prepare_sources(cfg: TrainConfig, work_dir: Path) -> Sources:
         val_src, val_split = (str(root / "val"), None) if syn.val > 0 else (None, None)
     source = load_source(train_src, split=train_split, image_root=data.image_root)
     records = [r for r in source if r.image is not None and r.captions]
-    report = getattr(source, "report", None)
-    skipped = len(report.skipped) if report is not None else 0
     if not records:
         raise DataError(
             f"the training source {train_src} has no image with a caption; check data.train "
@@ -151,7 +149,7 @@ def prepare_sources(cfg: TrainConfig, work_dir: Path) -> Sources:
     val = None
     if val_src is not None and cfg.validation.enabled:
         val = {"source": str(val_src), "split": val_split, "image_root": data.image_root}
-    return Sources(train=records, val=val, skipped=skipped)
+    return Sources(train=records, val=val, skipped=len(source.report.skipped))
 
 
 def _synthetic_is_current(root: Path, sizes: dict[str, int], seed: int, image_size: int) -> bool:
@@ -191,42 +189,28 @@ def build_train_table(
         The :class:`TrainTable`.
     """
     n = len(records)
+    # Sorted group ids would be nicer, but first-seen order is deterministic for a given source.
     groups: dict[str, int] = {}
-    group_ids = np.empty(n, dtype=np.int64)
-    uids = np.empty(n, dtype=np.int64)
-    num_captions = np.empty(n, dtype=np.int32)
-    paths: list[str] = []
-    blobs: list[bytes] = []
-    texts: list[str] = []
-    for i, record in enumerate(records):
-        # Sorted ids would be nicer, but first-seen order is deterministic for a given source.
-        group_ids[i] = groups.setdefault(record.relevance_group, len(groups))
-        uids[i] = stable_uid(record.id)
-        captions = list(record.captions)[:max_captions]
-        num_captions[i] = len(captions)
-        texts.extend(captions + [""] * (max_captions - len(captions)))
-        path, blob = _image_reference(record)
-        paths.append(path)
-        blobs.append(blob)
+    group_ids = [groups.setdefault(record.relevance_group, len(groups)) for record in records]
+    captions = [list(record.captions)[:max_captions] for record in records]
+    texts = [text for kept in captions for text in kept + [""] * (max_captions - len(kept))]
+    references = [_image_reference(record) for record in records]
     ids_chunks, mask_chunks = [], []
     for start in range(0, len(texts), chunk_size):
         tokens = tokenize(texts[start : start + chunk_size])
         ids_chunks.append(tokens["input_ids"].numpy().astype(np.int32))
         mask_chunks.append(tokens["attention_mask"].numpy().astype(np.uint8))
-    length = ids_chunks[0].shape[1]
-    input_ids = np.concatenate(ids_chunks).reshape(n, max_captions, length)
-    attention_mask = np.concatenate(mask_chunks).reshape(n, max_captions, length)
     order = np.random.default_rng(seed).permutation(n)
     columns = {
-        "uid": uids[order],
-        "group": group_ids[order],
-        "image_path": np.asarray(paths, dtype=object)[order],
-        "image_bytes": np.asarray(blobs, dtype=object)[order],
-        "input_ids": input_ids[order],
-        "attention_mask": attention_mask[order],
-        "num_captions": num_captions[order],
+        "uid": np.asarray([stable_uid(record.id) for record in records], dtype=np.int64),
+        "group": np.asarray(group_ids, dtype=np.int64),
+        "image_path": np.asarray([path for path, _ in references], dtype=object),
+        "image_bytes": np.asarray([blob for _, blob in references], dtype=object),
+        "input_ids": np.concatenate(ids_chunks).reshape(n, max_captions, -1),
+        "attention_mask": np.concatenate(mask_chunks).reshape(n, max_captions, -1),
+        "num_captions": np.asarray([len(kept) for kept in captions], dtype=np.int32),
     }
-    return TrainTable(columns=columns, num_groups=len(groups))
+    return TrainTable(columns={name: column[order] for name, column in columns.items()}, num_groups=len(groups))
 
 
 def stable_uid(record_id: str) -> int:

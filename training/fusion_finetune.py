@@ -36,7 +36,7 @@ from hivlp_milvus.data.record import Record
 from hivlp_milvus.device import check_training_precision, training_autocast_dtype
 from hivlp_milvus.errors import ConfigError
 from hivlp_milvus.model import HiVLP
-from hivlp_milvus.model.fusion import spatial_tokens
+from hivlp_milvus.model.hivlp import eval_mode
 from training.step import mixed_precision
 
 __all__ = ["FusionFinetuneConfig", "FusionFinetuneReport", "finetune_fusion", "fusion_recall_at_1", "mix_order"]
@@ -254,39 +254,27 @@ def _cache(model: HiVLP, records: Sequence[Record], captions_per_image: int) -> 
         for caption in [c for c in r.captions if c.strip()][:captions_per_image]:
             captions.append(caption)
             cap_image.append(i)
-    was_training = model.training
-    model.eval()
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("tok", "il", "ih", "hid", "mask", "tl", "th")}
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(records), 128):
-                pixels = model.preprocess_images([r.image for r in records[start : start + 128]]).to(model.device)
-                features = model.image_tower.model.forward_features(pixels)
-                emb = model.image_head(model.image_tower.model.forward_head(features))
-                parts["tok"].append(spatial_tokens(features).float().cpu())
-                parts["il"].append(emb.low.float().cpu())
-                parts["ih"].append(emb.high.float().cpu())
-            for start in range(0, len(captions), 256):
-                tokens = model.tokenize(captions[start : start + 256])
-                ids, mask = tokens["input_ids"].to(model.device), tokens["attention_mask"].to(model.device)
-                parts["hid"].append(model.text_tower.model(input_ids=ids, attention_mask=mask).last_hidden_state.cpu())
-                parts["mask"].append(mask.cpu())
-                emb = model.encode_text(ids, mask)
-                parts["tl"].append(emb.low.float().cpu())
-                parts["th"].append(emb.high.float().cpu())
-    finally:
-        model.train(was_training)
-    cat = {k: torch.cat(v) for k, v in parts.items()}
+    names = ("tokens", "image_low", "image_high", "hidden", "mask", "text_low", "text_high")
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    with eval_mode(model), torch.inference_mode():
+        for start in range(0, len(records), 128):
+            emb, image_tokens = model.image_features(
+                model.preprocess_images([r.image for r in records[start : start + 128]])
+            )
+            parts["tokens"].append(image_tokens.float().cpu())
+            parts["image_low"].append(emb.low.float().cpu())
+            parts["image_high"].append(emb.high.float().cpu())
+        for start in range(0, len(captions), 256):
+            tokens = model.tokenize(captions[start : start + 256])
+            emb, hidden = model.text_features(tokens["input_ids"], tokens["attention_mask"])
+            parts["hidden"].append(hidden.cpu())
+            parts["mask"].append(tokens["attention_mask"])
+            parts["text_low"].append(emb.low.float().cpu())
+            parts["text_high"].append(emb.high.float().cpu())
     cap_image_t = torch.as_tensor(cap_image)
     image_group_t = torch.as_tensor(image_group)
     return _Cache(
-        tokens=cat["tok"],
-        image_low=cat["il"],
-        image_high=cat["ih"],
-        hidden=cat["hid"],
-        mask=cat["mask"],
-        text_low=cat["tl"],
-        text_high=cat["th"],
+        **{name: torch.cat(chunks) for name, chunks in parts.items()},
         image_group=image_group_t,
         cap_group=image_group_t[cap_image_t],
         cap_image=cap_image_t,
@@ -316,28 +304,17 @@ def _mine(cache: _Cache, cfg: FusionFinetuneConfig) -> tuple[list[torch.Tensor],
         for lo in range(0, n_images, cfg.gallery_size):
             imgs = torch.arange(lo, min(lo + cfg.gallery_size, n_images))
             caps = torch.nonzero((cache.cap_image >= lo) & (cache.cap_image < imgs[-1] + 1)).squeeze(1)
-            found, _ = _funnel(
-                cache.text_low[caps],
-                cache.text_high[caps],
-                cache.image_low[imgs],
-                cache.image_high[imgs],
-                cfg.coarse_limit,
-                cfg.mine_limit,
+            text = (cache.text_low[caps], cache.text_high[caps])
+            image = (cache.image_low[imgs], cache.image_high[imgs])
+            directions = (
+                (text, image, caps, imgs, t2i, cache.cap_group, cache.image_group),
+                (image, text, imgs, caps, i2t, cache.image_group, cache.cap_group),
             )
-            for row, cap in enumerate(caps.tolist()):
-                hits = imgs[found[row]]
-                t2i[cap] = hits[cache.image_group[hits] != cache.cap_group[cap]]
-            found, _ = _funnel(
-                cache.image_low[imgs],
-                cache.image_high[imgs],
-                cache.text_low[caps],
-                cache.text_high[caps],
-                cfg.coarse_limit,
-                cfg.mine_limit,
-            )
-            for row, img in enumerate(imgs.tolist()):
-                hits = caps[found[row]]
-                i2t[img] = hits[cache.cap_group[hits] != cache.image_group[img]]
+            for query_vecs, gallery_vecs, queries, gallery, negatives, query_group, gallery_group in directions:
+                found, _ = _funnel(*query_vecs, *gallery_vecs, cfg.coarse_limit, cfg.mine_limit)
+                for row, query in enumerate(queries.tolist()):
+                    hits = gallery[found[row]]
+                    negatives[query] = hits[gallery_group[hits] != query_group[query]]
     return t2i, i2t
 
 

@@ -14,7 +14,10 @@ continues at the exact next step.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
+import itertools
 import json
 import logging
 import math
@@ -159,16 +162,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     resumed = ray.train.get_checkpoint()
     state: TrainingState | None = None
     loss_state: dict[str, Any] = {}
-    if resumed is not None:
-        with resumed.as_directory() as directory:
-            model = HiVLP.from_pretrained(directory)
+    # A restarted worker group continues from the newest checkpoint, a new one from the initial model.
+    start_from = resumed if resumed is not None else ray.train.Checkpoint(spec.init_model)
+    with start_from.as_directory() as directory:
+        model = HiVLP.from_pretrained(directory)
+        if resumed is not None:
             state = load_training_state(directory)
             optimizer_state = load_optimizer_state(directory)
             scheduler_state = load_scheduler_state(directory)
             loss_state = load_loss_state(directory)
-    else:
-        with ray.train.Checkpoint(spec.init_model).as_directory() as directory:
-            model = HiVLP.from_pretrained(directory)
     model.train()  # from_pretrained returns eval mode
     ddp = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": spec.find_unused_parameters})
     module: HiVLP = getattr(ddp, "module", ddp)  # one worker: prepare_model does not wrap
@@ -194,10 +196,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     validator = _Validator(spec) if rank == 0 and spec.validation is not None else None
     progress = _Progress(spec, rank=rank, world=world)
 
-    step = state.step if state is not None else 0
-    epoch = state.epoch if state is not None else 0
-    skip = state.micro_in_epoch if state is not None else 0
-    samples_seen = state.samples_seen if state is not None else 0
+    step, epoch, skip, samples_seen = (
+        (state.step, state.epoch, state.micro_in_epoch, state.samples_seen) if state is not None else (0, 0, 0, 0)
+    )
     global_batch = spec.batch_size * world
     last_reported = step
     # bf16 where the device would only emulate it (several times slower) is refused; auto picks it
@@ -393,7 +394,7 @@ class _Progress:
     def __init__(self, spec: LoopSpec, *, rank: int, world: int) -> None:
         self.spec, self.rank, self.world = spec, rank, world
         self.samples_per_step = spec.batch_size * world * spec.grad_accum_steps
-        self.sums: dict[str, float] = {}
+        self.sums: collections.Counter[str] = collections.Counter()
         self.count = 0
         now = time.perf_counter()
         self.window_start, self.window_steps, self.window_paused = now, 0, 0.0
@@ -415,8 +416,7 @@ class _Progress:
 
     def add(self, loss: Any) -> None:
         values = {"loss": float(loss.total.detach()), **{k: float(v) for k, v in loss.parts.items()}}
-        for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.sums.update(values)
         self.count += 1
         self.step_losses.append(values["loss"])
 
@@ -444,25 +444,27 @@ class _Progress:
         import torch
         import torch.distributed as dist
 
+        from hivlp_milvus.model.loss import FUSION_TERMS, TERMS
+
         keys = sorted(self.sums)
         values = torch.tensor([self.sums[k] / max(1, self.count) for k in keys], dtype=torch.float64)
         if self.world > 1 and dist.is_initialized():
             # Every rank reaches this step, so the collective is safe; the mean of the ranks'
             # local losses is the loss of the global batch.
-            values = values.to(_collective_device())
+            # NCCL only reduces CUDA tensors (on the current device); gloo only CPU ones.
+            values = values.to("cuda" if dist.get_backend() == "nccl" else "cpu")
             dist.all_reduce(values)
             values = values.cpu() / self.world
         now = time.perf_counter()
         busy = now - self.window_start - self.window_paused
         rate = self.window_steps * self.samples_per_step / max(1e-9, busy)
         self.last = {k: float(v) for k, v in zip(keys, values.tolist(), strict=True)}
-        self.sums, self.count = {}, 0
+        self.sums, self.count = collections.Counter(), 0
         self.window_start, self.window_steps, self.window_paused = now, 0, 0.0
         if self.rank != 0:
             return
         last = self.last
-        names = ("low", "high", "consistency", "shortlist", "itm")
-        parts = " ".join(f"{k} {last[k]:.4f}" for k in names if k in last)
+        parts = " ".join(f"{k} {last[k]:.4f}" for k in (*TERMS, *FUSION_TERMS) if k in last)
         temps = ""
         if "logit_scale_low" in last:
             temps = f" | T_low {1 / last['logit_scale_low']:.4f} T_high {1 / last['logit_scale_high']:.4f}"
@@ -507,37 +509,21 @@ def _say(message: str) -> None:
     sys.stdout.flush()
 
 
-def _collective_device() -> Any:
-    import torch
-    import torch.distributed as dist
-
-    # NCCL only reduces CUDA tensors; gloo only CPU ones.
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 class _Validator:
     """Rank 0's retrieval evaluation on the (capped) validation set, as flat ``val_*`` metrics."""
 
     def __init__(self, spec: LoopSpec) -> None:
         self.spec = spec
-        self._records: list[Any] | None = None
 
+    @functools.cached_property
     def records(self) -> list[Any]:
-        if self._records is None:
-            from hivlp_milvus.data import load_source
+        """The first ``val_max_items`` usable records, read at the first validation."""
+        from hivlp_milvus.data import load_source
 
-            val = self.spec.validation or {}
-            source = load_source(val["source"], split=val.get("split"), image_root=val.get("image_root"))
-            records = []
-            for record in source:
-                if record.image is not None and record.captions:
-                    records.append(record)
-                if len(records) >= self.spec.val_max_items:
-                    break
-            self._records = records
-        return self._records
+        val = self.spec.validation or {}
+        source = load_source(val["source"], split=val.get("split"), image_root=val.get("image_root"))
+        usable = (record for record in source if record.image is not None and record.captions)
+        return list(itertools.islice(usable, self.spec.val_max_items))
 
     def __call__(self, model: HiVLP) -> dict[str, float]:
         from hivlp_milvus.eval import evaluate
@@ -545,7 +531,7 @@ class _Validator:
         started = time.perf_counter()
         table = evaluate(
             model,
-            self.records(),
+            self.records,
             coarse_ks=tuple(self.spec.coarse_ks),
             batch_size=self.spec.val_batch_size,
             text_batch_size=max(self.spec.val_batch_size, 256),

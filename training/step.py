@@ -29,12 +29,9 @@ def mixed_precision(dtype: Any, device_type: str) -> Iterator[None]:
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with torch.autocast(device_type=device_type, dtype=dtype):
-        if device_type != "cpu":
-            yield
-            return
-        with sdpa_kernel([SDPBackend.MATH]):
-            yield
+    math_attention = sdpa_kernel([SDPBackend.MATH]) if device_type == "cpu" else contextlib.nullcontext()
+    with torch.autocast(device_type=device_type, dtype=dtype), math_attention:
+        yield
 
 
 def forward_loss(

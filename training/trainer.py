@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,18 @@ __all__ = ["RunPlan", "TrainResult", "build_trainer", "run_training"]
 
 INIT_MODEL_DIR = "init_model"
 SCORE_ATTRIBUTE = "val_AR"
+# The model settings a run cannot resume across (see model_differences).
+_MODEL_IDENTITY = (
+    "low_dim",
+    "high_dim",
+    "head",
+    "image.name",
+    "image.image_size",
+    "image.timm_kwargs",
+    "text.name",
+    "text.hidden_size",
+    "text.num_layers",
+)
 
 
 @dataclass(frozen=True)
@@ -395,18 +408,7 @@ def model_differences(existing: Any, wanted: Any) -> list[str]:
     Returns:
         Dotted names of the differing settings; empty when the run can resume.
     """
-    differs = [k for k in ("low_dim", "high_dim", "head") if getattr(existing, k) != getattr(wanted, k)]
-    differs += [
-        f"image.{k}"
-        for k in ("name", "image_size", "timm_kwargs")
-        if getattr(existing.image, k) != getattr(wanted.image, k)
-    ]
-    differs += [
-        f"text.{k}"
-        for k in ("name", "hidden_size", "num_layers")
-        if getattr(existing.text, k) != getattr(wanted.text, k)
-    ]
-    return differs
+    return [key for key in _MODEL_IDENTITY if attrgetter(key)(existing) != attrgetter(key)(wanted)]
 
 
 def run_directory(cfg: TrainConfig) -> str:
@@ -518,7 +520,7 @@ def gpu_shortfall(total: float, free: float, needed: float) -> str | None:
         return (
             f"busy: the workers need {needed:g} GPU(s) and the cluster has {total:g}, but only {free:g} are "
             "free (another Ray job holds the rest, e.g. a Ray Serve app: `serve shutdown`, or give its "
-            "encoders less with num_gpus=...; or ask less per worker with scaling.worker_resources.GPU=0.5). " + cpu
+            "encoders less with num_gpus=...; or ask less per worker with scaling.resources_per_worker.GPU=0.5). " + cpu
         )
     return (
         f"missing: the workers need {needed:g} GPU(s) but the Ray cluster has {total:g} now; training waits "

@@ -423,7 +423,8 @@ def open_hf(dataset: Any, *, split: str | None = None, image_root: Path | None =
     dataset = _undecoded_images(dataset)
 
     def rows() -> Iterator[tuple[str, dict[str, Any] | str]]:
-        for start, batch in _batches(dataset, 256):
+        for start in range(0, len(dataset), 256):
+            batch = dataset[start : start + 256]  # a dict of column lists
             columns = list(batch)
             for i in range(len(batch[columns[0]])):
                 yield f"row {start + i}", {c: batch[c][i] for c in columns}
@@ -443,8 +444,3 @@ def _undecoded_images(dataset: Any) -> Any:
     if isinstance(feature, HFImage) and feature.decode:
         return dataset.cast_column(IMAGE_COLUMN, HFImage(decode=False))
     return dataset
-
-
-def _batches(dataset: Any, size: int) -> Iterator[tuple[int, dict[str, list[Any]]]]:
-    for start in range(0, len(dataset), size):
-        yield start, dataset[start : start + size]

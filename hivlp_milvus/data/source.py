@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,13 +59,10 @@ class RecordSource:
         return self._generate()
 
     def _generate(self) -> Iterator[AnyRecord]:
-        if self._limit == 0:
-            return
-        for record in self._iterate(self.report):
+        # islice stops after the limit without reading a record more (a limit of 0 reads none).
+        for record in itertools.islice(self._iterate(self.report), self._limit):
             self.report.read += 1
             yield record
-            if self._limit is not None and self.report.read >= self._limit:
-                return
 
     def __len__(self) -> int:
         if self.length is None:

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import safetensors.torch
 import torch
-from PIL import Image
 from safetensors import SafetensorError
 from torch import nn
 from tqdm.auto import tqdm
@@ -27,7 +26,7 @@ from hivlp_milvus.model.config import HiVLPConfig, get_config
 from hivlp_milvus.model.embedding import HierarchicalEmbedding, HiVLPOutput
 from hivlp_milvus.model.fusion import FusedOutput, FusionInputs, FusionScorer, spatial_tokens
 from hivlp_milvus.model.heads import build_head
-from hivlp_milvus.model.preprocess import ImageLike, ImageProcessor, as_image_list
+from hivlp_milvus.model.preprocess import ImageLike, ImageProcessor, as_image_list, is_single_image
 from hivlp_milvus.model.tokenizer import load_pretrained_tokenizer, train_wordpiece
 from hivlp_milvus.model.towers import ImageTower, TextTower
 
@@ -113,13 +112,8 @@ class HiVLP(nn.Module):
         # The token count of the image features depends on the tower and the image size: measure it
         # with one blank image, in eval mode so BatchNorm running statistics are not touched.
         size = self.config.image.image_size
-        was_training = self.image_tower.training
-        self.image_tower.eval()
-        try:
-            with torch.no_grad():
-                probe = spatial_tokens(self.image_tower.model.forward_features(torch.zeros(1, 3, size, size)))
-        finally:
-            self.image_tower.train(was_training)
+        with eval_mode(self.image_tower), torch.no_grad():
+            probe = spatial_tokens(self.image_tower.model.forward_features(torch.zeros(1, 3, size, size)))
         return FusionScorer(
             self.config.fusion, text_dim=self.text_tower.out_dim, image_dim=probe.shape[-1], image_tokens=probe.shape[1]
         )
@@ -180,8 +174,23 @@ class HiVLP(nn.Module):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> HierarchicalEmbedding:
         """``(N, L)`` token ids and mask → L2-normalised (low, high) torch embeddings."""
-        features = self.text_tower(input_ids.to(self.device), attention_mask.to(self.device))
-        return self.text_head(features)
+        return self.text_features(input_ids, attention_mask)[0]
+
+    def image_features(self, pixel_values: torch.Tensor) -> tuple[HierarchicalEmbedding, torch.Tensor]:
+        """:meth:`encode_image` and the ``(N, tokens, D)`` spatial tokens the fusion block reads, from one pass.
+
+        timm's forward is ``forward_head(forward_features(x))``: the features are kept on the way.
+        """
+        features = self.image_tower.model.forward_features(pixel_values.to(self.device))
+        return self.image_head(self.image_tower.model.forward_head(features)), spatial_tokens(features)
+
+    def text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[HierarchicalEmbedding, torch.Tensor]:
+        """:meth:`encode_text` and the ``(N, L, D)`` token states the fusion block reads, from one pass."""
+        mask = attention_mask.to(self.device)
+        hidden = self.text_tower.model(input_ids=input_ids.to(self.device), attention_mask=mask).last_hidden_state
+        return self.text_head(self.text_tower.pool(hidden, mask)), hidden
 
     def logit_scales(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The (low, high) multiplicative inverse temperatures, clamped to ``max_logit_scale``."""
@@ -211,17 +220,10 @@ class HiVLP(nn.Module):
                 logit_scale_low=scale_low,
                 logit_scale_high=scale_high,
             )
-        # One pass per tower serves both the embeddings and the fusion inputs: timm's forward is
-        # forward_head(forward_features(x)), and the text tower's token states are caught on the way.
-        features = self.image_tower.model.forward_features(pixel_values.to(self.device))
-        image = self.image_head(self.image_tower.model.forward_head(features))
-        caught: list[torch.Tensor] = []
-        hook = self.text_tower.model.register_forward_hook(lambda _m, _i, out: caught.append(out.last_hidden_state))
-        try:
-            text = self.encode_text(input_ids, attention_mask)
-        finally:
-            hook.remove()
-        inputs = FusionInputs(self.fusion, spatial_tokens(features), caught[0], attention_mask.to(self.device))
+        # One pass per tower serves both the embeddings and the fusion inputs.
+        image, image_tokens = self.image_features(pixel_values)
+        text, hidden = self.text_features(input_ids, attention_mask)
+        inputs = FusionInputs(self.fusion, image_tokens, hidden, attention_mask.to(self.device))
         return FusedOutput(image, text, scale_low, scale_high, fusion=inputs)
 
     # -- fusion (third stage) -------------------------------------------------------------------
@@ -271,10 +273,9 @@ class HiVLP(nn.Module):
             ConfigError: the model has no fusion block.
         """
         fusion = self._require_fusion()
-        image = spatial_tokens(self.image_tower.model.forward_features(pixel_values.to(self.device)))
-        mask = attention_mask.to(self.device)
-        text = self.text_tower.model(input_ids=input_ids.to(self.device), attention_mask=mask).last_hidden_state
-        return fusion(text, mask, image)
+        _, image = self.image_features(pixel_values)
+        _, text = self.text_features(input_ids, attention_mask)
+        return fusion(text, attention_mask.to(self.device), image)
 
     def score_pairs(
         self, images: ImageLike | Iterable[ImageLike], texts: str | Iterable[str], batch_size: int = 64
@@ -302,7 +303,7 @@ class HiVLP(nn.Module):
         fusion = self._require_fusion()
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        image_list = [images] if _is_single_image(images) else list(images)
+        image_list = as_image_list(images)
         text_list = [texts] if isinstance(texts, str) else list(texts)
         n = max(len(image_list), len(text_list))
         if len(image_list) not in (1, n) or len(text_list) not in (1, n):
@@ -319,33 +320,24 @@ class HiVLP(nn.Module):
         first_image = {slot: img for img, slot in zip(image_list, image_of, strict=True)}
         unique_texts: dict[str, int] = {}
         text_of = [unique_texts.setdefault(t, len(unique_texts)) for t in text_list]
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                image_feats = torch.cat(
-                    [
-                        spatial_tokens(
-                            self.image_tower.model.forward_features(self.preprocess_images(chunk).to(self.device))
-                        )
-                        for chunk in _chunks([first_image[k] for k in range(len(first_image))], batch_size)
-                    ]
-                )
-                hidden, masks = [], []
-                for chunk in _chunks(list(unique_texts), batch_size):
-                    tokens = self.tokenize(chunk)
-                    mask = tokens["attention_mask"].to(self.device)
-                    ids = tokens["input_ids"].to(self.device)
-                    hidden.append(self.text_tower.model(input_ids=ids, attention_mask=mask).last_hidden_state)
-                    masks.append(mask)
-                text_feats, text_masks = torch.cat(hidden), torch.cat(masks)
-                scores = []
-                for start in range(0, n, batch_size):
-                    ti = torch.as_tensor(text_of[start : start + batch_size], device=self.device)
-                    ii = torch.as_tensor(image_of[start : start + batch_size], device=self.device)
-                    scores.append(fusion(text_feats[ti], text_masks[ti], image_feats[ii]).float())
-        finally:
-            self.train(was_training)
+        with eval_mode(self), torch.inference_mode():
+            image_feats = torch.cat(
+                [
+                    self.image_features(self.preprocess_images(chunk))[1]
+                    for chunk in _chunks([first_image[k] for k in range(len(first_image))], batch_size)
+                ]
+            )
+            hidden, masks = [], []
+            for chunk in _chunks(list(unique_texts), batch_size):
+                tokens = self.tokenize(chunk)
+                hidden.append(self.text_features(tokens["input_ids"], tokens["attention_mask"])[1])
+                masks.append(tokens["attention_mask"].to(self.device))
+            text_feats, text_masks = torch.cat(hidden), torch.cat(masks)
+            scores = []
+            for start in range(0, n, batch_size):
+                ti = torch.as_tensor(text_of[start : start + batch_size], device=self.device)
+                ii = torch.as_tensor(image_of[start : start + batch_size], device=self.device)
+                scores.append(fusion(text_feats[ti], text_masks[ti], image_feats[ii]).float())
         return torch.cat(scores).cpu().numpy().astype(np.float32, copy=False)
 
     # -- inference helpers ---------------------------------------------------------------------
@@ -368,7 +360,7 @@ class HiVLP(nn.Module):
                 to skip bad ones individually).
             ValueError: ``batch_size`` is not positive.
         """
-        items = as_image_list(images) if _is_single_image(images) else images
+        items = [images] if is_single_image(images) else images
 
         def encode(chunk: list[ImageLike]) -> HierarchicalEmbedding:
             return self.encode_image(self.preprocess_images(chunk))
@@ -412,24 +404,20 @@ class HiVLP(nn.Module):
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         total = len(items) if hasattr(items, "__len__") else None
         parts: list[HierarchicalEmbedding] = []
-        was_training = self.training
-        self.eval()  # dropout off: the same item must always give the same vector
         # Mixed precision only where inference_dtype allows it (CUDA: bf16, or fp16 before Ampere);
         # the CPU keeps float32, so CPU vectors are bit-for-bit what they were.
         dtype = inference_dtype(self.device)
         mixed = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        try:
-            with torch.inference_mode(), mixed, tqdm(total=total, disable=not progress, unit=unit) as bar:
-                for chunk in _chunks(items, batch_size):
-                    out = encode(chunk)
-                    if dtype is not None:
-                        # Half-precision vectors are unit length only to ~3 digits: re-normalise in
-                        # float32 so inner products stay cosine similarities.
-                        out = HierarchicalEmbedding(_unit(out.low), _unit(out.high))
-                    parts.append(out.numpy())
-                    bar.update(len(chunk))
-        finally:
-            self.train(was_training)
+        # eval_mode: dropout off, the same item must always give the same vector.
+        with eval_mode(self), torch.inference_mode(), mixed, tqdm(total=total, disable=not progress, unit=unit) as bar:
+            for chunk in _chunks(items, batch_size):
+                out = encode(chunk)
+                if dtype is not None:
+                    # Half-precision vectors are unit length only to ~3 digits: re-normalise in
+                    # float32 so inner products stay cosine similarities.
+                    out = HierarchicalEmbedding(_unit(out.low), _unit(out.high))
+                parts.append(out.numpy())
+                bar.update(len(chunk))
         if not parts:
             low, high = self.config.low_dim, self.config.high_dim
             return HierarchicalEmbedding(np.zeros((0, low), np.float32), np.zeros((0, high), np.float32))
@@ -572,10 +560,15 @@ def create_model(
         return HiVLP(cfg, tokenizer)
 
 
-def _is_single_image(images: Any) -> bool:
-    if isinstance(images, np.ndarray):
-        return images.ndim != 4
-    return isinstance(images, (str, Path, bytes, bytearray, memoryview, Image.Image))
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode (dropout off, BatchNorm statistics untouched) for the ``with`` body, then as it was."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

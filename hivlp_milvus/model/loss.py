@@ -198,16 +198,15 @@ class HiVLPLoss(nn.Module):
         device = image.low.device
 
         rank, world = self._rank_and_world()
+        # The columns every row is scored against, by NegativeQueue.FIELDS name: this rank's rows, or all ranks'.
+        gathered = {"image_low": image.low, "image_high": image.high, "text_low": text.low, "text_high": text.high}
         if world > 1:
             check_equal_batch_sizes(batch, device=device)
             # One collective for all four tensors instead of four.
             # In float32 whatever autocast made of the heads: gloo gathers bf16 slowly or not at all.
-            local = torch.cat([image.low, image.high, text.low, text.high], dim=1).float()
-            glob = all_gather_with_grad(local)
-            split = [image.low_dim, image.high_dim, text.low_dim, text.high_dim]
-            all_img_low, all_img_high, all_txt_low, all_txt_high = torch.split(glob, split, dim=1)
-        else:
-            all_img_low, all_img_high, all_txt_low, all_txt_high = image.low, image.high, text.low, text.high
+            glob = all_gather_with_grad(torch.cat(list(gathered.values()), dim=1).float())
+            split = torch.split(glob, [t.shape[1] for t in gathered.values()], dim=1)
+            gathered = dict(zip(gathered, split, strict=True))
 
         if groups is not None:
             groups = groups.to(device=device, dtype=torch.long)
@@ -218,21 +217,18 @@ class HiVLPLoss(nn.Module):
             positives = columns[None, :] == (torch.arange(batch, device=device) + rank * batch)[:, None]
         # Image i and text i share index and group, so one mask serves both directions.
 
-        scale_low, scale_high = out.logit_scale_low, out.logit_scale_high
-        need_low = any(t in weights for t in ("low", "consistency", "shortlist"))
-        need_high = any(t in weights for t in ("high", "consistency", "shortlist"))
-        # (image→text, text→image) logits of this rank's rows against all columns, in float32
-        # so softmax/KL stay accurate under bf16 autocast.
-        low = (
-            (_logits(scale_low, image.low, all_txt_low), _logits(scale_low, text.low, all_img_low))
-            if need_low
-            else None
-        )
-        high = (
-            (_logits(scale_high, image.high, all_txt_high), _logits(scale_high, text.high, all_img_high))
-            if need_high
-            else None
-        )
+        scales = {"low": out.logit_scale_low, "high": out.logit_scale_high}
+        # Per level, (image→text, text→image) logits of this rank's rows against all columns, in
+        # float32 so softmax/KL stay accurate under bf16 autocast; only the levels a term reads.
+        both = "consistency" in weights or "shortlist" in weights
+        logits = {
+            level: (
+                _logits(scale, getattr(image, level), gathered[f"text_{level}"]),
+                _logits(scale, getattr(text, level), gathered[f"image_{level}"]),
+            )
+            for level, scale in scales.items()
+            if both or level in weights
+        }
 
         terms: dict[str, torch.Tensor] = {}
         # The queue's columns follow the batch's; consistency and shortlist keep to the batch (the
@@ -246,22 +242,23 @@ class HiVLPLoss(nn.Module):
             )
             wide_pos = torch.cat([positives, torch.zeros_like(queue_pos)], dim=1)
             wide_cand = torch.cat([torch.ones_like(positives), ~queue_pos], dim=1)
-        for level, pair in (("low", low), ("high", high)):
+        for level in ("low", "high"):
             if level not in weights:
                 continue
-            assert pair is not None  # guaranteed by need_low / need_high
-            scale = scale_low if level == "low" else scale_high
             if queued is not None:
-                i2t = torch.cat([pair[0], _logits(scale, getattr(image, level), queued[f"text_{level}"])], dim=1)
-                t2i = torch.cat([pair[1], _logits(scale, getattr(text, level), queued[f"image_{level}"])], dim=1)
+                scale = scales[level]
+                i2t = torch.cat([logits[level][0], _logits(scale, getattr(image, level), queued[f"text_{level}"])], 1)
+                t2i = torch.cat([logits[level][1], _logits(scale, getattr(text, level), queued[f"image_{level}"])], 1)
                 pos, cand = wide_pos, wide_cand
             else:
-                (i2t, t2i), pos, cand = pair, positives, None
+                (i2t, t2i), pos, cand = logits[level], positives, None
             beta = cfg.hard_negative_beta
             terms[level] = 0.5 * (
                 _soft_ce(_hard_negative_logits(i2t, pos, cand, beta), pos, cand)
                 + _soft_ce(_hard_negative_logits(t2i, pos, cand, beta), pos, cand)
             )
+        if both:
+            high, low = logits["high"], logits["low"]
         if "consistency" in weights:
             tau = cfg.consistency_temperature
             terms["consistency"] = 0.5 * (_consistency_kl(high[0], low[0], tau) + _consistency_kl(high[1], low[1], tau))
@@ -273,25 +270,15 @@ class HiVLPLoss(nn.Module):
             )
         if "itm" in weights:
             # Local rows only (as ALBEF): the fusion block needs token features, which are not gathered.
-            local = positives[:, rank * batch : (rank + 1) * batch] if groups is None else _positives_local(groups)
+            local = positives[:, rank * batch : (rank + 1) * batch] if groups is None else groups[:, None] == groups
             terms["itm"] = _itm(out, local, hardest=cfg.itm_negatives == "hardest")
         if cfg.queue_size > 0:
             # After the terms: a batch is never its own negative. Every rank pushes the same global rows.
-            all_groups_or_none = None if groups is None else all_groups
-            self.queue.push(
-                {
-                    "image_low": all_img_low,
-                    "image_high": all_img_high,
-                    "text_low": all_txt_low,
-                    "text_high": all_txt_high,
-                },
-                all_groups_or_none,
-            )
+            self.queue.push(gathered, None if groups is None else all_groups)
 
         total = sum(weights[name] * value for name, value in terms.items())
         parts = {name: value.detach() for name, value in terms.items()}
-        parts["logit_scale_low"] = torch.as_tensor(scale_low).detach()
-        parts["logit_scale_high"] = torch.as_tensor(scale_high).detach()
+        parts.update({f"logit_scale_{level}": torch.as_tensor(scale).detach() for level, scale in scales.items()})
         return LossOutput(total=total, parts=parts)
 
     def _rank_and_world(self) -> tuple[int, int]:
@@ -306,11 +293,6 @@ class HiVLPLoss(nn.Module):
                 "use gather='auto' (gathers only when distributed) or initialise the process group first"
             )
         return 0, 1
-
-
-def _positives_local(groups: torch.Tensor) -> torch.Tensor:
-    """``(B, B)``: rows of this rank's batch that are mutual positives (same group id)."""
-    return groups[:, None] == groups[None, :]
 
 
 def _itm(out: HiVLPOutput, positives: torch.Tensor, *, hardest: bool = False) -> torch.Tensor:

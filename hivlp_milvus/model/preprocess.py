@@ -45,9 +45,15 @@ def load_image(image: ImageLike, *, background: tuple[int, int, int] = BACKGROUN
     if isinstance(image, Image.Image):
         img = image
     elif isinstance(image, (str, Path)):
-        img = _open_path(Path(image))
+        path = Path(image)
+        if not path.is_file():
+            raise BadRecordError(f"image file not found: {path}")
+        img = _decode(path, f"image file {path}")
     elif isinstance(image, (bytes, bytearray, memoryview)):
-        img = _open_bytes(bytes(image))
+        data = bytes(image)
+        if not data:
+            raise BadRecordError("image bytes are empty")
+        img = _decode(io.BytesIO(data), f"image bytes ({len(data)} bytes)")
     elif isinstance(image, np.ndarray):
         img = _from_array(image)
     else:
@@ -74,30 +80,18 @@ def _composite(img: Image.Image, background: tuple[int, int, int]) -> Image.Imag
     return Image.alpha_composite(canvas, rgba).convert("RGB")
 
 
-def _open_path(path: Path) -> Image.Image:
-    if not path.is_file():
-        raise BadRecordError(f"image file not found: {path}")
+def _decode(source: Path | io.BytesIO, what: str) -> Image.Image:
+    """Decode a file or an in-memory file; ``what`` names it in the error."""
     try:
-        with Image.open(path) as opened:
+        with Image.open(source) as opened:
             # load() inside the context: decode now (so a truncated file fails here, inside the
             # per-record try of ingest) and do not keep a file handle open per image.
-            opened.load()
-            return ImageOps.exif_transpose(opened)
-    except _DECODE_ERRORS as exc:
-        raise BadRecordError(f"cannot decode image file {path}: {exc}") from exc
-
-
-def _open_bytes(data: bytes) -> Image.Image:
-    if not data:
-        raise BadRecordError("image bytes are empty")
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
             opened.load()
             # Phone photos store their rotation in EXIF; without this "left" and "right" in the
             # captions would not match the pixels.
             return ImageOps.exif_transpose(opened)
     except _DECODE_ERRORS as exc:
-        raise BadRecordError(f"cannot decode image bytes ({len(data)} bytes): {exc}") from exc
+        raise BadRecordError(f"cannot decode {what}: {exc}") from exc
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
@@ -188,11 +182,14 @@ class ImageProcessor:
         return torch.stack([self.process(image) for image in batch])
 
 
+def is_single_image(images: Any) -> bool:
+    """Whether ``images`` is one image rather than several (a 4-D ``(N, H, W, C)`` array is several)."""
+    # bytes and str are sequences too, so single images are recognised by type.
+    if isinstance(images, np.ndarray):
+        return images.ndim != 4
+    return isinstance(images, (str, Path, bytes, bytearray, memoryview, Image.Image))
+
+
 def as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
     """One image or many → a list of images."""
-    # bytes and str are sequences too, so single images are recognised by type first.
-    if isinstance(images, (str, Path, bytes, bytearray, memoryview, Image.Image)):
-        return [images]
-    if isinstance(images, np.ndarray):
-        return list(images) if images.ndim == 4 else [images]
-    return list(images)
+    return [images] if is_single_image(images) else list(images)

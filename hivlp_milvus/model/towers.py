@@ -101,7 +101,12 @@ class TextTower(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``(N, L)`` ids and mask → ``(N, out_dim)`` pooled features."""
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.pool(
+            self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, attention_mask
+        )
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``(N, L, out_dim)`` token states → ``(N, out_dim)``: the CLS token or the mean of the non-padding ones."""
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)

@@ -42,9 +42,16 @@ def test_forward_keeps_fusion_inputs_and_the_same_embeddings() -> None:
     assert isinstance(out, FusedOutput)
     assert out.fusion is not None
     assert not isinstance(ref, FusedOutput)
-    # One pass per tower (forward_features -> forward_head, hooked text states) = the usual encoders.
+    # One pass per tower (image_features, text_features) gives what the usual encoders give.
     for a, b in ((out.image.low, ref.image.low), (out.image.high, ref.image.high), (out.text.high, ref.text.high)):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    # The fusion block reads the text tower's last hidden states and the image tower's spatial tokens.
+    tokens = fused.tokenize(CAPTIONS)
+    with torch.no_grad():
+        states = fused.text_tower.model(**tokens).last_hidden_state
+        patches = fused.image_tower.model.forward_features(fused.preprocess_images(IMAGES))
+    torch.testing.assert_close(out.fusion.text, states)
+    torch.testing.assert_close(out.fusion.image, patches)
     np.testing.assert_allclose(
         out.fusion.match(torch.arange(3), torch.arange(3)).detach().numpy(),
         fused.score_pairs(IMAGES[:3], CAPTIONS[:3]),

@@ -6,8 +6,11 @@ on a GPU cluster; this machine has none, so the decision is tested on the figure
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from training.config import load_config
 from training.trainer import gpu_shortfall
 
 
@@ -23,6 +26,9 @@ def test_gpus_held_by_another_job_are_busy(total: float, free: float, needed: fl
     assert message.startswith("busy:")
     assert "serve shutdown" in message
     assert "scaling.use_gpu=false" in message
+    # Every override the message advises is one the config accepts.
+    for override in re.findall(r"\b(?:scaling|optim)\.[\w.]+=[\w.]+", message):
+        load_config("quickstart", ["scaling.use_gpu=true", override])
 
 
 @pytest.mark.parametrize(("total", "free", "needed"), [(0, 0, 1), (1, 1, 2)])
