@@ -1,4 +1,7 @@
-"""Helpers the ingest and command-line tests share: BYO vector records, ``search --json``, a clean shell."""
+"""Helpers the ingest and command-line tests share: BYO vector records, ``search --json``, a clean shell.
+
+pytest rewrites asserts in test modules only, so the asserts here carry their own messages.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def search_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str
     from hivlp_milvus.cli import main
 
     capsys.readouterr()
-    assert main(["search", *argv, "--json"]) == 0
+    assert main(["search", *argv, "--json"]) == 0, capsys.readouterr().err
     return json.loads(capsys.readouterr().out)
 
 
@@ -44,3 +47,32 @@ def enter_without_hivlp_env(monkeypatch: pytest.MonkeyPatch, directory: str | os
     for name in HIVLP_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(directory)
+
+
+def encoded_rows(model: Any, records: list) -> dict[int, tuple[str, str, str, np.ndarray, np.ndarray]]:
+    """Row id -> (key, modality, reference, low, high) of every image and caption, encoded in this process."""
+    from hivlp_milvus.ids import row_id, text_key
+
+    images = model.embed_images([r.image for r in records])
+    captions = [(text_key(r.id, i), c) for r in records for i, c in enumerate(r.captions)]
+    texts = model.embed_texts([c for _, c in captions])
+    out = {
+        row_id(r.id, "image"): (r.id, "image", r.image_uri, images.low[i], images.high[i])
+        for i, r in enumerate(records)
+    }
+    out.update({row_id(k, "text"): (k, "text", c, texts.low[i], texts.high[i]) for i, (k, c) in enumerate(captions)})
+    return out
+
+
+def assert_collection_holds(coll: Any, expected: dict[int, tuple[str, str, str, np.ndarray, np.ndarray]]) -> dict:
+    """``coll`` holds exactly the rows of :func:`encoded_rows`; returns them by id (all seven fields)."""
+    assert coll.count() == len(expected), (coll.count(), len(expected))
+    fields = ["id", "key", "modality", "reference", "attributes", "vec_low", "vec_high"]
+    got = {int(r["id"]): r for r in coll.get(list(expected), fields)}
+    assert set(got) == set(expected), f"missing ids: {set(expected) - set(got)}"
+    for rid, (key, modality, reference, low, high) in expected.items():
+        stored = (got[rid]["key"], got[rid]["modality"], got[rid]["reference"])
+        assert stored == (key, modality, reference), f"row {rid}: {stored} != {(key, modality, reference)}"
+        np.testing.assert_allclose(got[rid]["vec_low"], low, atol=1e-5)
+        np.testing.assert_allclose(got[rid]["vec_high"], high, atol=1e-5)
+    return got

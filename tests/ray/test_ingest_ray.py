@@ -13,14 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import assert_collection_holds, encoded_rows
 from milvus_server import MilvusEndpoint, milvus_endpoint
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.data import Record, synthetic
 from hivlp_milvus.errors import ConfigError
-from hivlp_milvus.ids import row_id, text_key
+from hivlp_milvus.ids import row_id
 from hivlp_milvus.ingest import ingest
-from hivlp_milvus.model import HiVLP, create_model
+from hivlp_milvus.model import create_model
 from hivlp_milvus.profiles import nlist_for
 
 pytestmark = pytest.mark.ray
@@ -32,31 +33,12 @@ def server() -> Iterator[MilvusEndpoint]:
         yield endpoint
 
 
-def _expected(model: HiVLP, records: list[Record]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Row id -> (low, high) from encoding every image and caption in this process."""
-    images = model.embed_images([r.image for r in records])
-    keys = [text_key(r.id, i) for r in records for i in range(len(r.captions))]
-    texts = model.embed_texts([c for r in records for c in r.captions])
-    out = {row_id(r.id, "image"): (images.low[i], images.high[i]) for i, r in enumerate(records)}
-    out.update({row_id(k, "text"): (texts.low[i], texts.high[i]) for i, k in enumerate(keys)})
-    return out
-
-
-def _check(coll: HierarchicalCollection, expected: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
-    assert coll.count() == len(expected)
-    got = {int(r["id"]): r for r in coll.get(list(expected), ["id", "vec_low", "vec_high"])}
-    assert set(got) == set(expected)
-    for rid, (low, high) in expected.items():
-        np.testing.assert_allclose(got[rid]["vec_low"], low, atol=1e-5)
-        np.testing.assert_allclose(got[rid]["vec_high"], high, atol=1e-5)
-
-
 def test_ray_data_ingest_lite_and_server(ray_session: None, server: MilvusEndpoint, tmp_path: Path) -> None:
     import ray
 
     records = synthetic.generate(200, seed=11, image_size=32, captions_per_image=2)
     model = create_model("micro", texts=[c for r in records for c in r.captions], seed=0)
-    expected = _expected(model, records)
+    expected = encoded_rows(model, records)
     ckpt = model.save_pretrained(tmp_path / "ckpt")
 
     # (a) A Ray Dataset (HWC arrays + captions) into a Lite .db: encoded in the actor, written by
@@ -76,8 +58,7 @@ def test_ray_data_ingest_lite_and_server(ray_session: None, server: MilvusEndpoi
     assert report.encode_seconds > 0
     assert report.write_seconds > 0
     lite = HierarchicalCollection.open("lite", uri=db, model=model)
-    _check(lite, expected)
-    assert lite.get([row_id(records[5].id, "image")], ["attributes"])[0]["attributes"] == {"n": 5}
+    assert assert_collection_holds(lite, expected)[row_id(records[5].id, "image")]["attributes"] == {"n": 5}
 
     # skip_existing on Lite: the driver hands the actors the stored ids; nothing is re-encoded.
     again = ingest(ds, uri=db, collection_name="lite", model=model, skip_existing=True, progress=False)
@@ -122,7 +103,7 @@ def test_ray_data_ingest_lite_and_server(ray_session: None, server: MilvusEndpoi
     # the workers write.
     records[0].image.save(tmp_path / "by_path.png")
     records = [*records, Record("by-path", image=str(tmp_path / "by_path.png"), captions=["a file on disk"])]
-    expected = _expected(model, records)
+    expected = encoded_rows(model, records)
     token = server.token or None
     name = "ray_ingest_server"
     try:
@@ -141,7 +122,7 @@ def test_ray_data_ingest_lite_and_server(ray_session: None, server: MilvusEndpoi
         assert rep.failed == []
         assert (rep.inserted, rep.updated) == (len(expected), 0)
         assert rep.write_seconds > 0
-        _check(HierarchicalCollection.open(name, uri=server.uri, token=token, model=model), expected)
+        assert_collection_holds(HierarchicalCollection.open(name, uri=server.uri, token=token, model=model), expected)
         kw = {"uri": server.uri, "token": token, "collection_name": name, "model": model, "progress": False}
         rerun = ingest(records, distributed=True, **kw)
         assert (rerun.inserted, rerun.updated) == (0, len(expected))
