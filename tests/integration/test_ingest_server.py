@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import byo
 from milvus_server import LiteServer
 
 from hivlp_milvus.collection import HierarchicalCollection
-from hivlp_milvus.data import EmbeddingRecord, synthetic
+from hivlp_milvus.data import synthetic
 from hivlp_milvus.ids import row_id, text_key
 from hivlp_milvus.ingest import ingest
 from hivlp_milvus.model import create_model
@@ -130,24 +131,15 @@ def name() -> str:
 
 def test_ingest_over_the_network(milvus_server, name: str) -> None:
     uri, token = milvus_server.uri, milvus_server.token or None
-    rng = np.random.default_rng(0)
-    recs = [
-        EmbeddingRecord(
-            f"k{i}",
-            "image",
-            rng.standard_normal(LOW).astype(np.float32),
-            rng.standard_normal(HIGH).astype(np.float32),
-        )
-        for i in range(400)
-    ]
+    recs = byo(400, low=LOW, high=HIGH)
     report = ingest(recs, uri=uri, token=token, collection_name=name, write_batch_rows=128, progress=False)
     assert (report.inserted, report.updated) == (400, 0)
     coll = HierarchicalCollection.open(name, uri=uri, token=token)
     try:
         assert coll.count() == 400
-        got = {int(r["id"]): r for r in coll.get([row_id(r.id, "image") for r in recs], ["id", "vec_low", "vec_high"])}
+        got = {int(r["id"]): r for r in coll.get([row_id(r.id, r.modality) for r in recs], ["id", "vec_high"])}
         for r in recs:
-            np.testing.assert_array_equal(np.asarray(got[row_id(r.id, "image")]["vec_high"], np.float32), r.vec_high)
+            np.testing.assert_array_equal(np.asarray(got[row_id(r.id, r.modality)]["vec_high"], np.float32), r.vec_high)
         again = ingest(recs, uri=uri, token=token, collection_name=name, progress=False)
         assert (again.inserted, again.updated) == (0, 400)
         assert coll.count() == 400

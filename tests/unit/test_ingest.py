@@ -52,7 +52,6 @@ def test_byo_rows_land_exactly(tmp_path: Path) -> None:
     assert coll.count() == 300
     ids = [row_id(r.id, r.modality) for r in recs]
     got = _rows_by_id(coll, ids)
-    assert len(got) == 300
     for r, rid in zip(recs, ids, strict=True):
         row = got[rid]
         assert (row["key"], row["modality"], row["reference"]) == (r.id, r.modality, r.reference)
@@ -227,7 +226,7 @@ def test_package_level_ingest_is_the_function_even_after_the_submodule_is_import
     import hivlp_milvus
 
     importlib.import_module("hivlp_milvus.ingest")  # what any `from hivlp_milvus.ingest import ...` does
-    assert callable(hivlp_milvus.ingest)
+    # The function itself (so callable), not the submodule the import set as an attribute.
     assert hivlp_milvus.ingest is importlib.import_module("hivlp_milvus.ingest").ingest
 
 
