@@ -64,8 +64,20 @@ def encoded_rows(model: Any, records: list) -> dict[int, tuple[str, str, str, np
     return out
 
 
-def assert_collection_holds(coll: Any, expected: dict[int, tuple[str, str, str, np.ndarray, np.ndarray]]) -> dict:
-    """``coll`` holds exactly the rows of :func:`encoded_rows`; returns them by id (all seven fields)."""
+def byo_rows(records: list[EmbeddingRecord]) -> dict[int, tuple[str, str, str, np.ndarray, np.ndarray]]:
+    """Row id -> (key, modality, reference, low, high) of records that bring their own vectors."""
+    from hivlp_milvus.ids import row_id
+
+    return {row_id(r.id, r.modality): (r.id, r.modality, r.reference, r.vec_low, r.vec_high) for r in records}
+
+
+def assert_collection_holds(
+    coll: Any, expected: dict[int, tuple[str, str, str, np.ndarray, np.ndarray]], atol: float = 1e-5
+) -> dict:
+    """``coll`` holds exactly the rows of :func:`encoded_rows` or :func:`byo_rows`; returns them by id (all fields).
+
+    The vectors must match to ``atol`` (0: bit for bit, what a row written with its own vectors gives back).
+    """
     assert coll.count() == len(expected), (coll.count(), len(expected))
     fields = ["id", "key", "modality", "reference", "attributes", "vec_low", "vec_high"]
     got = {int(r["id"]): r for r in coll.get(list(expected), fields)}
@@ -73,6 +85,6 @@ def assert_collection_holds(coll: Any, expected: dict[int, tuple[str, str, str, 
     for rid, (key, modality, reference, low, high) in expected.items():
         stored = (got[rid]["key"], got[rid]["modality"], got[rid]["reference"])
         assert stored == (key, modality, reference), f"row {rid}: {stored} != {(key, modality, reference)}"
-        np.testing.assert_allclose(got[rid]["vec_low"], low, atol=1e-5)
-        np.testing.assert_allclose(got[rid]["vec_high"], high, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(got[rid]["vec_low"], np.float32), low, rtol=0, atol=atol)
+        np.testing.assert_allclose(np.asarray(got[rid]["vec_high"], np.float32), high, rtol=0, atol=atol)
     return got

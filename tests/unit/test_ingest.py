@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import assert_collection_holds, byo, encoded_rows
+from cli_helpers import assert_collection_holds, byo, byo_rows, encoded_rows
 
 from hivlp_milvus import cli
 from hivlp_milvus.collection import HierarchicalCollection
@@ -23,11 +23,6 @@ from hivlp_milvus.ingest import IngestReport, ingest
 from hivlp_milvus.model import HiVLP, create_model
 
 LOW, HIGH = 8, 32
-ALL_FIELDS = ["id", "key", "modality", "reference", "attributes", "vec_low", "vec_high"]
-
-
-def _rows_by_id(coll: HierarchicalCollection, ids: list[int]) -> dict[int, dict]:
-    return {int(r["id"]): r for r in coll.get(ids, output_fields=ALL_FIELDS)}
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +44,9 @@ def test_byo_rows_land_exactly(tmp_path: Path) -> None:
     assert report.source_skipped == []
     coll = HierarchicalCollection.open("byo", uri=str(tmp_path / "t.db"))
     assert (coll.low_dim, coll.high_dim) == (LOW, HIGH)
-    assert coll.count() == 300
-    ids = [row_id(r.id, r.modality) for r in recs]
-    got = _rows_by_id(coll, ids)
-    for r, rid in zip(recs, ids, strict=True):
-        row = got[rid]
-        assert (row["key"], row["modality"], row["reference"]) == (r.id, r.modality, r.reference)
-        assert row["attributes"] == r.attributes
-        np.testing.assert_array_equal(np.asarray(row["vec_low"], np.float32), r.vec_low)
-        np.testing.assert_array_equal(np.asarray(row["vec_high"], np.float32), r.vec_high)
+    expected = byo_rows(recs)
+    got = assert_collection_holds(coll, expected, atol=0)  # 300 rows, vectors bit for bit
+    assert [got[rid]["attributes"] for rid in expected] == [r.attributes for r in recs]
 
 
 def test_reingest_is_an_update_and_skip_existing_skips(tmp_path: Path) -> None:
@@ -71,10 +60,7 @@ def test_reingest_is_an_update_and_skip_existing_skips(tmp_path: Path) -> None:
     again = ingest(changed, uri=uri, collection_name="c", write_batch_rows=50, progress=False)
     assert (again.inserted, again.updated, again.rows_written) == (0, 120, 120)
     coll = HierarchicalCollection.open("c", uri=uri)
-    assert coll.count() == 120
-    got = _rows_by_id(coll, [row_id(r.id, r.modality) for r in changed])
-    for r in changed:
-        np.testing.assert_array_equal(np.asarray(got[row_id(r.id, r.modality)]["vec_high"], np.float32), r.vec_high)
+    assert_collection_holds(coll, byo_rows(changed), atol=0)  # 120 rows holding the new vectors
 
     # Resume semantics: present rows are skipped before any work, new ones are inserted.
     more = byo(150, seed=2)
@@ -120,7 +106,7 @@ def test_bad_records_are_reported_and_the_rest_lands(tmp_path: Path, model: HiVL
     }  # fmt: skip
     coll = HierarchicalCollection.open("hivlp", uri=str(tmp_path / "t.db"))
     assert report.inserted == len(expected) == coll.count()
-    got = _rows_by_id(coll, list(expected))
+    got = {int(r["id"]): r for r in coll.get(list(expected), ["id", "reference", "attributes"])}
     assert set(got) == expected
     assert got[row_id("ok", "image")]["reference"] == str(good)
     assert got[row_id(text_key("blank", 1), "text")]["reference"] == "third"
