@@ -18,13 +18,13 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
+from cli_helpers import assert_collection_holds, byo, byo_rows, encoded_rows
 from milvus_server import LiteServer
 
 from hivlp_milvus.collection import HierarchicalCollection
-from hivlp_milvus.data import EmbeddingRecord, synthetic
-from hivlp_milvus.ids import row_id, text_key
+from hivlp_milvus.data import synthetic
+from hivlp_milvus.ids import row_id
 from hivlp_milvus.ingest import ingest
 from hivlp_milvus.model import create_model
 
@@ -130,24 +130,12 @@ def name() -> str:
 
 def test_ingest_over_the_network(milvus_server, name: str) -> None:
     uri, token = milvus_server.uri, milvus_server.token or None
-    rng = np.random.default_rng(0)
-    recs = [
-        EmbeddingRecord(
-            f"k{i}",
-            "image",
-            rng.standard_normal(LOW).astype(np.float32),
-            rng.standard_normal(HIGH).astype(np.float32),
-        )
-        for i in range(400)
-    ]
+    recs = byo(400, low=LOW, high=HIGH)
     report = ingest(recs, uri=uri, token=token, collection_name=name, write_batch_rows=128, progress=False)
     assert (report.inserted, report.updated) == (400, 0)
     coll = HierarchicalCollection.open(name, uri=uri, token=token)
     try:
-        assert coll.count() == 400
-        got = {int(r["id"]): r for r in coll.get([row_id(r.id, "image") for r in recs], ["id", "vec_low", "vec_high"])}
-        for r in recs:
-            np.testing.assert_array_equal(np.asarray(got[row_id(r.id, "image")]["vec_high"], np.float32), r.vec_high)
+        assert_collection_holds(coll, byo_rows(recs), atol=0)  # 400 rows, vectors bit for bit
         again = ingest(recs, uri=uri, token=token, collection_name=name, progress=False)
         assert (again.inserted, again.updated) == (0, 400)
         assert coll.count() == 400
@@ -159,9 +147,7 @@ def test_ingest_over_the_network(milvus_server, name: str) -> None:
         rep = ingest(records, uri=uri, token=token, collection_name=model_name, model=model, progress=False)
         assert rep.inserted == 18
         mcoll = HierarchicalCollection.open(model_name, uri=uri, token=token, model=model)
-        emb = model.embed_texts([records[0].captions[1]])
-        row = mcoll.get([row_id(text_key(records[0].id, 1), "text")], ["vec_low", "vec_high"])[0]
-        np.testing.assert_allclose(row["vec_high"], emb.high[0], atol=1e-5)
+        assert_collection_holds(mcoll, encoded_rows(model, records))  # each row as the model encodes it here
         mcoll.drop()
     finally:
         coll.drop()

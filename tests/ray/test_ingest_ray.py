@@ -8,19 +8,21 @@ Both must give exactly one row per image / caption, with the vectors the model g
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import assert_collection_holds, byo, byo_rows, encoded_rows
 from milvus_server import MilvusEndpoint, milvus_endpoint
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.data import Record, synthetic
 from hivlp_milvus.errors import ConfigError
-from hivlp_milvus.ids import row_id, text_key
+from hivlp_milvus.ids import row_id
 from hivlp_milvus.ingest import ingest
-from hivlp_milvus.model import HiVLP, create_model
+from hivlp_milvus.model import create_model
 from hivlp_milvus.profiles import nlist_for
 
 pytestmark = pytest.mark.ray
@@ -32,31 +34,12 @@ def server() -> Iterator[MilvusEndpoint]:
         yield endpoint
 
 
-def _expected(model: HiVLP, records: list[Record]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Row id -> (low, high) from encoding every image and caption in this process."""
-    images = model.embed_images([r.image for r in records])
-    keys = [text_key(r.id, i) for r in records for i in range(len(r.captions))]
-    texts = model.embed_texts([c for r in records for c in r.captions])
-    out = {row_id(r.id, "image"): (images.low[i], images.high[i]) for i, r in enumerate(records)}
-    out.update({row_id(k, "text"): (texts.low[i], texts.high[i]) for i, k in enumerate(keys)})
-    return out
-
-
-def _check(coll: HierarchicalCollection, expected: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
-    assert coll.count() == len(expected)
-    got = {int(r["id"]): r for r in coll.get(list(expected), ["id", "vec_low", "vec_high"])}
-    assert set(got) == set(expected)
-    for rid, (low, high) in expected.items():
-        np.testing.assert_allclose(got[rid]["vec_low"], low, atol=1e-5)
-        np.testing.assert_allclose(got[rid]["vec_high"], high, atol=1e-5)
-
-
 def test_ray_data_ingest_lite_and_server(ray_session: None, server: MilvusEndpoint, tmp_path: Path) -> None:
     import ray
 
     records = synthetic.generate(200, seed=11, image_size=32, captions_per_image=2)
     model = create_model("micro", texts=[c for r in records for c in r.captions], seed=0)
-    expected = _expected(model, records)
+    expected = encoded_rows(model, records)
     ckpt = model.save_pretrained(tmp_path / "ckpt")
 
     # (a) A Ray Dataset (HWC arrays + captions) into a Lite .db: encoded in the actor, written by
@@ -76,25 +59,19 @@ def test_ray_data_ingest_lite_and_server(ray_session: None, server: MilvusEndpoi
     assert report.encode_seconds > 0
     assert report.write_seconds > 0
     lite = HierarchicalCollection.open("lite", uri=db, model=model)
-    _check(lite, expected)
-    assert lite.get([row_id(records[5].id, "image")], ["attributes"])[0]["attributes"] == {"n": 5}
+    assert assert_collection_holds(lite, expected)[row_id(records[5].id, "image")]["attributes"] == {"n": 5}
 
     # skip_existing on Lite: the driver hands the actors the stored ids; nothing is re-encoded.
     again = ingest(ds, uri=db, collection_name="lite", model=model, skip_existing=True, progress=False)
     assert (again.skipped_existing, again.rows_written) == (len(expected), 0)
 
     # Precomputed vectors as a Ray Dataset: validated on the workers, one NaN row reported.
-    rng = np.random.default_rng(0)
-    vec_items = [
-        {"id": f"v{i}", "modality": "text", "vec_low": rng.standard_normal(16).astype(np.float32),
-         "vec_high": rng.standard_normal(64).astype(np.float32), "reference": f"t{i}"}
-        for i in range(100)
-    ]  # fmt: skip
-    vec_items[7]["vec_low"] = np.full(16, np.nan, np.float32)
+    vectors = byo(100, low=16, high=64, prefix="v")
+    vectors[7].vec_low = np.full(16, np.nan, np.float32)
     # expected_rows and pipeline reach this path too (they were dropped before): the index of
     # the new collection is sized for 20k rows, not the 100k default; the driver writes in line.
-    byo = ingest(
-        ray.data.from_items(vec_items),
+    by_vectors = ingest(
+        ray.data.from_items([dataclasses.asdict(r) for r in vectors]),
         uri=db,
         collection_name="byo",
         expected_rows=20_000,
@@ -102,15 +79,11 @@ def test_ray_data_ingest_lite_and_server(ray_session: None, server: MilvusEndpoi
         num_workers=1,
         progress=False,
     )
-    assert [(s.key, s.reason) for s in byo.failed] == [("v7", "vectors contain NaN or infinity")]
-    assert byo.inserted == 99
+    assert [(s.key, s.reason) for s in by_vectors.failed] == [("v7", "vectors contain NaN or infinity")]
+    assert by_vectors.inserted == 99
     stored = HierarchicalCollection.open("byo", uri=db)
     assert stored.describe()["low_index"]["nlist"] == nlist_for(20_000)
-    got = {int(r["id"]): r for r in stored.get([row_id(f"v{i}", "text") for i in range(100)], ["id", "vec_high"])}
-    assert len(got) == 99
-    np.testing.assert_array_equal(
-        np.asarray(got[row_id("v3", "text")]["vec_high"], np.float32), vec_items[3]["vec_high"]
-    )
+    assert_collection_holds(stored, byo_rows(vectors[:7] + vectors[8:]), atol=0)  # the 99 others, bit for bit
 
     # A GPU encode on a cluster without GPUs fails at once instead of waiting for a GPU forever.
     if not ray.cluster_resources().get("GPU"):
@@ -122,7 +95,7 @@ def test_ray_data_ingest_lite_and_server(ray_session: None, server: MilvusEndpoi
     # the workers write.
     records[0].image.save(tmp_path / "by_path.png")
     records = [*records, Record("by-path", image=str(tmp_path / "by_path.png"), captions=["a file on disk"])]
-    expected = _expected(model, records)
+    expected = encoded_rows(model, records)
     token = server.token or None
     name = "ray_ingest_server"
     try:
@@ -141,7 +114,7 @@ def test_ray_data_ingest_lite_and_server(ray_session: None, server: MilvusEndpoi
         assert rep.failed == []
         assert (rep.inserted, rep.updated) == (len(expected), 0)
         assert rep.write_seconds > 0
-        _check(HierarchicalCollection.open(name, uri=server.uri, token=token, model=model), expected)
+        assert_collection_holds(HierarchicalCollection.open(name, uri=server.uri, token=token, model=model), expected)
         kw = {"uri": server.uri, "token": token, "collection_name": name, "model": model, "progress": False}
         rerun = ingest(records, distributed=True, **kw)
         assert (rerun.inserted, rerun.updated) == (0, len(expected))

@@ -5,17 +5,16 @@ Real micro model, real Milvus Lite (``tests/demo_layout.py``), the real entry po
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import enter_without_hivlp_env, search_json
 from demo_layout import DemoLayout, build_demo_layout
 
 from hivlp_milvus.cli import main
 
-ENV_VARS = ("HIVLP_CHECKPOINT", "HIVLP_MILVUS_URI", "HIVLP_MILVUS_TOKEN", "HIVLP_COLLECTION")
 HEAVY = ("torch", "ray", "training", "benchmarks", "pymilvus", "transformers", "timm")
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,23 +63,15 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoLayout:
 @pytest.fixture
 def in_demo_dir(demo: DemoLayout, monkeypatch: pytest.MonkeyPatch) -> DemoLayout:
     """The current directory is where `make demo` ran, and no HIVLP_* variable is set."""
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(demo.root)
+    enter_without_hivlp_env(monkeypatch, demo.root)
     return demo
-
-
-def _search_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
-    capsys.readouterr()
-    assert main(["search", *argv, "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
 
 
 def test_search_after_the_demo_needs_no_other_argument(
     in_demo_dir: DemoLayout, capsys: pytest.CaptureFixture[str]
 ) -> None:
     query = "a small red circle"
-    out = _search_json([query, "--limit", "5"], capsys)
+    out = search_json([query, "--limit", "5"], capsys)
     from hivlp_milvus.collection import HierarchicalCollection
 
     collection = HierarchicalCollection.open("quickstart", uri=in_demo_dir.uri, model=in_demo_dir.model)
@@ -99,7 +90,7 @@ def test_search_single_level_equals_brute_force(in_demo_dir: DemoLayout, capsys:
     import numpy as np
 
     query = "two blue squares"
-    out = _search_json([query, "--level", "high", "--modality", "image", "--limit", "4"], capsys)
+    out = search_json([query, "--level", "high", "--modality", "image", "--limit", "4"], capsys)
     q = in_demo_dir.model.embed_texts([query]).high[0]
     gallery = in_demo_dir.model.embed_images([r.image for r in in_demo_dir.records]).high
     scores = np.sort(gallery @ q)[::-1][:4]
@@ -120,9 +111,7 @@ def test_environment_overrides_the_quickstart_defaults(
 def test_search_outside_the_demo_dir_says_how_to_get_there(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
+    enter_without_hivlp_env(monkeypatch, tmp_path)
     assert main(["search", "a red circle"]) == 2
     err = capsys.readouterr().err
     assert "hivlp_work/model" in err
@@ -150,21 +139,3 @@ def test_device_cuda_without_a_gpu_fails_with_the_reason(
     assert "device 'cuda' cannot be used" in err
     assert "device='cpu'" in err
     assert main(["search", "a red circle", "--device", "auto", "--limit", "1"]) == 0
-
-
-def test_connection_flags_and_token_environment_reach_connection_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    import argparse
-
-    from hivlp_milvus.commands.common import add_connection_arguments, connection_options
-
-    parser = argparse.ArgumentParser()
-    add_connection_arguments(parser)
-    monkeypatch.setenv("HIVLP_MILVUS_TOKEN", "app:from-env")
-    argv = ["--uri", "https://milvus.example:19530", "--secure", "--server-pem-path", "ca.pem"]
-    options = connection_options(parser.parse_args([*argv, "--server-name", "milvus.example", "--db-name", "d1"]))
-    assert options.token == "app:from-env"  # the environment keeps the token out of the process list
-    assert options.tls() == {"secure": True, "server_pem_path": "ca.pem", "server_name": "milvus.example"}
-    assert (options.uri, options.db_name) == ("https://milvus.example:19530", "d1")
-    assert connection_options(parser.parse_args(["--token", "flag:wins"])).token == "flag:wins"
-    monkeypatch.delenv("HIVLP_MILVUS_TOKEN")
-    assert connection_options(parser.parse_args([])).token is None

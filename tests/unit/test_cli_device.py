@@ -37,15 +37,16 @@ def test_from_pretrained_auto_is_the_cpu_without_a_gpu(checkpoint: Path) -> None
     assert model.device.type == expected
 
 
-@needs_no_gpu
-def test_from_pretrained_cuda_without_a_gpu_says_why(checkpoint: Path) -> None:
-    with pytest.raises(ConfigError, match="device 'cuda' cannot be used: .*use device='cpu'"):
-        HiVLP.from_pretrained(checkpoint, device="cuda")
-
-
-def test_from_pretrained_unknown_device(checkpoint: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown device 'gpu'"):
-        HiVLP.from_pretrained(checkpoint, device="gpu")
+@pytest.mark.parametrize(
+    ("device", "match"),
+    [
+        pytest.param("cuda", "device 'cuda' cannot be used: .*use device='cpu'", marks=needs_no_gpu),
+        ("gpu", "unknown device 'gpu'"),
+    ],
+)
+def test_from_pretrained_refuses_a_device_it_cannot_use_saying_why(checkpoint: Path, device: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        HiVLP.from_pretrained(checkpoint, device=device)
 
 
 def test_cpu_embeddings_stay_float32_without_autocast(checkpoint: Path, records: list) -> None:

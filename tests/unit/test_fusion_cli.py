@@ -7,12 +7,12 @@ real Milvus Lite, the real entry point, in the quickstart's layout so ``search``
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from cli_helpers import enter_without_hivlp_env, search_json
 
 from hivlp_milvus.cli import main
 
@@ -42,16 +42,8 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture
 def in_layout(layout: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    for name in ("HIVLP_CHECKPOINT", "HIVLP_MILVUS_URI", "HIVLP_MILVUS_TOKEN", "HIVLP_COLLECTION"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(layout["root"])
+    enter_without_hivlp_env(monkeypatch, layout["root"])
     return layout
-
-
-def _search_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
-    capsys.readouterr()
-    assert main(["search", *argv, "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
 
 
 def test_fusion_limit_orders_the_fine_top_m_by_the_scorer(
@@ -61,7 +53,7 @@ def test_fusion_limit_orders_the_fine_top_m_by_the_scorer(
     from hivlp_milvus.content import read_image
 
     model = in_layout["model"]
-    out = _search_json([QUERY, "--limit", "3", "--fusion-limit", "8", "--coarse-limit", "12"], capsys)
+    out = search_json([QUERY, "--limit", "3", "--fusion-limit", "8", "--coarse-limit", "12"], capsys)
     # The fine stage's top 8 (no fusion), each scored by the model with the query: the hand ranking.
     collection = HierarchicalCollection.open("quickstart", uri=in_layout["uri"], model=model)
     fine = collection.hierarchical_search(QUERY, limit=8, coarse_limit=12)[0]
@@ -90,8 +82,8 @@ def test_content_root_reaches_the_resolver_and_unreadable_images_keep_their_fine
     elsewhere.mkdir()
     # The stored references are absolute paths outside this root: every candidate is refused.
     argv = [QUERY, "--limit", "3", "--fusion-limit", "6", "--coarse-limit", "12", "--content-root", str(elsewhere)]
-    out = _search_json(argv, capsys)
-    plain = _search_json([QUERY, "--limit", "3", "--coarse-limit", "12"], capsys)
+    out = search_json(argv, capsys)
+    plain = search_json([QUERY, "--limit", "3", "--coarse-limit", "12"], capsys)
     assert [h["id"] for h in out["hits"]] == [h["id"] for h in plain["hits"]]  # fine order kept
     assert all(h["fusion_score"] is None for h in out["hits"])
     assert len(out["fusion_skipped"]) == 6
@@ -102,18 +94,18 @@ def test_content_root_reaches_the_resolver_and_unreadable_images_keep_their_fine
     assert text.count("not fused (kept its fine rank)") == 6
 
 
-def test_fusion_limit_with_a_single_level_search_is_refused(
-    in_layout: dict[str, Any], capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--level", "high", "--fusion-limit", "8"], "--fusion-limit needs --level hierarchical"),  # single level
+        (["--limit", "5", "--fusion-limit", "2"], "fusion_limit must be an int >= limit=5"),  # below --limit
+    ],
+)
+def test_a_fusion_limit_that_cannot_apply_is_refused_saying_why(
+    in_layout: dict[str, Any], capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
-    assert main(["search", QUERY, "--level", "high", "--fusion-limit", "8"]) == 2
-    assert "--fusion-limit needs --level hierarchical" in capsys.readouterr().err
-
-
-def test_fusion_limit_below_limit_says_what_to_pass(
-    in_layout: dict[str, Any], capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["search", QUERY, "--limit", "5", "--fusion-limit", "2"]) == 2
-    assert "fusion_limit must be an int >= limit=5" in capsys.readouterr().err
+    assert main(["search", QUERY, *argv]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_fusion_config_and_content_options_are_exported_without_loading_torch() -> None:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import assert_collection_holds, byo, byo_rows, encoded_rows
 
 from hivlp_milvus import cli
 from hivlp_milvus.collection import HierarchicalCollection
+from hivlp_milvus.connection import connect
 from hivlp_milvus.data import EmbeddingRecord, Record, synthetic
 from hivlp_milvus.errors import ConfigError, DimensionMismatchError, MilvusUnavailableError, ModelMismatchError
 from hivlp_milvus.ids import row_id, text_key
@@ -21,26 +23,6 @@ from hivlp_milvus.ingest import IngestReport, ingest
 from hivlp_milvus.model import HiVLP, create_model
 
 LOW, HIGH = 8, 32
-ALL_FIELDS = ["id", "key", "modality", "reference", "attributes", "vec_low", "vec_high"]
-
-
-def _byo(n: int, seed: int = 0, low: int = LOW, high: int = HIGH, prefix: str = "e") -> list[EmbeddingRecord]:
-    rng = np.random.default_rng(seed)
-    return [
-        EmbeddingRecord(
-            id=f"{prefix}{i}",
-            modality="image" if i % 3 else "text",
-            vec_low=rng.standard_normal(low).astype(np.float32),
-            vec_high=rng.standard_normal(high).astype(np.float32),
-            reference=f"ref-{i}",
-            attributes={"i": i, "tag": ["a", "b"][i % 2]},
-        )
-        for i in range(n)
-    ]
-
-
-def _rows_by_id(coll: HierarchicalCollection, ids: list[int]) -> dict[int, dict]:
-    return {int(r["id"]): r for r in coll.get(ids, output_fields=ALL_FIELDS)}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +36,7 @@ def model(records: list[Record]) -> HiVLP:
 
 
 def test_byo_rows_land_exactly(tmp_path: Path) -> None:
-    recs = _byo(300)
+    recs = byo(300)
     report = ingest(recs, uri=str(tmp_path / "t.db"), collection_name="byo", write_batch_rows=64, progress=False)
 
     assert (report.inserted, report.updated, report.rows_written) == (300, 0, 300)
@@ -62,42 +44,32 @@ def test_byo_rows_land_exactly(tmp_path: Path) -> None:
     assert report.source_skipped == []
     coll = HierarchicalCollection.open("byo", uri=str(tmp_path / "t.db"))
     assert (coll.low_dim, coll.high_dim) == (LOW, HIGH)
-    assert coll.count() == 300
-    ids = [row_id(r.id, r.modality) for r in recs]
-    got = _rows_by_id(coll, ids)
-    assert len(got) == 300
-    for r, rid in zip(recs, ids, strict=True):
-        row = got[rid]
-        assert (row["key"], row["modality"], row["reference"]) == (r.id, r.modality, r.reference)
-        assert row["attributes"] == r.attributes
-        np.testing.assert_array_equal(np.asarray(row["vec_low"], np.float32), r.vec_low)
-        np.testing.assert_array_equal(np.asarray(row["vec_high"], np.float32), r.vec_high)
+    expected = byo_rows(recs)
+    got = assert_collection_holds(coll, expected, atol=0)  # 300 rows, vectors bit for bit
+    assert [got[rid]["attributes"] for rid in expected] == [r.attributes for r in recs]
 
 
 def test_reingest_is_an_update_and_skip_existing_skips(tmp_path: Path) -> None:
     uri = str(tmp_path / "t.db")
-    recs = _byo(120, seed=1)
+    recs = byo(120, seed=1)
     first = ingest(recs, uri=uri, collection_name="c", write_batch_rows=50, progress=False)
     assert (first.inserted, first.updated) == (120, 0)
 
     # Same keys, new vectors: the rows are overwritten in place, never duplicated.
-    changed = _byo(120, seed=2)
+    changed = byo(120, seed=2)
     again = ingest(changed, uri=uri, collection_name="c", write_batch_rows=50, progress=False)
     assert (again.inserted, again.updated, again.rows_written) == (0, 120, 120)
     coll = HierarchicalCollection.open("c", uri=uri)
-    assert coll.count() == 120
-    got = _rows_by_id(coll, [row_id(r.id, r.modality) for r in changed])
-    for r in changed:
-        np.testing.assert_array_equal(np.asarray(got[row_id(r.id, r.modality)]["vec_high"], np.float32), r.vec_high)
+    assert_collection_holds(coll, byo_rows(changed), atol=0)  # 120 rows holding the new vectors
 
     # Resume semantics: present rows are skipped before any work, new ones are inserted.
-    more = _byo(150, seed=2)
+    more = byo(150, seed=2)
     resumed = ingest(more, uri=uri, collection_name="c", skip_existing=True, progress=False)
     assert (resumed.skipped_existing, resumed.inserted, resumed.updated) == (120, 30, 0)
     assert coll.count() == 150
 
     # A key repeated inside one run is one row; the second occurrence counts as an update.
-    dup = _byo(3, seed=4, prefix="dup")
+    dup = byo(3, seed=4, prefix="dup")
     rerun = ingest(dup + dup, uri=uri, collection_name="c", write_batch_rows=2, progress=False)
     assert (rerun.inserted, rerun.updated) == (3, 3)
     assert coll.count() == 153
@@ -134,7 +106,7 @@ def test_bad_records_are_reported_and_the_rest_lands(tmp_path: Path, model: HiVL
     }  # fmt: skip
     coll = HierarchicalCollection.open("hivlp", uri=str(tmp_path / "t.db"))
     assert report.inserted == len(expected) == coll.count()
-    got = _rows_by_id(coll, list(expected))
+    got = {int(r["id"]): r for r in coll.get(list(expected), ["id", "reference", "attributes"])}
     assert set(got) == expected
     assert got[row_id("ok", "image")]["reference"] == str(good)
     assert got[row_id(text_key("blank", 1), "text")]["reference"] == "third"
@@ -146,10 +118,10 @@ def test_dimension_mismatch_raises_before_any_write(tmp_path: Path, model: HiVLP
     coll = HierarchicalCollection.create("c", uri=uri, low_dim=LOW, high_dim=HIGH)
 
     with pytest.raises(DimensionMismatchError, match="low_dim=8"):
-        ingest(_byo(50, low=LOW + 1), collection=coll, write_batch_rows=1, progress=False)
+        ingest(byo(50, low=LOW + 1), collection=coll, write_batch_rows=1, progress=False)
     assert coll.count() == 0
     with pytest.raises(DimensionMismatchError):
-        ingest(_byo(50, high=HIGH * 2), uri=uri, collection_name="c", write_batch_rows=1, progress=False)
+        ingest(byo(50, high=HIGH * 2), uri=uri, collection_name="c", write_batch_rows=1, progress=False)
     assert coll.count() == 0
     # The micro model makes 16/64-d vectors: refused before encoding or writing anything.
     with pytest.raises(ModelMismatchError, match="low_dim"):
@@ -157,7 +129,7 @@ def test_dimension_mismatch_raises_before_any_write(tmp_path: Path, model: HiVLP
     assert coll.count() == 0
 
     # After a good first batch, one malformed vector is just a failed record.
-    recs = _byo(40)
+    recs = byo(40)
     recs[30] = EmbeddingRecord("bad-dims", "image", np.zeros(LOW + 3, np.float32), np.zeros(HIGH, np.float32))
     recs[31] = EmbeddingRecord("nan", "text", np.full(LOW, np.nan, np.float32), np.zeros(HIGH, np.float32))
     report = ingest(recs, collection=coll, batch_size=16, progress=False)
@@ -169,41 +141,19 @@ def test_dimension_mismatch_raises_before_any_write(tmp_path: Path, model: HiVLP
 def test_records_without_a_model_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="need a model"):
         ingest([Record("r", captions=["text"])], uri=str(tmp_path / "t.db"), progress=False)
-    assert not (tmp_path / "t.db").exists() or "hivlp" not in _collections(tmp_path / "t.db")
-
-
-def _collections(db: Path) -> list[str]:
-    from hivlp_milvus.connection import connect
-
-    return connect(str(db)).list_collections()
+    assert not (tmp_path / "t.db").exists() or "hivlp" not in connect(str(tmp_path / "t.db")).list_collections()
 
 
 def test_model_ingest_matches_local_encoding(tmp_path: Path, model: HiVLP, records: list[Record]) -> None:
     uri = str(tmp_path / "t.db")
     report = ingest(records, uri=uri, model=model, batch_size=8, write_batch_rows=10, progress=False)
 
-    n_img, n_txt = len(records), sum(len(r.captions) for r in records)
-    assert (report.inserted, report.failed) == (n_img + n_txt, [])
+    expected = encoded_rows(model, records)  # every image and caption, with its key, reference and vectors
+    assert (report.inserted, report.failed) == (len(expected), [])
     coll = HierarchicalCollection.open("hivlp", uri=uri, model=model)  # fingerprint recorded at create
     assert coll.fingerprint == model.fingerprint
-    assert coll.count() == n_img + n_txt
-
-    image_emb = model.embed_images([r.image for r in records])
-    captions = [(text_key(r.id, i), c) for r in records for i, c in enumerate(r.captions)]
-    text_emb = model.embed_texts([c for _, c in captions])
-    image_ids = [row_id(r.id, "image") for r in records]
-    text_ids = [row_id(k, "text") for k, _ in captions]
-    got = _rows_by_id(coll, image_ids + text_ids)
-    for i, rid in enumerate(image_ids):
-        assert got[rid]["modality"] == "image"
-        assert got[rid]["key"] == records[i].id
-        np.testing.assert_allclose(got[rid]["vec_low"], image_emb.low[i], atol=1e-5)
-        np.testing.assert_allclose(got[rid]["vec_high"], image_emb.high[i], atol=1e-5)
-    for i, rid in enumerate(text_ids):
-        assert got[rid]["reference"] == captions[i][1]
-        np.testing.assert_allclose(got[rid]["vec_low"], text_emb.low[i], atol=1e-5)
-        np.testing.assert_allclose(got[rid]["vec_high"], text_emb.high[i], atol=1e-5)
-    assert got[image_ids[0]]["attributes"] == json.loads(json.dumps(records[0].attributes))
+    got = assert_collection_holds(coll, expected)
+    assert got[row_id(records[0].id, "image")]["attributes"] == json.loads(json.dumps(records[0].attributes))
 
 
 def test_pipelined_run_reports_encode_write_split(tmp_path: Path, model: HiVLP, records: list[Record]) -> None:
@@ -242,18 +192,9 @@ def test_cli_ingest(tmp_path: Path, model: HiVLP, capsys: pytest.CaptureFixture[
     synthetic.write_splits(tmp_path / "data", {"test": 6}, seed=5, image_size=32, captions_per_image=2, progress=False)
     ckpt = model.save_pretrained(tmp_path / "ckpt")
     db = str(tmp_path / "cli.db")
-    argv = [
-        "ingest",
-        str(tmp_path / "data" / "test"),
-        "--model",
-        str(ckpt),
-        "--uri",
-        db,
-        "--collection",
-        "cli",
-    ]
+    argv = ["ingest", str(tmp_path / "data" / "test"), "--model", str(ckpt), "--uri", db, "--collection", "cli"]
     argv += ["--batch-size", "5", "--no-progress", "--json", str(tmp_path / "r.json")]
-    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--profile", "lite:FLAT", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     # 6 records x (1 image + 2 captions): the printed report's own "inserted" line says 18.
     assert re.search(r"^\s*inserted\s+(\S+)$", out, re.MULTILINE).group(1) == "18"
@@ -261,7 +202,8 @@ def test_cli_ingest(tmp_path: Path, model: HiVLP, capsys: pytest.CaptureFixture[
     assert json.loads((tmp_path / "r.json").read_text())["inserted"] == 18
     assert cli.main([*argv, "--skip-existing"]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["skipped_existing"] == 18
-    assert HierarchicalCollection.open("cli", uri=db).count() == 18
+    coll = HierarchicalCollection.open("cli", uri=db)
+    assert (coll.profile.low.index_type, coll.count()) == ("FLAT", 18)  # --profile made the new collection
 
 
 def test_package_level_ingest_is_the_function_even_after_the_submodule_is_imported() -> None:
@@ -270,7 +212,7 @@ def test_package_level_ingest_is_the_function_even_after_the_submodule_is_import
     import hivlp_milvus
 
     importlib.import_module("hivlp_milvus.ingest")  # what any `from hivlp_milvus.ingest import ...` does
-    assert callable(hivlp_milvus.ingest)
+    # The function itself (so callable), not the submodule the import set as an attribute.
     assert hivlp_milvus.ingest is importlib.import_module("hivlp_milvus.ingest").ingest
 
 
@@ -290,7 +232,7 @@ def test_a_failed_write_stops_the_run_and_nothing_after_it_is_written(tmp_path: 
 
     coll.upsert = upsert_failing_the_second_request  # type: ignore[method-assign]
     with pytest.raises(MilvusUnavailableError, match="injected fault"):
-        ingest(_byo(60), collection=coll, batch_size=10, write_batch_rows=10, pipeline=pipeline, progress=False)
+        ingest(byo(60), collection=coll, batch_size=10, write_batch_rows=10, pipeline=pipeline, progress=False)
     # The writer stopped at the failed request: the batches queued behind it were never sent.
     assert calls == [10, 10]
     assert coll.count() == 10

@@ -9,25 +9,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import pytest
+from cli_helpers import byo
 
 from hivlp_milvus.commands import common
 from hivlp_milvus.commands import ingest as ingest_command
 from hivlp_milvus.connection import ConnectionOptions
-from hivlp_milvus.data import EmbeddingRecord
 from hivlp_milvus.errors import CollectionNotFoundError, ConfigError
 from hivlp_milvus.ingest import IngestOptions, ingest
 from hivlp_milvus.ingest.resources import EncoderPlan, plan_encoders
-
-
-def _byo(n: int) -> list[EmbeddingRecord]:
-    rng = np.random.default_rng(0)
-    return [
-        EmbeddingRecord(f"k{i}", "image", rng.standard_normal(8).astype(np.float32), rng.standard_normal(32))
-        for i in range(n)
-    ]
-
 
 # ------------------------------------------------------------------ options
 
@@ -45,7 +35,7 @@ def _byo(n: int) -> list[EmbeddingRecord]:
 )
 def test_out_of_range_options_are_config_errors_naming_the_option(tmp_path: Path, kwargs: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field):
-        ingest(_byo(3), uri=str(tmp_path / "t.db"), progress=False, **kwargs)
+        ingest(byo(3), uri=str(tmp_path / "t.db"), progress=False, **kwargs)
     # Refused before connecting: no database was created.
     assert not (tmp_path / "t.db").exists()
 
@@ -62,7 +52,7 @@ def test_options_are_one_frozen_value_that_refuses_unknown_keys() -> None:
 def test_create_false_on_a_missing_collection_says_what_to_do(tmp_path: Path) -> None:
     db = str(tmp_path / "t.db")
     with pytest.raises(CollectionNotFoundError, match=r"'absent' does not exist .*create=False") as info:
-        ingest(_byo(3), uri=db, collection_name="absent", create=False, progress=False)
+        ingest(byo(3), uri=db, collection_name="absent", create=False, progress=False)
     assert "--no-create" in str(info.value)
     from hivlp_milvus.connection import connect
 
@@ -71,39 +61,52 @@ def test_create_false_on_a_missing_collection_says_what_to_do(tmp_path: Path) ->
 
 def test_connection_and_uri_are_one_or_the_other(tmp_path: Path) -> None:
     db = str(tmp_path / "c.db")
-    report = ingest(_byo(5), connection=ConnectionOptions(uri=db), collection_name="via_options", progress=False)
+    report = ingest(byo(5), connection=ConnectionOptions(uri=db), collection_name="via_options", progress=False)
     assert report.inserted == 5
     from hivlp_milvus.collection import HierarchicalCollection
 
     assert HierarchicalCollection.open("via_options", uri=db).count() == 5
     with pytest.raises(ConfigError, match="not both"):
-        ingest(_byo(1), connection=ConnectionOptions(uri=db), uri=str(tmp_path / "other.db"), progress=False)
+        ingest(byo(1), connection=ConnectionOptions(uri=db), uri=str(tmp_path / "other.db"), progress=False)
     with pytest.raises(ConfigError, match="not both"):
-        ingest(_byo(1), connection=ConnectionOptions(uri=db), token="root:Milvus", progress=False)
+        ingest(byo(1), connection=ConnectionOptions(uri=db), token="root:Milvus", progress=False)
 
 
 # ------------------------------------------------------------------ Ray encoder pool sizing
 
 
-def test_a_gpu_held_by_serve_is_an_error_not_a_wait() -> None:
-    # The compose GPU box: one GPU, both Serve encoders hold 0.5 of it.
-    with pytest.raises(ConfigError, match=r"1 GPU\(s\) but none is free.*device='cpu'"):
-        plan_encoders({"CPU": 8, "GPU": 0.0}, {"CPU": 8, "GPU": 1}, device="auto")
-    with pytest.raises(ConfigError, match="none is free"):
-        plan_encoders({"CPU": 8}, {"CPU": 8, "GPU": 1}, device="cuda")
+@pytest.mark.parametrize(
+    ("free", "total", "kwargs", "plan"),
+    [
+        # Half a GPU free: one actor takes that half instead of asking for a whole one.
+        ({"CPU": 8, "GPU": 0.5}, {"CPU": 8, "GPU": 1}, {}, EncoderPlan(actors=1, num_gpus=0.5)),
+        # Two whole GPUs free: one actor per GPU.
+        ({"CPU": 8, "GPU": 2}, {"CPU": 8, "GPU": 4}, {}, EncoderPlan(actors=2, num_gpus=1.0)),
+        # More workers asked than GPUs free: they share them.
+        ({"CPU": 8, "GPU": 2}, {"CPU": 8, "GPU": 2}, {"num_workers": 4}, EncoderPlan(4, 0.5)),
+        # Explicit CPU encode on a GPU cluster asks for no GPU; CPU actors are half the free CPUs.
+        ({"CPU": 6, "GPU": 0}, {"CPU": 8, "GPU": 1}, {"device": "cpu"}, EncoderPlan(3, 0.0)),
+        ({"CPU": 4}, {"CPU": 4}, {}, EncoderPlan(2, 0.0)),  # auto without GPUs: CPU actors
+    ],
+)
+def test_the_request_is_sized_from_what_is_free(free: dict, total: dict, kwargs: dict, plan: EncoderPlan) -> None:
+    got = plan_encoders(free, total, **kwargs)
+    assert (got, got.device) == (plan, "cuda" if plan.num_gpus else "cpu")
 
 
-def test_the_request_is_sized_from_what_is_free() -> None:
-    # Half a GPU free: one actor takes that half instead of asking for a whole one.
-    assert plan_encoders({"CPU": 8, "GPU": 0.5}, {"CPU": 8, "GPU": 1}) == EncoderPlan(actors=1, num_gpus=0.5)
-    # Two whole GPUs free: one actor per GPU.
-    assert plan_encoders({"CPU": 8, "GPU": 2}, {"CPU": 8, "GPU": 4}) == EncoderPlan(actors=2, num_gpus=1.0)
-    # More workers asked than GPUs free: they share them.
-    assert plan_encoders({"CPU": 8, "GPU": 2}, {"CPU": 8, "GPU": 2}, num_workers=4) == EncoderPlan(4, 0.5)
-    # Explicit CPU encode on a GPU cluster asks for no GPU; CPU actors are half the free CPUs.
-    cpu = plan_encoders({"CPU": 6, "GPU": 0}, {"CPU": 8, "GPU": 1}, device="cpu")
-    assert (cpu.actors, cpu.num_gpus, cpu.device) == (3, 0.0, "cpu")
-    assert plan_encoders({"CPU": 4}, {"CPU": 4}).device == "cpu"  # auto without GPUs
+@pytest.mark.parametrize(
+    ("free", "total", "device", "match"),
+    [
+        # The compose GPU box: one GPU, both Serve encoders hold 0.5 of it: an error, not a wait.
+        ({"CPU": 8, "GPU": 0.0}, {"CPU": 8, "GPU": 1}, "auto", r"1 GPU\(s\) but none is free.*device='cpu'"),
+        ({"CPU": 8}, {"CPU": 8, "GPU": 1}, "cuda", "none is free"),
+        ({"CPU": 4}, {"CPU": 4}, "cuda", "has no GPU"),
+        ({"CPU": 0.5}, {"CPU": 4}, "cpu", "no CPU is free"),
+    ],
+)
+def test_a_request_that_cannot_be_placed_is_an_error(free: dict, total: dict, device: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        plan_encoders(free, total, device=device)
 
 
 @pytest.mark.parametrize("free", [0.01, 0.3, 0.5, 0.99, 1.0, 1.7, 3.0, 7.5])
@@ -117,13 +120,6 @@ def test_the_shares_never_exceed_the_free_gpus(free: float, workers: int | None)
         assert plan.actors == min(workers, round(free * 100))
 
 
-def test_cuda_on_a_cluster_without_gpus_and_no_free_cpu_are_errors() -> None:
-    with pytest.raises(ConfigError, match="has no GPU"):
-        plan_encoders({"CPU": 4}, {"CPU": 4}, device="cuda")
-    with pytest.raises(ConfigError, match="no CPU is free"):
-        plan_encoders({"CPU": 0.5}, {"CPU": 4}, device="cpu")
-
-
 # ------------------------------------------------------------------ CLI
 
 
@@ -133,25 +129,15 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(["ingest", *argv])
 
 
-def test_cli_tls_and_token_flags_become_connection_options(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_connection_flags_and_token_environment_become_connection_options(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HIVLP_MILVUS_TOKEN", "env:token")
-    args = _parse(
-        [
-            "data",
-            "--uri",
-            "https://milvus:19530",
-            "--secure",
-            "--server-pem-path",
-            "ca.pem",
-            "--server-name",
-            "m.internal",
-        ]
-        + ["--ca-pem-path", "root.pem", "--client-pem-path", "c.pem", "--client-key-path", "c.key"]
-    )
-    options = common.connection_options(args)
-    assert options == ConnectionOptions(
+    tls = ["--secure", "--server-pem-path", "ca.pem", "--server-name", "m.internal", "--ca-pem-path", "root.pem"]
+    tls += ["--client-pem-path", "c.pem", "--client-key-path", "c.key"]
+    args = _parse(["data", "--uri", "https://milvus:19530", "--db-name", "d1", *tls])
+    assert common.connection_options(args) == ConnectionOptions(
         uri="https://milvus:19530",
-        token="env:token",
+        token="env:token",  # the environment keeps the token out of the process list
+        db_name="d1",
         secure=True,
         server_pem_path="ca.pem",
         server_name="m.internal",
@@ -162,6 +148,8 @@ def test_cli_tls_and_token_flags_become_connection_options(monkeypatch: pytest.M
     # An explicit --token wins over the environment; no TLS flag means none is passed to pymilvus.
     plain = common.connection_options(_parse(["data", "--token", "root:Milvus"]))
     assert (plain.token, plain.tls()) == ("root:Milvus", {})
+    monkeypatch.delenv("HIVLP_MILVUS_TOKEN")
+    assert common.connection_options(_parse(["data"])).token is None
 
 
 def test_cli_device_has_choices_and_new_flags_parse() -> None:
@@ -171,13 +159,16 @@ def test_cli_device_has_choices_and_new_flags_parse() -> None:
         _parse(["data", "--device", "tpu"])
 
 
-def test_cli_refuses_a_bad_batch_size_before_reading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("flag", "field"), [("--batch-size", "batch_size"), ("--write-batch-rows", "write_batch_rows")]
+)
+def test_cli_refuses_a_bad_batch_size_before_reading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, field: str
+) -> None:
     from hivlp_milvus import cli
 
-    base = ["ingest", str(tmp_path / "nothing-here"), "--uri", str(tmp_path / "t.db")]
-    for flag, field in (("--batch-size", "batch_size"), ("--write-batch-rows", "write_batch_rows")):
-        assert cli.main([*base, flag, "0"]) == 2
-        err = capsys.readouterr().err
-        # The option is named, and the source (which does not exist) was never read.
-        assert field in err
-        assert "does not exist" not in err
+    assert cli.main(["ingest", str(tmp_path / "nothing-here"), "--uri", str(tmp_path / "t.db"), flag, "0"]) == 2
+    err = capsys.readouterr().err
+    # The option is named, and the source (which does not exist) was never read.
+    assert field in err
+    assert "does not exist" not in err

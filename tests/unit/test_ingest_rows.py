@@ -16,10 +16,11 @@ from hivlp_milvus.data import EmbeddingRecord, Record, Skipped
 from hivlp_milvus.ids import row_id, text_key
 from hivlp_milvus.ingest import rows
 
-
-def _schema_limits() -> dict[str, int]:
-    spec = json.loads(resources.files("schemas").joinpath("collection.json").read_text(encoding="utf-8"))
-    return {f["name"]: int(f["max_length"]) for f in spec["fields"] if "max_length" in f}
+# The VARCHAR limits as the collection schema declares them (the row builder must read the same ones).
+_SPEC = json.loads(resources.files("schemas").joinpath("collection.json").read_text(encoding="utf-8"))
+LIMITS = {f["name"]: int(f["max_length"]) for f in _SPEC["fields"] if "max_length" in f}
+KEY_CAP, REF_CAP = LIMITS["key"], LIMITS["reference"]
+EMOJI = "\N{GRINNING FACE}"  # 4 bytes in UTF-8
 
 
 def _items(records: list, failed: list[Skipped]) -> list[rows.Item]:
@@ -27,19 +28,20 @@ def _items(records: list, failed: list[Skipped]) -> list[rows.Item]:
     return [it for record in records for it in rows.record_items(record, failed)]
 
 
-def test_varchar_limits_are_the_schemas_counted_in_utf8_bytes() -> None:
-    limits = _schema_limits()
-    key_cap, ref_cap = limits["key"], limits["reference"]
-    assert rows.check_text_fields("k" * key_cap, "", {}) is None
-    assert rows.check_text_fields("k" * (key_cap + 1), "", {}) == f"key is longer than {key_cap} bytes"
-    # Bytes, not characters: a 4-byte character counts four times.
-    emoji = "\N{GRINNING FACE}"
-    assert rows.check_text_fields(emoji * (key_cap // 4), "", {}) is None
-    assert rows.check_text_fields(emoji * (key_cap // 4) + "x", "", {}) is not None
-    too_long = rows.check_text_fields("k", "é" * (ref_cap // 2 + 1), {})
-    assert too_long == f"reference (image uri or caption) is longer than {ref_cap} bytes"
-    assert rows.check_text_fields("k", "r", {"x": float("nan")}).startswith("attributes are not JSON")
-    assert rows.check_text_fields("", "r", {}) == "empty key (record id)"
+@pytest.mark.parametrize(
+    ("key", "reference", "reason"),
+    [
+        ("k" * KEY_CAP, "", None),
+        ("k" * (KEY_CAP + 1), "", f"key is longer than {KEY_CAP} bytes"),
+        # Bytes, not characters: a 4-byte character counts four times.
+        (EMOJI * (KEY_CAP // 4), "", None),
+        (EMOJI * (KEY_CAP // 4) + "x", "", f"key is longer than {KEY_CAP} bytes"),
+        ("k", "é" * (REF_CAP // 2 + 1), f"reference (image uri or caption) is longer than {REF_CAP} bytes"),
+        ("", "r", "empty key (record id)"),
+    ],
+)
+def test_varchar_limits_are_the_schemas_counted_in_utf8_bytes(key: str, reference: str, reason: str | None) -> None:
+    assert rows.check_text_fields(key, reference, {}) == reason
 
 
 def test_a_record_becomes_an_image_item_and_one_item_per_caption() -> None:
@@ -63,13 +65,18 @@ def test_a_record_becomes_an_image_item_and_one_item_per_caption() -> None:
 def test_records_that_cannot_become_rows_are_reported_not_raised() -> None:
     failed: list[Skipped] = []
     vec = EmbeddingRecord("e", "audio", np.zeros(2), np.zeros(3))
-    got = list(_items([Record("empty"), vec, "not a record", Record("x" * 2000, captions=["c"])], failed))
+    nan = Record("nan", captions=["c"], attributes={"x": float("nan")})
+    got = list(_items([Record("empty"), vec, "not a record", Record("x" * 2000, captions=["c"]), nan], failed))
     assert got == []
-    assert [s.key for s in failed] == ["empty", "e", "?", "x" * 2000]
-    assert "neither an image nor captions" in failed[0].reason
-    assert "modality" in failed[1].reason
-    assert "not a Record" in failed[2].reason
-    assert "longer than" in failed[3].reason
+    reasons = {
+        "empty": "neither an image nor captions",
+        "e": "modality",
+        "?": "not a Record",
+        "x" * 2000: "longer than",
+        "nan": "attributes are not JSON",
+    }
+    assert [s.key for s in failed] == list(reasons)
+    assert all(reasons[s.key] in s.reason for s in failed), failed
 
 
 def test_vector_rows_check_dims_and_finiteness_per_row() -> None:
