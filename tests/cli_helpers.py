@@ -1,6 +1,6 @@
 """Helpers the ingest and command-line tests share: BYO vector records, ``search --json``, a clean shell.
 
-pytest rewrites asserts in test modules only, so the asserts here carry their own messages.
+tests/conftest.py has pytest rewrite the asserts here as in test modules; they also carry their own messages.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no code path may reach a model hub from the tests
 
+# The shared helper modules assert on the tests' behalf: rewrite their asserts as in test modules,
+# so a failure there shows both sides too (registered before any test module imports them).
+pytest.register_assert_rewrite("cli_helpers", "collection_rows", "shared_tests")
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _torch_threads() -> None:
