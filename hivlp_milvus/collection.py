@@ -252,7 +252,7 @@ class HierarchicalCollection:
         return {int(r["id"]) for r in self.get(ids, output_fields=["id"])}
 
     def get(self, ids: Iterable[int], output_fields: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """Rows by primary key (missing ids are skipped).
+        """Rows by primary key (missing ids are skipped), in requests sized like :meth:`upsert`'s.
 
         Args:
             ids: primary keys.
@@ -263,10 +263,12 @@ class HierarchicalCollection:
         """
         ids = [int(i) for i in ids]
         fields = list(output_fields) if output_fields is not None else list(SCALAR_OUTPUT_FIELDS)
+        # Vectors make answers as large as writes: the same row budget keeps them under Milvus' limit.
+        step = min(_ID_CHUNK, self.max_rows_per_request)
         out: list[dict[str, Any]] = []
-        for start in range(0, len(ids), _ID_CHUNK):
+        for start in range(0, len(ids), step):
             out.extend(
-                dict(r) for r in self._client.get(self._name, ids=ids[start : start + _ID_CHUNK], output_fields=fields)
+                dict(r) for r in self._client.get(self._name, ids=ids[start : start + step], output_fields=fields)
             )
         return out
 

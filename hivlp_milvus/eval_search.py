@@ -201,13 +201,8 @@ def _stored_items(
     out = {}
     for modality, pairs in keyed.items():
         wanted = dict(pairs)
-        fetched: dict[int, dict[str, Any]] = {}
-        ids = list(wanted)
-        step = max(1, collection.max_rows_per_request)
-        for start in range(0, len(ids), step):
-            for row in collection.get(ids[start : start + step], output_fields=["vec_low", "vec_high"]):
-                fetched[int(row["id"])] = row
-        present = [i for i in ids if i in fetched]  # rows that failed ingest are not queries
+        fetched = {int(row["id"]): row for row in collection.get(wanted, output_fields=["vec_low", "vec_high"])}
+        present = [i for i in wanted if i in fetched]  # rows that failed ingest are not queries
         low = np.asarray([fetched[i]["vec_low"] for i in present], dtype=np.float32)
         high = np.asarray([fetched[i]["vec_high"] for i in present], dtype=np.float32)
         groups = np.asarray([wanted[i] for i in present], dtype=np.int64)
@@ -303,20 +298,15 @@ class _StoredHigh:
 
     def rerank(self, shortlist: list[int], query_high: np.ndarray, limit: int) -> list[int]:
         """The ``shortlist`` (coarse order) by exact ``vec_high`` score, best first, at most ``limit`` ids."""
-        self._fetch([i for i in shortlist if i not in self._vecs])
+        # Rows of the collection outside the evaluated records can be coarse hits too.
+        for row in self._collection.get([i for i in shortlist if i not in self._vecs], output_fields=["vec_high"]):
+            self._vecs[int(row["id"])] = np.asarray(row["vec_high"], dtype=np.float32)
         # As in the client re-rank: a row deleted between the two stages drops out.
         cand = [i for i in shortlist if i in self._vecs]
         if not cand:
             return []
         scores = np.asarray([self._vecs[i] for i in cand], dtype=np.float32) @ query_high
         return [cand[j] for j in np.argsort(-scores, kind="stable")[:limit]]
-
-    def _fetch(self, ids: list[int]) -> None:
-        """Rows of the collection outside the evaluated records can be coarse hits too."""
-        step = max(1, self._collection.max_rows_per_request)
-        for start in range(0, len(ids), step):
-            for row in self._collection.get(ids[start : start + step], output_fields=["vec_high"]):
-                self._vecs[int(row["id"])] = np.asarray(row["vec_high"], dtype=np.float32)
 
 
 def _fusion_batch(
