@@ -215,19 +215,11 @@ class _Milvus:
 
 
 def _merge_search_params(base: dict[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:
-    if not override:
-        return base
-    if "params" not in override and set(override) - {"metric_type"}:
-        # Accept the flat form {"nprobe": 64} as well as {"params": {"nprobe": 64}}.
-        override = {"params": {k: v for k, v in override.items() if k != "metric_type"}} | (
-            {"metric_type": override["metric_type"]} if "metric_type" in override else {}
-        )
-    out = dict(base)
-    inner = dict(base.get("params") or {})
-    inner.update(override.get("params") or {})
-    out.update({k: v for k, v in override.items() if k != "params"})
-    out["params"] = inner
-    return out
+    """``base`` with ``override`` laid over it, ``params`` merged key by key."""
+    top = dict(override or {})
+    # Accept the flat form {"nprobe": 64} as well as {"params": {"nprobe": 64}}.
+    params = top.pop("params") if "params" in top else {k: top.pop(k) for k in list(top) if k != "metric_type"}
+    return {**base, **top, "params": {**(base.get("params") or {}), **(params or {})}}
 
 
 def _groups(modalities: list[str | None]) -> dict[str | None, list[int]]:
