@@ -124,11 +124,6 @@ def _scan(expr: str) -> list[tuple[int, int, str]]:
     return found
 
 
-def placeholders(expr: str) -> list[str]:
-    """The placeholder names used in ``expr`` (outside string literals), in order of appearance."""
-    return [name for _, _, name in _scan(expr)]
-
-
 def bind(
     expr: str | None,
     params: Mapping[str, Any] | None = None,

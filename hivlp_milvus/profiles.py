@@ -371,15 +371,6 @@ def _bigger_cap_hint(profile: IndexProfile) -> str:
     return f"Milvus' maximum is {MILVUS_MAX_TOPK}"
 
 
-def validate_limits(limit: int, coarse_limit: int | None = None, profile: IndexProfile | None = None) -> int:
-    """Module-level form of :meth:`IndexProfile.validate_limits` (default profile: ``lite``).
-
-    Raises:
-        SearchLimitError: see :meth:`IndexProfile.validate_limits`.
-    """
-    return (profile or load_profile("lite")).validate_limits(limit, coarse_limit)
-
-
 @lru_cache(maxsize=1)
 def _data() -> dict[str, Any]:
     text = resources.files("schemas").joinpath("profiles.yaml").read_text(encoding="utf-8")
@@ -394,11 +385,6 @@ def _spec(raw: dict[str, Any], default_topk: int) -> IndexSpec:
         max_topk=int(raw.get("max_topk", default_topk)),
         mmap=bool(raw.get("mmap", False)),
     )
-
-
-def profile_names() -> list[str]:
-    """The profile names in ``schemas/profiles.yaml``."""
-    return list(_data()["profiles"])
 
 
 def profile_variants(name: str) -> list[str]:
