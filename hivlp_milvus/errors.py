@@ -224,14 +224,6 @@ def _class_for(exc: BaseException) -> type[MilvusError]:
     return MilvusError
 
 
-def is_milvus_exception(exc: BaseException) -> bool:
-    """Whether ``exc`` is an error of pymilvus or gRPC (what :func:`from_milvus` translates)."""
-    import grpc
-    from pymilvus.exceptions import MilvusException
-
-    return isinstance(exc, MilvusException | grpc.RpcError)
-
-
 def milvus_message(exc: BaseException) -> str:
     """Milvus' own message of a pymilvus/gRPC error (without pymilvus' ``<MilvusException: ...>`` frame)."""
     message = getattr(exc, "message", None)
@@ -303,7 +295,10 @@ def milvus_errors(what: str = "the Milvus call") -> Iterator[None]:
     except HiVLPError:
         raise
     except Exception as exc:
-        if not is_milvus_exception(exc):
+        import grpc
+        from pymilvus.exceptions import MilvusException
+
+        if not isinstance(exc, MilvusException | grpc.RpcError):  # what from_milvus translates
             raise
         logger.debug("%s failed in pymilvus", what, exc_info=exc)
         raise from_milvus(exc, what) from exc

@@ -112,16 +112,6 @@ LEVELS = ("low", "high")
 DEFAULT_OUTPUT_FIELDS = ("key", "modality", "reference", "attributes")
 
 
-def auto_rerank(user_filter: str | None, *, lite: bool = True) -> str:
-    """The re-rank path ``"auto"`` uses: the one measured faster on the engine (module docstring).
-
-    Args:
-        user_filter: the search's filter (kept so the rule can depend on it per deployment).
-        lite: whether the collection lives in Milvus Lite: client there, server elsewhere.
-    """
-    return "client" if lite else "server"
-
-
 class SearchResults(list):
     """One list of hits per query (like ``MilvusClient.search``), plus ``timings``.
 
@@ -326,7 +316,8 @@ def hierarchical_search(
         raise QueryError(f"rerank must be one of {RERANK_MODES}, got {rerank!r}")
     if plan not in PLANS:
         raise QueryError(f"plan must be one of {PLANS}, got {plan!r}")
-    mode = auto_rerank(filter, lite=col.is_lite) if rerank == "auto" else rerank
+    if rerank == "auto":  # the path measured faster on the engine (module docstring)
+        rerank = "client" if col.is_lite else "server"
     fields = list(DEFAULT_OUTPUT_FIELDS if output_fields is None else output_fields)
     fine_limit, fine_fields = limit, fields
     if fusion_limit is not None:
@@ -367,7 +358,7 @@ def hierarchical_search(
         )
         coarse = [[(int(h["id"]), float(h["distance"])) for h in hits] for hits in per_query]
         t2 = time.perf_counter()
-        if mode == "client":
+        if rerank == "client":
             hits = _rerank_client(milvus, high, coarse, fine_limit, fine_fields)
         else:
             hits = _rerank_server(milvus, high, coarse, modalities, fine_limit, fine_fields)
@@ -375,14 +366,14 @@ def hierarchical_search(
     timings = {"encode_s": t1 - t0, "coarse_s": t2 - t1, "fine_s": t3 - t2}
     info = {"plan": chosen_plan, "coarse_limit": chosen_coarse}
     if fusion_limit is None:
-        return SearchResults(hits, timings | {"total_s": t3 - t0}, rerank=mode, **info)
+        return SearchResults(hits, timings | {"total_s": t3 - t0}, rerank=rerank, **info)
     hits, skipped = fusion_rerank(col.model, query_items(query), kinds, hits, limit, content)
     for hit in (h for per_query in hits for h in per_query):
         hit["entity"] = {f: v for f, v in hit["entity"].items() if f in fields}
     t4 = time.perf_counter()
     timings |= {"fusion_s": t4 - t3, "total_s": t4 - t0}
     info["plan"] += "+fusion"
-    return SearchResults(hits, timings, rerank=mode, fusion_skipped=skipped, **info)
+    return SearchResults(hits, timings, rerank=rerank, fusion_skipped=skipped, **info)
 
 
 def _choose_plan(
