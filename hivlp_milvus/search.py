@@ -56,8 +56,8 @@ from hivlp_milvus.connection import call_options, guarded
 from hivlp_milvus.content import ContentOptions
 from hivlp_milvus.errors import DimensionMismatchError, FilterError, QueryError, SearchLimitError
 from hivlp_milvus.filters import bind, filter_errors, filter_kwargs, restrict_to_ids
-from hivlp_milvus.fusion_stage import CONTENT_FIELDS, check_fusion, fusion_rerank, query_items
-from hivlp_milvus.queries import encode_queries, resolve_modality
+from hivlp_milvus.fusion_stage import CONTENT_FIELDS, check_fusion, fusion_rerank
+from hivlp_milvus.queries import encode_queries, query_items, resolve_modality
 
 if TYPE_CHECKING:
     from hivlp_milvus.profiles import IndexProfile
