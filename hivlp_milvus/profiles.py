@@ -283,16 +283,12 @@ class IndexProfile:
         """
         params = dict(self.low.search_params)
         fraction = float(params.pop("nprobe_fraction", 0.0) or 0.0)
-        if self.low.is_ivf and "nprobe" in params:
-            nlist = self.low.nlist
-            nprobe = int(params["nprobe"])
-            if nlist and fraction:
-                nprobe = max(nprobe, math.ceil(fraction * nlist))
-            if nlist and num_rows:
-                nprobe = max(nprobe, math.ceil(_NPROBE_OVERSAMPLE * limit * nlist / max(num_rows, 1)))
-            if nlist:
-                nprobe = min(nprobe, nlist)
-            params["nprobe"] = nprobe
+        nlist = self.low.nlist
+        if self.low.is_ivf and "nprobe" in params and nlist:
+            wanted = [int(params["nprobe"]), math.ceil(fraction * nlist)]
+            if num_rows:
+                wanted.append(math.ceil(_NPROBE_OVERSAMPLE * limit * nlist / num_rows))
+            params["nprobe"] = min(max(wanted), nlist)
         if self.low.index_type == "HNSW":
             params["ef"] = max(int(params.get("ef", limit)), limit)
         if self.low.index_type == "GPU_CAGRA":
