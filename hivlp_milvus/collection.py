@@ -186,14 +186,10 @@ class HierarchicalCollection:
             ModelMismatchError: which of low_dim / high_dim / fingerprint differs, and what to do.
         """
         low, high = model_dims(model)
-        fp = model_fingerprint(model)
-        diffs = []
-        if low != self._low_dim:
-            diffs.append(f"low_dim: collection {self._low_dim}, model {low}")
-        if high != self._high_dim:
-            diffs.append(f"high_dim: collection {self._high_dim}, model {high}")
-        if self._fingerprint and fp != self._fingerprint:
-            diffs.append(f"fingerprint: collection {self._fingerprint!r}, model {fp!r}")
+        pairs = [("low_dim", self._low_dim, low), ("high_dim", self._high_dim, high)]
+        if self._fingerprint:
+            pairs.append(("fingerprint", repr(self._fingerprint), repr(model_fingerprint(model))))
+        diffs = [f"{label}: collection {mine}, model {theirs}" for label, mine, theirs in pairs if mine != theirs]
         if diffs:
             raise ModelMismatchError(
                 f"the model does not match collection {self._name!r} ({'; '.join(diffs)}). Either re-ingest the "
