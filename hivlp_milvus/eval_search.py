@@ -107,10 +107,8 @@ def evaluate_collection(
         funnels: dict[int, np.ndarray] = {}
         for k in coarse_ks:
             fine = _StoredHigh(collection, items[dst]) if shared else None
-            coarse, funnel = _shortlist_ranks(collection, query_emb, query_groups, target, k, limit, fine, **common)
+            coarse, funnels[k] = _shortlist_ranks(collection, query_emb, query_groups, target, k, limit, fine, **common)
             shortlist[f"hier@{k}"].append(float(np.mean(coarse <= k)))
-            if funnel is not None:
-                funnels[k] = funnel
 
         for name, how in searches:
             if how.get("shared"):
@@ -267,11 +265,12 @@ def _shortlist_ranks(
     limit: int,
     fine: _StoredHigh | None,
     **search: Any,
-) -> tuple[np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray]:
     """The funnel's coarse stage alone (``vec_low`` at ``limit=k``): first-relevant ranks in the shortlist.
 
     With ``fine``, also the ranks after re-ranking each shortlist by its exact ``vec_high`` score
-    and keeping ``limit``: the ``hier@k`` row from the same search (module docstring).
+    and keeping ``limit``: the ``hier@k`` row from the same search (module docstring); without,
+    those are all ``inf``.
     """
     modality, group_of = target
     coarse = np.full(len(queries), np.inf)
@@ -280,7 +279,7 @@ def _shortlist_ranks(
         coarse[q] = _first_rank(ids, group_of, query_groups[q])
         if fine is not None:
             funnel[q] = _first_rank(fine.rerank(ids, queries.high[q], limit), group_of, query_groups[q])
-    return coarse, funnel if fine is not None else None
+    return coarse, funnel
 
 
 class _StoredHigh:
