@@ -211,16 +211,16 @@ def _class_for(exc: BaseException) -> type[MilvusError]:
         return _GRPC_CLASSES[code]
     if code is None:
         return MilvusError
-    if code == _COLLECTION_NOT_FOUND_CODE:
-        return CollectionNotFoundError
-    if code in _UNAVAILABLE_CODES:
-        return MilvusUnavailableError
-    if code in _NOT_FOUND_CODES:
-        return NotFoundError
-    if code in _PERMISSION_CODES or getattr(exc, "compatible_code", None) == _LEGACY_PERMISSION_DENIED:
-        return PermissionDeniedError
-    if code in _INVALID_CODES or getattr(exc, "is_input_error", False):
-        return InvalidRequestError
+    # First match wins; the last two also take the older servers' and pymilvus' own markers.
+    for codes, cls, marked in (
+        ({_COLLECTION_NOT_FOUND_CODE}, CollectionNotFoundError, False),
+        (_UNAVAILABLE_CODES, MilvusUnavailableError, False),
+        (_NOT_FOUND_CODES, NotFoundError, False),
+        (_PERMISSION_CODES, PermissionDeniedError, getattr(exc, "compatible_code", None) == _LEGACY_PERMISSION_DENIED),
+        (_INVALID_CODES, InvalidRequestError, getattr(exc, "is_input_error", False)),
+    ):
+        if code in codes or marked:
+            return cls
     return MilvusError
 
 
