@@ -219,9 +219,15 @@ def _groups(modalities: list[str | None]) -> dict[str | None, list[int]]:
     return groups
 
 
-def _entity(hit: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
+def _hit(hit: Mapping[str, Any], fields: Sequence[str], **coarse: Any) -> dict[str, Any]:
+    """A result hit: the Milvus hit's id, fine ``distance``, ``coarse`` (``coarse_distance=``), entity ``fields``."""
     ent = hit.get("entity") or {}
-    return {f: ent[f] for f in fields if f in ent}
+    return {
+        "id": int(hit["id"]),
+        "distance": float(hit["distance"]),
+        **coarse,
+        "entity": {f: ent[f] for f in fields if f in ent},
+    }
 
 
 def _check_query_dims(col: SearchableCollection, low: np.ndarray, high: np.ndarray) -> None:
@@ -411,12 +417,7 @@ def _exact(
     )
     return [
         [
-            {
-                "id": int(h["id"]),
-                "distance": float(h["distance"]),
-                "coarse_distance": float(np.dot(np.asarray((h.get("entity") or {})["vec_low"], np.float32), low[q])),
-                "entity": _entity(h, fields),
-            }
+            _hit(h, fields, coarse_distance=float(np.dot(np.asarray(h["entity"]["vec_low"], np.float32), low[q])))
             for h in hits
         ]
         for q, hits in enumerate(per_query)
@@ -493,17 +494,7 @@ def _rerank_server(
             output_fields=fields,
             search_params=high_params,
         )
-        out.append(
-            [
-                {
-                    "id": int(h["id"]),
-                    "distance": float(h["distance"]),
-                    "coarse_distance": coarse_d.get(int(h["id"])),
-                    "entity": _entity(h, fields),
-                }
-                for h in res[0]
-            ]
-        )
+        out.append([_hit(h, fields, coarse_distance=coarse_d.get(int(h["id"]))) for h in res[0]])
     return out
 
 
@@ -562,10 +553,7 @@ def search(
         output_fields=fields,
         search_params=_merge_search_params(base, search_params),
     )
-    out = [
-        [{"id": int(h["id"]), "distance": float(h["distance"]), "entity": _entity(h, fields)} for h in hits]
-        for hits in per_query
-    ]
+    out = [[_hit(h, fields) for h in hits] for hits in per_query]
     t2 = time.perf_counter()
     return SearchResults(out, {"encode_s": t1 - t0, "search_s": t2 - t1, "total_s": t2 - t0})
 
