@@ -396,9 +396,7 @@ class HierarchicalCollection:
 
     def describe(self) -> dict[str, Any]:
         """Name, dims, profile, fingerprint, row count, indexes and raw Milvus description."""
-        indexes = {}
-        for index_name in self._client.list_indexes(self._name):
-            indexes[index_name] = dict(self._client.describe_index(self._name, index_name))
+        indexes = {i: dict(self._client.describe_index(self._name, i)) for i in self._client.list_indexes(self._name)}
         return {
             "name": self._name,
             "low_dim": self._low_dim,
