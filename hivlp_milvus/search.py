@@ -332,10 +332,8 @@ def hierarchical_search(
         fine_limit, fine_fields = fusion_limit, list(dict.fromkeys([*fields, *CONTENT_FIELDS]))
     col.profile.validate_limits(limit, coarse_limit)
     num_rows = col.approx_num_rows()
-    chosen_coarse = coarse_limit
-    if chosen_coarse is None:
-        chosen_coarse = col.profile.default_coarse_limit(fine_limit, num_rows=num_rows, lite=col.is_lite)
-    chosen_coarse = col.profile.validate_limits(fine_limit, chosen_coarse)
+    default_coarse = col.profile.default_coarse_limit(fine_limit, num_rows=num_rows, lite=col.is_lite)
+    chosen_coarse = col.profile.validate_limits(fine_limit, default_coarse if coarse_limit is None else coarse_limit)
     milvus = _Milvus(col, filter, filter_params, timeout=timeout, consistency_level=consistency_level)
     t0 = time.perf_counter()
     low, high, kinds = encode_queries(query, col.model)
@@ -459,11 +457,9 @@ def _rerank_client(
         scores = np.asarray([vecs[i] for i, _ in cand], dtype=np.float32) @ high[q]
         order = np.argsort(-scores, kind="stable")[:limit]
         ranked.append([(cand[j][0], float(scores[j]), cand[j][1]) for j in order])
-    entities: dict[int, dict[str, Any]] = {}
     final = sorted({i for hits in ranked for i, _, _ in hits})
-    if fields and final:
-        for r in milvus.get(final, list(fields)):
-            entities[int(r["id"])] = {f: r[f] for f in fields if f in r}
+    rows = milvus.get(final, list(fields)) if fields and final else []
+    entities = {int(r["id"]): {f: r[f] for f in fields if f in r} for r in rows}
     return [
         [{"id": i, "distance": s, "coarse_distance": c, "entity": entities.get(i, {})} for i, s, c in hits]
         for hits in ranked
