@@ -212,13 +212,6 @@ def _merge_search_params(base: dict[str, Any], override: Mapping[str, Any] | Non
     return {**base, **top, "params": {**(base.get("params") or {}), **(params or {})}}
 
 
-def _groups(modalities: list[str | None]) -> dict[str | None, list[int]]:
-    groups: dict[str | None, list[int]] = {}
-    for i, m in enumerate(modalities):
-        groups.setdefault(m, []).append(i)
-    return groups
-
-
 def _hit(hit: Mapping[str, Any], fields: Sequence[str], **coarse: Any) -> dict[str, Any]:
     """A result hit: the Milvus hit's id, fine ``distance``, ``coarse`` (``coarse_distance=``), entity ``fields``."""
     ent = hit.get("entity") or {}
@@ -427,7 +420,10 @@ def _search_partitions(
 ) -> list[list[dict[str, Any]]]:
     """One multi-query search per target modality (its partition), hits returned in query order."""
     per_query: list[list[dict[str, Any]]] = [[] for _ in modalities]
-    for target, idx in _groups(modalities).items():
+    groups: dict[str | None, list[int]] = {}  # the queries of each target partition
+    for i, m in enumerate(modalities):
+        groups.setdefault(m, []).append(i)
+    for target, idx in groups.items():
         res = milvus.search(vectors[idx], target, **search)
         for q, hits in zip(idx, res, strict=True):
             per_query[q] = hits
