@@ -287,12 +287,11 @@ class EvalTable:
         columns = [(f"{d}_R@{k}", f"{short} R@{k}") for d, short in _SHORT.items() for k in ks]
         header = ["level"] + [label for _, label in columns] + ["AR", "AR/high", "shortlist"]
         high_ar = self.rows.get("high", {}).get("AR")
-        lines = []
-        for name, row in self.rows.items():
-            cells = [name] + [_pct(row.get(key)) for key, _ in columns] + [_pct(row.get("AR"))]
-            cells.append(_pct(row["AR"] / high_ar) if high_ar and "AR" in row else "-")
-            cells.append(_pct(row.get("shortlist_recall")))
-            lines.append(cells)
+        lines = [
+            [name, *(_pct(row.get(key)) for key, _ in columns), _pct(row.get("AR"))]
+            + [_pct(row["AR"] / high_ar) if high_ar and "AR" in row else "-", _pct(row.get("shortlist_recall"))]
+            for name, row in self.rows.items()
+        ]
         widths = [max(len(str(c)) for c in col) for col in zip(header, *lines, strict=True)]
 
         def fmt(cells: list[str]) -> str:
