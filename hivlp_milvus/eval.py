@@ -163,7 +163,6 @@ def _direction_ranks(
 def _metrics(ranks: dict[str, np.ndarray], ks: Sequence[int]) -> dict[str, float]:
     """open_clip-style metrics from the rank arrays of both directions (0 = no relevant item)."""
     result: dict[str, float] = {}
-    recalls = []
     for direction in DIRECTIONS:
         r = ranks[direction]
         r = r[r > 0]
@@ -174,10 +173,9 @@ def _metrics(ranks: dict[str, np.ndarray], ks: Sequence[int]) -> dict[str, float
             )
         for k in ks:
             result[f"{direction}_R@{k}"] = float(np.mean(r <= k))
-            recalls.append(result[f"{direction}_R@{k}"])
         result[f"{direction}_mean_rank"] = float(np.mean(r))
         result[f"{direction}_median_rank"] = float(np.median(r))
-    result["AR"] = float(np.mean(recalls))
+    result["AR"] = float(np.mean([v for key, v in result.items() if "_R@" in key]))  # as eval_search's rows
     return result
 
 
