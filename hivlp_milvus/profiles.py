@@ -238,8 +238,7 @@ class IndexProfile:
         if self.low.build_params.get("nlist") != "auto":
             return self
         rows = expected_rows if expected_rows is not None else _data()["default_expected_rows"]
-        build = dict(self.low.build_params, nlist=nlist_for(rows))
-        return replace(self, low=replace(self.low, build_params=build))
+        return self.with_low_build_params({"nlist": nlist_for(rows)})
 
     def with_low_build_params(self, params: dict[str, Any]) -> IndexProfile:
         """A copy with ``vec_low`` build params overridden (e.g. the ones a collection was built with)."""
