@@ -168,11 +168,9 @@ def bind(
         return expr, values
     out, last = [], 0
     for start, end, name in found:
-        out.append(expr[last:start])
-        out.append(literal(values[name], name))
+        out += [expr[last:start], literal(values[name], name)]
         last = end
-    out.append(expr[last:])
-    return "".join(out), {}
+    return "".join([*out, expr[last:]]), {}
 
 
 def _field_expr(field: Any, allowed: set[str]) -> tuple[str, bool]:
