@@ -186,14 +186,10 @@ class HierarchicalCollection:
             ModelMismatchError: which of low_dim / high_dim / fingerprint differs, and what to do.
         """
         low, high = model_dims(model)
-        fp = model_fingerprint(model)
-        diffs = []
-        if low != self._low_dim:
-            diffs.append(f"low_dim: collection {self._low_dim}, model {low}")
-        if high != self._high_dim:
-            diffs.append(f"high_dim: collection {self._high_dim}, model {high}")
-        if self._fingerprint and fp != self._fingerprint:
-            diffs.append(f"fingerprint: collection {self._fingerprint!r}, model {fp!r}")
+        pairs = [("low_dim", self._low_dim, low), ("high_dim", self._high_dim, high)]
+        if self._fingerprint:
+            pairs.append(("fingerprint", repr(self._fingerprint), repr(model_fingerprint(model))))
+        diffs = [f"{label}: collection {mine}, model {theirs}" for label, mine, theirs in pairs if mine != theirs]
         if diffs:
             raise ModelMismatchError(
                 f"the model does not match collection {self._name!r} ({'; '.join(diffs)}). Either re-ingest the "
@@ -252,7 +248,7 @@ class HierarchicalCollection:
         return {int(r["id"]) for r in self.get(ids, output_fields=["id"])}
 
     def get(self, ids: Iterable[int], output_fields: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """Rows by primary key (missing ids are skipped).
+        """Rows by primary key (missing ids are skipped), in requests sized like :meth:`upsert`'s.
 
         Args:
             ids: primary keys.
@@ -263,10 +259,12 @@ class HierarchicalCollection:
         """
         ids = [int(i) for i in ids]
         fields = list(output_fields) if output_fields is not None else list(SCALAR_OUTPUT_FIELDS)
+        # Vectors make answers as large as writes: the same row budget keeps them under Milvus' limit.
+        step = min(_ID_CHUNK, self.max_rows_per_request)
         out: list[dict[str, Any]] = []
-        for start in range(0, len(ids), _ID_CHUNK):
+        for start in range(0, len(ids), step):
             out.extend(
-                dict(r) for r in self._client.get(self._name, ids=ids[start : start + _ID_CHUNK], output_fields=fields)
+                dict(r) for r in self._client.get(self._name, ids=ids[start : start + step], output_fields=fields)
             )
         return out
 
@@ -398,9 +396,7 @@ class HierarchicalCollection:
 
     def describe(self) -> dict[str, Any]:
         """Name, dims, profile, fingerprint, row count, indexes and raw Milvus description."""
-        indexes = {}
-        for index_name in self._client.list_indexes(self._name):
-            indexes[index_name] = dict(self._client.describe_index(self._name, index_name))
+        indexes = {i: dict(self._client.describe_index(self._name, i)) for i in self._client.list_indexes(self._name)}
         return {
             "name": self._name,
             "low_dim": self._low_dim,

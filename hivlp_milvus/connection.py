@@ -221,10 +221,8 @@ def redact_uri(uri: str) -> str:
     parsed = urlparse(str(uri))
     if parsed.username is None and parsed.password is None:
         return str(uri)
-    host = parsed.hostname or ""
-    if parsed.port is not None:
-        host = f"{host}:{parsed.port}"
-    return parsed._replace(netloc=f"***@{host}").geturl()
+    # Everything after the last "@" is host[:port] as written (an IPv6 host keeps its brackets).
+    return parsed._replace(netloc=f"***@{parsed.netloc.rpartition('@')[2]}").geturl()
 
 
 def is_lite(client: Any) -> bool:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import http.client
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -233,11 +232,9 @@ def _fetch(url: str, options: ContentOptions, deadline: float) -> bytes:
                 if time.monotonic() > deadline:
                     raise BadRecordError(f"image {url!r} took more than timeout_s={options.timeout_s} to download")
             return bytes(body)
-    except BadRecordError:
+    except BadRecordError:  # a ValueError, already saying what went wrong
         raise
-    except (TimeoutError, urllib.error.URLError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError and TimeoutError are OSErrors
         if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
             raise BadRecordError(f"image {url!r} took more than timeout_s={options.timeout_s} to download") from exc
-        raise BadRecordError(f"cannot download image {url!r}: {exc}") from exc
-    except (OSError, ValueError, http.client.HTTPException) as exc:
         raise BadRecordError(f"cannot download image {url!r}: {exc}") from exc

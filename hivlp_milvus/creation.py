@@ -361,11 +361,9 @@ def _partitions_when_complete(client: Any, name: str, wait_s: float = PARTIAL_CR
 
 def _recorded_profile(properties: Mapping[str, str]) -> IndexProfile:
     """The index profile a collection records, with the ``vec_low`` build params it was really built with."""
-    profile = load_profile(properties.get(PROP_PROFILE) or "lite")
     try:
-        built = json.loads(properties.get(PROP_LOW_INDEX) or "{}")
+        built = json.loads(properties.get(PROP_LOW_INDEX) or "{}") or {}
     except json.JSONDecodeError:
         built = {}
-    if built:
-        profile = profile.with_low_build_params(built)
-    return profile.with_expected_rows(None)
+    profile = load_profile(properties.get(PROP_PROFILE) or "lite")
+    return profile.with_low_build_params(built).with_expected_rows(None)

@@ -92,9 +92,7 @@ def inference_dtype(device: Any) -> Any:
     device = torch.device(device)
     if device.type != "cuda":
         return None
-    if torch.cuda.is_bf16_supported(including_emulation=False):
-        return torch.bfloat16
-    return torch.float16
+    return torch.bfloat16 if _native_bf16(device) else torch.float16
 
 
 def cpu_has_native_bf16() -> bool:

@@ -211,25 +211,17 @@ def _class_for(exc: BaseException) -> type[MilvusError]:
         return _GRPC_CLASSES[code]
     if code is None:
         return MilvusError
-    if code == _COLLECTION_NOT_FOUND_CODE:
-        return CollectionNotFoundError
-    if code in _UNAVAILABLE_CODES:
-        return MilvusUnavailableError
-    if code in _NOT_FOUND_CODES:
-        return NotFoundError
-    if code in _PERMISSION_CODES or getattr(exc, "compatible_code", None) == _LEGACY_PERMISSION_DENIED:
-        return PermissionDeniedError
-    if code in _INVALID_CODES or getattr(exc, "is_input_error", False):
-        return InvalidRequestError
+    # First match wins; the last two also take the older servers' and pymilvus' own markers.
+    for codes, cls, marked in (
+        ({_COLLECTION_NOT_FOUND_CODE}, CollectionNotFoundError, False),
+        (_UNAVAILABLE_CODES, MilvusUnavailableError, False),
+        (_NOT_FOUND_CODES, NotFoundError, False),
+        (_PERMISSION_CODES, PermissionDeniedError, getattr(exc, "compatible_code", None) == _LEGACY_PERMISSION_DENIED),
+        (_INVALID_CODES, InvalidRequestError, getattr(exc, "is_input_error", False)),
+    ):
+        if code in codes or marked:
+            return cls
     return MilvusError
-
-
-def is_milvus_exception(exc: BaseException) -> bool:
-    """Whether ``exc`` is an error of pymilvus or gRPC (what :func:`from_milvus` translates)."""
-    import grpc
-    from pymilvus.exceptions import MilvusException
-
-    return isinstance(exc, MilvusException | grpc.RpcError)
 
 
 def milvus_message(exc: BaseException) -> str:
@@ -303,7 +295,10 @@ def milvus_errors(what: str = "the Milvus call") -> Iterator[None]:
     except HiVLPError:
         raise
     except Exception as exc:
-        if not is_milvus_exception(exc):
+        import grpc
+        from pymilvus.exceptions import MilvusException
+
+        if not isinstance(exc, MilvusException | grpc.RpcError):  # what from_milvus translates
             raise
         logger.debug("%s failed in pymilvus", what, exc_info=exc)
         raise from_milvus(exc, what) from exc

@@ -163,7 +163,6 @@ def _direction_ranks(
 def _metrics(ranks: dict[str, np.ndarray], ks: Sequence[int]) -> dict[str, float]:
     """open_clip-style metrics from the rank arrays of both directions (0 = no relevant item)."""
     result: dict[str, float] = {}
-    recalls = []
     for direction in DIRECTIONS:
         r = ranks[direction]
         r = r[r > 0]
@@ -174,10 +173,9 @@ def _metrics(ranks: dict[str, np.ndarray], ks: Sequence[int]) -> dict[str, float
             )
         for k in ks:
             result[f"{direction}_R@{k}"] = float(np.mean(r <= k))
-            recalls.append(result[f"{direction}_R@{k}"])
         result[f"{direction}_mean_rank"] = float(np.mean(r))
         result[f"{direction}_median_rank"] = float(np.median(r))
-    result["AR"] = float(np.mean(recalls))
+    result["AR"] = float(np.mean([v for key, v in result.items() if "_R@" in key]))  # as eval_search's rows
     return result
 
 
@@ -190,21 +188,14 @@ def _ranks_both_ways(
     chunk_size: int,
 ) -> dict[str, dict[str, np.ndarray]]:
     """:func:`_direction_ranks` of both directions, keyed by direction (``(low, high)`` pairs in)."""
-    image_codes, text_codes, image_index, text_index = _prepare(image_groups, text_groups)
-    kw = {"coarse_ks": coarse_ks, "chunk_size": chunk_size}
-    return {
-        "image_to_text": _direction_ranks(images, texts, image_codes, text_index, **kw),
-        "text_to_image": _direction_ranks(texts, images, text_codes, image_index, **kw),
-    }
-
-
-def _prepare(
-    image_groups: Sequence[Any], text_groups: Sequence[Any]
-) -> tuple[np.ndarray, np.ndarray, _GroupIndex, _GroupIndex]:
-    table: dict[Any, int] = {}
+    table: dict[Any, int] = {}  # one integer code per relevance group, shared by both modalities
     image_codes = np.fromiter((table.setdefault(g, len(table)) for g in image_groups), dtype=np.int64)
     text_codes = np.fromiter((table.setdefault(g, len(table)) for g in text_groups), dtype=np.int64)
-    return image_codes, text_codes, _GroupIndex(image_codes, len(table)), _GroupIndex(text_codes, len(table))
+    kw = {"coarse_ks": coarse_ks, "chunk_size": chunk_size}
+    return {
+        "image_to_text": _direction_ranks(images, texts, image_codes, _GroupIndex(text_codes, len(table)), **kw),
+        "text_to_image": _direction_ranks(texts, images, text_codes, _GroupIndex(image_codes, len(table)), **kw),
+    }
 
 
 def _as_matrix(x: Any, name: str) -> np.ndarray:
@@ -269,64 +260,6 @@ def retrieval_metrics(
     return _metrics({d: r["low"] for d, r in ranks.items()}, ks)
 
 
-def _all_levels(
-    image: HierarchicalEmbedding,
-    text: HierarchicalEmbedding,
-    image_groups: Sequence[Any],
-    text_groups: Sequence[Any],
-    coarse_ks: Sequence[int],
-    ks: Sequence[int],
-    chunk_size: int,
-) -> dict[str, dict[str, float]]:
-    i_low, i_high = _as_matrix(image.low, "image.low"), _as_matrix(image.high, "image.high")
-    t_low, t_high = _as_matrix(text.low, "text.low"), _as_matrix(text.high, "text.high")
-    _check(len(i_low), len(t_low), image_groups, text_groups, ks, chunk_size)
-    if len(i_high) != len(i_low) or len(t_high) != len(t_low):
-        raise ValueError("low and high embeddings must have the same number of rows")
-    if not coarse_ks or min(coarse_ks) < 1:
-        raise ValueError(f"coarse_ks must be positive, got {tuple(coarse_ks)}")
-    ranks = _ranks_both_ways((i_low, i_high), (t_low, t_high), image_groups, text_groups, coarse_ks, chunk_size)
-    rows: dict[str, dict[str, float]] = {}
-    for level in ["low", "high"] + [f"hier@{k}" for k in coarse_ks]:
-        rows[level] = _metrics({d: ranks[d][level] for d in DIRECTIONS}, ks)
-    for k in coarse_ks:
-        row = rows[f"hier@{k}"]
-        for d in DIRECTIONS:
-            valid = ranks[d]["low"] > 0
-            row[f"{d}_shortlist_recall"] = float(np.mean(ranks[d][f"survived@{k}"][valid]))
-        row["shortlist_recall"] = (row["image_to_text_shortlist_recall"] + row["text_to_image_shortlist_recall"]) / 2
-    return rows
-
-
-def hierarchical_metrics(
-    image: HierarchicalEmbedding,
-    text: HierarchicalEmbedding,
-    image_groups: Sequence[Any],
-    text_groups: Sequence[Any],
-    *,
-    coarse_k: int,
-    ks: Sequence[int] = (1, 5, 10),
-    chunk_size: int = 1024,
-) -> dict[str, float]:
-    """Metrics of the coarse-to-fine funnel: shortlist ``coarse_k`` by low score, re-rank by high.
-
-    Args:
-        image: image embeddings (anything with ``.low`` and ``.high`` row-aligned arrays).
-        text: text embeddings.
-        image_groups: relevance group of each image (see :func:`retrieval_metrics`).
-        text_groups: relevance group of each text.
-        coarse_k: shortlist size of the coarse stage.
-        ks: the cut-offs of ``R@k``.
-        chunk_size: queries scored at once.
-
-    Returns:
-        The keys of :func:`retrieval_metrics` for the funnel's ranking, plus
-        ``{image_to_text,text_to_image}_shortlist_recall`` (fraction of queries whose first
-        relevant item survives the coarse stage) and ``shortlist_recall``, their mean.
-    """
-    return _all_levels(image, text, image_groups, text_groups, (coarse_k,), ks, chunk_size)[f"hier@{coarse_k}"]
-
-
 # --------------------------------------------------------------------------- the table
 
 
@@ -352,12 +285,11 @@ class EvalTable:
         columns = [(f"{d}_R@{k}", f"{short} R@{k}") for d, short in _SHORT.items() for k in ks]
         header = ["level"] + [label for _, label in columns] + ["AR", "AR/high", "shortlist"]
         high_ar = self.rows.get("high", {}).get("AR")
-        lines = []
-        for name, row in self.rows.items():
-            cells = [name] + [_pct(row.get(key)) for key, _ in columns] + [_pct(row.get("AR"))]
-            cells.append(_pct(row["AR"] / high_ar) if high_ar and "AR" in row else "-")
-            cells.append(_pct(row.get("shortlist_recall")))
-            lines.append(cells)
+        lines = [
+            [name, *(_pct(row.get(key)) for key, _ in columns), _pct(row.get("AR"))]
+            + [_pct(row["AR"] / high_ar) if high_ar and "AR" in row else "-", _pct(row.get("shortlist_recall"))]
+            for name, row in self.rows.items()
+        ]
         widths = [max(len(str(c)) for c in col) for col in zip(header, *lines, strict=True)]
 
         def fmt(cells: list[str]) -> str:
@@ -416,14 +348,33 @@ def evaluate_embeddings(
         chunk_size: queries scored at once.
 
     Returns:
-        An :class:`EvalTable` with rows ``low``, ``high``, ``hier@K``...
+        An :class:`EvalTable` with rows ``low``, ``high``, ``hier@K``... Each row has the keys of
+        :func:`retrieval_metrics` for its ranking; a ``hier@K`` row also has
+        ``{image_to_text,text_to_image}_shortlist_recall`` (fraction of queries whose first
+        relevant item survives the coarse stage) and ``shortlist_recall``, their mean.
     """
-    rows = _all_levels(image_emb, text_emb, image_groups, text_groups, tuple(coarse_ks), tuple(ks), chunk_size)
+    coarse_ks, ks = tuple(coarse_ks), tuple(ks)
+    i_low, i_high = _as_matrix(image_emb.low, "image.low"), _as_matrix(image_emb.high, "image.high")
+    t_low, t_high = _as_matrix(text_emb.low, "text.low"), _as_matrix(text_emb.high, "text.high")
+    _check(len(i_low), len(t_low), image_groups, text_groups, ks, chunk_size)
+    if len(i_high) != len(i_low) or len(t_high) != len(t_low):
+        raise ValueError("low and high embeddings must have the same number of rows")
+    if not coarse_ks or min(coarse_ks) < 1:
+        raise ValueError(f"coarse_ks must be positive, got {coarse_ks}")
+    ranks = _ranks_both_ways((i_low, i_high), (t_low, t_high), image_groups, text_groups, coarse_ks, chunk_size)
+    levels = ["low", "high"] + [f"hier@{k}" for k in coarse_ks]
+    rows = {level: _metrics({d: ranks[d][level] for d in DIRECTIONS}, ks) for level in levels}
+    for k in coarse_ks:
+        row = rows[f"hier@{k}"]
+        for d in DIRECTIONS:
+            valid = ranks[d]["low"] > 0
+            row[f"{d}_shortlist_recall"] = float(np.mean(ranks[d][f"survived@{k}"][valid]))
+        row["shortlist_recall"] = (row["image_to_text_shortlist_recall"] + row["text_to_image_shortlist_recall"]) / 2
     meta = {
         "n_images": len(image_groups),
         "n_texts": len(text_groups),
-        "low_dim": int(np.shape(image_emb.low)[1]),
-        "high_dim": int(np.shape(image_emb.high)[1]),
+        "low_dim": i_low.shape[1],
+        "high_dim": i_high.shape[1],
         "coarse_ks": list(coarse_ks),
         "ks": list(ks),
         "tie_rule": "pessimistic",

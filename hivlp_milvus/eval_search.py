@@ -16,8 +16,7 @@ same search parameters) gives both, and the fine stage re-ranks each shortlist b
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from functools import partial
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,33 +102,23 @@ def evaluate_collection(
     shortlist: dict[str, list[float]] = {f"hier@{k}": [] for k in coarse_ks}
     for direction, src, dst in _DIRECTIONS:
         _, query_emb, query_groups, raw = items[src]
-
-        target = (dst, items[dst][0], items[dst][2])
+        target = (dst, dict(zip(items[dst][0], items[dst][2].tolist(), strict=True)))
         common = {"rerank": rerank, "batch_size": batch_size, "bar": bar}
-        ranks = partial(_first_relevant_ranks, collection, query_emb, query_groups, target, **common)
         funnels: dict[int, np.ndarray] = {}
         for k in coarse_ks:
             fine = _StoredHigh(collection, items[dst]) if shared else None
-            coarse, funnel = _shortlist_ranks(
-                collection, query_emb, query_groups, target, k, limit, fine, batch_size=batch_size, bar=bar
-            )
+            coarse, funnels[k] = _shortlist_ranks(collection, query_emb, query_groups, target, k, limit, fine, **common)
             shortlist[f"hier@{k}"].append(float(np.mean(coarse <= k)))
-            if funnel is not None:
-                funnels[k] = funnel
 
         for name, how in searches:
             if how.get("shared"):
                 firsts = funnels[how["coarse_limit"]]
-            elif "queries" in how:  # a subset row: the first N queries of this direction
-                n = how["queries"]
+            else:
+                n = how.get("queries")  # a subset row: the first N queries of this direction (None: all)
                 how = {**how, "raw": raw[:n], "content": content, "stats": rows[name]}
                 firsts = _first_relevant_ranks(
                     collection, query_emb[:n], query_groups[:n], target, limit, how, **common
                 )
-            else:
-                if "fusion_limit" in how:
-                    how = {**how, "raw": raw, "content": content, "stats": rows[name]}
-                firsts = ranks(limit, how)
             for k in ks:
                 rows[name][f"{direction}_R@{k}"] = float(np.mean(firsts <= k))
     bar.close()
@@ -201,13 +190,8 @@ def _stored_items(
     out = {}
     for modality, pairs in keyed.items():
         wanted = dict(pairs)
-        fetched: dict[int, dict[str, Any]] = {}
-        ids = list(wanted)
-        step = max(1, collection.max_rows_per_request)
-        for start in range(0, len(ids), step):
-            for row in collection.get(ids[start : start + step], output_fields=["vec_low", "vec_high"]):
-                fetched[int(row["id"])] = row
-        present = [i for i in ids if i in fetched]  # rows that failed ingest are not queries
+        fetched = {int(row["id"]): row for row in collection.get(wanted, output_fields=["vec_low", "vec_high"])}
+        present = [i for i in wanted if i in fetched]  # rows that failed ingest are not queries
         low = np.asarray([fetched[i]["vec_low"] for i in present], dtype=np.float32)
         high = np.asarray([fetched[i]["vec_high"] for i in present], dtype=np.float32)
         groups = np.asarray([wanted[i] for i in present], dtype=np.int64)
@@ -215,28 +199,23 @@ def _stored_items(
     return out
 
 
-def _first_relevant_ranks(
+def _hit_ids(
     collection: HierarchicalCollection,
     queries: HierarchicalEmbedding,
-    query_groups: np.ndarray,
-    target: tuple[str, list[int], np.ndarray],
+    modality: str,
     limit: int,
     how: dict[str, Any],
     *,
     rerank: str,
     batch_size: int,
     bar: Any,
-) -> np.ndarray:
-    """1-based rank of the first relevant hit per query; ``inf`` when none is in the top ``limit``.
+) -> Iterator[tuple[int, list[int]]]:
+    """``(query index, hit ids best first)`` of every query, searched ``batch_size`` queries at a time.
 
-    ``target`` is (modality, row ids, their groups); ``how`` is ``{"level": ...}`` for a
-    single-stage search, ``{"coarse_limit": K}`` for the funnel, or that plus ``fusion_limit``,
-    ``raw`` (the raw queries), ``content`` and ``stats`` (a row that gains the skipped candidates
-    and the search time) for three stages.
+    ``how`` is ``{"level": ...}`` for a single-stage search, ``{"coarse_limit": K}`` for the funnel,
+    or that plus ``fusion_limit``, ``raw`` (the raw queries), ``content`` and ``stats`` (a row that
+    gains the skipped candidates and the search time) for three stages.
     """
-    modality, target_ids, target_groups = target
-    group_of = dict(zip(target_ids, target_groups.tolist(), strict=True))
-    ranks = np.full(len(queries), np.inf)
     common = {"limit": limit, "modality": modality, "output_fields": []}
     for start in range(0, len(queries), batch_size):
         batch = queries[start : start + batch_size]
@@ -248,10 +227,27 @@ def _first_relevant_ranks(
             cut = how["coarse_limit"]
             hits = collection.hierarchical_search(batch, coarse_limit=cut, rerank=rerank, **common)
         for offset, query_hits in enumerate(hits):
-            ranks[start + offset] = _first_rank(
-                [int(h["id"]) for h in query_hits], group_of, query_groups[start + offset]
-            )
+            yield start + offset, [int(h["id"]) for h in query_hits]
         bar.update(1)
+
+
+def _first_relevant_ranks(
+    collection: HierarchicalCollection,
+    queries: HierarchicalEmbedding,
+    query_groups: np.ndarray,
+    target: tuple[str, dict[int, int]],
+    limit: int,
+    how: dict[str, Any],
+    **search: Any,
+) -> np.ndarray:
+    """1-based rank of the first relevant hit per query; ``inf`` when none is in the top ``limit``.
+
+    ``target`` is (modality, the group of each of its row ids); ``how`` and ``search`` as in :func:`_hit_ids`.
+    """
+    modality, group_of = target
+    ranks = np.full(len(queries), np.inf)
+    for q, ids in _hit_ids(collection, queries, modality, limit, how, **search):
+        ranks[q] = _first_rank(ids, group_of, query_groups[q])
     return ranks
 
 
@@ -264,33 +260,26 @@ def _shortlist_ranks(
     collection: HierarchicalCollection,
     queries: HierarchicalEmbedding,
     query_groups: np.ndarray,
-    target: tuple[str, list[int], np.ndarray],
+    target: tuple[str, dict[int, int]],
     k: int,
     limit: int,
     fine: _StoredHigh | None,
-    *,
-    batch_size: int,
-    bar: Any,
-) -> tuple[np.ndarray, np.ndarray | None]:
+    **search: Any,
+) -> tuple[np.ndarray, np.ndarray]:
     """The funnel's coarse stage alone (``vec_low`` at ``limit=k``): first-relevant ranks in the shortlist.
 
     With ``fine``, also the ranks after re-ranking each shortlist by its exact ``vec_high`` score
-    and keeping ``limit``: the ``hier@k`` row from the same search (module docstring).
+    and keeping ``limit``: the ``hier@k`` row from the same search (module docstring); without,
+    those are all ``inf``.
     """
-    modality, target_ids, target_groups = target
-    group_of = dict(zip(target_ids, target_groups.tolist(), strict=True))
+    modality, group_of = target
     coarse = np.full(len(queries), np.inf)
     funnel = np.full(len(queries), np.inf)
-    for start in range(0, len(queries), batch_size):
-        batch = queries[start : start + batch_size]
-        hits = collection.search(batch, level="low", limit=k, modality=modality, output_fields=[])
-        for offset, query_hits in enumerate(hits):
-            q, ids = start + offset, [int(h["id"]) for h in query_hits]
-            coarse[q] = _first_rank(ids, group_of, query_groups[q])
-            if fine is not None:
-                funnel[q] = _first_rank(fine.rerank(ids, batch.high[offset], limit), group_of, query_groups[q])
-        bar.update(1)
-    return coarse, funnel if fine is not None else None
+    for q, ids in _hit_ids(collection, queries, modality, k, {"level": "low"}, **search):
+        coarse[q] = _first_rank(ids, group_of, query_groups[q])
+        if fine is not None:
+            funnel[q] = _first_rank(fine.rerank(ids, queries.high[q], limit), group_of, query_groups[q])
+    return coarse, funnel
 
 
 class _StoredHigh:
@@ -303,20 +292,15 @@ class _StoredHigh:
 
     def rerank(self, shortlist: list[int], query_high: np.ndarray, limit: int) -> list[int]:
         """The ``shortlist`` (coarse order) by exact ``vec_high`` score, best first, at most ``limit`` ids."""
-        self._fetch([i for i in shortlist if i not in self._vecs])
+        # Rows of the collection outside the evaluated records can be coarse hits too.
+        for row in self._collection.get([i for i in shortlist if i not in self._vecs], output_fields=["vec_high"]):
+            self._vecs[int(row["id"])] = np.asarray(row["vec_high"], dtype=np.float32)
         # As in the client re-rank: a row deleted between the two stages drops out.
         cand = [i for i in shortlist if i in self._vecs]
         if not cand:
             return []
         scores = np.asarray([self._vecs[i] for i in cand], dtype=np.float32) @ query_high
         return [cand[j] for j in np.argsort(-scores, kind="stable")[:limit]]
-
-    def _fetch(self, ids: list[int]) -> None:
-        """Rows of the collection outside the evaluated records can be coarse hits too."""
-        step = max(1, self._collection.max_rows_per_request)
-        for start in range(0, len(ids), step):
-            for row in self._collection.get(ids[start : start + step], output_fields=["vec_high"]):
-                self._vecs[int(row["id"])] = np.asarray(row["vec_high"], dtype=np.float32)
 
 
 def _fusion_batch(

@@ -124,11 +124,6 @@ def _scan(expr: str) -> list[tuple[int, int, str]]:
     return found
 
 
-def placeholders(expr: str) -> list[str]:
-    """The placeholder names used in ``expr`` (outside string literals), in order of appearance."""
-    return [name for _, _, name in _scan(expr)]
-
-
 def bind(
     expr: str | None,
     params: Mapping[str, Any] | None = None,
@@ -173,34 +168,9 @@ def bind(
         return expr, values
     out, last = [], 0
     for start, end, name in found:
-        out.append(expr[last:start])
-        out.append(literal(values[name], name))
+        out += [expr[last:start], literal(values[name], name)]
         last = end
-    out.append(expr[last:])
-    return "".join(out), {}
-
-
-def and_filters(a: str | None, b: str | None) -> str:
-    """``(a) and (b)``, or whichever is non-empty (``""`` when both are empty)."""
-    parts = [p.strip() for p in (a, b) if p and p.strip()]
-    if len(parts) < 2:
-        return parts[0] if parts else ""
-    return " and ".join(f"({p})" for p in parts)
-
-
-def merge_params(*params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Union of several ``filter_params`` dicts.
-
-    Raises:
-        FilterError: the same name is given two different values.
-    """
-    merged: dict[str, Any] = {}
-    for p in params:
-        for k, v in (p or {}).items():
-            if k in merged and merged[k] != v:
-                raise FilterError(f"filter parameter {k!r} given twice with different values")
-            merged[k] = v
-    return merged
+    return "".join([*out, expr[last:]]), {}
 
 
 def _field_expr(field: Any, allowed: set[str]) -> tuple[str, bool]:
@@ -293,13 +263,14 @@ def restrict_to_ids(
     """``(expr) and id in {ids}``: a filter narrowed to a list of primary keys (a shortlist, a delete).
 
     The ids travel as the reserved parameter ``hivlp_ids``; bind the result with
-    ``reserved_ok=True``.
+    ``reserved_ok=True``. ``params`` are the user's, already checked by :func:`bind` (no reserved
+    name), so the ids' parameter cannot collide with one of them.
 
     Returns:
         ``(expression, filter_params)``, not yet bound.
     """
-    id_list = [int(i) for i in ids]
-    return and_filters(f"id in {{{ID_PARAM}}}", expr), merge_params(params, {ID_PARAM: id_list})
+    by_id, expr = f"id in {{{ID_PARAM}}}", (expr or "").strip()
+    return (f"({by_id}) and ({expr})" if expr else by_id), {**(params or {}), ID_PARAM: [int(i) for i in ids]}
 
 
 def filter_kwargs(expr: str, params: Mapping[str, Any] | None) -> dict[str, Any]:

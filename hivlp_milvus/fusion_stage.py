@@ -24,16 +24,12 @@ import numpy as np
 
 from hivlp_milvus.content import ContentOptions, row_contents
 from hivlp_milvus.errors import BadRecordError, ConfigError, QueryError, SearchLimitError
+from hivlp_milvus.queries import is_embedding, query_items
 
-__all__ = ["CONTENT_FIELDS", "check_fusion", "fusion_rerank", "mixed_score", "query_items", "read_candidates"]
+__all__ = ["CONTENT_FIELDS", "check_fusion", "fusion_rerank", "mixed_score", "read_candidates"]
 
 #: The fields the fusion stage reads from each candidate row.
 CONTENT_FIELDS = ("modality", "reference")
-
-
-def query_items(query: Any) -> list[Any]:
-    """The queries of a search: a list or tuple of queries, or one query."""
-    return list(query) if isinstance(query, list | tuple) else [query]
 
 
 def check_fusion(model: Any, fusion_limit: Any, limit: int, query: Any) -> None:
@@ -61,8 +57,7 @@ def check_fusion(model: Any, fusion_limit: Any, limit: int, query: Any) -> None:
             f"fusion_limit must be an int >= limit={limit} (the fusion stage re-scores the fine stage's top "
             f"fusion_limit and returns the first limit), got {fusion_limit!r}"
         )
-    # Duck-typed like search.encode_queries: an embedding has both levels and is no str/bytes.
-    if any(hasattr(q, "low") and hasattr(q, "high") and not isinstance(q, str | bytes) for q in query_items(query)):
+    if any(is_embedding(q) for q in query_items(query)):
         raise QueryError(
             "the fusion stage scores the query's own text or image against each candidate, so it cannot run on "
             "an embedding query; search with the text or image, or without fusion_limit"

@@ -238,8 +238,7 @@ class IndexProfile:
         if self.low.build_params.get("nlist") != "auto":
             return self
         rows = expected_rows if expected_rows is not None else _data()["default_expected_rows"]
-        build = dict(self.low.build_params, nlist=nlist_for(rows))
-        return replace(self, low=replace(self.low, build_params=build))
+        return self.with_low_build_params({"nlist": nlist_for(rows)})
 
     def with_low_build_params(self, params: dict[str, Any]) -> IndexProfile:
         """A copy with ``vec_low`` build params overridden (e.g. the ones a collection was built with)."""
@@ -283,16 +282,12 @@ class IndexProfile:
         """
         params = dict(self.low.search_params)
         fraction = float(params.pop("nprobe_fraction", 0.0) or 0.0)
-        if self.low.is_ivf and "nprobe" in params:
-            nlist = self.low.nlist
-            nprobe = int(params["nprobe"])
-            if nlist and fraction:
-                nprobe = max(nprobe, math.ceil(fraction * nlist))
-            if nlist and num_rows:
-                nprobe = max(nprobe, math.ceil(_NPROBE_OVERSAMPLE * limit * nlist / max(num_rows, 1)))
-            if nlist:
-                nprobe = min(nprobe, nlist)
-            params["nprobe"] = nprobe
+        nlist = self.low.nlist
+        if self.low.is_ivf and "nprobe" in params and nlist:
+            wanted = [int(params["nprobe"]), math.ceil(fraction * nlist)]
+            if num_rows:
+                wanted.append(math.ceil(_NPROBE_OVERSAMPLE * limit * nlist / num_rows))
+            params["nprobe"] = min(max(wanted), nlist)
         if self.low.index_type == "HNSW":
             params["ef"] = max(int(params.get("ef", limit)), limit)
         if self.low.index_type == "GPU_CAGRA":
@@ -371,15 +366,6 @@ def _bigger_cap_hint(profile: IndexProfile) -> str:
     return f"Milvus' maximum is {MILVUS_MAX_TOPK}"
 
 
-def validate_limits(limit: int, coarse_limit: int | None = None, profile: IndexProfile | None = None) -> int:
-    """Module-level form of :meth:`IndexProfile.validate_limits` (default profile: ``lite``).
-
-    Raises:
-        SearchLimitError: see :meth:`IndexProfile.validate_limits`.
-    """
-    return (profile or load_profile("lite")).validate_limits(limit, coarse_limit)
-
-
 @lru_cache(maxsize=1)
 def _data() -> dict[str, Any]:
     text = resources.files("schemas").joinpath("profiles.yaml").read_text(encoding="utf-8")
@@ -394,11 +380,6 @@ def _spec(raw: dict[str, Any], default_topk: int) -> IndexSpec:
         max_topk=int(raw.get("max_topk", default_topk)),
         mmap=bool(raw.get("mmap", False)),
     )
-
-
-def profile_names() -> list[str]:
-    """The profile names in ``schemas/profiles.yaml``."""
-    return list(_data()["profiles"])
 
 
 def profile_variants(name: str) -> list[str]:

@@ -26,9 +26,14 @@ def _is_image(x: Any) -> bool:
     return isinstance(x, Image.Image)
 
 
-def _is_embedding(x: Any) -> bool:
-    # Duck-typed so searching never imports the model package (torch, timm, transformers).
+def is_embedding(x: Any) -> bool:
+    """Whether a query is an embedding: it has both levels and is no str/bytes (duck-typed, see above)."""
     return hasattr(x, "low") and hasattr(x, "high") and not isinstance(x, str | bytes)
+
+
+def query_items(query: Any) -> list[Any]:
+    """The queries of a search: a list or tuple of queries, or one query."""
+    return list(query) if isinstance(query, list | tuple) else [query]
 
 
 def _as_2d(x: Any) -> np.ndarray:
@@ -44,12 +49,12 @@ def encode_queries(query: Any, model: Any) -> tuple[np.ndarray, np.ndarray, list
     Raises:
         QueryError: unsupported query type, an empty list, or a str/image query without a model.
     """
-    items = list(query) if isinstance(query, list | tuple) else [query]
+    items = query_items(query)
     if not items:
         raise QueryError("the query list is empty")
     parts: list[tuple[str, Any]] = []
     for i, item in enumerate(items):
-        if _is_embedding(item):
+        if is_embedding(item):
             parts.append(("embedding", item))
         elif isinstance(item, str):
             parts.append(("text", item))
@@ -87,11 +92,6 @@ def encode_queries(query: Any, model: Any) -> tuple[np.ndarray, np.ndarray, list
     return low, high, [k for ks in kinds for k in ks]
 
 
-def _default_modality(kind: str) -> str | None:
-    # Cross-modal retrieval: text finds images, an image finds captions; an embedding searches all.
-    return {"text": "image", "image": "text"}.get(kind)
-
-
 def resolve_modality(modality: str | None, kinds: list[str]) -> list[str | None]:
     """The partition each query row searches: ``modality`` as given, or the cross-modal default per kind.
 
@@ -99,7 +99,8 @@ def resolve_modality(modality: str | None, kinds: list[str]) -> list[str | None]
         QueryError: ``modality`` is not ``"image"``, ``"text"``, ``"all"`` or ``None``.
     """
     if modality is None:
-        return [_default_modality(k) for k in kinds]
+        # Cross-modal retrieval: text finds images, an image finds captions; an embedding searches all.
+        return [{"text": "image", "image": "text"}.get(k) for k in kinds]
     if modality in ("all", "any", "*"):
         return [None] * len(kinds)
     if modality not in MODALITIES:
@@ -107,4 +108,4 @@ def resolve_modality(modality: str | None, kinds: list[str]) -> list[str | None]
     return [modality] * len(kinds)
 
 
-__all__ = ["encode_queries", "resolve_modality"]
+__all__ = ["encode_queries", "is_embedding", "query_items", "resolve_modality"]

@@ -65,11 +65,7 @@ def build_schema(low_dim: int, high_dim: int, *, description: str = "", mmap_hig
     )
     dims = {"low_dim": low_dim, "high_dim": high_dim}
     for f in spec["fields"]:
-        kw: dict[str, Any] = {}
-        if f.get("is_primary"):
-            kw["is_primary"] = True
-        if "max_length" in f:
-            kw["max_length"] = int(f["max_length"])
+        kw: dict[str, Any] = {key: f[key] for key in ("is_primary", "max_length") if key in f}
         if "dim" in f:
             kw["dim"] = dims[f["dim"]] if isinstance(f["dim"], str) else int(f["dim"])
         if f["name"] == "vec_high" and mmap_high:
@@ -163,15 +159,13 @@ def validate_rows(
         if not isinstance(row, Mapping):
             raise BadRecordError(f"row {i} is a {type(row).__name__}, expected a dict with fields {sorted(expected)}")
         keys = set(row)
+        if keys == expected - {"attributes"}:  # attributes are optional
+            row, keys = {**row, "attributes": {}}, expected
         if keys != expected:
-            if keys == expected - {"attributes"} or row.get("attributes", {}) is None:
-                row = {**row, "attributes": {}}
-                keys = set(row)
-            if keys != expected:
-                raise BadRecordError(
-                    f"row {i} (id={row.get('id')!r}): missing fields {sorted(expected - keys)}, "
-                    f"unknown fields {sorted(keys - expected)}; rows have exactly {sorted(expected)}"
-                )
+            raise BadRecordError(
+                f"row {i} (id={row.get('id')!r}): missing fields {sorted(expected - keys)}, "
+                f"unknown fields {sorted(keys - expected)}; rows have exactly {sorted(expected)}"
+            )
         rid = row["id"]
         if isinstance(rid, bool) or not isinstance(rid, int | np.integer) or not 0 <= int(rid) < 2**63:
             raise BadRecordError(f"row {i}: id must be a non-negative INT64 (ids.row_id(key, modality)), got {rid!r}")

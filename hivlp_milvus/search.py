@@ -56,8 +56,8 @@ from hivlp_milvus.connection import call_options, guarded
 from hivlp_milvus.content import ContentOptions
 from hivlp_milvus.errors import DimensionMismatchError, FilterError, QueryError, SearchLimitError
 from hivlp_milvus.filters import bind, filter_errors, filter_kwargs, restrict_to_ids
-from hivlp_milvus.fusion_stage import CONTENT_FIELDS, check_fusion, fusion_rerank, query_items
-from hivlp_milvus.queries import encode_queries, resolve_modality
+from hivlp_milvus.fusion_stage import CONTENT_FIELDS, check_fusion, fusion_rerank
+from hivlp_milvus.queries import encode_queries, query_items, resolve_modality
 
 if TYPE_CHECKING:
     from hivlp_milvus.profiles import IndexProfile
@@ -110,16 +110,6 @@ RERANK_MODES = ("auto", "client", "server")
 PLANS = ("auto", "exact", "hierarchical")
 LEVELS = ("low", "high")
 DEFAULT_OUTPUT_FIELDS = ("key", "modality", "reference", "attributes")
-
-
-def auto_rerank(user_filter: str | None, *, lite: bool = True) -> str:
-    """The re-rank path ``"auto"`` uses: the one measured faster on the engine (module docstring).
-
-    Args:
-        user_filter: the search's filter (kept so the rule can depend on it per deployment).
-        lite: whether the collection lives in Milvus Lite: client there, server elsewhere.
-    """
-    return "client" if lite else "server"
 
 
 class SearchResults(list):
@@ -215,31 +205,22 @@ class _Milvus:
 
 
 def _merge_search_params(base: dict[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:
-    if not override:
-        return base
-    if "params" not in override and set(override) - {"metric_type"}:
-        # Accept the flat form {"nprobe": 64} as well as {"params": {"nprobe": 64}}.
-        override = {"params": {k: v for k, v in override.items() if k != "metric_type"}} | (
-            {"metric_type": override["metric_type"]} if "metric_type" in override else {}
-        )
-    out = dict(base)
-    inner = dict(base.get("params") or {})
-    inner.update(override.get("params") or {})
-    out.update({k: v for k, v in override.items() if k != "params"})
-    out["params"] = inner
-    return out
+    """``base`` with ``override`` laid over it, ``params`` merged key by key."""
+    top = dict(override or {})
+    # Accept the flat form {"nprobe": 64} as well as {"params": {"nprobe": 64}}.
+    params = top.pop("params") if "params" in top else {k: top.pop(k) for k in list(top) if k != "metric_type"}
+    return {**base, **top, "params": {**(base.get("params") or {}), **(params or {})}}
 
 
-def _groups(modalities: list[str | None]) -> dict[str | None, list[int]]:
-    groups: dict[str | None, list[int]] = {}
-    for i, m in enumerate(modalities):
-        groups.setdefault(m, []).append(i)
-    return groups
-
-
-def _entity(hit: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
+def _hit(hit: Mapping[str, Any], fields: Sequence[str], **coarse: Any) -> dict[str, Any]:
+    """A result hit: the Milvus hit's id, fine ``distance``, ``coarse`` (``coarse_distance=``), entity ``fields``."""
     ent = hit.get("entity") or {}
-    return {f: ent[f] for f in fields if f in ent}
+    return {
+        "id": int(hit["id"]),
+        "distance": float(hit["distance"]),
+        **coarse,
+        "entity": {f: ent[f] for f in fields if f in ent},
+    }
 
 
 def _check_query_dims(col: SearchableCollection, low: np.ndarray, high: np.ndarray) -> None:
@@ -334,7 +315,8 @@ def hierarchical_search(
         raise QueryError(f"rerank must be one of {RERANK_MODES}, got {rerank!r}")
     if plan not in PLANS:
         raise QueryError(f"plan must be one of {PLANS}, got {plan!r}")
-    mode = auto_rerank(filter, lite=col.is_lite) if rerank == "auto" else rerank
+    if rerank == "auto":  # the path measured faster on the engine (module docstring)
+        rerank = "client" if col.is_lite else "server"
     fields = list(DEFAULT_OUTPUT_FIELDS if output_fields is None else output_fields)
     fine_limit, fine_fields = limit, fields
     if fusion_limit is not None:
@@ -343,10 +325,8 @@ def hierarchical_search(
         fine_limit, fine_fields = fusion_limit, list(dict.fromkeys([*fields, *CONTENT_FIELDS]))
     col.profile.validate_limits(limit, coarse_limit)
     num_rows = col.approx_num_rows()
-    chosen_coarse = coarse_limit
-    if chosen_coarse is None:
-        chosen_coarse = col.profile.default_coarse_limit(fine_limit, num_rows=num_rows, lite=col.is_lite)
-    chosen_coarse = col.profile.validate_limits(fine_limit, chosen_coarse)
+    default_coarse = col.profile.default_coarse_limit(fine_limit, num_rows=num_rows, lite=col.is_lite)
+    chosen_coarse = col.profile.validate_limits(fine_limit, default_coarse if coarse_limit is None else coarse_limit)
     milvus = _Milvus(col, filter, filter_params, timeout=timeout, consistency_level=consistency_level)
     t0 = time.perf_counter()
     low, high, kinds = encode_queries(query, col.model)
@@ -375,7 +355,7 @@ def hierarchical_search(
         )
         coarse = [[(int(h["id"]), float(h["distance"])) for h in hits] for hits in per_query]
         t2 = time.perf_counter()
-        if mode == "client":
+        if rerank == "client":
             hits = _rerank_client(milvus, high, coarse, fine_limit, fine_fields)
         else:
             hits = _rerank_server(milvus, high, coarse, modalities, fine_limit, fine_fields)
@@ -383,14 +363,14 @@ def hierarchical_search(
     timings = {"encode_s": t1 - t0, "coarse_s": t2 - t1, "fine_s": t3 - t2}
     info = {"plan": chosen_plan, "coarse_limit": chosen_coarse}
     if fusion_limit is None:
-        return SearchResults(hits, timings | {"total_s": t3 - t0}, rerank=mode, **info)
+        return SearchResults(hits, timings | {"total_s": t3 - t0}, rerank=rerank, **info)
     hits, skipped = fusion_rerank(col.model, query_items(query), kinds, hits, limit, content)
     for hit in (h for per_query in hits for h in per_query):
         hit["entity"] = {f: v for f, v in hit["entity"].items() if f in fields}
     t4 = time.perf_counter()
     timings |= {"fusion_s": t4 - t3, "total_s": t4 - t0}
     info["plan"] += "+fusion"
-    return SearchResults(hits, timings, rerank=mode, fusion_skipped=skipped, **info)
+    return SearchResults(hits, timings, rerank=rerank, fusion_skipped=skipped, **info)
 
 
 def _choose_plan(
@@ -428,12 +408,7 @@ def _exact(
     )
     return [
         [
-            {
-                "id": int(h["id"]),
-                "distance": float(h["distance"]),
-                "coarse_distance": float(np.dot(np.asarray((h.get("entity") or {})["vec_low"], np.float32), low[q])),
-                "entity": _entity(h, fields),
-            }
+            _hit(h, fields, coarse_distance=float(np.dot(np.asarray(h["entity"]["vec_low"], np.float32), low[q])))
             for h in hits
         ]
         for q, hits in enumerate(per_query)
@@ -445,7 +420,10 @@ def _search_partitions(
 ) -> list[list[dict[str, Any]]]:
     """One multi-query search per target modality (its partition), hits returned in query order."""
     per_query: list[list[dict[str, Any]]] = [[] for _ in modalities]
-    for target, idx in _groups(modalities).items():
+    groups: dict[str | None, list[int]] = {}  # the queries of each target partition
+    for i, m in enumerate(modalities):
+        groups.setdefault(m, []).append(i)
+    for target, idx in groups.items():
         res = milvus.search(vectors[idx], target, **search)
         for q, hits in zip(idx, res, strict=True):
             per_query[q] = hits
@@ -475,11 +453,9 @@ def _rerank_client(
         scores = np.asarray([vecs[i] for i, _ in cand], dtype=np.float32) @ high[q]
         order = np.argsort(-scores, kind="stable")[:limit]
         ranked.append([(cand[j][0], float(scores[j]), cand[j][1]) for j in order])
-    entities: dict[int, dict[str, Any]] = {}
     final = sorted({i for hits in ranked for i, _, _ in hits})
-    if fields and final:
-        for r in milvus.get(final, list(fields)):
-            entities[int(r["id"])] = {f: r[f] for f in fields if f in r}
+    rows = milvus.get(final, list(fields)) if fields and final else []
+    entities = {int(r["id"]): {f: r[f] for f in fields if f in r} for r in rows}
     return [
         [{"id": i, "distance": s, "coarse_distance": c, "entity": entities.get(i, {})} for i, s, c in hits]
         for hits in ranked
@@ -510,17 +486,7 @@ def _rerank_server(
             output_fields=fields,
             search_params=high_params,
         )
-        out.append(
-            [
-                {
-                    "id": int(h["id"]),
-                    "distance": float(h["distance"]),
-                    "coarse_distance": coarse_d.get(int(h["id"])),
-                    "entity": _entity(h, fields),
-                }
-                for h in res[0]
-            ]
-        )
+        out.append([_hit(h, fields, coarse_distance=coarse_d.get(int(h["id"]))) for h in res[0]])
     return out
 
 
@@ -579,10 +545,7 @@ def search(
         output_fields=fields,
         search_params=_merge_search_params(base, search_params),
     )
-    out = [
-        [{"id": int(h["id"]), "distance": float(h["distance"]), "entity": _entity(h, fields)} for h in hits]
-        for hits in per_query
-    ]
+    out = [[_hit(h, fields) for h in hits] for hits in per_query]
     t2 = time.perf_counter()
     return SearchResults(out, {"encode_s": t1 - t0, "search_s": t2 - t1, "total_s": t2 - t0})
 

@@ -20,6 +20,7 @@ server code paths run against a real engine on a machine without Docker:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
@@ -61,7 +62,7 @@ class ServerLikeClient:
         refuse_gpu: ``None``, ``"always"`` or ``"build"`` (see the module docstring).
     """
 
-    FILTERED = ("search", "query", "delete")
+    FILTERED = ("search", "query", "delete")  # the calls whose filter is rendered and recorded
 
     def __init__(self, client: Any, *, refuse_gpu: str | None = None) -> None:
         if refuse_gpu not in (None, "always", "build"):
@@ -93,15 +94,8 @@ class ServerLikeClient:
             kwargs["filter"] = render_template(expr, params)
         return getattr(self.real, method)(*args, **kwargs)
 
-    def search(self, *args: Any, **kwargs: Any) -> Any:
-        return self._filtered("search", *args, **kwargs)
-
-    def query(self, *args: Any, **kwargs: Any) -> Any:
-        return self._filtered("query", *args, **kwargs)
-
-    def delete(self, *args: Any, **kwargs: Any) -> Any:
-        return self._filtered("delete", *args, **kwargs)
-
     def __getattr__(self, name: str) -> Any:
+        if name in self.FILTERED:
+            return functools.partial(self._filtered, name)
         # Everything else is the real client's (create/drop/get/upsert/flush/describe/...).
         return getattr(self.real, name)

@@ -12,8 +12,3 @@ from milvus_server import MilvusEndpoint, milvus_endpoint
 def milvus_server() -> Iterator[MilvusEndpoint]:
     with milvus_endpoint() as endpoint:
         yield endpoint
-
-
-@pytest.fixture
-def milvus_uri(milvus_server: MilvusEndpoint) -> str:
-    return milvus_server.uri

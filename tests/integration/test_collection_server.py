@@ -35,14 +35,14 @@ def env(milvus_server: Any) -> Any:
     return Env(milvus_server.uri, milvus_server.token, milvus_server.engine)
 
 
-def test_server_uri_forms(milvus_server: Any, milvus_uri: str) -> None:
+def test_server_uri_forms(milvus_server: Any) -> None:
     """http:// and tcp:// reach the same server: a collection made through one is listed by the other."""
-    client = connect(milvus_uri, token=milvus_server.token)
+    client = connect(milvus_server.uri, token=milvus_server.token)
     name = unique("uri")
     client.create_collection(name, dimension=4)
     try:
         assert name in client.list_collections()
-        tcp = connect(milvus_uri.replace("http://", "tcp://"), token=milvus_server.token)
+        tcp = connect(milvus_server.uri.replace("http://", "tcp://"), token=milvus_server.token)
         assert name in tcp.list_collections()
         assert tcp.get_server_version() == client.get_server_version()
     finally:

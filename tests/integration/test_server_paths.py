@@ -111,16 +111,12 @@ def test_gpu_refused_at_the_real_build_falls_back_to_cpu(milvus_server: Any, rea
     assert col.count() == len(rows)
 
 
-def test_explicit_gpu_profile_refused_is_a_profile_error(milvus_server: Any, real: Any) -> None:
-    fake = server_like(real, milvus_server.engine, refuse_gpu="always")
-    with pytest.raises(ProfileError, match=r"GPU_IVF_FLAT.*GPU Milvus image.*profile='cpu'"):
-        HierarchicalCollection.create(unique("gpu"), client=fake, low_dim=LOW, high_dim=HIGH, profile="gpu")
-
-
-def test_refused_explicit_gpu_profile_leaves_no_collection_behind(milvus_server: Any, real: Any) -> None:
+def test_refused_explicit_gpu_profile_is_a_profile_error_and_leaves_no_collection(
+    milvus_server: Any, real: Any
+) -> None:
     fake = server_like(real, milvus_server.engine, refuse_gpu="always")
     name = unique("gpu")
-    with pytest.raises(ProfileError):
+    with pytest.raises(ProfileError, match=r"GPU_IVF_FLAT.*GPU Milvus image.*profile='cpu'"):
         HierarchicalCollection.create(name, client=fake, low_dim=LOW, high_dim=HIGH, profile="gpu")
     assert not real.has_collection(name)
     col = HierarchicalCollection.create(name, client=fake, low_dim=LOW, high_dim=HIGH, profile="cpu")

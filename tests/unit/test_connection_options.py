@@ -27,6 +27,7 @@ def test_unknown_option_is_an_error_and_options_are_frozen():
     [
         ("http://root:Milvus@host:19530", "http://***@host:19530"),
         ("https://key@host", "https://***@host"),
+        ("http://u:p@ss@[::1]:19530", "http://***@[::1]:19530"),
         ("http://host:19530", "http://host:19530"),
         ("./hivlp.db", "./hivlp.db"),
     ],

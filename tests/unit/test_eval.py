@@ -15,7 +15,6 @@ from hivlp_milvus.eval import (
     EvalTable,
     evaluate,
     evaluate_embeddings,
-    hierarchical_metrics,
     retrieval_metrics,
 )
 
@@ -147,12 +146,19 @@ def test_perfect_embedding_and_duplicate_groups():
 # --------------------------------------------------------------------------- the funnel
 
 
+def _funnel(image, text, image_groups, text_groups, coarse_k, **kw):
+    """The funnel's metrics with one shortlist size alone: the ``hier@coarse_k`` row of evaluate_embeddings."""
+    return evaluate_embeddings(image, text, image_groups, text_groups, coarse_ks=(coarse_k,), **kw).rows[
+        f"hier@{coarse_k}"
+    ]
+
+
 @pytest.mark.parametrize("coarse_k", [1, 4, 17, 59])
 @pytest.mark.parametrize("chunk_size", [5, 1024])
 def test_hierarchical_equals_full_reference(coarse_k, chunk_size):
     (low_i, high_i), (low_t, high_t), image_groups, text_groups = _make_dataset(seed=3, coarse_levels=2)
     image, text = SimpleNamespace(low=low_i, high=high_i), SimpleNamespace(low=low_t, high=high_t)
-    got = hierarchical_metrics(image, text, image_groups, text_groups, coarse_k=coarse_k, chunk_size=chunk_size)
+    got = _funnel(image, text, image_groups, text_groups, coarse_k, chunk_size=chunk_size)
     # Text->image galleries (60) are larger than coarse_k except at 59+; image->text has ~120 texts.
     want = _ref_metrics(low_i, low_t, image_groups, text_groups, high=(high_i, high_t), coarse_k=coarse_k)
     _assert_same(got, want)
@@ -177,7 +183,7 @@ def test_hierarchical_shortlist_ties_match_reference(seed):
     for coarse_k in (2, 5, 11, 29):
         want = _ref_metrics(low_i, low_t, groups, text_groups, high=(high_i, high_t), coarse_k=coarse_k)
         _assert_same(table.rows[f"hier@{coarse_k}"], want)
-        alone = hierarchical_metrics(image, text, groups, text_groups, coarse_k=coarse_k, chunk_size=64)
+        alone = _funnel(image, text, groups, text_groups, coarse_k, chunk_size=64)
         assert alone == table.rows[f"hier@{coarse_k}"]
 
 
@@ -186,12 +192,12 @@ def test_hierarchical_with_full_shortlist_is_high_only_exactly():
     image, text = SimpleNamespace(low=low_i, high=high_i), SimpleNamespace(low=low_t, high=high_t)
     high_only = retrieval_metrics(high_i, high_t, image_groups, text_groups)
     for coarse_k in (len(text_groups), 10_000):
-        hier = hierarchical_metrics(image, text, image_groups, text_groups, coarse_k=coarse_k, chunk_size=9)
+        hier = _funnel(image, text, image_groups, text_groups, coarse_k, chunk_size=9)
         assert {k: hier[k] for k in high_only} == high_only
         assert hier["shortlist_recall"] == 1.0
     # And a shortlist of one is low-only retrieval at R@1.
     low_only = retrieval_metrics(low_i, low_t, image_groups, text_groups)
-    one = hierarchical_metrics(image, text, image_groups, text_groups, coarse_k=1)
+    one = _funnel(image, text, image_groups, text_groups, 1)
     assert one["image_to_text_R@1"] == low_only["image_to_text_R@1"]
 
 

@@ -10,7 +10,7 @@ import pytest
 from pymilvus import DataType, MilvusClient
 
 from hivlp_milvus.errors import FilterError
-from hivlp_milvus.filters import and_filters, bind, literal, placeholders, quote_string, structured_filter
+from hivlp_milvus.filters import bind, literal, quote_string, restrict_to_ids, structured_filter
 
 NASTY = [
     "plain",
@@ -80,7 +80,8 @@ def test_missing_unused_and_malformed_placeholders() -> None:
 
 
 def test_braces_inside_string_literals_are_not_placeholders() -> None:
-    assert placeholders('key == "{not_me}" and id == {me}') == ["me"]
+    # "{not_me}" needs no value: inside a literal it is text, not a placeholder.
+    assert bind('key == "{not_me}" and id == {me}', {"me": 1}, templating=False)[0] == 'key == "{not_me}" and id == 1'
     expr, _ = bind('key == "{x}" and id == {x}', {"x": 1}, templating=False)
     assert expr == 'key == "{x}" and id == 1'
 
@@ -91,10 +92,11 @@ def test_substituted_values_are_not_reinterpreted() -> None:
     assert expr == 'a == "{y}" and b == 2'
 
 
-def test_and_filters() -> None:
-    assert and_filters("", None) == ""
-    assert and_filters("a == 1", "") == "a == 1"
-    assert and_filters("a == 1 or b == 2", "c == 3") == "(a == 1 or b == 2) and (c == 3)"
+def test_restrict_to_ids_ands_the_ids_with_the_filter() -> None:
+    assert restrict_to_ids(None, None, [3]) == ("id in {hivlp_ids}", {"hivlp_ids": [3]})
+    assert restrict_to_ids(" ", {}, []) == ("id in {hivlp_ids}", {"hivlp_ids": []})
+    expr, params = restrict_to_ids("a == {v} or b == 2", {"v": 1}, (i for i in (5, 6)))
+    assert (expr, params) == ("(id in {hivlp_ids}) and (a == {v} or b == 2)", {"v": 1, "hivlp_ids": [5, 6]})
 
 
 def test_quote_string_only_uses_escapes_lite_knows() -> None:

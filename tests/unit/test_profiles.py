@@ -18,16 +18,13 @@ from hivlp_milvus.profiles import (
     lite_equivalent,
     load_profile,
     nlist_for,
-    profile_names,
     profile_variants,
     resolve_profile,
-    validate_limits,
 )
 
 
 def test_all_profiles_load_with_ip_and_flat_high() -> None:
-    assert set(profile_names()) == {"gpu", "cpu", "lite"}
-    for name in profile_names():
+    for name in ("gpu", "cpu", "lite"):
         for variant in profile_variants(name):
             p = load_profile(name, variant)
             assert isinstance(p, IndexProfile)
@@ -55,7 +52,7 @@ def test_defaults_and_caps() -> None:
 
 
 def test_unknown_profile_and_variant() -> None:
-    with pytest.raises(ProfileError, match="unknown index profile"):
+    with pytest.raises(ProfileError, match=r"unknown index profile 'tpu'; choose one of \['cpu', 'gpu', 'lite'\]"):
         load_profile("tpu")
     with pytest.raises(ProfileError, match="GPU_CAGRA"):
         load_profile("cpu", "GPU_CAGRA")
@@ -84,13 +81,14 @@ def test_validate_limits_messages_name_cap_and_profile() -> None:
     assert load_profile("gpu", "GPU_CAGRA").validate_limits(10, 1024) == 1024
     with pytest.raises(SearchLimitError, match="1024"):
         load_profile("gpu", "GPU_IVF_PQ").validate_limits(10, 1025)
+    lite = load_profile("lite")
     with pytest.raises(SearchLimitError, match="16384"):
-        validate_limits(10, 16385)
+        lite.validate_limits(10, 16385)
     with pytest.raises(SearchLimitError, match="smaller than limit"):
-        validate_limits(50, 20)
+        lite.validate_limits(50, 20)
     for bad in (0, -1, 1.5, True, "10"):
         with pytest.raises(SearchLimitError):
-            validate_limits(bad)  # type: ignore[arg-type]
+            lite.validate_limits(bad)  # type: ignore[arg-type]
 
 
 def test_nlist_rule() -> None:
