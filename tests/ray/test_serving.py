@@ -38,6 +38,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from serving_helpers import wait_until
 
 pytestmark = [pytest.mark.ray]
 
@@ -67,9 +68,10 @@ class Served:
     milvus: Any  # the LiteServer behind /outage
     outage_ids: dict[str, int]  # key -> row id of the special rows of the outage collection
 
-    def client(self, key: str | None = API_KEY) -> httpx.Client:
+    def client(self, key: str | None = API_KEY, app: str = "") -> httpx.Client:
+        """A client of the ``hivlp`` app, or of the ``/extra`` or ``/outage`` app (no API key) by its prefix."""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=TIMEOUT)
+        return httpx.Client(base_url=self.url + app, headers=headers, timeout=TIMEOUT)
 
 
 def _outage_collection(tmp: Path, uri: str, model: Any, records: list[Any]) -> dict[str, int]:
@@ -412,8 +414,7 @@ def test_encode_matches_the_local_model(served: Served) -> None:
         (i.json(), served.model.embed_images([image_path])),
     ):
         assert (body["low_dim"], body["high_dim"]) == (cfg.low_dim, cfg.high_dim)
-        assert len(body["low"]) == cfg.low_dim
-        assert len(body["high"]) == cfg.high_dim
+        # assert_allclose also fails on a shape mismatch: the vectors have the model's dimensions.
         np.testing.assert_allclose(body["low"], local.low[0], atol=1e-4)
         np.testing.assert_allclose(body["high"], local.high[0], atol=1e-4)
 
@@ -578,28 +579,11 @@ async def _post_all(
         return await asyncio.gather(*(client.post(path, json=b) for b in bodies))
 
 
-def _until_batched(burst: Callable[[], list[int]]) -> list[int]:
-    """Repeat a checked burst of concurrent calls until one was batched (it returns the batch sizes).
-
-    Whether N concurrent calls share a batch depends on when they reach the replica; on a loaded
-    machine a burst can trickle in one by one. Waiting for the event (a batch of several) with a
-    generous deadline keeps the test about batching, not about the machine's speed.
-    """
-    deadline = time.monotonic() + EVENT_DEADLINE_S
-    while True:
-        sizes = burst()
-        if max(sizes) > 1 or time.monotonic() > deadline:
-            return sizes
-
-
-def _wait_until(what: str, check: Callable[[], Any], deadline_s: float = EVENT_DEADLINE_S) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``deadline_s``."""
-    deadline = time.monotonic() + deadline_s
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
-        time.sleep(0.05)
-    return value
+# Whether N concurrent calls share a batch depends on when they reach the replica; on a loaded
+# machine a burst can trickle in one by one. The batching tests repeat a checked burst (it returns
+# the batch sizes) until one was batched, with a generous deadline: the test is about batching, not
+# about the machine's speed.
+BATCHED = "a burst of concurrent calls to share a batch"
 
 
 def test_concurrent_encodes_are_batched_and_each_caller_gets_its_own_vector(served: Served) -> None:
@@ -616,8 +600,7 @@ def test_concurrent_encodes_are_batched_and_each_caller_gets_its_own_vector(serv
             np.testing.assert_allclose(body["low"], local.low[row], atol=1e-4, err_msg=text)
         return [r.json()["batch_size"] for r in responses]
 
-    sizes = _until_batched(burst)
-    assert max(sizes) > 1, sizes
+    wait_until(BATCHED, lambda: max(burst()) > 1, EVENT_DEADLINE_S)
     with served.client() as c:
         stats = c.get("/stats").json()["text"]
     assert stats["max_seen_batch_size"] > 1
@@ -651,7 +634,7 @@ def test_concurrent_fused_searches_share_a_fusion_batch_and_keep_the_scorer_orde
             np.testing.assert_allclose([h["fusion_score"] for h in hits], scores, rtol=1e-4, atol=1e-5)
         return [r.json()["timings"]["fusion_batch_size"] for r in responses]
 
-    assert max(_until_batched(burst)) > 1
+    wait_until(BATCHED, lambda: max(burst()) > 1, EVENT_DEADLINE_S)
 
 
 def test_an_undecodable_image_fails_only_its_own_caller(served: Served) -> None:
@@ -676,7 +659,7 @@ def test_an_undecodable_image_fails_only_its_own_caller(served: Served) -> None:
         return [r.json()["batch_size"] for r in ok]
 
     # They were batched (the bad one counts in its batch), and only the bad one failed.
-    assert max(_until_batched(burst)) > 1
+    wait_until(BATCHED, lambda: max(burst()) > 1, EVENT_DEADLINE_S)
     with served.client() as c:
         after = c.get("/stats").json()["image"]
     assert after["failed_batches"] == before["failed_batches"]  # a per-item failure, not a batch one
@@ -710,8 +693,9 @@ def test_a_failing_batch_fails_every_caller_of_that_batch_only(served: Served) -
 # -- Milvus unreachable --------------------------------------------------------------------------
 
 
-def test_unreachable_milvus_is_a_503_not_a_hang(served: Served) -> None:
-    with httpx.Client(base_url=served.url + "/extra", timeout=TIMEOUT) as c:
+def test_unreachable_milvus_is_a_503_not_a_hang_and_keeps_its_credentials(served: Served) -> None:
+    """The extra app's Milvus URI is ``http://hivlp:<SECRET>@127.0.0.1:<port>``, never reachable."""
+    with served.client(None, "/extra") as c:
         health = c.get("/healthz")
         started = time.monotonic()
         search = c.post("/search", json={"text": "a red circle"})
@@ -721,24 +705,12 @@ def test_unreachable_milvus_is_a_503_not_a_hang(served: Served) -> None:
     assert "unreachable" in health.json()["milvus"]
     _assert_error(search, 503, "milvus_unavailable")
     assert elapsed < 15, elapsed
-
-
-def test_credentials_in_a_milvus_uri_never_reach_clients(served: Served) -> None:
-    """The extra app's Milvus URI is ``http://hivlp:<SECRET>@127.0.0.1:<port>``, never reachable."""
-    with httpx.Client(base_url=served.url + "/extra", timeout=TIMEOUT) as c:
-        health = c.get("/healthz")
-        search = c.post("/search", json={"text": "a red circle"})
     for r in (health, search):
-        assert r.status_code == 503, r.text
         assert "127.0.0.1:" in r.text  # it still says which Milvus
         assert SECRET not in r.text, r.text
 
 
 # -- the outage app: a real Milvus server that pauses, stops, restarts and loses its collection ------
-
-
-def _outage(served: Served) -> httpx.Client:
-    return httpx.Client(base_url=served.url + "/outage", timeout=TIMEOUT)
 
 
 def _search_ok(c: httpx.Client, deadline_s: float = EVENT_DEADLINE_S) -> httpx.Response:
@@ -748,7 +720,7 @@ def _search_ok(c: httpx.Client, deadline_s: float = EVENT_DEADLINE_S) -> httpx.R
         r = c.post("/search", json={"text": "a red circle", "limit": 5, "modality": "image"})
         return r if r.status_code == 200 else None
 
-    return _wait_until("a search on the outage app to succeed", attempt, deadline_s)
+    return wait_until("a search on the outage app to succeed", attempt, deadline_s)
 
 
 def test_media_serves_local_image_files_only(served: Served) -> None:
@@ -757,7 +729,7 @@ def test_media_serves_local_image_files_only(served: Served) -> None:
     ids = served.outage_ids
     record = served.records[0]
     only_special = [{"field": "key", "op": "in", "value": list(ids)}]
-    with _outage(served) as c:
+    with served.client(None, "/outage") as c:
         image = c.get(f"/media/{row_id(record.id, 'image')}")  # an ingested file (absolute path)
         relative = c.get(f"/media/{ids['relative']}")  # a path relative to media_root
         text = c.get(f"/media/{row_id(text_key(record.id, 0), 'text')}")
@@ -781,7 +753,7 @@ def test_media_serves_local_image_files_only(served: Served) -> None:
 
 
 def test_a_backend_that_does_not_answer_is_a_504(served: Served) -> None:
-    with _outage(served) as c:
+    with served.client(None, "/outage") as c:
         _search_ok(c)
         served.milvus.proc.send_signal(signal.SIGSTOP)  # Milvus hangs: connections open, no answers
         try:
@@ -798,7 +770,7 @@ def test_a_backend_that_does_not_answer_is_a_504(served: Served) -> None:
 
 def test_the_searcher_reconnects_after_a_milvus_outage(served: Served) -> None:
     server = served.milvus
-    with _outage(served) as c:
+    with served.client(None, "/outage") as c:
         before = _search_ok(c).json()["hits"]
         server.stop()
         try:
@@ -821,35 +793,25 @@ def test_the_searcher_reconnects_after_a_milvus_outage(served: Served) -> None:
         after = _search_ok(c, deadline_s=45).json()["hits"]
         assert [h["id"] for h in after] == [h["id"] for h in before]
         assert [h["score"] for h in after] == pytest.approx([h["score"] for h in before], abs=1e-5)
-        _wait_until("/healthz to recover", lambda: c.get("/healthz").status_code == 200)
+        wait_until("/healthz to recover", lambda: c.get("/healthz").status_code == 200, EVENT_DEADLINE_S)
 
 
-def _drop_outage_collection(served: Served) -> None:
+def test_a_collection_that_is_gone_is_a_503_for_healthz_and_search(served: Served) -> None:
     from pymilvus import MilvusClient
 
-    client = MilvusClient(uri=served.milvus.uri)
-    try:
-        if client.has_collection(OUTAGE_COLLECTION):
-            client.drop_collection(OUTAGE_COLLECTION)
-    finally:
-        client.close()
-
-
-def test_healthz_reports_a_collection_that_is_gone(served: Served) -> None:
-    with _outage(served) as c:
+    with served.client(None, "/outage") as c:
         _search_ok(c)
-        _drop_outage_collection(served)
+        client = MilvusClient(uri=served.milvus.uri)
+        try:
+            client.drop_collection(OUTAGE_COLLECTION)
+        finally:
+            client.close()
         health = c.get("/healthz")
+        search = c.post("/search", json={"text": "a red circle", "limit": 3})
     assert health.status_code == 503, health.text
     assert health.json()["status"] == "unavailable"
     assert OUTAGE_COLLECTION in health.json()["milvus"]
-
-
-def test_search_on_a_collection_that_is_gone_is_a_503(served: Served) -> None:
-    _drop_outage_collection(served)
-    with _outage(served) as c:
-        r = c.post("/search", json={"text": "a red circle", "limit": 3})
-    body = _assert_error(r, 503, "misconfigured")
+    body = _assert_error(search, 503, "misconfigured")
     assert OUTAGE_COLLECTION in body["message"]
 
 
