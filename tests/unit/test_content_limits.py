@@ -181,8 +181,7 @@ def test_many_slow_rows_cost_about_one_timeout_not_one_each(slow: Server, tmp_pa
     assert elapsed < options.timeout_s + 1.0, elapsed  # one after the other would be 8 x SLOW_S = 12 s
     images = [o for o in out[:8] if not isinstance(o, BadRecordError)]
     assert len(images) == 4  # the first four got a slot; the rest ran out of time behind them
-    failed = [o for o in out[:8] if isinstance(o, BadRecordError)]
-    assert len(failed) == 4
+    failed = [o for o in out[:8] if isinstance(o, BadRecordError)]  # the other four (len(out) checked above)
     assert all("timeout_s=2.0" in str(o) for o in failed), failed
     assert out[8].size == (8, 8)
     assert out[9] == "a caption"

@@ -188,6 +188,7 @@ def _request(authorization: str | None) -> Request:
         ("Bearer", False),
         ("Bearer s3cre", False),
         ("Bearer s3cret2", False),
+        ("Bearer S3CRET", False),
         ("Basic " + base64.b64encode(b"s3cret").decode(), False),  # no user:password pair
         ("Basic !!!", False),
         ("Token s3cret", False),
