@@ -165,9 +165,8 @@ def test_fuzz_every_route(schema: Any, mode: GenerationMode) -> None:
         except Exception as exc:  # collect every route's finding, then fail once with all of them
             found.append(f"{op.method.upper()} {op.path}: {type(exc).__name__}: {str(exc)[:1500]}")
     print(f"\nfuzz {mode}: {sum(tried.values())} requests; by route and status: {dict(sorted(statuses.items()))}")
-    assert not found, "\n\n".join(found)
+    assert not found, "\n\n".join(found)  # a 5xx is a finding of not_a_server_error
     assert set(tried) == {f"{op.method.upper()} {op.path}" for op in _operations(schema)}
-    assert not [key for key in statuses if key[1] >= 500]
     if mode == GenerationMode.POSITIVE:  # valid requests reach the fusion stage too
         assert ("POST /search with fusion_limit", 200) in statuses, statuses
 
