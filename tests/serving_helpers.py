@@ -1,10 +1,15 @@
-"""Helpers shared by the Ray Serve test modules (tests/ray/test_serving.py, tests/ray/test_faults.py)."""
+"""Helpers shared by the serving test modules (tests/ray/test_serving.py, tests/ray/test_faults.py,
+tests/unit/test_serving_schemas.py, tests/unit/test_media_security.py, tests/unit/test_content_limits.py)."""
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 
 def wait_until(what: str, check: Callable[[], Any], deadline_s: float) -> Any:
@@ -19,3 +24,26 @@ def wait_until(what: str, check: Callable[[], Any], deadline_s: float) -> Any:
             raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
         time.sleep(0.05)
     return value
+
+
+def png(size: tuple[int, int] = (8, 8), color: tuple[int, int, int] = (10, 200, 30), noise: bool = False) -> bytes:
+    """A PNG file's bytes: one colour compresses to almost nothing (few bytes, many pixels);
+    ``noise`` is incompressible (big in bytes)."""
+    if noise:
+        img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    else:
+        img = Image.new("RGB", size, color)
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    """Assert the app's JSON error body (an ``error`` code, a non-empty ``message``) with this status."""
+    assert response.status_code == status, (response.status_code, response.text[:500])
+    body = response.json()
+    assert set(body) >= {"error", "message"}, body
+    assert body["message"], body
+    if code is not None:
+        assert body["error"] == code, body
+    return body

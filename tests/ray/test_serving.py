@@ -30,6 +30,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from serving_helpers import wait_until
+from serving_helpers import assert_error, png, wait_until
 
 pytestmark = [pytest.mark.ray]
 
@@ -218,35 +219,10 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _png(size: tuple[int, int], noise: bool = False) -> bytes:
-    from PIL import Image
-
-    if noise:  # incompressible: big in bytes
-        pixels = np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-        img = Image.fromarray(pixels)
-    else:  # compresses to almost nothing: few bytes, many pixels
-        img = Image.new("RGB", size, (200, 30, 30))
-    out = io.BytesIO()
-    img.save(out, format="PNG")
-    return out.getvalue()
-
-
 def _unique_record(served: Served) -> Any:
     """A record whose scene (hence image) is not repeated in the data set."""
-    groups: dict[str, int] = {}
-    for r in served.records:
-        groups[r.relevance_group] = groups.get(r.relevance_group, 0) + 1
+    groups = Counter(r.relevance_group for r in served.records)
     return next(r for r in served.records if groups[r.relevance_group] == 1)
-
-
-def _assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, (response.status_code, response.text[:500])
-    body = response.json()
-    assert set(body) >= {"error", "message"}, body
-    assert body["message"], body
-    if code is not None:
-        assert body["error"] == code, body
-    return body
 
 
 # -- health and auth -----------------------------------------------------------------------------
@@ -266,13 +242,13 @@ def test_api_key_is_required_and_checked(served: Served) -> None:
     query = {"text": "a red circle", "limit": 3}
     with served.client(key=None) as anonymous:
         r = anonymous.post("/search", json=query)
-        _assert_error(r, 401, "unauthorized")
+        assert_error(r, 401, "unauthorized")
         assert "basic" in r.headers["www-authenticate"].lower()
         for path in ("/", "/openapi.json", "/docs", "/stats", "/static/app.js"):
-            _assert_error(anonymous.get(path), 401, "unauthorized")
-        _assert_error(anonymous.post("/ingest", json={"records": [{"key": "x", "captions": ["y"]}]}), 401)
+            assert_error(anonymous.get(path), 401, "unauthorized")
+        assert_error(anonymous.post("/ingest", json={"records": [{"key": "x", "captions": ["y"]}]}), 401)
     with served.client(key="wrong-key") as wrong:
-        _assert_error(wrong.post("/search", json=query), 401, "unauthorized")
+        assert_error(wrong.post("/search", json=query), 401, "unauthorized")
     with served.client() as good:
         assert good.post("/search", json=query).status_code == 200
     # A browser after the Basic prompt: any user name, the key as password.
@@ -470,11 +446,11 @@ def _form(file: bytes | None = None, **fields: str) -> dict[str, Any]:
 
 
 def _error_cases(served: Served) -> list[tuple]:
-    png = Path(served.records[0].image).read_bytes()
-    truncated = png[: len(png) // 2]
-    big_bytes = _png((400, 400), noise=True)
+    image = Path(served.records[0].image).read_bytes()
+    truncated = image[: len(image) // 2]
+    big_bytes = png((400, 400), noise=True)
     assert len(big_bytes) > MAX_IMAGE_BYTES
-    many_pixels = _png((1200, 1200))
+    many_pixels = png((1200, 1200))
     assert len(many_pixels) < MAX_IMAGE_BYTES
     json_type = {"content-type": "application/json"}
     cond = {"field": "key", "op": "==", "value": "a"}
@@ -494,7 +470,7 @@ def _error_cases(served: Served) -> list[tuple]:
         _c("coarse < limit", "POST", "/search", 422, INVALID,
            **_q(text="x", limit=10, coarse_limit=5)),
         _c("coarse too big", "POST", "/search", 422, INVALID, **_q(text="x", coarse_limit=20000)),
-        _c("text and image", "POST", "/search", 422, INVALID, **_q(text="x", image=_b64(png))),
+        _c("text and image", "POST", "/search", 422, INVALID, **_q(text="x", image=_b64(image))),
         _c("neither", "POST", "/search", 422, INVALID, **_q(limit=3)),
         _c("empty text", "POST", "/search", 422, INVALID, **_q(text="")),
         _c("bad filter op", "POST", "/search", 422, INVALID,
@@ -518,10 +494,10 @@ def _error_cases(served: Served) -> list[tuple]:
            json={"image": _b64(b"\x89PNG\r\n\x1a\nnope")}),
         _c("multipart no file", "POST", "/search/image", 422, None, **_form(limit="3")),
         _c("multipart not an image", "POST", "/search/image", 415, UNDECODABLE, **_form(b"plain text")),
-        _c("multipart limit", "POST", "/search/image", 422, INVALID, **_form(png, limit="0")),
+        _c("multipart limit", "POST", "/search/image", 422, INVALID, **_form(image, limit="0")),
         _c("multipart bad filter json", "POST", "/search/image", 400, "invalid_json",
-           **_form(png, filter="[{")),
-        _c("multipart unknown field", "POST", "/search/image", 422, "unknown_field", **_form(png, limt="3")),
+           **_form(image, filter="[{")),
+        _c("multipart unknown field", "POST", "/search/image", 422, "unknown_field", **_form(image, limt="3")),
         _c("search/image with json", "POST", "/search/image", 415, NOT_JSON, json={"text": "x"}),
         _c("ingest empty", "POST", "/ingest", 422, INVALID, json={"records": []}),
         _c("ingest no content", "POST", "/ingest", 422, INVALID, json={"records": [{"key": "k"}]}),
@@ -541,7 +517,7 @@ def test_client_errors_are_4xx_with_a_json_message(served: Served) -> None:
         for name, method, path, status, code, kwargs in _error_cases(served):
             r = c.request(method, path, **kwargs)
             try:
-                _assert_error(r, status, code)
+                assert_error(r, status, code)
             except (AssertionError, json.JSONDecodeError) as exc:
                 failures.append(f"{name}: {exc}")
     assert not failures, "\n".join(failures)
@@ -640,9 +616,8 @@ def test_concurrent_fused_searches_share_a_fusion_batch_and_keep_the_scorer_orde
 def test_an_undecodable_image_fails_only_its_own_caller(served: Served) -> None:
     paths = [r.image for r in served.records[:7]]
     good = [_b64(Path(p).read_bytes()) for p in paths]
-    png = Path(paths[0]).read_bytes()
     # A valid PNG header (passes the ingress's check) with broken data: fails in the encoder batch.
-    broken = _b64(png[:60] + b"\x00" * 200)
+    broken = _b64(Path(paths[0]).read_bytes()[:60] + b"\x00" * 200)
     bodies = [{"image": g} for g in good[:3]] + [{"image": broken}] + [{"image": g} for g in good[3:]]
     local = served.model.embed_images(paths)
     with served.client() as c:
@@ -682,7 +657,7 @@ def test_a_failing_batch_fails_every_caller_of_that_batch_only(served: Served) -
     assert len(poisoned) == 1, log
     assert sorted(poisoned[0]) == sorted(texts), log  # the fault hit one real batch of all twelve
     for r in first:
-        _assert_error(r, 500, "internal_error")  # a server fault, reported to every caller of the batch
+        assert_error(r, 500, "internal_error")  # a server fault, reported to every caller of the batch
     # The next batches are fine: the fault did not poison the replica.
     assert [r.status_code for r in second] == [200] * len(second)
     local = served.model.embed_texts(texts[6:])
@@ -703,7 +678,7 @@ def test_unreachable_milvus_is_a_503_not_a_hang_and_keeps_its_credentials(served
     assert health.status_code == 503, health.text
     assert health.json()["status"] == "unavailable"
     assert "unreachable" in health.json()["milvus"]
-    _assert_error(search, 503, "milvus_unavailable")
+    assert_error(search, 503, "milvus_unavailable")
     assert elapsed < 15, elapsed
     for r in (health, search):
         assert "127.0.0.1:" in r.text  # it still says which Milvus
@@ -738,10 +713,10 @@ def test_media_serves_local_image_files_only(served: Served) -> None:
     for r in (image, relative):
         assert r.status_code == 200, r.text
         assert r.headers["content-type"] == "image/png"
-    assert _assert_error(text, 404, "not_found")["message"].endswith("is not an image row with a local file")
-    assert "is not on this server" in _assert_error(missing, 404, "not_found")["message"]
+    assert assert_error(text, 404, "not_found")["message"].endswith("is not an image row with a local file")
+    assert "is not on this server" in assert_error(missing, 404, "not_found")["message"]
     for r in (remote, bucket):  # never fetched by the server: the browser loads http(s) itself
-        assert "is not an image row with a local file" in _assert_error(r, 404, "not_found")["message"]
+        assert "is not an image row with a local file" in assert_error(r, 404, "not_found")["message"]
     assert search.status_code == 200, search.text
     urls = {h["key"]: h["media_url"] for h in search.json()["hits"]}
     assert urls == {
@@ -762,7 +737,7 @@ def test_a_backend_that_does_not_answer_is_a_504(served: Served) -> None:
             elapsed = time.monotonic() - started
         finally:
             served.milvus.proc.send_signal(signal.SIGCONT)
-    body = _assert_error(r, 504, "timeout")
+    body = assert_error(r, 504, "timeout")
     assert "did not answer in time" in body["message"]
     assert f"({OUTAGE_TIMEOUT_S:g} s, the backend_timeout_s" in body["message"]  # which limit ran out
     assert OUTAGE_TIMEOUT_S * 0.9 <= elapsed < 60, elapsed
@@ -780,7 +755,7 @@ def test_the_searcher_reconnects_after_a_milvus_outage(served: Served) -> None:
             health = c.get("/healthz")
         finally:
             server.start()  # the same data directory and port
-        body = _assert_error(down, 503, "milvus_unavailable")
+        body = assert_error(down, 503, "milvus_unavailable")
         assert elapsed < OUTAGE_TIMEOUT_S, elapsed  # a quick 503, not a hang until the timeout
         assert f"127.0.0.1:{server.port}" in body["message"]
         assert SECRET not in down.text
@@ -811,7 +786,7 @@ def test_a_collection_that_is_gone_is_a_503_for_healthz_and_search(served: Serve
     assert health.status_code == 503, health.text
     assert health.json()["status"] == "unavailable"
     assert OUTAGE_COLLECTION in health.json()["milvus"]
-    body = _assert_error(search, 503, "misconfigured")
+    body = assert_error(search, 503, "misconfigured")
     assert OUTAGE_COLLECTION in body["message"]
 
 

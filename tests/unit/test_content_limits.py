@@ -9,7 +9,6 @@ FIFOs and devices stand in for unreadable local references.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import select
 import socket
@@ -22,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from serving_helpers import png
 
 from hivlp_milvus.content import ContentOptions, read_image, row_contents
 from hivlp_milvus.errors import BadRecordError
@@ -30,13 +29,7 @@ from hivlp_milvus.errors import BadRecordError
 SLOW_S = 1.5
 
 
-def _png() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (5, 100, 200)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-PNG = _png()
+PNG = png()
 
 
 @dataclass

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import base64
 import inspect
-import io
 import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
-from PIL import Image
 from pydantic import ValidationError
 from ray.exceptions import RayTaskError
+from serving_helpers import png
 
 from hivlp_milvus.content import ContentOptions
 from hivlp_milvus.errors import BadRecordError
@@ -36,12 +35,6 @@ from serving.schemas import (
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = IngressSettings(collection="c", max_image_bytes=50_000, max_image_pixels=250_000)
-
-
-def _png(size: tuple[int, int] = (32, 32)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, (10, 200, 30)).save(out, format="PNG")
-    return out.getvalue()
 
 
 # -- request models ------------------------------------------------------------------------------
@@ -139,15 +132,15 @@ def test_exceptions_map_to_statuses(exc: BaseException, status: int, code: str) 
 
 
 def test_base64_images_are_checked_before_any_encoder_sees_them() -> None:
-    png = _png()
-    assert decode_base64_image(base64.b64encode(png).decode(), SETTINGS) == png
-    data_url = "data:image/png;base64," + base64.b64encode(png).decode()
-    assert decode_base64_image(data_url, SETTINGS) == png
+    png32 = png((32, 32))
+    assert decode_base64_image(base64.b64encode(png32).decode(), SETTINGS) == png32
+    data_url = "data:image/png;base64," + base64.b64encode(png32).decode()
+    assert decode_base64_image(data_url, SETTINGS) == png32
     cases = [
         ("!!!", 400, "invalid_base64"),
         (base64.b64encode(b"hello, not an image").decode(), 415, "undecodable_image"),
         (base64.b64encode(b"\0" * 60_000).decode(), 413, "image_too_large"),
-        (base64.b64encode(_png((600, 600))).decode(), 413, "image_too_large"),  # small file, many pixels
+        (base64.b64encode(png((600, 600))).decode(), 413, "image_too_large"),  # small file, many pixels
     ]
     for data, status, code in cases:
         with pytest.raises(ApiError) as info:
@@ -159,9 +152,9 @@ def test_base64_images_are_checked_before_any_encoder_sees_them() -> None:
 
 
 def test_image_header_check() -> None:
-    assert check_image_header(_png((20, 10)), 1000) == ("PNG", 20, 10)
+    assert check_image_header(png((20, 10)), 1000) == ("PNG", 20, 10)
     with pytest.raises(ImageTooLargeError):
-        check_image_header(_png((40, 40)), 1000)
+        check_image_header(png((40, 40)), 1000)
     with pytest.raises(BadRecordError):
         check_image_header(b"GIF89a nope", 1000)
 
@@ -172,7 +165,7 @@ def test_encoders_reject_bad_items_one_by_one() -> None:
         ImageEncoder.func_or_class._prepare(None, b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     with pytest.raises(BadRecordError):
         ImageEncoder.func_or_class._prepare(None, "not bytes")
-    assert ImageEncoder.func_or_class._prepare(None, _png()).size == (32, 32)
+    assert ImageEncoder.func_or_class._prepare(None, png((32, 32))).size == (32, 32)
     with pytest.raises(BadRecordError):
         TextEncoder.func_or_class._prepare(None, "   ")
 
