@@ -44,6 +44,7 @@ from serving.ingress import IngressSettings, api  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from demo_layout import DemoLayout, build_demo_layout  # noqa: E402
+from serving_helpers import ingest_with_a_fusion_model  # noqa: E402
 
 # Per route and generation mode; HIVLP_FUZZ_EXAMPLES=500 for a deeper (slower) run by hand.
 EXAMPLES_PER_ROUTE = int(os.environ.get("HIVLP_FUZZ_EXAMPLES", "30"))
@@ -69,21 +70,10 @@ FUZZ = settings(
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> DemoLayout:
     """The demo layout with a fusion block in the model, so ``fusion_limit`` runs the third stage."""
-    import dataclasses
-
-    import hivlp_milvus
-    from hivlp_milvus.data import load_source
-    from hivlp_milvus.model import create_model, get_config
-    from hivlp_milvus.model.config import FusionConfig
-
     demo = build_demo_layout(tmp_path_factory.mktemp("fuzz"), n_records=8)
     # The same data under a fusion model: its own checkpoint and collection (the fingerprint differs).
-    records = list(load_source(demo.root / "hivlp_work" / "data", split="test"))
-    cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
-    model = create_model(cfg, texts=[c for r in records for c in r.captions], seed=0)
-    model.save_pretrained(demo.root / "fusion_model")
-    hivlp_milvus.ingest(records, uri=demo.uri, collection_name="fuzz_fusion", model=model, progress=False)
-    return DemoLayout(demo.root, demo.root / "fusion_model", demo.uri, "fuzz_fusion", model, records)
+    model = ingest_with_a_fusion_model(demo.records, demo.root / "fusion_model", demo.uri, "fuzz_fusion")
+    return DemoLayout(demo.root, demo.root / "fusion_model", demo.uri, "fuzz_fusion", model, demo.records)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ Milvus Lite holding 16 images and their 80 captions).
 from __future__ import annotations
 
 import base64
-import dataclasses
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from hivlp_milvus.connection import ConnectionOptions, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from demo_layout import DemoLayout, build_demo_layout  # noqa: E402
+from serving_helpers import ingest_with_a_fusion_model  # noqa: E402
 
 ALL_ROWS = 96  # 16 images + 80 captions: a coarse shortlist of every row makes the funnel exact
 
@@ -130,19 +130,14 @@ class FusionSite:
 def fusion_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FusionSite]:
     import hivlp_milvus
     from hivlp_milvus.data import EmbeddingRecord, load_source, synthetic
-    from hivlp_milvus.model import create_model, get_config
-    from hivlp_milvus.model.config import FusionConfig
     from serving.ingress import IngressSettings
     from serving.inprocess import local_app
 
     root = tmp_path_factory.mktemp("fusion")
     synthetic.write_splits(root / "data", {"test": N_FUSION}, seed=3, progress=False)
     records = list(load_source(root / "data", split="test"))
-    cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
-    model = create_model(cfg, texts=[c for r in records for c in r.captions], seed=0)
-    model.save_pretrained(root / "model")
     uri = str(root / "hivlp.db")
-    hivlp_milvus.ingest(records, uri=uri, collection_name="fusion", model=model, progress=False)
+    model = ingest_with_a_fusion_model(records, root / "model", uri, "fusion")
     vec = model.embed_images([records[0].image])
     special = [
         EmbeddingRecord("missing", "image", vec.low[0], vec.high[0], reference=str(root / "gone.png")),
