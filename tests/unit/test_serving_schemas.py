@@ -11,6 +11,7 @@ import inspect
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -153,21 +154,22 @@ def test_base64_images_are_checked_before_any_encoder_sees_them() -> None:
 
 def test_image_header_check() -> None:
     assert check_image_header(png((20, 10)), 1000) == ("PNG", 20, 10)
+    assert ImageEncoder.func_or_class._prepare(None, png((32, 32))).size == (32, 32)  # and the encoder's check
     with pytest.raises(ImageTooLargeError):
         check_image_header(png((40, 40)), 1000)
     with pytest.raises(BadRecordError):
         check_image_header(b"GIF89a nope", 1000)
 
 
-def test_encoders_reject_bad_items_one_by_one() -> None:
+@pytest.mark.parametrize(
+    ("encoder", "item"),
+    [(ImageEncoder, b"\x89PNG\r\n\x1a\n" + b"\0" * 40), (ImageEncoder, "not bytes"), (TextEncoder, "   ")],
+    ids=["broken-png", "not-bytes", "blank-text"],
+)
+def test_encoders_reject_bad_items_one_by_one(encoder: Any, item: Any) -> None:
     # _prepare runs per item before the forward pass; it needs no model.
     with pytest.raises(BadRecordError):
-        ImageEncoder.func_or_class._prepare(None, b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
-    with pytest.raises(BadRecordError):
-        ImageEncoder.func_or_class._prepare(None, "not bytes")
-    assert ImageEncoder.func_or_class._prepare(None, png((32, 32))).size == (32, 32)
-    with pytest.raises(BadRecordError):
-        TextEncoder.func_or_class._prepare(None, "   ")
+        encoder.func_or_class._prepare(None, item)
 
 
 # -- builder -------------------------------------------------------------------------------------
