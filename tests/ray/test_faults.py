@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 import pytest
+from serving_helpers import wait_until
 
 pytestmark = [pytest.mark.ray]
 
@@ -208,10 +209,6 @@ class Load:
         with self._lock:
             self.outcomes.append(outcome)
 
-    def count_ok(self, since: float = 0.0) -> int:
-        with self._lock:
-            return sum(1 for o in self.outcomes if o.status == 200 and o.started >= since)
-
     def count_status(self, status: int, since: float = 0.0) -> int:
         with self._lock:
             return sum(1 for o in self.outcomes if o.status == status and o.started >= since)
@@ -256,15 +253,6 @@ def _check_searches(app: App, outcomes: list[Outcome], allowed_errors: set[tuple
     return tally
 
 
-def _wait_until(what: str, check: Callable[[], Any], deadline_s: float = EVENT_DEADLINE_S) -> Any:
-    deadline = time.monotonic() + deadline_s
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
-        time.sleep(0.05)
-    return value
-
-
 # -- replicas ---------------------------------------------------------------------------------------
 
 
@@ -304,14 +292,16 @@ def test_a_replica_killed_under_load_is_replaced_without_wrong_answers(app: App,
     import ray
 
     replicas = _replicas(deployment)
-    _wait_until(
-        f"{deployment} to run {replicas} healthy replica(s)", lambda: _running(deployment) and _right_answer(app)
+    wait_until(
+        f"{deployment} to run {replicas} healthy replica(s)",
+        lambda: _running(deployment) and _right_answer(app),
+        EVENT_DEADLINE_S,
     )
     victim = _replica_actors(deployment)[0]
     # Two ingress replicas share the requests: twice the clients keep requests in flight on the victim.
     clients = CLIENTS * replicas
     with Load(app, clients=clients) as load:
-        _wait_until("the load to get answers", lambda: load.count_ok() >= 2 * clients)
+        wait_until("the load to get answers", lambda: load.count_status(200) >= 2 * clients, EVENT_DEADLINE_S)
         killed_at = time.monotonic()
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
 
@@ -319,10 +309,10 @@ def test_a_replica_killed_under_load_is_replaced_without_wrong_answers(app: App,
             actors = _replica_actors(deployment)
             return len(actors) == replicas and victim not in actors and _running(deployment) and _right_answer(app)
 
-        _wait_until(f"a new {deployment} replica to answer", whole, WHOLE_WITHIN_S)
+        wait_until(f"a new {deployment} replica to answer", whole, WHOLE_WITHIN_S)
         whole_after = time.monotonic() - killed_at
         since = time.monotonic()
-        _wait_until("answers after the fault", lambda: load.count_ok(since) >= clients)
+        wait_until("answers after the fault", lambda: load.count_status(200, since) >= clients, EVENT_DEADLINE_S)
     outcomes = load.outcomes
     # Requests in flight on a killed Searcher or encoder go to the replacement (Serve's router retries
     # them) and succeed, or wait for it until the ingress's backend timeout: a 504 with a reason.
@@ -375,20 +365,20 @@ def test_milvus_killed_under_load_503s_then_recovers_with_every_row_once(app: Ap
 
     from hivlp_milvus.ids import row_id, text_key
 
-    _wait_until("the app to answer", lambda: _right_answer(app))
+    wait_until("the app to answer", lambda: _right_answer(app), EVENT_DEADLINE_S)
     done = threading.Event()
     with Load(app, clients=2) as load:
         writer = threading.Thread(target=_ingest_through, args=(app, load, done), daemon=True)
         writer.start()
-        _wait_until("the load to get answers", lambda: load.count_ok() >= 4)
+        wait_until("the load to get answers", lambda: load.count_status(200) >= 4, EVENT_DEADLINE_S)
         killed_at = time.monotonic()
         app.milvus.kill()  # SIGKILL, as a crash
         try:
-            _wait_until("503s while Milvus is down", lambda: load.count_status(503, killed_at) >= 3)
+            wait_until("503s while Milvus is down", lambda: load.count_status(503, killed_at) >= 3, EVENT_DEADLINE_S)
         finally:
             app.milvus.start()  # the same data directory and port
         back_at = time.monotonic()
-        _wait_until("right answers after the restart", lambda: _right_answer(app), WHOLE_WITHIN_S)
+        wait_until("right answers after the restart", lambda: _right_answer(app), WHOLE_WITHIN_S)
         whole_after = time.monotonic() - back_at
         writer.join(timeout=EVENT_DEADLINE_S)
         assert done.is_set(), "the ingest client did not finish"

@@ -30,6 +30,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from serving_helpers import assert_error, png, wait_until
 
 pytestmark = [pytest.mark.ray]
 
@@ -67,9 +69,10 @@ class Served:
     milvus: Any  # the LiteServer behind /outage
     outage_ids: dict[str, int]  # key -> row id of the special rows of the outage collection
 
-    def client(self, key: str | None = API_KEY) -> httpx.Client:
+    def client(self, key: str | None = API_KEY, app: str = "") -> httpx.Client:
+        """A client of the ``hivlp`` app, or of the ``/extra`` or ``/outage`` app (no API key) by its prefix."""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=TIMEOUT)
+        return httpx.Client(base_url=self.url + app, headers=headers, timeout=TIMEOUT)
 
 
 def _outage_collection(tmp: Path, uri: str, model: Any, records: list[Any]) -> dict[str, int]:
@@ -216,35 +219,10 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _png(size: tuple[int, int], noise: bool = False) -> bytes:
-    from PIL import Image
-
-    if noise:  # incompressible: big in bytes
-        pixels = np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-        img = Image.fromarray(pixels)
-    else:  # compresses to almost nothing: few bytes, many pixels
-        img = Image.new("RGB", size, (200, 30, 30))
-    out = io.BytesIO()
-    img.save(out, format="PNG")
-    return out.getvalue()
-
-
 def _unique_record(served: Served) -> Any:
     """A record whose scene (hence image) is not repeated in the data set."""
-    groups: dict[str, int] = {}
-    for r in served.records:
-        groups[r.relevance_group] = groups.get(r.relevance_group, 0) + 1
+    groups = Counter(r.relevance_group for r in served.records)
     return next(r for r in served.records if groups[r.relevance_group] == 1)
-
-
-def _assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, (response.status_code, response.text[:500])
-    body = response.json()
-    assert set(body) >= {"error", "message"}, body
-    assert body["message"], body
-    if code is not None:
-        assert body["error"] == code, body
-    return body
 
 
 # -- health and auth -----------------------------------------------------------------------------
@@ -264,13 +242,13 @@ def test_api_key_is_required_and_checked(served: Served) -> None:
     query = {"text": "a red circle", "limit": 3}
     with served.client(key=None) as anonymous:
         r = anonymous.post("/search", json=query)
-        _assert_error(r, 401, "unauthorized")
+        assert_error(r, 401, "unauthorized")
         assert "basic" in r.headers["www-authenticate"].lower()
         for path in ("/", "/openapi.json", "/docs", "/stats", "/static/app.js"):
-            _assert_error(anonymous.get(path), 401, "unauthorized")
-        _assert_error(anonymous.post("/ingest", json={"records": [{"key": "x", "captions": ["y"]}]}), 401)
+            assert_error(anonymous.get(path), 401, "unauthorized")
+        assert_error(anonymous.post("/ingest", json={"records": [{"key": "x", "captions": ["y"]}]}), 401)
     with served.client(key="wrong-key") as wrong:
-        _assert_error(wrong.post("/search", json=query), 401, "unauthorized")
+        assert_error(wrong.post("/search", json=query), 401, "unauthorized")
     with served.client() as good:
         assert good.post("/search", json=query).status_code == 200
     # A browser after the Basic prompt: any user name, the key as password.
@@ -412,8 +390,7 @@ def test_encode_matches_the_local_model(served: Served) -> None:
         (i.json(), served.model.embed_images([image_path])),
     ):
         assert (body["low_dim"], body["high_dim"]) == (cfg.low_dim, cfg.high_dim)
-        assert len(body["low"]) == cfg.low_dim
-        assert len(body["high"]) == cfg.high_dim
+        # assert_allclose also fails on a shape mismatch: the vectors have the model's dimensions.
         np.testing.assert_allclose(body["low"], local.low[0], atol=1e-4)
         np.testing.assert_allclose(body["high"], local.high[0], atol=1e-4)
 
@@ -456,10 +433,6 @@ def _c(name: str, method: str, path: str, status: int, code: str | None, **kwarg
     return name, method, path, status, code, kwargs
 
 
-def _q(**body: Any) -> dict[str, Any]:
-    return {"json": body}
-
-
 UNDECODABLE, INVALID, NOT_JSON = "undecodable_image", "invalid_request", "unsupported_media_type"
 
 
@@ -469,11 +442,11 @@ def _form(file: bytes | None = None, **fields: str) -> dict[str, Any]:
 
 
 def _error_cases(served: Served) -> list[tuple]:
-    png = Path(served.records[0].image).read_bytes()
-    truncated = png[: len(png) // 2]
-    big_bytes = _png((400, 400), noise=True)
+    image = Path(served.records[0].image).read_bytes()
+    truncated = image[: len(image) // 2]
+    big_bytes = png((400, 400), noise=True)
     assert len(big_bytes) > MAX_IMAGE_BYTES
-    many_pixels = _png((1200, 1200))
+    many_pixels = png((1200, 1200))
     assert len(many_pixels) < MAX_IMAGE_BYTES
     json_type = {"content-type": "application/json"}
     cond = {"field": "key", "op": "==", "value": "a"}
@@ -484,43 +457,43 @@ def _error_cases(served: Served) -> list[tuple]:
         _c("json array", "POST", "/search", 422, INVALID, json=["text"]),
         _c("not json", "POST", "/search", 415, NOT_JSON, content=b"text=x",
            headers={"content-type": "text/plain"}),
-        _c("unknown field", "POST", "/search", 422, "unknown_field", **_q(text="x", limt=3)),
+        _c("unknown field", "POST", "/search", 422, "unknown_field", json=dict(text="x", limt=3)),
         _c("unknown filter key", "POST", "/search", 422, "unknown_field",
-           **_q(text="x", filter=[{**cond, "x": 2}])),
-        _c("limit 0", "POST", "/search", 422, INVALID, **_q(text="x", limit=0)),
-        _c("limit too big", "POST", "/search", 422, INVALID, **_q(text="x", limit=101)),
-        _c("limit not int", "POST", "/search", 422, INVALID, **_q(text="x", limit="many")),
+           json=dict(text="x", filter=[{**cond, "x": 2}])),
+        _c("limit 0", "POST", "/search", 422, INVALID, json=dict(text="x", limit=0)),
+        _c("limit too big", "POST", "/search", 422, INVALID, json=dict(text="x", limit=101)),
+        _c("limit not int", "POST", "/search", 422, INVALID, json=dict(text="x", limit="many")),
         _c("coarse < limit", "POST", "/search", 422, INVALID,
-           **_q(text="x", limit=10, coarse_limit=5)),
-        _c("coarse too big", "POST", "/search", 422, INVALID, **_q(text="x", coarse_limit=20000)),
-        _c("text and image", "POST", "/search", 422, INVALID, **_q(text="x", image=_b64(png))),
-        _c("neither", "POST", "/search", 422, INVALID, **_q(limit=3)),
-        _c("empty text", "POST", "/search", 422, INVALID, **_q(text="")),
+           json=dict(text="x", limit=10, coarse_limit=5)),
+        _c("coarse too big", "POST", "/search", 422, INVALID, json=dict(text="x", coarse_limit=20000)),
+        _c("text and image", "POST", "/search", 422, INVALID, json=dict(text="x", image=_b64(image))),
+        _c("neither", "POST", "/search", 422, INVALID, json=dict(limit=3)),
+        _c("empty text", "POST", "/search", 422, INVALID, json=dict(text="")),
         _c("bad filter op", "POST", "/search", 422, INVALID,
-           **_q(text="x", filter=[{**cond, "op": "~="}])),
+           json=dict(text="x", filter=[{**cond, "op": "~="}])),
         _c("bad filter field", "POST", "/search", 422, "invalid_filter",
-           **_q(text="x", filter=[{**cond, "field": "vec_low"}])),
+           json=dict(text="x", filter=[{**cond, "field": "vec_low"}])),
         _c("injection in field", "POST", "/search", 422, "invalid_filter",
-           **_q(text="x", filter=[{**cond, "field": "key == 1 or id"}])),
+           json=dict(text="x", filter=[{**cond, "field": "key == 1 or id"}])),
         _c("filter in needs list", "POST", "/search", 422, "invalid_filter",
-           **_q(text="x", filter=[{**cond, "op": "in"}])),
-        _c("bad modality", "POST", "/search", 422, INVALID, **_q(text="x", modality="video")),
-        _c("invalid base64", "POST", "/search", 400, "invalid_base64", **_q(image="!!not base64!!")),
-        _c("undecodable image", "POST", "/search", 415, UNDECODABLE, **_q(image=_b64(b"GIF89a, not"))),
-        _c("truncated image", "POST", "/search", 415, UNDECODABLE, **_q(image=_b64(truncated))),
-        _c("oversized image", "POST", "/search", 413, "image_too_large", **_q(image=_b64(big_bytes))),
-        _c("too many pixels", "POST", "/search", 413, "image_too_large", **_q(image=_b64(many_pixels))),
-        _c("body too large", "POST", "/search", 413, "body_too_large", **_q(text="x" * 2_000_000)),
+           json=dict(text="x", filter=[{**cond, "op": "in"}])),
+        _c("bad modality", "POST", "/search", 422, INVALID, json=dict(text="x", modality="video")),
+        _c("invalid base64", "POST", "/search", 400, "invalid_base64", json=dict(image="!!not base64!!")),
+        _c("undecodable image", "POST", "/search", 415, UNDECODABLE, json=dict(image=_b64(b"GIF89a, not"))),
+        _c("truncated image", "POST", "/search", 415, UNDECODABLE, json=dict(image=_b64(truncated))),
+        _c("oversized image", "POST", "/search", 413, "image_too_large", json=dict(image=_b64(big_bytes))),
+        _c("too many pixels", "POST", "/search", 413, "image_too_large", json=dict(image=_b64(many_pixels))),
+        _c("body too large", "POST", "/search", 413, "body_too_large", json=dict(text="x" * 2_000_000)),
         _c("encode unknown field", "POST", "/encode", 422, "unknown_field",
            json={"text": "x", "normalize": False}),
         _c("encode undecodable", "POST", "/encode", 415, UNDECODABLE,
            json={"image": _b64(b"\x89PNG\r\n\x1a\nnope")}),
         _c("multipart no file", "POST", "/search/image", 422, None, **_form(limit="3")),
         _c("multipart not an image", "POST", "/search/image", 415, UNDECODABLE, **_form(b"plain text")),
-        _c("multipart limit", "POST", "/search/image", 422, INVALID, **_form(png, limit="0")),
+        _c("multipart limit", "POST", "/search/image", 422, INVALID, **_form(image, limit="0")),
         _c("multipart bad filter json", "POST", "/search/image", 400, "invalid_json",
-           **_form(png, filter="[{")),
-        _c("multipart unknown field", "POST", "/search/image", 422, "unknown_field", **_form(png, limt="3")),
+           **_form(image, filter="[{")),
+        _c("multipart unknown field", "POST", "/search/image", 422, "unknown_field", **_form(image, limt="3")),
         _c("search/image with json", "POST", "/search/image", 415, NOT_JSON, json={"text": "x"}),
         _c("ingest empty", "POST", "/ingest", 422, INVALID, json={"records": []}),
         _c("ingest no content", "POST", "/ingest", 422, INVALID, json={"records": [{"key": "k"}]}),
@@ -540,7 +513,7 @@ def test_client_errors_are_4xx_with_a_json_message(served: Served) -> None:
         for name, method, path, status, code, kwargs in _error_cases(served):
             r = c.request(method, path, **kwargs)
             try:
-                _assert_error(r, status, code)
+                assert_error(r, status, code)
             except (AssertionError, json.JSONDecodeError) as exc:
                 failures.append(f"{name}: {exc}")
     assert not failures, "\n".join(failures)
@@ -578,28 +551,11 @@ async def _post_all(
         return await asyncio.gather(*(client.post(path, json=b) for b in bodies))
 
 
-def _until_batched(burst: Callable[[], list[int]]) -> list[int]:
-    """Repeat a checked burst of concurrent calls until one was batched (it returns the batch sizes).
-
-    Whether N concurrent calls share a batch depends on when they reach the replica; on a loaded
-    machine a burst can trickle in one by one. Waiting for the event (a batch of several) with a
-    generous deadline keeps the test about batching, not about the machine's speed.
-    """
-    deadline = time.monotonic() + EVENT_DEADLINE_S
-    while True:
-        sizes = burst()
-        if max(sizes) > 1 or time.monotonic() > deadline:
-            return sizes
-
-
-def _wait_until(what: str, check: Callable[[], Any], deadline_s: float = EVENT_DEADLINE_S) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``deadline_s``."""
-    deadline = time.monotonic() + deadline_s
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
-        time.sleep(0.05)
-    return value
+# Whether N concurrent calls share a batch depends on when they reach the replica; on a loaded
+# machine a burst can trickle in one by one. The batching tests repeat a checked burst (it returns
+# the batch sizes) until one was batched, with a generous deadline: the test is about batching, not
+# about the machine's speed.
+BATCHED = "a burst of concurrent calls to share a batch"
 
 
 def test_concurrent_encodes_are_batched_and_each_caller_gets_its_own_vector(served: Served) -> None:
@@ -616,8 +572,7 @@ def test_concurrent_encodes_are_batched_and_each_caller_gets_its_own_vector(serv
             np.testing.assert_allclose(body["low"], local.low[row], atol=1e-4, err_msg=text)
         return [r.json()["batch_size"] for r in responses]
 
-    sizes = _until_batched(burst)
-    assert max(sizes) > 1, sizes
+    wait_until(BATCHED, lambda: max(burst()) > 1, EVENT_DEADLINE_S)
     with served.client() as c:
         stats = c.get("/stats").json()["text"]
     assert stats["max_seen_batch_size"] > 1
@@ -651,15 +606,14 @@ def test_concurrent_fused_searches_share_a_fusion_batch_and_keep_the_scorer_orde
             np.testing.assert_allclose([h["fusion_score"] for h in hits], scores, rtol=1e-4, atol=1e-5)
         return [r.json()["timings"]["fusion_batch_size"] for r in responses]
 
-    assert max(_until_batched(burst)) > 1
+    wait_until(BATCHED, lambda: max(burst()) > 1, EVENT_DEADLINE_S)
 
 
 def test_an_undecodable_image_fails_only_its_own_caller(served: Served) -> None:
     paths = [r.image for r in served.records[:7]]
     good = [_b64(Path(p).read_bytes()) for p in paths]
-    png = Path(paths[0]).read_bytes()
     # A valid PNG header (passes the ingress's check) with broken data: fails in the encoder batch.
-    broken = _b64(png[:60] + b"\x00" * 200)
+    broken = _b64(Path(paths[0]).read_bytes()[:60] + b"\x00" * 200)
     bodies = [{"image": g} for g in good[:3]] + [{"image": broken}] + [{"image": g} for g in good[3:]]
     local = served.model.embed_images(paths)
     with served.client() as c:
@@ -676,7 +630,7 @@ def test_an_undecodable_image_fails_only_its_own_caller(served: Served) -> None:
         return [r.json()["batch_size"] for r in ok]
 
     # They were batched (the bad one counts in its batch), and only the bad one failed.
-    assert max(_until_batched(burst)) > 1
+    wait_until(BATCHED, lambda: max(burst()) > 1, EVENT_DEADLINE_S)
     with served.client() as c:
         after = c.get("/stats").json()["image"]
     assert after["failed_batches"] == before["failed_batches"]  # a per-item failure, not a batch one
@@ -699,7 +653,7 @@ def test_a_failing_batch_fails_every_caller_of_that_batch_only(served: Served) -
     assert len(poisoned) == 1, log
     assert sorted(poisoned[0]) == sorted(texts), log  # the fault hit one real batch of all twelve
     for r in first:
-        _assert_error(r, 500, "internal_error")  # a server fault, reported to every caller of the batch
+        assert_error(r, 500, "internal_error")  # a server fault, reported to every caller of the batch
     # The next batches are fine: the fault did not poison the replica.
     assert [r.status_code for r in second] == [200] * len(second)
     local = served.model.embed_texts(texts[6:])
@@ -710,8 +664,9 @@ def test_a_failing_batch_fails_every_caller_of_that_batch_only(served: Served) -
 # -- Milvus unreachable --------------------------------------------------------------------------
 
 
-def test_unreachable_milvus_is_a_503_not_a_hang(served: Served) -> None:
-    with httpx.Client(base_url=served.url + "/extra", timeout=TIMEOUT) as c:
+def test_unreachable_milvus_is_a_503_not_a_hang_and_keeps_its_credentials(served: Served) -> None:
+    """The extra app's Milvus URI is ``http://hivlp:<SECRET>@127.0.0.1:<port>``, never reachable."""
+    with served.client(None, "/extra") as c:
         health = c.get("/healthz")
         started = time.monotonic()
         search = c.post("/search", json={"text": "a red circle"})
@@ -719,26 +674,14 @@ def test_unreachable_milvus_is_a_503_not_a_hang(served: Served) -> None:
     assert health.status_code == 503, health.text
     assert health.json()["status"] == "unavailable"
     assert "unreachable" in health.json()["milvus"]
-    _assert_error(search, 503, "milvus_unavailable")
+    assert_error(search, 503, "milvus_unavailable")
     assert elapsed < 15, elapsed
-
-
-def test_credentials_in_a_milvus_uri_never_reach_clients(served: Served) -> None:
-    """The extra app's Milvus URI is ``http://hivlp:<SECRET>@127.0.0.1:<port>``, never reachable."""
-    with httpx.Client(base_url=served.url + "/extra", timeout=TIMEOUT) as c:
-        health = c.get("/healthz")
-        search = c.post("/search", json={"text": "a red circle"})
     for r in (health, search):
-        assert r.status_code == 503, r.text
         assert "127.0.0.1:" in r.text  # it still says which Milvus
         assert SECRET not in r.text, r.text
 
 
 # -- the outage app: a real Milvus server that pauses, stops, restarts and loses its collection ------
-
-
-def _outage(served: Served) -> httpx.Client:
-    return httpx.Client(base_url=served.url + "/outage", timeout=TIMEOUT)
 
 
 def _search_ok(c: httpx.Client, deadline_s: float = EVENT_DEADLINE_S) -> httpx.Response:
@@ -748,7 +691,7 @@ def _search_ok(c: httpx.Client, deadline_s: float = EVENT_DEADLINE_S) -> httpx.R
         r = c.post("/search", json={"text": "a red circle", "limit": 5, "modality": "image"})
         return r if r.status_code == 200 else None
 
-    return _wait_until("a search on the outage app to succeed", attempt, deadline_s)
+    return wait_until("a search on the outage app to succeed", attempt, deadline_s)
 
 
 def test_media_serves_local_image_files_only(served: Served) -> None:
@@ -757,7 +700,7 @@ def test_media_serves_local_image_files_only(served: Served) -> None:
     ids = served.outage_ids
     record = served.records[0]
     only_special = [{"field": "key", "op": "in", "value": list(ids)}]
-    with _outage(served) as c:
+    with served.client(None, "/outage") as c:
         image = c.get(f"/media/{row_id(record.id, 'image')}")  # an ingested file (absolute path)
         relative = c.get(f"/media/{ids['relative']}")  # a path relative to media_root
         text = c.get(f"/media/{row_id(text_key(record.id, 0), 'text')}")
@@ -766,10 +709,10 @@ def test_media_serves_local_image_files_only(served: Served) -> None:
     for r in (image, relative):
         assert r.status_code == 200, r.text
         assert r.headers["content-type"] == "image/png"
-    assert _assert_error(text, 404, "not_found")["message"].endswith("is not an image row with a local file")
-    assert "is not on this server" in _assert_error(missing, 404, "not_found")["message"]
+    assert assert_error(text, 404, "not_found")["message"].endswith("is not an image row with a local file")
+    assert "is not on this server" in assert_error(missing, 404, "not_found")["message"]
     for r in (remote, bucket):  # never fetched by the server: the browser loads http(s) itself
-        assert "is not an image row with a local file" in _assert_error(r, 404, "not_found")["message"]
+        assert "is not an image row with a local file" in assert_error(r, 404, "not_found")["message"]
     assert search.status_code == 200, search.text
     urls = {h["key"]: h["media_url"] for h in search.json()["hits"]}
     assert urls == {
@@ -781,7 +724,7 @@ def test_media_serves_local_image_files_only(served: Served) -> None:
 
 
 def test_a_backend_that_does_not_answer_is_a_504(served: Served) -> None:
-    with _outage(served) as c:
+    with served.client(None, "/outage") as c:
         _search_ok(c)
         served.milvus.proc.send_signal(signal.SIGSTOP)  # Milvus hangs: connections open, no answers
         try:
@@ -790,7 +733,7 @@ def test_a_backend_that_does_not_answer_is_a_504(served: Served) -> None:
             elapsed = time.monotonic() - started
         finally:
             served.milvus.proc.send_signal(signal.SIGCONT)
-    body = _assert_error(r, 504, "timeout")
+    body = assert_error(r, 504, "timeout")
     assert "did not answer in time" in body["message"]
     assert f"({OUTAGE_TIMEOUT_S:g} s, the backend_timeout_s" in body["message"]  # which limit ran out
     assert OUTAGE_TIMEOUT_S * 0.9 <= elapsed < 60, elapsed
@@ -798,7 +741,7 @@ def test_a_backend_that_does_not_answer_is_a_504(served: Served) -> None:
 
 def test_the_searcher_reconnects_after_a_milvus_outage(served: Served) -> None:
     server = served.milvus
-    with _outage(served) as c:
+    with served.client(None, "/outage") as c:
         before = _search_ok(c).json()["hits"]
         server.stop()
         try:
@@ -808,7 +751,7 @@ def test_the_searcher_reconnects_after_a_milvus_outage(served: Served) -> None:
             health = c.get("/healthz")
         finally:
             server.start()  # the same data directory and port
-        body = _assert_error(down, 503, "milvus_unavailable")
+        body = assert_error(down, 503, "milvus_unavailable")
         assert elapsed < OUTAGE_TIMEOUT_S, elapsed  # a quick 503, not a hang until the timeout
         assert f"127.0.0.1:{server.port}" in body["message"]
         assert SECRET not in down.text
@@ -821,35 +764,25 @@ def test_the_searcher_reconnects_after_a_milvus_outage(served: Served) -> None:
         after = _search_ok(c, deadline_s=45).json()["hits"]
         assert [h["id"] for h in after] == [h["id"] for h in before]
         assert [h["score"] for h in after] == pytest.approx([h["score"] for h in before], abs=1e-5)
-        _wait_until("/healthz to recover", lambda: c.get("/healthz").status_code == 200)
+        wait_until("/healthz to recover", lambda: c.get("/healthz").status_code == 200, EVENT_DEADLINE_S)
 
 
-def _drop_outage_collection(served: Served) -> None:
+def test_a_collection_that_is_gone_is_a_503_for_healthz_and_search(served: Served) -> None:
     from pymilvus import MilvusClient
 
-    client = MilvusClient(uri=served.milvus.uri)
-    try:
-        if client.has_collection(OUTAGE_COLLECTION):
-            client.drop_collection(OUTAGE_COLLECTION)
-    finally:
-        client.close()
-
-
-def test_healthz_reports_a_collection_that_is_gone(served: Served) -> None:
-    with _outage(served) as c:
+    with served.client(None, "/outage") as c:
         _search_ok(c)
-        _drop_outage_collection(served)
+        client = MilvusClient(uri=served.milvus.uri)
+        try:
+            client.drop_collection(OUTAGE_COLLECTION)
+        finally:
+            client.close()
         health = c.get("/healthz")
+        search = c.post("/search", json={"text": "a red circle", "limit": 3})
     assert health.status_code == 503, health.text
     assert health.json()["status"] == "unavailable"
     assert OUTAGE_COLLECTION in health.json()["milvus"]
-
-
-def test_search_on_a_collection_that_is_gone_is_a_503(served: Served) -> None:
-    _drop_outage_collection(served)
-    with _outage(served) as c:
-        r = c.post("/search", json={"text": "a red circle", "limit": 3})
-    body = _assert_error(r, 503, "misconfigured")
+    body = assert_error(search, 503, "misconfigured")
     assert OUTAGE_COLLECTION in body["message"]
 
 

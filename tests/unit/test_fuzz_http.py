@@ -44,6 +44,7 @@ from serving.ingress import IngressSettings, api  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from demo_layout import DemoLayout, build_demo_layout  # noqa: E402
+from serving_helpers import ingest_with_a_fusion_model  # noqa: E402
 
 # Per route and generation mode; HIVLP_FUZZ_EXAMPLES=500 for a deeper (slower) run by hand.
 EXAMPLES_PER_ROUTE = int(os.environ.get("HIVLP_FUZZ_EXAMPLES", "30"))
@@ -69,21 +70,10 @@ FUZZ = settings(
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> DemoLayout:
     """The demo layout with a fusion block in the model, so ``fusion_limit`` runs the third stage."""
-    import dataclasses
-
-    import hivlp_milvus
-    from hivlp_milvus.data import load_source
-    from hivlp_milvus.model import create_model, get_config
-    from hivlp_milvus.model.config import FusionConfig
-
     demo = build_demo_layout(tmp_path_factory.mktemp("fuzz"), n_records=8)
     # The same data under a fusion model: its own checkpoint and collection (the fingerprint differs).
-    records = list(load_source(demo.root / "hivlp_work" / "data", split="test"))
-    cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
-    model = create_model(cfg, texts=[c for r in records for c in r.captions], seed=0)
-    model.save_pretrained(demo.root / "fusion_model")
-    hivlp_milvus.ingest(records, uri=demo.uri, collection_name="fuzz_fusion", model=model, progress=False)
-    return DemoLayout(demo.root, demo.root / "fusion_model", demo.uri, "fuzz_fusion", model, records)
+    model = ingest_with_a_fusion_model(demo.records, demo.root / "fusion_model", demo.uri, "fuzz_fusion")
+    return DemoLayout(demo.root, demo.root / "fusion_model", demo.uri, "fuzz_fusion", model, demo.records)
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +155,8 @@ def test_fuzz_every_route(schema: Any, mode: GenerationMode) -> None:
         except Exception as exc:  # collect every route's finding, then fail once with all of them
             found.append(f"{op.method.upper()} {op.path}: {type(exc).__name__}: {str(exc)[:1500]}")
     print(f"\nfuzz {mode}: {sum(tried.values())} requests; by route and status: {dict(sorted(statuses.items()))}")
-    assert not found, "\n\n".join(found)
+    assert not found, "\n\n".join(found)  # a 5xx is a finding of not_a_server_error
     assert set(tried) == {f"{op.method.upper()} {op.path}" for op in _operations(schema)}
-    assert not [key for key in statuses if key[1] >= 500]
     if mode == GenerationMode.POSITIVE:  # valid requests reach the fusion stage too
         assert ("POST /search with fusion_limit", 200) in statuses, statuses
 

@@ -66,13 +66,12 @@ def test_args_become_one_connection_options(tmp_path: Path) -> None:
 
 def test_builder_gives_the_searcher_the_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    app = build_app({"checkpoint": "/nowhere", "milvus_uri": "https://milvus:19530", **TLS_ARGS})
+    args = {"checkpoint": "/nowhere", "milvus_uri": "https://milvus:19530", **TLS_ARGS}
     # Ray's Application has no public accessor for the bound graph; the Searcher is the third argument.
-    searcher = app._bound_deployment.init_args[2]._bound_deployment
+    searcher = build_app(args)._bound_deployment.init_args[2]._bound_deployment
     assert searcher.name == "Searcher"
-    connection = searcher.init_kwargs["connection"]
-    assert connection.server_pem_path == str(tmp_path / "certs/server.pem")
-    assert (connection.secure, connection.server_name, connection.db_name) == (True, "milvus.internal", "prod")
+    # Every field as resolve_args makes it (checked field by field above: relative files made absolute).
+    assert searcher.init_kwargs["connection"] == resolve_args(AppArgs.model_validate(args)).connection
 
 
 def test_credentials_in_the_uri_never_reach_a_client_or_the_log(

@@ -77,12 +77,11 @@ def test_credentials_never_reach_the_client() -> None:
     )
     err = to_api_error(exc)
     assert err.status == 503
-    for secret in ("pw@", "s3cr3t", "user:", "admin"):
+    for secret in ("pw", "s3cr3t", "user:", "admin"):  # the response body is err.message (the TABLE test)
         assert secret not in err.message
     assert "http://***@milvus.internal:19530" in err.message
     assert "https://***@10.0.0.1:443/db" in err.message
     assert redact("no uri here; http://host:19530 stays") == "no uri here; http://host:19530 stays"
-    assert "pw" not in json.loads(err.response().body)["message"]
 
 
 def test_metrics_are_no_ops_outside_a_replica_but_check_the_stage() -> None:

@@ -9,7 +9,6 @@ Milvus Lite holding 16 images and their 80 captions).
 from __future__ import annotations
 
 import base64
-import dataclasses
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from hivlp_milvus.connection import ConnectionOptions, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from demo_layout import DemoLayout, build_demo_layout  # noqa: E402
+from serving_helpers import ingest_with_a_fusion_model  # noqa: E402
 
 ALL_ROWS = 96  # 16 images + 80 captions: a coarse shortlist of every row makes the funnel exact
 
@@ -97,13 +97,13 @@ def test_modality_all_through_the_upload_route(client: TestClient, layout: DemoL
 
 
 def test_fusion_limit_on_a_model_without_fusion_block_is_422(client: TestClient, layout: DemoLayout) -> None:
-    r = client.post("/search", json={"text": "a red circle", "limit": 3, "fusion_limit": 10})
-    assert r.status_code == 422, r.text
-    assert r.json()["error"] == "no_fusion_block"
-    assert "needs a model with a fusion block" in r.json()["message"]
     files = {"file": ("q.png", _image(layout), "image/png")}
-    r = client.post("/search/image", files=files, data={"fusion_limit": "10"})
-    assert (r.status_code, r.json()["error"]) == (422, "no_fusion_block")
+    for r in (
+        client.post("/search", json={"text": "a red circle", "limit": 3, "fusion_limit": 10}),
+        client.post("/search/image", files=files, data={"fusion_limit": "10"}),
+    ):
+        assert (r.status_code, r.json()["error"]) == (422, "no_fusion_block"), r.text
+        assert "needs a model with a fusion block" in r.json()["message"]
 
 
 # -- the fusion stage (third stage) over HTTP ----------------------------------------------------
@@ -130,19 +130,14 @@ class FusionSite:
 def fusion_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FusionSite]:
     import hivlp_milvus
     from hivlp_milvus.data import EmbeddingRecord, load_source, synthetic
-    from hivlp_milvus.model import create_model, get_config
-    from hivlp_milvus.model.config import FusionConfig
     from serving.ingress import IngressSettings
     from serving.inprocess import local_app
 
     root = tmp_path_factory.mktemp("fusion")
     synthetic.write_splits(root / "data", {"test": N_FUSION}, seed=3, progress=False)
     records = list(load_source(root / "data", split="test"))
-    cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
-    model = create_model(cfg, texts=[c for r in records for c in r.captions], seed=0)
-    model.save_pretrained(root / "model")
     uri = str(root / "hivlp.db")
-    hivlp_milvus.ingest(records, uri=uri, collection_name="fusion", model=model, progress=False)
+    model = ingest_with_a_fusion_model(records, root / "model", uri, "fusion")
     vec = model.embed_images([records[0].image])
     special = [
         EmbeddingRecord("missing", "image", vec.low[0], vec.high[0], reference=str(root / "gone.png")),
@@ -222,8 +217,7 @@ def test_fusion_order_over_http_equals_score_pairs_order(fusion_site: FusionSite
     hits = r.json()["hits"]
     _check_fusion_hits(hits, expected)
     by_key = {h["key"]: (pos, h) for pos, h in enumerate(hits)}
-    pos, missing = by_key["missing"]
-    assert missing["fusion_score"] is None
+    pos, missing = by_key["missing"]  # its null fusion_score is in expected (checked above)
     assert "gone.png" in missing["fusion_error"]
     assert pos == [h["key"] for h in fine].index("missing")
     assert by_key["relative"][1]["fusion_score"] is not None  # read through the media root
@@ -264,14 +258,14 @@ def test_fusion_with_modality_all_keeps_same_modality_candidates_in_place(fusion
     ],
 )
 def test_fusion_limit_out_of_range_is_422(fusion_site: FusionSite, extra: dict[str, Any], where: str) -> None:
-    r = fusion_site.client.post("/search", json={"text": "a red circle", **extra})
-    assert r.status_code == 422, r.text
-    assert where in r.json()["message"]
     form = {k: str(v) for k, v in extra.items()}
     image = Path(fusion_site.records[0].image).read_bytes()
-    r = fusion_site.client.post("/search/image", files={"file": ("q.png", image, "image/png")}, data=form)
-    assert r.status_code == 422, r.text
-    assert where in r.json()["message"]
+    for r in (
+        fusion_site.client.post("/search", json={"text": "a red circle", **extra}),
+        fusion_site.client.post("/search/image", files={"file": ("q.png", image, "image/png")}, data=form),
+    ):
+        assert r.status_code == 422, r.text
+        assert where in r.json()["message"]
 
 
 def test_a_batch_scores_each_search_and_a_bad_query_image_fails_only_its_own(fusion_site: FusionSite) -> None:
