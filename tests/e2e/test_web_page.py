@@ -13,7 +13,6 @@ The micro model is untrained, so relevance is checked where it is exact: a capti
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import socket
@@ -66,21 +65,19 @@ def site(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Iterato
     if CHROMIUM is None:  # before the ~40 s of Ray start-up
         pytest.skip("chromium is not installed (`command -v chromium` finds nothing): apt-get install chromium")
     from milvus_lite.server_manager import server_manager_instance
+    from model_helpers import micro_fusion_model
     from ray import serve
 
     from hivlp_milvus.collection import HierarchicalCollection
     from hivlp_milvus.data import load_source, synthetic
     from hivlp_milvus.ingest import ingest
-    from hivlp_milvus.model import create_model, get_config
-    from hivlp_milvus.model.config import FusionConfig
     from serving import AppArgs, build_app
 
     tmp = tmp_path_factory.mktemp("web")
     synthetic.write_splits(tmp / "data", {"test": N_RECORDS}, seed=5, progress=False)
     records = list(load_source(tmp / "data" / "test"))
     # With a fusion block, so the app has its FusionScorer and the page's fusion control works.
-    cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
-    model = create_model(cfg, texts=[c for r in records for c in r.captions], seed=0)
+    model = micro_fusion_model([c for r in records for c in r.captions])
     model.save_pretrained(tmp / "model")
     db = str(tmp / "hivlp.db")
     col = HierarchicalCollection.create("web", uri=db, model=model)

@@ -8,23 +8,19 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from model_helpers import micro_fusion_model
 
 from hivlp_milvus.data import synthetic
 from hivlp_milvus.errors import ConfigError
-from hivlp_milvus.model import create_model, get_config
-from hivlp_milvus.model.config import FusionConfig
+from hivlp_milvus.model import create_model
 from training.fusion_finetune import FusionFinetuneConfig, finetune_fusion, mix_order
 
 TRAIN = synthetic.generate(24, seed=3, image_size=32, captions_per_image=2)
 VAL = synthetic.generate(12, seed=4, image_size=32, captions_per_image=2)
+CAPTIONS = [c for r in TRAIN for c in r.captions]
 CFG = FusionFinetuneConfig(
     steps=4, batch_size=4, negatives=3, mine_limit=5, coarse_limit=10, gallery_size=12, max_images=24, val_images=12
 )
-
-
-def _model() -> Any:
-    cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
-    return create_model(cfg, texts=[c for r in TRAIN for c in r.captions], seed=0)
 
 
 def _two_stage_r1(model: Any) -> float:
@@ -49,7 +45,7 @@ def _two_stage_r1(model: Any) -> float:
 
 
 def test_only_the_fusion_block_learns_and_the_chosen_mix_is_stored() -> None:
-    model = _model()
+    model = micro_fusion_model(CAPTIONS)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     report = finetune_fusion(model, TRAIN, VAL, CFG, progress=False)
     after = model.state_dict()
@@ -77,13 +73,13 @@ def test_mix_order_weight_zero_is_the_fine_order_and_none_the_fusion_order() -> 
 
 
 def test_a_model_without_fusion_block_is_refused() -> None:
-    plain = create_model("micro", texts=[c for r in TRAIN for c in r.captions], seed=0)
+    plain = create_model("micro", texts=CAPTIONS, seed=0)
     with pytest.raises(ConfigError, match="fusion block"):
         finetune_fusion(plain, TRAIN, VAL, CFG, progress=False)
 
 
 def test_a_training_split_smaller_than_a_batch_still_trains() -> None:
-    model = _model()
+    model = micro_fusion_model(CAPTIONS)
     small = dataclasses.replace(CFG, batch_size=64, max_images=10, steps=2)  # 10 images, 20 captions < 64
     report = finetune_fusion(model, TRAIN, VAL, small, progress=False)
     assert report.steps == 2

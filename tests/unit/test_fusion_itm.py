@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import micro_fusion_model
 
 from hivlp_milvus.data import synthetic
 from hivlp_milvus.errors import ConfigError
-from hivlp_milvus.model import HiVLPLoss, LossConfig, create_model, get_config
-from hivlp_milvus.model.config import FusionConfig
+from hivlp_milvus.model import HiVLPLoss, LossConfig, create_model
 from hivlp_milvus.model.fusion import FusedOutput
 
 RECORDS = synthetic.generate(8, seed=7, image_size=32, captions_per_image=1)
@@ -22,10 +21,7 @@ IMAGES = [r.image for r in RECORDS]
 
 
 def _model(fusion: bool = True, seed: int = 0) -> Any:
-    cfg = get_config("micro")
-    if fusion:
-        cfg = dataclasses.replace(cfg, fusion=FusionConfig(layers=1, heads=2, width=32))
-    return create_model(cfg, texts=CAPTIONS, seed=seed)
+    return micro_fusion_model(CAPTIONS, seed=seed) if fusion else create_model("micro", texts=CAPTIONS, seed=seed)
 
 
 def _forward(model: Any, n: int = len(RECORDS)) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from typing import Any
@@ -10,13 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from model_helpers import SMALL_FUSION, micro_fusion_model
 
 from hivlp_milvus.data import synthetic
 from hivlp_milvus.errors import CheckpointError, ConfigError, DimensionMismatchError
 from hivlp_milvus.model import HiVLP, create_model, get_config
 from hivlp_milvus.model.config import FusionConfig, HiVLPConfig
-
-FUSION = FusionConfig(layers=1, heads=2, width=32)
 
 
 def _records() -> list[Any]:
@@ -28,19 +26,15 @@ CAPTIONS = [c for r in RECORDS for c in r.captions]
 IMAGES = [r.image for r in RECORDS]
 
 
-def fusion_model(seed: int = 0, fusion: FusionConfig = FUSION) -> HiVLP:
-    return create_model(dataclasses.replace(get_config("micro"), fusion=fusion), texts=CAPTIONS, seed=seed)
-
-
 @pytest.fixture(scope="module")
 def model() -> HiVLP:
-    return fusion_model()
+    return micro_fusion_model(CAPTIONS)
 
 
 def test_config_fusion_block_is_optional_validated_and_round_trips() -> None:
     assert get_config("micro").fusion is None
     cfg = HiVLPConfig.from_dict({**get_config("micro").to_dict(), "fusion": {"layers": 1, "heads": 2, "width": 32}})
-    assert cfg.fusion == FUSION
+    assert cfg.fusion == SMALL_FUSION
     assert HiVLPConfig.from_json(cfg.to_json()) == cfg
     with pytest.raises(ConfigError, match="fusion: width=30 is not divisible by heads=4"):
         FusionConfig(layers=1, heads=4, width=30)
@@ -129,7 +123,7 @@ def test_fingerprint_covers_the_fusion_weights_and_config(model: HiVLP) -> None:
     with torch.no_grad():
         twin.fusion.head.weight[0, 0] += 1e-3
     assert twin.fingerprint != model.fingerprint
-    wider = fusion_model(fusion=FusionConfig(layers=1, heads=2, width=64))
+    wider = micro_fusion_model(CAPTIONS, fusion=FusionConfig(layers=1, heads=2, width=64))
     assert wider.fingerprint != model.fingerprint
 
 
@@ -166,7 +160,7 @@ def test_fusion_weights_must_match_the_config(model: HiVLP, tmp_path: Any) -> No
 
 
 def test_the_score_weight_round_trips_and_is_in_the_fingerprint(tmp_path: Any) -> None:
-    model = fusion_model()
+    model = micro_fusion_model(CAPTIONS)
     before = model.fingerprint
     assert model.fusion_score_weight is None
     assert "score_weight" not in model.config.to_dict()["fusion"]  # pre-mix checkpoints keep their fingerprint

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from model_helpers import SCALE_HIGH, SCALE_LOW, B, random_output, unit_rows
 from torch import nn
 
 import hivlp_milvus.model.loss as loss_mod
@@ -21,30 +22,10 @@ from hivlp_milvus.errors import ConfigError, DimensionMismatchError
 from hivlp_milvus.model.embedding import HierarchicalEmbedding, HiVLPOutput
 from hivlp_milvus.model.loss import TERMS, HiVLPLoss, LossConfig, LossOutput
 
-B, LOW_DIM, HIGH_DIM = 6, 4, 8
-SCALE_LOW, SCALE_HIGH = 4.0, 6.0
 GROUPS = torch.tensor([3, 3, 1, 7, 7, 7])  # one singleton, a pair and a triple
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=1, keepdim=True)
-
-
-def _make_output(seed: int = 0, *, requires_grad: bool = False) -> HiVLPOutput:
-    g = torch.Generator().manual_seed(seed)
-    feats = [
-        _unit(torch.randn(B, d, generator=g)).requires_grad_(requires_grad)
-        for d in (LOW_DIM, HIGH_DIM, LOW_DIM, HIGH_DIM)
-    ]
-    return HiVLPOutput(
-        image=HierarchicalEmbedding(feats[0], feats[1]),
-        text=HierarchicalEmbedding(feats[2], feats[3]),
-        logit_scale_low=torch.tensor(SCALE_LOW, requires_grad=requires_grad),
-        logit_scale_high=torch.tensor(SCALE_HIGH, requires_grad=requires_grad),
-    )
 
 
 def _np(out: HiVLPOutput) -> dict[str, np.ndarray]:
@@ -149,7 +130,7 @@ def ref_shortlist(a: dict[str, np.ndarray], k: int, groups: list[int] | None) ->
 @pytest.mark.parametrize("groups", [None, GROUPS], ids=["diagonal", "groups"])
 @pytest.mark.parametrize("level", ["low", "high"])
 def test_infonce_matches_reference(level: str, groups: torch.Tensor | None) -> None:
-    out = _make_output(1)
+    out = random_output(1)
     got = HiVLPLoss(_only(level))(out, groups=groups)
     ref = ref_infonce(_np(out), level, None if groups is None else groups.tolist())
     assert got.parts[level].item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
@@ -158,7 +139,7 @@ def test_infonce_matches_reference(level: str, groups: torch.Tensor | None) -> N
 
 @pytest.mark.parametrize("tau", [1.0, 0.5, 3.0])
 def test_consistency_matches_reference(tau: float) -> None:
-    out = _make_output(2)
+    out = random_output(2)
     got = HiVLPLoss(_only("consistency", consistency_temperature=tau))(out)
     ref = ref_consistency(_np(out), tau)
     assert ref > 1e-3  # the two levels disagree on random features: the check is not 0 == 0
@@ -166,7 +147,7 @@ def test_consistency_matches_reference(tau: float) -> None:
 
 
 def test_consistency_ignores_groups() -> None:
-    out = _make_output(2)
+    out = random_output(2)
     loss = HiVLPLoss(_only("consistency"))
     assert loss(out, groups=GROUPS).parts["consistency"].item() == pytest.approx(
         loss(out).parts["consistency"].item(), rel=1e-6
@@ -176,7 +157,7 @@ def test_consistency_ignores_groups() -> None:
 @pytest.mark.parametrize("groups", [None, GROUPS], ids=["diagonal", "groups"])
 @pytest.mark.parametrize("k", [2, 3, 4])
 def test_shortlist_matches_reference_with_forced_positives(k: int, groups: torch.Tensor | None) -> None:
-    out = _make_output(3)
+    out = random_output(3)
     got = HiVLPLoss(_only("shortlist", shortlist_k=k))(out, groups=groups)
     ref, forced = ref_shortlist(_np(out), k, None if groups is None else groups.tolist())
     # The interesting path must be exercised: some positive was outside the low-level top-K.
@@ -187,7 +168,7 @@ def test_shortlist_matches_reference_with_forced_positives(k: int, groups: torch
 @pytest.mark.parametrize("groups", [None, GROUPS], ids=["diagonal", "groups"])
 @pytest.mark.parametrize("k", [B, B + 1, 1000])
 def test_shortlist_with_k_at_least_batch_is_high_infonce(k: int, groups: torch.Tensor | None) -> None:
-    out = _make_output(4)
+    out = random_output(4)
     got = HiVLPLoss(LossConfig(shortlist_k=k))(out, groups=groups)
     assert got.parts["shortlist"].item() == pytest.approx(got.parts["high"].item(), rel=1e-6)
 
@@ -196,12 +177,12 @@ def test_shortlist_with_k_at_least_batch_is_high_infonce(k: int, groups: torch.T
 def test_shortlist_is_never_above_the_full_high_infonce(k: int) -> None:
     # Dropping negative columns can only raise each positive's probability.
     for seed in range(5):
-        parts = HiVLPLoss(LossConfig(shortlist_k=k))(_make_output(seed)).parts
+        parts = HiVLPLoss(LossConfig(shortlist_k=k))(random_output(seed)).parts
         assert parts["shortlist"].item() <= parts["high"].item() + 1e-6
 
 
 def test_distinct_groups_equal_no_groups() -> None:
-    out = _make_output(5)
+    out = random_output(5)
     loss = HiVLPLoss(LossConfig(shortlist_k=3))
     a, b = loss(out).parts, loss(out, groups=torch.arange(10, 10 + B)).parts
     for name in TERMS:
@@ -209,7 +190,7 @@ def test_distinct_groups_equal_no_groups() -> None:
 
 
 def test_groups_change_the_loss() -> None:
-    out = _make_output(5)
+    out = random_output(5)
     loss = HiVLPLoss(_only("high"))
     assert loss(out).total.item() != pytest.approx(loss(out, groups=GROUPS).total.item(), rel=1e-3)
 
@@ -219,7 +200,7 @@ def test_groups_change_the_loss() -> None:
 
 def test_total_is_weighted_sum_of_parts() -> None:
     cfg = LossConfig(low=0.3, high=1.7, consistency=0.2, shortlist=0.9, shortlist_k=3)
-    got = HiVLPLoss(cfg)(_make_output(6), groups=GROUPS)
+    got = HiVLPLoss(cfg)(random_output(6), groups=GROUPS)
     assert isinstance(got, LossOutput)
     assert set(got.parts) == {*TERMS, "logit_scale_low", "logit_scale_high"}
     expected = sum(getattr(cfg, t) * got.parts[t].item() for t in TERMS)
@@ -229,7 +210,7 @@ def test_total_is_weighted_sum_of_parts() -> None:
 
 
 def test_parts_are_detached() -> None:
-    got = HiVLPLoss()(_make_output(6, requires_grad=True))
+    got = HiVLPLoss()(random_output(6, requires_grad=True))
     assert got.total.requires_grad
     assert all(not v.requires_grad for v in got.parts.values())
 
@@ -240,7 +221,7 @@ def test_switched_off_terms_are_absent_and_not_computed(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(loss_mod, "_shortlist_mask", boom)
     monkeypatch.setattr(loss_mod, "_consistency_kl", boom)
-    out = _make_output(7)
+    out = random_output(7)
     got = HiVLPLoss(LossConfig(low=1.0, high=2.0, consistency=0.0, shortlist=0.0))(out)
     assert set(got.parts) == {"low", "high", "logit_scale_low", "logit_scale_high"}
     a = _np(out)
@@ -248,7 +229,7 @@ def test_switched_off_terms_are_absent_and_not_computed(monkeypatch: pytest.Monk
 
 
 def test_low_only_never_touches_the_high_level() -> None:
-    out = _make_output(7, requires_grad=True)
+    out = random_output(7, requires_grad=True)
     HiVLPLoss(_only("low"))(out).total.backward()
     assert out.image.high.grad is None
     assert out.text.high.grad is None
@@ -260,7 +241,7 @@ def test_low_only_never_touches_the_high_level() -> None:
 
 
 def test_consistency_stops_gradient_into_the_high_level() -> None:
-    out = _make_output(8, requires_grad=True)
+    out = random_output(8, requires_grad=True)
     HiVLPLoss(_only("consistency"))(out).total.backward()
     for t in (out.image.high, out.text.high, out.logit_scale_high):
         assert t.grad is None or torch.count_nonzero(t.grad) == 0
@@ -272,7 +253,7 @@ def test_consistency_stops_gradient_into_the_high_level() -> None:
 def test_shortlist_gradient_flows_only_into_the_high_level() -> None:
     # The shortlist is *selected* by the low level but scored by the high level; selection is
     # not differentiable (as the ANN stage at inference is not).
-    out = _make_output(8, requires_grad=True)
+    out = random_output(8, requires_grad=True)
     HiVLPLoss(_only("shortlist", shortlist_k=3))(out).total.backward()
     for t in (out.image.low, out.text.low, out.logit_scale_low):
         assert t.grad is None or torch.count_nonzero(t.grad) == 0
@@ -280,7 +261,7 @@ def test_shortlist_gradient_flows_only_into_the_high_level() -> None:
 
 
 def test_gradients_are_finite_with_masked_columns() -> None:
-    out = _make_output(9, requires_grad=True)
+    out = random_output(9, requires_grad=True)
     HiVLPLoss(LossConfig(shortlist_k=2))(out, groups=GROUPS).total.backward()
     for t in (out.image.low, out.image.high, out.text.low, out.text.high):
         assert torch.isfinite(t.grad).all()
@@ -331,11 +312,11 @@ def test_from_dict_rejects_unknown_keys() -> None:
 
 def test_gather_true_without_process_group_is_an_error() -> None:
     with pytest.raises(ConfigError, match="not initialised"):
-        HiVLPLoss(LossConfig(gather=True))(_make_output())
+        HiVLPLoss(LossConfig(gather=True))(random_output())
 
 
 def test_bad_shapes_are_errors() -> None:
-    out = _make_output()
+    out = random_output()
     with pytest.raises(DimensionMismatchError):
         HiVLPLoss()(out, groups=GROUPS[:3])
     with pytest.raises(DimensionMismatchError):
@@ -354,7 +335,7 @@ class _Tower(nn.Module):
         self.low, self.high = nn.Linear(din, low), nn.Linear(din, high)
 
     def forward(self, x: torch.Tensor) -> HierarchicalEmbedding:
-        return HierarchicalEmbedding(_unit(self.low(x)), _unit(self.high(x)))
+        return HierarchicalEmbedding(unit_rows(self.low(x)), unit_rows(self.high(x)))
 
 
 def _recall_at_1(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -412,7 +393,7 @@ def test_training_two_linear_towers_reaches_near_perfect_recall() -> None:
 def test_shortlist_term_starts_at_its_step() -> None:
     cfg = LossConfig(shortlist=0.9, shortlist_k=3, shortlist_start_step=5)
     loss = HiVLPLoss(cfg)
-    out = _make_output(8)
+    out = random_output(8)
     before = loss(out, groups=GROUPS, step=4)
     assert "shortlist" not in before.parts
     expected = sum(getattr(cfg, t) * before.parts[t].item() for t in TERMS if t != "shortlist")

@@ -15,37 +15,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import SCALE_HIGH, SCALE_LOW, B, micro_fusion_model, random_output
 
 from hivlp_milvus.data import synthetic
 from hivlp_milvus.errors import CheckpointError, ConfigError, DimensionMismatchError
-from hivlp_milvus.model import create_model, get_config
-from hivlp_milvus.model.config import FusionConfig
 from hivlp_milvus.model.embedding import HierarchicalEmbedding, HiVLPOutput
 from hivlp_milvus.model.loss import HiVLPLoss, LossConfig, NegativeQueue
 
-B, LOW_DIM, HIGH_DIM = 6, 4, 8
-SCALE_LOW, SCALE_HIGH = 4.0, 6.0
 GROUPS = [3, 3, 1, 7, 7, 7]
 INFONCE_ONLY = {"low": 1.0, "high": 1.0, "consistency": 0.0, "shortlist": 0.0}
 LEVELS = ("low", "high")
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=1, keepdim=True)
-
-
-def _output(seed: int, rows: int = B, *, requires_grad: bool = False) -> HiVLPOutput:
-    g = torch.Generator().manual_seed(seed)
-    feats = [
-        _unit(torch.randn(rows, d, generator=g)).requires_grad_(requires_grad)
-        for d in (LOW_DIM, HIGH_DIM, LOW_DIM, HIGH_DIM)
-    ]
-    return HiVLPOutput(
-        image=HierarchicalEmbedding(feats[0], feats[1]),
-        text=HierarchicalEmbedding(feats[2], feats[3]),
-        logit_scale_low=torch.tensor(SCALE_LOW),
-        logit_scale_high=torch.tensor(SCALE_HIGH),
-    )
 
 
 def _side(out: HiVLPOutput, modality: str, level: str) -> np.ndarray:
@@ -112,7 +91,7 @@ def _queue_arrays(outs: list[HiVLPOutput]) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("groups", [None, GROUPS])
 @pytest.mark.parametrize("beta", [0.5, 2.0])
 def test_hard_negative_weighting_matches_reference(beta: float, groups: list[int] | None) -> None:
-    out = _output(0)
+    out = random_output(0)
     res = HiVLPLoss(LossConfig(**INFONCE_ONLY, hard_negative_beta=beta))(
         out, groups=None if groups is None else torch.tensor(groups)
     )
@@ -123,7 +102,7 @@ def test_hard_negative_weighting_matches_reference(beta: float, groups: list[int
 def test_hard_negative_weighting_raises_the_loss_with_beta() -> None:
     # Weights that grow with the logit put more mass on the larger e^{l_j}: the denominator, and the
     # loss, can only grow (Chebyshev's sum inequality), strictly unless a row's negatives tie.
-    out = _output(1)
+    out = random_output(1)
     values = [
         float(HiVLPLoss(LossConfig(**INFONCE_ONLY, hard_negative_beta=b))(out).parts["high"]) for b in (0, 0.5, 1, 3)
     ]
@@ -132,7 +111,7 @@ def test_hard_negative_weighting_raises_the_loss_with_beta() -> None:
 
 
 def test_hard_negative_weighting_sends_more_gradient_to_the_hardest_negative() -> None:
-    out = _output(2, requires_grad=True)
+    out = random_output(2, requires_grad=True)
     cfg = {"low": 0.0, "high": 1.0, "consistency": 0.0, "shortlist": 0.0}
     sims = (out.image.high @ out.text.high.T).detach().fill_diagonal_(-2)
     hardest, easiest = int(sims[0].argmax()), int(sims[0].argmin())
@@ -150,7 +129,7 @@ def test_hard_negative_weighting_sends_more_gradient_to_the_hardest_negative() -
 
 
 def test_off_is_identical_to_the_default_loss() -> None:
-    out = _output(3)
+    out = random_output(3)
     groups = torch.tensor(GROUPS)
     default = HiVLPLoss(LossConfig())
     explicit = HiVLPLoss(LossConfig(hard_negative_beta=0.0, queue_size=0, itm_negatives="sampled"))
@@ -164,7 +143,7 @@ def test_off_is_identical_to_the_default_loss() -> None:
 @pytest.mark.parametrize("size", [4, 9, 18, 40])
 def test_queue_holds_the_last_rows_newest_first(size: int) -> None:
     loss = HiVLPLoss(LossConfig(**INFONCE_ONLY, queue_size=size))
-    outs = [_output(10 + s) for s in range(4)]
+    outs = [random_output(10 + s) for s in range(4)]
     for o in outs:
         loss(o, groups=torch.tensor(GROUPS))
     expected = _queue_arrays(outs)
@@ -183,13 +162,13 @@ def test_queue_columns_match_reference(groups: list[int] | None, beta: float) ->
     loss = HiVLPLoss(LossConfig(**INFONCE_ONLY, queue_size=size, hard_negative_beta=beta))
     g = None if groups is None else torch.tensor(groups)
     # Earlier batches with group ids that overlap the current batch's: those rows must be excluded.
-    history = [_output(20), _output(21)]
+    history = [random_output(20), random_output(21)]
     history_groups = [[3, 9, 9, 1, 8, 8], [7, 0, 0, 2, 2, 5]]
     for o, hg in zip(history, history_groups, strict=True):
         loss(o, groups=None if groups is None else torch.tensor(hg))
     queue = {k: v[:size] for k, v in _queue_arrays(history).items()}
     queue_groups = (history_groups[1] + history_groups[0])[:size] if groups is not None else None
-    out = _output(22)
+    out = random_output(22)
     res = loss(out, groups=g)
     for level in LEVELS:
         ref = ref_infonce(out, level, groups=groups, beta=beta, queue=queue, queue_groups=queue_groups)
@@ -198,16 +177,16 @@ def test_queue_columns_match_reference(groups: list[int] | None, beta: float) ->
 
 def test_queue_adds_negatives_so_the_loss_grows() -> None:
     plain, queued = HiVLPLoss(LossConfig(**INFONCE_ONLY)), HiVLPLoss(LossConfig(**INFONCE_ONLY, queue_size=12))
-    queued(_output(30))
-    queued(_output(31))
-    out = _output(32)
+    queued(random_output(30))
+    queued(random_output(31))
+    out = random_output(32)
     a, b = plain(out), queued(out)
     for level in LEVELS:
         assert float(b.parts[level]) > float(a.parts[level])
 
 
 def test_same_group_rows_in_the_queue_are_not_negatives() -> None:
-    out = _output(40)
+    out = random_output(40)
     loss = HiVLPLoss(LossConfig(**INFONCE_ONLY, queue_size=B))
     loss(out, groups=torch.tensor(GROUPS))  # the queue now holds this very batch
     again = loss(out, groups=torch.tensor(GROUPS))
@@ -222,9 +201,9 @@ def test_same_group_rows_in_the_queue_are_not_negatives() -> None:
 
 def test_queue_gets_no_gradient_and_the_batch_does() -> None:
     loss = HiVLPLoss(LossConfig(**INFONCE_ONLY, queue_size=12))
-    loss(_output(50, requires_grad=True)).total.backward()
+    loss(random_output(50, requires_grad=True)).total.backward()
     assert all(not t.requires_grad for t in loss.queue_state().values())
-    out = _output(51, requires_grad=True)
+    out = random_output(51, requires_grad=True)
     loss(out).total.backward()
     assert out.image.high.grad is not None
     assert out.image.high.grad.abs().sum() > 0
@@ -235,10 +214,10 @@ def test_queue_state_round_trip_continues_identically() -> None:
     groups = torch.tensor(GROUPS)
     first = HiVLPLoss(cfg)
     for s in range(3):
-        first(_output(60 + s), groups=groups)
+        first(random_output(60 + s), groups=groups)
     second = HiVLPLoss(cfg)
     second.load_queue_state({k: v.clone() for k, v in first.queue_state().items()})
-    out = _output(70)
+    out = random_output(70)
     restored, fresh = second(out, groups=groups), HiVLPLoss(cfg)(out, groups=groups)
     assert torch.equal(first(out, groups=groups).total, restored.total)
     assert not torch.allclose(restored.total, fresh.total)  # the restored queue is what made them equal
@@ -247,7 +226,7 @@ def test_queue_state_round_trip_continues_identically() -> None:
 def test_smaller_queue_on_resume_keeps_the_newest_rows() -> None:
     big = HiVLPLoss(LossConfig(**INFONCE_ONLY, queue_size=18))
     for s in range(3):
-        big(_output(80 + s))
+        big(random_output(80 + s))
     small = HiVLPLoss(LossConfig(**INFONCE_ONLY, queue_size=5))
     small.load_queue_state(big.queue_state())
     assert len(small.queue) == 5
@@ -286,8 +265,7 @@ def test_new_options_round_trip_through_dict() -> None:
 def _fusion_model_and_output() -> tuple[object, HiVLPOutput]:
     records = synthetic.generate(6, seed=7, image_size=32, captions_per_image=1)
     captions = [r.captions[0] for r in records]
-    cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
-    model = create_model(cfg, texts=captions, seed=0)
+    model = micro_fusion_model(captions)
     model.eval()
     tokens = model.tokenize(captions)
     return model, model(
