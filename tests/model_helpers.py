@@ -1,10 +1,13 @@
-"""Shared test helpers for the model: the small fusion ``micro`` model and random HiVLP outputs for the loss."""
+"""Shared test helpers for the model: the small fusion ``micro`` model, random HiVLP outputs and a loop reference
+of the loss's InfoNCE terms."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from hivlp_milvus.model import HiVLP, create_model, get_config
@@ -47,3 +50,58 @@ def random_output(seed: int = 0, rows: int = B, *, requires_grad: bool = False) 
         logit_scale_low=torch.tensor(SCALE_LOW, requires_grad=requires_grad),
         logit_scale_high=torch.tensor(SCALE_HIGH, requires_grad=requires_grad),
     )
+
+
+# --------------------------------------------------------------------------- loop reference
+# Explicit float64 loops written from the definitions in docs/objective.md, not from the vectorised
+# implementation.
+
+
+def side(out: HiVLPOutput, modality: str, level: str) -> np.ndarray:
+    """One embedding of ``out`` (``modality`` image/text, ``level`` low/high) as a float64 array."""
+    return getattr(getattr(out, modality), level).detach().double().numpy()
+
+
+# --------------------------------------------------------------------------- loop reference
+
+
+def _ref_row(logits: list[float], positives: list[int], excluded: set[int], beta: float) -> float:
+    """-(1/|P|) Σ_p log(e^{l_p} / (Σ_{q∈P} e^{l_q} + Σ_{j∈N} w_j e^{l_j})), N = the rest minus ``excluded``."""
+    negatives = [j for j in range(len(logits)) if j not in positives and j not in excluded]
+    if negatives:
+        z = sum(math.exp(beta * logits[j]) for j in negatives)
+        weights = {j: len(negatives) * math.exp(beta * logits[j]) / z for j in negatives}
+    else:
+        weights = {}
+    denom = sum(math.exp(logits[q]) for q in positives) + sum(w * math.exp(logits[j]) for j, w in weights.items())
+    return -sum(logits[p] - math.log(denom) for p in positives) / len(positives)
+
+
+def ref_infonce(
+    out: HiVLPOutput,
+    level: str,
+    *,
+    groups: list[int] | None,
+    beta: float = 0.0,
+    queue: dict[str, np.ndarray] | None = None,
+    queue_groups: list[int] | None = None,
+) -> float:
+    """Symmetric InfoNCE of one level; ``queue`` rows are extra columns (same group: excluded)."""
+    scale = SCALE_LOW if level == "low" else SCALE_HIGH
+    total = 0.0
+    for rows_m, cols_m in (("image", "text"), ("text", "image")):
+        rows = side(out, rows_m, level)
+        cols = side(out, cols_m, level)
+        if queue is not None:
+            cols = np.concatenate([cols, queue[f"{cols_m}_{level}"]])
+        n = len(rows)
+        row_sum = 0.0
+        for i in range(n):
+            logits = [scale * float(rows[i] @ cols[j]) for j in range(len(cols))]
+            positives = [j for j in range(n) if (groups[j] == groups[i] if groups else j == i)]
+            excluded = set()
+            if queue is not None and groups is not None and queue_groups is not None:
+                excluded = {n + k for k, g in enumerate(queue_groups) if g == groups[i]}
+            row_sum += _ref_row(logits, positives, excluded, beta)
+        total += row_sum / n
+    return total / 2

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from model_helpers import SCALE_HIGH, SCALE_LOW, B, random_output, unit_rows
+from model_helpers import SCALE_HIGH, SCALE_LOW, B, random_output, ref_infonce, unit_rows
 from torch import nn
 
 import hivlp_milvus.model.loss as loss_mod
@@ -78,14 +78,6 @@ def _directions(a: dict[str, np.ndarray], level: str) -> list[list[list[float]]]
     return [_logit_matrix(s, a[i], a[t]), _logit_matrix(s, a[t], a[i])]
 
 
-def ref_infonce(a: dict[str, np.ndarray], level: str, groups: list[int] | None) -> float:
-    total = 0.0
-    for logits in _directions(a, level):
-        n = len(logits)
-        total += sum(_ce_row(logits[i], _positives(i, n, groups), list(range(n))) for i in range(n)) / n
-    return total / 2
-
-
 def ref_consistency(a: dict[str, np.ndarray], tau: float) -> float:
     total = 0.0
     for low, high in zip(_directions(a, "low"), _directions(a, "high"), strict=True):
@@ -132,7 +124,7 @@ def ref_shortlist(a: dict[str, np.ndarray], k: int, groups: list[int] | None) ->
 def test_infonce_matches_reference(level: str, groups: torch.Tensor | None) -> None:
     out = random_output(1)
     got = HiVLPLoss(_only(level))(out, groups=groups)
-    ref = ref_infonce(_np(out), level, None if groups is None else groups.tolist())
+    ref = ref_infonce(out, level, groups=None if groups is None else groups.tolist())
     assert got.parts[level].item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
     assert got.total.item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
 
@@ -224,8 +216,8 @@ def test_switched_off_terms_are_absent_and_not_computed(monkeypatch: pytest.Monk
     out = random_output(7)
     got = HiVLPLoss(LossConfig(low=1.0, high=2.0, consistency=0.0, shortlist=0.0))(out)
     assert set(got.parts) == {"low", "high", "logit_scale_low", "logit_scale_high"}
-    a = _np(out)
-    assert got.total.item() == pytest.approx(ref_infonce(a, "low", None) + 2.0 * ref_infonce(a, "high", None), rel=1e-5)
+    expected = ref_infonce(out, "low", groups=None) + 2.0 * ref_infonce(out, "high", groups=None)
+    assert got.total.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_low_only_never_touches_the_high_level() -> None:

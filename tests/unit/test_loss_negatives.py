@@ -1,7 +1,7 @@
 """The peers' negatives in the HiVLP loss: hard-negative weighting, the negative queue, ITM's hardest negatives.
 
-References are explicit float64 loops written from the definitions in docs/objective.md
-("Negatives"), not from the vectorised implementation: Robinson et al.'s weights
+The reference (``model_helpers.ref_infonce``) is explicit float64 loops written from the definitions in
+docs/objective.md ("Negatives"), not from the vectorised implementation: Robinson et al.'s weights
 ``w_j = N · exp(β l_j) / Σ_k exp(β l_k)`` over a row's N negatives, and the queue's rows appended
 as extra columns with same-group rows left out of the row's softmax.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import SCALE_HIGH, SCALE_LOW, B, micro_fusion_model, random_output
+from model_helpers import B, micro_fusion_model, random_output, ref_infonce, side
 
 from hivlp_milvus.data import synthetic
 from hivlp_milvus.errors import CheckpointError, ConfigError, DimensionMismatchError
@@ -27,59 +27,10 @@ INFONCE_ONLY = {"low": 1.0, "high": 1.0, "consistency": 0.0, "shortlist": 0.0}
 LEVELS = ("low", "high")
 
 
-def _side(out: HiVLPOutput, modality: str, level: str) -> np.ndarray:
-    return getattr(getattr(out, modality), level).detach().double().numpy()
-
-
-# --------------------------------------------------------------------------- loop reference
-
-
-def _ref_row(logits: list[float], positives: list[int], excluded: set[int], beta: float) -> float:
-    """-(1/|P|) Σ_p log(e^{l_p} / (Σ_{q∈P} e^{l_q} + Σ_{j∈N} w_j e^{l_j})), N = the rest minus ``excluded``."""
-    negatives = [j for j in range(len(logits)) if j not in positives and j not in excluded]
-    if negatives:
-        z = sum(math.exp(beta * logits[j]) for j in negatives)
-        weights = {j: len(negatives) * math.exp(beta * logits[j]) / z for j in negatives}
-    else:
-        weights = {}
-    denom = sum(math.exp(logits[q]) for q in positives) + sum(w * math.exp(logits[j]) for j, w in weights.items())
-    return -sum(logits[p] - math.log(denom) for p in positives) / len(positives)
-
-
-def ref_infonce(
-    out: HiVLPOutput,
-    level: str,
-    *,
-    groups: list[int] | None,
-    beta: float = 0.0,
-    queue: dict[str, np.ndarray] | None = None,
-    queue_groups: list[int] | None = None,
-) -> float:
-    """Symmetric InfoNCE of one level; ``queue`` rows are extra columns (same group: excluded)."""
-    scale = SCALE_LOW if level == "low" else SCALE_HIGH
-    total = 0.0
-    for rows_m, cols_m in (("image", "text"), ("text", "image")):
-        rows = _side(out, rows_m, level)
-        cols = _side(out, cols_m, level)
-        if queue is not None:
-            cols = np.concatenate([cols, queue[f"{cols_m}_{level}"]])
-        n = len(rows)
-        row_sum = 0.0
-        for i in range(n):
-            logits = [scale * float(rows[i] @ cols[j]) for j in range(len(cols))]
-            positives = [j for j in range(n) if (groups[j] == groups[i] if groups else j == i)]
-            excluded = set()
-            if queue is not None and groups is not None and queue_groups is not None:
-                excluded = {n + k for k, g in enumerate(queue_groups) if g == groups[i]}
-            row_sum += _ref_row(logits, positives, excluded, beta)
-        total += row_sum / n
-    return total / 2
-
-
 def _queue_arrays(outs: list[HiVLPOutput]) -> dict[str, np.ndarray]:
     """The queue a FIFO should hold after pushing ``outs`` in order: newest batch first."""
     return {
-        f"{m}_{lv}": np.concatenate([_side(o, m, lv) for o in reversed(outs)])
+        f"{m}_{lv}": np.concatenate([side(o, m, lv) for o in reversed(outs)])
         for m in ("image", "text")
         for lv in LEVELS
     }
