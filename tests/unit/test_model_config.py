@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import pytest
 
 from hivlp_milvus.errors import ConfigError
 from hivlp_milvus.model import HiVLPConfig, ImageTowerConfig, TextTowerConfig, get_config, list_configs
-
-
-def _micro_dict() -> dict:
-    return get_config("micro").to_dict()
 
 
 @pytest.mark.parametrize("name", ["micro", "tiny", "base"])
@@ -148,11 +145,9 @@ def test_nested_dicts_accepted_by_constructor() -> None:
 
 
 def _with(path: tuple[str, ...], value: object) -> dict:
-    data = _micro_dict()
-    target = data
-    for key in path[:-1]:
-        target = target[key]
-    target[path[-1]] = value
+    """The micro config as a dict with the key at ``path`` (nested keys) set to ``value``."""
+    data = get_config("micro").to_dict()
+    functools.reduce(dict.__getitem__, path[:-1], data)[path[-1]] = value
     return data
 
 
