@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from serving_helpers import png
 
 from hivlp_milvus.data import EmbeddingRecord, Record, RecordSource, load_source
 from hivlp_milvus.errors import DataError
@@ -19,12 +20,6 @@ def _png(path: Path, value: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (4, 4), (value, value, value)).save(path)
     return path
-
-
-def _png_bytes(value: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (4, 4), (value, 0, 0)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _reasons(source: RecordSource) -> list[str]:
@@ -175,7 +170,7 @@ def test_parquet_manifest_with_bytes_and_paths(tmp_path):
     import pyarrow.parquet as pq
 
     _png(tmp_path / "p.png")
-    binary = pa.table({"image": [_png_bytes(10), b""], "caption": ["bytes image", "empty bytes"], "score": [0.5, 1]})
+    binary = pa.table({"image": [png(), b""], "caption": ["bytes image", "empty bytes"], "score": [0.5, 1]})
     pq.write_table(binary, tmp_path / "b.parquet")
     records = list(load_source(tmp_path / "b.parquet"))
     assert isinstance(records[0].image, bytes)
