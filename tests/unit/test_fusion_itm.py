@@ -20,17 +20,13 @@ CAPTIONS = [r.captions[0] for r in RECORDS]
 IMAGES = [r.image for r in RECORDS]
 
 
-def _model(fusion: bool = True, seed: int = 0) -> Any:
-    return micro_fusion_model(CAPTIONS, seed=seed) if fusion else create_model("micro", texts=CAPTIONS, seed=seed)
-
-
 def _forward(model: Any, n: int = len(RECORDS)) -> Any:
     tokens = model.tokenize(CAPTIONS[:n])
     return model(model.preprocess_images(IMAGES[:n]), tokens["input_ids"], tokens["attention_mask"])
 
 
 def test_forward_keeps_fusion_inputs_and_the_same_embeddings() -> None:
-    fused, plain = _model(), _model(fusion=False)
+    fused, plain = micro_fusion_model(CAPTIONS), create_model("micro", texts=CAPTIONS, seed=0)
     fused.eval()
     plain.eval()
     with torch.no_grad():
@@ -56,7 +52,7 @@ def test_forward_keeps_fusion_inputs_and_the_same_embeddings() -> None:
 
 
 def test_itm_is_bce_on_positives_and_one_hard_negative_each_way() -> None:
-    model = _model()
+    model = micro_fusion_model(CAPTIONS)
     model.eval()
     out = _forward(model, n=2)
     loss = HiVLPLoss(LossConfig(low=0, high=0, consistency=0, shortlist=0, itm=1.0))(out)
@@ -72,7 +68,7 @@ def test_itm_is_bce_on_positives_and_one_hard_negative_each_way() -> None:
 
 
 def test_itm_gradients_reach_the_fusion_block_and_both_towers() -> None:
-    model = _model()
+    model = micro_fusion_model(CAPTIONS)
     HiVLPLoss(LossConfig(itm=0.5))(_forward(model)).total.backward()
     for name in ("fusion.head.weight", "fusion.image_pos", "fusion.text_in.weight"):
         assert model.get_parameter(name).grad is not None, name
@@ -83,7 +79,7 @@ def test_itm_gradients_reach_the_fusion_block_and_both_towers() -> None:
 
 def test_itm_without_a_fusion_block_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="needs a model with a fusion block"):
-        HiVLPLoss(LossConfig(itm=1.0))(_forward(_model(fusion=False)))
+        HiVLPLoss(LossConfig(itm=1.0))(_forward(create_model("micro", texts=CAPTIONS, seed=0)))
     assert LossConfig().itm == 0  # off by default
     assert LossConfig(low=0, high=0, consistency=0, shortlist=0, itm=1.0).weights == {"itm": 1.0}
     with pytest.raises(ConfigError, match="itm"):
@@ -91,7 +87,7 @@ def test_itm_without_a_fusion_block_is_a_config_error() -> None:
 
 
 def test_training_on_itm_teaches_the_scorer_to_match_pairs() -> None:
-    model = _model(seed=1)
+    model = micro_fusion_model(CAPTIONS, seed=1)
     loss_fn = HiVLPLoss(LossConfig(low=0, high=0, consistency=0, shortlist=0, itm=1.0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
 
