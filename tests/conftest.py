@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no code path may reach a model h
 
 # The shared helper modules assert on the tests' behalf: rewrite their asserts as in test modules,
 # so a failure there shows both sides too (registered before any test module imports them).
-pytest.register_assert_rewrite("cli_helpers", "collection_rows", "serving_helpers", "shared_tests")
+pytest.register_assert_rewrite("cli_helpers", "collection_rows", "model_helpers", "serving_helpers", "shared_tests")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,9 +1,8 @@
 """Helpers shared by the serving test modules (tests/ray/test_serving.py, tests/ray/test_faults.py and
-tests/unit/test_{serving_schemas,serving_inprocess,media_security,content_limits,fuzz_http}.py)."""
+tests/unit/test_{serving_schemas,serving_inprocess,media_security,content_limits,fuzz_http,readers}.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import time
 from collections.abc import Callable
@@ -55,12 +54,11 @@ def ingest_with_a_fusion_model(records: list[Any], model_dir: Path, uri: str, co
     """Save a random-init ``micro`` model with a fusion block (so ``fusion_limit`` runs the third stage;
     vocabulary from the captions, seed 0) to ``model_dir``, ingest ``records`` with it into
     ``collection`` at ``uri``, and return the model."""
-    import hivlp_milvus
-    from hivlp_milvus.model import create_model, get_config
-    from hivlp_milvus.model.config import FusionConfig
+    from model_helpers import micro_fusion_model
 
-    cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
-    model = create_model(cfg, texts=[c for r in records for c in r.captions], seed=0)
+    import hivlp_milvus
+
+    model = micro_fusion_model([c for r in records for c in r.captions])
     model.save_pretrained(model_dir)
     hivlp_milvus.ingest(records, uri=uri, collection_name=collection, model=model, progress=False)
     return model

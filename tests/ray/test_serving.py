@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import io
 import json
 import os
@@ -126,11 +125,11 @@ def _faulty_text_encoder_class() -> type:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None, serve_collection: Callable) -> Iterator[Served]:
     from milvus_server import LiteServer, free_port
+    from model_helpers import micro_fusion_config
     from ray import cloudpickle, serve
 
     from hivlp_milvus.data import load_source, synthetic
-    from hivlp_milvus.model import HiVLP, get_config
-    from hivlp_milvus.model.config import FusionConfig
+    from hivlp_milvus.model import HiVLP
     from serving import AppArgs, build_app
     from serving.encoders import TextEncoder
     from serving.ingress import Ingress, IngressSettings
@@ -142,7 +141,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None, serve_co
     synthetic.write_splits(tmp / "data", {"test": N_RECORDS}, seed=11, progress=False)
     records = list(load_source(tmp / "data" / "test"))
     # With a fusion block: the app builds its FusionScorer (the third stage) for this checkpoint.
-    cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
+    cfg = micro_fusion_config()
     db = str(tmp / "hivlp.db")
     model, report = serve_collection(tmp, records, COLLECTION, db, config=cfg)
     assert report.rows_written == N_RECORDS * 6, str(report)
