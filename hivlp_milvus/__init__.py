@@ -6,9 +6,6 @@ for the CLI and for Ray workers that need only part of it.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from hivlp_milvus.errors import *  # noqa: F403  (the error classes are part of the public API)
 
 # Bound eagerly, not lazily: ``ingest`` is also the name of a subpackage, and importing
@@ -21,6 +18,7 @@ from hivlp_milvus.errors import *  # noqa: F403  (the error classes are part of 
 from hivlp_milvus.ingest import IngestOptions as IngestOptions  # noqa: E402
 from hivlp_milvus.ingest import IngestReport as IngestReport  # noqa: E402
 from hivlp_milvus.ingest import ingest as ingest  # noqa: E402
+from hivlp_milvus.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -40,12 +38,4 @@ _LAZY = {
     "retrieval_metrics": "hivlp_milvus.eval",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hivlp_milvus' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

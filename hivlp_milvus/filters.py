@@ -27,6 +27,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from hivlp_milvus.errors import FilterError, InvalidRequestError, milvus_message
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -51,15 +53,10 @@ def quote_string(value: str) -> str:
 
 def _normalise(value: Any, name: str, *, top: bool = True) -> Any:
     """Plain-python form of a filter value, type-checked (numpy scalars/arrays accepted)."""
-    try:
-        import numpy as np
-
-        if isinstance(value, np.ndarray):
-            value = value.tolist()
-        elif isinstance(value, np.generic):
-            value = value.item()
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        pass
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, bool | str):
         return value
     if isinstance(value, int):

@@ -11,19 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from hivlp_milvus.errors import QueryError
 from hivlp_milvus.ids import MODALITIES
 
 
 def _is_image(x: Any) -> bool:
-    if isinstance(x, Path | bytes | bytearray | memoryview | np.ndarray):
-        return True
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        return False
-    return isinstance(x, Image.Image)
+    return isinstance(x, Path | bytes | bytearray | memoryview | np.ndarray | Image.Image)
 
 
 def is_embedding(x: Any) -> bool:

@@ -54,7 +54,7 @@ import numpy as np
 
 from hivlp_milvus.connection import call_options, guarded
 from hivlp_milvus.content import ContentOptions
-from hivlp_milvus.errors import DimensionMismatchError, FilterError, QueryError, SearchLimitError
+from hivlp_milvus.errors import DimensionMismatchError, QueryError, SearchLimitError
 from hivlp_milvus.filters import bind, filter_errors, filter_kwargs, restrict_to_ids
 from hivlp_milvus.fusion_stage import CONTENT_FIELDS, check_fusion, fusion_rerank
 from hivlp_milvus.queries import encode_queries, query_items, resolve_modality
@@ -550,4 +550,4 @@ def search(
     return SearchResults(out, {"encode_s": t1 - t0, "search_s": t2 - t1, "total_s": t2 - t0})
 
 
-__all__ = ["SearchResults", "SearchableCollection", "hierarchical_search", "search", "encode_queries", "FilterError"]
+__all__ = ["SearchResults", "SearchableCollection", "hierarchical_search", "search"]

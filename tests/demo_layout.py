@@ -1,7 +1,7 @@
 """What ``make demo`` leaves behind, at a tiny size and in seconds: for tests of the commands that follow it.
 
 ``hivlp_work/data/test`` (synthetic scenes, the quickstart's manifest layout), ``hivlp_work/model``
-(a random-init ``micro`` HiVLP, saved with ``save_pretrained``) and ``hivlp_work/hivlp.db``
+(a random-init ``micro`` HiVLP by default, saved with ``save_pretrained``) and ``hivlp_work/hivlp.db``
 (Milvus Lite) holding collection ``quickstart`` with the test scenes,
 under a root directory the test makes the current directory. The real quickstart trains its model
 with Ray Train (minutes, ``tests/ray/test_quickstart.py``); the commands that follow only need the
@@ -27,7 +27,8 @@ class DemoLayout:
     records: list
 
 
-def build_demo_layout(root: Path, n_records: int = N_RECORDS) -> DemoLayout:
+def build_demo_layout(root: Path, n_records: int = N_RECORDS, config: Any = "micro") -> DemoLayout:
+    """The layout under ``root``; ``config`` (a config name or ``HiVLPConfig``) builds the random-init model."""
     import hivlp_milvus
     from hivlp_milvus.data import load_source, synthetic
     from hivlp_milvus.model import create_model
@@ -37,7 +38,8 @@ def build_demo_layout(root: Path, n_records: int = N_RECORDS) -> DemoLayout:
     # The quickstart's data layout (hivlp_work/data/<split>/manifest.jsonl + images/), test split only.
     synthetic.write_splits(work / "data", {"test": n_records}, seed=0)
     records = list(load_source(work / "data", split="test"))
-    model = create_model("micro", texts=[c for r in records for c in r.captions], seed=0)
+    model = create_model(config, texts=[c for r in records for c in r.captions], seed=0)
+    model.eval()  # as a checkpoint loaded with from_pretrained is
     model.save_pretrained(work / "model")
     uri = str(work / "hivlp.db")
     hivlp_milvus.ingest(records, uri=uri, collection_name="quickstart", model=model, progress=False)

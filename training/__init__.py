@@ -13,8 +13,9 @@ the loop needs.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from hivlp_milvus.lazy import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover
     from training.config import TrainConfig, apply_overrides, load_config, shipped_config
@@ -45,12 +46,4 @@ __all__ = [
     "train_loop_per_worker",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'training' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -14,12 +14,6 @@ from hivlp_milvus.errors import HiVLPError
 def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
     """The argument parser shared by ``python -m training`` and ``hivlp-milvus train``."""
     parser = argparse.ArgumentParser(prog=prog, description="Train HiVLP with Ray Train.")
-    add_arguments(parser)
-    return parser
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the training arguments to ``parser`` (used by the ``hivlp-milvus train`` subcommand too)."""
     parser.add_argument(
         "--config",
         default="quickstart",
@@ -36,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the resolved config (after overrides) and exit without training",
     )
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

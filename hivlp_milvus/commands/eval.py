@@ -40,17 +40,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _default_split(data: str, split: str | None) -> str | None:
-    # A directory of split sub-directories (what write_splits makes) is evaluated on its test split.
-    if (
-        split is None
-        and (Path(data) / "test" / "manifest.jsonl").is_file()
-        and not (Path(data) / "manifest.jsonl").exists()
-    ):
-        return "test"
-    return split
-
-
 def run(args: argparse.Namespace) -> int:
     """Load the model and data, evaluate, print the table (and write JSON when asked)."""
     if min(args.coarse_k) < 1 or min(args.ks) < 1 or (args.limit is not None and args.limit < 1):
@@ -59,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
     from hivlp_milvus.eval import evaluate
 
     model = checkpoint_dir(args.model)  # evaluate() loads it on args.device
-    split = _default_split(args.data, args.split)
+    # A directory of split sub-directories (what write_splits makes) is evaluated on its test split.
+    data = Path(args.data)
+    nested = (data / "test" / "manifest.jsonl").is_file() and not (data / "manifest.jsonl").exists()
+    split = "test" if args.split is None and nested else args.split
     source = load_source(args.data, split=split, image_root=args.image_root, limit=args.limit)
     table = evaluate(
         model,

@@ -82,7 +82,13 @@ def run(args: argparse.Namespace) -> int:
         "modality": args.modality,
     }
     if args.level == "hierarchical":
-        results = collection.hierarchical_search(query, coarse_limit=args.coarse_limit, **common, **_fusion(args))
+        from hivlp_milvus.content import ContentOptions
+
+        # Read only by the fusion stage, i.e. with --fusion-limit.
+        content = ContentOptions(root=args.content_root, allow_http=args.allow_http)
+        results = collection.hierarchical_search(
+            query, coarse_limit=args.coarse_limit, fusion_limit=args.fusion_limit, content=content, **common
+        )
     else:
         if args.fusion_limit is not None:
             from hivlp_milvus.errors import QueryError
@@ -107,13 +113,3 @@ def run(args: argparse.Namespace) -> int:
     timing = "  ".join(f"{k}={1000 * v:.1f}ms" for k, v in results.timings.items())
     print(f"({len(hits)} hits; {timing})")
     return 0
-
-
-def _fusion(args: argparse.Namespace) -> dict[str, Any]:
-    """The fusion-stage keywords of ``hierarchical_search``; none without ``--fusion-limit``."""
-    if args.fusion_limit is None:
-        return {}
-    from hivlp_milvus.content import ContentOptions
-
-    content = ContentOptions(root=args.content_root, allow_http=args.allow_http)
-    return {"fusion_limit": args.fusion_limit, "content": content}

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import argparse
 
-#: Set on the parsed namespace: :mod:`hivlp_milvus.cli` hands unknown arguments to ``run``.
-FORWARDS_ARGUMENTS = "forward_arguments"
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` subcommand (its options are parsed by ``training.__main__`` in ``run``)."""
@@ -22,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "`hivlp-milvus train --help` lists its options",
         description="Train HiVLP from a YAML config plus key.sub=value overrides. See docs/training.md.",
     )
-    parser.set_defaults(func=run, **{FORWARDS_ARGUMENTS: True}, forwarded=[])
+    # forward_arguments: hivlp_milvus.cli hands the arguments it does not know to run, as args.forwarded.
+    parser.set_defaults(func=run, forward_arguments=True, forwarded=[])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,8 +7,9 @@ timm and transformers.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from hivlp_milvus.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from hivlp_milvus.model.config import (
@@ -60,12 +61,4 @@ __all__ = [
     "load_image",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hivlp_milvus.model' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -5,6 +5,7 @@ Real micro model, real Milvus Lite (``tests/demo_layout.py``), the real entry po
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,17 @@ def test_help_imports_no_heavy_room(argv: list[str]) -> None:
     # `train --help` is the training parser's help: it imports training/__main__ (argparse only).
     allowed = {"training"} if argv[0] == "train" else set()
     assert _imported_by(argv) - allowed == set()
+
+
+@pytest.mark.parametrize(
+    ("package", "lazy_name"), [("hivlp_milvus", "HiVLP"), ("hivlp_milvus.model", "LossConfig"), ("training", "cli")]
+)
+def test_packages_export_lazy_names(package: str, lazy_name: str) -> None:
+    module = importlib.import_module(package)
+    assert lazy_name in dir(module)
+    assert callable(getattr(module, lazy_name))
+    with pytest.raises(AttributeError, match=f"module '{package}' has no attribute 'nope'"):
+        module.nope  # noqa: B018
 
 
 def test_train_forwards_its_arguments_to_the_training_parser(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from cli_helpers import enter_without_hivlp_env, search_json
+from demo_layout import DemoLayout, build_demo_layout
 
 from hivlp_milvus.cli import main
 
@@ -21,41 +21,29 @@ QUERY = "a small red circle"
 
 
 @pytest.fixture(scope="module")
-def layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    import hivlp_milvus
-    from hivlp_milvus.data import load_source, synthetic
-    from hivlp_milvus.model import create_model, get_config
-    from hivlp_milvus.model.config import FusionConfig
+def layout(tmp_path_factory: pytest.TempPathFactory) -> DemoLayout:
+    from hivlp_milvus.model import FusionConfig, get_config
 
-    root = tmp_path_factory.mktemp("fusion_demo")
-    work = root / "hivlp_work"
-    synthetic.write_splits(work / "data", {"test": N_RECORDS}, seed=0)
-    records = list(load_source(work / "data", split="test"))
     cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
-    model = create_model(cfg, texts=[c for r in records for c in r.captions], seed=0)
-    model.eval()
-    model.save_pretrained(work / "model")
-    uri = str(work / "hivlp.db")
-    hivlp_milvus.ingest(records, uri=uri, collection_name="quickstart", model=model, progress=False)
-    return {"root": root, "uri": uri, "model": model, "records": records}
+    return build_demo_layout(tmp_path_factory.mktemp("fusion_demo"), N_RECORDS, cfg)
 
 
 @pytest.fixture
-def in_layout(layout: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    enter_without_hivlp_env(monkeypatch, layout["root"])
+def in_layout(layout: DemoLayout, monkeypatch: pytest.MonkeyPatch) -> DemoLayout:
+    enter_without_hivlp_env(monkeypatch, layout.root)
     return layout
 
 
 def test_fusion_limit_orders_the_fine_top_m_by_the_scorer(
-    in_layout: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    in_layout: DemoLayout, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from hivlp_milvus.collection import HierarchicalCollection
     from hivlp_milvus.content import read_image
 
-    model = in_layout["model"]
+    model = in_layout.model
     out = search_json([QUERY, "--limit", "3", "--fusion-limit", "8", "--coarse-limit", "12"], capsys)
     # The fine stage's top 8 (no fusion), each scored by the model with the query: the hand ranking.
-    collection = HierarchicalCollection.open("quickstart", uri=in_layout["uri"], model=model)
+    collection = HierarchicalCollection.open("quickstart", uri=in_layout.uri, model=model)
     fine = collection.hierarchical_search(QUERY, limit=8, coarse_limit=12)[0]
     images = [read_image(h["entity"]["reference"]) for h in fine]
     scores = model.score_pairs(images, [QUERY] * len(images))
@@ -76,7 +64,7 @@ def test_fusion_limit_orders_the_fine_top_m_by_the_scorer(
 
 
 def test_content_root_reaches_the_resolver_and_unreadable_images_keep_their_fine_rank(
-    in_layout: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    in_layout: DemoLayout, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     elsewhere = tmp_path / "images_are_not_here"
     elsewhere.mkdir()
@@ -102,7 +90,7 @@ def test_content_root_reaches_the_resolver_and_unreadable_images_keep_their_fine
     ],
 )
 def test_a_fusion_limit_that_cannot_apply_is_refused_saying_why(
-    in_layout: dict[str, Any], capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+    in_layout: DemoLayout, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
     assert main(["search", QUERY, *argv]) == 2
     assert message in capsys.readouterr().err
