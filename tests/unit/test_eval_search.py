@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from collection_rows import row, unit
+from model_helpers import micro_fusion_model
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.data.record import Record
@@ -101,18 +102,14 @@ FUSION_M, FUSION_KS = 4, (1, 2, 3)
 @pytest.fixture(scope="module")
 def fusion_setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A random-init micro model with a fusion block over 10 synthetic scenes (images on disk), ingested."""
-    import dataclasses
 
     import hivlp_milvus
     from hivlp_milvus.data import load_source, synthetic
-    from hivlp_milvus.model import create_model, get_config
-    from hivlp_milvus.model.config import FusionConfig
 
     root = tmp_path_factory.mktemp("evalfusion")
     synthetic.write_splits(root / "data", {"test": 10}, seed=1)
     records = list(load_source(root / "data", split="test"))
-    cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
-    model = create_model(cfg, texts=[c for r in records for c in r.captions], seed=0)
+    model = micro_fusion_model([c for r in records for c in r.captions])
     model.eval()
     uri = str(root / "f.db")
     hivlp_milvus.ingest(records, uri=uri, collection_name="evalfusion", model=model, progress=False)

@@ -6,13 +6,13 @@ real Milvus Lite, the real entry point, in the quickstart's layout so ``search``
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cli_helpers import enter_without_hivlp_env, search_json
 from demo_layout import DemoLayout, build_demo_layout
+from model_helpers import micro_fusion_config
 
 from hivlp_milvus.cli import main
 
@@ -22,10 +22,7 @@ QUERY = "a small red circle"
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> DemoLayout:
-    from hivlp_milvus.model import FusionConfig, get_config
-
-    cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
-    return build_demo_layout(tmp_path_factory.mktemp("fusion_demo"), N_RECORDS, cfg)
+    return build_demo_layout(tmp_path_factory.mktemp("fusion_demo"), N_RECORDS, micro_fusion_config())
 
 
 @pytest.fixture

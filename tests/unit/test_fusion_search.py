@@ -8,7 +8,6 @@ fine order.
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from collection_rows import row
+from model_helpers import micro_fusion_model
 from PIL import Image
 
 from hivlp_milvus.collection import HierarchicalCollection
@@ -26,8 +26,7 @@ from hivlp_milvus.content import ContentOptions
 from hivlp_milvus.data import synthetic
 from hivlp_milvus.errors import ConfigError, QueryError, SearchLimitError
 from hivlp_milvus.ids import text_key
-from hivlp_milvus.model import create_model, get_config
-from hivlp_milvus.model.config import FusionConfig
+from hivlp_milvus.model import create_model
 
 N = 40
 LIMIT, M, COARSE = 5, 12, 40
@@ -41,8 +40,7 @@ def _image_file(i: int) -> str:
 
 @pytest.fixture(scope="module")
 def model() -> Any:
-    cfg = dataclasses.replace(get_config("micro"), fusion=FusionConfig(layers=1, heads=2, width=32))
-    return create_model(cfg, texts=CAPTIONS, seed=0)
+    return micro_fusion_model(CAPTIONS)
 
 
 @pytest.fixture(scope="module")
