@@ -191,16 +191,16 @@ def _dataset_from_source(source: Any, image_root: str | None, report: IngestRepo
     return ray.data.from_items(items or vectors), len(items) + len(vectors)
 
 
-def _all_ids(coll: HierarchicalCollection) -> np.ndarray:
-    """Every primary key in the collection, sorted (for ``skip_existing`` on Milvus Lite)."""
-    ids: list[int] = []
+def _all_ids(coll: HierarchicalCollection) -> set[int]:
+    """Every primary key in the collection (for ``skip_existing`` on Milvus Lite)."""
+    ids: set[int] = set()
     iterator = coll.client.query_iterator(coll.name, batch_size=10_000, filter="id >= 0", output_fields=["id"])
     try:
         while page := iterator.next():
-            ids.extend(int(r["id"]) for r in page)
+            ids.update(int(r["id"]) for r in page)
     finally:
         iterator.close()
-    return np.unique(np.asarray(ids, dtype=np.int64))
+    return ids
 
 
 def _checkpoint_dir(model: Any, live_model: Any) -> tuple[str, str | None]:
