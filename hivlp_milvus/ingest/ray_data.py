@@ -67,7 +67,7 @@ def run_ray(
     started = time.perf_counter()
     # The driver only checks the model and creates the collection: it stays on the CPU, the
     # actors put their copy on the device.
-    live_model, _ = load_model(model, "cpu")
+    live_model = load_model(model, "cpu")
 
     report = IngestReport(distributed=True)
     # A Ray Dataset holds records, exploded into items on the workers; another source is read (and

@@ -253,18 +253,17 @@ class EncodeActor:
     """Ray Data actor: loads the model once from a checkpoint directory and encodes item batches."""
 
     def __init__(self, checkpoint_dir: str, fingerprint: str, device: str, skip: dict[str, Any] | None = None) -> None:
-        from hivlp_milvus.device import inference_dtype, resolve_device
+        from hivlp_milvus.device import resolve_device
         from hivlp_milvus.ingest.encode import Encoder
         from hivlp_milvus.model import HiVLP
 
-        target = resolve_device(device)
-        model = HiVLP.from_pretrained(checkpoint_dir, device=target)
+        model = HiVLP.from_pretrained(checkpoint_dir, device=resolve_device(device))
         if str(model.fingerprint) != fingerprint:
             raise ModelMismatchError(
                 f"the checkpoint at {checkpoint_dir!r} has fingerprint {model.fingerprint}, "
                 f"not the driver's {fingerprint}: the directory changed during ingest"
             )
-        self.encoder = Encoder(model, autocast_dtype=inference_dtype(target))
+        self.encoder = Encoder(model)
         self.dims = int(model.config.low_dim), int(model.config.high_dim)
         self.existing = ExistingIds(skip)
 
