@@ -81,8 +81,9 @@ def run_ray(
 
     # Sized before the collection is touched: a GPU encode with no free GPU fails here, at once.
     if not byo:
-        resources = ray.available_resources(), ray.cluster_resources()
-        plan = plan_encoders(*resources, device=options.device, num_workers=options.num_workers)
+        plan = plan_encoders(
+            ray.available_resources(), ray.cluster_resources(), device=options.device, num_workers=options.num_workers
+        )
     first_batch = ds.take_batch(options.batch_size, batch_format="numpy") if byo else None
     first = None
     if first_batch and len(first_batch.get("id", [])):
