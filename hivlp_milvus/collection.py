@@ -81,10 +81,7 @@ class HierarchicalCollection:
         self._properties = dict(properties or {})
         self._is_lite = is_lite(self._client)
         self._rows_cache: tuple[float, int] | None = None
-        self._model = None
-        if model is not None:
-            self.check_model(model)
-            self._model = model
+        self.model = model  # the setter checks it against the dims and fingerprint above
 
     # ------------------------------------------------------------------ factories (in hivlp_milvus.creation)
 

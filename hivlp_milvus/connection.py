@@ -104,15 +104,14 @@ def connect(
     from pymilvus.exceptions import ConnectionConfigException
 
     # Named, not **kwargs: MilvusClient ignores keywords it does not know, so a typo would vanish.
-    tls = {
-        name: value
-        for name, value in zip(
-            TLS_OPTIONS,
-            (secure, server_pem_path, server_name, client_pem_path, client_key_path, ca_pem_path),
-            strict=True,
-        )
-        if value is not None
-    }
+    tls = call_options(
+        secure=secure,
+        server_pem_path=server_pem_path,
+        server_name=server_name,
+        client_pem_path=client_pem_path,
+        client_key_path=client_key_path,
+        ca_pem_path=ca_pem_path,
+    )
     uri = str(uri)
     scheme = urlparse(uri).scheme.lower()
     if scheme and scheme not in SERVER_SCHEMES and not (len(scheme) == 1 and os.name == "nt"):
@@ -192,9 +191,7 @@ class ConnectionOptions(BaseModel):
 
     def connect(self) -> Any:
         """A connected ``MilvusClient`` (see :func:`connect`)."""
-        return connect(
-            self.uri, token=self.token, db_name=self.db_name, timeout=self.timeout, retries=self.retries, **self.tls()
-        )
+        return connect(**self.model_dump())  # the fields are connect()'s arguments, by name
 
     def redacted_uri(self) -> str:
         """The URI with any ``user:password@`` removed, for messages and logs."""

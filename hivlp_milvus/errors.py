@@ -265,13 +265,10 @@ class _DropWhileWrapped(logging.Filter):
         return not (_WRAPPED_CALL.get() and record.levelno >= logging.WARNING)
 
 
-_QUIET_FILTER = _DropWhileWrapped()
-
-
-def _install_quiet_filter() -> None:
-    target = logging.getLogger(PYMILVUS_ERROR_LOGGER)
-    if _QUIET_FILTER not in target.filters:
-        target.addFilter(_QUIET_FILTER)
+# Installed once, at import: a logger's filters outlive logging.config.dictConfig (pymilvus runs it
+# on import; it resets a child logger's level and handlers, never its filters), and the filter
+# does nothing outside a wrapped call.
+logging.getLogger(PYMILVUS_ERROR_LOGGER).addFilter(_DropWhileWrapped())
 
 
 @contextlib.contextmanager
@@ -288,7 +285,6 @@ def milvus_errors(what: str = "the Milvus call") -> Iterator[None]:
     Args:
         what: the operation, for the message.
     """
-    _install_quiet_filter()
     token = _WRAPPED_CALL.set(True)
     try:
         yield

@@ -44,10 +44,8 @@ def check_low_index(
         ProfileError: the build failed and there is no fallback (or ``fallback`` is false).
     """
     deadline = time.monotonic() + wait_s
-    state = low_index_state(client, name)
-    while state == "InProgress" and time.monotonic() < deadline:
+    while (state := low_index_state(client, name)) == "InProgress" and time.monotonic() < deadline:
         time.sleep(min(1.0, max(deadline - time.monotonic(), 0.05)))
-        state = low_index_state(client, name)
     if state != "Failed":
         return state, profile
     if not (fallback and profile.fallback):

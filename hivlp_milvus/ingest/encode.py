@@ -7,7 +7,6 @@ retried item by item so the rest of it still lands.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -27,13 +26,12 @@ Result = tuple[np.ndarray, np.ndarray] | str
 class Encoder:
     """Encodes image / text items with a :class:`HiVLP` already on its device.
 
-    ``autocast_dtype`` is the mixed precision of the forward passes on CUDA
-    (:func:`hivlp_milvus.device.inference_dtype`), ``None`` for float32.
+    The model's ``embed_images`` / ``embed_texts`` choose the mixed precision of their forward
+    passes themselves (:func:`hivlp_milvus.device.inference_dtype` of the model's device).
     """
 
-    def __init__(self, model: Any, *, autocast_dtype: Any = None) -> None:
+    def __init__(self, model: Any) -> None:
         self.model = model
-        self.autocast_dtype = autocast_dtype
 
     def encode(self, items: list[Item]) -> list[Result]:
         """One result per item, in order: ``(low, high)`` float32 vectors, or why it failed."""
@@ -71,8 +69,7 @@ class Encoder:
         if not idx:
             return
         try:
-            with self._precision():
-                emb = embed(inputs, batch_size=len(inputs)).numpy()
+            emb = embed(inputs, batch_size=len(inputs)).numpy()
         except Exception as exc:
             if len(idx) == 1:
                 results[idx[0]] = f"encoding failed: {type(exc).__name__}: {exc}"
@@ -84,10 +81,3 @@ class Encoder:
             return
         for j, i in enumerate(idx):
             results[i] = (emb.low[j], emb.high[j])
-
-    def _precision(self) -> Any:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        import torch
-
-        return torch.autocast(device_type="cuda", dtype=self.autocast_dtype)

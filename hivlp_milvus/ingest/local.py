@@ -30,7 +30,7 @@ def run_local(
 ) -> IngestReport:
     """Ingest ``dataset`` in this process; see :func:`hivlp_milvus.ingest` for the contract."""
     started = time.perf_counter()
-    model, autocast_dtype = load_model(model, options.device)
+    model = load_model(model, options.device)
     from hivlp_milvus.data import load_source
 
     source = load_source(dataset, image_root=options.image_root)
@@ -49,7 +49,7 @@ def run_local(
         report.add_source_report(source)
         return report
 
-    encoder = Encoder(model, autocast_dtype=autocast_dtype) if model is not None else None
+    encoder = Encoder(model) if model is not None else None
     low_dim, high_dim = int(coll.low_dim), int(coll.high_dim)
     first_vectors = True
     with writing(coll, report, options) as writer:

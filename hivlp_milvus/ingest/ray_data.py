@@ -67,7 +67,7 @@ def run_ray(
     started = time.perf_counter()
     # The driver only checks the model and creates the collection: it stays on the CPU, the
     # actors put their copy on the device.
-    live_model, _ = load_model(model, "cpu")
+    live_model = load_model(model, "cpu")
 
     report = IngestReport(distributed=True)
     # A Ray Dataset holds records, exploded into items on the workers; another source is read (and
@@ -81,8 +81,9 @@ def run_ray(
 
     # Sized before the collection is touched: a GPU encode with no free GPU fails here, at once.
     if not byo:
-        resources = ray.available_resources(), ray.cluster_resources()
-        plan = plan_encoders(*resources, device=options.device, num_workers=options.num_workers)
+        plan = plan_encoders(
+            ray.available_resources(), ray.cluster_resources(), device=options.device, num_workers=options.num_workers
+        )
     first_batch = ds.take_batch(options.batch_size, batch_format="numpy") if byo else None
     first = None
     if first_batch and len(first_batch.get("id", [])):
@@ -191,16 +192,16 @@ def _dataset_from_source(source: Any, image_root: str | None, report: IngestRepo
     return ray.data.from_items(items or vectors), len(items) + len(vectors)
 
 
-def _all_ids(coll: HierarchicalCollection) -> np.ndarray:
-    """Every primary key in the collection, sorted (for ``skip_existing`` on Milvus Lite)."""
-    ids: list[int] = []
+def _all_ids(coll: HierarchicalCollection) -> set[int]:
+    """Every primary key in the collection (for ``skip_existing`` on Milvus Lite)."""
+    ids: set[int] = set()
     iterator = coll.client.query_iterator(coll.name, batch_size=10_000, filter="id >= 0", output_fields=["id"])
     try:
         while page := iterator.next():
-            ids.extend(int(r["id"]) for r in page)
+            ids.update(int(r["id"]) for r in page)
     finally:
         iterator.close()
-    return np.unique(np.asarray(ids, dtype=np.int64))
+    return ids
 
 
 def _checkpoint_dir(model: Any, live_model: Any) -> tuple[str, str | None]:

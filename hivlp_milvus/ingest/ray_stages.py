@@ -11,7 +11,7 @@ import contextlib
 import io
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,7 @@ EXISTING = "already stored (skipped)"
 
 def rows_of(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """A numpy batch as a list of row dicts."""
-    n = len(next(iter(batch.values()))) if batch else 0
-    return [{k: v[i] for k, v in batch.items()} for i in range(n)]
+    return [dict(zip(batch, cells, strict=True)) for cells in zip(*batch.values(), strict=True)]
 
 
 def _missing(value: Any) -> bool:
@@ -177,24 +176,32 @@ def explode(batch: dict[str, np.ndarray], *, image_root: str | None = None) -> d
 
 
 def _rows_batch(
-    rows: list[dict[str, Any]], problems: list[Skipped], dims: tuple[int, int], t0: float
+    batch: dict[str, np.ndarray],
+    items_of: Callable[[dict[str, Any], list[Skipped]], Iterable[Item]],
+    build: Callable[[list[Item], list[Skipped]], list[dict[str, Any]]],
+    existing: ExistingIds,
+    dims: tuple[int, int],
 ) -> dict[str, Any]:
-    """The columns of a stage-2 batch: the rows to write, then one row per problem (its reason in ``error``).
+    """Stage 2 on one batch: each row's items (``items_of``), the new ones built into rows (``build``).
 
-    A problem's vectors are zeros (a column holds one shape); ``encode_s`` spreads the batch's time over its rows.
+    Returns the columns of the rows to write, then one row per problem (its reason in ``error``). A
+    problem's vectors are zeros (a column holds one shape); ``encode_s`` spreads the batch's time
+    over its rows.
     """
-    n = len(rows) + len(problems)
-    blank = {"id": 0, "modality": "", "reference": "", "attributes": {}}
+    t0 = time.perf_counter()
+    problems: list[Skipped] = []
+    items = [it for row in rows_of(batch) for it in items_of(row, problems)]
+    rows = build(existing.new(items, problems), problems)
+    vectors = dict(zip(("vec_low", "vec_high"), dims, strict=True))
+    blank = {"id": 0, "modality": "", "reference": "", "attributes": {}, **{f: np.zeros(d) for f, d in vectors.items()}}
     cells = [*({**row, "error": ""} for row in rows), *({**blank, "key": s.key, "error": s.reason} for s in problems)]
-    low, high = np.zeros((n, dims[0]), np.float32), np.zeros((n, dims[1]), np.float32)
-    for i, row in enumerate(rows):
-        low[i], high[i] = row["vec_low"], row["vec_high"]
+    n = len(cells)
     return {
         "id": np.asarray([c["id"] for c in cells], dtype=np.int64),
         **{c: np.asarray([x[c] for x in cells], dtype=object) for c in TEXT_COLUMNS[:3]},
         "attributes": np.asarray([json.dumps(x["attributes"]) for x in cells], dtype=object),
-        "vec_low": low,
-        "vec_high": high,
+        # reshape: an empty batch still has (0, dim) vector columns.
+        **{f: np.asarray([x[f] for x in cells], np.float32).reshape(n, d) for f, d in vectors.items()},
         "error": np.asarray([x["error"] for x in cells], dtype=object),
         "encode_s": np.full(n, (time.perf_counter() - t0) / max(n, 1)),
     }
@@ -204,7 +211,7 @@ class ExistingIds:
     """Which ids are already stored: from Milvus (server) or from the driver's snapshot (Lite)."""
 
     def __init__(self, skip: dict[str, Any] | None) -> None:
-        self._ids = np.asarray(skip["ids"], dtype=np.int64) if skip and "ids" in skip else None
+        self._ids: set[int] | None = skip.get("ids") if skip else None
         self._coll: Any = None
         if skip and self._ids is None:
             from hivlp_milvus.collection import HierarchicalCollection
@@ -213,71 +220,65 @@ class ExistingIds:
 
     def new(self, items: list[Item], problems: list[Skipped]) -> list[Item]:
         """The items not stored yet; the others go to ``problems`` as :data:`EXISTING` (counted, not failed)."""
-        ids = [it.id for it in items]
-        if self._ids is not None:
-            present = np.isin(np.asarray(ids, dtype=np.int64), self._ids)
-        elif self._coll is not None and ids:
-            stored = self._coll.existing_ids(ids)
-            present = [i in stored for i in ids]
-        else:
+        if self._ids is None and (self._coll is None or not items):
             return items
-        problems += [Skipped(it.key, EXISTING) for it, p in zip(items, present, strict=True) if p]
-        return [it for it, p in zip(items, present, strict=True) if not p]
+        stored = self._ids if self._ids is not None else self._coll.existing_ids([it.id for it in items])
+        problems += [Skipped(it.key, EXISTING) for it in items if it.id in stored]
+        return [it for it in items if it.id not in stored]
 
 
 def validate_vectors(
     batch: dict[str, np.ndarray], *, low_dim: int, high_dim: int, skip: dict[str, Any] | None
 ) -> dict[str, Any]:
     """Precomputed-vector rows → write-ready rows, checked as the in-process driver checks them (:mod:`.rows`)."""
-    t0 = time.perf_counter()
-    items: list[Item] = []
-    problems: list[Skipped] = []
-    for row in rows_of(batch):
-        key = text(row.get("id"))
-        attributes, error = _attributes(row.get("attributes"))
-        if error:
-            problems.append(Skipped(key, error))
-            continue
-        modality, reference = text(row.get("modality")), text(row.get("reference"))
-        record = EmbeddingRecord(key, modality, row["vec_low"], row["vec_high"], reference, attributes)
-        items += record_items(record, problems)
-    rows = vector_rows(ExistingIds(skip).new(items, problems), low_dim, high_dim, problems)
-    return _rows_batch(rows, problems, (low_dim, high_dim), t0)
+
+    def build(items: list[Item], problems: list[Skipped]) -> list[dict[str, Any]]:
+        return vector_rows(items, low_dim, high_dim, problems)
+
+    return _rows_batch(batch, _vector_items, build, ExistingIds(skip), (low_dim, high_dim))
+
+
+def _vector_items(row: dict[str, Any], problems: list[Skipped]) -> Iterable[Item]:
+    key = text(row.get("id"))
+    attributes, error = _attributes(row.get("attributes"))
+    if error:
+        problems.append(Skipped(key, error))
+        return []
+    modality, reference = text(row.get("modality")), text(row.get("reference"))
+    record = EmbeddingRecord(key, modality, row["vec_low"], row["vec_high"], reference, attributes)
+    return record_items(record, problems)
 
 
 class EncodeActor:
     """Ray Data actor: loads the model once from a checkpoint directory and encodes item batches."""
 
     def __init__(self, checkpoint_dir: str, fingerprint: str, device: str, skip: dict[str, Any] | None = None) -> None:
-        from hivlp_milvus.device import inference_dtype, resolve_device
+        from hivlp_milvus.device import resolve_device
         from hivlp_milvus.ingest.encode import Encoder
         from hivlp_milvus.model import HiVLP
 
-        target = resolve_device(device)
-        model = HiVLP.from_pretrained(checkpoint_dir, device=target)
+        model = HiVLP.from_pretrained(checkpoint_dir, device=resolve_device(device))
         if str(model.fingerprint) != fingerprint:
             raise ModelMismatchError(
                 f"the checkpoint at {checkpoint_dir!r} has fingerprint {model.fingerprint}, "
                 f"not the driver's {fingerprint}: the directory changed during ingest"
             )
-        self.encoder = Encoder(model, autocast_dtype=inference_dtype(target))
+        self.encoder = Encoder(model)
         self.dims = int(model.config.low_dim), int(model.config.high_dim)
         self.existing = ExistingIds(skip)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        items: list[Item] = []
-        problems: list[Skipped] = []
-        for row in rows_of(batch):
-            key, error, kind = text(row["key"]), text(row["error"]), text(row["kind"])
-            if error:
-                problems.append(Skipped(key, error))
-                continue
-            payload = _decode_image(row["image_path"], row["image_bytes"]) if kind == "image" else text(row["text"])
-            cells = (text(row["modality"]), text(row["reference"]), json.loads(text(row["attributes"]) or "{}"))
-            items.append(Item(int(row["id"]), key, *cells, kind, payload))
-        rows = self.encoder.rows(self.existing.new(items, problems), problems)
-        return _rows_batch(rows, problems, self.dims, t0)
+        return _rows_batch(batch, _encode_items, self.encoder.rows, self.existing, self.dims)
+
+
+def _encode_items(row: dict[str, Any], problems: list[Skipped]) -> list[Item]:
+    key, error, kind = text(row["key"]), text(row["error"]), text(row["kind"])
+    if error:
+        problems.append(Skipped(key, error))
+        return []
+    payload = _decode_image(row["image_path"], row["image_bytes"]) if kind == "image" else text(row["text"])
+    cells = (text(row["modality"]), text(row["reference"]), json.loads(text(row["attributes"]) or "{}"))
+    return [Item(int(row["id"]), key, *cells, kind, payload)]
 
 
 # Stage 3: rows → Milvus

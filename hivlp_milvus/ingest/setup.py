@@ -20,31 +20,25 @@ NEEDS_MODEL = (
 )
 
 
-def load_model(model: Any, device: str = "auto") -> tuple[Any, Any]:
-    """``(live model, autocast dtype)``: a checkpoint directory is loaded onto ``device``.
+def load_model(model: Any, device: str = "auto") -> Any:
+    """The live model (or ``None``): a checkpoint directory is loaded onto ``device``.
 
-    A live model stays on its device under ``device="auto"``, else it is moved (in place). The
-    dtype is the mixed precision safe for inference there (``None`` = float32, always on the CPU).
+    A live model stays on its device under ``device="auto"``, else it is moved (in place).
 
     Raises:
         ConfigError: ``device`` names a GPU that cannot be used (the message says why).
         CheckpointError: the checkpoint directory is incomplete.
     """
-    if model is None:
-        return None, None
-    from hivlp_milvus.device import inference_dtype, resolve_device
+    if model is None or (device == "auto" and not isinstance(model, (str, Path))):
+        return model
+    from hivlp_milvus.device import resolve_device
 
+    target = resolve_device(device)
     if isinstance(model, (str, Path)):
         from hivlp_milvus.model import HiVLP
 
-        target = resolve_device(device)
-        model = HiVLP.from_pretrained(str(model), device=target)
-    elif device == "auto":
-        target = model.device
-    else:
-        target = resolve_device(device)
-        model = model.to(target)
-    return model, inference_dtype(target)
+        return HiVLP.from_pretrained(str(model), device=target)
+    return model.to(target)
 
 
 def resolve_collection(
