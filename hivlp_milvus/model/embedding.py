@@ -38,9 +38,16 @@ class HierarchicalEmbedding:
         return len(self.low)
 
     def __getitem__(self, index: int | slice | Any) -> HierarchicalEmbedding:
-        """Rows ``index`` of both levels (an int keeps a batch of one)."""
+        """Rows ``index`` of both levels (an int keeps a batch of one).
+
+        Raises:
+            IndexError: an int row outside the batch (so ``for row in embedding`` ends, as for a list).
+        """
         if isinstance(index, int):
-            index = slice(index, index + 1 if index != -1 else None)
+            n = len(self)
+            if not -n <= index < n:
+                raise IndexError(f"row {index} of a batch of {n} embeddings")
+            index = slice(index % n, index % n + 1)
         return HierarchicalEmbedding(self.low[index], self.high[index])
 
     @property

@@ -38,6 +38,18 @@ def test_batches_keep_their_shape_and_rows_are_batches() -> None:
     assert len(HierarchicalEmbedding.concat([emb, emb[0]])) == 4
 
 
+def test_rows_index_and_iterate_like_a_sequence() -> None:
+    low = np.arange(12, dtype=np.float32).reshape(3, 4)
+    emb = HierarchicalEmbedding(low, np.zeros((3, 8), np.float32))
+    np.testing.assert_array_equal(emb[-1].low, low[2:])
+    np.testing.assert_array_equal(emb[-3].low, low[:1])
+    # Iteration goes through __getitem__ until IndexError: past the end must raise, not be empty.
+    assert [r.low[0, 0] for r in emb] == [0.0, 4.0, 8.0]
+    for outside in (3, -4):
+        with pytest.raises(IndexError, match=f"row {outside} of a batch of 3"):
+            emb[outside]
+
+
 @pytest.mark.parametrize(
     ("low", "high", "match"),
     [
