@@ -88,6 +88,18 @@ def test_shared_shortlist_rows_equal_hierarchical_search(setup: tuple) -> None:
         evaluate_collection(col, records, rerank="client", **{**kw, "coarse_ks": (3,)})
 
 
+def test_rows_outside_the_evaluated_records_still_compete_in_the_fine_stage(setup: tuple) -> None:
+    """Evaluating part of a collection: the other rows are coarse hits too, and the client re-rank must
+    score them on their stored ``vec_high`` (not drop them), as ``hierarchical_search`` does."""
+    col, records, _ = setup
+    kw = {"coarse_ks": (6, 12), "ks": (1, 2, 4), "batch_size": 7, "progress": False}
+    part = records[: N_IMAGES // 3]
+    shared = evaluate_collection(col, part, rerank="client", **kw)
+    searched = evaluate_collection(col, part, rerank="server", **kw)
+    assert shared.meta["n_images"] == len(part)
+    assert shared.rows == searched.rows
+
+
 def test_rows_missing_from_the_collection_are_not_queries(setup: tuple) -> None:
     col, records, _ = setup
     extra = [*records, Record(id="never-ingested", image="images/x.png", captions=["nothing"])]
