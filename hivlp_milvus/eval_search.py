@@ -105,8 +105,9 @@ def evaluate_collection(
         target = (dst, dict(zip(items[dst][0], items[dst][2].tolist(), strict=True)))
         common = {"rerank": rerank, "batch_size": batch_size, "bar": bar}
         funnels: dict[int, np.ndarray] = {}
+        # One per direction: the vec_high it fetches for rows outside the records serve every K.
+        fine = _StoredHigh(collection, items[dst]) if shared else None
         for k in coarse_ks:
-            fine = _StoredHigh(collection, items[dst]) if shared else None
             coarse, funnels[k] = _shortlist_ranks(collection, query_emb, query_groups, target, k, limit, fine, **common)
             shortlist[f"hier@{k}"].append(float(np.mean(coarse <= k)))
 
