@@ -258,10 +258,6 @@ def open_jsonl(path: Path, *, split: str | None = None, image_root: Path | None 
 
     Relative image paths are resolved against ``image_root``, by default the manifest's directory.
     """
-    if split is not None:
-        first = _first_jsonl_object(path)
-        if first is not None and "split" not in first:
-            raise DataError(f"split={split!r} was given but rows of {path} have no 'split' field; omit split")
 
     def rows() -> Iterator[tuple[str, dict[str, Any] | str]]:
         with path.open(encoding="utf-8-sig") as f:
@@ -278,20 +274,12 @@ def open_jsonl(path: Path, *, split: str | None = None, image_root: Path | None 
                     row = f"expected a JSON object, got {type(row).__name__}"
                 yield where, row
 
+    if split is not None:
+        first = next((row for _, row in rows() if isinstance(row, dict)), None)
+        if first is not None and "split" not in first:
+            raise DataError(f"split={split!r} was given but rows of {path} have no 'split' field; omit split")
     base = image_root or path.parent
     return ReaderSpec(lambda rep: _assemble(rows(), base, rep, split), None, f"JSONL manifest {path}")
-
-
-def _first_jsonl_object(path: Path) -> dict[str, Any] | None:
-    with path.open(encoding="utf-8-sig") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                return row
-    return None
 
 
 def open_parquet(path: Path, *, split: str | None = None, image_root: Path | None = None) -> ReaderSpec:
