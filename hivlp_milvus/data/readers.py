@@ -92,12 +92,8 @@ def _resolve_image(value: Any, base_dir: Path) -> Any:
     """A usable image reference, ``None`` when the row has no image, or :class:`_BadRow`."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    if isinstance(value, dict):  # HF / Arrow image struct
-        if value.get("bytes"):
-            return bytes(value["bytes"])
-        value = value.get("path")
-        if not value:
-            return None
+    if isinstance(value, dict):  # HF / Arrow image struct: its bytes, else its path
+        value = bytes(value["bytes"]) if value.get("bytes") else value.get("path") or None
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value) if len(value) else None
     if isinstance(value, (str, Path)):
@@ -106,9 +102,7 @@ def _resolve_image(value: Any, base_dir: Path) -> Any:
             return None
         if "://" in text:  # URLs are passed through; the model's loader decides what it can open
             return text
-        path = Path(text).expanduser()
-        if not path.is_absolute():
-            path = base_dir / path
+        path = base_dir / Path(text).expanduser()  # an absolute path replaces base_dir
         if not path.is_file():
             raise _BadRow(f"image file not found: {path}")
         return str(path)
