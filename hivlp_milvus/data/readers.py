@@ -63,28 +63,22 @@ def _clean_captions(value: Any, report: SourceReport) -> list[str]:
         return []
     if isinstance(value, str):
         text = value.strip()
-        if text.startswith("[") and text.endswith("]"):  # a JSON list inside a CSV cell
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                value = [value]
-        else:
+        try:  # a JSON list inside a CSV cell, else one caption
+            value = json.loads(text) if text.startswith("[") and text.endswith("]") else [value]
+        except json.JSONDecodeError:
             value = [value]
-    if not isinstance(value, (list, tuple)):
+    elif not isinstance(value, (list, tuple)):
         value = list(value) if hasattr(value, "__iter__") else [value]
     captions = []
     for item in value:
         if isinstance(item, dict) and "raw" in item:  # Karpathy-style sentence objects
             item = item["raw"]
-        if item is None or (isinstance(item, float) and math.isnan(item)):
-            report.dropped_captions += 1
-            continue
-        if not isinstance(item, str):
-            raise _BadRow(f"caption is not text: {item!r:.60}")
-        if item.strip():
+        if isinstance(item, str) and item.strip():
             captions.append(item.strip())
+        elif item is None or isinstance(item, str) or (isinstance(item, float) and math.isnan(item)):
+            report.dropped_captions += 1  # blank or missing
         else:
-            report.dropped_captions += 1
+            raise _BadRow(f"caption is not text: {item!r:.60}")
     return captions
 
 
