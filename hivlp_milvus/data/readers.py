@@ -121,11 +121,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def _row_to_record(row: dict[str, Any], where: str, base_dir: Path, report: SourceReport) -> Record:
-    if IMAGE_COLUMN not in row or not any(c in row for c in CAPTION_COLUMNS):
-        missing = [IMAGE_COLUMN] if IMAGE_COLUMN not in row else []
-        if not any(c in row for c in CAPTION_COLUMNS):
-            missing.append("caption (or captions)")
-        raise _BadRow(f"missing column {' and '.join(missing)}")
+    present = {IMAGE_COLUMN: IMAGE_COLUMN in row, "caption (or captions)": any(c in row for c in CAPTION_COLUMNS)}
+    if not all(present.values()):
+        raise _BadRow(f"missing column {' and '.join(name for name, ok in present.items() if not ok)}")
     image = _resolve_image(row[IMAGE_COLUMN], base_dir)
     caption_value = row["captions"] if row.get("captions") is not None else row.get("caption")
     captions = _clean_captions(caption_value, report)
