@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import itertools
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -231,8 +232,7 @@ def open_csv(path: Path, *, split: str | None = None, image_root: Path | None = 
                 row.pop(None, None)  # surplus cells of an over-long row
                 if any(v is None for v in row.values()):
                     cells = sum(v is not None for v in row.values())
-                    yield f"{path.name}:{line_no}", f"row has {cells} cells, the header has {len(row)}"
-                    continue
+                    row = f"row has {cells} cells, the header has {len(row)}"
                 yield f"{path.name}:{line_no}", row
 
     base = image_root or path.parent
@@ -282,11 +282,9 @@ def open_parquet(path: Path, *, split: str | None = None, image_root: Path | Non
     _check_columns(parquet.schema_arrow.names, path, split)
 
     def rows() -> Iterator[tuple[str, dict[str, Any] | str]]:
-        line = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-            for row in batch.to_pylist():
-                yield f"{path.name}:row {line}", row
-                line += 1
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        for line, row in enumerate(itertools.chain.from_iterable(batch.to_pylist() for batch in batches)):
+            yield f"{path.name}:row {line}", row
 
     base = image_root or path.parent
     return ReaderSpec(lambda report: _assemble(rows(), base, report, split), None, f"Parquet manifest {path}")
@@ -399,9 +397,8 @@ def open_hf(dataset: Any, *, split: str | None = None, image_root: Path | None =
     def rows() -> Iterator[tuple[str, dict[str, Any] | str]]:
         for start in range(0, len(dataset), 256):
             batch = dataset[start : start + 256]  # a dict of column lists
-            columns = list(batch)
-            for i in range(len(batch[columns[0]])):
-                yield f"row {start + i}", {c: batch[c][i] for c in columns}
+            for i, values in enumerate(zip(*batch.values(), strict=True)):
+                yield f"row {start + i}", dict(zip(batch, values, strict=True))
 
     length = None if split_column is not None else len(dataset)
     base = image_root or base_dir
