@@ -14,6 +14,14 @@ from hivlp_milvus.errors import DataError
 
 AnyRecord = Record | EmbeddingRecord
 _MODALITIES = ("image", "text")
+# The reader of each file suffix (lower case).
+_OPENERS: dict[str, Callable[..., readers.ReaderSpec]] = {
+    ".json": readers.open_karpathy,
+    ".csv": readers.open_csv,
+    ".tsv": readers.open_csv,
+    ".jsonl": readers.open_jsonl,
+    ".parquet": readers.open_parquet,
+}
 
 
 class RecordSource:
@@ -122,12 +130,8 @@ def load_source(
             limit=limit,
             reiterable=source._reiterable,
         )
-    if isinstance(source, (str, Path)):
-        spec = _open_path(Path(source).expanduser(), split=split, image_root=image_root)
-        return RecordSource(spec.iterate, description=spec.description, length=spec.length, limit=limit)
-    if hasattr(source, "column_names"):  # an HF Dataset / DatasetDict object
-        root = None if image_root is None else Path(image_root).expanduser()
-        spec = readers.open_hf(source, split=split, image_root=root)
+    if isinstance(source, (str, Path)) or hasattr(source, "column_names"):  # a path, an HF Dataset / DatasetDict
+        spec = _open(source, split=split, image_root=None if image_root is None else Path(image_root).expanduser())
         return RecordSource(spec.iterate, description=spec.description, length=spec.length, limit=limit)
     if isinstance(source, (Record, EmbeddingRecord)):
         source = [source]
@@ -155,21 +159,24 @@ def load_source(
     )
 
 
-def _open_path(path: Path, *, split: str | None, image_root: str | Path | None) -> readers.ReaderSpec:
+def _open(source: Any, *, split: str | None, image_root: Path | None) -> readers.ReaderSpec:
+    """The reader of a data path (by file type, or a directory's layout) or of a Hugging Face dataset object."""
+    if not isinstance(source, (str, Path)):
+        return readers.open_hf(source, split=split, image_root=image_root)
+    path = Path(source).expanduser()
     if not path.exists():
         raise DataError(
             f"{path} does not exist; expected a data directory, a manifest "
             "(.csv/.jsonl/.parquet) or a Karpathy .json file"
         )
-    root = None if image_root is None else Path(image_root).expanduser()
     if path.is_dir():
         if (path / "manifest.jsonl").is_file():
-            return readers.open_jsonl(path / "manifest.jsonl", split=split, image_root=root)
+            return readers.open_jsonl(path / "manifest.jsonl", split=split, image_root=image_root)
         if readers.is_hf_dataset_dir(path):
-            return readers.open_hf(path, split=split, image_root=root)
+            return readers.open_hf(path, split=split, image_root=image_root)
         splits = sorted(p.name for p in path.iterdir() if (p / "manifest.jsonl").is_file())
         if split is not None and split in splits:
-            return readers.open_jsonl(path / split / "manifest.jsonl", image_root=root)
+            return readers.open_jsonl(path / split / "manifest.jsonl", image_root=image_root)
         if splits:
             raise DataError(f"{path} holds the splits {splits}; choose one with split=... (--split)")
         raise DataError(
@@ -177,18 +184,12 @@ def _open_path(path: Path, *, split: str | None, image_root: str | Path | None) 
             "Face save_to_disk dataset (dataset_dict.json / state.json)"
         )
     suffix = path.suffix.lower()
-    if suffix == ".json":
-        return readers.open_karpathy(path, split=split, image_root=root)
-    if suffix in (".csv", ".tsv"):
-        return readers.open_csv(path, split=split, image_root=root)
-    if suffix == ".jsonl":
-        return readers.open_jsonl(path, split=split, image_root=root)
-    if suffix == ".parquet":
-        return readers.open_parquet(path, split=split, image_root=root)
-    raise DataError(
-        f"{path}: unknown file type {suffix or '(none)'!r}; expected .json (Karpathy), "
-        ".csv, .tsv, .jsonl, .parquet or a directory"
-    )
+    if suffix not in _OPENERS:
+        raise DataError(
+            f"{path}: unknown file type {suffix or '(none)'!r}; expected .json (Karpathy), "
+            ".csv, .tsv, .jsonl, .parquet or a directory"
+        )
+    return _OPENERS[suffix](path, split=split, image_root=image_root)
 
 
 def _validated(items: Iterable[Any], report: SourceReport) -> Iterator[AnyRecord]:
