@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from serving_helpers import png
@@ -70,18 +72,6 @@ def test_karpathy_split_selection_and_bad_entries(tmp_path):
     assert [r.id for r in train] == ["11", "12"]  # "train" includes Karpathy's restval
     assert train[0].captions == ["A dog.", "a brown dog"]
     assert len(list(load_source(path, image_root=tmp_path / "imgs"))) == 4  # no split: all readable
-
-
-def test_karpathy_unreadable(tmp_path):
-    bad = tmp_path / "x.json"
-    bad.write_text('{"annotations": []}')
-    with pytest.raises(DataError, match="images"):
-        load_source(bad)
-    bad.write_text("{not json")
-    with pytest.raises(DataError, match="JSON"):
-        load_source(bad)
-    with pytest.raises(DataError, match="splits"):
-        load_source(_make_karpathy(tmp_path), split="nonexistent")
 
 
 # --------------------------------------------------------------------------- CSV / JSONL / Parquet
@@ -166,9 +156,6 @@ def test_jsonl_manifest_bad_lines(tmp_path):
 
 
 def test_parquet_manifest_with_bytes_and_paths(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     _png(tmp_path / "p.png")
     binary = pa.table({"image": [png(), b""], "caption": ["bytes image", "empty bytes"], "score": [0.5, 1]})
     pq.write_table(binary, tmp_path / "b.parquet")
@@ -185,41 +172,6 @@ def test_parquet_manifest_with_bytes_and_paths(tmp_path):
     assert [r.image for r in records] == [str(tmp_path / "p.png")]
     assert len(source.report.skipped) == 1
     assert [r.captions for r in load_source(tmp_path / "b.parquet", limit=1)] == [["bytes image"]]
-
-
-def test_missing_columns_raise(tmp_path):
-    (tmp_path / "m.csv").write_text("img,text\na.png,hello\n")
-    with pytest.raises(DataError, match="'image' column"):
-        load_source(tmp_path / "m.csv")
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.table({"image": ["a.png"]}), tmp_path / "m.parquet")
-    with pytest.raises(DataError, match="caption"):
-        load_source(tmp_path / "m.parquet")
-    (tmp_path / "ok.csv").write_text("image,caption\n")
-    with pytest.raises(DataError, match="split"):
-        load_source(tmp_path / "ok.csv", split="test")
-
-
-def test_unreadable_paths_raise(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
-        load_source(tmp_path / "nothing.csv")
-    (tmp_path / "data.txt").write_text("x")
-    with pytest.raises(DataError, match="unknown file type"):
-        load_source(tmp_path / "data.txt")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="manifest.jsonl"):
-        load_source(tmp_path / "empty")
-    for split in ("train", "test"):
-        (tmp_path / "root" / split).mkdir(parents=True)
-        (tmp_path / "root" / split / "manifest.jsonl").write_text("")
-    with pytest.raises(DataError, match=r"\['test', 'train'\]"):
-        load_source(tmp_path / "root")
-    with pytest.raises(DataError, match="Record"):
-        load_source(42)
-    with pytest.raises(DataError, match="dict"):
-        load_source({"image": "a.png"})
 
 
 # --------------------------------------------------------------------------- Hugging Face datasets
@@ -296,5 +248,56 @@ def test_one_shot_iterator_source():
     assert [r.id for r in source] == ["0", "1", "2"]
     with pytest.raises(DataError, match="one-shot"):
         list(source)
-    with pytest.raises(DataError, match="in-memory"):
-        load_source([Record(id="a", captions=["c"])], split="test")
+
+
+# --------------------------------------------------------------------------- sources that cannot be read
+
+
+def _write(path: Path, content: str | dict | None) -> None:
+    """Create ``path``: a text file, a Parquet file (``content`` = its columns) or a directory (None)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, dict):
+        pq.write_table(pa.table(content), path)
+    else:
+        path.write_text(content)
+
+
+_KARPATHY_TEST_ONLY = json.dumps({"images": [{"filename": "a.jpg", "split": "test", "sentences": [{"raw": "A."}]}]})
+_TWO_SPLITS = {"root/train/manifest.jsonl": "", "root/test/manifest.jsonl": ""}
+_ONE_RECORD = [Record(id="a", captions=["c"])]
+
+
+@pytest.mark.parametrize(
+    ("files", "source", "options", "match"),
+    [
+        pytest.param({"x.json": '{"annotations": []}'}, "x.json", {}, "images", id="karpathy-no-images"),
+        pytest.param({"x.json": "{not json"}, "x.json", {}, "JSON", id="karpathy-not-json"),
+        pytest.param(
+            {"k.json": _KARPATHY_TEST_ONLY}, "k.json", {"split": "nonexistent"}, "splits", id="karpathy-split"
+        ),
+        pytest.param({"m.csv": "img,text\na.png,hello\n"}, "m.csv", {}, "'image' column", id="csv-columns"),
+        pytest.param({"e.csv": ""}, "e.csv", {}, "is empty", id="csv-empty"),
+        pytest.param({"m.parquet": {"image": ["a.png"]}}, "m.parquet", {}, "caption", id="parquet-columns"),
+        pytest.param({"b.parquet": "PAR1 not"}, "b.parquet", {}, "not a readable Parquet", id="parquet-unreadable"),
+        pytest.param({"ok.csv": "image,caption\n"}, "ok.csv", {"split": "test"}, "split", id="csv-split"),
+        pytest.param(
+            {"m.jsonl": '{"image": "a.png"}\n'}, "m.jsonl", {"split": "test"}, "'split' field", id="jsonl-split"
+        ),
+        pytest.param({}, "nothing.csv", {}, "does not exist", id="no-path"),
+        pytest.param({"data.txt": "x"}, "data.txt", {}, "unknown file type", id="unknown-type"),
+        pytest.param({"empty": None}, "empty", {}, "manifest.jsonl", id="empty-dir"),
+        pytest.param(_TWO_SPLITS, "root", {}, r"\['test', 'train'\]", id="splits-dir"),
+        pytest.param({}, 42, {}, "Record", id="int"),
+        pytest.param({}, {"image": "a.png"}, {}, "dict", id="dict"),
+        pytest.param({}, _ONE_RECORD, {"split": "test"}, "in-memory", id="list-split"),
+        pytest.param({}, _ONE_RECORD, {"image_root": "/x"}, "image_root", id="list-image-root"),
+        pytest.param({}, _ONE_RECORD, {"limit": -1}, "limit", id="negative-limit"),
+    ],
+)
+def test_unreadable_sources_raise(tmp_path, files, source, options, match):
+    for name, content in files.items():
+        _write(tmp_path / name, content)
+    with pytest.raises(DataError, match=match):
+        load_source(tmp_path / source if isinstance(source, str) else source, **options)
