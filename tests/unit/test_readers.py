@@ -77,7 +77,8 @@ def test_karpathy_split_selection_and_bad_entries(tmp_path):
 # --------------------------------------------------------------------------- CSV / JSONL / Parquet
 
 
-def test_csv_manifest_merges_adjacent_rows_and_reports_bad_ones(tmp_path):
+@pytest.mark.parametrize("name", ["manifest.csv", "manifest.tsv"])
+def test_csv_manifest_merges_adjacent_rows_and_reports_bad_ones(tmp_path, name):
     _png(tmp_path / "img" / "1.png")
     _png(tmp_path / "img" / "2.png")
     rows = [
@@ -91,12 +92,12 @@ def test_csv_manifest_merges_adjacent_rows_and_reports_bad_ones(tmp_path):
         ["", "text only", "z"],
         ["img/2.png"],  # short row
     ]
-    path = tmp_path / "manifest.csv"
+    path = tmp_path / name
     with path.open("w", newline="") as f:
-        csv.writer(f).writerows(rows)
+        csv.writer(f, delimiter="\t" if name.endswith(".tsv") else ",").writerows(rows)
     source = load_source(path)
     records = list(source)
-    assert [r.id for r in records] == ["img/1.png", "img/2.png", "manifest.csv:8"]
+    assert [r.id for r in records] == ["img/1.png", "img/2.png", f"{name}:8"]
     assert records[0].captions == ["first caption", "second caption"]
     assert Path(records[0].image) == tmp_path / "img" / "1.png"  # relative to the manifest
     assert records[0].attributes == {"photographer": "ann"}
