@@ -53,7 +53,6 @@ def run_local(
     encoder = Encoder(model, low_dim, high_dim)
     first_vectors = True
     with writing(coll, report, options) as writer:
-        seen = writer.seen
         items = (it for record in records for it in rows.record_items(record, report.failed))
         for chunk in _chunks(items, options.batch_size):
             t0 = time.perf_counter()
@@ -61,7 +60,7 @@ def run_local(
                 ids = [it.id for it in chunk]
                 # Rows still queued for the writer are not in `seen` yet: at worst re-encoded, and
                 # the upsert keeps one copy.
-                present = seen.present(ids) if seen.active else coll.existing_ids(ids)
+                present = writer.seen.present(ids)
                 report.skipped_existing += sum(1 for it in chunk if it.id in present)
                 chunk = [it for it in chunk if it.id not in present]
             t1 = time.perf_counter()
