@@ -140,12 +140,10 @@ def record_items(record: Any, failed: list[Skipped], *, image_reference: str | N
         failed.append(Skipped(key, f"not a Record/EmbeddingRecord: {type(record).__name__}"))
 
 
-def check_vectors(
-    low: Any, high: Any, low_dim: int, high_dim: int, *, check_finite: bool = True
-) -> tuple[np.ndarray, np.ndarray] | str:
+def check_vectors(low: Any, high: Any, low_dim: int, high_dim: int) -> tuple[np.ndarray, np.ndarray] | str:
     """``(low, high)`` as float32 1-D arrays of the collection's dims, or the reason they are not.
 
-    ``check_finite=False`` leaves the NaN/inf test to the caller (done once per batch, vectorised).
+    NaN / infinity are not looked for here: :func:`vector_rows` does that once per batch, vectorised.
     """
     try:
         lo = np.asarray(low, dtype=np.float32)
@@ -159,8 +157,6 @@ def check_vectors(
             f"vector dims ({lo.shape[0]}, {hi.shape[0]}) differ from the collection's "
             f"(low_dim={low_dim}, high_dim={high_dim})"
         )
-    if check_finite and not (np.isfinite(lo).all() and np.isfinite(hi).all()):
-        return NOT_FINITE
     return lo, hi
 
 
@@ -192,7 +188,7 @@ def vector_rows(items: list[Item], low_dim: int, high_dim: int, failed: list[Ski
     good, vectors = [], []
     for it in items:
         low, high = it.payload
-        checked = check_vectors(low, high, low_dim, high_dim, check_finite=False)
+        checked = check_vectors(low, high, low_dim, high_dim)
         if isinstance(checked, str):
             failed.append(Skipped(it.key, checked))
         else:
