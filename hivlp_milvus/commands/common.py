@@ -81,7 +81,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--token",
-        default=None,
+        default=default("milvus_token"),
         help=f"server token (user:password or API key); default ${ENVIRONMENT['milvus_token']} "
         "(the environment keeps it out of the process list)",
     )
@@ -98,9 +98,8 @@ def connection_options(args: argparse.Namespace) -> Any:
     """A ``ConnectionOptions`` from the arguments :func:`add_connection_arguments` added."""
     from hivlp_milvus.connection import TLS_OPTIONS, ConnectionOptions
 
-    token = args.token if args.token is not None else os.environ.get(ENVIRONMENT["milvus_token"]) or None
     tls = {name: getattr(args, name) for name in TLS_OPTIONS}  # the flags carry ConnectionOptions' names
-    return ConnectionOptions(uri=args.uri, token=token, db_name=args.db_name, **tls)
+    return ConnectionOptions(uri=args.uri, token=args.token, db_name=args.db_name, **tls)
 
 
 _RUN_THE_DEMO = "run `make demo` (or `hivlp-milvus quickstart`) in this directory first"
