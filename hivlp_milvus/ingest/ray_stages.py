@@ -195,10 +195,9 @@ class RowStage:
     ) -> None:
         model = None
         if checkpoint_dir is not None:
-            from hivlp_milvus.device import resolve_device
             from hivlp_milvus.model import HiVLP
 
-            model = HiVLP.from_pretrained(checkpoint_dir, device=resolve_device(device))
+            model = HiVLP.from_pretrained(checkpoint_dir, device=device)
             if str(model.fingerprint) != fingerprint:
                 raise ModelMismatchError(
                     f"the checkpoint at {checkpoint_dir!r} has fingerprint {model.fingerprint}, "

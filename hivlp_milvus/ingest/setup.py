@@ -29,16 +29,15 @@ def load_model(model: Any, device: str = "auto") -> Any:
         ConfigError: ``device`` names a GPU that cannot be used (the message says why).
         CheckpointError: the checkpoint directory is incomplete.
     """
-    if model is None or (device == "auto" and not isinstance(model, (str, Path))):
-        return model
-    from hivlp_milvus.device import resolve_device
-
-    target = resolve_device(device)
     if isinstance(model, (str, Path)):
         from hivlp_milvus.model import HiVLP
 
-        return HiVLP.from_pretrained(str(model), device=target)
-    return model.to(target)
+        return HiVLP.from_pretrained(str(model), device=device)  # a bad device fails before the weights load
+    if model is None or device == "auto":
+        return model
+    from hivlp_milvus.device import resolve_device
+
+    return model.to(resolve_device(device))
 
 
 def resolve_collection(
