@@ -49,12 +49,9 @@ class Encoder:
         """The rows of ``items``, precomputed vectors first; an item that fails goes to ``failed`` with the reason."""
         out = vector_rows([it for it in items if it.kind == "vectors"], self.low_dim, self.high_dim, failed)
         encode = [it for it in items if it.kind != "vectors"]
-        for it, result in zip(encode, self.encode(encode), strict=True):
-            if isinstance(result, str):
-                failed.append(Skipped(it.key, result))
-            else:
-                out.append(it.row(*result))
-        return out
+        results = list(zip(encode, self.encode(encode), strict=True))
+        failed.extend(Skipped(it.key, result) for it, result in results if isinstance(result, str))
+        return out + [it.row(*result) for it, result in results if not isinstance(result, str)]
 
     def _images(self, idx: list[int], items: list[Item], results: list[Result]) -> None:
         from hivlp_milvus.model.preprocess import load_image

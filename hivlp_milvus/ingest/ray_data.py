@@ -163,23 +163,20 @@ def _dataset_from_source(source: Any, image_root: str | None, report: IngestRepo
     from hivlp_milvus.data import load_source
 
     loaded = load_source(source, image_root=image_root)
-    items, vectors = [], []
-    for record in loaded:
-        for it in record_items(record, report.failed):
-            if it.kind == "vectors":
-                low, high = it.payload
-                vectors.append(
-                    {
-                        "id": it.key,
-                        "modality": it.modality,
-                        "reference": it.reference,
-                        "attributes": json.dumps(it.attributes),
-                        "vec_low": np.asarray(low, dtype=np.float32),
-                        "vec_high": np.asarray(high, dtype=np.float32),
-                    }
-                )
-                continue
-            items.append(ray_stages.item_cells(it))
+    every = [it for record in loaded for it in record_items(record, report.failed)]
+    items = [ray_stages.item_cells(it) for it in every if it.kind != "vectors"]
+    vectors = [
+        {
+            "id": it.key,
+            "modality": it.modality,
+            "reference": it.reference,
+            "attributes": json.dumps(it.attributes),
+            "vec_low": np.asarray(it.payload[0], dtype=np.float32),
+            "vec_high": np.asarray(it.payload[1], dtype=np.float32),
+        }
+        for it in every
+        if it.kind == "vectors"
+    ]
     report.add_source_report(loaded)
     if items and vectors:
         raise ConfigError(

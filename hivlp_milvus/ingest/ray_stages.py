@@ -280,27 +280,24 @@ def _encode_items(row: dict[str, Any], problems: list[Skipped]) -> list[Item]:
 
 def rows_for_milvus(batch: dict[str, np.ndarray], report: IngestReport) -> list[dict[str, Any]]:
     """Encoded batch → the rows to write; the rest (existing, failed, dropped) and the encode time go to ``report``."""
-    rows: list[dict[str, Any]] = []
     report.encode_seconds += float(np.sum(batch["encode_s"]))
-    for i in range(len(batch["id"])):
-        error = text(batch["error"][i])
-        if error == DROPPED:
-            report.dropped_captions += 1
-        elif error == EXISTING:
-            report.skipped_existing += 1
-        elif error:
-            report.failed.append(Skipped(text(batch["key"][i]), error))
-        else:
-            rows.append(
-                {
-                    "id": int(batch["id"][i]),
-                    **{c: text(batch[c][i]) for c in TEXT_COLUMNS[:3]},
-                    "attributes": json.loads(text(batch["attributes"][i]) or "{}"),
-                    "vec_low": np.asarray(batch["vec_low"][i], dtype=np.float32),
-                    "vec_high": np.asarray(batch["vec_high"][i], dtype=np.float32),
-                }
-            )
-    return rows
+    errors = [text(e) for e in batch["error"]]
+    report.dropped_captions += errors.count(DROPPED)
+    report.skipped_existing += errors.count(EXISTING)
+    report.failed.extend(
+        Skipped(text(key), e) for key, e in zip(batch["key"], errors, strict=True) if e not in ("", DROPPED, EXISTING)
+    )
+    return [
+        {
+            "id": int(batch["id"][i]),
+            **{c: text(batch[c][i]) for c in TEXT_COLUMNS[:3]},
+            "attributes": json.loads(text(batch["attributes"][i]) or "{}"),
+            "vec_low": np.asarray(batch["vec_low"][i], dtype=np.float32),
+            "vec_high": np.asarray(batch["vec_high"][i], dtype=np.float32),
+        }
+        for i, e in enumerate(errors)
+        if not e
+    ]
 
 
 class MilvusDatasink(Datasink):

@@ -97,6 +97,7 @@ def test_bad_records_are_reported_and_the_rest_lands(tmp_path: Path, model: HiVL
     assert "65535" in reasons[text_key("long", 0)]
     assert [s.key for s in report.source_skipped] == ["empty"]
     assert report.dropped_captions == 1  # load_source drops the blank caption of "blank"
+    assert f"  source empty: {report.source_skipped[0].reason}" in str(report).splitlines()  # the printed report
 
     expected = {
         row_id("ok", "image"), row_id(text_key("ok", 0), "text"), row_id(text_key("ok", 1), "text"),
