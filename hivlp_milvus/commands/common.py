@@ -87,11 +87,14 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--db-name", default="", help="Milvus database on a server (default: the default database)")
     group.add_argument("--secure", action="store_true", default=None, help="TLS to the server")
-    group.add_argument("--server-pem-path", default=None, help="TLS: the server's certificate (one-way TLS)")
-    group.add_argument("--server-name", default=None, help="TLS: the name the server's certificate is for")
-    group.add_argument("--ca-pem-path", default=None, help="mutual TLS: the CA certificate")
-    group.add_argument("--client-pem-path", default=None, help="mutual TLS: this client's certificate")
-    group.add_argument("--client-key-path", default=None, help="mutual TLS: this client's key")
+    for flag, text in (
+        ("--server-pem-path", "TLS: the server's certificate (one-way TLS)"),
+        ("--server-name", "TLS: the name the server's certificate is for"),
+        ("--ca-pem-path", "mutual TLS: the CA certificate"),
+        ("--client-pem-path", "mutual TLS: this client's certificate"),
+        ("--client-key-path", "mutual TLS: this client's key"),
+    ):
+        group.add_argument(flag, default=None, help=text)
 
 
 def connection_options(args: argparse.Namespace) -> Any:
