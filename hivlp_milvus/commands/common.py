@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 from hivlp_milvus.device import DEVICE_CHOICES  # light: torch is imported only when a device is resolved
+from hivlp_milvus.errors import CheckpointError, CollectionNotFoundError
 
 #: What ``hivlp-milvus quickstart`` writes by default (``--work-dir``), and the collection it fills.
 QUICKSTART_WORK_DIR = "hivlp_work"
@@ -110,10 +112,6 @@ _RUN_THE_DEMO = "run `make demo` (or `hivlp-milvus quickstart`) in this director
 
 def checkpoint_dir(directory: str) -> str:
     """``directory`` if it exists, else an error that says how to get a model."""
-    from pathlib import Path
-
-    from hivlp_milvus.errors import CheckpointError
-
     if not Path(directory).is_dir():
         raise CheckpointError(
             f"no checkpoint directory at {directory}: {_RUN_THE_DEMO}, or pass --model DIR "
@@ -131,11 +129,8 @@ def load_model(directory: str, device: str) -> Any:
 
 def open_collection(args: argparse.Namespace, model: Any) -> Any:
     """Open ``args.collection`` at ``args.uri`` (the connection arguments) for searching with ``model``."""
-    from pathlib import Path
-
     from hivlp_milvus.collection import HierarchicalCollection
     from hivlp_milvus.connection import is_server_uri
-    from hivlp_milvus.errors import CollectionNotFoundError
 
     if not is_server_uri(args.uri) and not Path(args.uri).exists():
         # Connecting would create an empty database here and then report a missing collection.
