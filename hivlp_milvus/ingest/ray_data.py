@@ -127,7 +127,8 @@ def run_ray(
                 # Ray hands each actor its GPU share as CUDA_VISIBLE_DEVICES: "cuda" is that one.
                 "device": plan.device,
             },
-            batch_size=options.batch_size,
+            # Encode batch_size items at a time; check precomputed vectors a whole block at a time.
+            batch_size=None if byo else options.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors),
             num_gpus=plan.num_gpus,
