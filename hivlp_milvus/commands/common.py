@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 from hivlp_milvus.device import DEVICE_CHOICES  # light: torch is imported only when a device is resolved
+from hivlp_milvus.errors import CheckpointError, CollectionNotFoundError
 
 #: What ``hivlp-milvus quickstart`` writes by default (``--work-dir``), and the collection it fills.
 QUICKSTART_WORK_DIR = "hivlp_work"
@@ -81,26 +83,28 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--token",
-        default=None,
+        default=default("milvus_token"),
         help=f"server token (user:password or API key); default ${ENVIRONMENT['milvus_token']} "
         "(the environment keeps it out of the process list)",
     )
     group.add_argument("--db-name", default="", help="Milvus database on a server (default: the default database)")
     group.add_argument("--secure", action="store_true", default=None, help="TLS to the server")
-    group.add_argument("--server-pem-path", default=None, help="TLS: the server's certificate (one-way TLS)")
-    group.add_argument("--server-name", default=None, help="TLS: the name the server's certificate is for")
-    group.add_argument("--ca-pem-path", default=None, help="mutual TLS: the CA certificate")
-    group.add_argument("--client-pem-path", default=None, help="mutual TLS: this client's certificate")
-    group.add_argument("--client-key-path", default=None, help="mutual TLS: this client's key")
+    for flag, text in (
+        ("--server-pem-path", "TLS: the server's certificate (one-way TLS)"),
+        ("--server-name", "TLS: the name the server's certificate is for"),
+        ("--ca-pem-path", "mutual TLS: the CA certificate"),
+        ("--client-pem-path", "mutual TLS: this client's certificate"),
+        ("--client-key-path", "mutual TLS: this client's key"),
+    ):
+        group.add_argument(flag, default=None, help=text)
 
 
 def connection_options(args: argparse.Namespace) -> Any:
     """A ``ConnectionOptions`` from the arguments :func:`add_connection_arguments` added."""
     from hivlp_milvus.connection import TLS_OPTIONS, ConnectionOptions
 
-    token = args.token if args.token is not None else os.environ.get(ENVIRONMENT["milvus_token"]) or None
     tls = {name: getattr(args, name) for name in TLS_OPTIONS}  # the flags carry ConnectionOptions' names
-    return ConnectionOptions(uri=args.uri, token=token, db_name=args.db_name, **tls)
+    return ConnectionOptions(uri=args.uri, token=args.token, db_name=args.db_name, **tls)
 
 
 _RUN_THE_DEMO = "run `make demo` (or `hivlp-milvus quickstart`) in this directory first"
@@ -108,10 +112,6 @@ _RUN_THE_DEMO = "run `make demo` (or `hivlp-milvus quickstart`) in this director
 
 def checkpoint_dir(directory: str) -> str:
     """``directory`` if it exists, else an error that says how to get a model."""
-    from pathlib import Path
-
-    from hivlp_milvus.errors import CheckpointError
-
     if not Path(directory).is_dir():
         raise CheckpointError(
             f"no checkpoint directory at {directory}: {_RUN_THE_DEMO}, or pass --model DIR "
@@ -129,11 +129,8 @@ def load_model(directory: str, device: str) -> Any:
 
 def open_collection(args: argparse.Namespace, model: Any) -> Any:
     """Open ``args.collection`` at ``args.uri`` (the connection arguments) for searching with ``model``."""
-    from pathlib import Path
-
     from hivlp_milvus.collection import HierarchicalCollection
     from hivlp_milvus.connection import is_server_uri
-    from hivlp_milvus.errors import CollectionNotFoundError
 
     if not is_server_uri(args.uri) and not Path(args.uri).exists():
         # Connecting would create an empty database here and then report a missing collection.

@@ -86,7 +86,8 @@ def ingest(
             ``uri`` / ``token``.
         image_root: directory that relative image paths (of a Karpathy file, a manifest, a Ray
             Dataset's ``image`` column) are resolved against; default: the file's directory.
-        num_workers: Ray Data encoder actors at most; default: sized from the free GPUs / CPUs.
+        num_workers: Ray Data encoder actors (or, for precomputed vectors, checker actors) at most;
+            default: sized from the free GPUs / CPUs.
 
     Returns:
         An :class:`IngestReport` (inserted / updated / skipped / failed counts and timings).

@@ -1,6 +1,7 @@
-"""Encoding image and caption items with the model: a batch at a time, one by one when a batch fails.
+"""Items → rows: images and captions encoded with the model (a batch at a time, one by one when a batch
+fails), precomputed vectors checked against the collection's dims.
 
-Shared by the in-process driver and the Ray Data encoder actors. A record whose image cannot be
+Shared by the in-process driver and the Ray Data stage-2 actors. A record whose image cannot be
 decoded, or whose input breaks the forward pass, is that record's failure only: the batch is
 retried item by item so the rest of it still lands.
 """
@@ -15,7 +16,7 @@ import numpy as np
 
 from hivlp_milvus.data.record import Skipped
 from hivlp_milvus.errors import BadRecordError
-from hivlp_milvus.ingest.rows import Item
+from hivlp_milvus.ingest.rows import Item, vector_rows
 
 logger = logging.getLogger(__name__)
 
@@ -24,17 +25,20 @@ Result = tuple[np.ndarray, np.ndarray] | str
 
 
 class Encoder:
-    """Encodes image / text items with a :class:`HiVLP` already on its device.
+    """Builds the rows of items for a collection of dims ``(low_dim, high_dim)``.
 
-    The model's ``embed_images`` / ``embed_texts`` choose the mixed precision of their forward
-    passes themselves (:func:`hivlp_milvus.device.inference_dtype` of the model's device).
+    Image / text items are encoded with ``model``, a :class:`HiVLP` already on its device (``None``:
+    they fail, as needing one). The model's ``embed_images`` / ``embed_texts`` choose the mixed
+    precision of their forward passes themselves (:func:`hivlp_milvus.device.inference_dtype`).
     """
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
+    def __init__(self, model: Any, low_dim: int, high_dim: int) -> None:
+        self.model, self.low_dim, self.high_dim = model, low_dim, high_dim
 
     def encode(self, items: list[Item]) -> list[Result]:
         """One result per item, in order: ``(low, high)`` float32 vectors, or why it failed."""
+        if self.model is None:
+            return ["needs a model to encode (none was given)" for _ in items]
         results: list[Result] = [f"cannot encode an item of kind {it.kind!r}" for it in items]
         self._images([i for i, it in enumerate(items) if it.kind == "image"], items, results)
         text_idx = [i for i, it in enumerate(items) if it.kind == "text"]
@@ -42,14 +46,12 @@ class Encoder:
         return results
 
     def rows(self, items: list[Item], failed: list[Skipped]) -> list[dict[str, Any]]:
-        """The rows of ``items``; an item that fails is appended to ``failed`` with the reason."""
-        out = []
-        for it, result in zip(items, self.encode(items), strict=True):
-            if isinstance(result, str):
-                failed.append(Skipped(it.key, result))
-            else:
-                out.append(it.row(*result))
-        return out
+        """The rows of ``items``, precomputed vectors first; an item that fails goes to ``failed`` with the reason."""
+        out = vector_rows([it for it in items if it.kind == "vectors"], self.low_dim, self.high_dim, failed)
+        encode = [it for it in items if it.kind != "vectors"]
+        results = list(zip(encode, self.encode(encode), strict=True))
+        failed.extend(Skipped(it.key, result) for it, result in results if isinstance(result, str))
+        return out + [it.row(*result) for it, result in results if not isinstance(result, str)]
 
     def _images(self, idx: list[int], items: list[Item], results: list[Result]) -> None:
         from hivlp_milvus.model.preprocess import load_image

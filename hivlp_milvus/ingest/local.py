@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from hivlp_milvus.data.record import EmbeddingRecord, Skipped
+from hivlp_milvus.data.record import EmbeddingRecord
 from hivlp_milvus.errors import ConfigError
 from hivlp_milvus.ingest import rows
 from hivlp_milvus.ingest.encode import Encoder
@@ -49,11 +49,10 @@ def run_local(
         report.add_source_report(source)
         return report
 
-    encoder = Encoder(model) if model is not None else None
     low_dim, high_dim = int(coll.low_dim), int(coll.high_dim)
+    encoder = Encoder(model, low_dim, high_dim)
     first_vectors = True
     with writing(coll, report, options) as writer:
-        seen = writer.seen
         items = (it for record in records for it in rows.record_items(record, report.failed))
         for chunk in _chunks(items, options.batch_size):
             t0 = time.perf_counter()
@@ -61,7 +60,7 @@ def run_local(
                 ids = [it.id for it in chunk]
                 # Rows still queued for the writer are not in `seen` yet: at worst re-encoded, and
                 # the upsert keeps one copy.
-                present = seen.present(ids) if seen.active else coll.existing_ids(ids)
+                present = writer.seen.present(ids)
                 report.skipped_existing += sum(1 for it in chunk if it.id in present)
                 chunk = [it for it in chunk if it.id not in present]
             t1 = time.perf_counter()
@@ -70,12 +69,7 @@ def run_local(
             if vectors and first_vectors:
                 first_vectors = False
                 rows.check_first_batch([it.payload for it in vectors], low_dim, high_dim, vectors[0].key)
-            out = rows.vector_rows(vectors, low_dim, high_dim, report.failed)
-            encode = [it for it in chunk if it.kind != "vectors"]
-            if encoder is not None:
-                out += encoder.rows(encode, report.failed)
-            else:
-                report.failed.extend(Skipped(it.key, "needs a model to encode (none was given)") for it in encode)
+            out = encoder.rows(chunk, report.failed)
             report.encode_seconds += time.perf_counter() - t1
             writer.add(out)
 

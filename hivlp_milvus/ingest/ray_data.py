@@ -3,11 +3,12 @@
 Stages (the worker side is :mod:`hivlp_milvus.ingest.ray_stages`)::
 
     records ──map_batches(explode)──▶ one item per image / caption          (Ray tasks)
-            ──map_batches(EncodeActor, ActorPoolStrategy)──▶ rows           (Ray actors, model loaded once)
+            ──map_batches(RowStage, ActorPoolStrategy)──▶ rows              (Ray actors, model loaded once)
             ──▶ Milvus server: write_datasink(MilvusDatasink)               (write tasks on the workers)
             ──▶ Milvus Lite (.db): iter_batches → writer thread on the driver
 
-The encoder pool is sized from the cluster's *free* resources (:mod:`.resources`). The model
+The encoder pool is sized from the cluster's *free* resources (:mod:`.resources`); precomputed vectors
+skip ``explode`` and are checked by a pool of CPU actors of the same size. The model
 reaches the workers as a checkpoint directory, never pickled: on a multi-node cluster pass
 ``model`` as a directory on shared storage (a live model is saved to a local temporary directory,
 which only a single-node cluster can read). A Milvus Lite ``.db`` is locked by the driver, so for
@@ -80,10 +81,13 @@ def run_ray(
         raise ConfigError(NEEDS_MODEL)
 
     # Sized before the collection is touched: a GPU encode with no free GPU fails here, at once.
-    if not byo:
-        plan = plan_encoders(
-            ray.available_resources(), ray.cluster_resources(), device=options.device, num_workers=options.num_workers
-        )
+    # Precomputed vectors are only checked: on CPUs.
+    plan = plan_encoders(
+        ray.available_resources(),
+        ray.cluster_resources(),
+        device="cpu" if byo else options.device,
+        num_workers=options.num_workers,
+    )
     first_batch = ds.take_batch(options.batch_size, batch_format="numpy") if byo else None
     first = None
     if first_batch and len(first_batch.get("id", [])):
@@ -103,39 +107,33 @@ def run_ray(
     workers_write = collection is None and is_server_uri(options.connection.uri)
     skip: dict[str, Any] | None = None
     if options.skip_existing:
-        # Server: actors ask Milvus per batch. Lite: workers cannot open the .db, so the driver
+        # Server: the actors ask Milvus per batch. Lite: workers cannot open the .db, so the driver
         # hands them the ids already present (Lite collections are small enough for that).
         skip = {"connection": options.connection, "name": coll.name} if workers_write else {"ids": _all_ids(coll)}
 
     tmp_ckpt: str | None = None
     try:
-        if byo:
-            rows_ds = ds.map_batches(
-                ray_stages.validate_vectors,
-                batch_format="numpy",
-                fn_kwargs={"low_dim": low_dim, "high_dim": high_dim, "skip": skip},
-            )
-        else:
-            ckpt_dir, tmp_ckpt = _checkpoint_dir(model, live_model)
-            if given:
-                ds = ds.map_batches(
-                    ray_stages.explode, batch_format="numpy", fn_kwargs={"image_root": options.image_root}
-                )
-            rows_ds = ds.map_batches(
-                ray_stages.EncodeActor,
-                fn_constructor_kwargs={
-                    "checkpoint_dir": ckpt_dir,
-                    "fingerprint": str(live_model.fingerprint),
-                    # Ray hands each actor its GPU share as CUDA_VISIBLE_DEVICES: "cuda" is that one.
-                    "device": plan.device,
-                    "skip": skip,
-                },
-                batch_size=options.batch_size,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors),
-                num_gpus=plan.num_gpus,
-                num_cpus=plan.num_cpus,
-            )
+        # Precomputed vectors need no model on the workers: only a check.
+        ckpt_dir, tmp_ckpt = (None, None) if byo else _checkpoint_dir(model, live_model)
+        if given and not byo:
+            ds = ds.map_batches(ray_stages.explode, batch_format="numpy", fn_kwargs={"image_root": options.image_root})
+        rows_ds = ds.map_batches(
+            ray_stages.RowStage,
+            fn_constructor_kwargs={
+                "dims": (low_dim, high_dim),
+                "skip": skip,
+                "checkpoint_dir": ckpt_dir,
+                "fingerprint": "" if byo else str(live_model.fingerprint),
+                # Ray hands each actor its GPU share as CUDA_VISIBLE_DEVICES: "cuda" is that one.
+                "device": plan.device,
+            },
+            # Encode batch_size items at a time; check precomputed vectors a whole block at a time.
+            batch_size=None if byo else options.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors),
+            num_gpus=plan.num_gpus,
+            num_cpus=plan.num_cpus,
+        )
         if workers_write:
             rows_per_write = options.write_batch_rows or coll.max_rows_per_request
             sink = ray_stages.MilvusDatasink(options.connection, coll.name, rows_per_write)
@@ -166,23 +164,20 @@ def _dataset_from_source(source: Any, image_root: str | None, report: IngestRepo
     from hivlp_milvus.data import load_source
 
     loaded = load_source(source, image_root=image_root)
-    items, vectors = [], []
-    for record in loaded:
-        for it in record_items(record, report.failed):
-            if it.kind == "vectors":
-                low, high = it.payload
-                vectors.append(
-                    {
-                        "id": it.key,
-                        "modality": it.modality,
-                        "reference": it.reference,
-                        "attributes": json.dumps(it.attributes),
-                        "vec_low": np.asarray(low, dtype=np.float32),
-                        "vec_high": np.asarray(high, dtype=np.float32),
-                    }
-                )
-                continue
-            items.append(ray_stages.item_cells(it))
+    every = [it for record in loaded for it in record_items(record, report.failed)]
+    items = [ray_stages.item_cells(it) for it in every if it.kind != "vectors"]
+    vectors = [
+        {
+            "id": it.key,
+            "modality": it.modality,
+            "reference": it.reference,
+            "attributes": json.dumps(it.attributes),
+            "vec_low": np.asarray(it.payload[0], dtype=np.float32),
+            "vec_high": np.asarray(it.payload[1], dtype=np.float32),
+        }
+        for it in every
+        if it.kind == "vectors"
+    ]
     report.add_source_report(loaded)
     if items and vectors:
         raise ConfigError(

@@ -11,7 +11,7 @@ import contextlib
 import io
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ from ray.data.block import BlockAccessor
 from hivlp_milvus.connection import ConnectionOptions
 from hivlp_milvus.data.record import EmbeddingRecord, Record, Skipped
 from hivlp_milvus.errors import ModelMismatchError
+from hivlp_milvus.ingest.encode import Encoder
 from hivlp_milvus.ingest.report import IngestReport
-from hivlp_milvus.ingest.rows import Item, record_items, vector_rows
+from hivlp_milvus.ingest.rows import Item, record_items
 from hivlp_milvus.ingest.writer import Writer
 
 # The columns of an item (stage 1 → 2) and the text columns of a row (stage 2 → 3).
@@ -175,67 +176,82 @@ def explode(batch: dict[str, np.ndarray], *, image_root: str | None = None) -> d
 # Stage 2: items → rows (encoded, or precomputed vectors checked)
 
 
-def _rows_batch(
-    batch: dict[str, np.ndarray],
-    items_of: Callable[[dict[str, Any], list[Skipped]], Iterable[Item]],
-    build: Callable[[list[Item], list[Skipped]], list[dict[str, Any]]],
-    existing: ExistingIds,
-    dims: tuple[int, int],
-) -> dict[str, Any]:
-    """Stage 2 on one batch: each row's items (``items_of``), the new ones built into rows (``build``).
+class RowStage:
+    """Ray Data actor of stage 2: item batches → rows, built by the in-process driver's :class:`Encoder`.
 
-    Returns the columns of the rows to write, then one row per problem (its reason in ``error``). A
-    problem's vectors are zeros (a column holds one shape); ``encode_s`` spreads the batch's time
-    over its rows.
+    With ``checkpoint_dir`` it loads the model once and encodes image / caption items; without, it
+    checks rows of precomputed vectors. With ``skip`` (``skip_existing``) the rows already stored
+    are dropped first: from the driver's snapshot of the ids (Lite), or asked of Milvus on a
+    connection the actor opens once (server).
     """
-    t0 = time.perf_counter()
-    problems: list[Skipped] = []
-    items = [it for row in rows_of(batch) for it in items_of(row, problems)]
-    rows = build(existing.new(items, problems), problems)
-    vectors = dict(zip(("vec_low", "vec_high"), dims, strict=True))
-    blank = {"id": 0, "modality": "", "reference": "", "attributes": {}, **{f: np.zeros(d) for f, d in vectors.items()}}
-    cells = [*({**row, "error": ""} for row in rows), *({**blank, "key": s.key, "error": s.reason} for s in problems)]
-    n = len(cells)
-    return {
-        "id": np.asarray([c["id"] for c in cells], dtype=np.int64),
-        **{c: np.asarray([x[c] for x in cells], dtype=object) for c in TEXT_COLUMNS[:3]},
-        "attributes": np.asarray([json.dumps(x["attributes"]) for x in cells], dtype=object),
-        # reshape: an empty batch still has (0, dim) vector columns.
-        **{f: np.asarray([x[f] for x in cells], np.float32).reshape(n, d) for f, d in vectors.items()},
-        "error": np.asarray([x["error"] for x in cells], dtype=object),
-        "encode_s": np.full(n, (time.perf_counter() - t0) / max(n, 1)),
-    }
 
+    def __init__(
+        self,
+        dims: tuple[int, int],
+        skip: dict[str, Any] | None,
+        checkpoint_dir: str | None = None,
+        fingerprint: str = "",
+        device: str = "cpu",
+    ) -> None:
+        model = None
+        if checkpoint_dir is not None:
+            from hivlp_milvus.model import HiVLP
 
-class ExistingIds:
-    """Which ids are already stored: from Milvus (server) or from the driver's snapshot (Lite)."""
+            model = HiVLP.from_pretrained(checkpoint_dir, device=device)
+            if str(model.fingerprint) != fingerprint:
+                raise ModelMismatchError(
+                    f"the checkpoint at {checkpoint_dir!r} has fingerprint {model.fingerprint}, "
+                    f"not the driver's {fingerprint}: the directory changed during ingest"
+                )
+        self.items_of = _vector_items if model is None else _encode_items
+        self.encoder = Encoder(model, *dims)
+        self.stored = _stored_ids(skip)
 
-    def __init__(self, skip: dict[str, Any] | None) -> None:
-        self._ids: set[int] | None = skip.get("ids") if skip else None
-        self._coll: Any = None
-        if skip and self._ids is None:
-            from hivlp_milvus.collection import HierarchicalCollection
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The columns of the batch's new rows, then one row per problem (its reason in ``error``).
 
-            self._coll = HierarchicalCollection.open(skip["name"], client=skip["connection"].connect())
-
-    def new(self, items: list[Item], problems: list[Skipped]) -> list[Item]:
-        """The items not stored yet; the others go to ``problems`` as :data:`EXISTING` (counted, not failed)."""
-        if self._ids is None and (self._coll is None or not items):
-            return items
-        stored = self._ids if self._ids is not None else self._coll.existing_ids([it.id for it in items])
+        A problem's vectors are zeros (a column holds one shape); ``encode_s`` spreads the batch's
+        time over its rows.
+        """
+        t0 = time.perf_counter()
+        problems: list[Skipped] = []
+        items = [it for row in rows_of(batch) for it in self.items_of(row, problems)]
+        stored = self.stored([it.id for it in items])
         problems += [Skipped(it.key, EXISTING) for it in items if it.id in stored]
-        return [it for it in items if it.id not in stored]
+        rows = self.encoder.rows([it for it in items if it.id not in stored], problems)
+        vectors = {"vec_low": self.encoder.low_dim, "vec_high": self.encoder.high_dim}
+        blank = {
+            "id": 0,
+            "modality": "",
+            "reference": "",
+            "attributes": {},
+            **{f: np.zeros(d) for f, d in vectors.items()},
+        }
+        cells = [
+            *({**row, "error": ""} for row in rows),
+            *({**blank, "key": s.key, "error": s.reason} for s in problems),
+        ]
+        n = len(cells)
+        return {
+            "id": np.asarray([c["id"] for c in cells], dtype=np.int64),
+            **{c: np.asarray([x[c] for x in cells], dtype=object) for c in TEXT_COLUMNS[:3]},
+            "attributes": np.asarray([json.dumps(x["attributes"]) for x in cells], dtype=object),
+            # reshape: an empty batch still has (0, dim) vector columns.
+            **{f: np.asarray([x[f] for x in cells], np.float32).reshape(n, d) for f, d in vectors.items()},
+            "error": np.asarray([x["error"] for x in cells], dtype=object),
+            "encode_s": np.full(n, (time.perf_counter() - t0) / max(n, 1)),
+        }
 
 
-def validate_vectors(
-    batch: dict[str, np.ndarray], *, low_dim: int, high_dim: int, skip: dict[str, Any] | None
-) -> dict[str, Any]:
-    """Precomputed-vector rows → write-ready rows, checked as the in-process driver checks them (:mod:`.rows`)."""
+def _stored_ids(skip: dict[str, Any] | None) -> Callable[[list[int]], Container[int]]:
+    """Which of some ids are already stored: none looked up, the driver's snapshot (Lite), or Milvus (server)."""
+    if skip is None:
+        return lambda ids: ()
+    if "ids" in skip:
+        return lambda ids: skip["ids"]
+    from hivlp_milvus.collection import HierarchicalCollection
 
-    def build(items: list[Item], problems: list[Skipped]) -> list[dict[str, Any]]:
-        return vector_rows(items, low_dim, high_dim, problems)
-
-    return _rows_batch(batch, _vector_items, build, ExistingIds(skip), (low_dim, high_dim))
+    return HierarchicalCollection.open(skip["name"], client=skip["connection"].connect()).existing_ids
 
 
 def _vector_items(row: dict[str, Any], problems: list[Skipped]) -> Iterable[Item]:
@@ -247,28 +263,6 @@ def _vector_items(row: dict[str, Any], problems: list[Skipped]) -> Iterable[Item
     modality, reference = text(row.get("modality")), text(row.get("reference"))
     record = EmbeddingRecord(key, modality, row["vec_low"], row["vec_high"], reference, attributes)
     return record_items(record, problems)
-
-
-class EncodeActor:
-    """Ray Data actor: loads the model once from a checkpoint directory and encodes item batches."""
-
-    def __init__(self, checkpoint_dir: str, fingerprint: str, device: str, skip: dict[str, Any] | None = None) -> None:
-        from hivlp_milvus.device import resolve_device
-        from hivlp_milvus.ingest.encode import Encoder
-        from hivlp_milvus.model import HiVLP
-
-        model = HiVLP.from_pretrained(checkpoint_dir, device=resolve_device(device))
-        if str(model.fingerprint) != fingerprint:
-            raise ModelMismatchError(
-                f"the checkpoint at {checkpoint_dir!r} has fingerprint {model.fingerprint}, "
-                f"not the driver's {fingerprint}: the directory changed during ingest"
-            )
-        self.encoder = Encoder(model)
-        self.dims = int(model.config.low_dim), int(model.config.high_dim)
-        self.existing = ExistingIds(skip)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        return _rows_batch(batch, _encode_items, self.encoder.rows, self.existing, self.dims)
 
 
 def _encode_items(row: dict[str, Any], problems: list[Skipped]) -> list[Item]:
@@ -286,27 +280,24 @@ def _encode_items(row: dict[str, Any], problems: list[Skipped]) -> list[Item]:
 
 def rows_for_milvus(batch: dict[str, np.ndarray], report: IngestReport) -> list[dict[str, Any]]:
     """Encoded batch → the rows to write; the rest (existing, failed, dropped) and the encode time go to ``report``."""
-    rows: list[dict[str, Any]] = []
     report.encode_seconds += float(np.sum(batch["encode_s"]))
-    for i in range(len(batch["id"])):
-        error = text(batch["error"][i])
-        if error == DROPPED:
-            report.dropped_captions += 1
-        elif error == EXISTING:
-            report.skipped_existing += 1
-        elif error:
-            report.failed.append(Skipped(text(batch["key"][i]), error))
-        else:
-            rows.append(
-                {
-                    "id": int(batch["id"][i]),
-                    **{c: text(batch[c][i]) for c in TEXT_COLUMNS[:3]},
-                    "attributes": json.loads(text(batch["attributes"][i]) or "{}"),
-                    "vec_low": np.asarray(batch["vec_low"][i], dtype=np.float32),
-                    "vec_high": np.asarray(batch["vec_high"][i], dtype=np.float32),
-                }
-            )
-    return rows
+    errors = [text(e) for e in batch["error"]]
+    report.dropped_captions += errors.count(DROPPED)
+    report.skipped_existing += errors.count(EXISTING)
+    report.failed.extend(
+        Skipped(text(key), e) for key, e in zip(batch["key"], errors, strict=True) if e not in ("", DROPPED, EXISTING)
+    )
+    return [
+        {
+            "id": int(batch["id"][i]),
+            **{c: text(batch[c][i]) for c in TEXT_COLUMNS[:3]},
+            "attributes": json.loads(text(batch["attributes"][i]) or "{}"),
+            "vec_low": np.asarray(batch["vec_low"][i], dtype=np.float32),
+            "vec_high": np.asarray(batch["vec_high"][i], dtype=np.float32),
+        }
+        for i, e in enumerate(errors)
+        if not e
+    ]
 
 
 class MilvusDatasink(Datasink):

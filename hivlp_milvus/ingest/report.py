@@ -92,8 +92,7 @@ class IngestReport:
             f"  (overlap {self.overlap:.0%})",
         ]
         problems = [("failed", s) for s in self.failed] + [("source", s) for s in self.source_skipped]
-        for kind, s in problems[:10]:
-            lines.append(f"  {kind} {s.key}: {s.reason}")
+        lines += [f"  {kind} {s.key}: {s.reason}" for kind, s in problems[:10]]
         if len(problems) > 10:
             lines.append(f"  ... and {len(problems) - 10} more (see report.failed / report.source_skipped)")
         return "\n".join(lines)

@@ -140,12 +140,10 @@ def record_items(record: Any, failed: list[Skipped], *, image_reference: str | N
         failed.append(Skipped(key, f"not a Record/EmbeddingRecord: {type(record).__name__}"))
 
 
-def check_vectors(
-    low: Any, high: Any, low_dim: int, high_dim: int, *, check_finite: bool = True
-) -> tuple[np.ndarray, np.ndarray] | str:
+def check_vectors(low: Any, high: Any, low_dim: int, high_dim: int) -> tuple[np.ndarray, np.ndarray] | str:
     """``(low, high)`` as float32 1-D arrays of the collection's dims, or the reason they are not.
 
-    ``check_finite=False`` leaves the NaN/inf test to the caller (done once per batch, vectorised).
+    NaN / infinity are not looked for here: :func:`vector_rows` does that once per batch, vectorised.
     """
     try:
         lo = np.asarray(low, dtype=np.float32)
@@ -159,8 +157,6 @@ def check_vectors(
             f"vector dims ({lo.shape[0]}, {hi.shape[0]}) differ from the collection's "
             f"(low_dim={low_dim}, high_dim={high_dim})"
         )
-    if check_finite and not (np.isfinite(lo).all() and np.isfinite(hi).all()):
-        return NOT_FINITE
     return lo, hi
 
 
@@ -189,24 +185,13 @@ def check_first_batch(pairs: list[tuple[Any, Any]], low_dim: int, high_dim: int,
 
 def vector_rows(items: list[Item], low_dim: int, high_dim: int, failed: list[Skipped]) -> list[dict[str, Any]]:
     """Rows of precomputed-vector items; malformed vectors are appended to ``failed``."""
-    good, vectors = [], []
-    for it in items:
-        low, high = it.payload
-        checked = check_vectors(low, high, low_dim, high_dim, check_finite=False)
-        if isinstance(checked, str):
-            failed.append(Skipped(it.key, checked))
-        else:
-            good.append(it)
-            vectors.append(checked)
+    checked = [(it, check_vectors(*it.payload, low_dim, high_dim)) for it in items]
+    failed.extend(Skipped(it.key, reason) for it, reason in checked if isinstance(reason, str))
+    good = [(it, *vectors) for it, vectors in checked if not isinstance(vectors, str)]
     if not good:
         return []
     # One vectorised NaN/inf test for the whole batch instead of four ufunc calls per row.
-    finite = np.isfinite(np.stack([v[0] for v in vectors])).all(axis=1)
-    finite &= np.isfinite(np.stack([v[1] for v in vectors])).all(axis=1)
-    rows = []
-    for it, (lo, hi), ok in zip(good, vectors, finite, strict=True):
-        if ok:
-            rows.append(it.row(lo, hi))
-        else:
-            failed.append(Skipped(it.key, NOT_FINITE))
-    return rows
+    finite = np.isfinite(np.stack([lo for _, lo, _ in good])).all(axis=1)
+    finite &= np.isfinite(np.stack([hi for _, _, hi in good])).all(axis=1)
+    failed.extend(Skipped(it.key, NOT_FINITE) for (it, _, _), ok in zip(good, finite, strict=True) if not ok)
+    return [it.row(lo, hi) for (it, lo, hi), ok in zip(good, finite, strict=True) if ok]

@@ -29,16 +29,15 @@ def load_model(model: Any, device: str = "auto") -> Any:
         ConfigError: ``device`` names a GPU that cannot be used (the message says why).
         CheckpointError: the checkpoint directory is incomplete.
     """
-    if model is None or (device == "auto" and not isinstance(model, (str, Path))):
-        return model
-    from hivlp_milvus.device import resolve_device
-
-    target = resolve_device(device)
     if isinstance(model, (str, Path)):
         from hivlp_milvus.model import HiVLP
 
-        return HiVLP.from_pretrained(str(model), device=target)
-    return model.to(target)
+        return HiVLP.from_pretrained(str(model), device=device)  # a bad device fails before the weights load
+    if model is None or device == "auto":
+        return model
+    from hivlp_milvus.device import resolve_device
+
+    return model.to(resolve_device(device))
 
 
 def resolve_collection(
@@ -79,12 +78,20 @@ def resolve_collection(
                 ) from exc
             if model is None and not isinstance(first, EmbeddingRecord):
                 return None
-            dims = {}
-            if model is None:  # the dims of the first record's vectors (else the model's)
-                dims = {"low_dim": np.shape(first.vec_low)[-1], "high_dim": np.shape(first.vec_high)[-1]}
-            expected = estimate if options.expected_rows is None else options.expected_rows
-            kw = {"profile": options.profile, "expected_rows": expected, **dims}
-            collection = HierarchicalCollection.create(name, client=client, model=model, exist_ok=True, **kw)
+            # The model's dims, else those of the first record's vectors.
+            low, high = (
+                (None, None) if model is not None else (np.shape(first.vec_low)[-1], np.shape(first.vec_high)[-1])
+            )
+            collection = HierarchicalCollection.create(
+                name,
+                client=client,
+                model=model,
+                exist_ok=True,
+                low_dim=low,
+                high_dim=high,
+                profile=options.profile,
+                expected_rows=estimate if options.expected_rows is None else options.expected_rows,
+            )
     if model is not None:
         collection.check_model(model)  # before anything is written
     return collection

@@ -25,36 +25,22 @@ if TYPE_CHECKING:
 _QUEUE_BATCHES = 2
 
 
-def write_rows(
-    collection: HierarchicalCollection, rows: list[dict[str, Any]], seen: RunIds | None = None
-) -> tuple[int, int]:
-    """Upsert ``rows`` in one request; returns ``(inserted, updated)``."""
-    if not rows:
-        return 0, 0
-    # The same key twice in one request: keep the last, as sequential upserts would.
-    by_id = {row["id"]: row for row in rows}
-    ids = list(by_id)
-    present = seen.present(ids) if seen is not None and seen.active else collection.existing_ids(ids)
-    collection.upsert(list(by_id.values()), validate=False)  # each row was checked when it was built (rows.py)
-    if seen is not None:
-        seen.add(ids)
-    return len(ids) - len(present), len(present)
-
-
 class RunIds:
-    """The ids this run wrote, when it started on an empty collection (``active``).
+    """Which ids are stored: while ``active``, the ids this run wrote, else ``collection.existing_ids``.
 
-    Then a row exists iff this run wrote it, so the inserted/updated split needs no ``existing_ids``
-    round trip per request (~25% of a Milvus Lite write). Past ``limit`` ids (~60 MB) Milvus is
-    asked again. Only the report depends on it (assuming no other writer adds the same keys).
+    Active when the run started on an empty collection: then a row exists iff this run wrote it, so
+    the inserted/updated split needs no ``existing_ids`` round trip per request (~25% of a Milvus
+    Lite write). Past ``limit`` ids (~60 MB) Milvus is asked again. Only the report and
+    ``skip_existing`` depend on it (assuming no other writer adds the same keys).
     """
 
-    def __init__(self, active: bool, limit: int = 1_000_000) -> None:
-        self.active, self.limit = active, limit
+    def __init__(self, collection: HierarchicalCollection, active: bool, limit: int = 1_000_000) -> None:
+        self.collection, self.active, self.limit = collection, active, limit
         self._ids: set[int] = set()
 
     def present(self, ids: list[int]) -> set[int]:
-        return {i for i in ids if i in self._ids}
+        """The subset of ``ids`` already stored."""
+        return {i for i in ids if i in self._ids} if self.active else self.collection.existing_ids(ids)
 
     def add(self, ids: list[int]) -> None:
         if not self.active:
@@ -82,7 +68,8 @@ class Writer:
         pipelined: bool = True,
         seen: RunIds | None = None,
     ) -> None:
-        self.collection, self.seen, self.report, self.bar = collection, seen, report, bar
+        self.collection, self.report, self.bar = collection, report, bar
+        self.seen = seen or RunIds(collection, active=False)
         self.batch_rows = max(int(batch_rows), 1)
         self._buffer: list[dict[str, Any]] = []
         self._failed = False
@@ -130,17 +117,21 @@ class Writer:
         if self._failed:  # an earlier request failed: the run stops there
             return
         t0 = time.perf_counter()
+        # The same key twice in one request: keep the last, as sequential upserts would.
+        by_id = {row["id"]: row for row in batch}
         try:
-            inserted, updated = write_rows(self.collection, batch, self.seen)
+            present = self.seen.present(list(by_id))
+            self.collection.upsert(list(by_id.values()), validate=False)  # each row was checked when built (rows.py)
         except BaseException:
             self._failed = True
             raise
+        self.seen.add(list(by_id))
         self.report.write_seconds += time.perf_counter() - t0
-        self.report.inserted += inserted
-        self.report.updated += updated
-        self.report.rows_written += inserted + updated
+        self.report.inserted += len(by_id) - len(present)
+        self.report.updated += len(present)
+        self.report.rows_written += len(by_id)
         if self.bar is not None:
-            self.bar.update(inserted + updated)
+            self.bar.update(len(by_id))
 
 
 @contextlib.contextmanager
@@ -158,7 +149,7 @@ def writing(collection: HierarchicalCollection, report: IngestReport, options: I
         report,
         bar,
         pipelined=options.pipeline,
-        seen=RunIds(active=collection.count() == 0),
+        seen=RunIds(collection, active=collection.count() == 0),
     )
     try:
         yield writer

@@ -65,18 +65,15 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _expected_ids(n: int) -> set[int]:
-    return {row_id(f"r{i:05d}", "image" if i % 2 else "text") for i in range(n)}
-
-
-def _all_ids(coll: HierarchicalCollection) -> list[int]:
-    """Every id in the collection, duplicates included (a query returns each stored row)."""
+def _assert_every_row_once(coll: HierarchicalCollection, n: int) -> None:
+    """The collection holds each of the script's ``n`` rows exactly once (a query returns every stored row)."""
     ids: list[int] = []
     it = coll.client.query_iterator(coll.name, batch_size=1000, filter="id >= 0", output_fields=["id"])
     while page := it.next():
         ids.extend(int(r["id"]) for r in page)
     it.close()
-    return ids
+    assert len(ids) == n
+    assert set(ids) == {row_id(f"r{i:05d}", "image" if i % 2 else "text") for i in range(n)}
 
 
 def _run(
@@ -170,9 +167,7 @@ def test_killed_ingest_resumes_to_exactly_once(milvus_server, script: Path, name
         report = _finish(_run(script, uri, token, name, n, wb=500, skip=False, delay=0))
         assert report["inserted"] + report["updated"] == n
         assert report["updated"] == partial
-        ids = _all_ids(coll)
-        assert len(ids) == n
-        assert set(ids) == _expected_ids(n)
+        _assert_every_row_once(coll, n)
 
         # And a resume with skip_existing over the complete collection: nothing to do.
         report = _finish(_run(script, uri, token, name, n, wb=500, skip=True, delay=0))
@@ -207,9 +202,7 @@ def test_milvus_killed_mid_ingest_then_resumed(script: Path, name: str) -> None:
         assert report["skipped_existing"] == survived
         assert report["inserted"] == n - survived
         assert report["updated"] == 0
-        ids = _all_ids(coll)
-        assert len(ids) == n
-        assert set(ids) == _expected_ids(n)
+        _assert_every_row_once(coll, n)
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -16,7 +16,7 @@ from cli_helpers import assert_collection_holds, byo, byo_rows, encoded_rows
 from hivlp_milvus import cli
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.connection import connect
-from hivlp_milvus.data import EmbeddingRecord, Record, synthetic
+from hivlp_milvus.data import EmbeddingRecord, Record, Skipped, synthetic
 from hivlp_milvus.errors import ConfigError, DimensionMismatchError, MilvusUnavailableError, ModelMismatchError
 from hivlp_milvus.ids import row_id, text_key
 from hivlp_milvus.ingest import IngestReport, ingest
@@ -97,6 +97,7 @@ def test_bad_records_are_reported_and_the_rest_lands(tmp_path: Path, model: HiVL
     assert "65535" in reasons[text_key("long", 0)]
     assert [s.key for s in report.source_skipped] == ["empty"]
     assert report.dropped_captions == 1  # load_source drops the blank caption of "blank"
+    assert f"  source empty: {report.source_skipped[0].reason}" in str(report).splitlines()  # the printed report
 
     expected = {
         row_id("ok", "image"), row_id(text_key("ok", 0), "text"), row_id(text_key("ok", 1), "text"),
@@ -142,6 +143,12 @@ def test_records_without_a_model_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="need a model"):
         ingest([Record("r", captions=["text"])], uri=str(tmp_path / "t.db"), progress=False)
     assert not (tmp_path / "t.db").exists() or "hivlp" not in connect(str(tmp_path / "t.db")).list_collections()
+    # After precomputed vectors, a record to encode is that record's failure only.
+    report = ingest([*byo(2), Record("r", captions=["text"])], uri=str(tmp_path / "t.db"), progress=False)
+    assert (report.inserted, report.failed) == (
+        2,
+        [Skipped(text_key("r", 0), "needs a model to encode (none was given)")],
+    )
 
 
 def test_model_ingest_matches_local_encoding(tmp_path: Path, model: HiVLP, records: list[Record]) -> None:
