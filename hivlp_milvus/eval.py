@@ -281,8 +281,7 @@ class EvalTable:
         path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
         return path
 
-    def __str__(self) -> str:
-        return self.format()
+    __str__ = format
 
 
 def _pct(value: float | None) -> str:
@@ -329,12 +328,11 @@ def evaluate_embeddings(
     ranks = _ranks_both_ways((i_low, i_high), (t_low, t_high), image_groups, text_groups, coarse_ks, chunk_size)
     levels = ["low", "high"] + [f"hier@{k}" for k in coarse_ks]
     rows = {level: _metrics({d: ranks[d][level] for d in DIRECTIONS}, ks) for level in levels}
-    for k in coarse_ks:
-        row = rows[f"hier@{k}"]
-        for d in DIRECTIONS:
-            valid = ranks[d]["low"] > 0
-            row[f"{d}_shortlist_recall"] = float(np.mean(ranks[d][f"survived@{k}"][valid]))
-        row["shortlist_recall"] = (row["image_to_text_shortlist_recall"] + row["text_to_image_shortlist_recall"]) / 2
+    for k in coarse_ks:  # over the queries that have a relevant item, as the recalls
+        survived = {
+            f"{d}_shortlist_recall": float(np.mean(ranks[d][f"survived@{k}"][ranks[d]["low"] > 0])) for d in DIRECTIONS
+        }
+        rows[f"hier@{k}"].update(survived, shortlist_recall=sum(survived.values()) / len(survived))
     meta = {
         "n_images": len(image_groups),
         "n_texts": len(text_groups),
