@@ -274,11 +274,16 @@ class ProjectionModelDouble:
 
 
 def _records(n: int) -> list[Record]:
-    records = []
-    for i in range(n):
-        image = np.full((2, 2, 3), i % 50, dtype=np.uint8)
-        records.append(Record(id=f"r{i}", image=image, captions=[f"scene {i % 50}"] * (1 + i % 3), group=f"s{i % 50}"))
-    return records
+    """Scene ``i % 50`` (its id in the pixels and in 1-3 captions), the double's input format."""
+    return [
+        Record(
+            id=f"r{i}",
+            image=np.full((2, 2, 3), i % 50, dtype=np.uint8),
+            captions=[f"scene {i % 50}"] * (1 + i % 3),
+            group=f"s{i % 50}",
+        )
+        for i in range(n)
+    ]
 
 
 def test_evaluate_with_model_double_matches_evaluate_embeddings():
