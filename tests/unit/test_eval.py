@@ -130,23 +130,27 @@ def test_retrieval_metrics_chunked_equals_full_reference(make, seed, level, chun
     assert 0 < got["AR"] < 1  # neither trivial nor perfect: the check has something to compare
 
 
-def test_collapsed_embedding_scores_worst_not_best():
-    n = 20
-    images, texts = np.ones((n, 4), np.float32), np.ones((n, 4), np.float32)
-    groups = [str(i) for i in range(n)]
-    got = retrieval_metrics(images, texts, groups, groups)
-    assert got["image_to_text_R@10"] == 0.0
-    assert got["text_to_image_mean_rank"] == n  # every other item ties and ranks ahead
-
-
-def test_perfect_embedding_and_duplicate_groups():
-    eye = np.eye(6, dtype=np.float32)
-    # Images 0 and 3 share a group: a text of that group is "found" by either image.
-    image_groups = ["a", "b", "c", "a", "d", "e"]
-    got = retrieval_metrics(eye, eye, image_groups, image_groups, ks=(1,))
-    assert got["image_to_text_R@1"] == 1.0
-    assert got["text_to_image_R@1"] == 1.0
-    assert got["AR"] == 1.0
+@pytest.mark.parametrize(
+    ("feats", "groups", "expected"),
+    [
+        # A collapsed embedding scores worst, not best: every other item ties and ranks ahead.
+        (
+            np.ones((20, 4), np.float32),
+            [str(i) for i in range(20)],
+            {"image_to_text_R@10": 0, "text_to_image_mean_rank": 20},
+        ),
+        # Perfect, with images 0 and 3 in one group: a text of that group is "found" by either image.
+        (
+            np.eye(6, dtype=np.float32),
+            ["a", "b", "c", "a", "d", "e"],
+            {"image_to_text_R@1": 1, "text_to_image_R@1": 1, "AR": 1},
+        ),
+    ],
+    ids=["collapsed", "perfect"],
+)
+def test_known_embeddings_give_known_metrics(feats, groups, expected):
+    got = retrieval_metrics(feats, feats, groups, groups, ks=(1, 10))
+    assert {key: got[key] for key in expected} == expected
 
 
 # --------------------------------------------------------------------------- the funnel
