@@ -103,20 +103,19 @@ def _direction_ranks(
             candidate_low = np.take_along_axis(low, candidates, axis=1)
         for k in coarse_ks:
             if k >= n_gallery:  # the shortlist is the whole gallery: pure high-level ranking
-                out[f"hier@{k}"].append(out["high"][-1])
-                out[f"survived@{k}"].append(low_rank > 0)
-                continue
-            cols_k = candidates
-            if k < k_max:
-                threshold = np.partition(candidate_low, k_max - k, axis=1)[:, k_max - k]
-                cols_k = np.take_along_axis(
-                    candidates,
-                    _shortlist(candidate_low, threshold, k, np.take_along_axis(relevant, candidates, axis=1)),
-                    axis=1,
+                rank_k = out["high"][-1]
+            else:
+                cols_k = candidates
+                if k < k_max:
+                    threshold = np.partition(candidate_low, k_max - k, axis=1)[:, k_max - k]
+                    cols_k = np.take_along_axis(
+                        candidates,
+                        _shortlist(candidate_low, threshold, k, np.take_along_axis(relevant, candidates, axis=1)),
+                        axis=1,
+                    )
+                rank_k = _first_relevant_rank(
+                    np.take_along_axis(high, cols_k, axis=1), np.take_along_axis(relevant, cols_k, axis=1)
                 )
-            rank_k = _first_relevant_rank(
-                np.take_along_axis(high, cols_k, axis=1), np.take_along_axis(relevant, cols_k, axis=1)
-            )
             # A first relevant item cut by the coarse stage keeps its low rank (> k): the items
             # outside the shortlist follow it in low-score order.
             out[f"hier@{k}"].append(np.where(rank_k > 0, rank_k, low_rank))
