@@ -244,8 +244,9 @@ class EvalTable:
 
     def format(self) -> str:
         """An aligned text table: R@1/5/10 both directions, AR, AR relative to high, shortlist recall (%)."""
-        keys = dict.fromkeys(key for row in self.rows.values() for key in row)
-        ks = [key.rsplit("@", 1)[1] for key in keys if key.startswith("image_to_text_R@")]
+        ks = dict.fromkeys(  # in the rows' order, each once
+            key.rsplit("@", 1)[1] for row in self.rows.values() for key in row if key.startswith("image_to_text_R@")
+        )
         columns = [(f"{d}_R@{k}", f"{short} R@{k}") for d, short in _SHORT.items() for k in ks]
         header = ["level"] + [label for _, label in columns] + ["AR", "AR/high", "shortlist"]
         high_ar = self.rows.get("high", {}).get("AR")

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from collection_rows import unit
 
 from hivlp_milvus.cli import build_parser
 from hivlp_milvus.data import Record
@@ -263,9 +264,7 @@ class ProjectionModelDouble:
         # Noise per (modality, id), not per batch: the result must not depend on how items are batched.
         noise = np.stack([np.random.default_rng([salt, i]).normal(size=self.codes.shape[1]) for i in ids])
         high = self.codes[ids] + 0.3 * noise.astype(np.float32)
-        low = high @ self.low_proj
-        norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
-        return SimpleNamespace(low=norm(low).astype(np.float32), high=norm(high).astype(np.float32))
+        return SimpleNamespace(low=unit(high @ self.low_proj), high=unit(high))
 
     def embed_images(self, images, batch_size=64):
         self.calls.append(len(images))
