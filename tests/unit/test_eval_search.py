@@ -33,12 +33,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple:
         Record(id=f"r{i}", image=f"images/r{i}.png", captions=[f"caption {i}.{j}" for j in range(CAPTIONS)])
         for i in range(N_IMAGES)
     ]
-    rows = []
-    for i, record in enumerate(records):
-        rows.append(row(record.id, "image", img_low[i], img_high[i], reference=record.image_uri))
-        for j, caption in enumerate(record.captions):
-            t = i * CAPTIONS + j
-            rows.append(row(text_key(record.id, j), "text", txt_low[t], txt_high[t], reference=caption))
+    rows = [row(r.id, "image", img_low[i], img_high[i], reference=r.image_uri) for i, r in enumerate(records)]
+    rows += [
+        row(text_key(r.id, j), "text", txt_low[i * CAPTIONS + j], txt_high[i * CAPTIONS + j], reference=caption)
+        for i, r in enumerate(records)
+        for j, caption in enumerate(r.captions)
+    ]
     uri = str(tmp_path_factory.mktemp("evalsearch") / "e.db")
     col = HierarchicalCollection.create("evalsearch", uri=uri, low_dim=LOW, high_dim=HIGH, expected_rows=len(rows))
     col.upsert(rows)
