@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
@@ -164,27 +165,27 @@ def _funnel(image, text, image_groups, text_groups, coarse_k, **kw):
     ]
 
 
-@pytest.mark.parametrize("coarse_k", [1, 4, 17, 59])
-@pytest.mark.parametrize("chunk_size", [5, 1024])
-def test_hierarchical_equals_full_reference(coarse_k, chunk_size):
-    image, text, image_groups, text_groups = _make_dataset(seed=3, coarse_levels=2)
-    got = _funnel(image, text, image_groups, text_groups, coarse_k, chunk_size=chunk_size)
-    # Text->image galleries (60) are larger than coarse_k except at 59+; image->text has ~120 texts.
-    want = _ref_metrics(image, text, image_groups, text_groups, coarse_k=coarse_k)
-    _assert_same(got, want)
-
-
-@pytest.mark.parametrize("seed", [11, 12])
-def test_hierarchical_shortlist_ties_match_reference(seed):
-    # Many items tie at the shortlist boundary, so which of them enter the shortlist (irrelevant
-    # first, then by index) decides the funnel's ranks.
-    image, text, groups, text_groups = _tied_dataset(seed)
+@pytest.mark.parametrize("chunk_size", [5, 7, 1024])
+@pytest.mark.parametrize(
+    ("make", "seed", "coarse_ks"),
+    [
+        # Text->image galleries (60) are larger than coarse_k except at 59+; image->text has ~120 texts.
+        (partial(_make_dataset, coarse_levels=2), 3, (1, 4, 17, 59)),
+        # Many items tie at the shortlist boundary, so which of them enter the shortlist (irrelevant
+        # first, then by index) decides the funnel's ranks.
+        (_tied_dataset, 11, (2, 5, 11, 29)),
+        (_tied_dataset, 12, (2, 5, 11, 29)),
+    ],
+    ids=["seed3", "ties11", "ties12"],
+)
+def test_hierarchical_equals_full_reference(make, seed, coarse_ks, chunk_size):
+    image, text, image_groups, text_groups = make(seed)
     # All shortlist sizes in one pass (smaller ones are cut from the largest), and each alone.
-    table = evaluate_embeddings(image, text, groups, text_groups, coarse_ks=(2, 5, 11, 29), chunk_size=7)
-    for coarse_k in (2, 5, 11, 29):
-        want = _ref_metrics(image, text, groups, text_groups, coarse_k=coarse_k)
+    table = evaluate_embeddings(image, text, image_groups, text_groups, coarse_ks=coarse_ks, chunk_size=chunk_size)
+    for coarse_k in coarse_ks:
+        want = _ref_metrics(image, text, image_groups, text_groups, coarse_k=coarse_k)
         _assert_same(table.rows[f"hier@{coarse_k}"], want)
-        alone = _funnel(image, text, groups, text_groups, coarse_k, chunk_size=64)
+        alone = _funnel(image, text, image_groups, text_groups, coarse_k, chunk_size=64)
         assert alone == table.rows[f"hier@{coarse_k}"]
 
 
