@@ -16,14 +16,15 @@ by their high score; items outside the shortlist follow it in low-score order. W
 ``coarse_k >= gallery size`` it is exactly high-only retrieval.
 
 Score matrices are never materialised whole: queries go in chunks of ``chunk_size`` rows, so peak
-memory is a few ``chunk_size × gallery`` float32 blocks (25k images × 125k captions fits in ~2 GB
-with the default 1024; a smaller ``chunk_size`` lowers that proportionally).
+memory is a few ``chunk_size × gallery`` float32 blocks and their boolean relevance mask (25k
+images × 125k captions fits in ~2 GB with the default 1024; a smaller ``chunk_size`` lowers that
+proportionally).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,59 +43,23 @@ DIRECTIONS = ("image_to_text", "text_to_image")
 # --------------------------------------------------------------------------- rank computation
 
 
-class _GroupIndex:
-    """The gallery positions of each group code, for gathering relevant pairs without a mask."""
-
-    def __init__(self, codes: np.ndarray, n_codes: int) -> None:
-        self.codes = codes
-        self.order = np.argsort(codes, kind="stable")
-        self.counts = np.bincount(codes, minlength=n_codes)
-        self.starts = np.cumsum(self.counts) - self.counts
-
-    def pairs(self, query_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(row in chunk, gallery column) of every relevant pair of these queries."""
-        counts = self.counts[query_codes]
-        rows = np.repeat(np.arange(len(query_codes)), counts)
-        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        return rows, self.order[np.repeat(self.starts[query_codes], counts) + offsets]
-
-
-def _first_relevant_rank(scores: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Pessimistic 1-based rank of each row's best relevant column; 0 where a row has none."""
-    n = len(scores)
-    relevant = scores[rows, cols]
-    best = np.full(n, -np.inf, dtype=scores.dtype)
-    np.maximum.at(best, rows, relevant)
-    at_or_above = np.count_nonzero(scores >= best[:, None], axis=1)
-    relevant_at_or_above = np.bincount(rows[relevant >= best[rows]], minlength=n)
-    ranks = 1 + at_or_above - relevant_at_or_above
-    ranks[np.bincount(rows, minlength=n) == 0] = 0
+def _first_relevant_rank(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """Pessimistic 1-based rank of each row's best relevant column (``relevant``: a mask); 0 where a row has none."""
+    best = np.max(scores, axis=1, where=relevant, initial=-np.inf)
+    ranks = 1 + np.count_nonzero((scores >= best[:, None]) & ~relevant, axis=1)
+    ranks[~relevant.any(axis=1)] = 0
     return ranks
 
 
-def _is_relevant(
-    gallery_codes: np.ndarray, query_codes: np.ndarray, columns: np.ndarray | None = None
-) -> Callable[[int, np.ndarray], np.ndarray]:
-    """``check(row, positions)``: are these gallery positions (of ``columns[row]``) relevant to ``row``?"""
-
-    def check(row: int, positions: np.ndarray) -> np.ndarray:
-        cols = positions if columns is None else columns[row, positions]
-        return gallery_codes[cols] == query_codes[row]
-
-    return check
-
-
-def _shortlist(
-    low: np.ndarray, threshold: np.ndarray, k: int, relevant_of: Callable[[int, np.ndarray], np.ndarray]
-) -> np.ndarray:
-    """Gallery columns (chunk × k) of each row's top-``k`` low scores, pessimistic at the boundary."""
+def _shortlist(low: np.ndarray, threshold: np.ndarray, k: int, relevant: np.ndarray) -> np.ndarray:
+    """Columns (chunk × k) of each row's top-``k`` low scores, pessimistic at the boundary."""
     member = low >= threshold[:, None]
     n_ge = np.count_nonzero(member, axis=1)
     # Rows where several items tie at the k-th score: irrelevant ones enter first, by index.
     for r in np.flatnonzero(n_ge > k):
         tied = np.flatnonzero(low[r] == threshold[r])
         n_gt = n_ge[r] - len(tied)
-        is_rel = relevant_of(r, tied)
+        is_rel = relevant[r, tied]
         chosen = np.concatenate([tied[~is_rel], tied[is_rel]])[: k - n_gt]
         member[r, tied] = False
         member[r, chosen] = True
@@ -105,7 +70,7 @@ def _direction_ranks(
     query: tuple[np.ndarray, np.ndarray | None],
     gallery: tuple[np.ndarray, np.ndarray | None],
     query_codes: np.ndarray,
-    index: _GroupIndex,
+    gallery_codes: np.ndarray,
     *,
     coarse_ks: Sequence[int],
     chunk_size: int,
@@ -114,48 +79,47 @@ def _direction_ranks(
     q_low, q_high = query
     g_low, g_high = gallery
     n_gallery = len(g_low)
-    out: dict[str, list[np.ndarray]] = {"low": []}
-    if q_high is not None:
-        out["high"] = []
-        for k in coarse_ks:
-            out[f"hier@{k}"], out[f"survived@{k}"] = [], []
+    levels = (
+        ["low"] if q_high is None else ["low", "high", *(f"{n}@{k}" for k in coarse_ks for n in ("hier", "survived"))]
+    )
+    out: dict[str, list[np.ndarray]] = {level: [] for level in levels}
     partial_ks = sorted({k for k in coarse_ks if k < n_gallery})
     for start in range(0, len(q_low), chunk_size):
         codes = query_codes[start : start + chunk_size]
-        rows, cols = index.pairs(codes)
+        relevant = gallery_codes == codes[:, None]  # chunk × gallery; a bool is a quarter of a score
         low = q_low[start : start + chunk_size] @ g_low.T
-        low_rank = _first_relevant_rank(low, rows, cols)
+        low_rank = _first_relevant_rank(low, relevant)
         out["low"].append(low_rank)
         if q_high is None:
             continue
         high = q_high[start : start + chunk_size] @ g_high.T
-        out["high"].append(_first_relevant_rank(high, rows, cols))
+        out["high"].append(_first_relevant_rank(high, relevant))
         if partial_ks:
             # One pass over the full block for the largest shortlist; smaller shortlists are
             # prefixes of it under the same tie order, so they are cut from its candidates.
             k_max = partial_ks[-1]
             threshold = np.partition(low, n_gallery - k_max, axis=1)[:, n_gallery - k_max]
-            candidates = _shortlist(low, threshold, k_max, _is_relevant(index.codes, codes))
+            candidates = _shortlist(low, threshold, k_max, relevant)
             candidate_low = np.take_along_axis(low, candidates, axis=1)
         for k in coarse_ks:
             if k >= n_gallery:  # the shortlist is the whole gallery: pure high-level ranking
-                out[f"hier@{k}"].append(out["high"][-1])
-                out[f"survived@{k}"].append(low_rank > 0)
-                continue
-            cols_k = candidates
-            if k < k_max:
-                threshold = np.partition(candidate_low, k_max - k, axis=1)[:, k_max - k]
-                relevant_of = _is_relevant(index.codes, codes, candidates)
-                cols_k = np.take_along_axis(candidates, _shortlist(candidate_low, threshold, k, relevant_of), axis=1)
-            high_k = np.take_along_axis(high, cols_k, axis=1)
-            rel_k = index.codes[cols_k] == codes[:, None]
-            survived = rel_k.any(axis=1)
-            best = np.where(rel_k, high_k, -np.inf).max(axis=1)
-            ahead = np.count_nonzero((high_k >= best[:, None]) & ~rel_k, axis=1)
+                rank_k = out["high"][-1]
+            else:
+                cols_k = candidates
+                if k < k_max:
+                    threshold = np.partition(candidate_low, k_max - k, axis=1)[:, k_max - k]
+                    cols_k = np.take_along_axis(
+                        candidates,
+                        _shortlist(candidate_low, threshold, k, np.take_along_axis(relevant, candidates, axis=1)),
+                        axis=1,
+                    )
+                rank_k = _first_relevant_rank(
+                    np.take_along_axis(high, cols_k, axis=1), np.take_along_axis(relevant, cols_k, axis=1)
+                )
             # A first relevant item cut by the coarse stage keeps its low rank (> k): the items
             # outside the shortlist follow it in low-score order.
-            out[f"hier@{k}"].append(np.where(survived, 1 + ahead, low_rank))
-            out[f"survived@{k}"].append(survived)
+            out[f"hier@{k}"].append(np.where(rank_k > 0, rank_k, low_rank))
+            out[f"survived@{k}"].append(rank_k > 0)
         del low, high
     return {name: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64) for name, parts in out.items()}
 
@@ -193,8 +157,8 @@ def _ranks_both_ways(
     text_codes = np.fromiter((table.setdefault(g, len(table)) for g in text_groups), dtype=np.int64)
     kw = {"coarse_ks": coarse_ks, "chunk_size": chunk_size}
     return {
-        "image_to_text": _direction_ranks(images, texts, image_codes, _GroupIndex(text_codes, len(table)), **kw),
-        "text_to_image": _direction_ranks(texts, images, text_codes, _GroupIndex(image_codes, len(table)), **kw),
+        "image_to_text": _direction_ranks(images, texts, image_codes, text_codes, **kw),
+        "text_to_image": _direction_ranks(texts, images, text_codes, image_codes, **kw),
     }
 
 
@@ -280,8 +244,9 @@ class EvalTable:
 
     def format(self) -> str:
         """An aligned text table: R@1/5/10 both directions, AR, AR relative to high, shortlist recall (%)."""
-        keys = dict.fromkeys(key for row in self.rows.values() for key in row)
-        ks = [key.rsplit("@", 1)[1] for key in keys if key.startswith("image_to_text_R@")]
+        ks = dict.fromkeys(  # in the rows' order, each once
+            key.rsplit("@", 1)[1] for row in self.rows.values() for key in row if key.startswith("image_to_text_R@")
+        )
         columns = [(f"{d}_R@{k}", f"{short} R@{k}") for d, short in _SHORT.items() for k in ks]
         header = ["level"] + [label for _, label in columns] + ["AR", "AR/high", "shortlist"]
         high_ar = self.rows.get("high", {}).get("AR")
@@ -316,8 +281,7 @@ class EvalTable:
         path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
         return path
 
-    def __str__(self) -> str:
-        return self.format()
+    __str__ = format
 
 
 def _pct(value: float | None) -> str:
@@ -364,12 +328,11 @@ def evaluate_embeddings(
     ranks = _ranks_both_ways((i_low, i_high), (t_low, t_high), image_groups, text_groups, coarse_ks, chunk_size)
     levels = ["low", "high"] + [f"hier@{k}" for k in coarse_ks]
     rows = {level: _metrics({d: ranks[d][level] for d in DIRECTIONS}, ks) for level in levels}
-    for k in coarse_ks:
-        row = rows[f"hier@{k}"]
-        for d in DIRECTIONS:
-            valid = ranks[d]["low"] > 0
-            row[f"{d}_shortlist_recall"] = float(np.mean(ranks[d][f"survived@{k}"][valid]))
-        row["shortlist_recall"] = (row["image_to_text_shortlist_recall"] + row["text_to_image_shortlist_recall"]) / 2
+    for k in coarse_ks:  # over the queries that have a relevant item, as the recalls
+        survived = {
+            f"{d}_shortlist_recall": float(np.mean(ranks[d][f"survived@{k}"][ranks[d]["low"] > 0])) for d in DIRECTIONS
+        }
+        rows[f"hier@{k}"].update(survived, shortlist_recall=sum(survived.values()) / len(survived))
     meta = {
         "n_images": len(image_groups),
         "n_texts": len(text_groups),

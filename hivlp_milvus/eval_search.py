@@ -106,9 +106,12 @@ def evaluate_collection(
         common = {"rerank": rerank, "batch_size": batch_size, "bar": bar}
         funnels: dict[int, np.ndarray] = {}
         # One per direction: the vec_high it fetches for rows outside the records serve every K.
-        fine = _StoredHigh(collection, items[dst]) if shared else None
+        fine = _StoredHigh(collection, items[dst], limit) if shared else None
         for k in coarse_ks:
-            coarse, funnels[k] = _shortlist_ranks(collection, query_emb, query_groups, target, k, limit, fine, **common)
+            # The funnel's coarse stage alone (vec_low at limit=k), and its client re-rank with fine.
+            coarse, funnels[k] = _first_relevant_ranks(
+                collection, query_emb, query_groups, target, k, {"level": "low"}, fine, **common
+            )
             shortlist[f"hier@{k}"].append(float(np.mean(coarse <= k)))
 
         for name, how in searches:
@@ -117,7 +120,7 @@ def evaluate_collection(
             else:
                 n = how.get("queries")  # a subset row: the first N queries of this direction (None: all)
                 how = {**how, "raw": raw[:n], "content": content, "stats": rows[name]}
-                firsts = _first_relevant_ranks(
+                firsts, _ = _first_relevant_ranks(
                     collection, query_emb[:n], query_groups[:n], target, limit, how, **common
                 )
             for k in ks:
@@ -239,17 +242,24 @@ def _first_relevant_ranks(
     target: tuple[str, dict[int, int]],
     limit: int,
     how: dict[str, Any],
+    fine: _StoredHigh | None = None,
     **search: Any,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """1-based rank of the first relevant hit per query; ``inf`` when none is in the top ``limit``.
 
     ``target`` is (modality, the group of each of its row ids); ``how`` and ``search`` as in :func:`_hit_ids`.
+    With ``fine``, also the ranks after re-ranking each query's hits by their exact ``vec_high``
+    score: on the shortlist search, the ``hier@k`` row from the same search (module docstring);
+    without, those are all ``inf``.
     """
     modality, group_of = target
     ranks = np.full(len(queries), np.inf)
+    funnel = np.full(len(queries), np.inf)
     for q, ids in _hit_ids(collection, queries, modality, limit, how, **search):
         ranks[q] = _first_rank(ids, group_of, query_groups[q])
-    return ranks
+        if fine is not None:
+            funnel[q] = _first_rank(fine.rerank(ids, queries.high[q]), group_of, query_groups[q])
+    return ranks, funnel
 
 
 def _first_rank(ids: Sequence[int], group_of: dict[int, int], group: int) -> float:
@@ -257,41 +267,18 @@ def _first_rank(ids: Sequence[int], group_of: dict[int, int], group: int) -> flo
     return next((rank for rank, i in enumerate(ids, start=1) if group_of.get(i) == group), np.inf)
 
 
-def _shortlist_ranks(
-    collection: HierarchicalCollection,
-    queries: HierarchicalEmbedding,
-    query_groups: np.ndarray,
-    target: tuple[str, dict[int, int]],
-    k: int,
-    limit: int,
-    fine: _StoredHigh | None,
-    **search: Any,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The funnel's coarse stage alone (``vec_low`` at ``limit=k``): first-relevant ranks in the shortlist.
-
-    With ``fine``, also the ranks after re-ranking each shortlist by its exact ``vec_high`` score
-    and keeping ``limit``: the ``hier@k`` row from the same search (module docstring); without,
-    those are all ``inf``.
-    """
-    modality, group_of = target
-    coarse = np.full(len(queries), np.inf)
-    funnel = np.full(len(queries), np.inf)
-    for q, ids in _hit_ids(collection, queries, modality, k, {"level": "low"}, **search):
-        coarse[q] = _first_rank(ids, group_of, query_groups[q])
-        if fine is not None:
-            funnel[q] = _first_rank(fine.rerank(ids, queries.high[q], limit), group_of, query_groups[q])
-    return coarse, funnel
-
-
 class _StoredHigh:
     """The fine stage of the client re-rank on vectors eval already holds: ``vec_high`` by row id."""
 
-    def __init__(self, collection: HierarchicalCollection, item: tuple[list[int], HierarchicalEmbedding, Any, Any]):
+    def __init__(
+        self, collection: HierarchicalCollection, item: tuple[list[int], HierarchicalEmbedding, Any, Any], limit: int
+    ):
         ids, embedding = item[0], item[1]
         self._collection = collection
+        self._limit = limit
         self._vecs: dict[int, np.ndarray] = dict(zip(ids, embedding.high, strict=True))
 
-    def rerank(self, shortlist: list[int], query_high: np.ndarray, limit: int) -> list[int]:
+    def rerank(self, shortlist: list[int], query_high: np.ndarray) -> list[int]:
         """The ``shortlist`` (coarse order) by exact ``vec_high`` score, best first, at most ``limit`` ids."""
         # Rows of the collection outside the evaluated records can be coarse hits too.
         for row in self._collection.get([i for i in shortlist if i not in self._vecs], output_fields=["vec_high"]):
@@ -301,7 +288,7 @@ class _StoredHigh:
         if not cand:
             return []
         scores = np.asarray([self._vecs[i] for i in cand], dtype=np.float32) @ query_high
-        return [cand[j] for j in np.argsort(-scores, kind="stable")[:limit]]
+        return [cand[j] for j in np.argsort(-scores, kind="stable")[: self._limit]]
 
 
 def _fusion_batch(

@@ -66,25 +66,22 @@ def encode_queries(query: Any, model: Any) -> tuple[np.ndarray, np.ndarray, list
             f"a {needs_model[0]} query must be encoded, but the collection has no model; pass model= to "
             "HierarchicalCollection.open()/create() (or search with a HierarchicalEmbedding)"
         )
-    lows: list[np.ndarray | None] = [None] * len(parts)
-    highs: list[np.ndarray | None] = [None] * len(parts)
-    kinds: list[list[str]] = [[] for _ in parts]
+    # Per query: its (low rows, high rows, kinds); all texts, then all images, in one model call each.
+    blocks: dict[int, tuple[np.ndarray, np.ndarray, list[str]]] = {}
     for kind, method in (("text", "embed_texts"), ("image", "embed_images")):
         idx = [i for i, (k, _) in enumerate(parts) if k == kind]
         if idx:
             emb = getattr(model, method)([parts[i][1] for i in idx])
             low, high = _as_2d(emb.low), _as_2d(emb.high)
-            for j, i in enumerate(idx):
-                lows[i], highs[i], kinds[i] = low[j : j + 1], high[j : j + 1], [kind]
+            blocks.update((i, (low[j : j + 1], high[j : j + 1], [kind])) for j, i in enumerate(idx))
     for i, (kind, item) in enumerate(parts):
         if kind == "embedding":
             low, high = _as_2d(item.low), _as_2d(item.high)
             if len(low) != len(high):
                 raise QueryError(f"query {i}: low has {len(low)} rows but high has {len(high)}")
-            lows[i], highs[i], kinds[i] = low, high, ["embedding"] * len(low)
-    low = np.concatenate([x for x in lows if x is not None])
-    high = np.concatenate([x for x in highs if x is not None])
-    return low, high, [k for ks in kinds for k in ks]
+            blocks[i] = (low, high, ["embedding"] * len(low))
+    lows, highs, kinds = zip(*(blocks[i] for i in range(len(parts))), strict=True)
+    return np.concatenate(lows), np.concatenate(highs), [k for ks in kinds for k in ks]
 
 
 def resolve_modality(modality: str | None, kinds: list[str]) -> list[str | None]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from collection_rows import unit
 
 from hivlp_milvus.cli import build_parser
 from hivlp_milvus.data import Record
@@ -31,11 +33,13 @@ def _ref_first_rank(order: np.ndarray, relevant: np.ndarray) -> int:
     return int(hits[0]) + 1 if len(hits) else 0
 
 
-def _ref_ranks(q_low, q_high, g_low, g_high, q_groups, g_groups, coarse_k=None):
-    """Rank per query by full sorting: single level (q_high None) or the funnel."""
+def _ref_ranks(query, gallery, q_groups, g_groups, coarse_k=None):
+    """Rank per query by full sorting: one level (arrays) or the funnel (``.low``/``.high``, shortlist ``coarse_k``)."""
     g_groups = np.asarray(g_groups, dtype=object)
-    low_scores = q_low.astype(np.float64) @ g_low.T.astype(np.float64)
-    high_scores = None if q_high is None else q_high.astype(np.float64) @ g_high.T.astype(np.float64)
+    low_scores, high_scores = (  # an array is its own only level
+        getattr(query, level, query).astype(np.float64) @ getattr(gallery, level, gallery).T.astype(np.float64)
+        for level in ("low", "high")
+    )
     ranks, survived = [], []
     for i, group in enumerate(q_groups):
         relevant = g_groups == group
@@ -49,24 +53,23 @@ def _ref_ranks(q_low, q_high, g_low, g_high, q_groups, g_groups, coarse_k=None):
     return np.array(ranks), np.array(survived)
 
 
-def _ref_metrics(image_feats, text_feats, image_groups, text_groups, ks=(1, 5, 10), high=None, coarse_k=None):
-    out, recalls = {}, []
-    i_high, t_high = high if high is not None else (None, None)
+def _ref_metrics(image, text, image_groups, text_groups, ks=(1, 5, 10), coarse_k=None):
+    """open_clip metrics of :func:`_ref_ranks`: ``image``, ``text`` arrays, or ``.low``/``.high`` and ``coarse_k``."""
+    out = {}
     directions = {
-        "image_to_text": (image_feats, i_high, text_feats, t_high, image_groups, text_groups),
-        "text_to_image": (text_feats, t_high, image_feats, i_high, text_groups, image_groups),
+        "image_to_text": (image, text, image_groups, text_groups),
+        "text_to_image": (text, image, text_groups, image_groups),
     }
-    for name, (ql, qh, gl, gh, qg, gg) in directions.items():
-        ranks, survived = _ref_ranks(ql, qh, gl, gh, qg, gg, coarse_k)
+    for name, (query, gallery, q_groups, g_groups) in directions.items():
+        ranks, survived = _ref_ranks(query, gallery, q_groups, g_groups, coarse_k)
         valid = ranks > 0
         for k in ks:
             out[f"{name}_R@{k}"] = float(np.mean(ranks[valid] <= k))
-            recalls.append(out[f"{name}_R@{k}"])
         out[f"{name}_mean_rank"] = float(np.mean(ranks[valid]))
         out[f"{name}_median_rank"] = float(np.median(ranks[valid]))
         if coarse_k is not None:
             out[f"{name}_shortlist_recall"] = float(np.mean(survived[valid]))
-    out["AR"] = float(np.mean(recalls))
+    out["AR"] = float(np.mean([v for key, v in out.items() if "_R@" in key]))
     return out
 
 
@@ -89,8 +92,22 @@ def _make_dataset(seed: int = 0, n_images: int = 60, coarse_levels: int = 3):
     high_i = _quantised(rng, (n_images, 24))
     owners = np.repeat(np.arange(n_images), caps)
     high_t = (np.round((high_i[owners] + _quantised(rng, (len(owners), 24))) * 32) / 64).astype(np.float32)
-    low_i, low_t = high_i[:, :coarse_levels].copy(), high_t[:, :coarse_levels].copy()
-    return (low_i, high_i), (low_t, high_t), image_groups, text_groups
+    image = SimpleNamespace(low=high_i[:, :coarse_levels].copy(), high=high_i)
+    return image, SimpleNamespace(low=high_t[:, :coarse_levels].copy(), high=high_t), image_groups, text_groups
+
+
+def _tied_dataset(seed: int, n: int = 30):
+    """Low vectors with few distinct values (integers, half the captions zero): many exactly equal
+    scores, across relevant and irrelevant items and at the shortlist boundary."""
+    rng = np.random.default_rng(seed)
+    high_i = _quantised(rng, (n, 8))
+    noisy = np.repeat(high_i, 2, axis=0) + _quantised(rng, (2 * n, 8))
+    high_t = (np.round(noisy * 32) / 64).astype(np.float32)
+    low_i = rng.integers(-1, 2, size=(n, 2)).astype(np.float32)
+    low_t = np.repeat(low_i, 2, axis=0) * rng.integers(0, 2, size=(2 * n, 1)).astype(np.float32)
+    groups = [f"g{i % 24}" for i in range(n)]
+    text = SimpleNamespace(low=low_t, high=high_t)
+    return SimpleNamespace(low=low_i, high=high_i), text, groups, [g for g in groups for _ in range(2)]
 
 
 def _assert_same(got: dict, want: dict) -> None:
@@ -103,44 +120,39 @@ def _assert_same(got: dict, want: dict) -> None:
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 64, 10_000])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_retrieval_metrics_chunked_equals_full_reference(chunk_size, seed):
-    (_, high_i), (_, high_t), image_groups, text_groups = _make_dataset(seed)
-    got = retrieval_metrics(high_i, high_t, image_groups, text_groups, chunk_size=chunk_size)
-    want = _ref_metrics(high_i, high_t, image_groups, text_groups)
-    _assert_same(got, want)
+@pytest.mark.parametrize(
+    ("make", "seed", "level"), [(_make_dataset, 0, "high"), (_make_dataset, 1, "high"), (_tied_dataset, 5, "low")]
+)
+def test_retrieval_metrics_chunked_equals_full_reference(make, seed, level, chunk_size):
+    # The tied level: ties are pessimistic (an irrelevant item equal to the best relevant one ranks ahead) in any chunk.
+    image, text, image_groups, text_groups = make(seed)
+    image, text = getattr(image, level), getattr(text, level)
+    got = retrieval_metrics(image, text, image_groups, text_groups, chunk_size=chunk_size)
+    _assert_same(got, _ref_metrics(image, text, image_groups, text_groups))
     assert 0 < got["AR"] < 1  # neither trivial nor perfect: the check has something to compare
 
 
-@pytest.mark.parametrize("chunk_size", [3, 50, 1000])
-def test_ties_are_pessimistic_and_chunk_independent(chunk_size):
-    rng = np.random.default_rng(5)
-    # Coarse integer features: many exactly equal scores, including across relevant/irrelevant.
-    images = rng.integers(-1, 2, size=(40, 3)).astype(np.float32)
-    texts = np.repeat(images, 2, axis=0) + rng.integers(-1, 2, size=(80, 3)).astype(np.float32)
-    groups = [f"g{i}" for i in range(40)]
-    text_groups = [g for g in groups for _ in range(2)]
-    got = retrieval_metrics(images, texts, groups, text_groups, chunk_size=chunk_size)
-    _assert_same(got, _ref_metrics(images, texts, groups, text_groups))
-
-
-def test_collapsed_embedding_scores_worst_not_best():
-    n = 20
-    images, texts = np.ones((n, 4), np.float32), np.ones((n, 4), np.float32)
-    groups = [str(i) for i in range(n)]
-    got = retrieval_metrics(images, texts, groups, groups)
-    assert got["image_to_text_R@10"] == 0.0
-    assert got["text_to_image_mean_rank"] == n  # every other item ties and ranks ahead
-
-
-def test_perfect_embedding_and_duplicate_groups():
-    eye = np.eye(6, dtype=np.float32)
-    # Images 0 and 3 share a group: a text of that group is "found" by either image.
-    image_groups = ["a", "b", "c", "a", "d", "e"]
-    got = retrieval_metrics(eye, eye, image_groups, image_groups, ks=(1,))
-    assert got["image_to_text_R@1"] == 1.0
-    assert got["text_to_image_R@1"] == 1.0
-    assert got["AR"] == 1.0
+@pytest.mark.parametrize(
+    ("feats", "groups", "expected"),
+    [
+        # A collapsed embedding scores worst, not best: every other item ties and ranks ahead.
+        (
+            np.ones((20, 4), np.float32),
+            [str(i) for i in range(20)],
+            {"image_to_text_R@10": 0, "text_to_image_mean_rank": 20},
+        ),
+        # Perfect, with images 0 and 3 in one group: a text of that group is "found" by either image.
+        (
+            np.eye(6, dtype=np.float32),
+            ["a", "b", "c", "a", "d", "e"],
+            {"image_to_text_R@1": 1, "text_to_image_R@1": 1, "AR": 1},
+        ),
+    ],
+    ids=["collapsed", "perfect"],
+)
+def test_known_embeddings_give_known_metrics(feats, groups, expected):
+    got = retrieval_metrics(feats, feats, groups, groups, ks=(1, 10))
+    assert {key: got[key] for key in expected} == expected
 
 
 # --------------------------------------------------------------------------- the funnel
@@ -153,61 +165,49 @@ def _funnel(image, text, image_groups, text_groups, coarse_k, **kw):
     ]
 
 
-@pytest.mark.parametrize("coarse_k", [1, 4, 17, 59])
-@pytest.mark.parametrize("chunk_size", [5, 1024])
-def test_hierarchical_equals_full_reference(coarse_k, chunk_size):
-    (low_i, high_i), (low_t, high_t), image_groups, text_groups = _make_dataset(seed=3, coarse_levels=2)
-    image, text = SimpleNamespace(low=low_i, high=high_i), SimpleNamespace(low=low_t, high=high_t)
-    got = _funnel(image, text, image_groups, text_groups, coarse_k, chunk_size=chunk_size)
-    # Text->image galleries (60) are larger than coarse_k except at 59+; image->text has ~120 texts.
-    want = _ref_metrics(low_i, low_t, image_groups, text_groups, high=(high_i, high_t), coarse_k=coarse_k)
-    _assert_same(got, want)
-
-
-@pytest.mark.parametrize("seed", [11, 12])
-def test_hierarchical_shortlist_ties_match_reference(seed):
-    # Low vectors with few distinct values: many items tie at the shortlist boundary, so which of
-    # them enter the shortlist (irrelevant first, then by index) decides the funnel's ranks.
-    rng = np.random.default_rng(seed)
-    n = 30
-    high_i = _quantised(rng, (n, 8))
-    noisy = np.repeat(high_i, 2, axis=0) + _quantised(rng, (2 * n, 8))
-    high_t = (np.round(noisy * 32) / 64).astype(np.float32)
-    low_i = rng.integers(-1, 2, size=(n, 2)).astype(np.float32)
-    low_t = np.repeat(low_i, 2, axis=0) * rng.integers(0, 2, size=(2 * n, 1)).astype(np.float32)
-    groups = [f"g{i % 24}" for i in range(n)]
-    text_groups = [g for g in groups for _ in range(2)]
-    image, text = SimpleNamespace(low=low_i, high=high_i), SimpleNamespace(low=low_t, high=high_t)
+@pytest.mark.parametrize("chunk_size", [5, 7, 1024])
+@pytest.mark.parametrize(
+    ("make", "seed", "coarse_ks"),
+    [
+        # Text->image galleries (60) are larger than coarse_k except at 59+; image->text has ~120 texts.
+        (partial(_make_dataset, coarse_levels=2), 3, (1, 4, 17, 59)),
+        # Many items tie at the shortlist boundary, so which of them enter the shortlist (irrelevant
+        # first, then by index) decides the funnel's ranks.
+        (_tied_dataset, 11, (2, 5, 11, 29)),
+        (_tied_dataset, 12, (2, 5, 11, 29)),
+    ],
+    ids=["seed3", "ties11", "ties12"],
+)
+def test_hierarchical_equals_full_reference(make, seed, coarse_ks, chunk_size):
+    image, text, image_groups, text_groups = make(seed)
     # All shortlist sizes in one pass (smaller ones are cut from the largest), and each alone.
-    table = evaluate_embeddings(image, text, groups, text_groups, coarse_ks=(2, 5, 11, 29), chunk_size=7)
-    for coarse_k in (2, 5, 11, 29):
-        want = _ref_metrics(low_i, low_t, groups, text_groups, high=(high_i, high_t), coarse_k=coarse_k)
+    table = evaluate_embeddings(image, text, image_groups, text_groups, coarse_ks=coarse_ks, chunk_size=chunk_size)
+    for coarse_k in coarse_ks:
+        want = _ref_metrics(image, text, image_groups, text_groups, coarse_k=coarse_k)
         _assert_same(table.rows[f"hier@{coarse_k}"], want)
-        alone = _funnel(image, text, groups, text_groups, coarse_k, chunk_size=64)
+        alone = _funnel(image, text, image_groups, text_groups, coarse_k, chunk_size=64)
         assert alone == table.rows[f"hier@{coarse_k}"]
 
 
 def test_hierarchical_with_full_shortlist_is_high_only_exactly():
-    (low_i, high_i), (low_t, high_t), image_groups, text_groups = _make_dataset(seed=4)
-    image, text = SimpleNamespace(low=low_i, high=high_i), SimpleNamespace(low=low_t, high=high_t)
-    high_only = retrieval_metrics(high_i, high_t, image_groups, text_groups)
+    image, text, image_groups, text_groups = _make_dataset(seed=4)
+    high_only = retrieval_metrics(image.high, text.high, image_groups, text_groups)
     for coarse_k in (len(text_groups), 10_000):
         hier = _funnel(image, text, image_groups, text_groups, coarse_k, chunk_size=9)
         assert {k: hier[k] for k in high_only} == high_only
         assert hier["shortlist_recall"] == 1.0
     # And a shortlist of one is low-only retrieval at R@1.
-    low_only = retrieval_metrics(low_i, low_t, image_groups, text_groups)
+    low_only = retrieval_metrics(image.low, text.low, image_groups, text_groups)
     one = _funnel(image, text, image_groups, text_groups, 1)
     assert one["image_to_text_R@1"] == low_only["image_to_text_R@1"]
 
 
 def test_evaluate_embeddings_rows_and_shortlist_recall_is_low_recall_at_k():
-    (low_i, high_i), (low_t, high_t), image_groups, text_groups = _make_dataset(seed=2)
-    image, text = SimpleNamespace(low=low_i, high=high_i), SimpleNamespace(low=low_t, high=high_t)
+    image, text, image_groups, text_groups = _make_dataset(seed=2)
     table = evaluate_embeddings(image, text, image_groups, text_groups, coarse_ks=(5, 10), ks=(1, 5, 10))
     assert list(table.rows) == ["low", "high", "hier@5", "hier@10"]
-    assert table.rows["low"] == retrieval_metrics(low_i, low_t, image_groups, text_groups)
-    assert table.rows["high"] == retrieval_metrics(high_i, high_t, image_groups, text_groups)
+    assert table.rows["low"] == retrieval_metrics(image.low, text.low, image_groups, text_groups)
+    assert table.rows["high"] == retrieval_metrics(image.high, text.high, image_groups, text_groups)
     for k in (5, 10):
         for direction in ("image_to_text", "text_to_image"):
             # With exact search, the first relevant item survives a top-k shortlist iff low R@k hits it.
@@ -230,14 +230,7 @@ def test_bad_inputs_raise():
 
 
 def test_eval_table_format_and_json_round_trip(tmp_path):
-    (low_i, high_i), (low_t, high_t), image_groups, text_groups = _make_dataset(seed=6)
-    table = evaluate_embeddings(
-        SimpleNamespace(low=low_i, high=high_i),
-        SimpleNamespace(low=low_t, high=high_t),
-        image_groups,
-        text_groups,
-        coarse_ks=(10,),
-    )
+    table = evaluate_embeddings(*_make_dataset(seed=6), coarse_ks=(10,))
     text = table.format()
     lines = text.splitlines()
     assert lines[0].split()[:4] == ["level", "i2t", "R@1", "i2t"]
@@ -245,9 +238,7 @@ def test_eval_table_format_and_json_round_trip(tmp_path):
     assert len({len(line) for line in lines[:5]}) == 1  # aligned columns
     assert f"{100 * table.rows['high']['AR']:.2f}" in lines[3]
     path = table.save_json(tmp_path / "sub" / "eval.json")
-    loaded = EvalTable.from_dict(json.loads(path.read_text()))
-    assert loaded.rows == table.rows
-    assert loaded.meta == table.meta
+    assert EvalTable.from_dict(json.loads(path.read_text())) == table  # rows and meta
 
 
 # --------------------------------------------------------------------------- evaluate(model, records)
@@ -272,9 +263,7 @@ class ProjectionModelDouble:
         # Noise per (modality, id), not per batch: the result must not depend on how items are batched.
         noise = np.stack([np.random.default_rng([salt, i]).normal(size=self.codes.shape[1]) for i in ids])
         high = self.codes[ids] + 0.3 * noise.astype(np.float32)
-        low = high @ self.low_proj
-        norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
-        return SimpleNamespace(low=norm(low).astype(np.float32), high=norm(high).astype(np.float32))
+        return SimpleNamespace(low=unit(high @ self.low_proj), high=unit(high))
 
     def embed_images(self, images, batch_size=64):
         self.calls.append(len(images))
@@ -287,11 +276,16 @@ class ProjectionModelDouble:
 
 
 def _records(n: int) -> list[Record]:
-    records = []
-    for i in range(n):
-        image = np.full((2, 2, 3), i % 50, dtype=np.uint8)
-        records.append(Record(id=f"r{i}", image=image, captions=[f"scene {i % 50}"] * (1 + i % 3), group=f"s{i % 50}"))
-    return records
+    """Scene ``i % 50`` (its id in the pixels and in 1-3 captions), the double's input format."""
+    return [
+        Record(
+            id=f"r{i}",
+            image=np.full((2, 2, 3), i % 50, dtype=np.uint8),
+            captions=[f"scene {i % 50}"] * (1 + i % 3),
+            group=f"s{i % 50}",
+        )
+        for i in range(n)
+    ]
 
 
 def test_evaluate_with_model_double_matches_evaluate_embeddings():

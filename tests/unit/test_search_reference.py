@@ -43,12 +43,11 @@ def correlated(rng: np.random.Generator, n: int, noise: float = 0.6) -> tuple[np
 
 
 def make_rows(low: np.ndarray, high: np.ndarray) -> list[dict[str, Any]]:
-    rows = []
-    for i in range(len(low)):
-        modality = "image" if i < len(low) // 2 else "text"
-        key = f"r{i:05d}"
-        rows.append(row(key, modality, low[i], high[i], attributes={"i": i}))
-    return rows
+    """Row ``i`` keyed ``r{i:05d}``, attributes ``{"i": i}``: the first half images, the rest captions."""
+    return [
+        row(f"r{i:05d}", "image" if i < len(low) // 2 else "text", low[i], high[i], attributes={"i": i})
+        for i in range(len(low))
+    ]
 
 
 def numpy_funnel(
