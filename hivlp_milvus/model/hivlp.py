@@ -553,8 +553,7 @@ def create_model(
         else:
             tokenizer = train_wordpiece(texts, vocab_size=cfg.text.vocab_size, max_length=cfg.text.max_length)
     # fork_rng: a seeded build must not reset the caller's RNG stream (e.g. their data shuffling).
-    rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-    with rng:
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
         return HiVLP(cfg, tokenizer)
