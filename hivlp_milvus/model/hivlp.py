@@ -361,11 +361,9 @@ class HiVLP(nn.Module):
             ValueError: ``batch_size`` is not positive.
         """
         items = [images] if is_single_image(images) else images
-
-        def encode(chunk: list[ImageLike]) -> HierarchicalEmbedding:
-            return self.encode_image(self.preprocess_images(chunk))
-
-        return self._embed(items, batch_size, progress, encode, "img")
+        return self._embed(
+            items, batch_size, progress, lambda chunk: self.encode_image(self.preprocess_images(chunk)), "img"
+        )
 
     def embed_texts(
         self, texts: str | Iterable[str], batch_size: int = 256, progress: bool = False
@@ -385,12 +383,7 @@ class HiVLP(nn.Module):
             ValueError: ``batch_size`` is not positive.
         """
         items = [texts] if isinstance(texts, str) else texts
-
-        def encode(chunk: list[str]) -> HierarchicalEmbedding:
-            tokens = self.tokenize(chunk)
-            return self.encode_text(tokens["input_ids"], tokens["attention_mask"])
-
-        return self._embed(items, batch_size, progress, encode, "text")
+        return self._embed(items, batch_size, progress, lambda chunk: self.encode_text(**self.tokenize(chunk)), "text")
 
     def _embed(
         self,
