@@ -1,9 +1,9 @@
 """The HiVLP objective against hand-written loop references, plus switches, gradients and training.
 
-The references below recompute every term with explicit Python loops in float64 numpy, written
-from the definitions in docs/objective.md and *not* from the vectorised implementation: the
-shortlist reference literally takes the low-level top-K and swaps missing positives into the
-lowest-ranked slots, while the implementation uses a rank mask.
+The references (below and in ``model_helpers``) recompute every term with explicit Python loops
+in float64 numpy, written from the definitions in docs/objective.md and *not* from the vectorised
+implementation: the shortlist reference literally takes the low-level top-K and swaps missing
+positives into the lowest-ranked slots, while the implementation uses a rank mask.
 """
 
 from __future__ import annotations
@@ -11,10 +11,19 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
-from model_helpers import SCALE_HIGH, SCALE_LOW, B, random_output, ref_infonce, unit_rows
+from model_helpers import (
+    SCALE_HIGH,
+    SCALE_LOW,
+    B,
+    logit_rows,
+    positives,
+    random_output,
+    ref_infonce,
+    ref_row,
+    unit_rows,
+)
 from torch import nn
 
 import hivlp_milvus.model.loss as loss_mod
@@ -28,20 +37,6 @@ GROUPS = torch.tensor([3, 3, 1, 7, 7, 7])  # one singleton, a pair and a triple
 # --------------------------------------------------------------------------- helpers
 
 
-def _np(out: HiVLPOutput) -> dict[str, np.ndarray]:
-    def f(t: torch.Tensor) -> np.ndarray:
-        return t.detach().double().numpy()
-
-    return {
-        "il": f(out.image.low),
-        "ih": f(out.image.high),
-        "tl": f(out.text.low),
-        "th": f(out.text.high),
-        "sl": float(out.logit_scale_low),
-        "sh": float(out.logit_scale_high),
-    }
-
-
 def _only(term: str, **kw: object) -> LossConfig:
     weights = {t: 0.0 for t in TERMS}
     weights[term] = 1.0
@@ -51,57 +46,25 @@ def _only(term: str, **kw: object) -> LossConfig:
 # --------------------------------------------------------------------------- loop references
 
 
-def _positives(i: int, n: int, groups: list[int] | None) -> list[int]:
-    if groups is None:
-        return [i]
-    return [j for j in range(n) if groups[j] == groups[i]]
-
-
-def _ce_row(logit_row: list[float], positives: list[int], candidates: list[int]) -> float:
-    """-sum_{p in P} (1/|P|) log softmax_{candidates}(logits)[p]."""
-    m = max(logit_row[j] for j in candidates)
-    lse = m + math.log(sum(math.exp(logit_row[j] - m) for j in candidates))
-    return -sum((logit_row[p] - lse) / len(positives) for p in positives)
-
-
-def _logit_matrix(scale: float, rows: np.ndarray, cols: np.ndarray) -> list[list[float]]:
-    n, m = rows.shape[0], cols.shape[0]
-    return [
-        [scale * sum(float(rows[i, d]) * float(cols[j, d]) for d in range(rows.shape[1])) for j in range(m)]
-        for i in range(n)
-    ]
-
-
-def _directions(a: dict[str, np.ndarray], level: str) -> list[list[list[float]]]:
-    s = a["sl"] if level == "low" else a["sh"]
-    i, t = ("il", "tl") if level == "low" else ("ih", "th")
-    return [_logit_matrix(s, a[i], a[t]), _logit_matrix(s, a[t], a[i])]
-
-
-def ref_consistency(a: dict[str, np.ndarray], tau: float) -> float:
-    total = 0.0
-    for low, high in zip(_directions(a, "low"), _directions(a, "high"), strict=True):
-        n = len(low)
-        kl_sum = 0.0
-        for i in range(n):
-            p = [math.exp(v / tau) for v in high[i]]
-            q = [math.exp(v / tau) for v in low[i]]
+def ref_consistency(out: HiVLPOutput, tau: float) -> float:
+    kls = []
+    for low, high in zip(logit_rows(out, "low"), logit_rows(out, "high"), strict=True):
+        for low_row, high_row in zip(low, high, strict=True):
+            p = [math.exp(v / tau) for v in high_row]
+            q = [math.exp(v / tau) for v in low_row]
             zp, zq = sum(p), sum(q)
-            kl_sum += sum((pj / zp) * (math.log(pj / zp) - math.log(qj / zq)) for pj, qj in zip(p, q, strict=True))
-        total += kl_sum / n
-    return total / 2
+            kls.append(sum((pj / zp) * (math.log(pj / zp) - math.log(qj / zq)) for pj, qj in zip(p, q, strict=True)))
+    return sum(kls) / len(kls)
 
 
-def ref_shortlist(a: dict[str, np.ndarray], k: int, groups: list[int] | None) -> tuple[float, int]:
+def ref_shortlist(out: HiVLPOutput, k: int, groups: list[int] | None) -> tuple[float, int]:
     """Returns (term value, number of rows where a positive had to be forced into the shortlist)."""
-    total, forced_rows = 0.0, 0
-    for low, high in zip(_directions(a, "low"), _directions(a, "high"), strict=True):
+    values, forced_rows = [], 0
+    for low, high in zip(logit_rows(out, "low"), logit_rows(out, "high"), strict=True):
         n = len(low)
-        row_sum = 0.0
         for i in range(n):
-            pos = _positives(i, n, groups)
-            ranked = sorted(range(n), key=lambda j, row=low[i]: -row[j])
-            short = ranked[:k]
+            pos = positives(i, n, groups)
+            short = sorted(range(n), key=lambda j, row=low[i]: -row[j])[:k]
             missing = [p for p in pos if p not in short]
             forced_rows += bool(missing)
             for p in missing:
@@ -111,9 +74,9 @@ def ref_shortlist(a: dict[str, np.ndarray], k: int, groups: list[int] | None) ->
                         break
                 else:  # more positives than slots: the shortlist grows to hold them all
                     short.append(p)
-            row_sum += _ce_row(high[i], pos, short)
-        total += row_sum / n
-    return total / 2, forced_rows
+            # The softmax over the shortlist only: every other column is excluded, none re-weighted.
+            values.append(ref_row(high[i], pos, excluded=set(range(n)) - set(short)))
+    return sum(values) / len(values), forced_rows
 
 
 # --------------------------------------------------------------------------- each term vs reference
@@ -133,7 +96,7 @@ def test_infonce_matches_reference(level: str, groups: torch.Tensor | None) -> N
 def test_consistency_matches_reference(tau: float) -> None:
     out = random_output(2)
     got = HiVLPLoss(_only("consistency", consistency_temperature=tau))(out)
-    ref = ref_consistency(_np(out), tau)
+    ref = ref_consistency(out, tau)
     assert ref > 1e-3  # the two levels disagree on random features: the check is not 0 == 0
     assert got.parts["consistency"].item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
 
@@ -151,7 +114,7 @@ def test_consistency_ignores_groups() -> None:
 def test_shortlist_matches_reference_with_forced_positives(k: int, groups: torch.Tensor | None) -> None:
     out = random_output(3)
     got = HiVLPLoss(_only("shortlist", shortlist_k=k))(out, groups=groups)
-    ref, forced = ref_shortlist(_np(out), k, None if groups is None else groups.tolist())
+    ref, forced = ref_shortlist(out, k, None if groups is None else groups.tolist())
     # The interesting path must be exercised: some positive was outside the low-level top-K.
     assert forced > 0
     assert got.parts["shortlist"].item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
