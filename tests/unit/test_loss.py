@@ -229,7 +229,16 @@ def test_config_defaults_and_round_trip() -> None:
     cfg = LossConfig()
     assert (cfg.low, cfg.high, cfg.consistency, cfg.shortlist) == (1.0, 1.0, 1.0, 0.5)
     assert (cfg.shortlist_k, cfg.consistency_temperature, cfg.gather) == (16, 1.0, "auto")
-    custom = LossConfig(low=2, shortlist=0, shortlist_k=8, consistency_temperature=0.5, gather=False)
+    custom = LossConfig(
+        low=2,
+        shortlist=0,
+        shortlist_k=8,
+        consistency_temperature=0.5,
+        gather=False,
+        hard_negative_beta=0.5,
+        queue_size=64,
+        itm_negatives="hardest",
+    )
     assert LossConfig.from_dict(json.loads(json.dumps(custom.to_dict()))) == custom
     assert isinstance(custom.low, float)
     assert custom.weights == {"low": 2.0, "high": 1.0, "consistency": 1.0}
@@ -237,24 +246,36 @@ def test_config_defaults_and_round_trip() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "match"),
     [
-        {"low": -1.0},
-        {"high": float("nan")},
-        {"consistency": "1"},
-        {"shortlist": True},
-        {"low": 0, "high": 0, "consistency": 0, "shortlist": 0},
-        {"shortlist_k": 1},
-        {"shortlist_k": 2.5},
-        {"shortlist_k": True},
-        {"consistency_temperature": 0.0},
-        {"consistency_temperature": -2.0},
-        {"gather": "yes"},
-        {"gather": 1},
+        ({"low": -1.0}, "low must be >= 0"),
+        ({"high": float("nan")}, "high must be a finite number"),
+        ({"consistency": "1"}, "consistency must be a number"),
+        ({"shortlist": True}, "shortlist: must be a number, not true"),
+        ({"low": 0, "high": 0, "consistency": 0, "shortlist": 0}, "all weights .* are 0"),
+        ({"shortlist_k": 1}, "shortlist_k must be >= 2"),
+        ({"shortlist_k": 2.5}, "shortlist_k must be an integer"),
+        ({"shortlist_k": True}, "shortlist_k must be an integer"),
+        ({"consistency_temperature": 0.0}, "consistency_temperature must be > 0"),
+        ({"consistency_temperature": -2.0}, "consistency_temperature must be > 0"),
+        ({"gather": "yes"}, "gather: must be 'auto', true or false"),
+        ({"gather": 1}, "gather: must be 'auto', true or false"),
+        ({"shortlist_start_step": -1}, "shortlist_start_step must be >= 0"),
+        ({"shortlist_start_step": 1.5}, "shortlist_start_step must be an integer"),
+        ({"shortlist_start_step": True}, "shortlist_start_step must be an integer"),
+        # Only the shortlist term on, and it starts late: no loss before that step.
+        (
+            {"low": 0, "high": 0, "consistency": 0, "shortlist": 1.0, "shortlist_start_step": 10},
+            "no loss before that step",
+        ),
+        ({"hard_negative_beta": -0.1}, "hard_negative_beta must be >= 0"),
+        ({"queue_size": -1}, "queue_size must be >= 0"),
+        ({"queue_size": 2.5}, "queue_size must be an integer"),
+        ({"itm_negatives": "random"}, "itm_negatives must be 'sampled' or 'hardest'"),
     ],
 )
-def test_invalid_config_raises(kwargs: dict[str, object]) -> None:
-    with pytest.raises(ConfigError):
+def test_invalid_config_raises(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
         LossConfig(**kwargs)
 
 
@@ -358,14 +379,3 @@ def test_shortlist_term_starts_at_its_step() -> None:
         assert "shortlist" in after.parts
         with_shortlist = before.total.item() + 0.9 * after.parts["shortlist"].item()
         assert after.total.item() == pytest.approx(with_shortlist, rel=1e-6)
-
-
-@pytest.mark.parametrize("bad", [-1, 1.5, True])
-def test_shortlist_start_step_is_validated(bad: object) -> None:
-    with pytest.raises(ConfigError, match="shortlist_start_step"):
-        LossConfig(shortlist_start_step=bad)
-
-
-def test_shortlist_start_step_needs_another_term() -> None:
-    with pytest.raises(ConfigError, match="no loss before that step"):
-        LossConfig(low=0, high=0, consistency=0, shortlist=1.0, shortlist_start_step=10)
