@@ -6,6 +6,7 @@ import dataclasses
 import io
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,49 +280,49 @@ def test_seed_makes_models_reproducible_without_touching_global_rng() -> None:
     assert a.fingerprint != c.fingerprint
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
 @pytest.mark.parametrize(
-    "missing", ["config.json", "model.safetensors", "tokenizer_config.json", "text_tower/config.json"]
+    ("spoil", "match"),
+    [
+        *[
+            (lambda d, _m, name=name: (d / name).unlink(), f"missing {name}")
+            for name in ("config.json", "model.safetensors", "tokenizer_config.json", "text_tower/config.json")
+        ],
+        (lambda d, _m: shutil.rmtree(d), "checkpoint directory not found"),
+        (lambda d, _m: _truncate(d / "model.safetensors"), "model.safetensors"),
+        # Weights of another shape than the config's.
+        (
+            lambda d, m: dataclasses.replace(m.config, high_dim=32).save(d / "config.json"),
+            "cannot load model.safetensors",
+        ),
+        (lambda d, _m: (d / "config.json").write_text('{"low_dim": -1}'), "invalid config.json"),
+    ],
 )
-def test_incomplete_checkpoint_names_missing_file(model, tmp_path, missing) -> None:
+def test_bad_checkpoints_raise_checkpoint_error(model, tmp_path, spoil, match) -> None:
     directory = model.save_pretrained(tmp_path / "ckpt")
-    (directory / missing).unlink()
-    with pytest.raises(CheckpointError, match=f"missing {missing}"):
+    spoil(directory, model)
+    with pytest.raises(CheckpointError, match=match):
         HiVLP.from_pretrained(directory)
-
-
-def test_bad_checkpoints_raise_checkpoint_error(model, tmp_path) -> None:
-    with pytest.raises(CheckpointError, match="not found"):
-        HiVLP.from_pretrained(tmp_path / "nowhere")
-
-    truncated = model.save_pretrained(tmp_path / "truncated")
-    weights = truncated / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="model.safetensors"):
-        HiVLP.from_pretrained(truncated)
-
-    mismatched = model.save_pretrained(tmp_path / "mismatched")
-    dataclasses.replace(model.config, high_dim=32).save(mismatched / "config.json")
-    with pytest.raises(CheckpointError, match="cannot load model.safetensors"):
-        HiVLP.from_pretrained(mismatched)
-
-    invalid = model.save_pretrained(tmp_path / "invalid")
-    (invalid / "config.json").write_text('{"low_dim": -1}')
-    with pytest.raises(CheckpointError, match="invalid config.json"):
-        HiVLP.from_pretrained(invalid)
 
 
 # -- factory -----------------------------------------------------------------------------------
 
 
-def test_create_model_needs_texts_for_a_trained_vocabulary() -> None:
-    with pytest.raises(ConfigError, match="pass texts="):
-        create_model("micro")
-    with pytest.raises(ConfigError, match="no non-empty caption"):
-        create_model("micro", texts=["", "  "])
-    with pytest.raises(ConfigError, match="unknown model config"):
-        create_model("gigantic", texts=CAPTIONS)
-    with pytest.raises(ConfigError, match="config name or a HiVLPConfig"):
-        create_model({"low_dim": 3}, texts=CAPTIONS)
+@pytest.mark.parametrize(
+    ("config", "texts", "match"),
+    [
+        ("micro", None, "pass texts="),  # a trained vocabulary needs captions
+        ("micro", ["", "  "], "no non-empty caption"),
+        ("gigantic", CAPTIONS, "unknown model config"),
+        ({"low_dim": 3}, CAPTIONS, "config name or a HiVLPConfig"),
+    ],
+)
+def test_create_model_errors(config, texts, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        create_model(config, texts=texts)
 
 
 def test_create_model_reuses_a_given_tokenizer(model) -> None:
