@@ -174,28 +174,20 @@ def test_trained_vocabulary_is_deterministic() -> None:
 
 
 def test_embed_batches_equal_one_at_a_time(model) -> None:
-    images = _images(5)
     model.train()  # dropout on: embed_* must switch it off and then restore train mode
-    batched = model.embed_images(images, batch_size=3)
-    assert model.training
-    single = HierarchicalEmbedding.concat([model.embed_images([img], batch_size=1) for img in images])
-    assert isinstance(batched.low, np.ndarray)
-    assert batched.low.dtype == np.float32
-    assert batched.low.shape == (5, 16)
-    assert batched.high.shape == (5, 64)
-    np.testing.assert_allclose(batched.low, single.low, atol=1e-5)
-    np.testing.assert_allclose(batched.high, single.high, atol=1e-5)
-    _assert_unit_rows(batched.high)
-
-    texts = CAPTIONS[:7]
-    batched_t = model.embed_texts(texts, batch_size=4, progress=True)
-    single_t = HierarchicalEmbedding.concat([model.embed_texts(t) for t in texts])
-    np.testing.assert_allclose(batched_t.low, single_t.low, atol=1e-5)
-    np.testing.assert_allclose(batched_t.high, single_t.high, atol=1e-5)
-    assert model.training
+    for embed, items, batch_size in ((model.embed_images, _images(5), 3), (model.embed_texts, CAPTIONS[:7], 4)):
+        batched = embed(items, batch_size=batch_size, progress=True)
+        assert model.training
+        single = HierarchicalEmbedding.concat([embed(item) for item in items])  # one image / one string each
+        assert isinstance(batched.low, np.ndarray)
+        assert batched.low.dtype == np.float32
+        assert (batched.low.shape, batched.high.shape) == ((len(items), 16), (len(items), 64))
+        np.testing.assert_allclose(batched.low, single.low, atol=1e-5)
+        np.testing.assert_allclose(batched.high, single.high, atol=1e-5)
+        _assert_unit_rows(batched.high)
 
     model.eval()
-    model.embed_texts(texts[:1])
+    model.embed_texts(CAPTIONS[:1])
     assert not model.training
     model.train()
 
