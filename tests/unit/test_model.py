@@ -310,6 +310,11 @@ def test_bad_checkpoints_raise_checkpoint_error(model, tmp_path, spoil, match) -
         ("micro", ["", "  "], "no non-empty caption"),
         ("gigantic", CAPTIONS, "unknown model config"),
         ({"low_dim": 3}, CAPTIONS, "config name or a HiVLPConfig"),
+        (
+            _config(image=dataclasses.replace(get_config("micro").image, name="no_such_vit", timm_kwargs={})),
+            CAPTIONS,
+            "timm has no model 'no_such_vit'",
+        ),
     ],
 )
 def test_create_model_errors(config, texts, match) -> None:
@@ -321,12 +326,6 @@ def test_create_model_reuses_a_given_tokenizer(model) -> None:
     again = create_model("micro", tokenizer=model.tokenizer, seed=0)
     assert again.tokenizer is model.tokenizer
     assert again.fingerprint == create_model("micro", texts=CAPTIONS, seed=0).fingerprint
-
-
-def test_unknown_timm_model_is_a_config_error() -> None:
-    image = dataclasses.replace(get_config("micro").image, name="no_such_vit", timm_kwargs={})
-    with pytest.raises(ConfigError, match="timm has no model 'no_such_vit'"):
-        create_model(_config(image=image), texts=CAPTIONS)
 
 
 def _save_local_bert(directory) -> BertModel:
