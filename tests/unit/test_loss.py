@@ -271,20 +271,22 @@ def test_from_dict_rejects_unknown_keys() -> None:
         LossConfig.from_dict([("low", 1.0)])  # type: ignore[arg-type]
 
 
-def test_gather_true_without_process_group_is_an_error() -> None:
-    with pytest.raises(ConfigError, match="not initialised"):
-        HiVLPLoss(LossConfig(gather=True))(random_output())
-
-
-def test_bad_shapes_are_errors() -> None:
-    out = random_output()
-    with pytest.raises(DimensionMismatchError):
-        HiVLPLoss()(out, groups=GROUPS[:3])
-    with pytest.raises(DimensionMismatchError):
-        HiVLPLoss()(out, groups=GROUPS.float())
-    ragged = HiVLPOutput(out.image, out.text[0:3], out.logit_scale_low, out.logit_scale_high)
-    with pytest.raises(DimensionMismatchError):
-        HiVLPLoss()(ragged)
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda out: HiVLPLoss(LossConfig(gather=True))(out), ConfigError, "not initialised"),
+        (lambda out: HiVLPLoss()(out, groups=GROUPS[:3]), DimensionMismatchError, "groups must be a 1-d tensor"),
+        (lambda out: HiVLPLoss()(out, groups=GROUPS.float()), DimensionMismatchError, "integer ids"),
+        (
+            lambda out: HiVLPLoss()(HiVLPOutput(out.image, out.text[0:3], out.logit_scale_low, out.logit_scale_high)),
+            DimensionMismatchError,
+            "rows must be pairs",
+        ),
+    ],
+)
+def test_bad_calls_are_errors(call, error, match) -> None:
+    with pytest.raises(error, match=match):
+        call(random_output())
 
 
 # --------------------------------------------------------------------------- it actually trains
