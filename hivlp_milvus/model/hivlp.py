@@ -396,7 +396,9 @@ class HiVLP(nn.Module):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         total = len(items) if hasattr(items, "__len__") else None
-        parts: list[HierarchicalEmbedding] = []
+        # Starts with an empty batch of the model's dims: no input gives (0, low_dim) and (0, high_dim).
+        low, high = self.config.low_dim, self.config.high_dim
+        parts = [HierarchicalEmbedding(np.zeros((0, low), np.float32), np.zeros((0, high), np.float32))]
         # Mixed precision only where inference_dtype allows it (CUDA: bf16, or fp16 before Ampere);
         # the CPU keeps float32, so CPU vectors are bit-for-bit what they were.
         dtype = inference_dtype(self.device)
@@ -411,9 +413,6 @@ class HiVLP(nn.Module):
                     out = HierarchicalEmbedding(_unit(out.low), _unit(out.high))
                 parts.append(out.numpy())
                 bar.update(len(chunk))
-        if not parts:
-            low, high = self.config.low_dim, self.config.high_dim
-            return HierarchicalEmbedding(np.zeros((0, low), np.float32), np.zeros((0, high), np.float32))
         return HierarchicalEmbedding.concat(parts)
 
     # -- persistence ---------------------------------------------------------------------------
