@@ -153,21 +153,17 @@ def test_groups_change_the_loss() -> None:
 # --------------------------------------------------------------------------- switches and totals
 
 
-def test_total_is_weighted_sum_of_parts() -> None:
+def test_total_is_weighted_sum_of_detached_parts() -> None:
     cfg = LossConfig(low=0.3, high=1.7, consistency=0.2, shortlist=0.9, shortlist_k=3)
-    got = HiVLPLoss(cfg)(random_output(6), groups=GROUPS)
+    got = HiVLPLoss(cfg)(random_output(6, requires_grad=True), groups=GROUPS)
     assert isinstance(got, LossOutput)
+    assert got.total.requires_grad
+    assert all(not v.requires_grad for v in got.parts.values())
     assert set(got.parts) == {*TERMS, "logit_scale_low", "logit_scale_high"}
     expected = sum(getattr(cfg, t) * got.parts[t].item() for t in TERMS)
     assert got.total.item() == pytest.approx(expected, rel=1e-6)
     assert got.parts["logit_scale_low"].item() == pytest.approx(SCALE_LOW)
     assert got.parts["logit_scale_high"].item() == pytest.approx(SCALE_HIGH)
-
-
-def test_parts_are_detached() -> None:
-    got = HiVLPLoss()(random_output(6, requires_grad=True))
-    assert got.total.requires_grad
-    assert all(not v.requires_grad for v in got.parts.values())
 
 
 def test_switched_off_terms_are_absent_and_not_computed(monkeypatch: pytest.MonkeyPatch) -> None:
