@@ -232,11 +232,9 @@ def test_save_load_round_trip(model, tmp_path) -> None:
     assert not loaded.training
     assert loaded.config == model.config
     assert loaded.fingerprint == model.fingerprint
-    after_i, after_t = loaded.embed_images(images), loaded.embed_texts(texts)
-    np.testing.assert_allclose(after_i.low, before_i.low, atol=1e-6)
-    np.testing.assert_allclose(after_i.high, before_i.high, atol=1e-6)
-    np.testing.assert_allclose(after_t.low, before_t.low, atol=1e-6)
-    np.testing.assert_allclose(after_t.high, before_t.high, atol=1e-6)
+    for before, after in ((before_i, loaded.embed_images(images)), (before_t, loaded.embed_texts(texts))):
+        np.testing.assert_allclose(after.low, before.low, atol=1e-6)
+        np.testing.assert_allclose(after.high, before.high, atol=1e-6)
     assert loaded.tokenize(texts)["input_ids"].tolist() == model.tokenize(texts)["input_ids"].tolist()
 
 
