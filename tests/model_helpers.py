@@ -62,10 +62,24 @@ def side(out: HiVLPOutput, modality: str, level: str) -> np.ndarray:
     return getattr(getattr(out, modality), level).detach().double().numpy()
 
 
-# --------------------------------------------------------------------------- loop reference
+def positives(i: int, n: int, groups: list[int] | None) -> list[int]:
+    """Row ``i``'s positive columns among the batch's ``n``: itself, or every row of its group."""
+    return [j for j in range(n) if (groups[j] == groups[i] if groups else j == i)]
 
 
-def _ref_row(logits: list[float], positives: list[int], excluded: set[int], beta: float) -> float:
+def logit_rows(out: HiVLPOutput, level: str, queue: dict[str, np.ndarray] | None = None) -> list[list[list[float]]]:
+    """The image→text and text→image logits of ``level``, row by row; ``queue`` rows are extra columns."""
+    scale = float(out.logit_scale_low if level == "low" else out.logit_scale_high)
+    directions = []
+    for rows_m, cols_m in (("image", "text"), ("text", "image")):
+        cols = side(out, cols_m, level)
+        if queue is not None:
+            cols = np.concatenate([cols, queue[f"{cols_m}_{level}"]])
+        directions.append([[scale * float(row @ col) for col in cols] for row in side(out, rows_m, level)])
+    return directions
+
+
+def ref_row(logits: list[float], positives: list[int], excluded: set[int], beta: float = 0.0) -> float:
     """-(1/|P|) Σ_p log(e^{l_p} / (Σ_{q∈P} e^{l_q} + Σ_{j∈N} w_j e^{l_j})), N = the rest minus ``excluded``."""
     negatives = [j for j in range(len(logits)) if j not in positives and j not in excluded]
     if negatives:
@@ -86,22 +100,12 @@ def ref_infonce(
     queue: dict[str, np.ndarray] | None = None,
     queue_groups: list[int] | None = None,
 ) -> float:
-    """Symmetric InfoNCE of one level; ``queue`` rows are extra columns (same group: excluded)."""
-    scale = SCALE_LOW if level == "low" else SCALE_HIGH
-    total = 0.0
-    for rows_m, cols_m in (("image", "text"), ("text", "image")):
-        rows = side(out, rows_m, level)
-        cols = side(out, cols_m, level)
-        if queue is not None:
-            cols = np.concatenate([cols, queue[f"{cols_m}_{level}"]])
-        n = len(rows)
-        row_sum = 0.0
-        for i in range(n):
-            logits = [scale * float(rows[i] @ cols[j]) for j in range(len(cols))]
-            positives = [j for j in range(n) if (groups[j] == groups[i] if groups else j == i)]
-            excluded = set()
-            if queue is not None and groups is not None and queue_groups is not None:
-                excluded = {n + k for k, g in enumerate(queue_groups) if g == groups[i]}
-            row_sum += _ref_row(logits, positives, excluded, beta)
-        total += row_sum / n
-    return total / 2
+    """Symmetric InfoNCE of one level (the mean over both directions' rows); ``queue`` rows are extra
+    columns, those of a row's group (``queue_groups``) left out."""
+    values = []
+    for matrix in logit_rows(out, level, queue):
+        n = len(matrix)
+        for i, logits in enumerate(matrix):
+            same = {n + k for k, g in enumerate(queue_groups or []) if groups and g == groups[i]}
+            values.append(ref_row(logits, positives(i, n, groups), same, beta))
+    return sum(values) / len(values)

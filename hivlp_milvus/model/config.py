@@ -226,13 +226,10 @@ def _field_names(root: type, loc: tuple[str, ...]) -> list[str]:
     """The field names of the (nested) config class at ``loc`` (``[]`` when it is no config class)."""
     cls: Any = root
     for part in loc:
-        fields = getattr(cls, "__pydantic_fields__", {})
-        if part not in fields:
-            return []
-        candidates = [fields[part].annotation, *typing.get_args(fields[part].annotation)]
-        cls = next((c for c in candidates if dataclasses.is_dataclass(c)), None)
-        if cls is None:
-            return []
+        # A missing field or a non-config type leaves cls None, whose fields are [].
+        field = getattr(cls, "__pydantic_fields__", {}).get(part)
+        types = (field.annotation, *typing.get_args(field.annotation)) if field else ()
+        cls = next((t for t in types if dataclasses.is_dataclass(t)), None)
     return list(getattr(cls, "__pydantic_fields__", {}))
 
 

@@ -68,10 +68,11 @@ class HierarchicalEmbedding:
         if not parts:
             raise ValueError("cannot concatenate zero embeddings")
         if isinstance(parts[0].low, torch.Tensor):
-            cat = torch.cat
-            return HierarchicalEmbedding(cat([p.low for p in parts]), cat([p.high for p in parts]))
-        lows = [_to_numpy(p.low) for p in parts]
-        return HierarchicalEmbedding(np.concatenate(lows), np.concatenate([_to_numpy(p.high) for p in parts]))
+            return HierarchicalEmbedding(torch.cat([p.low for p in parts]), torch.cat([p.high for p in parts]))
+        # Concatenated as they are, then made float32 once (the same values as casting each part first).
+        return HierarchicalEmbedding(
+            np.concatenate([p.low for p in parts]), np.concatenate([p.high for p in parts])
+        ).numpy()
 
 
 def _as_batch(x: Any, name: str) -> Any:

@@ -361,11 +361,9 @@ class HiVLP(nn.Module):
             ValueError: ``batch_size`` is not positive.
         """
         items = [images] if is_single_image(images) else images
-
-        def encode(chunk: list[ImageLike]) -> HierarchicalEmbedding:
-            return self.encode_image(self.preprocess_images(chunk))
-
-        return self._embed(items, batch_size, progress, encode, "img")
+        return self._embed(
+            items, batch_size, progress, lambda chunk: self.encode_image(self.preprocess_images(chunk)), "img"
+        )
 
     def embed_texts(
         self, texts: str | Iterable[str], batch_size: int = 256, progress: bool = False
@@ -385,12 +383,7 @@ class HiVLP(nn.Module):
             ValueError: ``batch_size`` is not positive.
         """
         items = [texts] if isinstance(texts, str) else texts
-
-        def encode(chunk: list[str]) -> HierarchicalEmbedding:
-            tokens = self.tokenize(chunk)
-            return self.encode_text(tokens["input_ids"], tokens["attention_mask"])
-
-        return self._embed(items, batch_size, progress, encode, "text")
+        return self._embed(items, batch_size, progress, lambda chunk: self.encode_text(**self.tokenize(chunk)), "text")
 
     def _embed(
         self,
@@ -403,7 +396,9 @@ class HiVLP(nn.Module):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         total = len(items) if hasattr(items, "__len__") else None
-        parts: list[HierarchicalEmbedding] = []
+        # Starts with an empty batch of the model's dims: no input gives (0, low_dim) and (0, high_dim).
+        low, high = self.config.low_dim, self.config.high_dim
+        parts = [HierarchicalEmbedding(np.zeros((0, low), np.float32), np.zeros((0, high), np.float32))]
         # Mixed precision only where inference_dtype allows it (CUDA: bf16, or fp16 before Ampere);
         # the CPU keeps float32, so CPU vectors are bit-for-bit what they were.
         dtype = inference_dtype(self.device)
@@ -418,9 +413,6 @@ class HiVLP(nn.Module):
                     out = HierarchicalEmbedding(_unit(out.low), _unit(out.high))
                 parts.append(out.numpy())
                 bar.update(len(chunk))
-        if not parts:
-            low, high = self.config.low_dim, self.config.high_dim
-            return HierarchicalEmbedding(np.zeros((0, low), np.float32), np.zeros((0, high), np.float32))
         return HierarchicalEmbedding.concat(parts)
 
     # -- persistence ---------------------------------------------------------------------------
@@ -553,8 +545,7 @@ def create_model(
         else:
             tokenizer = train_wordpiece(texts, vocab_size=cfg.text.vocab_size, max_length=cfg.text.max_length)
     # fork_rng: a seeded build must not reset the caller's RNG stream (e.g. their data shuffling).
-    rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-    with rng:
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
         return HiVLP(cfg, tokenizer)

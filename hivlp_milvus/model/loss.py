@@ -283,9 +283,7 @@ class HiVLPLoss(nn.Module):
 
     def _rank_and_world(self) -> tuple[int, int]:
         gather = self.config.gather
-        if gather is False:
-            return 0, 1
-        if is_distributed():
+        if gather is not False and is_distributed():
             return rank_and_world_size()
         if gather is True:
             raise ConfigError(

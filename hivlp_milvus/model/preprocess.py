@@ -62,22 +62,14 @@ def load_image(image: ImageLike, *, background: tuple[int, int, int] = BACKGROUN
         )
     if img.width == 0 or img.height == 0:
         raise BadRecordError(f"image is empty ({img.width}x{img.height})")
-    if _has_alpha(img):
-        return _composite(img, background)
-    return img if img.mode == "RGB" else img.convert("RGB")
-
-
-def _has_alpha(img: Image.Image) -> bool:
     # Palette (and L / RGB) images carry a transparent colour in info["transparency"], not a band.
-    return img.mode in _ALPHA_MODES or "transparency" in img.info
-
-
-def _composite(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    # convert("RGBA") is the conversion PIL asks for ("Palette images with Transparency expressed
-    # in bytes should be converted to RGBA images"); it honours every form of transparency.
-    rgba = img.convert("RGBA")
-    canvas = Image.new("RGBA", rgba.size, (*background, 255))
-    return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        # convert("RGBA") is the conversion PIL asks for ("Palette images with Transparency expressed
+        # in bytes should be converted to RGBA images"); it honours every form of transparency.
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def _decode(source: Path | io.BytesIO, what: str) -> Image.Image:
@@ -137,8 +129,6 @@ class ImageProcessor:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.interpolation = interpolation
-        self._mean = np.asarray(self.mean, dtype=np.float32)
-        self._std = np.asarray(self.std, dtype=np.float32)
 
     def __repr__(self) -> str:
         return f"ImageProcessor(image_size={self.image_size}, mean={self.mean}, std={self.std})"
@@ -160,7 +150,7 @@ class ImageProcessor:
         left, top = (new_w - size) // 2, (new_h - size) // 2
         img = img.crop((left, top, left + size, top + size))
         pixels = np.asarray(img, dtype=np.float32) / 255.0
-        pixels = (pixels - self._mean) / self._std
+        pixels = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
     def __call__(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:

@@ -101,11 +101,8 @@ def _captions(texts: Iterable[str]) -> list[str]:
 
 
 def _characters(tokenizer: Tokenizer, captions: list[str]) -> set[str]:
-    chars: set[str] = set()
-    for caption in captions:
-        for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(caption)):
-            chars.update(word)
-    return chars
+    words = (tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(c)) for c in captions)
+    return {char for split in words for word, _ in split for char in word}
 
 
 def _unmark_special(tokenizer: Tokenizer, keep: list[str]) -> Tokenizer:

@@ -28,30 +28,24 @@ def test_cuda_without_gpu_says_why():
     assert "device='cpu'" in str(err.value)
 
 
-def test_unknown_device_is_an_error():
-    with pytest.raises(ConfigError, match="unknown device"):
-        resolve_device("tpu")
-    with pytest.raises(ConfigError, match="cuda:N"):
-        resolve_device("cuda:x")
+@pytest.mark.parametrize(("device", "match"), [("tpu", "unknown device"), ("cuda:x", "cuda:N")])
+def test_unknown_device_is_an_error(device, match):
+    with pytest.raises(ConfigError, match=match):
+        resolve_device(device)
 
 
-class _FakeCuda:
-    """A GPU that is not here: visible devices and their compute capability."""
-
-    def __init__(self, count: int, capability: tuple[int, int], bf16: bool) -> None:
-        self.count, self.capability, self.bf16 = count, capability, bf16
-
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(torch.version, "cuda", "13.0")
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: self.count > 0)
-        monkeypatch.setattr(torch.cuda, "device_count", lambda: self.count)
-        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: self.capability)
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: self.bf16)
-        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+def _fake_cuda(monkeypatch: pytest.MonkeyPatch, count: int, capability: tuple[int, int], bf16: bool) -> None:
+    """A GPU that is not here: visible devices, their compute capability and native bf16."""
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
 
 
 def test_auto_takes_a_usable_gpu(monkeypatch):
-    _FakeCuda(2, (8, 0), bf16=True).install(monkeypatch)
+    _fake_cuda(monkeypatch, 2, (8, 0), bf16=True)
     assert resolve_device("auto") == torch.device("cuda")
     assert resolve_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(ConfigError, match="only 2 GPU"):
@@ -59,7 +53,7 @@ def test_auto_takes_a_usable_gpu(monkeypatch):
 
 
 def test_old_gpu_is_refused_and_auto_falls_back(monkeypatch):
-    _FakeCuda(1, (6, 1), bf16=False).install(monkeypatch)
+    _fake_cuda(monkeypatch, 1, (6, 1), bf16=False)
     with pytest.raises(ConfigError, match="compute capability 6.1"):
         resolve_device("cuda")
     assert resolve_device("auto") == torch.device("cpu")
@@ -73,11 +67,10 @@ def test_cpu_only_build(monkeypatch):
 
 def test_mixed_precision_choice(monkeypatch):
     assert inference_dtype("cpu") is None
-    fake = _FakeCuda(1, (8, 0), bf16=True)
-    fake.install(monkeypatch)
+    _fake_cuda(monkeypatch, 1, (8, 0), bf16=True)
     assert inference_dtype("cuda") is torch.bfloat16
     check_training_precision("bf16", "cuda")  # native bf16: accepted
-    fake.bf16 = False
+    _fake_cuda(monkeypatch, 1, (8, 0), bf16=False)  # a GPU without native bf16
     assert inference_dtype("cuda") is torch.float16
     with pytest.raises(ConfigError, match="no native bf16"):
         check_training_precision("bf16", "cuda")

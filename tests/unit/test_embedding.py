@@ -15,19 +15,23 @@ from hivlp_milvus.errors import DimensionMismatchError
 from hivlp_milvus.model.embedding import HierarchicalEmbedding
 
 
-def test_one_vector_of_each_level_is_a_batch_of_one() -> None:
-    emb = HierarchicalEmbedding(low=np.ones(32, np.float32), high=np.ones(256, np.float32))
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda dim: np.ones(dim, np.float32), np.ndarray),
+        (lambda dim: [1.0] * dim, np.ndarray),  # lists become float32 arrays
+        (torch.ones, torch.Tensor),  # tensors stay tensors
+    ],
+    ids=["array", "list", "tensor"],
+)
+def test_one_vector_of_each_level_is_a_batch_of_one(make, kind) -> None:
+    emb = HierarchicalEmbedding(low=make(32), high=make(256))
     assert len(emb) == 1
-    assert emb.low.shape == (1, 32)
-    assert emb.high.shape == (1, 256)
+    assert (tuple(emb.low.shape), tuple(emb.high.shape)) == ((1, 32), (1, 256))
     assert (emb.low_dim, emb.high_dim) == (32, 256)
-    as_lists = HierarchicalEmbedding(low=[0.5] * 4, high=[0.25] * 8)
-    assert as_lists.low.shape == (1, 4)
-    assert as_lists.low.dtype == np.float32
-    tensors = HierarchicalEmbedding(low=torch.ones(4), high=torch.ones(8))
-    assert tuple(tensors.low.shape) == (1, 4)
-    assert isinstance(tensors.low, torch.Tensor)
-    np.testing.assert_array_equal(tensors.numpy().high, np.ones((1, 8), np.float32))
+    assert isinstance(emb.low, kind)
+    assert emb.low.dtype in (np.float32, torch.float32)
+    np.testing.assert_array_equal(emb.numpy().high, np.ones((1, 256), np.float32))
 
 
 def test_batches_keep_their_shape_and_rows_are_batches() -> None:

@@ -1,9 +1,9 @@
 """The HiVLP objective against hand-written loop references, plus switches, gradients and training.
 
-The references below recompute every term with explicit Python loops in float64 numpy, written
-from the definitions in docs/objective.md and *not* from the vectorised implementation: the
-shortlist reference literally takes the low-level top-K and swaps missing positives into the
-lowest-ranked slots, while the implementation uses a rank mask.
+The references (below and in ``model_helpers``) recompute every term with explicit Python loops
+in float64 numpy, written from the definitions in docs/objective.md and *not* from the vectorised
+implementation: the shortlist reference literally takes the low-level top-K and swaps missing
+positives into the lowest-ranked slots, while the implementation uses a rank mask.
 """
 
 from __future__ import annotations
@@ -11,10 +11,19 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
-from model_helpers import SCALE_HIGH, SCALE_LOW, B, random_output, ref_infonce, unit_rows
+from model_helpers import (
+    SCALE_HIGH,
+    SCALE_LOW,
+    B,
+    logit_rows,
+    positives,
+    random_output,
+    ref_infonce,
+    ref_row,
+    unit_rows,
+)
 from torch import nn
 
 import hivlp_milvus.model.loss as loss_mod
@@ -28,20 +37,6 @@ GROUPS = torch.tensor([3, 3, 1, 7, 7, 7])  # one singleton, a pair and a triple
 # --------------------------------------------------------------------------- helpers
 
 
-def _np(out: HiVLPOutput) -> dict[str, np.ndarray]:
-    def f(t: torch.Tensor) -> np.ndarray:
-        return t.detach().double().numpy()
-
-    return {
-        "il": f(out.image.low),
-        "ih": f(out.image.high),
-        "tl": f(out.text.low),
-        "th": f(out.text.high),
-        "sl": float(out.logit_scale_low),
-        "sh": float(out.logit_scale_high),
-    }
-
-
 def _only(term: str, **kw: object) -> LossConfig:
     weights = {t: 0.0 for t in TERMS}
     weights[term] = 1.0
@@ -51,57 +46,25 @@ def _only(term: str, **kw: object) -> LossConfig:
 # --------------------------------------------------------------------------- loop references
 
 
-def _positives(i: int, n: int, groups: list[int] | None) -> list[int]:
-    if groups is None:
-        return [i]
-    return [j for j in range(n) if groups[j] == groups[i]]
-
-
-def _ce_row(logit_row: list[float], positives: list[int], candidates: list[int]) -> float:
-    """-sum_{p in P} (1/|P|) log softmax_{candidates}(logits)[p]."""
-    m = max(logit_row[j] for j in candidates)
-    lse = m + math.log(sum(math.exp(logit_row[j] - m) for j in candidates))
-    return -sum((logit_row[p] - lse) / len(positives) for p in positives)
-
-
-def _logit_matrix(scale: float, rows: np.ndarray, cols: np.ndarray) -> list[list[float]]:
-    n, m = rows.shape[0], cols.shape[0]
-    return [
-        [scale * sum(float(rows[i, d]) * float(cols[j, d]) for d in range(rows.shape[1])) for j in range(m)]
-        for i in range(n)
-    ]
-
-
-def _directions(a: dict[str, np.ndarray], level: str) -> list[list[list[float]]]:
-    s = a["sl"] if level == "low" else a["sh"]
-    i, t = ("il", "tl") if level == "low" else ("ih", "th")
-    return [_logit_matrix(s, a[i], a[t]), _logit_matrix(s, a[t], a[i])]
-
-
-def ref_consistency(a: dict[str, np.ndarray], tau: float) -> float:
-    total = 0.0
-    for low, high in zip(_directions(a, "low"), _directions(a, "high"), strict=True):
-        n = len(low)
-        kl_sum = 0.0
-        for i in range(n):
-            p = [math.exp(v / tau) for v in high[i]]
-            q = [math.exp(v / tau) for v in low[i]]
+def ref_consistency(out: HiVLPOutput, tau: float) -> float:
+    kls = []
+    for low, high in zip(logit_rows(out, "low"), logit_rows(out, "high"), strict=True):
+        for low_row, high_row in zip(low, high, strict=True):
+            p = [math.exp(v / tau) for v in high_row]
+            q = [math.exp(v / tau) for v in low_row]
             zp, zq = sum(p), sum(q)
-            kl_sum += sum((pj / zp) * (math.log(pj / zp) - math.log(qj / zq)) for pj, qj in zip(p, q, strict=True))
-        total += kl_sum / n
-    return total / 2
+            kls.append(sum((pj / zp) * (math.log(pj / zp) - math.log(qj / zq)) for pj, qj in zip(p, q, strict=True)))
+    return sum(kls) / len(kls)
 
 
-def ref_shortlist(a: dict[str, np.ndarray], k: int, groups: list[int] | None) -> tuple[float, int]:
+def ref_shortlist(out: HiVLPOutput, k: int, groups: list[int] | None) -> tuple[float, int]:
     """Returns (term value, number of rows where a positive had to be forced into the shortlist)."""
-    total, forced_rows = 0.0, 0
-    for low, high in zip(_directions(a, "low"), _directions(a, "high"), strict=True):
+    values, forced_rows = [], 0
+    for low, high in zip(logit_rows(out, "low"), logit_rows(out, "high"), strict=True):
         n = len(low)
-        row_sum = 0.0
         for i in range(n):
-            pos = _positives(i, n, groups)
-            ranked = sorted(range(n), key=lambda j, row=low[i]: -row[j])
-            short = ranked[:k]
+            pos = positives(i, n, groups)
+            short = sorted(range(n), key=lambda j, row=low[i]: -row[j])[:k]
             missing = [p for p in pos if p not in short]
             forced_rows += bool(missing)
             for p in missing:
@@ -111,9 +74,9 @@ def ref_shortlist(a: dict[str, np.ndarray], k: int, groups: list[int] | None) ->
                         break
                 else:  # more positives than slots: the shortlist grows to hold them all
                     short.append(p)
-            row_sum += _ce_row(high[i], pos, short)
-        total += row_sum / n
-    return total / 2, forced_rows
+            # The softmax over the shortlist only: every other column is excluded, none re-weighted.
+            values.append(ref_row(high[i], pos, excluded=set(range(n)) - set(short)))
+    return sum(values) / len(values), forced_rows
 
 
 # --------------------------------------------------------------------------- each term vs reference
@@ -133,7 +96,7 @@ def test_infonce_matches_reference(level: str, groups: torch.Tensor | None) -> N
 def test_consistency_matches_reference(tau: float) -> None:
     out = random_output(2)
     got = HiVLPLoss(_only("consistency", consistency_temperature=tau))(out)
-    ref = ref_consistency(_np(out), tau)
+    ref = ref_consistency(out, tau)
     assert ref > 1e-3  # the two levels disagree on random features: the check is not 0 == 0
     assert got.parts["consistency"].item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
 
@@ -151,7 +114,7 @@ def test_consistency_ignores_groups() -> None:
 def test_shortlist_matches_reference_with_forced_positives(k: int, groups: torch.Tensor | None) -> None:
     out = random_output(3)
     got = HiVLPLoss(_only("shortlist", shortlist_k=k))(out, groups=groups)
-    ref, forced = ref_shortlist(_np(out), k, None if groups is None else groups.tolist())
+    ref, forced = ref_shortlist(out, k, None if groups is None else groups.tolist())
     # The interesting path must be exercised: some positive was outside the low-level top-K.
     assert forced > 0
     assert got.parts["shortlist"].item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
@@ -190,21 +153,17 @@ def test_groups_change_the_loss() -> None:
 # --------------------------------------------------------------------------- switches and totals
 
 
-def test_total_is_weighted_sum_of_parts() -> None:
+def test_total_is_weighted_sum_of_detached_parts() -> None:
     cfg = LossConfig(low=0.3, high=1.7, consistency=0.2, shortlist=0.9, shortlist_k=3)
-    got = HiVLPLoss(cfg)(random_output(6), groups=GROUPS)
+    got = HiVLPLoss(cfg)(random_output(6, requires_grad=True), groups=GROUPS)
     assert isinstance(got, LossOutput)
+    assert got.total.requires_grad
+    assert all(not v.requires_grad for v in got.parts.values())
     assert set(got.parts) == {*TERMS, "logit_scale_low", "logit_scale_high"}
     expected = sum(getattr(cfg, t) * got.parts[t].item() for t in TERMS)
     assert got.total.item() == pytest.approx(expected, rel=1e-6)
     assert got.parts["logit_scale_low"].item() == pytest.approx(SCALE_LOW)
     assert got.parts["logit_scale_high"].item() == pytest.approx(SCALE_HIGH)
-
-
-def test_parts_are_detached() -> None:
-    got = HiVLPLoss()(random_output(6, requires_grad=True))
-    assert got.total.requires_grad
-    assert all(not v.requires_grad for v in got.parts.values())
 
 
 def test_switched_off_terms_are_absent_and_not_computed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,36 +179,21 @@ def test_switched_off_terms_are_absent_and_not_computed(monkeypatch: pytest.Monk
     assert got.total.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_low_only_never_touches_the_high_level() -> None:
-    out = random_output(7, requires_grad=True)
-    HiVLPLoss(_only("low"))(out).total.backward()
-    assert out.image.high.grad is None
-    assert out.text.high.grad is None
-    assert out.logit_scale_high.grad is None
-    assert out.image.low.grad.abs().sum() > 0
-
-
 # --------------------------------------------------------------------------- gradients
 
 
-def test_consistency_stops_gradient_into_the_high_level() -> None:
+# Low only: the high level is not even computed. Consistency: p_high is a stop-grad teacher. Shortlist:
+# selected by the low level but scored by the high level; selection is not differentiable (as the
+# ANN stage at inference is not).
+@pytest.mark.parametrize(
+    ("term", "live", "dead"), [("low", "low", "high"), ("consistency", "low", "high"), ("shortlist", "high", "low")]
+)
+def test_each_term_sends_gradient_only_into_its_level(term: str, live: str, dead: str) -> None:
     out = random_output(8, requires_grad=True)
-    HiVLPLoss(_only("consistency"))(out).total.backward()
-    for t in (out.image.high, out.text.high, out.logit_scale_high):
-        assert t.grad is None or torch.count_nonzero(t.grad) == 0
-    for t in (out.image.low, out.text.low, out.logit_scale_low):
-        assert t.grad is not None
-        assert t.grad.abs().sum() > 1e-6
-
-
-def test_shortlist_gradient_flows_only_into_the_high_level() -> None:
-    # The shortlist is *selected* by the low level but scored by the high level; selection is
-    # not differentiable (as the ANN stage at inference is not).
-    out = random_output(8, requires_grad=True)
-    HiVLPLoss(_only("shortlist", shortlist_k=3))(out).total.backward()
-    for t in (out.image.low, out.text.low, out.logit_scale_low):
-        assert t.grad is None or torch.count_nonzero(t.grad) == 0
-    assert out.image.high.grad.abs().sum() > 1e-6
+    HiVLPLoss(_only(term, shortlist_k=3))(out).total.backward()
+    for level, reached in ((live, True), (dead, False)):
+        for t in (getattr(out.image, level), getattr(out.text, level), getattr(out, f"logit_scale_{level}")):
+            assert (t.grad is not None and t.grad.abs().sum() > 1e-6) if reached else t.grad is None
 
 
 def test_gradients_are_finite_with_masked_columns() -> None:
@@ -266,7 +210,16 @@ def test_config_defaults_and_round_trip() -> None:
     cfg = LossConfig()
     assert (cfg.low, cfg.high, cfg.consistency, cfg.shortlist) == (1.0, 1.0, 1.0, 0.5)
     assert (cfg.shortlist_k, cfg.consistency_temperature, cfg.gather) == (16, 1.0, "auto")
-    custom = LossConfig(low=2, shortlist=0, shortlist_k=8, consistency_temperature=0.5, gather=False)
+    custom = LossConfig(
+        low=2,
+        shortlist=0,
+        shortlist_k=8,
+        consistency_temperature=0.5,
+        gather=False,
+        hard_negative_beta=0.5,
+        queue_size=64,
+        itm_negatives="hardest",
+    )
     assert LossConfig.from_dict(json.loads(json.dumps(custom.to_dict()))) == custom
     assert isinstance(custom.low, float)
     assert custom.weights == {"low": 2.0, "high": 1.0, "consistency": 1.0}
@@ -274,24 +227,36 @@ def test_config_defaults_and_round_trip() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "match"),
     [
-        {"low": -1.0},
-        {"high": float("nan")},
-        {"consistency": "1"},
-        {"shortlist": True},
-        {"low": 0, "high": 0, "consistency": 0, "shortlist": 0},
-        {"shortlist_k": 1},
-        {"shortlist_k": 2.5},
-        {"shortlist_k": True},
-        {"consistency_temperature": 0.0},
-        {"consistency_temperature": -2.0},
-        {"gather": "yes"},
-        {"gather": 1},
+        ({"low": -1.0}, "low must be >= 0"),
+        ({"high": float("nan")}, "high must be a finite number"),
+        ({"consistency": "1"}, "consistency must be a number"),
+        ({"shortlist": True}, "shortlist: must be a number, not true"),
+        ({"low": 0, "high": 0, "consistency": 0, "shortlist": 0}, "all weights .* are 0"),
+        ({"shortlist_k": 1}, "shortlist_k must be >= 2"),
+        ({"shortlist_k": 2.5}, "shortlist_k must be an integer"),
+        ({"shortlist_k": True}, "shortlist_k must be an integer"),
+        ({"consistency_temperature": 0.0}, "consistency_temperature must be > 0"),
+        ({"consistency_temperature": -2.0}, "consistency_temperature must be > 0"),
+        ({"gather": "yes"}, "gather: must be 'auto', true or false"),
+        ({"gather": 1}, "gather: must be 'auto', true or false"),
+        ({"shortlist_start_step": -1}, "shortlist_start_step must be >= 0"),
+        ({"shortlist_start_step": 1.5}, "shortlist_start_step must be an integer"),
+        ({"shortlist_start_step": True}, "shortlist_start_step must be an integer"),
+        # Only the shortlist term on, and it starts late: no loss before that step.
+        (
+            {"low": 0, "high": 0, "consistency": 0, "shortlist": 1.0, "shortlist_start_step": 10},
+            "no loss before that step",
+        ),
+        ({"hard_negative_beta": -0.1}, "hard_negative_beta must be >= 0"),
+        ({"queue_size": -1}, "queue_size must be >= 0"),
+        ({"queue_size": 2.5}, "queue_size must be an integer"),
+        ({"itm_negatives": "random"}, "itm_negatives must be 'sampled' or 'hardest'"),
     ],
 )
-def test_invalid_config_raises(kwargs: dict[str, object]) -> None:
-    with pytest.raises(ConfigError):
+def test_invalid_config_raises(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
         LossConfig(**kwargs)
 
 
@@ -302,20 +267,22 @@ def test_from_dict_rejects_unknown_keys() -> None:
         LossConfig.from_dict([("low", 1.0)])  # type: ignore[arg-type]
 
 
-def test_gather_true_without_process_group_is_an_error() -> None:
-    with pytest.raises(ConfigError, match="not initialised"):
-        HiVLPLoss(LossConfig(gather=True))(random_output())
-
-
-def test_bad_shapes_are_errors() -> None:
-    out = random_output()
-    with pytest.raises(DimensionMismatchError):
-        HiVLPLoss()(out, groups=GROUPS[:3])
-    with pytest.raises(DimensionMismatchError):
-        HiVLPLoss()(out, groups=GROUPS.float())
-    ragged = HiVLPOutput(out.image, out.text[0:3], out.logit_scale_low, out.logit_scale_high)
-    with pytest.raises(DimensionMismatchError):
-        HiVLPLoss()(ragged)
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda out: HiVLPLoss(LossConfig(gather=True))(out), ConfigError, "not initialised"),
+        (lambda out: HiVLPLoss()(out, groups=GROUPS[:3]), DimensionMismatchError, "groups must be a 1-d tensor"),
+        (lambda out: HiVLPLoss()(out, groups=GROUPS.float()), DimensionMismatchError, "integer ids"),
+        (
+            lambda out: HiVLPLoss()(HiVLPOutput(out.image, out.text[0:3], out.logit_scale_low, out.logit_scale_high)),
+            DimensionMismatchError,
+            "rows must be pairs",
+        ),
+    ],
+)
+def test_bad_calls_are_errors(call, error, match) -> None:
+    with pytest.raises(error, match=match):
+        call(random_output())
 
 
 # --------------------------------------------------------------------------- it actually trains
@@ -395,14 +362,3 @@ def test_shortlist_term_starts_at_its_step() -> None:
         assert "shortlist" in after.parts
         with_shortlist = before.total.item() + 0.9 * after.parts["shortlist"].item()
         assert after.total.item() == pytest.approx(with_shortlist, rel=1e-6)
-
-
-@pytest.mark.parametrize("bad", [-1, 1.5, True])
-def test_shortlist_start_step_is_validated(bad: object) -> None:
-    with pytest.raises(ConfigError, match="shortlist_start_step"):
-        LossConfig(shortlist_start_step=bad)
-
-
-def test_shortlist_start_step_needs_another_term() -> None:
-    with pytest.raises(ConfigError, match="no loss before that step"):
-        LossConfig(low=0, high=0, consistency=0, shortlist=1.0, shortlist_start_step=10)

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,28 +174,20 @@ def test_trained_vocabulary_is_deterministic() -> None:
 
 
 def test_embed_batches_equal_one_at_a_time(model) -> None:
-    images = _images(5)
     model.train()  # dropout on: embed_* must switch it off and then restore train mode
-    batched = model.embed_images(images, batch_size=3)
-    assert model.training
-    single = HierarchicalEmbedding.concat([model.embed_images([img], batch_size=1) for img in images])
-    assert isinstance(batched.low, np.ndarray)
-    assert batched.low.dtype == np.float32
-    assert batched.low.shape == (5, 16)
-    assert batched.high.shape == (5, 64)
-    np.testing.assert_allclose(batched.low, single.low, atol=1e-5)
-    np.testing.assert_allclose(batched.high, single.high, atol=1e-5)
-    _assert_unit_rows(batched.high)
-
-    texts = CAPTIONS[:7]
-    batched_t = model.embed_texts(texts, batch_size=4, progress=True)
-    single_t = HierarchicalEmbedding.concat([model.embed_texts(t) for t in texts])
-    np.testing.assert_allclose(batched_t.low, single_t.low, atol=1e-5)
-    np.testing.assert_allclose(batched_t.high, single_t.high, atol=1e-5)
-    assert model.training
+    for embed, items, batch_size in ((model.embed_images, _images(5), 3), (model.embed_texts, CAPTIONS[:7], 4)):
+        batched = embed(items, batch_size=batch_size, progress=True)
+        assert model.training
+        single = HierarchicalEmbedding.concat([embed(item) for item in items])  # one image / one string each
+        assert isinstance(batched.low, np.ndarray)
+        assert batched.low.dtype == np.float32
+        assert (batched.low.shape, batched.high.shape) == ((len(items), 16), (len(items), 64))
+        np.testing.assert_allclose(batched.low, single.low, atol=1e-5)
+        np.testing.assert_allclose(batched.high, single.high, atol=1e-5)
+        _assert_unit_rows(batched.high)
 
     model.eval()
-    model.embed_texts(texts[:1])
+    model.embed_texts(CAPTIONS[:1])
     assert not model.training
     model.train()
 
@@ -239,11 +232,9 @@ def test_save_load_round_trip(model, tmp_path) -> None:
     assert not loaded.training
     assert loaded.config == model.config
     assert loaded.fingerprint == model.fingerprint
-    after_i, after_t = loaded.embed_images(images), loaded.embed_texts(texts)
-    np.testing.assert_allclose(after_i.low, before_i.low, atol=1e-6)
-    np.testing.assert_allclose(after_i.high, before_i.high, atol=1e-6)
-    np.testing.assert_allclose(after_t.low, before_t.low, atol=1e-6)
-    np.testing.assert_allclose(after_t.high, before_t.high, atol=1e-6)
+    for before, after in ((before_i, loaded.embed_images(images)), (before_t, loaded.embed_texts(texts))):
+        np.testing.assert_allclose(after.low, before.low, atol=1e-6)
+        np.testing.assert_allclose(after.high, before.high, atol=1e-6)
     assert loaded.tokenize(texts)["input_ids"].tolist() == model.tokenize(texts)["input_ids"].tolist()
 
 
@@ -279,61 +270,60 @@ def test_seed_makes_models_reproducible_without_touching_global_rng() -> None:
     assert a.fingerprint != c.fingerprint
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
 @pytest.mark.parametrize(
-    "missing", ["config.json", "model.safetensors", "tokenizer_config.json", "text_tower/config.json"]
+    ("spoil", "match"),
+    [
+        *[
+            (lambda d, _m, name=name: (d / name).unlink(), f"missing {name}")
+            for name in ("config.json", "model.safetensors", "tokenizer_config.json", "text_tower/config.json")
+        ],
+        (lambda d, _m: shutil.rmtree(d), "checkpoint directory not found"),
+        (lambda d, _m: _truncate(d / "model.safetensors"), "model.safetensors"),
+        # Weights of another shape than the config's.
+        (
+            lambda d, m: dataclasses.replace(m.config, high_dim=32).save(d / "config.json"),
+            "cannot load model.safetensors",
+        ),
+        (lambda d, _m: (d / "config.json").write_text('{"low_dim": -1}'), "invalid config.json"),
+    ],
 )
-def test_incomplete_checkpoint_names_missing_file(model, tmp_path, missing) -> None:
+def test_bad_checkpoints_raise_checkpoint_error(model, tmp_path, spoil, match) -> None:
     directory = model.save_pretrained(tmp_path / "ckpt")
-    (directory / missing).unlink()
-    with pytest.raises(CheckpointError, match=f"missing {missing}"):
+    spoil(directory, model)
+    with pytest.raises(CheckpointError, match=match):
         HiVLP.from_pretrained(directory)
-
-
-def test_bad_checkpoints_raise_checkpoint_error(model, tmp_path) -> None:
-    with pytest.raises(CheckpointError, match="not found"):
-        HiVLP.from_pretrained(tmp_path / "nowhere")
-
-    truncated = model.save_pretrained(tmp_path / "truncated")
-    weights = truncated / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="model.safetensors"):
-        HiVLP.from_pretrained(truncated)
-
-    mismatched = model.save_pretrained(tmp_path / "mismatched")
-    dataclasses.replace(model.config, high_dim=32).save(mismatched / "config.json")
-    with pytest.raises(CheckpointError, match="cannot load model.safetensors"):
-        HiVLP.from_pretrained(mismatched)
-
-    invalid = model.save_pretrained(tmp_path / "invalid")
-    (invalid / "config.json").write_text('{"low_dim": -1}')
-    with pytest.raises(CheckpointError, match="invalid config.json"):
-        HiVLP.from_pretrained(invalid)
 
 
 # -- factory -----------------------------------------------------------------------------------
 
 
-def test_create_model_needs_texts_for_a_trained_vocabulary() -> None:
-    with pytest.raises(ConfigError, match="pass texts="):
-        create_model("micro")
-    with pytest.raises(ConfigError, match="no non-empty caption"):
-        create_model("micro", texts=["", "  "])
-    with pytest.raises(ConfigError, match="unknown model config"):
-        create_model("gigantic", texts=CAPTIONS)
-    with pytest.raises(ConfigError, match="config name or a HiVLPConfig"):
-        create_model({"low_dim": 3}, texts=CAPTIONS)
+@pytest.mark.parametrize(
+    ("config", "texts", "match"),
+    [
+        ("micro", None, "pass texts="),  # a trained vocabulary needs captions
+        ("micro", ["", "  "], "no non-empty caption"),
+        ("gigantic", CAPTIONS, "unknown model config"),
+        ({"low_dim": 3}, CAPTIONS, "config name or a HiVLPConfig"),
+        (
+            _config(image=dataclasses.replace(get_config("micro").image, name="no_such_vit", timm_kwargs={})),
+            CAPTIONS,
+            "timm has no model 'no_such_vit'",
+        ),
+    ],
+)
+def test_create_model_errors(config, texts, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        create_model(config, texts=texts)
 
 
 def test_create_model_reuses_a_given_tokenizer(model) -> None:
     again = create_model("micro", tokenizer=model.tokenizer, seed=0)
     assert again.tokenizer is model.tokenizer
     assert again.fingerprint == create_model("micro", texts=CAPTIONS, seed=0).fingerprint
-
-
-def test_unknown_timm_model_is_a_config_error() -> None:
-    image = dataclasses.replace(get_config("micro").image, name="no_such_vit", timm_kwargs={})
-    with pytest.raises(ConfigError, match="timm has no model 'no_such_vit'"):
-        create_model(_config(image=image), texts=CAPTIONS)
 
 
 def _save_local_bert(directory) -> BertModel:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +99,11 @@ def test_load_image_applies_exif_orientation() -> None:
     assert load_image(buffer.getvalue()).size == (10, 30)
 
 
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 @pytest.mark.parametrize(
     ("bad", "reason"),
     [
@@ -109,26 +115,21 @@ def test_load_image_applies_exif_orientation() -> None:
         (np.zeros((0, 4, 3), dtype=np.uint8), "empty"),
         (12345, "unsupported image type int"),
         (None, "unsupported image type NoneType"),
+        # Files, made in the test's directory:
+        (lambda tmp: tmp / "nope.jpg", "image file not found"),
+        (lambda tmp: str(tmp), "image file not found"),  # a directory is not an image file
+        (lambda tmp: _write(tmp / "corrupt.png", b"garbage" * 10), "cannot decode image file"),
+        (
+            lambda tmp: _write(
+                tmp / "truncated.png", _png_bytes(Image.new("RGB", (64, 64), (9, 9, 9)).effect_spread(3))[:80]
+            ),
+            "cannot decode image file",
+        ),
     ],
 )
-def test_load_image_rejects_bad_input(bad, reason) -> None:
+def test_load_image_rejects_bad_input(bad, reason, tmp_path) -> None:
     with pytest.raises(BadRecordError, match=reason):
-        load_image(bad)
-
-
-def test_load_image_missing_and_corrupt_files(tmp_path) -> None:
-    with pytest.raises(BadRecordError, match="image file not found"):
-        load_image(tmp_path / "nope.jpg")
-    with pytest.raises(BadRecordError, match="image file not found"):
-        load_image(str(tmp_path))  # a directory is not an image file
-    corrupt = tmp_path / "corrupt.png"
-    corrupt.write_bytes(b"garbage" * 10)
-    with pytest.raises(BadRecordError, match="cannot decode image file"):
-        load_image(corrupt)
-    truncated = tmp_path / "truncated.png"
-    truncated.write_bytes(_png_bytes(Image.new("RGB", (64, 64), (9, 9, 9)).effect_spread(3))[:80])
-    with pytest.raises(BadRecordError, match="cannot decode image file"):
-        load_image(truncated)
+        load_image(bad(tmp_path) if callable(bad) else bad)
 
 
 def test_processor_normalises_exactly() -> None:
