@@ -10,19 +10,14 @@ gradient averaging then reproduces the single-process gradient exactly.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.distributed as dist
 
-from hivlp_milvus.errors import ConfigError
+# The replacement torch 2.14 recommends for the deprecated torch.distributed.nn.functional.all_gather;
+# pyproject pins torch to 2.14.x, which has it, so there is no fallback to keep in step.
+from torch.distributed._functional_collectives import all_gather_single, wait_tensor
 
-try:  # The replacement torch recommends for the deprecated torch.distributed.nn.functional.all_gather.
-    from torch.distributed._functional_collectives import all_gather_single as _all_gather_single
-    from torch.distributed._functional_collectives import wait_tensor as _wait_tensor
-except ImportError:  # pragma: no cover - only on torch builds without functional collectives
-    _all_gather_single = None
-    _wait_tensor = None
+from hivlp_milvus.errors import ConfigError
 
 __all__ = [
     "all_gather_no_grad",
@@ -98,23 +93,10 @@ def all_gather_with_grad(tensor: torch.Tensor, group: dist.ProcessGroup | None =
         ``(world_size * B, ...)``: rank ``k``'s rows at ``[k*B, (k+1)*B)``. Its backward sums the
         incoming gradients of all ranks into each rank's slice (reduce-scatter with SUM).
     """
-    if _all_gather_single is not None and _wait_tensor is not None:
-        gathered = _all_gather_single(tensor.contiguous(), 0, group if group is not None else dist.group.WORLD)
-        # The result is an AsyncCollectiveTensor; wait_tensor (autograd-aware, unlike .elem) makes it
-        # an ordinary tensor so callers never hold a pending collective.
-        return _wait_tensor(gathered)
-    return _all_gather_with_grad_legacy(tensor, group)
-
-
-def _all_gather_with_grad_legacy(tensor: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    """``torch.distributed.nn.functional.all_gather`` (deprecated in torch 2.14, same gradient)."""
-    import torch.distributed.nn.functional as dist_fn
-
-    with warnings.catch_warnings():
-        # One FutureWarning per training step would drown the log; the fallback is deliberate.
-        warnings.simplefilter("ignore", FutureWarning)
-        parts = dist_fn.all_gather(tensor, group=group if group is not None else dist.group.WORLD)
-    return torch.cat(parts, dim=0)
+    gathered = all_gather_single(tensor.contiguous(), 0, group if group is not None else dist.group.WORLD)
+    # The result is an AsyncCollectiveTensor; wait_tensor (autograd-aware, unlike .elem) makes it
+    # an ordinary tensor so callers never hold a pending collective.
+    return wait_tensor(gathered)
 
 
 def all_gather_no_grad(tensor: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:

@@ -100,20 +100,6 @@ def _worker(rank: int, init_file: str, data_file: str, out_dir: str) -> None:
         # gather=False: no communication, this rank's half is a batch of its own.
         results["no_gather"] = _run(data, rows, None, LossConfig(**CFG, gather=False))["total"]
 
-        # The deprecated torch.distributed.nn path (kept as a fallback) has the same gradient.
-        from hivlp_milvus.model import distributed as hd
-
-        weight = torch.arange(WORLD * PER_RANK * HIGH_DIM, dtype=torch.float32).reshape(-1, HIGH_DIM) * (rank + 1)
-        grads = []
-        for gather in (hd.all_gather_with_grad, hd._all_gather_with_grad_legacy):
-            x = data["img_high"][rows].clone().requires_grad_(True)
-            y = gather(x)
-            (y * weight).sum().backward()
-            grads.append((y.detach(), x.grad))
-        results["gather_impls_agree"] = bool(
-            torch.equal(grads[0][0], grads[1][0]) and torch.allclose(grads[0][1], grads[1][1])
-        )
-
         # A ragged batch must raise the same clear error on every rank (none left hanging).
         ragged_rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK - rank)
         try:
@@ -199,11 +185,6 @@ def test_gather_false_is_a_per_rank_batch(spawned: tuple) -> None:
         rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
         local = _run(data, rows, None, LossConfig(**CFG))
         torch.testing.assert_close(res["no_gather"], local["total"], rtol=1e-6, atol=1e-6)
-
-
-def test_fallback_gather_has_the_same_gradient(spawned: tuple) -> None:
-    _, ranks = spawned
-    assert all(r["gather_impls_agree"] for r in ranks)
 
 
 def test_ragged_batches_raise_on_every_rank(spawned: tuple) -> None:
