@@ -33,7 +33,11 @@ from hivlp_milvus.errors import FilterError, InvalidRequestError, milvus_message
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _IDENT_RE = re.compile(rf"^{_IDENT}$")
-_PLACEHOLDER_RE = re.compile(rf"\{{({_IDENT})\}}")
+# Left to right: a string literal (backslash escapes; braces inside are text), a quote that starts
+# no terminated literal, a placeholder, a stray brace. Anything else is skipped.
+_TOKEN_RE = re.compile(
+    rf'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|(?P<quote>["\'])|\{{(?P<name>{_IDENT})\}}|[{{}}]', re.S
+)
 # JSON keys usable in attributes["key"] through the HTTP API.
 _JSON_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 _JSON_PATH_RE = re.compile(rf'^({_IDENT})\[\s*"([^"\\]*)"\s*\]$')
@@ -94,30 +98,18 @@ def literal(value: Any, name: str = "value") -> str:
 def _scan(expr: str) -> list[tuple[int, int, str]]:
     """Positions ``(start, end, name)`` of ``{name}`` placeholders outside string literals."""
     found: list[tuple[int, int, str]] = []
-    i, n = 0, len(expr)
-    while i < n:
-        ch = expr[i]
-        if ch in "\"'":
-            # Skip a string literal (backslash escapes) so braces inside it are not placeholders.
-            j = i + 1
-            while j < n and expr[j] != ch:
-                j += 2 if expr[j] == "\\" else 1
-            if j >= n:
-                raise FilterError(f"unterminated string literal at column {i + 1} in filter {expr!r}")
-            i = j + 1
-            continue
-        if ch == "{":
-            m = _PLACEHOLDER_RE.match(expr, i)
-            if not m:
-                raise FilterError(
-                    f"malformed placeholder at column {i + 1} in filter {expr!r}: use {{name}} with an identifier name"
-                )
-            found.append((m.start(), m.end(), m.group(1)))
-            i = m.end()
-            continue
-        if ch == "}":
-            raise FilterError(f"unmatched '}}' at column {i + 1} in filter {expr!r}")
-        i += 1
+    for m in _TOKEN_RE.finditer(expr):
+        if m["quote"]:  # a quote that opens no terminated literal
+            raise FilterError(f"unterminated string literal at column {m.start() + 1} in filter {expr!r}")
+        if m["name"]:
+            found.append((m.start(), m.end(), m["name"]))
+        elif m.group() == "{":
+            raise FilterError(
+                f"malformed placeholder at column {m.start() + 1} in filter {expr!r}: "
+                "use {name} with an identifier name"
+            )
+        elif m.group() == "}":
+            raise FilterError(f"unmatched '}}' at column {m.start() + 1} in filter {expr!r}")
     return found
 
 

@@ -84,6 +84,9 @@ def test_braces_inside_string_literals_are_not_placeholders() -> None:
     assert bind('key == "{not_me}" and id == {me}', {"me": 1}, templating=False)[0] == 'key == "{not_me}" and id == 1'
     expr, _ = bind('key == "{x}" and id == {x}', {"x": 1}, templating=False)
     assert expr == 'key == "{x}" and id == 1'
+    # An escaped quote does not end the literal: the braces after it are still text.
+    expr, _ = bind("key == 'a\\'{x}' and id == {x}", {"x": 1}, templating=False)
+    assert expr == "key == 'a\\'{x}' and id == 1"
 
 
 def test_substituted_values_are_not_reinterpreted() -> None:
