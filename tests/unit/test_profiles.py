@@ -63,11 +63,20 @@ def test_unknown_profile_and_variant() -> None:
         load_profile("cpu", "GPU_CAGRA")
 
 
-def test_gpu_names_map_to_lite_indexes() -> None:
-    assert lite_equivalent(load_profile("gpu")).tag == "lite:IVF_FLAT"
-    assert lite_equivalent(load_profile("gpu", "GPU_IVF_PQ")).tag == "lite:IVF_FLAT"
-    assert lite_equivalent(load_profile("gpu", "GPU_CAGRA")).tag == "lite:IVF_FLAT"
-    assert lite_equivalent(load_profile("cpu", "HNSW")).tag == "lite:HNSW"
+@pytest.mark.parametrize(
+    ("profile", "lite_tag"),
+    [
+        (("gpu",), "lite:IVF_FLAT"),
+        (("gpu", "GPU_IVF_PQ"), "lite:IVF_FLAT"),
+        (("gpu", "GPU_CAGRA"), "lite:IVF_FLAT"),
+        (("cpu", "HNSW"), "lite:HNSW"),
+    ],
+)
+def test_gpu_names_map_to_lite_indexes(profile: tuple[str, ...], lite_tag: str) -> None:
+    assert lite_equivalent(load_profile(*profile)).tag == lite_tag
+
+
+def test_without_a_client_profiles_resolve_to_lite() -> None:
     # No client = embedded default: auto is lite, a named profile is mapped.
     assert resolve_profile("auto").tag == "lite:IVF_FLAT"
     assert resolve_profile("gpu").name == "lite"
@@ -200,10 +209,7 @@ class GpuBuildFailsFake(ServerLikeClient):
 
 def _unit_rows(n: int, low_dim: int, high_dim: int) -> list[dict[str, Any]]:
     rng = np.random.default_rng(11)
-    rows = []
-    for i in range(n):
-        rows.append(row(str(i), "image", unit(rng.normal(size=low_dim)), unit(rng.normal(size=high_dim))))
-    return rows
+    return [row(str(i), "image", unit(rng.normal(size=low_dim)), unit(rng.normal(size=high_dim))) for i in range(n)]
 
 
 def test_failed_gpu_build_falls_back_to_cpu_after_the_real_build(tmp_path: Path) -> None:
