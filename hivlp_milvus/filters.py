@@ -95,14 +95,14 @@ def literal(value: Any, name: str = "value") -> str:
     return repr(value)  # int or finite float
 
 
-def _scan(expr: str) -> list[tuple[int, int, str]]:
-    """Positions ``(start, end, name)`` of ``{name}`` placeholders outside string literals."""
-    found: list[tuple[int, int, str]] = []
+def _placeholders(expr: str) -> set[str]:
+    """The names of the ``{name}`` placeholders outside string literals (the expression checked on the way)."""
+    found: set[str] = set()
     for m in _TOKEN_RE.finditer(expr):
         if m["quote"]:  # a quote that opens no terminated literal
             raise FilterError(f"unterminated string literal at column {m.start() + 1} in filter {expr!r}")
         if m["name"]:
-            found.append((m.start(), m.end(), m["name"]))
+            found.add(m["name"])
         elif m.group() == "{":
             raise FilterError(
                 f"malformed placeholder at column {m.start() + 1} in filter {expr!r}: "
@@ -144,8 +144,7 @@ def bind(
             raise FilterError(f"filter_params key {name!r} is not an identifier ([A-Za-z_][A-Za-z0-9_]*)")
         if not reserved_ok and name.startswith(RESERVED_PREFIX):
             raise FilterError(f"filter_params key {name!r}: the prefix {RESERVED_PREFIX!r} is reserved by hivlp_milvus")
-    found = _scan(expr)
-    used = {name for _, _, name in found}
+    used = _placeholders(expr)
     missing = sorted(used - params.keys())
     if missing:
         raise FilterError(f"filter {expr!r} uses placeholder(s) {missing} with no value in filter_params")
@@ -153,13 +152,10 @@ def bind(
     if unused:
         raise FilterError(f"filter_params {unused} are not used by filter {expr!r} (a typo in a placeholder?)")
     values = {name: _normalise(value, name) for name, value in params.items()}
-    if templating or not found:
+    if templating or not used:
         return expr, values
-    out, last = [], 0
-    for start, end, name in found:
-        out += [expr[last:start], literal(values[name], name)]
-        last = end
-    return "".join([*out, expr[last:]]), {}
+    # The same tokens _placeholders checked: each placeholder becomes its literal, the rest stays.
+    return _TOKEN_RE.sub(lambda m: literal(values[m["name"]], m["name"]) if m["name"] else m.group(), expr), {}
 
 
 def _field_expr(field: Any, allowed: set[str]) -> tuple[str, bool]:
