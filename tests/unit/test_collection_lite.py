@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from collection_rows import row, unit
+from collection_rows import created, row, unit
 from pymilvus import DataType, MilvusClient
 
 from hivlp_milvus.collection import HierarchicalCollection
@@ -146,11 +146,10 @@ def other_models() -> dict[str, Any]:
 def populated(client: Any, model: Any) -> Iterator[tuple[HierarchicalCollection, list[dict]]]:
     """A read-only collection with images and captions, flushed so the IVF index is used."""
     rows = make_rows(model)
-    col = HierarchicalCollection.create(unique("pop"), client=client, model=model, expected_rows=len(rows))
-    assert col.upsert(rows) == len(rows)
-    col.flush()
-    yield col, rows
-    col.drop()
+    with created(client, "pop", model=model, expected_rows=len(rows)) as col:
+        assert col.upsert(rows) == len(rows)
+        col.flush()
+        yield col, rows
 
 
 def brute_force(rows: list[dict], q_high: np.ndarray, limit: int, keep: Any = None) -> list[tuple[int, float]]:
@@ -170,9 +169,8 @@ def assert_same(hits: list[dict], expected: list[tuple[int, float]]) -> None:
 
 
 def test_create_records_properties(env: Env, client: Any, model: Any) -> None:
-    name = unique()
-    col = HierarchicalCollection.create(name, client=client, model=model, description="props")
-    try:
+    with created(client, model=model, description="props") as col:
+        name = col.name
         props = client.describe_collection(name)["properties"]
         assert (
             props.items()
@@ -195,14 +193,11 @@ def test_create_records_properties(env: Env, client: Any, model: Any) -> None:
         assert set(desc["indexes"]) == {"vec_low", "vec_high"}
         assert desc["indexes"]["vec_high"]["index_type"] == "FLAT"
         assert desc["indexes"]["vec_low"]["metric_type"] == "IP"
-    finally:
-        col.drop()
 
 
 def test_create_twice_and_exist_ok(client: Any) -> None:
-    name = unique()
-    col = HierarchicalCollection.create(name, client=client, low_dim=LOW, high_dim=HIGH)
-    try:
+    with created(client, low_dim=LOW, high_dim=HIGH) as col:
+        name = col.name
         with pytest.raises(CollectionExistsError, match="exist_ok"):
             HierarchicalCollection.create(name, client=client, low_dim=LOW, high_dim=HIGH)
         again = HierarchicalCollection.create(name, client=client, low_dim=LOW, high_dim=HIGH, exist_ok=True)
@@ -210,8 +205,6 @@ def test_create_twice_and_exist_ok(client: Any) -> None:
         assert again.profile.tag == col.profile.tag
         with pytest.raises(ModelMismatchError, match="high_dim"):
             HierarchicalCollection.create(name, client=client, low_dim=LOW, high_dim=HIGH * 2, exist_ok=True)
-    finally:
-        col.drop()
 
 
 def test_create_needs_valid_dims(client: Any, model: Any) -> None:
@@ -268,23 +261,19 @@ def test_reopen_with_mismatching_model(client: Any, populated: tuple, model: Any
 
 
 def test_collection_without_fingerprint_accepts_same_dims(client: Any, other_models: dict) -> None:
-    col = HierarchicalCollection.create(unique(), client=client, low_dim=LOW, high_dim=HIGH)
-    try:
+    with created(client, low_dim=LOW, high_dim=HIGH) as col:
         opened = HierarchicalCollection.open(col.name, client=client, model=other_models["fingerprint"])
         assert opened.fingerprint == ""
         assert opened.model is other_models["fingerprint"]
         with pytest.raises(ModelMismatchError, match="low_dim: collection 16, model 8"):
             opened.model = other_models["low_dim"]
-    finally:
-        col.drop()
 
 
 # ---------------------------------------------------------------------- writes
 
 
 def test_upsert_validates_before_writing(client: Any, model: Any) -> None:
-    col = HierarchicalCollection.create(unique(), client=client, model=model)
-    try:
+    with created(client, model=model) as col:
         rows = make_rows(model, n_images=3)
         bad_batches = [  # (rows, error, match); the first two are whole batches with one bad row
             (
@@ -313,13 +302,10 @@ def test_upsert_validates_before_writing(client: Any, model: Any) -> None:
         vec = col.get([ids[0]], output_fields=["vec_high"])[0]["vec_high"]
         np.testing.assert_allclose(vec, rows[0]["vec_high"], atol=1e-6)
         assert col.upsert([]) == 0
-    finally:
-        col.drop()
 
 
 def test_delete_by_ids_and_filter(client: Any, model: Any) -> None:
-    col = HierarchicalCollection.create(unique(), client=client, model=model)
-    try:
+    with created(client, model=model) as col:
         rows = make_rows(model, n_images=6)  # 6 images + 12 captions
         col.upsert(rows)
         assert col.delete(ids=[rows[0]["id"], rows[1]["id"], 999]) == 2
@@ -335,8 +321,6 @@ def test_delete_by_ids_and_filter(client: Any, model: Any) -> None:
         assert col.delete(ids=[]) == 0
         with pytest.raises(FilterError):
             col.delete()
-    finally:
-        col.drop()
 
 
 def test_drop(client: Any) -> None:
@@ -570,16 +554,13 @@ def test_profiles_resolve_against_this_milvus(env: Env, client: Any) -> None:
             if client.has_collection(name):
                 client.drop_collection(name)
         return
-    col = HierarchicalCollection.create(name, client=client, low_dim=LOW, high_dim=HIGH, profile="gpu")
-    try:
+    with created(client, low_dim=LOW, high_dim=HIGH, profile="gpu") as col:
         # Lite accepts GPU index names but has no GPU index: the recorded profile says what was built.
         expected = {"lite": "lite:IVF_FLAT", "gpu": "gpu:GPU_IVF_FLAT"}[env.engine]
         assert col.profile.tag == expected
         assert col.describe()["indexes"]["vec_low"]["index_type"] == expected.split(":")[1]
         reopened = HierarchicalCollection.open(col.name, client=client)
         assert reopened.profile == col.profile
-    finally:
-        col.drop()
 
 
 def test_connect_uri_forms(tmp_path: Path) -> None:
@@ -611,8 +592,7 @@ def test_modality_gap_does_not_empty_cross_modal_ann_results(client: Any) -> Non
         rows += [row(f"{modality}-{i}", modality, low[i], high[i]) for i in range(n)]
     # The default index sizing (expected_rows unknown): many IVF cells for few rows, as when a
     # source's length is not known before ingest; it made every cross-modal result empty.
-    col = HierarchicalCollection.create(unique("gap"), client=client, low_dim=low_dim, high_dim=high_dim)
-    try:
+    with created(client, "gap", low_dim=low_dim, high_dim=high_dim) as col:
         col.upsert(rows)
         col.flush()  # seal the segments so the IVF index (not a brute-force growing segment) is searched
         text_like = np.asarray([r["vec_low"] for r in rows if r["modality"] == "text"][:16])
@@ -625,5 +605,3 @@ def test_modality_gap_does_not_empty_cross_modal_ann_results(client: Any) -> Non
         for hits in [*coarse, *funnel]:
             assert len(hits) == 10
             assert {h["entity"]["modality"] for h in hits} == {"image"}
-    finally:
-        col.drop()
