@@ -40,7 +40,8 @@ _TOKEN_RE = re.compile(
 )
 # JSON keys usable in attributes["key"] through the HTTP API.
 _JSON_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
-_JSON_PATH_RE = re.compile(rf'^({_IDENT})\[\s*"([^"\\]*)"\s*\]$')
+# attributes["key"], or the shorthand attributes.key (everything after the first dot is the key).
+_JSON_PATH_RE = re.compile(rf'^({_IDENT})(?:\[\s*"([^"\\]*)"\s*\]|\.([^"\\]*))$')
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # Placeholder names the library itself adds (modality, shortlist ids); user params may not use them.
 RESERVED_PREFIX = "hivlp_"
@@ -164,12 +165,8 @@ def _field_expr(field: Any, allowed: set[str]) -> tuple[str, bool]:
         raise FilterError(f"filter field must be a string, got {type(field).__name__}")
     field = field.strip()
     m = _JSON_PATH_RE.match(field)
-    if m is None and "." in field:  # shorthand attributes.color
-        base, _, key = field.partition(".")
-        if _IDENT_RE.match(base):
-            m = _JSON_PATH_RE.match(f'{base}["{key}"]')
     if m is not None:
-        base, key = m.group(1), m.group(2)
+        base, key = m[1], m[2] if m[2] is not None else m[3]
         if base not in allowed:
             raise FilterError(f"filter field {base!r} is not filterable; allowed: {sorted(allowed)}")
         if not _JSON_KEY_RE.match(key):
