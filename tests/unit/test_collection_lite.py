@@ -14,7 +14,6 @@ import io
 import logging
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from collection_rows import created, row, unit
+from collection_rows import assert_same, brute_force, created, row, unique, unit
 from pymilvus import DataType, MilvusClient
 
 from hivlp_milvus.collection import HierarchicalCollection
@@ -97,10 +96,6 @@ def client(env: Env) -> Any:
     return env.client()
 
 
-def unique(prefix: str = "t") -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
-
-
 @lru_cache(maxsize=4)
 def _embedded(model: Any) -> tuple[Any, Any]:
     return model.embed_images([r.image for r in records()]), model.embed_texts(captions())
@@ -150,19 +145,6 @@ def populated(client: Any, model: Any) -> Iterator[tuple[HierarchicalCollection,
         assert col.upsert(rows) == len(rows)
         col.flush()
         yield col, rows
-
-
-def brute_force(rows: list[dict], q_high: np.ndarray, limit: int, keep: Any = None) -> list[tuple[int, float]]:
-    cand = [r for r in rows if keep is None or keep(r)]
-    mat = np.stack([np.asarray(r["vec_high"], dtype=np.float32) for r in cand])
-    scores = mat @ q_high
-    order = np.argsort(-scores, kind="stable")[:limit]
-    return [(cand[j]["id"], float(scores[j])) for j in order]
-
-
-def assert_same(hits: list[dict], expected: list[tuple[int, float]]) -> None:
-    assert [h["id"] for h in hits] == [i for i, _ in expected]
-    np.testing.assert_allclose([h["distance"] for h in hits], [s for _, s in expected], atol=1e-4)
 
 
 # ---------------------------------------------------------------------- create / open
