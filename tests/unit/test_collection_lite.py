@@ -108,18 +108,30 @@ def make_rows(model: Any, n_images: int = N_IMAGES) -> list[dict[str, Any]]:
     its text, so ``rows[k]["reference"]`` is a query that must find row ``k`` itself.
     """
     img, txt = _embedded(model)
-    rows = []
-    for i in range(n_images):
-        attributes = {"color": COLORS[i % 3], "n": i, "tag": 'x" or id > 0 or "' if i == 7 else "plain"}
-        rows.append(
-            row(str(i), "image", img.low[i], img.high[i], reference=f"/data/img_{i}.png", attributes=attributes)
+    images = [
+        row(
+            str(i),
+            "image",
+            img.low[i],
+            img.high[i],
+            reference=f"/data/img_{i}.png",
+            attributes={"color": COLORS[i % 3], "n": i, "tag": 'x" or id > 0 or "' if i == 7 else "plain"},
         )
-    for i in range(n_images):
-        for j, cap in enumerate(records()[i].captions):
-            k = 2 * i + j
-            attributes = {"color": COLORS[i % 3], "n": i, "tag": "plain"}
-            rows.append(row(text_key(str(i), j), "text", txt.low[k], txt.high[k], reference=cap, attributes=attributes))
-    return rows
+        for i in range(n_images)
+    ]
+    texts = [
+        row(
+            text_key(str(i), j),
+            "text",
+            txt.low[2 * i + j],
+            txt.high[2 * i + j],
+            reference=cap,
+            attributes={"color": COLORS[i % 3], "n": i, "tag": "plain"},
+        )
+        for i in range(n_images)
+        for j, cap in enumerate(records()[i].captions)
+    ]
+    return images + texts
 
 
 @pytest.fixture(scope="module")
