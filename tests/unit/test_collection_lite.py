@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 from collection_rows import assert_same, brute_force, created, row, unique, unit
+from milvus_server import free_port
 from pymilvus import DataType, MilvusClient
 
 from hivlp_milvus.collection import HierarchicalCollection
@@ -520,9 +520,7 @@ def test_malformed_filter(populated: tuple, expr: str, params: dict | None) -> N
 
 
 def test_unreachable_server_fails_fast() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there
     t0 = time.monotonic()
     with pytest.raises(MilvusUnavailableError, match=rf"127\.0\.0\.1:{port}.*check the server is running"):
         connect(f"http://127.0.0.1:{port}", retries=2, timeout=1)

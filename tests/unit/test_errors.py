@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import grpc
 import numpy as np
 import pytest
 from collection_rows import row, unit
+from milvus_server import LiteServer
 from pymilvus.exceptions import InvalidConsistencyLevel, MilvusException, ParamError
 
 from hivlp_milvus.collection import HierarchicalCollection
@@ -37,9 +37,6 @@ from hivlp_milvus.errors import (
     milvus_errors,
 )
 from hivlp_milvus.model.embedding import HierarchicalEmbedding
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from milvus_server import LiteServer  # noqa: E402
 
 LOW, HIGH = 4, 8
 
