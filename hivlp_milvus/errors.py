@@ -285,13 +285,12 @@ def milvus_errors(what: str = "the Milvus call") -> Iterator[None]:
     token = _WRAPPED_CALL.set(True)
     try:
         yield
-    except HiVLPError:
-        raise
     except Exception as exc:
         import grpc
         from pymilvus.exceptions import MilvusException
 
-        if not isinstance(exc, MilvusException | grpc.RpcError):  # what from_milvus translates
+        # Only what from_milvus translates; a HiVLPError is neither, and leaves as it came.
+        if not isinstance(exc, MilvusException | grpc.RpcError):
             raise
         logger.debug("%s failed in pymilvus", what, exc_info=exc)
         raise from_milvus(exc, what) from exc
