@@ -133,11 +133,9 @@ def connect(
             return client
         except PermissionDeniedError:
             raise  # a wrong token does not get better by retrying
-        except MilvusError as exc:
-            if isinstance(exc.__cause__, ConnectionConfigException):
-                raise ConfigError(f"invalid Milvus uri {shown!r}: {exc.__cause__.message}") from exc.__cause__
-            last = exc
         except Exception as exc:  # any other failure to answer is retried, then reported
+            if isinstance(exc, MilvusError) and isinstance(exc.__cause__, ConnectionConfigException):
+                raise ConfigError(f"invalid Milvus uri {shown!r}: {exc.__cause__.message}") from exc.__cause__
             last = exc
         if attempt + 1 < attempts:
             delay = 0.5 * (2**attempt)
