@@ -229,10 +229,8 @@ def is_lite(client: Any) -> bool:
         MilvusError: (a subclass) the server did not answer.
     """
     client = getattr(client, "raw", client)  # a GuardedClient: ask (and cache) the real one
-    try:
+    with contextlib.suppress(KeyError, TypeError):  # not asked yet, or a client without weak references
         return _LITE_CACHE[client]
-    except (KeyError, TypeError):
-        pass
     with milvus_errors("get_server_version"):
         version = str(client.get_server_version())
     lite = "lite" in version.lower()  # Lite 3.x says "milvus_lite-3.2.2"; a server, "v2.6.x"
