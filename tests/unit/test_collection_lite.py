@@ -151,7 +151,7 @@ def other_models() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def populated(client: Any, model: Any) -> Iterator[tuple[HierarchicalCollection, list[dict]]]:
-    """A read-only collection with images and captions, flushed so the IVF index is used."""
+    """A read-only collection with images and captions, flushed so the IVF index is used; ``model`` attached."""
     rows = make_rows(model)
     with created(client, "pop", model=model, expected_rows=len(rows)) as col:
         assert col.upsert(rows) == len(rows)
@@ -366,9 +366,8 @@ def test_funnel_equals_brute_force_when_coarse_covers_everything(populated: tupl
         assert_same(res[qi], brute_force(rows, q.high[qi], 10, keep=lambda r: r["attributes"]["color"] == "blue"))
 
 
-def test_both_rerank_paths_agree(populated: tuple, model: Any) -> None:
+def test_both_rerank_paths_agree(populated: tuple) -> None:
     col, rows = populated
-    col = HierarchicalCollection.open(col.name, client=col.client, model=model)
     queries = [rows[N_IMAGES + 10]["reference"], "a huge green square on a white background", records()[9].image]
     a = col.hierarchical_search(queries, limit=5, coarse_limit=50, rerank="client")
     b = col.hierarchical_search(queries, limit=5, coarse_limit=50, rerank="server")
@@ -385,7 +384,6 @@ def test_text_and_image_queries_use_the_model_and_default_modality(
 ) -> None:
     """str and image queries go through the real model: each finds its own row, at inner product 1."""
     col, rows = populated
-    col = HierarchicalCollection.open(col.name, client=col.client, model=model)
     caption = rows[N_IMAGES + 9]  # record 4's second caption
     assert caption["key"] == text_key("4", 1)
     # A text query searches images by default: exactly brute force over the images.
@@ -420,7 +418,6 @@ def test_text_and_image_queries_use_the_model_and_default_modality(
 
 def test_batched_equals_one_by_one(populated: tuple, model: Any) -> None:
     col, _ = populated
-    col = HierarchicalCollection.open(col.name, client=col.client, model=model)
     texts = [records()[i].captions[i % 2] for i in range(6)]
     # Texts on both rerank paths, and their embeddings (which index like a list) on the default one.
     for queries, rerank in ((texts, "client"), (texts, "server"), (model.embed_texts(texts), "auto")):
