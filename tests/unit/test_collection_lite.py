@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 from collection_rows import assert_same, brute_force, created, row, unique, unit
 from milvus_server import free_port
-from pymilvus import DataType, MilvusClient
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.connection import connect, is_lite
@@ -219,12 +218,7 @@ def test_open_unknown_lists_existing(client: Any, populated: tuple) -> None:
 
 def test_open_foreign_collection(client: Any) -> None:
     name = unique("foreign")
-    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-    schema.add_field("id", DataType.INT64, is_primary=True)
-    schema.add_field("v", DataType.FLOAT_VECTOR, dim=4)
-    index = MilvusClient.prepare_index_params()
-    index.add_index("v", index_type="FLAT", metric_type="IP")
-    client.create_collection(name, schema=schema, index_params=index)
+    client.create_collection(name, dimension=4)  # pymilvus' quick setup: an id and a vector, no hivlp properties
     try:
         with pytest.raises(SchemaMismatchError, match="not created by hivlp_milvus"):
             HierarchicalCollection.open(name, client=client)
