@@ -415,10 +415,8 @@ def _search_partitions(
 ) -> list[list[dict[str, Any]]]:
     """One multi-query search per target modality (its partition), hits returned in query order."""
     per_query: list[list[dict[str, Any]]] = [[] for _ in modalities]
-    groups: dict[str | None, list[int]] = {}  # the queries of each target partition
-    for i, m in enumerate(modalities):
-        groups.setdefault(m, []).append(i)
-    for target, idx in groups.items():
+    for target in dict.fromkeys(modalities):  # each target partition once, in order of first use
+        idx = [i for i, m in enumerate(modalities) if m == target]  # its queries
         res = milvus.search(vectors[idx], target, **search)
         for q, hits in zip(idx, res, strict=True):
             per_query[q] = hits
