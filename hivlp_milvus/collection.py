@@ -258,12 +258,11 @@ class HierarchicalCollection:
         fields = list(output_fields) if output_fields is not None else list(SCALAR_OUTPUT_FIELDS)
         # Vectors make answers as large as writes: the same row budget keeps them under Milvus' limit.
         step = min(_ID_CHUNK, self.max_rows_per_request)
-        out: list[dict[str, Any]] = []
-        for start in range(0, len(ids), step):
-            out.extend(
-                dict(r) for r in self._client.get(self._name, ids=ids[start : start + step], output_fields=fields)
-            )
-        return out
+        return [
+            dict(r)
+            for start in range(0, len(ids), step)
+            for r in self._client.get(self._name, ids=ids[start : start + step], output_fields=fields)
+        ]
 
     def query(
         self,

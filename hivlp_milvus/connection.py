@@ -133,11 +133,9 @@ def connect(
             return client
         except PermissionDeniedError:
             raise  # a wrong token does not get better by retrying
-        except MilvusError as exc:
-            if isinstance(exc.__cause__, ConnectionConfigException):
-                raise ConfigError(f"invalid Milvus uri {shown!r}: {exc.__cause__.message}") from exc.__cause__
-            last = exc
         except Exception as exc:  # any other failure to answer is retried, then reported
+            if isinstance(exc, MilvusError) and isinstance(exc.__cause__, ConnectionConfigException):
+                raise ConfigError(f"invalid Milvus uri {shown!r}: {exc.__cause__.message}") from exc.__cause__
             last = exc
         if attempt + 1 < attempts:
             delay = 0.5 * (2**attempt)
@@ -231,10 +229,8 @@ def is_lite(client: Any) -> bool:
         MilvusError: (a subclass) the server did not answer.
     """
     client = getattr(client, "raw", client)  # a GuardedClient: ask (and cache) the real one
-    try:
+    with contextlib.suppress(KeyError, TypeError):  # not asked yet, or a client without weak references
         return _LITE_CACHE[client]
-    except (KeyError, TypeError):
-        pass
     with milvus_errors("get_server_version"):
         version = str(client.get_server_version())
     lite = "lite" in version.lower()  # Lite 3.x says "milvus_lite-3.2.2"; a server, "v2.6.x"

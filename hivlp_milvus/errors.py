@@ -260,15 +260,12 @@ _WRAPPED_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("hivlp_wrap
 PYMILVUS_ERROR_LOGGER = "pymilvus.decorators"
 
 
-class _DropWhileWrapped(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (_WRAPPED_CALL.get() and record.levelno >= logging.WARNING)
-
-
-# Installed once, at import: a logger's filters outlive logging.config.dictConfig (pymilvus runs it
-# on import; it resets a child logger's level and handlers, never its filters), and the filter
-# does nothing outside a wrapped call.
-logging.getLogger(PYMILVUS_ERROR_LOGGER).addFilter(_DropWhileWrapped())
+# Installed once, at import (a logger takes any callable as a filter): a logger's filters outlive
+# logging.config.dictConfig (pymilvus runs it on import; it resets a child logger's level and
+# handlers, never its filters), and the filter does nothing outside a wrapped call.
+logging.getLogger(PYMILVUS_ERROR_LOGGER).addFilter(
+    lambda record: not (_WRAPPED_CALL.get() and record.levelno >= logging.WARNING)
+)
 
 
 @contextlib.contextmanager
@@ -288,13 +285,12 @@ def milvus_errors(what: str = "the Milvus call") -> Iterator[None]:
     token = _WRAPPED_CALL.set(True)
     try:
         yield
-    except HiVLPError:
-        raise
     except Exception as exc:
         import grpc
         from pymilvus.exceptions import MilvusException
 
-        if not isinstance(exc, MilvusException | grpc.RpcError):  # what from_milvus translates
+        # Only what from_milvus translates; a HiVLPError is neither, and leaves as it came.
+        if not isinstance(exc, MilvusException | grpc.RpcError):
             raise
         logger.debug("%s failed in pymilvus", what, exc_info=exc)
         raise from_milvus(exc, what) from exc

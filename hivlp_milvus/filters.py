@@ -33,10 +33,15 @@ from hivlp_milvus.errors import FilterError, InvalidRequestError, milvus_message
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _IDENT_RE = re.compile(rf"^{_IDENT}$")
-_PLACEHOLDER_RE = re.compile(rf"\{{({_IDENT})\}}")
+# Left to right: a string literal (backslash escapes; braces inside are text), a quote that starts
+# no terminated literal, a placeholder, a stray brace. Anything else is skipped.
+_TOKEN_RE = re.compile(
+    rf'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|(?P<quote>["\'])|\{{(?P<name>{_IDENT})\}}|[{{}}]', re.S
+)
 # JSON keys usable in attributes["key"] through the HTTP API.
 _JSON_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
-_JSON_PATH_RE = re.compile(rf'^({_IDENT})\[\s*"([^"\\]*)"\s*\]$')
+# attributes["key"], or the shorthand attributes.key (everything after the first dot is the key).
+_JSON_PATH_RE = re.compile(rf'^({_IDENT})(?:\[\s*"([^"\\]*)"\s*\]|\.([^"\\]*))$')
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # Placeholder names the library itself adds (modality, shortlist ids); user params may not use them.
 RESERVED_PREFIX = "hivlp_"
@@ -91,33 +96,21 @@ def literal(value: Any, name: str = "value") -> str:
     return repr(value)  # int or finite float
 
 
-def _scan(expr: str) -> list[tuple[int, int, str]]:
-    """Positions ``(start, end, name)`` of ``{name}`` placeholders outside string literals."""
-    found: list[tuple[int, int, str]] = []
-    i, n = 0, len(expr)
-    while i < n:
-        ch = expr[i]
-        if ch in "\"'":
-            # Skip a string literal (backslash escapes) so braces inside it are not placeholders.
-            j = i + 1
-            while j < n and expr[j] != ch:
-                j += 2 if expr[j] == "\\" else 1
-            if j >= n:
-                raise FilterError(f"unterminated string literal at column {i + 1} in filter {expr!r}")
-            i = j + 1
-            continue
-        if ch == "{":
-            m = _PLACEHOLDER_RE.match(expr, i)
-            if not m:
-                raise FilterError(
-                    f"malformed placeholder at column {i + 1} in filter {expr!r}: use {{name}} with an identifier name"
-                )
-            found.append((m.start(), m.end(), m.group(1)))
-            i = m.end()
-            continue
-        if ch == "}":
-            raise FilterError(f"unmatched '}}' at column {i + 1} in filter {expr!r}")
-        i += 1
+def _placeholders(expr: str) -> set[str]:
+    """The names of the ``{name}`` placeholders outside string literals (the expression checked on the way)."""
+    found: set[str] = set()
+    for m in _TOKEN_RE.finditer(expr):
+        if m["quote"]:  # a quote that opens no terminated literal
+            raise FilterError(f"unterminated string literal at column {m.start() + 1} in filter {expr!r}")
+        if m["name"]:
+            found.add(m["name"])
+        elif m.group() == "{":
+            raise FilterError(
+                f"malformed placeholder at column {m.start() + 1} in filter {expr!r}: "
+                "use {name} with an identifier name"
+            )
+        elif m.group() == "}":
+            raise FilterError(f"unmatched '}}' at column {m.start() + 1} in filter {expr!r}")
     return found
 
 
@@ -152,8 +145,7 @@ def bind(
             raise FilterError(f"filter_params key {name!r} is not an identifier ([A-Za-z_][A-Za-z0-9_]*)")
         if not reserved_ok and name.startswith(RESERVED_PREFIX):
             raise FilterError(f"filter_params key {name!r}: the prefix {RESERVED_PREFIX!r} is reserved by hivlp_milvus")
-    found = _scan(expr)
-    used = {name for _, _, name in found}
+    used = _placeholders(expr)
     missing = sorted(used - params.keys())
     if missing:
         raise FilterError(f"filter {expr!r} uses placeholder(s) {missing} with no value in filter_params")
@@ -161,13 +153,10 @@ def bind(
     if unused:
         raise FilterError(f"filter_params {unused} are not used by filter {expr!r} (a typo in a placeholder?)")
     values = {name: _normalise(value, name) for name, value in params.items()}
-    if templating or not found:
+    if templating or not used:
         return expr, values
-    out, last = [], 0
-    for start, end, name in found:
-        out += [expr[last:start], literal(values[name], name)]
-        last = end
-    return "".join([*out, expr[last:]]), {}
+    # The same tokens _placeholders checked: each placeholder becomes its literal, the rest stays.
+    return _TOKEN_RE.sub(lambda m: literal(values[m["name"]], m["name"]) if m["name"] else m.group(), expr), {}
 
 
 def _field_expr(field: Any, allowed: set[str]) -> tuple[str, bool]:
@@ -176,12 +165,8 @@ def _field_expr(field: Any, allowed: set[str]) -> tuple[str, bool]:
         raise FilterError(f"filter field must be a string, got {type(field).__name__}")
     field = field.strip()
     m = _JSON_PATH_RE.match(field)
-    if m is None and "." in field:  # shorthand attributes.color
-        base, _, key = field.partition(".")
-        if _IDENT_RE.match(base):
-            m = _JSON_PATH_RE.match(f'{base}["{key}"]')
     if m is not None:
-        base, key = m.group(1), m.group(2)
+        base, key = m[1], m[2] if m[2] is not None else m[3]
         if base not in allowed:
             raise FilterError(f"filter field {base!r} is not filterable; allowed: {sorted(allowed)}")
         if not _JSON_KEY_RE.match(key):

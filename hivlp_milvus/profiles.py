@@ -472,11 +472,7 @@ def resolve_profile(
     from hivlp_milvus.connection import is_lite
 
     lite = client is None or is_lite(client)
-    if isinstance(name, IndexProfile):
-        return lite_equivalent(name) if lite else name
-    if name == "auto":
-        if lite:
-            return load_profile("lite", variant)
+    if name == "auto" and not lite:
         gpu = load_profile("gpu", variant if variant and variant.startswith("GPU_") else None)
         refused = _server_refuses(client, gpu)
         if refused is None:
@@ -490,7 +486,8 @@ def resolve_profile(
             cpu.tag,
         )
         return cpu
-    profile = load_profile(name, variant)
+    # Milvus Lite maps any profile to its Lite equivalent (``lite`` itself is kept as is).
+    profile = name if isinstance(name, IndexProfile) else load_profile("lite" if name == "auto" else name, variant)
     return lite_equivalent(profile) if lite else profile
 
 

@@ -64,46 +64,41 @@ if TYPE_CHECKING:
 
 
 class SearchableCollection(Protocol):
-    """What the funnel needs from a collection: where it lives, its dims, index profile and model."""
+    """What the funnel needs from a collection: where it lives, its dims, index profile and model.
+
+    A member's docstring is its whole body: a protocol declares, it never implements.
+    """
 
     @property
     def name(self) -> str:
         """The Milvus collection name."""
-        ...
 
     @property
     def client(self) -> Any:
         """A connected ``pymilvus.MilvusClient``."""
-        ...
 
     @property
     def low_dim(self) -> int:
         """Dim of ``vec_low``."""
-        ...
 
     @property
     def high_dim(self) -> int:
         """Dim of ``vec_high``."""
-        ...
 
     @property
     def profile(self) -> IndexProfile:
         """The index profile (limits, search params)."""
-        ...
 
     @property
     def model(self) -> Any:
         """The model that encodes str/image queries, or ``None``."""
-        ...
 
     @property
     def is_lite(self) -> bool:
         """Whether the collection lives in Milvus Lite (no filter templating; client re-rank)."""
-        ...
 
     def approx_num_rows(self) -> int | None:
         """A cheap row count (sizes IVF ``nprobe``), ``None`` if unknown."""
-        ...
 
 
 RERANK_MODES = ("auto", "client", "server")
@@ -420,10 +415,8 @@ def _search_partitions(
 ) -> list[list[dict[str, Any]]]:
     """One multi-query search per target modality (its partition), hits returned in query order."""
     per_query: list[list[dict[str, Any]]] = [[] for _ in modalities]
-    groups: dict[str | None, list[int]] = {}  # the queries of each target partition
-    for i, m in enumerate(modalities):
-        groups.setdefault(m, []).append(i)
-    for target, idx in groups.items():
+    for target in dict.fromkeys(modalities):  # each target partition once, in order of first use
+        idx = [i for i, m in enumerate(modalities) if m == target]  # its queries
         res = milvus.search(vectors[idx], target, **search)
         for q, hits in zip(idx, res, strict=True):
             per_query[q] = hits

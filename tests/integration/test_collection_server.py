@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from collection_rows import created
 from shared_tests import load_unit_tests
 
-from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.connection import connect
 from hivlp_milvus.errors import FilterError
 from hivlp_milvus.ids import row_id
@@ -50,9 +50,7 @@ def test_server_uri_forms(milvus_server: Any) -> None:
 
 
 def test_templating_is_chosen_by_server_kind(env: Any, model: Any) -> None:
-    client = env.client()
-    col = HierarchicalCollection.create(unique(), client=client, model=model)
-    try:
+    with created(env.client(), model=model) as col:
         rows = behaviours.make_rows(model, n_images=4)
         col.upsert(rows)
         expr, params = col.bind_filter("key == {k}", {"k": "1"})
@@ -69,5 +67,3 @@ def test_templating_is_chosen_by_server_kind(env: Any, model: Any) -> None:
         res = col.hierarchical_search(q, limit=2, filter="key == {k}", filter_params={"k": "1#0"}, rerank="server")
         assert [h["id"] for h in res[0]] == [row_id("1#0", "text")]
         np.testing.assert_allclose(res[0][0]["distance"], 1.0, atol=1e-4)
-    finally:
-        col.drop()

@@ -13,13 +13,12 @@ server's refusal) is at the end: those tests skip only when the suite's Milvus i
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from collection_rows import row, unit
+from collection_rows import assert_same, brute_force, row, unique, unit
 from fakes import ServerLikeClient
 
 from hivlp_milvus.collection import HierarchicalCollection
@@ -39,22 +38,16 @@ def make_rows() -> list[dict[str, Any]]:
     rng = np.random.default_rng(11)
     high = unit(rng.standard_normal((2 * PER_MODALITY, HIGH)))
     low = unit(high[:, :LOW] + 0.5 * rng.standard_normal((2 * PER_MODALITY, LOW)) / np.sqrt(LOW))
-    rows = []
-    for i in range(2 * PER_MODALITY):
-        attributes = {"i": i, "color": ("red", "green", "blue")[i % 3]}
-        rows.append(row(f"k{i:04d}", "image" if i < PER_MODALITY else "text", low[i], high[i], attributes=attributes))
-    return rows
-
-
-def brute_force(rows: list[dict], q_high: np.ndarray, limit: int, keep: Any = None) -> list[tuple[int, float]]:
-    cand = [r for r in rows if keep is None or keep(r)]
-    scores = np.stack([r["vec_high"] for r in cand]) @ q_high
-    order = np.argsort(-scores, kind="stable")[:limit]
-    return [(cand[j]["id"], float(scores[j])) for j in order]
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+    return [
+        row(
+            f"k{i:04d}",
+            "image" if i < PER_MODALITY else "text",
+            low[i],
+            high[i],
+            attributes={"i": i, "color": ("red", "green", "blue")[i % 3]},
+        )
+        for i in range(2 * PER_MODALITY)
+    ]
 
 
 @pytest.fixture
@@ -158,9 +151,7 @@ def test_auto_rerank_on_a_server_is_the_server_path_and_filters_travel_as_parame
     assert res.rerank == "server"
     keep = lambda r: r["attributes"]["color"] == "red" and r["attributes"]["i"] >= 30  # noqa: E731
     for qi in range(2):
-        expected = brute_force(rows, q.high[qi], 8, keep)
-        assert [h["id"] for h in res[qi]] == [i for i, _ in expected]
-        np.testing.assert_allclose([h["distance"] for h in res[qi]], [s for _, s in expected], atol=1e-5)
+        assert_same(res[qi], brute_force(rows, q.high[qi], 8, keep), atol=1e-5)
     # Both stages sent the user's filter as a template with its values as parameters (never inlined).
     searches = [c for m, c in fake.calls if m == "search"]
     assert len(searches) == 1 + 2  # one coarse multi-query search per target (all), one fine search per query

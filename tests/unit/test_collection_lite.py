@@ -12,9 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import socket
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,8 +21,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from collection_rows import row, unit
-from pymilvus import DataType, MilvusClient
+from collection_rows import assert_same, brute_force, created, row, unique, unit
+from milvus_server import free_port
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.connection import connect, is_lite
@@ -97,10 +95,6 @@ def client(env: Env) -> Any:
     return env.client()
 
 
-def unique(prefix: str = "t") -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
-
-
 @lru_cache(maxsize=4)
 def _embedded(model: Any) -> tuple[Any, Any]:
     return model.embed_images([r.image for r in records()]), model.embed_texts(captions())
@@ -113,18 +107,30 @@ def make_rows(model: Any, n_images: int = N_IMAGES) -> list[dict[str, Any]]:
     its text, so ``rows[k]["reference"]`` is a query that must find row ``k`` itself.
     """
     img, txt = _embedded(model)
-    rows = []
-    for i in range(n_images):
-        attributes = {"color": COLORS[i % 3], "n": i, "tag": 'x" or id > 0 or "' if i == 7 else "plain"}
-        rows.append(
-            row(str(i), "image", img.low[i], img.high[i], reference=f"/data/img_{i}.png", attributes=attributes)
+    images = [
+        row(
+            str(i),
+            "image",
+            img.low[i],
+            img.high[i],
+            reference=f"/data/img_{i}.png",
+            attributes={"color": COLORS[i % 3], "n": i, "tag": 'x" or id > 0 or "' if i == 7 else "plain"},
         )
-    for i in range(n_images):
-        for j, cap in enumerate(records()[i].captions):
-            k = 2 * i + j
-            attributes = {"color": COLORS[i % 3], "n": i, "tag": "plain"}
-            rows.append(row(text_key(str(i), j), "text", txt.low[k], txt.high[k], reference=cap, attributes=attributes))
-    return rows
+        for i in range(n_images)
+    ]
+    texts = [
+        row(
+            text_key(str(i), j),
+            "text",
+            txt.low[2 * i + j],
+            txt.high[2 * i + j],
+            reference=cap,
+            attributes={"color": COLORS[i % 3], "n": i, "tag": "plain"},
+        )
+        for i in range(n_images)
+        for j, cap in enumerate(records()[i].captions)
+    ]
+    return images + texts
 
 
 @pytest.fixture(scope="module")
@@ -144,35 +150,20 @@ def other_models() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def populated(client: Any, model: Any) -> Iterator[tuple[HierarchicalCollection, list[dict]]]:
-    """A read-only collection with images and captions, flushed so the IVF index is used."""
+    """A read-only collection with images and captions, flushed so the IVF index is used; ``model`` attached."""
     rows = make_rows(model)
-    col = HierarchicalCollection.create(unique("pop"), client=client, model=model, expected_rows=len(rows))
-    assert col.upsert(rows) == len(rows)
-    col.flush()
-    yield col, rows
-    col.drop()
-
-
-def brute_force(rows: list[dict], q_high: np.ndarray, limit: int, keep: Any = None) -> list[tuple[int, float]]:
-    cand = [r for r in rows if keep is None or keep(r)]
-    mat = np.stack([np.asarray(r["vec_high"], dtype=np.float32) for r in cand])
-    scores = mat @ q_high
-    order = np.argsort(-scores, kind="stable")[:limit]
-    return [(cand[j]["id"], float(scores[j])) for j in order]
-
-
-def assert_same(hits: list[dict], expected: list[tuple[int, float]]) -> None:
-    assert [h["id"] for h in hits] == [i for i, _ in expected]
-    np.testing.assert_allclose([h["distance"] for h in hits], [s for _, s in expected], atol=1e-4)
+    with created(client, "pop", model=model, expected_rows=len(rows)) as col:
+        assert col.upsert(rows) == len(rows)
+        col.flush()
+        yield col, rows
 
 
 # ---------------------------------------------------------------------- create / open
 
 
 def test_create_records_properties(env: Env, client: Any, model: Any) -> None:
-    name = unique()
-    col = HierarchicalCollection.create(name, client=client, model=model, description="props")
-    try:
+    with created(client, model=model, description="props") as col:
+        name = col.name
         props = client.describe_collection(name)["properties"]
         assert (
             props.items()
@@ -195,14 +186,11 @@ def test_create_records_properties(env: Env, client: Any, model: Any) -> None:
         assert set(desc["indexes"]) == {"vec_low", "vec_high"}
         assert desc["indexes"]["vec_high"]["index_type"] == "FLAT"
         assert desc["indexes"]["vec_low"]["metric_type"] == "IP"
-    finally:
-        col.drop()
 
 
 def test_create_twice_and_exist_ok(client: Any) -> None:
-    name = unique()
-    col = HierarchicalCollection.create(name, client=client, low_dim=LOW, high_dim=HIGH)
-    try:
+    with created(client, low_dim=LOW, high_dim=HIGH) as col:
+        name = col.name
         with pytest.raises(CollectionExistsError, match="exist_ok"):
             HierarchicalCollection.create(name, client=client, low_dim=LOW, high_dim=HIGH)
         again = HierarchicalCollection.create(name, client=client, low_dim=LOW, high_dim=HIGH, exist_ok=True)
@@ -210,8 +198,6 @@ def test_create_twice_and_exist_ok(client: Any) -> None:
         assert again.profile.tag == col.profile.tag
         with pytest.raises(ModelMismatchError, match="high_dim"):
             HierarchicalCollection.create(name, client=client, low_dim=LOW, high_dim=HIGH * 2, exist_ok=True)
-    finally:
-        col.drop()
 
 
 def test_create_needs_valid_dims(client: Any, model: Any) -> None:
@@ -232,12 +218,7 @@ def test_open_unknown_lists_existing(client: Any, populated: tuple) -> None:
 
 def test_open_foreign_collection(client: Any) -> None:
     name = unique("foreign")
-    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-    schema.add_field("id", DataType.INT64, is_primary=True)
-    schema.add_field("v", DataType.FLOAT_VECTOR, dim=4)
-    index = MilvusClient.prepare_index_params()
-    index.add_index("v", index_type="FLAT", metric_type="IP")
-    client.create_collection(name, schema=schema, index_params=index)
+    client.create_collection(name, dimension=4)  # pymilvus' quick setup: an id and a vector, no hivlp properties
     try:
         with pytest.raises(SchemaMismatchError, match="not created by hivlp_milvus"):
             HierarchicalCollection.open(name, client=client)
@@ -268,23 +249,19 @@ def test_reopen_with_mismatching_model(client: Any, populated: tuple, model: Any
 
 
 def test_collection_without_fingerprint_accepts_same_dims(client: Any, other_models: dict) -> None:
-    col = HierarchicalCollection.create(unique(), client=client, low_dim=LOW, high_dim=HIGH)
-    try:
+    with created(client, low_dim=LOW, high_dim=HIGH) as col:
         opened = HierarchicalCollection.open(col.name, client=client, model=other_models["fingerprint"])
         assert opened.fingerprint == ""
         assert opened.model is other_models["fingerprint"]
         with pytest.raises(ModelMismatchError, match="low_dim: collection 16, model 8"):
             opened.model = other_models["low_dim"]
-    finally:
-        col.drop()
 
 
 # ---------------------------------------------------------------------- writes
 
 
 def test_upsert_validates_before_writing(client: Any, model: Any) -> None:
-    col = HierarchicalCollection.create(unique(), client=client, model=model)
-    try:
+    with created(client, model=model) as col:
         rows = make_rows(model, n_images=3)
         bad_batches = [  # (rows, error, match); the first two are whole batches with one bad row
             (
@@ -313,13 +290,10 @@ def test_upsert_validates_before_writing(client: Any, model: Any) -> None:
         vec = col.get([ids[0]], output_fields=["vec_high"])[0]["vec_high"]
         np.testing.assert_allclose(vec, rows[0]["vec_high"], atol=1e-6)
         assert col.upsert([]) == 0
-    finally:
-        col.drop()
 
 
 def test_delete_by_ids_and_filter(client: Any, model: Any) -> None:
-    col = HierarchicalCollection.create(unique(), client=client, model=model)
-    try:
+    with created(client, model=model) as col:
         rows = make_rows(model, n_images=6)  # 6 images + 12 captions
         col.upsert(rows)
         assert col.delete(ids=[rows[0]["id"], rows[1]["id"], 999]) == 2
@@ -335,8 +309,6 @@ def test_delete_by_ids_and_filter(client: Any, model: Any) -> None:
         assert col.delete(ids=[]) == 0
         with pytest.raises(FilterError):
             col.delete()
-    finally:
-        col.drop()
 
 
 def test_drop(client: Any) -> None:
@@ -388,9 +360,8 @@ def test_funnel_equals_brute_force_when_coarse_covers_everything(populated: tupl
         assert_same(res[qi], brute_force(rows, q.high[qi], 10, keep=lambda r: r["attributes"]["color"] == "blue"))
 
 
-def test_both_rerank_paths_agree(populated: tuple, model: Any) -> None:
+def test_both_rerank_paths_agree(populated: tuple) -> None:
     col, rows = populated
-    col = HierarchicalCollection.open(col.name, client=col.client, model=model)
     queries = [rows[N_IMAGES + 10]["reference"], "a huge green square on a white background", records()[9].image]
     a = col.hierarchical_search(queries, limit=5, coarse_limit=50, rerank="client")
     b = col.hierarchical_search(queries, limit=5, coarse_limit=50, rerank="server")
@@ -407,7 +378,6 @@ def test_text_and_image_queries_use_the_model_and_default_modality(
 ) -> None:
     """str and image queries go through the real model: each finds its own row, at inner product 1."""
     col, rows = populated
-    col = HierarchicalCollection.open(col.name, client=col.client, model=model)
     caption = rows[N_IMAGES + 9]  # record 4's second caption
     assert caption["key"] == text_key("4", 1)
     # A text query searches images by default: exactly brute force over the images.
@@ -442,7 +412,6 @@ def test_text_and_image_queries_use_the_model_and_default_modality(
 
 def test_batched_equals_one_by_one(populated: tuple, model: Any) -> None:
     col, _ = populated
-    col = HierarchicalCollection.open(col.name, client=col.client, model=model)
     texts = [records()[i].captions[i % 2] for i in range(6)]
     # Texts on both rerank paths, and their embeddings (which index like a list) on the default one.
     for queries, rerank in ((texts, "client"), (texts, "server"), (model.embed_texts(texts), "auto")):
@@ -542,9 +511,7 @@ def test_malformed_filter(populated: tuple, expr: str, params: dict | None) -> N
 
 
 def test_unreachable_server_fails_fast() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there
     t0 = time.monotonic()
     with pytest.raises(MilvusUnavailableError, match=rf"127\.0\.0\.1:{port}.*check the server is running"):
         connect(f"http://127.0.0.1:{port}", retries=2, timeout=1)
@@ -570,16 +537,13 @@ def test_profiles_resolve_against_this_milvus(env: Env, client: Any) -> None:
             if client.has_collection(name):
                 client.drop_collection(name)
         return
-    col = HierarchicalCollection.create(name, client=client, low_dim=LOW, high_dim=HIGH, profile="gpu")
-    try:
+    with created(client, low_dim=LOW, high_dim=HIGH, profile="gpu") as col:
         # Lite accepts GPU index names but has no GPU index: the recorded profile says what was built.
         expected = {"lite": "lite:IVF_FLAT", "gpu": "gpu:GPU_IVF_FLAT"}[env.engine]
         assert col.profile.tag == expected
         assert col.describe()["indexes"]["vec_low"]["index_type"] == expected.split(":")[1]
         reopened = HierarchicalCollection.open(col.name, client=client)
         assert reopened.profile == col.profile
-    finally:
-        col.drop()
 
 
 def test_connect_uri_forms(tmp_path: Path) -> None:
@@ -611,8 +575,7 @@ def test_modality_gap_does_not_empty_cross_modal_ann_results(client: Any) -> Non
         rows += [row(f"{modality}-{i}", modality, low[i], high[i]) for i in range(n)]
     # The default index sizing (expected_rows unknown): many IVF cells for few rows, as when a
     # source's length is not known before ingest; it made every cross-modal result empty.
-    col = HierarchicalCollection.create(unique("gap"), client=client, low_dim=low_dim, high_dim=high_dim)
-    try:
+    with created(client, "gap", low_dim=low_dim, high_dim=high_dim) as col:
         col.upsert(rows)
         col.flush()  # seal the segments so the IVF index (not a brute-force growing segment) is searched
         text_like = np.asarray([r["vec_low"] for r in rows if r["modality"] == "text"][:16])
@@ -625,5 +588,3 @@ def test_modality_gap_does_not_empty_cross_modal_ann_results(client: Any) -> Non
         for hits in [*coarse, *funnel]:
             assert len(hits) == 10
             assert {h["entity"]["modality"] for h in hits} == {"image"}
-    finally:
-        col.drop()

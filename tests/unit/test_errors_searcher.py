@@ -7,21 +7,18 @@ its error handling, which runs the same inside a replica.
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from collection_rows import row
+from milvus_server import LiteServer
 
 from hivlp_milvus.collection import HierarchicalCollection
 from hivlp_milvus.connection import ConnectionOptions
 from hivlp_milvus.errors import CollectionNotFoundError, FilterError, MilvusUnavailableError
 from hivlp_milvus.model import create_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from milvus_server import LiteServer  # noqa: E402
 
 CAPTIONS = ["a red circle", "a blue square", "two green triangles"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 
 import numpy as np
 import pytest
@@ -64,19 +65,20 @@ def test_unsupported_values_raise(value: object) -> None:
         bind("x == {v}", {"v": value}, templating=True)
 
 
-def test_missing_unused_and_malformed_placeholders() -> None:
-    with pytest.raises(FilterError, match="no value"):
-        bind("x == {v}", {}, templating=False)
-    with pytest.raises(FilterError, match="not used"):
-        bind("x == 1", {"v": 1}, templating=True)
-    with pytest.raises(FilterError, match="malformed placeholder"):
-        bind("x == {1v}", {}, templating=False)
-    with pytest.raises(FilterError, match="unmatched"):
-        bind("x == v}", {}, templating=False)
-    with pytest.raises(FilterError, match="unterminated"):
-        bind('x == "abc', {}, templating=False)
-    with pytest.raises(FilterError, match="reserved"):
-        bind("x == {hivlp_ids}", {"hivlp_ids": [1]}, templating=False)
+@pytest.mark.parametrize(
+    ("expr", "params", "templating", "match"),
+    [
+        ("x == {v}", {}, False, "no value"),
+        ("x == 1", {"v": 1}, True, "not used"),
+        ("x == {1v}", {}, False, "malformed placeholder"),
+        ("x == v}", {}, False, "unmatched"),
+        ('x == "abc', {}, False, "unterminated"),
+        ("x == {hivlp_ids}", {"hivlp_ids": [1]}, False, "reserved"),
+    ],
+)
+def test_missing_unused_and_malformed_placeholders(expr: str, params: dict, templating: bool, match: str) -> None:
+    with pytest.raises(FilterError, match=match):
+        bind(expr, params, templating=templating)
 
 
 def test_braces_inside_string_literals_are_not_placeholders() -> None:
@@ -84,6 +86,9 @@ def test_braces_inside_string_literals_are_not_placeholders() -> None:
     assert bind('key == "{not_me}" and id == {me}', {"me": 1}, templating=False)[0] == 'key == "{not_me}" and id == 1'
     expr, _ = bind('key == "{x}" and id == {x}', {"x": 1}, templating=False)
     assert expr == 'key == "{x}" and id == 1'
+    # An escaped quote does not end the literal: the braces after it are still text.
+    expr, _ = bind("key == 'a\\'{x}' and id == {x}", {"x": 1}, templating=False)
+    assert expr == "key == 'a\\'{x}' and id == 1"
 
 
 def test_substituted_values_are_not_reinterpreted() -> None:
@@ -101,16 +106,8 @@ def test_restrict_to_ids_ands_the_ids_with_the_filter() -> None:
 
 def test_quote_string_only_uses_escapes_lite_knows() -> None:
     for s in NASTY:
-        q = quote_string(s)
-        body = q[1:-1]
-        i = 0
-        while i < len(body):
-            if body[i] == "\\":
-                assert body[i + 1] in '"\\nrt'
-                i += 2
-            else:
-                assert body[i] not in '"\n\r'
-                i += 1
+        # Between the quotes: the escapes \" \\ \n \r \t, or any character but a quote, newline or CR.
+        assert re.fullmatch(r'"(?:\\["\\nrt]|[^"\n\r\\])*"', quote_string(s), re.S), s
     assert literal("x") == '"x"'
 
 

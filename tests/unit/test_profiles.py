@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +35,25 @@ def test_all_profiles_load_with_ip_and_flat_high() -> None:
             assert p.tag == f"{name}:{variant}"
 
 
-def test_defaults_and_caps() -> None:
-    gpu = load_profile("gpu")
-    assert gpu.variant == "GPU_IVF_FLAT"
-    assert gpu.coarse_cap == 256
-    assert gpu.fallback == "cpu"
-    assert gpu.high.mmap
-    assert load_profile("gpu", "GPU_IVF_PQ").coarse_cap == 1024
-    assert load_profile("gpu:GPU_CAGRA").coarse_cap == 1024
-    assert load_profile("cpu").variant == "IVF_FLAT"
-    assert load_profile("cpu").coarse_cap == 16384
-    assert load_profile("cpu", "hnsw").low.index_type == "HNSW"
-    lite = load_profile("lite")
-    assert lite.variant == "IVF_FLAT"
-    assert not lite.high.mmap
-    assert load_profile("lite", "FLAT").low.index_type == "FLAT"
+@pytest.mark.parametrize(
+    ("profile", "attribute", "expected"),
+    [
+        (("gpu",), "variant", "GPU_IVF_FLAT"),
+        (("gpu",), "coarse_cap", 256),
+        (("gpu",), "fallback", "cpu"),
+        (("gpu",), "high.mmap", True),
+        (("gpu", "GPU_IVF_PQ"), "coarse_cap", 1024),
+        (("gpu:GPU_CAGRA",), "coarse_cap", 1024),
+        (("cpu",), "variant", "IVF_FLAT"),
+        (("cpu",), "coarse_cap", 16384),
+        (("cpu", "hnsw"), "low.index_type", "HNSW"),
+        (("lite",), "variant", "IVF_FLAT"),
+        (("lite",), "high.mmap", False),
+        (("lite", "FLAT"), "low.index_type", "FLAT"),
+    ],
+)
+def test_defaults_and_caps(profile: tuple[str, ...], attribute: str, expected: object) -> None:
+    assert attrgetter(attribute)(load_profile(*profile)) == expected
 
 
 def test_unknown_profile_and_variant() -> None:
@@ -58,46 +63,61 @@ def test_unknown_profile_and_variant() -> None:
         load_profile("cpu", "GPU_CAGRA")
 
 
-def test_gpu_names_map_to_lite_indexes() -> None:
-    assert lite_equivalent(load_profile("gpu")).tag == "lite:IVF_FLAT"
-    assert lite_equivalent(load_profile("gpu", "GPU_IVF_PQ")).tag == "lite:IVF_FLAT"
-    assert lite_equivalent(load_profile("gpu", "GPU_CAGRA")).tag == "lite:IVF_FLAT"
-    assert lite_equivalent(load_profile("cpu", "HNSW")).tag == "lite:HNSW"
+@pytest.mark.parametrize(
+    ("profile", "lite_tag"),
+    [
+        (("gpu",), "lite:IVF_FLAT"),
+        (("gpu", "GPU_IVF_PQ"), "lite:IVF_FLAT"),
+        (("gpu", "GPU_CAGRA"), "lite:IVF_FLAT"),
+        (("cpu", "HNSW"), "lite:HNSW"),
+    ],
+)
+def test_gpu_names_map_to_lite_indexes(profile: tuple[str, ...], lite_tag: str) -> None:
+    assert lite_equivalent(load_profile(*profile)).tag == lite_tag
+
+
+def test_without_a_client_profiles_resolve_to_lite() -> None:
     # No client = embedded default: auto is lite, a named profile is mapped.
     assert resolve_profile("auto").tag == "lite:IVF_FLAT"
     assert resolve_profile("gpu").name == "lite"
 
 
-def test_validate_limits_messages_name_cap_and_profile() -> None:
-    gpu = load_profile("gpu")
-    assert gpu.validate_limits(10) == 100
-    assert gpu.validate_limits(20) == 200
-    assert gpu.validate_limits(30) == 256  # default capped by GPU_IVF_FLAT's top-k
-    assert gpu.validate_limits(10, 10) == 10
-    with pytest.raises(SearchLimitError, match=r"256.*GPU_IVF_FLAT.*gpu:GPU_IVF_FLAT"):
-        gpu.validate_limits(10, 300)
-    with pytest.raises(SearchLimitError, match=r"256.*gpu:GPU_IVF_FLAT"):
-        gpu.validate_limits(300)
-    assert load_profile("gpu", "GPU_CAGRA").validate_limits(10, 1024) == 1024
-    with pytest.raises(SearchLimitError, match="1024"):
-        load_profile("gpu", "GPU_IVF_PQ").validate_limits(10, 1025)
-    lite = load_profile("lite")
-    with pytest.raises(SearchLimitError, match="16384"):
-        lite.validate_limits(10, 16385)
-    with pytest.raises(SearchLimitError, match="smaller than limit"):
-        lite.validate_limits(50, 20)
-    for bad in (0, -1, 1.5, True, "10"):
-        with pytest.raises(SearchLimitError):
-            lite.validate_limits(bad)  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    ("profile", "limits", "coarse_limit"),
+    [
+        (("gpu",), (10,), 100),
+        (("gpu",), (20,), 200),
+        (("gpu",), (30,), 256),  # default capped by GPU_IVF_FLAT's top-k
+        (("gpu",), (10, 10), 10),
+        (("gpu", "GPU_CAGRA"), (10, 1024), 1024),
+    ],
+)
+def test_validate_limits_returns_the_coarse_limit(profile: tuple[str, ...], limits: tuple, coarse_limit: int) -> None:
+    assert load_profile(*profile).validate_limits(*limits) == coarse_limit
 
 
-def test_nlist_rule() -> None:
-    assert nlist_for(10) == 16
-    assert nlist_for(10_000) == 256  # N/39 caps 4*sqrt(N)=400
-    assert nlist_for(20_000) == 512
-    assert nlist_for(100_000) == 1265
-    assert nlist_for(1_000_000) == 4000
-    assert nlist_for(10**12) == 65536
+@pytest.mark.parametrize(
+    ("profile", "limits", "match"),
+    [
+        (("gpu",), (10, 300), r"256.*GPU_IVF_FLAT.*gpu:GPU_IVF_FLAT"),
+        (("gpu",), (300,), r"256.*gpu:GPU_IVF_FLAT"),
+        (("gpu", "GPU_IVF_PQ"), (10, 1025), "1024"),
+        (("lite",), (10, 16385), "16384"),
+        (("lite",), (50, 20), "smaller than limit"),
+        *[(("lite",), (bad,), None) for bad in (0, -1, 1.5, True, "10")],
+    ],
+)
+def test_validate_limits_messages_name_cap_and_profile(profile: tuple[str, ...], limits: tuple, match: str) -> None:
+    with pytest.raises(SearchLimitError, match=match):
+        load_profile(*profile).validate_limits(*limits)
+
+
+@pytest.mark.parametrize(
+    ("rows", "nlist"),
+    [(10, 16), (10_000, 256), (20_000, 512), (100_000, 1265), (1_000_000, 4000), (10**12, 65536)],
+)
+def test_nlist_rule(rows: int, nlist: int) -> None:
+    assert nlist_for(rows) == nlist  # at 10k rows N/39 = 256 caps 4*sqrt(N) = 400
 
 
 def test_index_params_need_resolved_nlist_and_nest_params_for_lite() -> None:
@@ -114,27 +134,33 @@ def test_index_params_need_resolved_nlist_and_nest_params_for_lite() -> None:
     assert lite["vec_high"] == {"metric_type": "IP", "index_type": "FLAT"}
 
 
-def test_search_params_sizing() -> None:
-    lite = load_profile("lite").with_low_build_params({"nlist": 512})
-    sp = lite.low_search_params(100)
-    assert sp["metric_type"] == "IP"
-    assert sp["params"] == {"nprobe": 128}
-    cpu = load_profile("cpu").with_low_build_params({"nlist": 1000})
-    assert cpu.low_search_params(100)["params"]["nprobe"] == 100  # a tenth of the lists
-    assert load_profile("cpu").with_low_build_params({"nlist": 64}).low_search_params(10)["params"]["nprobe"] == 32
-    # 4x oversampling: 4 * 500 * 1000 / 10000 = 200 lists
-    assert cpu.low_search_params(500, num_rows=10_000)["params"]["nprobe"] == 200
-    assert cpu.low_search_params(5000, num_rows=10_000)["params"]["nprobe"] == 1000  # capped at nlist
-    assert load_profile("cpu", "HNSW").low_search_params(500)["params"]["ef"] == 500
-    assert load_profile("cpu", "HNSW").low_search_params(10)["params"]["ef"] == 128
+@pytest.mark.parametrize(
+    ("profile", "nlist", "limit", "num_rows", "params"),
+    [
+        (("lite",), 512, 100, None, {"nprobe": 128}),
+        (("cpu",), 1000, 100, None, {"nprobe": 100}),  # a tenth of the lists
+        (("cpu",), 64, 10, None, {"nprobe": 32}),
+        (("cpu",), 1000, 500, 10_000, {"nprobe": 200}),  # 4x oversampling: 4 * 500 * 1000 / 10000 lists
+        (("cpu",), 1000, 5000, 10_000, {"nprobe": 1000}),  # capped at nlist
+        (("cpu", "HNSW"), None, 500, None, {"ef": 500}),
+        (("cpu", "HNSW"), None, 10, None, {"ef": 128}),
+        (("gpu", "GPU_CAGRA"), None, 10, None, {"itopk_size": 64}),  # knowhere's floor
+        (("gpu", "GPU_CAGRA"), None, 65, None, {"itopk_size": 96}),  # >= k, a multiple of 32
+        (("gpu", "GPU_CAGRA"), None, 200, None, {"itopk_size": 224}),
+        (("gpu", "GPU_CAGRA"), None, 1024, None, {"itopk_size": 1024}),  # the coarse cap
+    ],
+)
+def test_search_params_sizing(
+    profile: tuple[str, ...], nlist: int | None, limit: int, num_rows: int | None, params: dict
+) -> None:
+    p = load_profile(*profile)
+    p = p.with_low_build_params({"nlist": nlist}) if nlist else p
+    assert p.low_search_params(limit, num_rows=num_rows) == {"metric_type": "IP", "params": params}
 
 
-def test_cagra_itopk_size_covers_the_coarse_limit() -> None:
+def test_cagra_itopk_size_keeps_a_larger_setting() -> None:
     cagra = load_profile("gpu", "GPU_CAGRA")
-    assert cagra.low_search_params(10)["params"] == {"itopk_size": 64}  # knowhere's floor
-    assert cagra.low_search_params(65)["params"]["itopk_size"] == 96  # >= k, a multiple of 32
-    assert cagra.low_search_params(200)["params"]["itopk_size"] == 224
-    assert cagra.low_search_params(cagra.coarse_cap)["params"]["itopk_size"] == 1024
+    assert cagra.coarse_cap == 1024
     custom = replace(cagra, low=replace(cagra.low, search_params={"itopk_size": 512}))
     assert custom.low_search_params(100)["params"]["itopk_size"] == 512  # a larger setting is kept
 
@@ -183,10 +209,7 @@ class GpuBuildFailsFake(ServerLikeClient):
 
 def _unit_rows(n: int, low_dim: int, high_dim: int) -> list[dict[str, Any]]:
     rng = np.random.default_rng(11)
-    rows = []
-    for i in range(n):
-        rows.append(row(str(i), "image", unit(rng.normal(size=low_dim)), unit(rng.normal(size=high_dim))))
-    return rows
+    return [row(str(i), "image", unit(rng.normal(size=low_dim)), unit(rng.normal(size=high_dim))) for i in range(n)]
 
 
 def test_failed_gpu_build_falls_back_to_cpu_after_the_real_build(tmp_path: Path) -> None:

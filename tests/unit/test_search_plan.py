@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from collection_rows import row
+from collection_rows import created, row
 from test_fusion_search import CAPTIONS, RECORDS, image_dir, model  # noqa: F401 - fixtures reused
 from test_search_reference import (
     HIGH,
@@ -31,7 +31,6 @@ from test_search_reference import (
     correlated,
     make_rows,
     numpy_funnel,
-    unique,
 )
 
 from hivlp_milvus.collection import HierarchicalCollection
@@ -76,15 +75,10 @@ def _built(
     tmp_path_factory: pytest.TempPathFactory, data: dict[str, np.ndarray], name: str, profile: str
 ) -> Iterator[HierarchicalCollection]:
     client = connect(str(tmp_path_factory.mktemp(name) / "hivlp.db"))
-    c = HierarchicalCollection.create(
-        unique(name), client=client, low_dim=LOW, high_dim=HIGH, profile=profile, expected_rows=N_ROWS
-    )
-    try:
+    with created(client, name, low_dim=LOW, high_dim=HIGH, profile=profile, expected_rows=N_ROWS) as c:
         assert c.upsert(make_rows(data["low"], data["high"])) == N_ROWS
         c.flush()
         yield c
-    finally:
-        c.drop()
 
 
 @pytest.fixture(scope="module")
@@ -333,13 +327,10 @@ def fused(tmp_path_factory: pytest.TempPathFactory, model: Any) -> Iterator[Hier
         ):
             rows.append(row(key, modality, emb.low[i], emb.high[i], reference=ref))
     client = connect(str(tmp_path_factory.mktemp("planfus") / "hivlp.db"))
-    c = HierarchicalCollection.create(unique("planfus"), client=client, model=model)
-    try:
+    with created(client, "planfus", model=model) as c:
         c.upsert(rows)
         c.flush()
         yield c
-    finally:
-        c.drop()
 
 
 def test_fusion_on_the_exact_plan_rescores_the_exact_top_m(fused: HierarchicalCollection, image_dir: Any) -> None:  # noqa: F811
