@@ -64,41 +64,46 @@ if TYPE_CHECKING:
 
 
 class SearchableCollection(Protocol):
-    """What the funnel needs from a collection: where it lives, its dims, index profile and model.
-
-    A member's docstring is its whole body: a protocol declares, it never implements.
-    """
+    """What the funnel needs from a collection: where it lives, its dims, index profile and model."""
 
     @property
     def name(self) -> str:
         """The Milvus collection name."""
+        ...
 
     @property
     def client(self) -> Any:
         """A connected ``pymilvus.MilvusClient``."""
+        ...
 
     @property
     def low_dim(self) -> int:
         """Dim of ``vec_low``."""
+        ...
 
     @property
     def high_dim(self) -> int:
         """Dim of ``vec_high``."""
+        ...
 
     @property
     def profile(self) -> IndexProfile:
         """The index profile (limits, search params)."""
+        ...
 
     @property
     def model(self) -> Any:
         """The model that encodes str/image queries, or ``None``."""
+        ...
 
     @property
     def is_lite(self) -> bool:
         """Whether the collection lives in Milvus Lite (no filter templating; client re-rank)."""
+        ...
 
     def approx_num_rows(self) -> int | None:
         """A cheap row count (sizes IVF ``nprobe``), ``None`` if unknown."""
+        ...
 
 
 RERANK_MODES = ("auto", "client", "server")
