@@ -24,7 +24,7 @@ into docker/k8s/rayservice.yaml after editing the former.
 
 from __future__ import annotations
 
-import ast
+import importlib
 import os
 import re
 import shlex
@@ -38,6 +38,9 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
+from ray import serve
+
+from serving import AppArgs
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -61,18 +64,7 @@ KUBE_FILES = [RAYJOB, RAYSERVICE]
 IMPORT_PATHS = {"serving:build_app", "serving:app"}
 
 
-def _builder_args() -> set[str]:
-    """The fields of ``serving.app.AppArgs``, read from the source (importing it would start Ray Serve's imports)."""
-    tree = ast.parse((ROOT / "serving" / "app.py").read_text(encoding="utf-8"))
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "AppArgs")
-    return {
-        n.target.id
-        for n in cls.body
-        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n.target.id != "model_config"
-    }
-
-
-BUILDER_ARGS = _builder_args()
+BUILDER_ARGS = set(AppArgs.model_fields)
 SECRET_ARGS = {"milvus_token", "api_key"}
 DEPLOYMENTS = {"TextEncoder", "ImageEncoder", "Searcher", "Ingress"}
 SERVE_PORT = 8000  # Ray Serve's default HTTP port; the app, the probes and the manifests use it
@@ -235,19 +227,9 @@ def _serve_invocations(text: str) -> list[tuple[str, str, dict[str, str]]]:
 
 
 def _builder_deployment_names() -> set[str]:
-    """Deployment names defined in serving/*.py (decorated classes, `name=` wins); empty if none yet."""
-    names: set[str] = set()
-    for path in (ROOT / "serving").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            for deco in getattr(node, "decorator_list", []):  # classes and functions
-                target = deco.func if isinstance(deco, ast.Call) else deco
-                if isinstance(target, ast.Attribute) and target.attr == "deployment":
-                    keywords = deco.keywords if isinstance(deco, ast.Call) else []
-                    given = [
-                        kw.value.value for kw in keywords if kw.arg == "name" and isinstance(kw.value, ast.Constant)
-                    ]
-                    names.add(given[-1] if given else node.name)
-    return names
+    """The names of the Serve deployments the modules of serving/ define."""
+    modules = [importlib.import_module(f"serving.{path.stem}") for path in (ROOT / "serving").glob("[!_]*.py")]
+    return {obj.name for module in modules for obj in vars(module).values() if isinstance(obj, serve.Deployment)}
 
 
 def _rayservice_applications(path: Path = RAYSERVICE) -> list[dict[str, Any]]:
