@@ -31,7 +31,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -40,6 +39,7 @@ import pytest
 import yaml
 from ray import serve
 
+from hivlp_milvus.profiles import load_profile, profile_variants
 from serving import AppArgs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +52,6 @@ RAYJOB = K8S / "rayjob-train.yaml"
 RAYSERVICE = K8S / "rayservice.yaml"
 HELM_VALUES = K8S / "milvus-values-gpu.yaml"
 SERVE_CONFIG = ROOT / "serving" / "config.yaml"
-PROFILES = ROOT / "schemas" / "profiles.yaml"
 TRAINING_CONFIGS = ROOT / "training" / "configs"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 
@@ -94,16 +93,6 @@ def _doc(path: Path) -> Any:
 
 def _services(path: Path) -> dict[str, dict[str, Any]]:
     return _doc(path)["services"]
-
-
-def _walk(node: Any) -> Iterator[Any]:
-    yield node
-    if isinstance(node, dict):
-        for value in node.values():
-            yield from _walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk(value)
 
 
 def _ray_cluster(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -190,16 +179,6 @@ def _all_images() -> list[tuple[str, str]]:
     helm = _doc(HELM_VALUES)["image"]["all"]
     images.append((f"{HELM_VALUES.name}:image.all", f"{helm['repository']}:{helm['tag']}"))
     return images
-
-
-def _profiles() -> dict[str, Any]:
-    data = yaml.safe_load(PROFILES.read_text(encoding="utf-8"))
-    return data.get("profiles", data)
-
-
-def _strings(node: Any) -> set[str]:
-    """Every string used as a key or a value anywhere inside ``node``."""
-    return {s for item in _walk(node) for s in (item if isinstance(item, dict) else [item]) if isinstance(s, str)}
 
 
 def _serve_invocations(text: str) -> list[tuple[str, str, dict[str, str]]]:
@@ -682,15 +661,10 @@ def test_helm_values_put_gpus_on_query_and_data_nodes() -> None:
 
 
 def test_gpu_index_types_match_profiles() -> None:
-    assert PROFILES.exists(), "schemas/profiles.yaml is missing (the collection engineer writes it)"
-    profiles = _profiles()
-    assert "gpu" in profiles, f"{PROFILES.relative_to(ROOT)} has no `gpu` profile"
-    profile = profiles["gpu"]
-    low = profile.get("vec_low", profile)
-    variants = {name for name in _strings(low) if re.fullmatch(r"GPU_[A-Z0-9_]+", name)}
-    assert variants, "the gpu profile names no GPU_* vec_low index"
-    high = profile.get("vec_high") or {}
-    assert "FLAT" in {v for v in _walk(high) if isinstance(v, str)}, "gpu profile's vec_high must be FLAT"
+    variants = set(profile_variants("gpu"))
+    assert variants, "the gpu profile names no vec_low index"
+    gpu = load_profile("gpu")
+    assert gpu.high.index_type == "FLAT", "gpu profile's vec_high must be FLAT"
 
     named = {
         str(path.relative_to(ROOT)): set(re.findall(r"\bGPU_[A-Z0-9_]+\b", path.read_text(encoding="utf-8")))
@@ -707,19 +681,13 @@ def test_gpu_index_types_match_profiles() -> None:
     assert declared["profile"] == "gpu"
     assert set(declared["vec_low"]) == variants
     assert declared["vec_high"] == "FLAT"
-    default = low.get("default") if isinstance(low, dict) else None
-    if default is not None:
-        assert declared["vec_low_default"] == default
+    assert declared["vec_low_default"] == gpu.variant
 
 
 def test_cpu_compose_index_types_match_profiles() -> None:
-    cpu = _profiles().get("cpu")
-    if cpu is None:
-        pytest.skip("schemas/profiles.yaml has no cpu profile")
-    strings = _strings(cpu.get("vec_low", cpu))
     declared = _doc(COMPOSE_CPU)["x-hivlp-index-profile"]
     assert declared["profile"] == "cpu"
-    assert set(declared["vec_low"]) <= strings, f"{declared['vec_low']} not all in the cpu profile"
+    assert set(declared["vec_low"]) <= set(profile_variants("cpu")), f"{declared['vec_low']} not all in the cpu profile"
 
 
 # -- docs --------------------------------------------------------------------------------------
