@@ -130,18 +130,8 @@ def _command_text(service: dict[str, Any]) -> str:
 
 
 def _ports(service: dict[str, Any]) -> dict[int, int | None]:
-    """container port -> published host port (None when not published)."""
-    out: dict[int, int | None] = {}
-    for entry in service.get("ports", []):
-        if isinstance(entry, dict):
-            published = entry.get("published")
-            out[int(entry["target"])] = int(published) if published is not None else None
-        else:  # short syntax: [[ip:]host:]container[/proto]; ip may be a ${VAR:-default}
-            text = str(entry).split("/")[0]
-            match = re.fullmatch(r"(?:(?:\$\{[^}]*\}|[^:]+):)?(?:(\d+):)?(\d+)", text)
-            assert match, f"unparseable port {entry!r}"
-            out[int(match.group(3))] = int(match.group(2)) if match.group(2) else None
-    return out
+    """container port -> published host port (None when not published); the files use compose's long syntax."""
+    return {int(p["target"]): int(p["published"]) if "published" in p else None for p in service.get("ports", [])}
 
 
 def _image_ref(image: str) -> tuple[str, str]:
