@@ -36,12 +36,15 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+import ray
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from ray import serve
+from ray.serve.schema import ServeDeploySchema
 
 from hivlp_milvus.profiles import load_profile, profile_variants
 from serving import AppArgs
+from training.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -264,8 +267,6 @@ def test_every_image_is_pinned() -> None:
 
 
 def test_project_images_carry_package_and_ray_version() -> None:
-    import ray
-
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     project_version = re.search(r'^version\s*=\s*"([^"]+)"', pyproject, re.MULTILINE).group(1)
     for where, image in _all_images():
@@ -282,8 +283,6 @@ def test_project_images_carry_package_and_ray_version() -> None:
 
 
 def test_ray_versions_match_installed_ray() -> None:
-    import ray
-
     for where, image in _all_images():
         repo, tag = _image_ref(image)
         if repo == "rayproject/ray":
@@ -492,9 +491,8 @@ def test_docker_compose_config_accepts_both_files() -> None:
 
 
 def test_serve_config_validates_against_ray_schema() -> None:
-    schema = pytest.importorskip("ray.serve.schema")
-    schema.ServeDeploySchema.model_validate(_doc(SERVE_CONFIG))
-    schema.ServeDeploySchema.model_validate({"applications": _rayservice_applications()})
+    ServeDeploySchema.model_validate(_doc(SERVE_CONFIG))
+    ServeDeploySchema.model_validate({"applications": _rayservice_applications()})
 
 
 def test_serve_config_shape() -> None:
@@ -631,8 +629,7 @@ def test_rayjob_runs_a_shipped_training_config() -> None:
 
     shipped = sorted(p.stem for p in TRAINING_CONFIGS.glob("*.yaml"))
     assert (ROOT / config).is_file(), f"RayJob uses {config}; training/configs/ has only {shipped}"
-    training_config = pytest.importorskip("training.config")
-    training_config.load_config(ROOT / config, overrides)  # raises ConfigError on a bad key/value
+    load_config(ROOT / config, overrides)  # raises ConfigError on a bad key/value
 
 
 def test_helm_values_put_gpus_on_query_and_data_nodes() -> None:
