@@ -331,17 +331,6 @@ def test_both_command_lines_share_the_config_code(capsys: pytest.CaptureFixture[
     assert "scaling.num_workers" in capsys.readouterr().err
 
 
-def test_reusing_a_run_name_with_another_model_is_refused() -> None:
-    from training.trainer import _check_same_model
-
-    cfg = load_config("quickstart")
-    tiny = cfg.model.resolve()
-    _check_same_model(tiny, tiny, cfg, "/x/init_model")  # same model: resuming is fine
-    other = load_config("quickstart", ["model.overrides.low_dim=16"]).model.resolve()
-    with pytest.raises(ConfigError, match=r"low_dim differ.*another run.name"):
-        _check_same_model(tiny, other, cfg, "/x/init_model")
-
-
 def test_an_image_tower_swap_is_another_model(tmp_path: Path) -> None:
     """The tiny config's ViT -> CNN change must not resume the old run (timm kwargs differ)."""
     from hivlp_milvus.model import create_model
