@@ -202,11 +202,8 @@ def test_gpu_configs_are_multi_node_bf16_on_shared_storage(name: str) -> None:
     assert cfg.scaling.num_workers >= 16
     assert cfg.scaling.worker_resources["GPU"] == 1
     assert cfg.optim.precision == "bf16"
-    assert cfg.run.storage_path is not None
     assert cfg.run.storage_path.startswith(SHARED_STORAGE)
-    assert cfg.run.work_dir is not None
     assert cfg.run.work_dir.startswith(SHARED_STORAGE)
-    assert cfg.data.train is not None
     assert cfg.data.train.endswith(".json")
     assert cfg.data.train_split == "train"
     assert cfg.data.val_split == "val"
