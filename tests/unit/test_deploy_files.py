@@ -139,12 +139,8 @@ def _ports(service: dict[str, Any]) -> dict[int, int | None]:
 
 
 def _image_ref(image: str) -> tuple[str, str]:
-    """(repository, tag) of an image reference; tag '' when there is none."""
-    name = image.split("@")[0]
-    last = name.rsplit("/", 1)[-1]
-    if ":" not in last:
-        return name, ""
-    repo, tag = name.rsplit(":", 1)
+    """(repository, tag) of an image reference (a digest dropped); tag '' when there is none."""
+    repo, tag = re.fullmatch(r"([^@]*?)(?::([^:/@]*))?(?:@.*)?", image).groups(default="")
     return repo, tag
 
 
