@@ -244,8 +244,6 @@ def test_two_ingests_creating_the_same_new_collection_at_once(milvus_server: Any
         ctx.Process(target=_writer, args=(w, uri, token, name, results, go, True), name=f"writer-{w}")
         for w in range(WRITERS)
     ]
-    # The searcher's slot: _run_children waits for every process, so give it one that ends at once.
-    procs.append(ctx.Process(target=_idle, args=(results, go), name="idle"))
     try:
         done, errors = _run_children(procs, results, go, writers_done)
         assert not errors, "\n".join(errors)
@@ -260,7 +258,3 @@ def test_two_ingests_creating_the_same_new_collection_at_once(milvus_server: Any
         client = MilvusClient(uri=uri, token=token or "")
         if client.has_collection(name):
             client.drop_collection(name)
-
-
-def _idle(results: Any, go: Any) -> None:
-    _child("idle", results, go, lambda: None)
