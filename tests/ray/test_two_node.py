@@ -250,11 +250,7 @@ def test_train_on_two_nodes_then_distributed_ingest(
     token = server.token or None
     coll = HierarchicalCollection.open(name, uri=server.uri, token=token, model=model)  # fingerprint checked
     try:
-        ids: list[int] = []
-        it = coll.client.query_iterator(name, batch_size=1000, filter="id >= 0", output_fields=["id"])
-        while page := it.next():
-            ids.extend(int(r["id"]) for r in page)
-        it.close()
+        ids = [r["id"] for r in coll.client.query(name, filter="id >= 0", output_fields=["id"], limit=16384)]
         assert sorted(ids) == sorted(row_id(k, m) for k, m in keys)  # every image / caption exactly once
 
         # The stored vectors are the exported model's.
