@@ -59,11 +59,9 @@ def _all_records() -> dict[int, EmbeddingRecord]:
 
 
 def _child(role: str, results: Any, go: Any, body: Any) -> None:
-    """Report ready, wait for the common start, run ``body``; any exception goes back as text."""
+    """Wait until every child is ready (the ``go`` barrier), run ``body``; any exception goes back as text."""
     try:
-        results.put(("ready", role, None))
-        if not go.wait(TIMEOUT_S):
-            raise TimeoutError("the test never gave the start signal")
+        go.wait(TIMEOUT_S)
         results.put(("done", role, body()))
     except BaseException:
         results.put(("error", role, traceback.format_exc()))
@@ -151,10 +149,9 @@ def _searcher(uri: str, token: str, name: str, results: Any, go: Any, writers_do
 
 
 def _run_children(procs: list[Any], results: Any, go: Any, *releases: Any) -> tuple[dict, list[str]]:
-    """Start the children, release them together, collect their results (or tracebacks)."""
+    """Start the children (they begin together, at the ``go`` barrier), collect their results (or tracebacks)."""
     for p in procs:
         p.start()
-    ready: set[str] = set()
     done: dict[str, Any] = {}
     errors: list[str] = []
     deadline = time.monotonic() + TIMEOUT_S
@@ -166,11 +163,7 @@ def _run_children(procs: list[Any], results: Any, go: Any, *releases: Any) -> tu
             if dead:  # died without reporting (e.g. killed): no traceback to show
                 errors += [f"{p.name} exited with {p.exitcode} before reporting" for p in dead]
             continue
-        if kind == "ready":
-            ready.add(role)
-            if len(ready) == len(procs):
-                go.set()
-        elif kind == "done":
+        if kind == "done":
             done[role] = payload
             if all(f"writer-{w}" in done for w in range(WRITERS)):
                 releases[0].set()  # writers_done
@@ -178,7 +171,8 @@ def _run_children(procs: list[Any], results: Any, go: Any, *releases: Any) -> tu
             errors.append(f"--- {role} failed:\n{payload}")
     if len(done) < len(procs) and not errors:
         errors.append(f"no result within {TIMEOUT_S:.0f} s from {sorted({p.name for p in procs} - set(done))}")
-    for event in (go, *releases):  # release anyone still waiting, so they can exit
+    go.abort()  # release anyone still waiting, so they can exit
+    for event in releases:
         event.set()
     for p in procs:
         p.join(timeout=30)
@@ -198,7 +192,7 @@ def test_two_writers_and_a_searcher_in_parallel(milvus_server: Any) -> None:
         name, uri=uri, token=token or None, low_dim=LOW, high_dim=HIGH, expected_rows=WRITERS * PER_WRITER
     )
     ctx = mp.get_context("spawn")
-    results, go, writers_done, midway = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Event()
+    results, go, writers_done, midway = ctx.Queue(), ctx.Barrier(WRITERS + 1), ctx.Event(), ctx.Event()
     procs = [
         ctx.Process(target=_writer, args=(w, uri, token, name, results, go, False, midway), name=f"writer-{w}")
         for w in range(WRITERS)
@@ -239,7 +233,7 @@ def test_two_ingests_creating_the_same_new_collection_at_once(milvus_server: Any
     uri, token = milvus_server.uri, milvus_server.token
     name = f"race_{uuid.uuid4().hex[:10]}"
     ctx = mp.get_context("spawn")
-    results, go, writers_done = ctx.Queue(), ctx.Event(), ctx.Event()
+    results, go, writers_done = ctx.Queue(), ctx.Barrier(WRITERS), ctx.Event()
     procs = [
         ctx.Process(target=_writer, args=(w, uri, token, name, results, go, True), name=f"writer-{w}")
         for w in range(WRITERS)
