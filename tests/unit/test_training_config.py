@@ -18,24 +18,20 @@ from training.loop import flatten_eval, lr_factor
 SHARED_STORAGE = ("s3://", "gs://", "/mnt/shared")
 
 
-def _write(tmp_path: Path, data: dict) -> Path:
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 # -- loading and overrides ---------------------------------------------------------------------
 
 
 def test_yaml_and_overrides_round_trip(tmp_path: Path) -> None:
-    path = _write(
-        tmp_path,
-        {
-            "model": {"config": "micro"},
-            "data": {"synthetic": {"train": 64, "val": 16}},
-            "optim": {"lr": "3e-4", "batch_size": 8},
-            "run": {"name": "t"},
-        },
+    path = tmp_path / "train.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"config": "micro"},
+                "data": {"synthetic": {"train": 64, "val": 16}},
+                "optim": {"lr": "3e-4", "batch_size": 8},
+                "run": {"name": "t"},
+            }
+        )
     )
     cfg = load_config(
         path,
