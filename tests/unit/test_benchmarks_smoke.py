@@ -8,14 +8,9 @@ exactly the exact high-dim top-10 (fidelity 1.0).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 pytest.importorskip("faiss")
 pytest.importorskip("matplotlib")
