@@ -36,8 +36,7 @@ def search_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_search_smoke_json(search_result: dict) -> None:
     doc = search_result
-    for key in ("benchmark", "date", "machine", "sizes", "generator", "plots"):
-        assert key in doc
+    assert {"benchmark", "date", "machine", "sizes", "generator", "plots"} <= set(doc)
     assert doc["machine"]["versions"]["pymilvus"]
     sizes = doc["sizes"]
     assert [s["rows"] for s in sizes] == [500]
