@@ -38,7 +38,7 @@ from urllib.parse import urlparse
 import pytest
 import ray
 import yaml
-from packaging.requirements import InvalidRequirement, Requirement
+from packaging.requirements import Requirement
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
@@ -321,13 +321,8 @@ def test_dockerfile_contract() -> None:
 
 def test_dockerfile_torch_pins_satisfy_pyproject() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    deps = {}
-    for raw in re.findall(r'^\s*"([^"]+)",?\s*(?:#.*)?$', pyproject, re.MULTILINE):
-        try:
-            req = Requirement(raw)
-        except InvalidRequirement:  # not a requirement string (e.g. a path list entry)
-            continue
-        deps[req.name] = req.specifier
+    torch_lines = re.findall(r'^\s*"((?:torch|torchvision)(?:[^\w"-][^"]*)?)"', pyproject, re.MULTILINE)
+    deps = {req.name: req.specifier for req in map(Requirement, torch_lines)}
     pins = re.findall(r'"(torch|torchvision)==([^"]+)"', DOCKERFILE.read_text(encoding="utf-8"))
     assert pins, "Dockerfile pins no torch/torchvision for the optional TORCH_INDEX_URL path"
     for name, version in pins:
