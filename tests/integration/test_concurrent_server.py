@@ -159,9 +159,12 @@ def _run_children(procs: list[Any], results: Any, go: Any, *releases: Any) -> tu
         try:
             kind, role, payload = results.get(timeout=0.5)
         except queue.Empty:
-            dead = [p for p in procs if p.exitcode is not None and p.name not in done]
-            if dead:  # died without reporting (e.g. killed): no traceback to show
-                errors += [f"{p.name} exited with {p.exitcode} before reporting" for p in dead]
+            # Died without reporting (e.g. killed): no traceback to show.
+            errors += [
+                f"{p.name} exited with {p.exitcode} before reporting"
+                for p in procs
+                if p.exitcode is not None and p.name not in done
+            ]
             continue
         if kind == "done":
             done[role] = payload
