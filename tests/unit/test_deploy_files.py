@@ -163,9 +163,7 @@ def _all_images() -> list[tuple[str, str]]:
             base = ((service.get("build") or {}).get("args") or {}).get("RAY_IMAGE")
             if base:
                 images.append((f"{where} build.args.RAY_IMAGE", base))
-    for path in KUBE_FILES:
-        for container in _containers(_doc(path)):
-            images.append((f"{path.name}:{container['name']}", container["image"]))
+    images += [(f"{path.name}:{c['name']}", c["image"]) for path in KUBE_FILES for c in _containers(_doc(path))]
     helm = _doc(HELM_VALUES)["image"]["all"]
     images.append((f"{HELM_VALUES.name}:image.all", f"{helm['repository']}:{helm['tag']}"))
     return images
