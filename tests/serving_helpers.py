@@ -1,5 +1,5 @@
 """Helpers shared by the serving test modules (tests/ray/test_serving.py, tests/ray/test_faults.py and
-tests/unit/test_{serving_schemas,serving_inprocess,media_security,content_limits,fuzz_http,readers}.py)."""
+tests/unit/test_{serving_schemas,serving_http,serving_inprocess,media_security,content_limits,fuzz_http,readers}.py)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from milvus_server import free_port
 
 pytestmark = [pytest.mark.e2e]
 
@@ -46,12 +46,6 @@ CHROMIUM_FLAGS = [
 ]
 N_RECORDS = 60
 LIMIT = 12
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -85,7 +79,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Iterato
     col.client.close()
     server_manager_instance.release_server(db)  # Milvus Lite is single-process: the Searcher takes over
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         args = AppArgs(checkpoint=str(tmp / "model"), milvus_uri=db, collection="web", max_encoder_replicas=1)

@@ -9,14 +9,9 @@ large as the gallery, both re-rank paths return exactly the exact high-dim top-1
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 pytest.importorskip("faiss")
 

@@ -139,26 +139,16 @@ def two_node_cluster() -> Iterator[TwoNodeCluster]:
                  "metrics-export", "runtime-env-agent")  # fmt: skip
         return [f"--{flag}-port={port}" for flag, port in zip(flags, ports, strict=True)]
 
+    address = f"127.0.0.1:{gcs}"
+    head = ["--head", f"--port={gcs}", '--resources={"node_a": 1}', "--include-dashboard=true",
+            f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}", *node_ports(head_ports)]  # fmt: skip
+    worker = [f"--address={address}", '--resources={"node_b": 1}', *node_ports(worker_ports)]
     nodes: list[subprocess.Popen] = []
     try:
-        head_log = temp_dir / "head.log"
-        head = _start_node(
-            ["--head", f"--port={gcs}", "--resources={\"node_a\": 1}", "--include-dashboard=true",
-             f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}", *node_ports(head_ports), *common],
-            head_log,
-            env,
-        )  # fmt: skip
-        nodes.append(head)
-        _wait_started(head, head_log)
-        address = f"127.0.0.1:{gcs}"
-        worker_log = temp_dir / "worker.log"
-        worker = _start_node(
-            [f"--address={address}", "--resources={\"node_b\": 1}", *node_ports(worker_ports), *common],
-            worker_log,
-            env,
-        )  # fmt: skip
-        nodes.append(worker)
-        _wait_started(worker, worker_log)
+        for name, args in (("head", head), ("worker", worker)):  # the head first: the worker joins it
+            log = temp_dir / f"{name}.log"
+            nodes.append(_start_node([*args, *common], log, env))
+            _wait_started(nodes[-1], log)
         yield TwoNodeCluster(address, env, temp_dir)
     finally:
         for proc in reversed(nodes):  # the joining node first, then the head
@@ -175,12 +165,11 @@ def server() -> Iterator[MilvusEndpoint]:
 def _drive(cmd: list[str], cluster: TwoNodeCluster, log: Path, timeout_s: float) -> str:
     """Run a driver process against the cluster; its output is returned (and kept in ``log``)."""
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=cluster.env, cwd=HERE.parents[1])
-        try:
-            proc.wait(timeout=timeout_s)
+        try:  # run() kills the driver when it times out
+            proc = subprocess.run(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=cluster.env, cwd=HERE.parents[1], timeout=timeout_s
+            )
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
             raise AssertionError(f"{cmd[1:3]} did not finish within {timeout_s:.0f} s:\n{_tail(log)}") from None
     assert proc.returncode == 0, f"{cmd[1:3]} exited with {proc.returncode}:\n{_tail(log)}"
     return log.read_text(errors="replace")
@@ -250,11 +239,7 @@ def test_train_on_two_nodes_then_distributed_ingest(
     token = server.token or None
     coll = HierarchicalCollection.open(name, uri=server.uri, token=token, model=model)  # fingerprint checked
     try:
-        ids: list[int] = []
-        it = coll.client.query_iterator(name, batch_size=1000, filter="id >= 0", output_fields=["id"])
-        while page := it.next():
-            ids.extend(int(r["id"]) for r in page)
-        it.close()
+        ids = [r["id"] for r in coll.client.query(name, filter="id >= 0", output_fields=["id"], limit=16384)]
         assert sorted(ids) == sorted(row_id(k, m) for k, m in keys)  # every image / caption exactly once
 
         # The stored vectors are the exported model's.

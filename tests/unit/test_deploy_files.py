@@ -24,20 +24,27 @@ into docker/k8s/rayservice.yaml after editing the former.
 
 from __future__ import annotations
 
-import ast
+import importlib
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+import ray
 import yaml
+from packaging.requirements import Requirement
+from ray import serve
+from ray.serve.schema import ServeDeploySchema
+
+from hivlp_milvus.profiles import load_profile, profile_variants
+from serving import AppArgs
+from training.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -49,7 +56,6 @@ RAYJOB = K8S / "rayjob-train.yaml"
 RAYSERVICE = K8S / "rayservice.yaml"
 HELM_VALUES = K8S / "milvus-values-gpu.yaml"
 SERVE_CONFIG = ROOT / "serving" / "config.yaml"
-PROFILES = ROOT / "schemas" / "profiles.yaml"
 TRAINING_CONFIGS = ROOT / "training" / "configs"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 
@@ -61,18 +67,7 @@ KUBE_FILES = [RAYJOB, RAYSERVICE]
 IMPORT_PATHS = {"serving:build_app", "serving:app"}
 
 
-def _builder_args() -> set[str]:
-    """The fields of ``serving.app.AppArgs``, read from the source (importing it would start Ray Serve's imports)."""
-    tree = ast.parse((ROOT / "serving" / "app.py").read_text(encoding="utf-8"))
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "AppArgs")
-    return {
-        n.target.id
-        for n in cls.body
-        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n.target.id != "model_config"
-    }
-
-
-BUILDER_ARGS = _builder_args()
+BUILDER_ARGS = set(AppArgs.model_fields)
 SECRET_ARGS = {"milvus_token", "api_key"}
 DEPLOYMENTS = {"TextEncoder", "ImageEncoder", "Searcher", "Ingress"}
 SERVE_PORT = 8000  # Ray Serve's default HTTP port; the app, the probes and the manifests use it
@@ -102,16 +97,6 @@ def _doc(path: Path) -> Any:
 
 def _services(path: Path) -> dict[str, dict[str, Any]]:
     return _doc(path)["services"]
-
-
-def _walk(node: Any) -> Iterator[Any]:
-    yield node
-    if isinstance(node, dict):
-        for value in node.values():
-            yield from _walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk(value)
 
 
 def _ray_cluster(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -149,27 +134,13 @@ def _command_text(service: dict[str, Any]) -> str:
 
 
 def _ports(service: dict[str, Any]) -> dict[int, int | None]:
-    """container port -> published host port (None when not published)."""
-    out: dict[int, int | None] = {}
-    for entry in service.get("ports", []):
-        if isinstance(entry, dict):
-            published = entry.get("published")
-            out[int(entry["target"])] = int(published) if published is not None else None
-        else:  # short syntax: [[ip:]host:]container[/proto]; ip may be a ${VAR:-default}
-            text = str(entry).split("/")[0]
-            match = re.fullmatch(r"(?:(?:\$\{[^}]*\}|[^:]+):)?(?:(\d+):)?(\d+)", text)
-            assert match, f"unparseable port {entry!r}"
-            out[int(match.group(3))] = int(match.group(2)) if match.group(2) else None
-    return out
+    """container port -> published host port (None when not published); the files use compose's long syntax."""
+    return {int(p["target"]): int(p["published"]) if "published" in p else None for p in service.get("ports", [])}
 
 
 def _image_ref(image: str) -> tuple[str, str]:
-    """(repository, tag) of an image reference; tag '' when there is none."""
-    name = image.split("@")[0]
-    last = name.rsplit("/", 1)[-1]
-    if ":" not in last:
-        return name, ""
-    repo, tag = name.rsplit(":", 1)
+    """(repository, tag) of an image reference (a digest dropped); tag '' when there is none."""
+    repo, tag = re.fullmatch(r"([^@]*?)(?::([^:/@]*))?(?:@.*)?", image).groups(default="")
     return repo, tag
 
 
@@ -192,22 +163,10 @@ def _all_images() -> list[tuple[str, str]]:
             base = ((service.get("build") or {}).get("args") or {}).get("RAY_IMAGE")
             if base:
                 images.append((f"{where} build.args.RAY_IMAGE", base))
-    for path in KUBE_FILES:
-        for container in _containers(_doc(path)):
-            images.append((f"{path.name}:{container['name']}", container["image"]))
+    images += [(f"{path.name}:{c['name']}", c["image"]) for path in KUBE_FILES for c in _containers(_doc(path))]
     helm = _doc(HELM_VALUES)["image"]["all"]
     images.append((f"{HELM_VALUES.name}:image.all", f"{helm['repository']}:{helm['tag']}"))
     return images
-
-
-def _profiles() -> dict[str, Any]:
-    data = yaml.safe_load(PROFILES.read_text(encoding="utf-8"))
-    return data.get("profiles", data)
-
-
-def _strings(node: Any) -> set[str]:
-    """Every string used as a key or a value anywhere inside ``node``."""
-    return {s for item in _walk(node) for s in (item if isinstance(item, dict) else [item]) if isinstance(s, str)}
 
 
 def _serve_invocations(text: str) -> list[tuple[str, str, dict[str, str]]]:
@@ -235,19 +194,9 @@ def _serve_invocations(text: str) -> list[tuple[str, str, dict[str, str]]]:
 
 
 def _builder_deployment_names() -> set[str]:
-    """Deployment names defined in serving/*.py (decorated classes, `name=` wins); empty if none yet."""
-    names: set[str] = set()
-    for path in (ROOT / "serving").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            for deco in getattr(node, "decorator_list", []):  # classes and functions
-                target = deco.func if isinstance(deco, ast.Call) else deco
-                if isinstance(target, ast.Attribute) and target.attr == "deployment":
-                    keywords = deco.keywords if isinstance(deco, ast.Call) else []
-                    given = [
-                        kw.value.value for kw in keywords if kw.arg == "name" and isinstance(kw.value, ast.Constant)
-                    ]
-                    names.add(given[-1] if given else node.name)
-    return names
+    """The names of the Serve deployments the modules of serving/ define."""
+    modules = [importlib.import_module(f"serving.{path.stem}") for path in (ROOT / "serving").glob("[!_]*.py")]
+    return {obj.name for module in modules for obj in vars(module).values() if isinstance(obj, serve.Deployment)}
 
 
 def _rayservice_applications(path: Path = RAYSERVICE) -> list[dict[str, Any]]:
@@ -312,8 +261,6 @@ def test_every_image_is_pinned() -> None:
 
 
 def test_project_images_carry_package_and_ray_version() -> None:
-    import ray
-
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     project_version = re.search(r'^version\s*=\s*"([^"]+)"', pyproject, re.MULTILINE).group(1)
     for where, image in _all_images():
@@ -330,8 +277,6 @@ def test_project_images_carry_package_and_ray_version() -> None:
 
 
 def test_ray_versions_match_installed_ray() -> None:
-    import ray
-
     for where, image in _all_images():
         repo, tag = _image_ref(image)
         if repo == "rayproject/ray":
@@ -373,21 +318,13 @@ def test_dockerfile_contract() -> None:
 
 
 def test_dockerfile_torch_pins_satisfy_pyproject() -> None:
-    specifiers = pytest.importorskip("packaging.specifiers", reason="packaging not installed")
-    requirements = pytest.importorskip("packaging.requirements")
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    deps = {}
-    for raw in re.findall(r'^\s*"([^"]+)",?\s*(?:#.*)?$', pyproject, re.MULTILINE):
-        try:
-            req = requirements.Requirement(raw)
-        except Exception:  # not a requirement string (e.g. a path list entry)
-            continue
-        deps[req.name] = req.specifier
+    torch_lines = re.findall(r'^\s*"((?:torch|torchvision)(?:[^\w"-][^"]*)?)"', pyproject, re.MULTILINE)
+    deps = {req.name: req.specifier for req in map(Requirement, torch_lines)}
     pins = re.findall(r'"(torch|torchvision)==([^"]+)"', DOCKERFILE.read_text(encoding="utf-8"))
     assert pins, "Dockerfile pins no torch/torchvision for the optional TORCH_INDEX_URL path"
     for name, version in pins:
-        spec = deps.get(name, specifiers.SpecifierSet())
-        assert version in spec, f"Dockerfile pins {name}=={version}, outside pyproject's {name}{spec}"
+        assert version in deps[name], f"Dockerfile pins {name}=={version}, outside pyproject's {name}{deps[name]}"
 
 
 # -- compose -----------------------------------------------------------------------------------
@@ -543,9 +480,8 @@ def test_docker_compose_config_accepts_both_files() -> None:
 
 
 def test_serve_config_validates_against_ray_schema() -> None:
-    schema = pytest.importorskip("ray.serve.schema")
-    schema.ServeDeploySchema.model_validate(_doc(SERVE_CONFIG))
-    schema.ServeDeploySchema.model_validate({"applications": _rayservice_applications()})
+    ServeDeploySchema.model_validate(_doc(SERVE_CONFIG))
+    ServeDeploySchema.model_validate({"applications": _rayservice_applications()})
 
 
 def test_serve_config_shape() -> None:
@@ -682,8 +618,7 @@ def test_rayjob_runs_a_shipped_training_config() -> None:
 
     shipped = sorted(p.stem for p in TRAINING_CONFIGS.glob("*.yaml"))
     assert (ROOT / config).is_file(), f"RayJob uses {config}; training/configs/ has only {shipped}"
-    training_config = pytest.importorskip("training.config")
-    training_config.load_config(ROOT / config, overrides)  # raises ConfigError on a bad key/value
+    load_config(ROOT / config, overrides)  # raises ConfigError on a bad key/value
 
 
 def test_helm_values_put_gpus_on_query_and_data_nodes() -> None:
@@ -700,15 +635,10 @@ def test_helm_values_put_gpus_on_query_and_data_nodes() -> None:
 
 
 def test_gpu_index_types_match_profiles() -> None:
-    assert PROFILES.exists(), "schemas/profiles.yaml is missing (the collection engineer writes it)"
-    profiles = _profiles()
-    assert "gpu" in profiles, f"{PROFILES.relative_to(ROOT)} has no `gpu` profile"
-    profile = profiles["gpu"]
-    low = profile.get("vec_low", profile)
-    variants = {name for name in _strings(low) if re.fullmatch(r"GPU_[A-Z0-9_]+", name)}
-    assert variants, "the gpu profile names no GPU_* vec_low index"
-    high = profile.get("vec_high") or {}
-    assert "FLAT" in {v for v in _walk(high) if isinstance(v, str)}, "gpu profile's vec_high must be FLAT"
+    variants = set(profile_variants("gpu"))
+    assert variants, "the gpu profile names no vec_low index"
+    gpu = load_profile("gpu")
+    assert gpu.high.index_type == "FLAT", "gpu profile's vec_high must be FLAT"
 
     named = {
         str(path.relative_to(ROOT)): set(re.findall(r"\bGPU_[A-Z0-9_]+\b", path.read_text(encoding="utf-8")))
@@ -725,19 +655,13 @@ def test_gpu_index_types_match_profiles() -> None:
     assert declared["profile"] == "gpu"
     assert set(declared["vec_low"]) == variants
     assert declared["vec_high"] == "FLAT"
-    default = low.get("default") if isinstance(low, dict) else None
-    if default is not None:
-        assert declared["vec_low_default"] == default
+    assert declared["vec_low_default"] == gpu.variant
 
 
 def test_cpu_compose_index_types_match_profiles() -> None:
-    cpu = _profiles().get("cpu")
-    if cpu is None:
-        pytest.skip("schemas/profiles.yaml has no cpu profile")
-    strings = _strings(cpu.get("vec_low", cpu))
     declared = _doc(COMPOSE_CPU)["x-hivlp-index-profile"]
     assert declared["profile"] == "cpu"
-    assert set(declared["vec_low"]) <= strings, f"{declared['vec_low']} not all in the cpu profile"
+    assert set(declared["vec_low"]) <= set(profile_variants("cpu")), f"{declared['vec_low']} not all in the cpu profile"
 
 
 # -- docs --------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ in neither list fails the test, so a new command gets a decision.
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 import shlex
@@ -23,6 +22,7 @@ import pytest
 from demo_layout import DemoLayout, build_demo_layout
 
 from hivlp_milvus.cli import main
+from serving import AppArgs
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -158,14 +158,6 @@ def test_make_demo_writes_where_the_commands_look() -> None:
     assert f"hivlp-milvus quickstart --work-dir {QUICKSTART_WORK_DIR}" in dry.stdout, dry.stdout
     serve = subprocess.run(["make", "-n", "-C", str(ROOT), "serve"], capture_output=True, text=True, timeout=60)
     assert "serve run serving:app" in serve.stdout
-    # serving:app falls back to the same layout as the CLI (serving/app.py; read, not imported: Ray).
-    tree = ast.parse((ROOT / "serving" / "app.py").read_text(encoding="utf-8"))
-    app_args = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "AppArgs")
-    defaults = {
-        n.target.id: n.value.args[0].value
-        for n in app_args.body
-        if isinstance(n, ast.AnnAssign) and isinstance(n.value, ast.Call) and n.value.args
-        and isinstance(n.value.args[0], ast.Constant)
-    }  # fmt: skip
+    # serving:app falls back to the same layout as the CLI.
     for key in ("checkpoint", "milvus_uri", "collection"):
-        assert defaults[key] == DEFAULTS[key], key
+        assert AppArgs.model_fields[key].default == DEFAULTS[key], key

@@ -9,7 +9,6 @@ Milvus Lite holding 16 images and their 80 captions).
 from __future__ import annotations
 
 import base64
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from demo_layout import DemoLayout, build_demo_layout
 from fastapi.testclient import TestClient
+from serving_helpers import ingest_with_a_fusion_model
 
 from hivlp_milvus.connection import ConnectionOptions, connect
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from demo_layout import DemoLayout, build_demo_layout  # noqa: E402
-from serving_helpers import ingest_with_a_fusion_model  # noqa: E402
 
 ALL_ROWS = 96  # 16 images + 80 captions: a coarse shortlist of every row makes the funnel exact
 
