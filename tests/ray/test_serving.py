@@ -217,6 +217,14 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def _assert_encoded(body: dict[str, Any], local: Any, row: int, what: str = "") -> None:
+    """An /encode answer is row ``row`` of the local model's ``local`` embedding: both vectors and their dimensions."""
+    assert (body["low_dim"], body["high_dim"]) == (local.low.shape[1], local.high.shape[1]), what
+    # assert_allclose also fails on a shape mismatch: the vectors have the model's dimensions.
+    np.testing.assert_allclose(body["low"], local.low[row], atol=1e-4, err_msg=what)
+    np.testing.assert_allclose(body["high"], local.high[row], atol=1e-4, err_msg=what)
+
+
 def _unique_record(served: Served) -> Any:
     """A record whose scene (hence image) is not repeated in the data set."""
     groups = Counter(r.relevance_group for r in served.records)
@@ -359,28 +367,6 @@ def test_structured_filter(served: Served) -> None:
     assert all(h["attributes"]["n_objects"] == n for h in many.json()["hits"])
     assert 'attributes["n_objects"]' in many.json()["filter"]
     assert [h["key"] for h in one.json()["hits"]] == [record.id]
-
-
-# -- encode --------------------------------------------------------------------------------------
-
-
-def test_encode_matches_the_local_model(served: Served) -> None:
-    text = served.records[0].captions[0]
-    image_path = served.records[0].image
-    with served.client() as c:
-        t = c.post("/encode", json={"text": text})
-        i = c.post("/encode", json={"image": _b64(Path(image_path).read_bytes())})
-    assert t.status_code == 200, t.text
-    assert i.status_code == 200, i.text
-    cfg = served.model.config
-    for body, local in (
-        (t.json(), served.model.embed_texts([text])),
-        (i.json(), served.model.embed_images([image_path])),
-    ):
-        assert (body["low_dim"], body["high_dim"]) == (cfg.low_dim, cfg.high_dim)
-        # assert_allclose also fails on a shape mismatch: the vectors have the model's dimensions.
-        np.testing.assert_allclose(body["low"], local.low[0], atol=1e-4)
-        np.testing.assert_allclose(body["high"], local.high[0], atol=1e-4)
 
 
 # -- ingest --------------------------------------------------------------------------------------
@@ -563,9 +549,7 @@ def test_concurrent_encodes_are_batched_and_each_caller_gets_its_own_vector(serv
         responses = asyncio.run(_post_all(served.url, "/encode", [{"text": t} for t in texts]))
         assert [r.status_code for r in responses] == [200] * 32, [r.text for r in responses if r.status_code != 200]
         for row, (text, r) in enumerate(zip(texts, responses, strict=True)):
-            body = r.json()
-            np.testing.assert_allclose(body["high"], local.high[row], atol=1e-4, err_msg=text)
-            np.testing.assert_allclose(body["low"], local.low[row], atol=1e-4, err_msg=text)
+            _assert_encoded(r.json(), local, row, text)
         return [r.json()["batch_size"] for r in responses]
 
     wait_until(BATCHED, lambda: max(burst()) > 1, EVENT_DEADLINE_S)
@@ -622,7 +606,7 @@ def test_an_undecodable_image_fails_only_its_own_caller(served: Served) -> None:
         assert responses[3].json()["error"] == "undecodable_image"
         ok = responses[:3] + responses[4:]
         for row, r in enumerate(ok):
-            np.testing.assert_allclose(r.json()["high"], local.high[row], atol=1e-4)
+            _assert_encoded(r.json(), local, row)
         return [r.json()["batch_size"] for r in ok]
 
     # They were batched (the bad one counts in its batch), and only the bad one failed.
@@ -654,7 +638,7 @@ def test_a_failing_batch_fails_every_caller_of_that_batch_only(served: Served) -
     assert [r.status_code for r in second] == [200] * len(second)
     local = served.model.embed_texts(texts[6:])
     for row, r in enumerate(second):
-        np.testing.assert_allclose(r.json()["high"], local.high[row], atol=1e-4)
+        _assert_encoded(r.json(), local, row)
 
 
 # -- Milvus unreachable --------------------------------------------------------------------------
