@@ -62,7 +62,6 @@ class Served:
     url: str
     model: Any
     records: list[Any]
-    tmp: Path
     faulty: Any  # DeploymentHandle of the faulty text encoder
     milvus: Any  # the LiteServer behind /outage
     outage_ids: dict[str, int]  # key -> row id of the special rows of the outage collection
@@ -200,7 +199,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None, serve_co
             url=f"http://127.0.0.1:{port}",
             model=HiVLP.from_pretrained(tmp / "model"),
             records=records,
-            tmp=tmp,
             faulty=faulty_handle,
             milvus=lite,
             outage_ids=outage_ids,
