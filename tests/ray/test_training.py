@@ -286,13 +286,13 @@ def test_worker_crash_resumes_at_the_next_step(crashed_run: CrashedRun) -> None:
     # Right after the last registered checkpoint: no step lost, none repeated except those after it.
     resumed = list(range(RESUME_AFTER + 1, SECOND_CRASH_STEP))
     assert [s["step"] for s in after] in (resumed, [*resumed, SECOND_CRASH_STEP])  # until the second crash
-    # The replayed steps trained on exactly the same batches (deterministic skip), same loss.
+    # The replayed steps trained on exactly the same batches (deterministic skip), same loss. Both
+    # lists count on from step RESUME_AFTER + 1 (asserted above), so they pair up step by step.
     replayed = before[RESUME_AFTER:]
     assert replayed
-    for old, new in zip(replayed, after, strict=False):
-        assert old["step"] == new["step"]
-        assert old["batch"] == new["batch"], f"step {old['step']} saw other images after the restart"
-        assert old["loss"] == pytest.approx(new["loss"], rel=1e-4, abs=1e-5)
+    again = after[: len(replayed)]
+    assert [s["batch"] for s in again] == [s["batch"] for s in replayed], "the replayed steps saw other images"
+    assert [s["loss"] for s in again] == pytest.approx([s["loss"] for s in replayed], rel=1e-4, abs=1e-5)
 
 
 def test_rerunning_the_run_name_resumes_on_another_worker_count(crashed_run: CrashedRun) -> None:
