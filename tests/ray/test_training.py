@@ -48,29 +48,6 @@ def _pickle_this_module_by_value() -> None:
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def _micro_config(tmp_path: Path, name: str, *extra: str):
-    """The quickstart config scaled down to seconds: micro model, 32-px synthetic scenes."""
-    return load_config(
-        "quickstart",
-        [
-            "model.config=micro",
-            "loss.itm=0",
-            "data.shuffle_buffer=64",
-            "data.preprocess_batch_size=64",
-            "optim.batch_size=16",
-            "optim.warmup_steps=5",
-            "optim.lr=1e-3",
-            "validation.max_items=64",
-            "validation.coarse_ks=[5, 20]",
-            f"run.name={name}",
-            f"run.work_dir={tmp_path / name}",
-            f"run.step_log={tmp_path / name / 'steps.jsonl'}",
-            "run.log_every_steps=4",
-            *extra,
-        ],
-    )
-
-
 def _read_steps(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -192,18 +169,33 @@ def _crash_after_registered(cfg: Any, step: int, registered_step: int, marker: P
 
 
 def _crash_config(tmp_path: Path, *extra: str) -> Any:
-    return _micro_config(
-        tmp_path,
-        "crash",
-        "data.synthetic={train: 256, val: 32, seed: 2, image_size: 32}",
-        f"optim.max_steps={STEPS}",  # the same schedule on any worker count
-        "run.checkpoint_every_steps=5",
-        "run.max_failures=1",
-        "run.num_to_keep=2",
-        # A negative queue, so the exact-resume checks below also prove that it is saved and restored
-        # (the replayed steps' losses depend on it). Small: its extra columns barely raise the loss.
-        f"loss.queue_size={QUEUE_SIZE}",
-        *extra,
+    """The quickstart config scaled down to seconds (micro model, 32-px synthetic scenes) for run 'crash'."""
+    return load_config(
+        "quickstart",
+        [
+            "model.config=micro",
+            "loss.itm=0",
+            "data.shuffle_buffer=64",
+            "data.preprocess_batch_size=64",
+            "optim.batch_size=16",
+            "optim.warmup_steps=5",
+            "optim.lr=1e-3",
+            "validation.max_items=64",
+            "validation.coarse_ks=[5, 20]",
+            "run.name=crash",
+            f"run.work_dir={tmp_path / 'crash'}",
+            f"run.step_log={tmp_path / 'crash' / 'steps.jsonl'}",
+            "run.log_every_steps=4",
+            "data.synthetic={train: 256, val: 32, seed: 2, image_size: 32}",
+            f"optim.max_steps={STEPS}",  # the same schedule on any worker count
+            "run.checkpoint_every_steps=5",
+            "run.max_failures=1",
+            "run.num_to_keep=2",
+            # A negative queue, so the exact-resume checks below also prove that it is saved and restored
+            # (the replayed steps' losses depend on it). Small: its extra columns barely raise the loss.
+            f"loss.queue_size={QUEUE_SIZE}",
+            *extra,
+        ],
     )
 
 
