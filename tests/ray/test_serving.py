@@ -166,7 +166,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None, serve_co
             max_image_bytes=MAX_IMAGE_BYTES,
             max_image_pixels=MAX_IMAGE_PIXELS,
         )
-        print(f"[serving fixture] ray {time.monotonic() - t0:.1f}s", file=sys.stderr)
         # The extra app reserves no CPU, so both apps fit the two logical CPUs; its one text encoder
         # also stands in for the image encoder (only texts are sent there).
         none = {"ray_actor_options": {"num_cpus": 0}}
