@@ -256,6 +256,8 @@ def test_text_search_finds_the_exact_caption_first(served: Served) -> None:
     caption = record.captions[1]
     with served.client() as c:
         r = c.post("/search", json={"text": caption, "limit": 5, "modality": "text"})
+        # An explicit shortlist keeps the funnel, and both stages are timed.
+        funnel = c.post("/search", json={"text": caption, "limit": 5, "modality": "text", "coarse_limit": 50}).json()
     assert r.status_code == 200, r.text
     body = r.json()
     hits = body["hits"]
@@ -283,9 +285,6 @@ def test_text_search_finds_the_exact_caption_first(served: Served) -> None:
     assert timings["coarse_ms"] == 0
     assert timings["fine_ms"] > 0
     assert timings["total_ms"] >= timings["encode_ms"] + timings["search_ms"] * 0.99
-    # An explicit shortlist keeps the funnel, and both stages are timed.
-    with served.client() as c:
-        funnel = c.post("/search", json={"text": caption, "limit": 5, "modality": "text", "coarse_limit": 50}).json()
     assert funnel["plan"] == "hierarchical"
     assert funnel["coarse_limit"] == 50
     assert funnel["timings"]["coarse_ms"] > 0
@@ -540,8 +539,7 @@ def test_concurrent_encodes_are_batched_and_each_caller_gets_its_own_vector(serv
     with served.client() as c:
         stats = c.get("/stats").json()["text"]
     assert stats["max_seen_batch_size"] > 1
-    assert stats["max_batch_size"] == 32
-    assert stats["failed_batches"] == 0
+    assert (stats["max_batch_size"], stats["failed_batches"]) == (32, 0)
 
 
 def test_concurrent_fused_searches_share_a_fusion_batch_and_keep_the_scorer_order(served: Served) -> None:
