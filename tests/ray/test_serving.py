@@ -414,7 +414,6 @@ def _error_cases() -> list[Any]:
     assert len(big_bytes) > MAX_IMAGE_BYTES
     many_pixels = png((1200, 1200))
     assert len(many_pixels) < MAX_IMAGE_BYTES
-    json_type = {"content-type": "application/json"}
     cond = {"field": "key", "op": "==", "value": "a"}
     # fmt: off
     return [
@@ -425,7 +424,7 @@ def _error_cases() -> list[Any]:
         _c("no key ingest", "POST", "/ingest", 401, "unauthorized", key=None,
            json={"records": [{"key": "x", "captions": ["y"]}]}),
         _c("malformed json", "POST", "/search", 400, "invalid_json", content=b'{"text": "x",',
-           headers=json_type),
+           headers={"content-type": "application/json"}),
         _c("json array", "POST", "/search", 422, INVALID, json=["text"]),
         _c("not json", "POST", "/search", 415, NOT_JSON, content=b"text=x",
            headers={"content-type": "text/plain"}),
