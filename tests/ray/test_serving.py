@@ -1,8 +1,8 @@
 """Ray Serve, for real: the app of serving/ over HTTP, the micro model, a Milvus Lite .db, no mocks.
 
 One module fixture builds quickstart-sized artefacts (100 synthetic scenes written as PNG files,
-a micro model saved with ``save_pretrained``, 600 rows ingested into a Lite ``.db``), starts Ray
-with two CPUs and runs two Serve applications:
+a micro model with a fusion block saved with ``save_pretrained``, 600 rows ingested into a Lite
+``.db``) and runs three Serve applications on the session's Ray cluster (``tests/conftest.py``):
 
 * ``hivlp`` at ``/`` — exactly ``serving.build_app(...)`` with an API key and small size limits;
 * ``extra`` at ``/extra`` — the same ``Ingress`` wired to a text encoder whose forward pass fails
