@@ -95,7 +95,6 @@ def test_two_workers_match_one_process_on_the_concatenated_batch(ray_cluster: No
         "group": torch.tensor(groups),
     }
     torch.save(batch, tmp_path / "batch.pt")
-    (tmp_path / "out").mkdir()
 
     trainer = TorchTrainer(
         _equivalence_worker,
@@ -103,7 +102,7 @@ def test_two_workers_match_one_process_on_the_concatenated_batch(ray_cluster: No
             "model_dir": str(tmp_path / "model"),
             "batch": str(tmp_path / "batch.pt"),
             "loss": LOSS,
-            "out": str(tmp_path / "out"),
+            "out": str(tmp_path),
         },
         scaling_config=ray.train.ScalingConfig(num_workers=2, use_gpu=False),
         run_config=ray.train.RunConfig(name="equivalence", storage_path=str(tmp_path / "ray")),
@@ -118,7 +117,7 @@ def test_two_workers_match_one_process_on_the_concatenated_batch(ray_cluster: No
     full.total.backward()
     expected = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
 
-    ranks = [torch.load(tmp_path / "out" / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     # Each rank's loss (the total and every term) is the mean over its rows, so the global one is the
     # mean of the two. assert_close on mappings also checks that both have the same keys.
     mean = {k: (ranks[0]["losses"][k] + ranks[1]["losses"][k]) / 2 for k in ranks[0]["losses"]}
