@@ -1,8 +1,8 @@
 """Ray Serve, for real: the app of serving/ over HTTP, the micro model, a Milvus Lite .db, no mocks.
 
 One module fixture builds quickstart-sized artefacts (100 synthetic scenes written as PNG files,
-a micro model saved with ``save_pretrained``, 600 rows ingested into a Lite ``.db``), starts Ray
-with two CPUs and runs two Serve applications:
+a micro model with a fusion block saved with ``save_pretrained``, 600 rows ingested into a Lite
+``.db``) and runs three Serve applications on the session's Ray cluster (``tests/conftest.py``):
 
 * ``hivlp`` at ``/`` — exactly ``serving.build_app(...)`` with an API key and small size limits;
 * ``extra`` at ``/extra`` — the same ``Ingress`` wired to a text encoder whose forward pass fails
@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 import os
 import signal
 import sys
@@ -63,7 +62,6 @@ class Served:
     url: str
     model: Any
     records: list[Any]
-    tmp: Path
     faulty: Any  # DeploymentHandle of the faulty text encoder
     milvus: Any  # the LiteServer behind /outage
     outage_ids: dict[str, int]  # key -> row id of the special rows of the outage collection
@@ -168,7 +166,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None, serve_co
             max_image_bytes=MAX_IMAGE_BYTES,
             max_image_pixels=MAX_IMAGE_PIXELS,
         )
-        print(f"[serving fixture] ray {time.monotonic() - t0:.1f}s", file=sys.stderr)
         # The extra app reserves no CPU, so both apps fit the two logical CPUs; its one text encoder
         # also stands in for the image encoder (only texts are sent there).
         none = {"ray_actor_options": {"num_cpus": 0}}
@@ -201,7 +198,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, ray_session: None, serve_co
             url=f"http://127.0.0.1:{port}",
             model=HiVLP.from_pretrained(tmp / "model"),
             records=records,
-            tmp=tmp,
             faulty=faulty_handle,
             milvus=lite,
             outage_ids=outage_ids,
@@ -218,6 +214,14 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def _assert_encoded(body: dict[str, Any], local: Any, row: int, what: str = "") -> None:
+    """An /encode answer is row ``row`` of the local model's ``local`` embedding: both vectors and their dimensions."""
+    assert (body["low_dim"], body["high_dim"]) == (local.low.shape[1], local.high.shape[1]), what
+    # assert_allclose also fails on a shape mismatch: the vectors have the model's dimensions.
+    np.testing.assert_allclose(body["low"], local.low[row], atol=1e-4, err_msg=what)
+    np.testing.assert_allclose(body["high"], local.high[row], atol=1e-4, err_msg=what)
+
+
 def _unique_record(served: Served) -> Any:
     """A record whose scene (hence image) is not repeated in the data set."""
     groups = Counter(r.relevance_group for r in served.records)
@@ -231,29 +235,17 @@ def test_healthz_needs_no_key_and_reports_milvus(served: Served) -> None:
     r = served.client(key=None).get("/healthz")
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["status"] == "ok"
-    assert body["milvus"] == "ok"
-    assert body["collection"] == COLLECTION
+    assert (body["status"], body["milvus"], body["collection"]) == ("ok", "ok", COLLECTION)
     assert body["count"] >= N_RECORDS * 6
 
 
-def test_api_key_is_required_and_checked(served: Served) -> None:
-    query = {"text": "a red circle", "limit": 3}
-    with served.client(key=None) as anonymous:
-        r = anonymous.post("/search", json=query)
-        assert_error(r, 401, "unauthorized")
-        assert "basic" in r.headers["www-authenticate"].lower()
-        for path in ("/", "/openapi.json", "/docs", "/stats", "/static/app.js"):
-            assert_error(anonymous.get(path), 401, "unauthorized")
-        assert_error(anonymous.post("/ingest", json={"records": [{"key": "x", "captions": ["y"]}]}), 401)
-    with served.client(key="wrong-key") as wrong:
-        assert_error(wrong.post("/search", json=query), 401, "unauthorized")
-    with served.client() as good:
-        assert good.post("/search", json=query).status_code == 200
-    # A browser after the Basic prompt: any user name, the key as password.
+def test_a_good_api_key_is_accepted_as_bearer_or_basic(served: Served) -> None:
+    """Missing or wrong keys are in the error table (``_error_cases``); these two get through."""
     basic = base64.b64encode(f"me:{API_KEY}".encode()).decode()
-    with httpx.Client(base_url=served.url, headers={"Authorization": f"Basic {basic}"}, timeout=TIMEOUT) as browser:
-        assert browser.post("/search", json=query).status_code == 200
+    # A browser after the Basic prompt: any user name, the key as password.
+    for auth in (f"Bearer {API_KEY}", f"Basic {basic}"):
+        with httpx.Client(base_url=served.url, headers={"Authorization": auth}, timeout=TIMEOUT) as client:
+            assert client.post("/search", json={"text": "a red circle", "limit": 3}).status_code == 200, auth
 
 
 # -- search --------------------------------------------------------------------------------------
@@ -264,15 +256,15 @@ def test_text_search_finds_the_exact_caption_first(served: Served) -> None:
     caption = record.captions[1]
     with served.client() as c:
         r = c.post("/search", json={"text": caption, "limit": 5, "modality": "text"})
+        # An explicit shortlist keeps the funnel, and both stages are timed.
+        funnel = c.post("/search", json={"text": caption, "limit": 5, "modality": "text", "coarse_limit": 50}).json()
     assert r.status_code == 200, r.text
     body = r.json()
     hits = body["hits"]
-    assert body["query"] == "text"
-    assert body["modality"] == "text"
-    assert len(hits) == 5
+    assert (body["query"], body["modality"]) == ("text", "text")
+    assert [h["modality"] for h in hits] == ["text"] * 5
     assert hits[0]["reference"] == caption
     assert hits[0]["score"] > 0.999  # the same text, encoded by the server and at ingest
-    assert all(h["modality"] == "text" for h in hits)
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert all(h["coarse_score"] is not None for h in hits)
     timings = body["timings"]
@@ -293,9 +285,6 @@ def test_text_search_finds_the_exact_caption_first(served: Served) -> None:
     assert timings["coarse_ms"] == 0
     assert timings["fine_ms"] > 0
     assert timings["total_ms"] >= timings["encode_ms"] + timings["search_ms"] * 0.99
-    # An explicit shortlist keeps the funnel, and both stages are timed.
-    with served.client() as c:
-        funnel = c.post("/search", json={"text": caption, "limit": 5, "modality": "text", "coarse_limit": 50}).json()
     assert funnel["plan"] == "hierarchical"
     assert funnel["coarse_limit"] == 50
     assert funnel["timings"]["coarse_ms"] > 0
@@ -310,9 +299,8 @@ def test_text_search_defaults_to_images_with_thumbnails(served: Served) -> None:
     with served.client() as c:
         body = c.post("/search", json={"text": "a small red circle", "limit": 4}).json()
         assert body["modality"] == "image"
-        assert len(body["hits"]) == 4
+        assert [h["modality"] for h in body["hits"]] == ["image"] * 4
         for hit in body["hits"]:
-            assert hit["modality"] == "image"
             assert hit["media_url"] == f"media/{hit['id']}"
             assert set(hit["attributes"]) >= {"n_objects", "colors"}
         thumb = c.get("/" + body["hits"][0]["media_url"])
@@ -366,32 +354,9 @@ def test_structured_filter(served: Served) -> None:
             },
         )
     assert many.status_code == 200, many.text
-    assert many.json()["hits"]
-    assert all(h["attributes"]["n_objects"] == n for h in many.json()["hits"])
+    assert {h["attributes"]["n_objects"] for h in many.json()["hits"]} == {n}  # some hits, all with n objects
     assert 'attributes["n_objects"]' in many.json()["filter"]
     assert [h["key"] for h in one.json()["hits"]] == [record.id]
-
-
-# -- encode --------------------------------------------------------------------------------------
-
-
-def test_encode_matches_the_local_model(served: Served) -> None:
-    text = served.records[0].captions[0]
-    image_path = served.records[0].image
-    with served.client() as c:
-        t = c.post("/encode", json={"text": text})
-        i = c.post("/encode", json={"image": _b64(Path(image_path).read_bytes())})
-    assert t.status_code == 200, t.text
-    assert i.status_code == 200, i.text
-    cfg = served.model.config
-    for body, local in (
-        (t.json(), served.model.embed_texts([text])),
-        (i.json(), served.model.embed_images([image_path])),
-    ):
-        assert (body["low_dim"], body["high_dim"]) == (cfg.low_dim, cfg.high_dim)
-        # assert_allclose also fails on a shape mismatch: the vectors have the model's dimensions.
-        np.testing.assert_allclose(body["low"], local.low[0], atol=1e-4)
-        np.testing.assert_allclose(body["high"], local.high[0], atol=1e-4)
 
 
 # -- ingest --------------------------------------------------------------------------------------
@@ -421,15 +386,17 @@ def test_ingest_writes_rows_and_reports_bad_records(served: Served) -> None:
     assert "cannot be decoded" in body["failed"][0]["reason"]
     assert (again.json()["inserted"], again.json()["updated"]) == (0, 2)  # same keys: an upsert
     top = hits["hits"][0]
-    assert top["key"] == "http-1#0"
-    assert top["attributes"] == {"src": "http"}
+    assert (top["key"], top["attributes"]) == ("http-1#0", {"src": "http"})
 
 
 # -- errors: the client's mistakes are 4xx with a JSON message, never 500 ---------------------------
 
 
-def _c(name: str, method: str, path: str, status: int, code: str | None, **kwargs: Any) -> tuple:
-    return name, method, path, status, code, kwargs
+def _c(
+    name: str, method: str, path: str, status: int, code: str | None, key: str | None = API_KEY, **kwargs: Any
+) -> Any:
+    """One request (``kwargs`` for ``httpx.Client.request``, sent with ``key``) and the error it must get."""
+    return pytest.param(key, method, path, status, code, kwargs, id=name)
 
 
 UNDECODABLE, INVALID, NOT_JSON = "undecodable_image", "invalid_request", "unsupported_media_type"
@@ -440,19 +407,24 @@ def _form(file: bytes | None = None, **fields: str) -> dict[str, Any]:
     return {"data": fields, "files": files}
 
 
-def _error_cases(served: Served) -> list[tuple]:
-    image = Path(served.records[0].image).read_bytes()
+def _error_cases() -> list[Any]:
+    image = png((32, 32), noise=True)  # a valid PNG (as the data set's images are)
     truncated = image[: len(image) // 2]
     big_bytes = png((400, 400), noise=True)
     assert len(big_bytes) > MAX_IMAGE_BYTES
     many_pixels = png((1200, 1200))
     assert len(many_pixels) < MAX_IMAGE_BYTES
-    json_type = {"content-type": "application/json"}
     cond = {"field": "key", "op": "==", "value": "a"}
     # fmt: off
     return [
+        _c("no key", "POST", "/search", 401, "unauthorized", key=None, json=dict(text="x")),
+        _c("wrong key", "POST", "/search", 401, "unauthorized", key="wrong-key", json=dict(text="x")),
+        *(_c(f"no key {path}", "GET", path, 401, "unauthorized", key=None)
+          for path in ("/", "/openapi.json", "/docs", "/stats", "/static/app.js")),
+        _c("no key ingest", "POST", "/ingest", 401, "unauthorized", key=None,
+           json={"records": [{"key": "x", "captions": ["y"]}]}),
         _c("malformed json", "POST", "/search", 400, "invalid_json", content=b'{"text": "x",',
-           headers=json_type),
+           headers={"content-type": "application/json"}),
         _c("json array", "POST", "/search", 422, INVALID, json=["text"]),
         _c("not json", "POST", "/search", 415, NOT_JSON, content=b"text=x",
            headers={"content-type": "text/plain"}),
@@ -506,35 +478,28 @@ def _error_cases(served: Served) -> list[tuple]:
     # fmt: on
 
 
-def test_client_errors_are_4xx_with_a_json_message(served: Served) -> None:
-    failures = []
-    with served.client() as c:
-        for name, method, path, status, code, kwargs in _error_cases(served):
-            r = c.request(method, path, **kwargs)
-            try:
-                assert_error(r, status, code)
-            except (AssertionError, json.JSONDecodeError) as exc:
-                failures.append(f"{name}: {exc}")
-    assert not failures, "\n".join(failures)
+@pytest.mark.parametrize(("key", "method", "path", "status", "code", "kwargs"), _error_cases())
+def test_client_errors_are_4xx_with_a_json_message(
+    served: Served, key: str | None, method: str, path: str, status: int, code: str | None, kwargs: dict[str, Any]
+) -> None:
+    with served.client(key) as c:
+        r = c.request(method, path, **kwargs)
+    assert_error(r, status, code)
+    # Every refusal of the key lets a browser prompt for it.
+    assert status != 401 or "basic" in r.headers["www-authenticate"].lower(), r.headers
 
 
 def test_openapi_and_page(served: Served) -> None:
     with served.client() as c:
         spec = c.get("/openapi.json").json()
-        docs = c.get("/docs")
-        page = c.get("/")
-        js = c.get("/static/app.js")
-    for path in ("/search", "/search/image", "/encode", "/ingest", "/healthz", "/media/{row_id}"):
-        assert path in spec["paths"], path
+        docs, page, js = (c.get(path) for path in ("/docs", "/", "/static/app.js"))
+    assert {"/search", "/search/image", "/encode", "/ingest", "/healthz", "/media/{row_id}"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/search/image"]["post"]["requestBody"]["content"]
-    assert docs.status_code == 200
+    assert [r.status_code for r in (docs, page, js)] == [200, 200, 200]
     assert "swagger" in docs.text.lower()
-    assert page.status_code == 200
     assert 'id="q"' in page.text
     assert 'id="file"' in page.text
-    assert "http://" not in page.text
-    assert "https://" not in page.text
-    assert js.status_code == 200
+    assert "://" not in page.text  # no absolute URL: the page loads nothing from elsewhere
     assert js.headers["content-type"].startswith("text/javascript")
 
 
@@ -566,17 +531,14 @@ def test_concurrent_encodes_are_batched_and_each_caller_gets_its_own_vector(serv
         responses = asyncio.run(_post_all(served.url, "/encode", [{"text": t} for t in texts]))
         assert [r.status_code for r in responses] == [200] * 32, [r.text for r in responses if r.status_code != 200]
         for row, (text, r) in enumerate(zip(texts, responses, strict=True)):
-            body = r.json()
-            np.testing.assert_allclose(body["high"], local.high[row], atol=1e-4, err_msg=text)
-            np.testing.assert_allclose(body["low"], local.low[row], atol=1e-4, err_msg=text)
+            _assert_encoded(r.json(), local, row, text)
         return [r.json()["batch_size"] for r in responses]
 
     wait_until(BATCHED, lambda: max(burst()) > 1, EVENT_DEADLINE_S)
     with served.client() as c:
         stats = c.get("/stats").json()["text"]
     assert stats["max_seen_batch_size"] > 1
-    assert stats["max_batch_size"] == 32
-    assert stats["failed_batches"] == 0
+    assert (stats["max_batch_size"], stats["failed_batches"]) == (32, 0)
 
 
 def test_concurrent_fused_searches_share_a_fusion_batch_and_keep_the_scorer_order(served: Served) -> None:
@@ -625,7 +587,7 @@ def test_an_undecodable_image_fails_only_its_own_caller(served: Served) -> None:
         assert responses[3].json()["error"] == "undecodable_image"
         ok = responses[:3] + responses[4:]
         for row, r in enumerate(ok):
-            np.testing.assert_allclose(r.json()["high"], local.high[row], atol=1e-4)
+            _assert_encoded(r.json(), local, row)
         return [r.json()["batch_size"] for r in ok]
 
     # They were batched (the bad one counts in its batch), and only the bad one failed.
@@ -648,16 +610,15 @@ def test_a_failing_batch_fails_every_caller_of_that_batch_only(served: Served) -
         served.faulty.configure_batching.remote(32, 0.25).result(timeout_s=30)
     second = asyncio.run(_post_all(served.url, "/extra/encode", [{"text": t} for t in texts[6:]], key=None))
     log = served.faulty.batches.remote().result(timeout_s=30)
-    poisoned = [b for b in log if POISON in b]
-    assert len(poisoned) == 1, log
-    assert sorted(poisoned[0]) == sorted(texts), log  # the fault hit one real batch of all twelve
+    # The fault hit one real batch, of all twelve.
+    assert [sorted(b) for b in log if POISON in b] == [sorted(texts)], log
     for r in first:
         assert_error(r, 500, "internal_error")  # a server fault, reported to every caller of the batch
     # The next batches are fine: the fault did not poison the replica.
     assert [r.status_code for r in second] == [200] * len(second)
     local = served.model.embed_texts(texts[6:])
     for row, r in enumerate(second):
-        np.testing.assert_allclose(r.json()["high"], local.high[row], atol=1e-4)
+        _assert_encoded(r.json(), local, row)
 
 
 # -- Milvus unreachable --------------------------------------------------------------------------
