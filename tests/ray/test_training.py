@@ -313,6 +313,7 @@ def test_rerunning_the_run_name_with_another_model_is_refused(crashed_run: Crash
     tmp_path = crashed_run.run_dir.parent
     before = (crashed_run.run_dir / "steps.jsonl").read_text()
     other = _crash_config(tmp_path, "model.overrides={low_dim: 24}")
-    with pytest.raises(ConfigError, match=r"run 'crash' already exists .* another model \(low_dim differ"):
+    refused = r"run 'crash' already exists .* another model \(low_dim differ.*another run\.name"
+    with pytest.raises(ConfigError, match=refused):
         run_training(other)
     assert (crashed_run.run_dir / "steps.jsonl").read_text() == before  # nothing was trained
