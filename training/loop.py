@@ -118,11 +118,6 @@ class LoopSpec:
     val_batch_size: int = 128
     fault_injection: dict[str, Any] | list[dict[str, Any]] | None = field(default=None)
 
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> LoopSpec:
-        """Rebuild from the dict Ray hands the worker (unknown keys are an error, not ignored)."""
-        return cls(**config)
-
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
     """Multiplier of the peak learning rate for optimizer step ``step + 1`` (``step`` = steps done).
@@ -150,7 +145,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from hivlp_milvus.model.hivlp import HiVLP
     from hivlp_milvus.model.loss import HiVLPLoss, LossConfig
 
-    spec = LoopSpec.from_dict(config)
+    spec = LoopSpec(**config)  # unknown keys are an error, not ignored
     _quiet_report_log()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -331,13 +326,10 @@ def _build_optimizer(module: torch.nn.Module, spec: LoopSpec) -> torch.optim.Opt
     """AdamW; weight decay only on matrices (not biases, norms or the temperatures)."""
     import torch
 
-    decay, no_decay = [], []
-    for _, param in module.named_parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
+    params = [param for param in module.parameters() if param.requires_grad]
     groups = [
-        {"params": decay, "weight_decay": spec.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": spec.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps)
 
@@ -356,20 +348,16 @@ def _maybe_crash(spec: LoopSpec, step: int, rank: int) -> None:
     faults = spec.fault_injection or []
     for fault in [faults] if isinstance(faults, dict) else faults:
         if step == int(fault["step"]) and rank == int(fault.get("rank", 0)) and not Path(fault["marker"]).exists():
-            _crash(fault, step, rank)
-
-
-def _crash(fault: dict[str, Any], step: int, rank: int) -> None:
-    marker = Path(fault["marker"])
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"crashing at step {step} on rank {rank}\n")
-    # Ray Train's controller registers a report when it next polls the workers, seconds later.
-    # A test that must know where the restart resumes waits for that event (Ray's checkpoint
-    # manager snapshot naming the checkpoint), not for a fixed time, which a loaded machine
-    # can outlast.
-    waited = _wait_for_text(fault["wait_for"]) if fault.get("wait_for") else "no wait"
-    marker.write_text(f"crashed at step {step} on rank {rank} ({waited})\n")
-    os._exit(1)
+            marker = Path(fault["marker"])
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"crashing at step {step} on rank {rank}\n")
+            # Ray Train's controller registers a report when it next polls the workers, seconds
+            # later. A test that must know where the restart resumes waits for that event (Ray's
+            # checkpoint manager snapshot naming the checkpoint), not for a fixed time, which a
+            # loaded machine can outlast.
+            waited = _wait_for_text(fault["wait_for"]) if fault.get("wait_for") else "no wait"
+            marker.write_text(f"crashed at step {step} on rank {rank} ({waited})\n")
+            os._exit(1)
 
 
 def _wait_for_text(wait_for: dict[str, Any]) -> str:
