@@ -91,18 +91,18 @@ class RunPlan:
 
     def describe(self) -> str:
         """One paragraph for the console."""
+        images = (
+            f"images decoded once, {self.decoded_cache_bytes / 1e9:.2f} GB cached in the object store"
+            if self.decoded_cache_bytes
+            else "images decoded every epoch"
+        )
         return (
             f"{self.train_images} training images ({self.skipped} skipped by the source) | "
             f"{self.workers} workers x batch {self.batch_size} = contrastive batch {self.global_batch}"
             f"{f' x {self.grad_accum_steps} accumulation' if self.grad_accum_steps > 1 else ''} | "
             f"{self.steps_per_epoch} steps/epoch, {self.total_steps} steps over {self.epochs} epoch(s) | "
-            f"validation {'on' if self.validation else 'off'} | {self._images()} | storage {self.storage_path}"
+            f"validation {'on' if self.validation else 'off'} | {images} | storage {self.storage_path}"
         )
-
-    def _images(self) -> str:
-        if not self.decoded_cache_bytes:
-            return "images decoded every epoch"
-        return f"images decoded once, {self.decoded_cache_bytes / 1e9:.2f} GB cached in the object store"
 
 
 @dataclass(frozen=True)
@@ -132,9 +132,7 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
-        data = dataclasses.asdict(self)
-        data["model_dir"] = str(self.model_dir)
-        return data
+        return {**dataclasses.asdict(self), "model_dir": str(self.model_dir)}
 
     def summary(self) -> str:
         """A short human-readable report."""
