@@ -213,8 +213,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def report(epoch_next: int, micro_next: int) -> None:
         nonlocal last_reported
-        metrics = {"step": step, "epoch": epoch, "samples_seen": samples_seen, **progress.summary()}
-        metrics["lr"] = scheduler.get_last_lr()[0]
+        metrics = {
+            "step": step,
+            "epoch": epoch,
+            "samples_seen": samples_seen,
+            **progress.summary(),
+            "lr": scheduler.get_last_lr()[0],
+        }
         checkpoint = None
         with progress.paused(), tempfile.TemporaryDirectory(prefix="hivlp-ckpt-") as tmp:
             if rank == 0:
@@ -281,8 +286,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if step == spec.total_steps:
                 break
         skip = 0
-        if step == spec.total_steps:
-            break
+        # A run that reached total_steps broke out right after a step (so step > steps_before) and
+        # reported it (so last_reported == step): the checks below pass and the while ends.
         if step == steps_before and skip_at_start == 0:
             raise RuntimeError(
                 f"epoch {epoch} gave rank {rank} no complete optimizer step; the training set is too small "
