@@ -12,7 +12,6 @@ This module imports neither torch nor Ray: the CLI validates a config before pay
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import field
@@ -493,7 +492,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     Raises:
         ConfigError: an override is not ``key=value`` or walks into a non-mapping value.
     """
-    result = copy.deepcopy(plain(data))
+    result = plain(data)  # new dicts and lists all the way down: the input stays as it was
     for item in overrides:
         if not isinstance(item, str) or "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=3e-4)")
