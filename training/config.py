@@ -535,10 +535,10 @@ def _find_config_file(path: str | Path) -> Path:
 
 
 def _deep_merge(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in patch.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(dict(merged[key]), value)
-        else:
-            merged[key] = value
-    return merged
+    patched = {
+        key: _deep_merge(dict(base[key]), value)
+        if isinstance(value, Mapping) and isinstance(base.get(key), Mapping)
+        else value
+        for key, value in patch.items()
+    }
+    return {**base, **patched}  # patched keys keep their place in base, new ones follow

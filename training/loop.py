@@ -556,11 +556,12 @@ def flatten_eval(table: Any) -> dict[str, float]:
         "text_to_image_R@1": "t2i_R@1",
         "shortlist_recall": "shortlist_recall",
     }
-    metrics: dict[str, float] = {}
-    for row_name, row in table.rows.items():
-        for key, short in keep.items():
-            if key in row:
-                metrics[f"val_{row_name}_{short}"] = float(row[key])
+    metrics = {
+        f"val_{row_name}_{short}": float(row[key])
+        for row_name, row in table.rows.items()
+        for key, short in keep.items()
+        if key in row
+    }
     funnels = sorted((int(name.split("@", 1)[1]), name) for name in table.rows if name.startswith("hier@"))
     headline = funnels[-1][1] if funnels else "high"
     metrics["val_AR"] = float(table.rows[headline]["AR"])
