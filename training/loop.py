@@ -458,9 +458,11 @@ class _Progress:
             return
         last = self.last
         parts = " ".join(f"{k} {last[k]:.4f}" for k in (*TERMS, *FUSION_TERMS) if k in last)
-        temps = ""
-        if "logit_scale_low" in last:
-            temps = f" | T_low {1 / last['logit_scale_low']:.4f} T_high {1 / last['logit_scale_high']:.4f}"
+        temps = (
+            f" | T_low {1 / last['logit_scale_low']:.4f} T_high {1 / last['logit_scale_high']:.4f}"
+            if "logit_scale_low" in last
+            else ""
+        )
         _say(
             f"step {step}/{self.spec.total_steps} epoch {epoch} | loss {last.get('loss', 0):.4f} ({parts})"
             f"{temps} | lr {lr:.2e} | grad_norm {self.grad_norm:.3f} | {rate:.1f} samples/s"
@@ -469,10 +471,11 @@ class _Progress:
     def summary(self) -> dict[str, float]:
         """Metrics for ``ray.train.report``: the last window's global averages and throughput."""
         busy = time.perf_counter() - self.run_start - self.run_paused
-        out = dict(self.last)
-        out["samples_per_s"] = self.run_steps * self.samples_per_step / max(1e-9, busy)
-        out["train_seconds"] = busy
-        return out
+        return {
+            **self.last,
+            "samples_per_s": self.run_steps * self.samples_per_step / max(1e-9, busy),
+            "train_seconds": busy,
+        }
 
     def print_checkpoint(self, metrics: dict[str, Any]) -> None:
         val = " ".join(f"{k[4:]} {v:.4f}" for k, v in metrics.items() if k.startswith("val_") and k.endswith("_AR"))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from hivlp_milvus.errors import ConfigError
 from training.checkpoint import directory_exists, export_model, publish_directory
-from training.config import TrainConfig, is_uri
+from training.config import TrainConfig, is_uri, load_config
 from training.data import (
     build_train_dataset,
     build_train_table,
@@ -470,8 +470,6 @@ def cli(config: str | None, overrides: list[str], *, dry_run: bool = False) -> i
         ConfigError: invalid config or overrides.
     """
     import yaml
-
-    from training.config import load_config
 
     cfg = load_config(config, overrides)
     if dry_run:
