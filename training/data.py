@@ -94,11 +94,9 @@ class TrainTable:
         columns: ``uid`` (int64), ``group`` (int64), ``image_path`` (str), ``image_bytes``
             (bytes), ``input_ids`` / ``attention_mask`` (``(N, K, L)``, int32 / uint8) and
             ``num_captions`` (int32).
-        num_groups: distinct relevance groups.
     """
 
     columns: dict[str, np.ndarray]
-    num_groups: int
 
     def __len__(self) -> int:
         return len(self.columns["uid"])
@@ -206,7 +204,7 @@ def build_train_table(
         "attention_mask": np.concatenate(mask_chunks).reshape(n, max_captions, -1),
         "num_captions": np.asarray([len(kept) for kept in captions], dtype=np.int32),
     }
-    return TrainTable(columns={name: column[order] for name, column in columns.items()}, num_groups=len(groups))
+    return TrainTable(columns={name: column[order] for name, column in columns.items()})
 
 
 def stable_uid(record_id: str) -> int:
