@@ -110,7 +110,9 @@ def save_checkpoint(
     directory = Path(directory)
     model.save_pretrained(directory)
     torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
-    (directory / SCHEDULER_FILE).write_text(json.dumps(_jsonable(scheduler.state_dict()), indent=2) + "\n")
+    # LambdaLR's state stores its lambdas as None (they are rebuilt from the config on resume);
+    # the rest is JSON already, 0-d tensors aside.
+    (directory / SCHEDULER_FILE).write_text(json.dumps(scheduler.state_dict(), indent=2, default=_json_default) + "\n")
     if loss_state:
         from safetensors.torch import save_file
 
@@ -247,19 +249,6 @@ def directory_exists(location: str) -> bool:
 
     fs, path = pyarrow.fs.FileSystem.from_uri(location)
     return fs.get_file_info(path).type == pyarrow.fs.FileType.Directory
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if hasattr(value, "item"):  # 0-d tensors / numpy scalars
-        return value.item()
-    # Callables (LambdaLR's lambdas) are rebuilt from the config on resume, not stored.
-    return None
 
 
 def _json_default(value: Any) -> Any:

@@ -12,7 +12,6 @@ This module imports neither torch nor Ray: the CLI validates a config before pay
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import field
@@ -493,7 +492,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     Raises:
         ConfigError: an override is not ``key=value`` or walks into a non-mapping value.
     """
-    result = copy.deepcopy(plain(data))
+    result = plain(data)  # new dicts and lists all the way down: the input stays as it was
     for item in overrides:
         if not isinstance(item, str) or "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=3e-4)")
@@ -536,10 +535,10 @@ def _find_config_file(path: str | Path) -> Path:
 
 
 def _deep_merge(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in patch.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(dict(merged[key]), value)
-        else:
-            merged[key] = value
-    return merged
+    patched = {
+        key: _deep_merge(dict(base[key]), value)
+        if isinstance(value, Mapping) and isinstance(base.get(key), Mapping)
+        else value
+        for key, value in patch.items()
+    }
+    return {**base, **patched}  # patched keys keep their place in base, new ones follow

@@ -94,11 +94,9 @@ class TrainTable:
         columns: ``uid`` (int64), ``group`` (int64), ``image_path`` (str), ``image_bytes``
             (bytes), ``input_ids`` / ``attention_mask`` (``(N, K, L)``, int32 / uint8) and
             ``num_captions`` (int32).
-        num_groups: distinct relevance groups.
     """
 
     columns: dict[str, np.ndarray]
-    num_groups: int
 
     def __len__(self) -> int:
         return len(self.columns["uid"])
@@ -153,16 +151,12 @@ def prepare_sources(cfg: TrainConfig, work_dir: Path) -> Sources:
 
 
 def _synthetic_is_current(root: Path, sizes: dict[str, int], seed: int, image_size: int) -> bool:
-    info_file = root / "dataset.json"
-    if not info_file.is_file():
-        return False
-    try:
-        info = json.loads(info_file.read_text(encoding="utf-8"))
+    try:  # OSError: no dataset.json (not written yet)
+        info = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
-    manifests_exist = all((root / split / "manifest.jsonl").is_file() for split in sizes)
     same = info.get("sizes") == sizes and info.get("seed") == seed and info.get("image_size") == image_size
-    return manifests_exist and same
+    return same and all((root / split / "manifest.jsonl").is_file() for split in sizes)
 
 
 # -- driver: table ---------------------------------------------------------------------------------
@@ -210,7 +204,7 @@ def build_train_table(
         "attention_mask": np.concatenate(mask_chunks).reshape(n, max_captions, -1),
         "num_captions": np.asarray([len(kept) for kept in captions], dtype=np.int32),
     }
-    return TrainTable(columns={name: column[order] for name, column in columns.items()}, num_groups=len(groups))
+    return TrainTable(columns={name: column[order] for name, column in columns.items()})
 
 
 def stable_uid(record_id: str) -> int:
@@ -364,10 +358,8 @@ def select_captions(batch: dict[str, torch.Tensor], *, seed: int, epoch: int) ->
 
 def batch_fingerprint(uids: Iterable[int]) -> str:
     """A short hash of the image ids of a batch, in order (to audit that resumes replay exactly)."""
-    digest = hashlib.blake2b(digest_size=6)
-    for uid in uids:
-        digest.update(int(uid).to_bytes(8, "big", signed=True))
-    return digest.hexdigest()
+    data = b"".join(int(uid).to_bytes(8, "big", signed=True) for uid in uids)
+    return hashlib.blake2b(data, digest_size=6).hexdigest()
 
 
 def plan_epoch(num_rows: int, *, world_size: int, batch_size: int, grad_accum_steps: int) -> tuple[int, int]:

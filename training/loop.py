@@ -118,11 +118,6 @@ class LoopSpec:
     val_batch_size: int = 128
     fault_injection: dict[str, Any] | list[dict[str, Any]] | None = field(default=None)
 
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> LoopSpec:
-        """Rebuild from the dict Ray hands the worker (unknown keys are an error, not ignored)."""
-        return cls(**config)
-
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
     """Multiplier of the peak learning rate for optimizer step ``step + 1`` (``step`` = steps done).
@@ -150,7 +145,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from hivlp_milvus.model.hivlp import HiVLP
     from hivlp_milvus.model.loss import HiVLPLoss, LossConfig
 
-    spec = LoopSpec.from_dict(config)
+    spec = LoopSpec(**config)  # unknown keys are an error, not ignored
     _quiet_report_log()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -218,8 +213,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def report(epoch_next: int, micro_next: int) -> None:
         nonlocal last_reported
-        metrics = {"step": step, "epoch": epoch, "samples_seen": samples_seen, **progress.summary()}
-        metrics["lr"] = scheduler.get_last_lr()[0]
+        metrics = {
+            "step": step,
+            "epoch": epoch,
+            "samples_seen": samples_seen,
+            **progress.summary(),
+            "lr": scheduler.get_last_lr()[0],
+        }
         checkpoint = None
         with progress.paused(), tempfile.TemporaryDirectory(prefix="hivlp-ckpt-") as tmp:
             if rank == 0:
@@ -286,8 +286,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if step == spec.total_steps:
                 break
         skip = 0
-        if step == spec.total_steps:
-            break
+        # A run that reached total_steps broke out right after a step (so step > steps_before) and
+        # reported it (so last_reported == step): the checks below pass and the while ends.
         if step == steps_before and skip_at_start == 0:
             raise RuntimeError(
                 f"epoch {epoch} gave rank {rank} no complete optimizer step; the training set is too small "
@@ -331,13 +331,10 @@ def _build_optimizer(module: torch.nn.Module, spec: LoopSpec) -> torch.optim.Opt
     """AdamW; weight decay only on matrices (not biases, norms or the temperatures)."""
     import torch
 
-    decay, no_decay = [], []
-    for _, param in module.named_parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
+    params = [param for param in module.parameters() if param.requires_grad]
     groups = [
-        {"params": decay, "weight_decay": spec.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": spec.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps)
 
@@ -356,20 +353,16 @@ def _maybe_crash(spec: LoopSpec, step: int, rank: int) -> None:
     faults = spec.fault_injection or []
     for fault in [faults] if isinstance(faults, dict) else faults:
         if step == int(fault["step"]) and rank == int(fault.get("rank", 0)) and not Path(fault["marker"]).exists():
-            _crash(fault, step, rank)
-
-
-def _crash(fault: dict[str, Any], step: int, rank: int) -> None:
-    marker = Path(fault["marker"])
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"crashing at step {step} on rank {rank}\n")
-    # Ray Train's controller registers a report when it next polls the workers, seconds later.
-    # A test that must know where the restart resumes waits for that event (Ray's checkpoint
-    # manager snapshot naming the checkpoint), not for a fixed time, which a loaded machine
-    # can outlast.
-    waited = _wait_for_text(fault["wait_for"]) if fault.get("wait_for") else "no wait"
-    marker.write_text(f"crashed at step {step} on rank {rank} ({waited})\n")
-    os._exit(1)
+            marker = Path(fault["marker"])
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"crashing at step {step} on rank {rank}\n")
+            # Ray Train's controller registers a report when it next polls the workers, seconds
+            # later. A test that must know where the restart resumes waits for that event (Ray's
+            # checkpoint manager snapshot naming the checkpoint), not for a fixed time, which a
+            # loaded machine can outlast.
+            waited = _wait_for_text(fault["wait_for"]) if fault.get("wait_for") else "no wait"
+            marker.write_text(f"crashed at step {step} on rank {rank} ({waited})\n")
+            os._exit(1)
 
 
 def _wait_for_text(wait_for: dict[str, Any]) -> str:
@@ -465,9 +458,11 @@ class _Progress:
             return
         last = self.last
         parts = " ".join(f"{k} {last[k]:.4f}" for k in (*TERMS, *FUSION_TERMS) if k in last)
-        temps = ""
-        if "logit_scale_low" in last:
-            temps = f" | T_low {1 / last['logit_scale_low']:.4f} T_high {1 / last['logit_scale_high']:.4f}"
+        temps = (
+            f" | T_low {1 / last['logit_scale_low']:.4f} T_high {1 / last['logit_scale_high']:.4f}"
+            if "logit_scale_low" in last
+            else ""
+        )
         _say(
             f"step {step}/{self.spec.total_steps} epoch {epoch} | loss {last.get('loss', 0):.4f} ({parts})"
             f"{temps} | lr {lr:.2e} | grad_norm {self.grad_norm:.3f} | {rate:.1f} samples/s"
@@ -476,10 +471,11 @@ class _Progress:
     def summary(self) -> dict[str, float]:
         """Metrics for ``ray.train.report``: the last window's global averages and throughput."""
         busy = time.perf_counter() - self.run_start - self.run_paused
-        out = dict(self.last)
-        out["samples_per_s"] = self.run_steps * self.samples_per_step / max(1e-9, busy)
-        out["train_seconds"] = busy
-        return out
+        return {
+            **self.last,
+            "samples_per_s": self.run_steps * self.samples_per_step / max(1e-9, busy),
+            "train_seconds": busy,
+        }
 
     def print_checkpoint(self, metrics: dict[str, Any]) -> None:
         val = " ".join(f"{k[4:]} {v:.4f}" for k, v in metrics.items() if k.startswith("val_") and k.endswith("_AR"))
@@ -563,11 +559,12 @@ def flatten_eval(table: Any) -> dict[str, float]:
         "text_to_image_R@1": "t2i_R@1",
         "shortlist_recall": "shortlist_recall",
     }
-    metrics: dict[str, float] = {}
-    for row_name, row in table.rows.items():
-        for key, short in keep.items():
-            if key in row:
-                metrics[f"val_{row_name}_{short}"] = float(row[key])
+    metrics = {
+        f"val_{row_name}_{short}": float(row[key])
+        for row_name, row in table.rows.items()
+        for key, short in keep.items()
+        if key in row
+    }
     funnels = sorted((int(name.split("@", 1)[1]), name) for name in table.rows if name.startswith("hier@"))
     headline = funnels[-1][1] if funnels else "high"
     metrics["val_AR"] = float(table.rows[headline]["AR"])

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from hivlp_milvus.errors import ConfigError
 from training.checkpoint import directory_exists, export_model, publish_directory
-from training.config import TrainConfig, is_uri
+from training.config import TrainConfig, is_uri, load_config
 from training.data import (
     build_train_dataset,
     build_train_table,
@@ -91,18 +91,18 @@ class RunPlan:
 
     def describe(self) -> str:
         """One paragraph for the console."""
+        images = (
+            f"images decoded once, {self.decoded_cache_bytes / 1e9:.2f} GB cached in the object store"
+            if self.decoded_cache_bytes
+            else "images decoded every epoch"
+        )
         return (
             f"{self.train_images} training images ({self.skipped} skipped by the source) | "
             f"{self.workers} workers x batch {self.batch_size} = contrastive batch {self.global_batch}"
             f"{f' x {self.grad_accum_steps} accumulation' if self.grad_accum_steps > 1 else ''} | "
             f"{self.steps_per_epoch} steps/epoch, {self.total_steps} steps over {self.epochs} epoch(s) | "
-            f"validation {'on' if self.validation else 'off'} | {self._images()} | storage {self.storage_path}"
+            f"validation {'on' if self.validation else 'off'} | {images} | storage {self.storage_path}"
         )
-
-    def _images(self) -> str:
-        if not self.decoded_cache_bytes:
-            return "images decoded every epoch"
-        return f"images decoded once, {self.decoded_cache_bytes / 1e9:.2f} GB cached in the object store"
 
 
 @dataclass(frozen=True)
@@ -132,9 +132,7 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
-        data = dataclasses.asdict(self)
-        data["model_dir"] = str(self.model_dir)
-        return data
+        return {**dataclasses.asdict(self), "model_dir": str(self.model_dir)}
 
     def summary(self) -> str:
         """A short human-readable report."""
@@ -472,8 +470,6 @@ def cli(config: str | None, overrides: list[str], *, dry_run: bool = False) -> i
         ConfigError: invalid config or overrides.
     """
     import yaml
-
-    from training.config import load_config
 
     cfg = load_config(config, overrides)
     if dry_run:
