@@ -100,14 +100,8 @@ def labelled_recall(model: Any, n: int, *, smoke: bool = False) -> dict[str, Any
     out["high-only"] = recall_at(hi, d["q_label"], d["group"])
     out["low-only"] = recall_at(topk_ip(d["low"], d["q_low"], K), d["q_label"], d["group"])
     cand = topk_ip(d["low"], d["q_low"], min(1000, n))
-    for cl in (20, 50, 100, 200, 1000):
-        if cl > n:
-            continue
-        ranked = []
-        for i in range(len(cand)):
-            c = cand[i, :cl]
-            sc = d["high"][c] @ d["q_high"][i]
-            ranked.append(c[np.argsort(-sc)[:K]])
+    for cl in (c for c in (20, 50, 100, 200, 1000) if c <= n):
+        ranked = [c[np.argsort(-(d["high"][c] @ q))[:K]] for c, q in zip(cand[:, :cl], d["q_high"], strict=False)]
         out[f"hierarchical cl={cl}"] = recall_at(ranked, d["q_label"], d["group"])
     out["distinct_top1_high"] = int(len(set(hi[:, 0].tolist())))
     return out
