@@ -175,6 +175,32 @@ def interleaved(
     return times, outputs
 
 
+def interleaved_queries(
+    contenders: Mapping[str, Callable[[slice], Any]],
+    n_single: int,
+    n_batches: int,
+    nq_batch: int,
+    *,
+    label: str,
+    seed: int = 0,
+    warmup: int = 1,
+) -> tuple[dict[str, list[float]], dict[str, list[Any]], dict[str, list[float]], dict[str, list[Any]]]:
+    """:func:`interleaved` over query slices: ``n_single`` single queries, then ``n_batches`` batches of ``nq_batch``.
+
+    Each contender maps a slice of the query arrays to one result per query. Returns the latencies
+    and the results per query (batches flattened) of the single run, then the same of the batch run.
+    """
+    log(f"[{label}] {len(contenders)} contenders x {n_single} single queries (interleaved)")
+    fns = {name: (lambda i, f=f: f(slice(i, i + 1))) for name, f in contenders.items()}
+    t_single, out_single = interleaved(fns, n_single, seed=seed, warmup=warmup)
+    log(f"[{label}] {len(contenders)} contenders x {n_batches} batches of {nq_batch}")
+    fns = {name: (lambda i, f=f: f(slice(i * nq_batch, (i + 1) * nq_batch))) for name, f in contenders.items()}
+    t_batch, out_batch = interleaved(fns, n_batches, seed=seed + 1, warmup=0)
+    flat = {name: [ids for call in out for ids in call] for name, out in out_single.items()}
+    flat_b = {name: [ids for call in out for ids in call] for name, out in out_batch.items()}
+    return t_single, flat, t_batch, flat_b
+
+
 # ---------------------------------------------------------------------- JSON
 
 

@@ -47,7 +47,7 @@ from benchmarks.common import (
     CACHE_DIR,
     RESULTS_DIR,
     Timer,
-    interleaved,
+    interleaved_queries,
     latency_stats,
     log,
     parse_sizes,
@@ -381,17 +381,18 @@ def bench_size(
         )
     contenders["faiss-exact"] = ({"kind": "faiss-exact"}, lambda sl: inproc.exact(q_high[sl]))
 
-    log(f"[{label}] {len(contenders)} contenders x {plan['n_single']} single queries (interleaved)")
-    fns = {name: (lambda i, f=f: f(slice(i, i + 1))) for name, (_, f) in contenders.items()}
-    t_single, out_single = interleaved(fns, plan["n_single"], seed=0, warmup=2)
-    log(f"[{label}] {len(contenders)} contenders x {plan['n_batches']} batches of {NQ_BATCH}")
-    fns_b = {name: (lambda i, f=f: f(slice(i * NQ_BATCH, (i + 1) * NQ_BATCH))) for name, (_, f) in contenders.items()}
-    t_batch, out_batch = interleaved(fns_b, plan["n_batches"], seed=1, warmup=0)
+    t_single, out_single, t_batch, out_batch = interleaved_queries(
+        {name: f for name, (_, f) in contenders.items()},
+        plan["n_single"],
+        plan["n_batches"],
+        NQ_BATCH,
+        label=label,
+        warmup=2,
+    )
 
     rows = []
     for name, (cfg, _) in contenders.items():
-        pred = [list(ids) for q in out_single[name] for ids in q]
-        pred_b = [list(ids) for b in out_batch[name] for ids in b]
+        pred, pred_b = out_single[name], out_batch[name]
         rows.append(
             {
                 "name": name,

@@ -42,7 +42,7 @@ from benchmarks.common import (
     PLOTS_DIR,
     Timer,
     embed_gallery,
-    interleaved,
+    interleaved_queries,
     latency_stats,
     log,
     obtain_model,
@@ -216,20 +216,15 @@ def bench_size(
         contenders[f"faiss-funnel cl={cl}"] = ({"kind": "faiss-funnel", "coarse_limit": cl, "nprobe": npf}, fun)
     contenders["faiss-exact"] = ({"kind": "faiss-exact"}, lambda sl: inproc.exact(q_high[sl]))
 
-    # --- single queries, interleaved query by query
-    log(f"[{label}] {len(contenders)} contenders x {n_single} single queries (interleaved)")
-    fns = {name: (lambda i, f=f: f(slice(i, i + 1))) for name, (_, f) in contenders.items()}
-    t_single, out_single = interleaved(fns, n_single, seed=seed, warmup=1)
-    # --- batches of 32, interleaved batch by batch
-    log(f"[{label}] {len(contenders)} contenders x {nb} batches of {nq_b}")
-    fns_b = {name: (lambda i, f=f: f(slice(i * nq_b, (i + 1) * nq_b))) for name, (_, f) in contenders.items()}
-    t_batch, out_batch = interleaved(fns_b, nb, seed=seed + 1, warmup=0)
+    # single queries interleaved query by query, then batches of 32 interleaved batch by batch
+    t_single, out_single, t_batch, out_batch = interleaved_queries(
+        {name: f for name, (_, f) in contenders.items()}, n_single, nb, nq_b, label=label, seed=seed
+    )
 
     labels = data.get("q_label")
     rows = []
     for name, (cfg, _) in contenders.items():
-        pred_single = [ids for q in out_single[name] for ids in q]
-        pred_batch = [ids for b in out_batch[name] for ids in b]
+        pred_single, pred_batch = out_single[name], out_batch[name]
         fid = fidelity(pred_single, gt[:n_single], data["high"], q_high)
         fid_b = fidelity(pred_batch, gt[: len(pred_batch)], data["high"], q_high)
         fid_strict = fidelity(pred_single, gt[:n_single])
