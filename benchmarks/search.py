@@ -316,30 +316,29 @@ def run(
     for n in sorted(sizes):
         if n <= real_n:
             sub = {k: (v[:n] if k in ("low", "high", "group") else v) for k, v in real.items()}
-            plan = default_plan(n, smoke)
-            sizes_out.append(bench_size(f"real-{_h(n)}", sub, cache / f"real_{fp}_{n}.db", plan, rebuild=rebuild))
-            sizes_out[-1]["data"] = f"real tiny-model embeddings ({query_kind} queries -> image gallery)"
-        if n == real_n or n > real_n:
-            if n == real_n and not smoke and n >= 5_000:
-                label = f"gen-check-{_h(n)}"
-            elif n > real_n:
-                label = f"gen-{_h(n)}"
-            else:
-                continue
-            g = generate_vectors(n, gen_params, n_queries=500)
             sizes_out.append(
-                bench_size(
-                    label,
-                    g,
-                    gen_main_path(cache, gen_params, n),
-                    default_plan(n, smoke),
-                    rebuild=rebuild,
-                    collection=COLLECTION,
-                    ann_path=gen_db_path(cache, gen_params, n),
-                )
+                {
+                    **bench_size(
+                        f"real-{_h(n)}", sub, cache / f"real_{fp}_{n}.db", default_plan(n, smoke), rebuild=rebuild
+                    ),
+                    "data": f"real tiny-model embeddings ({query_kind} queries -> image gallery)",
+                }
             )
-            sizes_out[-1]["data"] = (
-                f"generated vectors (sigma={gen_params.sigma:.3f}, {gen_params.n_clusters} clusters)"
+        # Generated vectors above the real size, and at it (a check against the real run) when large enough.
+        if n > real_n or (n == real_n and not smoke and n >= 5_000):
+            sizes_out.append(
+                {
+                    **bench_size(
+                        f"gen-{'check-' if n == real_n else ''}{_h(n)}",
+                        generate_vectors(n, gen_params, n_queries=500),
+                        gen_main_path(cache, gen_params, n),
+                        default_plan(n, smoke),
+                        rebuild=rebuild,
+                        collection=COLLECTION,
+                        ann_path=gen_db_path(cache, gen_params, n),
+                    ),
+                    "data": f"generated vectors (sigma={gen_params.sigma:.3f}, {gen_params.n_clusters} clusters)",
+                }
             )
         if sizes_out and not smoke:  # partial results survive a crash at a later size
             write_result(
