@@ -54,10 +54,6 @@ def _proc_value(path: str, key: str) -> str | None:
     return None
 
 
-def _cpu_model() -> str:
-    return _proc_value("/proc/cpuinfo", "model name") or platform.processor() or "unknown"
-
-
 def _mem_gib() -> float | None:
     kib = _proc_value("/proc/meminfo", "MemTotal")  # "16318480 kB"
     return round(int(kib.split()[0]) / 2**20, 1) if kib else None
@@ -92,28 +88,18 @@ def machine_info() -> dict[str, Any]:
     """Where and with what the numbers were measured."""
     return {
         "hostname": platform.node(),
-        "cpu": _cpu_model(),
+        "cpu": _proc_value("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
         "cores": os.cpu_count(),
         "mem_gib": _mem_gib(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "torch_threads": _torch_threads(),
+        "torch_threads": int(sys.modules["torch"].get_num_threads()) if "torch" in sys.modules else None,
         "versions": {
             m: _version(m) for m in ("pymilvus", "milvus-lite", "faiss-cpu", "numpy", "torch", "ray", "hivlp-milvus")
         },
         "git": git_rev(),
     }
-
-
-def _torch_threads() -> int | None:
-    if "torch" not in sys.modules:
-        return None
-    return int(sys.modules["torch"].get_num_threads())
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
 
 
 # ---------------------------------------------------------------------- timing
@@ -229,7 +215,7 @@ def write_result(
     doc = {
         "benchmark": name,
         "schema_version": SCHEMA_VERSION,
-        "date": now_iso(),
+        "date": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
         "command": command or _command_line(),
         "machine": machine_info(),
         **payload,
