@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -156,29 +157,24 @@ def bench_size(
     # --- the contenders: name -> (config, fn(q_slice) -> list of id lists)
     contenders: dict[str, tuple[dict, Any]] = {}
 
-    def hier(rerank: str, cl: int, nprobe: int | None):
+    def hier(rerank: str, cl: int, nprobe: int | None) -> Callable[[slice], list[list[int]]]:
         sp = {"params": {"nprobe": nprobe}} if nprobe else None
-
-        def fn(sl: slice) -> list[list[int]]:
-            return hit_ids(
-                col.hierarchical_search(
-                    QueryVectors(q_low[sl], q_high[sl]),
-                    limit=K,
-                    coarse_limit=cl,
-                    rerank=rerank,
-                    output_fields=[],
-                    search_params=sp,
-                )
+        return lambda sl: hit_ids(
+            col.hierarchical_search(
+                QueryVectors(q_low[sl], q_high[sl]),
+                limit=K,
+                coarse_limit=cl,
+                rerank=rerank,
+                output_fields=[],
+                search_params=sp,
             )
-
-        return fn
+        )
 
     coarse_list = sorted({min(c, n) for c in plan["coarse"]})
     for cl in coarse_list:
         for npb in plan["nprobe"]:
-            for rr in ("client", "server"):
-                if rr == "server" and npb is not None:
-                    continue  # server path only at the default nprobe (the coarse stage is shared)
+            # the server path only at the default nprobe (the coarse stage is shared)
+            for rr in ("client",) if npb is not None else ("client", "server"):
                 name = f"hier-{rr} cl={cl}" + (f" nprobe={npb}" if npb else "")
                 contenders[name] = (
                     {"kind": f"hier-{rr}", "coarse_limit": cl, "nprobe": npb or _np_for(cl), "rerank": rr},
@@ -194,26 +190,25 @@ def bench_size(
     contenders["low-only"] = ({"kind": "low-only", "nprobe": _np_for(K)}, single_level("low"))
     if client.has_collection(ANN_COLLECTION):
         for npb in plan["ann_nprobe"]:
-
-            def ann(sl: slice, npb: int = npb) -> list[list[int]]:
-                res = client.search(
-                    ANN_COLLECTION,
-                    data=q_high[sl],
-                    anns_field="vec",
-                    limit=K,
-                    output_fields=["id"],  # the key only: Lite answers [] with every field
-                    search_params={"metric_type": "IP", "params": {"nprobe": npb}},
-                )
-                return hit_ids(res)
-
-            contenders[f"ann-high nprobe={npb}"] = ({"kind": "ann-high", "nprobe": npb, "nlist": ann_nlist}, ann)
+            contenders[f"ann-high nprobe={npb}"] = (
+                {"kind": "ann-high", "nprobe": npb, "nlist": ann_nlist},
+                lambda sl, npb=npb: hit_ids(
+                    client.search(
+                        ANN_COLLECTION,
+                        data=q_high[sl],
+                        anns_field="vec",
+                        limit=K,
+                        output_fields=["id"],  # the key only: Lite answers [] with every field
+                        search_params={"metric_type": "IP", "params": {"nprobe": npb}},
+                    )
+                ),
+            )
     for cl in coarse_list:
         npf = max(1, min(_np_for(cl) or 16, inproc.nlist))
-
-        def fun(sl: slice, cl: int = cl, npf: int = npf) -> np.ndarray:
-            return inproc.funnel(q_low[sl], q_high[sl], cl, npf)
-
-        contenders[f"faiss-funnel cl={cl}"] = ({"kind": "faiss-funnel", "coarse_limit": cl, "nprobe": npf}, fun)
+        contenders[f"faiss-funnel cl={cl}"] = (
+            {"kind": "faiss-funnel", "coarse_limit": cl, "nprobe": npf},
+            lambda sl, cl=cl, npf=npf: inproc.funnel(q_low[sl], q_high[sl], cl, npf),
+        )
     contenders["faiss-exact"] = ({"kind": "faiss-exact"}, lambda sl: inproc.exact(q_high[sl]))
 
     # single queries interleaved query by query, then batches of 32 interleaved batch by batch
