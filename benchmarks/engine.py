@@ -286,19 +286,20 @@ class Requests:
     def rerank_server(
         self, shortlists: list[list[int]], q_high: np.ndarray, collection: str = GALLERY
     ) -> list[list[int]]:
-        out = []
-        for q, s in enumerate(shortlists):
-            res = self.client.search(
-                collection,
-                data=q_high[q : q + 1],
-                anns_field="vec_high",
-                limit=min(K, len(s)),
-                output_fields=["id"],
-                filter=f"id in [{','.join(str(int(i)) for i in s)}]",  # ints produced here, not user input
-                search_params={"metric_type": "IP", "params": {}},
-            )
-            out.append(hit_ids(res)[0])
-        return out
+        return [
+            hit_ids(
+                self.client.search(
+                    collection,
+                    data=q_high[q : q + 1],
+                    anns_field="vec_high",
+                    limit=min(K, len(s)),
+                    output_fields=["id"],
+                    filter=f"id in [{','.join(str(int(i)) for i in s)}]",  # ints produced here, not user input
+                    search_params={"metric_type": "IP", "params": {}},
+                )
+            )[0]
+            for q, s in enumerate(shortlists)
+        ]
 
     def single_stage(
         self, name: str, field: str, q: np.ndarray, params: dict[str, Any], limit: int = K
