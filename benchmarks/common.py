@@ -514,10 +514,11 @@ def embed_gallery(
         # with the text-query cache file when it exists.
         qpath = CACHE_DIR / f"embq_img_{fp}_{n_queries}_{seed + 1}.npz"
         existing = sorted(CACHE_DIR.glob(f"emb_{fp}_{n}_{seed}_*.npz")) if cache else []
-        if existing:  # the gallery is the same whatever text queries were drawn with it
-            base = dict(np.load(existing[0], allow_pickle=False))
-        else:
-            base = embed_gallery(model, n, seed=seed, n_queries=n_queries, cache=cache, chunk=chunk)
+        base = (  # the gallery is the same whatever text queries were drawn with it
+            dict(np.load(existing[0], allow_pickle=False))
+            if existing
+            else embed_gallery(model, n, seed=seed, n_queries=n_queries, cache=cache, chunk=chunk)
+        )
         if cache and qpath.exists():
             q = dict(np.load(qpath, allow_pickle=False))
         else:
