@@ -67,10 +67,7 @@ def fidelity(
     for i, (p, g) in enumerate(zip(pred, gt, strict=False)):
         ids = [int(x) for x in list(p)[:K] if x >= 0]
         thr = float(high[int(g[K - 1])] @ q_high[i])
-        if not ids:
-            out.append(0.0)
-            continue
-        sc = high[ids] @ q_high[i]
+        sc = high[ids] @ q_high[i]  # no ids (all padding): no scores, fidelity 0
         out.append(min(1.0, float(np.sum(sc >= thr - rtol * max(1.0, abs(thr)))) / K))
     return out
 
