@@ -391,19 +391,17 @@ def bench_size(
         warmup=2,
     )
 
-    rows = []
-    for name, (cfg, _) in contenders.items():
-        pred, pred_b = out_single[name], out_batch[name]
-        rows.append(
-            {
-                "name": name,
-                **cfg,
-                "single": latency_stats(t_single[name]),
-                "batch32": latency_stats(t_batch[name], per_call_items=NQ_BATCH),
-                "fidelity@10": float(np.mean(fidelity(pred, gt[: len(pred)], data["high"], q_high))),
-                "fidelity@10_batch": float(np.mean(fidelity(pred_b, gt[: len(pred_b)], data["high"], q_high))),
-            }
-        )
+    rows = [
+        {
+            "name": name,
+            **cfg,
+            "single": latency_stats(t_single[name]),
+            "batch32": latency_stats(t_batch[name], per_call_items=NQ_BATCH),
+            "fidelity@10": float(np.mean(fidelity(out_single[name], gt, data["high"], q_high))),
+            "fidelity@10_batch": float(np.mean(fidelity(out_batch[name], gt, data["high"], q_high))),
+        }
+        for name, (cfg, _) in contenders.items()
+    ]
     ex = next(r for r in rows if r["name"] == "exact-high")
     for r in rows:
         r["speedup_qps_single"] = r["single"]["qps"] / ex["single"]["qps"]
@@ -503,10 +501,10 @@ def run(
         with_gen = generator or (Path(results_dir or RESULTS_DIR) / "search.json")
         gp = generator_from(with_gen) if with_gen.exists() and not smoke else GenParams()
         log(f"engine {engine} at {uri}; generator {gp}")
-        out_sizes = []
-        for n in sorted(sizes):
-            data = generate_vectors(n, gp, n_queries=200)
-            out_sizes.append(bench_size(f"gen-{n}", client, data, plan_for(n, smoke), rebuild))
+        out_sizes = [
+            bench_size(f"gen-{n}", client, generate_vectors(n, gp, n_queries=200), plan_for(n, smoke), rebuild)
+            for n in sorted(sizes)
+        ]
         result = {
             "smoke": smoke,
             "engine": engine,
