@@ -692,10 +692,11 @@ def write_report(results_dir: Path | None = None, out: Path | None = None) -> Pa
     parts.append(load_section(_load("load", rd), _load("load_mixed", rd)))
     parts.append(train_section(train) if train else "## Training\n\nNot measured yet.\n")
     parts.append(precision_section(_load("precision", rd)))
-    if quality or quality_quick:
-        parts.append(quality_section(quality or quality_quick, quality_quick if quality else None))
-    else:
-        parts.append("## Quality\n\nNot measured yet.\n")
+    parts.append(
+        quality_section(quality or quality_quick, quality_quick if quality else None)
+        if quality or quality_quick
+        else "## Quality\n\nNot measured yet.\n"
+    )
     from benchmarks.report_emoji import emoji_sections  # imports this module: import here
 
     parts += emoji_sections(rd)
