@@ -299,13 +299,13 @@ def run(
         model, real_n, low_dim, high_dim, cache, smoke=smoke, real=real, query_kind=query_kind
     )
     log(f"generated-vector model fitted: sigma={gen_params.sigma:.3f} ({fit})")
-    agreement = {}
-    for n in sorted({min(2_000, real_n), min(5_000, real_n), min(10_000, real_n), real_n}):
-        sub = {k: (v[:n] if k in ("low", "high") else v) for k, v in real.items()}
-        agreement[str(n)] = {
-            "real": coarse_recall_curve(sub),
+    agreement = {
+        str(n): {
+            "real": coarse_recall_curve({k: (v[:n] if k in ("low", "high") else v) for k, v in real.items()}),
             "generated": coarse_recall_curve(generate_vectors(n, gen_params, n_queries=200)),
         }
+        for n in sorted({min(2_000, real_n), min(5_000, real_n), min(10_000, real_n), real_n})
+    }
     text_recall = labelled_recall(model, real_n, smoke=smoke) if query_kind == "image" else None
     sizes_out = []
     for n in sorted(sizes):
