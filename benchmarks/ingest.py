@@ -23,16 +23,15 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import Timer, log, obtain_model, parse_sizes, smoke_model, write_result
+from benchmarks.vectors import normalize
 
 
 def _records(n: int, low_dim: int, high_dim: int, seed: int = 0) -> list[Any]:
     from hivlp_milvus.data.record import EmbeddingRecord
 
     rng = np.random.default_rng(seed)
-    low = rng.standard_normal((n, low_dim)).astype(np.float32)
-    high = rng.standard_normal((n, high_dim)).astype(np.float32)
-    low /= np.linalg.norm(low, axis=1, keepdims=True)
-    high /= np.linalg.norm(high, axis=1, keepdims=True)
+    low = normalize(rng.standard_normal((n, low_dim)))
+    high = normalize(rng.standard_normal((n, high_dim)))
     return [
         EmbeddingRecord(
             id=f"r{i}",
