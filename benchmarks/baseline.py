@@ -38,14 +38,13 @@ class InProcess:
     def funnel(self, q_low: np.ndarray, q_high: np.ndarray, coarse_limit: int, nprobe: int) -> np.ndarray:
         self.index.nprobe = nprobe
         _, cand = self.index.search(np.ascontiguousarray(q_low, dtype=np.float32), coarse_limit)
-        out = np.empty((len(q_low), K), np.int64)
+        out = np.full((len(q_low), K), -1, np.int64)  # -1: padding past a short shortlist
         for i in range(len(q_low)):
             c = cand[i][cand[i] >= 0]
             s = self.high[c] @ q_high[i]
             top = np.argpartition(-s, min(K, len(s) - 1))[:K] if len(s) > K else np.arange(len(s))
             top = top[np.argsort(-s[top])]
             out[i, : len(top)] = c[top]
-            out[i, len(top) :] = -1
         return out
 
     def exact(self, q_high: np.ndarray) -> np.ndarray:

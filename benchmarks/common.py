@@ -54,10 +54,6 @@ def _proc_value(path: str, key: str) -> str | None:
     return None
 
 
-def _cpu_model() -> str:
-    return _proc_value("/proc/cpuinfo", "model name") or platform.processor() or "unknown"
-
-
 def _mem_gib() -> float | None:
     kib = _proc_value("/proc/meminfo", "MemTotal")  # "16318480 kB"
     return round(int(kib.split()[0]) / 2**20, 1) if kib else None
@@ -92,28 +88,18 @@ def machine_info() -> dict[str, Any]:
     """Where and with what the numbers were measured."""
     return {
         "hostname": platform.node(),
-        "cpu": _cpu_model(),
+        "cpu": _proc_value("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
         "cores": os.cpu_count(),
         "mem_gib": _mem_gib(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "torch_threads": _torch_threads(),
+        "torch_threads": int(sys.modules["torch"].get_num_threads()) if "torch" in sys.modules else None,
         "versions": {
             m: _version(m) for m in ("pymilvus", "milvus-lite", "faiss-cpu", "numpy", "torch", "ray", "hivlp-milvus")
         },
         "git": git_rev(),
     }
-
-
-def _torch_threads() -> int | None:
-    if "torch" not in sys.modules:
-        return None
-    return int(sys.modules["torch"].get_num_threads())
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
 
 
 # ---------------------------------------------------------------------- timing
@@ -175,6 +161,32 @@ def interleaved(
     return times, outputs
 
 
+def interleaved_queries(
+    contenders: Mapping[str, Callable[[slice], Any]],
+    n_single: int,
+    n_batches: int,
+    nq_batch: int,
+    *,
+    label: str,
+    seed: int = 0,
+    warmup: int = 1,
+) -> tuple[dict[str, list[float]], dict[str, list[Any]], dict[str, list[float]], dict[str, list[Any]]]:
+    """:func:`interleaved` over query slices: ``n_single`` single queries, then ``n_batches`` batches of ``nq_batch``.
+
+    Each contender maps a slice of the query arrays to one result per query. Returns the latencies
+    and the results per query (batches flattened) of the single run, then the same of the batch run.
+    """
+    log(f"[{label}] {len(contenders)} contenders x {n_single} single queries (interleaved)")
+    fns = {name: (lambda i, f=f: f(slice(i, i + 1))) for name, f in contenders.items()}
+    t_single, out_single = interleaved(fns, n_single, seed=seed, warmup=warmup)
+    log(f"[{label}] {len(contenders)} contenders x {n_batches} batches of {nq_batch}")
+    fns = {name: (lambda i, f=f: f(slice(i * nq_batch, (i + 1) * nq_batch))) for name, f in contenders.items()}
+    t_batch, out_batch = interleaved(fns, n_batches, seed=seed + 1, warmup=0)
+    flat = {name: [ids for call in out for ids in call] for name, out in out_single.items()}
+    flat_b = {name: [ids for call in out for ids in call] for name, out in out_batch.items()}
+    return t_single, flat, t_batch, flat_b
+
+
 # ---------------------------------------------------------------------- JSON
 
 
@@ -203,7 +215,7 @@ def write_result(
     doc = {
         "benchmark": name,
         "schema_version": SCHEMA_VERSION,
-        "date": now_iso(),
+        "date": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
         "command": command or _command_line(),
         "machine": machine_info(),
         **payload,
@@ -502,10 +514,11 @@ def embed_gallery(
         # with the text-query cache file when it exists.
         qpath = CACHE_DIR / f"embq_img_{fp}_{n_queries}_{seed + 1}.npz"
         existing = sorted(CACHE_DIR.glob(f"emb_{fp}_{n}_{seed}_*.npz")) if cache else []
-        if existing:  # the gallery is the same whatever text queries were drawn with it
-            base = dict(np.load(existing[0], allow_pickle=False))
-        else:
-            base = embed_gallery(model, n, seed=seed, n_queries=n_queries, cache=cache, chunk=chunk)
+        base = (  # the gallery is the same whatever text queries were drawn with it
+            dict(np.load(existing[0], allow_pickle=False))
+            if existing
+            else embed_gallery(model, n, seed=seed, n_queries=n_queries, cache=cache, chunk=chunk)
+        )
         if cache and qpath.exists():
             q = dict(np.load(qpath, allow_pickle=False))
         else:

@@ -47,7 +47,7 @@ from benchmarks.common import (
     CACHE_DIR,
     RESULTS_DIR,
     Timer,
-    interleaved,
+    interleaved_queries,
     latency_stats,
     log,
     parse_sizes,
@@ -286,19 +286,20 @@ class Requests:
     def rerank_server(
         self, shortlists: list[list[int]], q_high: np.ndarray, collection: str = GALLERY
     ) -> list[list[int]]:
-        out = []
-        for q, s in enumerate(shortlists):
-            res = self.client.search(
-                collection,
-                data=q_high[q : q + 1],
-                anns_field="vec_high",
-                limit=min(K, len(s)),
-                output_fields=["id"],
-                filter=f"id in [{','.join(str(int(i)) for i in s)}]",  # ints produced here, not user input
-                search_params={"metric_type": "IP", "params": {}},
-            )
-            out.append(hit_ids(res)[0])
-        return out
+        return [
+            hit_ids(
+                self.client.search(
+                    collection,
+                    data=q_high[q : q + 1],
+                    anns_field="vec_high",
+                    limit=min(K, len(s)),
+                    output_fields=["id"],
+                    filter=f"id in [{','.join(str(int(i)) for i in s)}]",  # ints produced here, not user input
+                    search_params={"metric_type": "IP", "params": {}},
+                )
+            )[0]
+            for q, s in enumerate(shortlists)
+        ]
 
     def single_stage(
         self, name: str, field: str, q: np.ndarray, params: dict[str, Any], limit: int = K
@@ -381,27 +382,26 @@ def bench_size(
         )
     contenders["faiss-exact"] = ({"kind": "faiss-exact"}, lambda sl: inproc.exact(q_high[sl]))
 
-    log(f"[{label}] {len(contenders)} contenders x {plan['n_single']} single queries (interleaved)")
-    fns = {name: (lambda i, f=f: f(slice(i, i + 1))) for name, (_, f) in contenders.items()}
-    t_single, out_single = interleaved(fns, plan["n_single"], seed=0, warmup=2)
-    log(f"[{label}] {len(contenders)} contenders x {plan['n_batches']} batches of {NQ_BATCH}")
-    fns_b = {name: (lambda i, f=f: f(slice(i * NQ_BATCH, (i + 1) * NQ_BATCH))) for name, (_, f) in contenders.items()}
-    t_batch, out_batch = interleaved(fns_b, plan["n_batches"], seed=1, warmup=0)
+    t_single, out_single, t_batch, out_batch = interleaved_queries(
+        {name: f for name, (_, f) in contenders.items()},
+        plan["n_single"],
+        plan["n_batches"],
+        NQ_BATCH,
+        label=label,
+        warmup=2,
+    )
 
-    rows = []
-    for name, (cfg, _) in contenders.items():
-        pred = [list(ids) for q in out_single[name] for ids in q]
-        pred_b = [list(ids) for b in out_batch[name] for ids in b]
-        rows.append(
-            {
-                "name": name,
-                **cfg,
-                "single": latency_stats(t_single[name]),
-                "batch32": latency_stats(t_batch[name], per_call_items=NQ_BATCH),
-                "fidelity@10": float(np.mean(fidelity(pred, gt[: len(pred)], data["high"], q_high))),
-                "fidelity@10_batch": float(np.mean(fidelity(pred_b, gt[: len(pred_b)], data["high"], q_high))),
-            }
-        )
+    rows = [
+        {
+            "name": name,
+            **cfg,
+            "single": latency_stats(t_single[name]),
+            "batch32": latency_stats(t_batch[name], per_call_items=NQ_BATCH),
+            "fidelity@10": float(np.mean(fidelity(out_single[name], gt, data["high"], q_high))),
+            "fidelity@10_batch": float(np.mean(fidelity(out_batch[name], gt, data["high"], q_high))),
+        }
+        for name, (cfg, _) in contenders.items()
+    ]
     ex = next(r for r in rows if r["name"] == "exact-high")
     for r in rows:
         r["speedup_qps_single"] = r["single"]["qps"] / ex["single"]["qps"]
@@ -501,10 +501,10 @@ def run(
         with_gen = generator or (Path(results_dir or RESULTS_DIR) / "search.json")
         gp = generator_from(with_gen) if with_gen.exists() and not smoke else GenParams()
         log(f"engine {engine} at {uri}; generator {gp}")
-        out_sizes = []
-        for n in sorted(sizes):
-            data = generate_vectors(n, gp, n_queries=200)
-            out_sizes.append(bench_size(f"gen-{n}", client, data, plan_for(n, smoke), rebuild))
+        out_sizes = [
+            bench_size(f"gen-{n}", client, generate_vectors(n, gp, n_queries=200), plan_for(n, smoke), rebuild)
+            for n in sorted(sizes)
+        ]
         result = {
             "smoke": smoke,
             "engine": engine,

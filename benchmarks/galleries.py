@@ -48,9 +48,8 @@ def wait_for_lite_indexes(path: Path, name: str) -> None:
     try:
         from milvus_lite.server_manager import server_manager_instance
 
-        entry = server_manager_instance._servers.get(os.path.abspath(str(path)))
-        if entry is None:
-            entry = server_manager_instance._servers.get(str(path))
+        servers = server_manager_instance._servers  # (server, db, port) per path: never falsy
+        entry = servers.get(os.path.abspath(str(path))) or servers.get(str(path))
         if entry is not None:
             entry[1].get_collection(name)._wait_for_bg()
             return

@@ -67,10 +67,7 @@ def fidelity(
     for i, (p, g) in enumerate(zip(pred, gt, strict=False)):
         ids = [int(x) for x in list(p)[:K] if x >= 0]
         thr = float(high[int(g[K - 1])] @ q_high[i])
-        if not ids:
-            out.append(0.0)
-            continue
-        sc = high[ids] @ q_high[i]
+        sc = high[ids] @ q_high[i]  # no ids (all padding): no scores, fidelity 0
         out.append(min(1.0, float(np.sum(sc >= thr - rtol * max(1.0, abs(thr)))) / K))
     return out
 
@@ -100,14 +97,8 @@ def labelled_recall(model: Any, n: int, *, smoke: bool = False) -> dict[str, Any
     out["high-only"] = recall_at(hi, d["q_label"], d["group"])
     out["low-only"] = recall_at(topk_ip(d["low"], d["q_low"], K), d["q_label"], d["group"])
     cand = topk_ip(d["low"], d["q_low"], min(1000, n))
-    for cl in (20, 50, 100, 200, 1000):
-        if cl > n:
-            continue
-        ranked = []
-        for i in range(len(cand)):
-            c = cand[i, :cl]
-            sc = d["high"][c] @ d["q_high"][i]
-            ranked.append(c[np.argsort(-sc)[:K]])
+    for cl in (c for c in (20, 50, 100, 200, 1000) if c <= n):
+        ranked = [c[np.argsort(-(d["high"][c] @ q))[:K]] for c, q in zip(cand[:, :cl], d["q_high"], strict=False)]
         out[f"hierarchical cl={cl}"] = recall_at(ranked, d["q_label"], d["group"])
     out["distinct_top1_high"] = int(len(set(hi[:, 0].tolist())))
     return out

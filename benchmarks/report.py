@@ -67,13 +67,16 @@ def _first(size: dict[str, Any], kind: str) -> dict | None:
 
 
 def _headline_rows(size: dict[str, Any]) -> list[list[Any]]:
-    picks = []
-    for kind in ("hier-client", "hier-server", "ann-high", "faiss-funnel"):
-        b = best_at(size, kind)
-        if b is None:  # nothing reached 0.99: show the most faithful config
-            cands = [r for r in size["contenders"] if r["kind"] == kind]
-            b = max(cands, key=lambda r: (r["fidelity@10"], r["single"]["qps"])) if cands else None
-        picks.append(b)
+    picks = [
+        best_at(size, kind)
+        # nothing reached 0.99: show the most faithful config
+        or max(
+            (r for r in size["contenders"] if r["kind"] == kind),
+            key=lambda r: (r["fidelity@10"], r["single"]["qps"]),
+            default=None,
+        )
+        for kind in ("hier-client", "hier-server", "ann-high", "faiss-funnel")
+    ]
     picks += [_first(size, kind) for kind in ("exact-high", "low-only", "faiss-exact")]
     return [
         [
@@ -141,9 +144,8 @@ def search_section(res: dict[str, Any]) -> str:
         md_table(HEAD, _headline_rows(big)),
         "",
     ]
-    hc = best_at(big, "hier-client")
-    hs = best_at(big, "hier-server")
-    hb = max([x for x in (hc, hs) if x], key=lambda r: r["single"]["qps"], default=None)
+    hier = [b for b in (best_at(big, "hier-client"), best_at(big, "hier-server")) if b]
+    hb = max(hier, key=lambda r: r["single"]["qps"], default=None)
     if hb:
         lines += [
             f"**Target (≥ {TARGET_SPEEDUP:.0f}× exact throughput at fidelity@10 ≥ {TARGET_FIDELITY}):** best "
@@ -690,10 +692,11 @@ def write_report(results_dir: Path | None = None, out: Path | None = None) -> Pa
     parts.append(load_section(_load("load", rd), _load("load_mixed", rd)))
     parts.append(train_section(train) if train else "## Training\n\nNot measured yet.\n")
     parts.append(precision_section(_load("precision", rd)))
-    if quality or quality_quick:
-        parts.append(quality_section(quality or quality_quick, quality_quick if quality else None))
-    else:
-        parts.append("## Quality\n\nNot measured yet.\n")
+    parts.append(
+        quality_section(quality or quality_quick, quality_quick if quality else None)
+        if quality or quality_quick
+        else "## Quality\n\nNot measured yet.\n"
+    )
     from benchmarks.report_emoji import emoji_sections  # imports this module: import here
 
     parts += emoji_sections(rd)

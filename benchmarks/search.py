@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from benchmarks.common import (
     PLOTS_DIR,
     Timer,
     embed_gallery,
-    interleaved,
+    interleaved_queries,
     latency_stats,
     log,
     obtain_model,
@@ -156,29 +157,24 @@ def bench_size(
     # --- the contenders: name -> (config, fn(q_slice) -> list of id lists)
     contenders: dict[str, tuple[dict, Any]] = {}
 
-    def hier(rerank: str, cl: int, nprobe: int | None):
+    def hier(rerank: str, cl: int, nprobe: int | None) -> Callable[[slice], list[list[int]]]:
         sp = {"params": {"nprobe": nprobe}} if nprobe else None
-
-        def fn(sl: slice) -> list[list[int]]:
-            return hit_ids(
-                col.hierarchical_search(
-                    QueryVectors(q_low[sl], q_high[sl]),
-                    limit=K,
-                    coarse_limit=cl,
-                    rerank=rerank,
-                    output_fields=[],
-                    search_params=sp,
-                )
+        return lambda sl: hit_ids(
+            col.hierarchical_search(
+                QueryVectors(q_low[sl], q_high[sl]),
+                limit=K,
+                coarse_limit=cl,
+                rerank=rerank,
+                output_fields=[],
+                search_params=sp,
             )
-
-        return fn
+        )
 
     coarse_list = sorted({min(c, n) for c in plan["coarse"]})
     for cl in coarse_list:
         for npb in plan["nprobe"]:
-            for rr in ("client", "server"):
-                if rr == "server" and npb is not None:
-                    continue  # server path only at the default nprobe (the coarse stage is shared)
+            # the server path only at the default nprobe (the coarse stage is shared)
+            for rr in ("client",) if npb is not None else ("client", "server"):
                 name = f"hier-{rr} cl={cl}" + (f" nprobe={npb}" if npb else "")
                 contenders[name] = (
                     {"kind": f"hier-{rr}", "coarse_limit": cl, "nprobe": npb or _np_for(cl), "rerank": rr},
@@ -194,42 +190,36 @@ def bench_size(
     contenders["low-only"] = ({"kind": "low-only", "nprobe": _np_for(K)}, single_level("low"))
     if client.has_collection(ANN_COLLECTION):
         for npb in plan["ann_nprobe"]:
-
-            def ann(sl: slice, npb: int = npb) -> list[list[int]]:
-                res = client.search(
-                    ANN_COLLECTION,
-                    data=q_high[sl],
-                    anns_field="vec",
-                    limit=K,
-                    output_fields=["id"],  # the key only: Lite answers [] with every field
-                    search_params={"metric_type": "IP", "params": {"nprobe": npb}},
-                )
-                return hit_ids(res)
-
-            contenders[f"ann-high nprobe={npb}"] = ({"kind": "ann-high", "nprobe": npb, "nlist": ann_nlist}, ann)
+            contenders[f"ann-high nprobe={npb}"] = (
+                {"kind": "ann-high", "nprobe": npb, "nlist": ann_nlist},
+                lambda sl, npb=npb: hit_ids(
+                    client.search(
+                        ANN_COLLECTION,
+                        data=q_high[sl],
+                        anns_field="vec",
+                        limit=K,
+                        output_fields=["id"],  # the key only: Lite answers [] with every field
+                        search_params={"metric_type": "IP", "params": {"nprobe": npb}},
+                    )
+                ),
+            )
     for cl in coarse_list:
         npf = max(1, min(_np_for(cl) or 16, inproc.nlist))
-
-        def fun(sl: slice, cl: int = cl, npf: int = npf) -> np.ndarray:
-            return inproc.funnel(q_low[sl], q_high[sl], cl, npf)
-
-        contenders[f"faiss-funnel cl={cl}"] = ({"kind": "faiss-funnel", "coarse_limit": cl, "nprobe": npf}, fun)
+        contenders[f"faiss-funnel cl={cl}"] = (
+            {"kind": "faiss-funnel", "coarse_limit": cl, "nprobe": npf},
+            lambda sl, cl=cl, npf=npf: inproc.funnel(q_low[sl], q_high[sl], cl, npf),
+        )
     contenders["faiss-exact"] = ({"kind": "faiss-exact"}, lambda sl: inproc.exact(q_high[sl]))
 
-    # --- single queries, interleaved query by query
-    log(f"[{label}] {len(contenders)} contenders x {n_single} single queries (interleaved)")
-    fns = {name: (lambda i, f=f: f(slice(i, i + 1))) for name, (_, f) in contenders.items()}
-    t_single, out_single = interleaved(fns, n_single, seed=seed, warmup=1)
-    # --- batches of 32, interleaved batch by batch
-    log(f"[{label}] {len(contenders)} contenders x {nb} batches of {nq_b}")
-    fns_b = {name: (lambda i, f=f: f(slice(i * nq_b, (i + 1) * nq_b))) for name, (_, f) in contenders.items()}
-    t_batch, out_batch = interleaved(fns_b, nb, seed=seed + 1, warmup=0)
+    # single queries interleaved query by query, then batches of 32 interleaved batch by batch
+    t_single, out_single, t_batch, out_batch = interleaved_queries(
+        {name: f for name, (_, f) in contenders.items()}, n_single, nb, nq_b, label=label, seed=seed
+    )
 
     labels = data.get("q_label")
     rows = []
     for name, (cfg, _) in contenders.items():
-        pred_single = [ids for q in out_single[name] for ids in q]
-        pred_batch = [ids for b in out_batch[name] for ids in b]
+        pred_single, pred_batch = out_single[name], out_batch[name]
         fid = fidelity(pred_single, gt[:n_single], data["high"], q_high)
         fid_b = fidelity(pred_batch, gt[: len(pred_batch)], data["high"], q_high)
         fid_strict = fidelity(pred_single, gt[:n_single])
@@ -309,42 +299,41 @@ def run(
         model, real_n, low_dim, high_dim, cache, smoke=smoke, real=real, query_kind=query_kind
     )
     log(f"generated-vector model fitted: sigma={gen_params.sigma:.3f} ({fit})")
-    agreement = {}
-    for n in sorted({min(2_000, real_n), min(5_000, real_n), min(10_000, real_n), real_n}):
-        sub = {k: (v[:n] if k in ("low", "high") else v) for k, v in real.items()}
-        agreement[str(n)] = {
-            "real": coarse_recall_curve(sub),
+    agreement = {
+        str(n): {
+            "real": coarse_recall_curve({k: (v[:n] if k in ("low", "high") else v) for k, v in real.items()}),
             "generated": coarse_recall_curve(generate_vectors(n, gen_params, n_queries=200)),
         }
+        for n in sorted({min(2_000, real_n), min(5_000, real_n), min(10_000, real_n), real_n})
+    }
     text_recall = labelled_recall(model, real_n, smoke=smoke) if query_kind == "image" else None
     sizes_out = []
     for n in sorted(sizes):
         if n <= real_n:
             sub = {k: (v[:n] if k in ("low", "high", "group") else v) for k, v in real.items()}
-            plan = default_plan(n, smoke)
-            sizes_out.append(bench_size(f"real-{_h(n)}", sub, cache / f"real_{fp}_{n}.db", plan, rebuild=rebuild))
-            sizes_out[-1]["data"] = f"real tiny-model embeddings ({query_kind} queries -> image gallery)"
-        if n == real_n or n > real_n:
-            if n == real_n and not smoke and n >= 5_000:
-                label = f"gen-check-{_h(n)}"
-            elif n > real_n:
-                label = f"gen-{_h(n)}"
-            else:
-                continue
-            g = generate_vectors(n, gen_params, n_queries=500)
             sizes_out.append(
-                bench_size(
-                    label,
-                    g,
-                    gen_main_path(cache, gen_params, n),
-                    default_plan(n, smoke),
-                    rebuild=rebuild,
-                    collection=COLLECTION,
-                    ann_path=gen_db_path(cache, gen_params, n),
-                )
+                {
+                    **bench_size(
+                        f"real-{_h(n)}", sub, cache / f"real_{fp}_{n}.db", default_plan(n, smoke), rebuild=rebuild
+                    ),
+                    "data": f"real tiny-model embeddings ({query_kind} queries -> image gallery)",
+                }
             )
-            sizes_out[-1]["data"] = (
-                f"generated vectors (sigma={gen_params.sigma:.3f}, {gen_params.n_clusters} clusters)"
+        # Generated vectors above the real size, and at it (a check against the real run) when large enough.
+        if n > real_n or (n == real_n and not smoke and n >= 5_000):
+            sizes_out.append(
+                {
+                    **bench_size(
+                        f"gen-{'check-' if n == real_n else ''}{_h(n)}",
+                        generate_vectors(n, gen_params, n_queries=500),
+                        gen_main_path(cache, gen_params, n),
+                        default_plan(n, smoke),
+                        rebuild=rebuild,
+                        collection=COLLECTION,
+                        ann_path=gen_db_path(cache, gen_params, n),
+                    ),
+                    "data": f"generated vectors (sigma={gen_params.sigma:.3f}, {gen_params.n_clusters} clusters)",
+                }
             )
         if sizes_out and not smoke:  # partial results survive a crash at a later size
             write_result(

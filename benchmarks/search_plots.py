@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,12 @@ def plot(result: dict[str, Any], plots_dir: Path) -> list[str]:
                 continue
             pts.sort()
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=c, label=kind, s=22)
-            front, best = [], -1.0
-            for x, y in pts:
-                if y > best:
-                    front.append((x, y))
-                    best = y
+            # The Pareto front: each point more faithful than every faster one.
+            front = [
+                p
+                for p, best in zip(pts, accumulate((y for _, y in pts), max, initial=-1.0), strict=False)
+                if p[1] > best
+            ]
             ax.plot([p[0] for p in front], [p[1] for p in front], color=c, lw=1)
         ax.axhline(0.99, color="grey", ls=":", lw=1)
         ax.set_xscale("log")
@@ -65,18 +67,19 @@ def plot(result: dict[str, Any], plots_dir: Path) -> list[str]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, mode in zip(axes, ("single", "batch32"), strict=False):
         for kind, c in colors.items():
-            xs, ys = [], []
-            for size in sorted(_one_per_size(result["sizes"]), key=lambda s: s["rows"]):
-                ok = [
-                    r
-                    for r in size["contenders"]
-                    if r["kind"] == kind and (r["fidelity@10"] >= 0.99 or kind == "low-only")
-                ]
-                if ok:
-                    xs.append(size["rows"])
-                    ys.append(max(r[mode]["qps"] for r in ok))
-            if xs:
-                ax.plot(xs, ys, "o-", color=c, label=kind)
+            pts = [
+                (size["rows"], max(r[mode]["qps"] for r in ok))
+                for size in sorted(_one_per_size(result["sizes"]), key=lambda s: s["rows"])
+                if (
+                    ok := [
+                        r
+                        for r in size["contenders"]
+                        if r["kind"] == kind and (r["fidelity@10"] >= 0.99 or kind == "low-only")
+                    ]
+                )
+            ]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=c, label=kind)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("gallery size (rows)")

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 MODELS = {
     "micro": {},
     "tiny": {},
@@ -49,11 +51,6 @@ def _model(name: str, texts: list[str]) -> Any:
     return create_model(HiVLPConfig.from_dict(base), texts=texts, seed=0)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
 async def _load(send: Any, texts: list[str], concurrency: int) -> dict[str, float]:
     gate = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
@@ -72,7 +69,7 @@ async def _load(send: Any, texts: list[str], concurrency: int) -> dict[str, floa
         "seconds": round(wall, 3),
         "rps": round(len(texts) / wall, 1),
         "p50_ms": round(1000 * statistics.median(latencies), 1),
-        "p99_ms": round(1000 * _percentile(latencies, 99), 1),
+        "p99_ms": round(1000 * float(np.percentile(latencies, 99, method="nearest")), 1),
     }
 
 
@@ -176,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             best = max(by_size.values(), key=lambda r: r["rps"])
             speedup = best["rps"] / by_size[1]["rps"]
             print(f"{path}: batching speed-up {speedup:.2f}x (max_batch_size {best['max_batch_size']} vs 1)")
+    # Written with the machine info (load average!) of benchmarks/common.py.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `benchmarks` importable
+    from benchmarks.common import write_result
+
     payload = {
         "model": args.model,
         "requests": args.requests,
@@ -183,16 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         "batch_wait_timeout_s": args.batch_wait_s,
         "results": results,
     }
-    _write(args.out, payload)
+    write_result(args.out.stem, payload, results_dir=args.out.parent, command=" ".join(["python", *sys.argv]))
     return 0
-
-
-def _write(out: Path, payload: dict[str, Any]) -> None:
-    """Write the result with the machine info (load average!) of benchmarks/common.py."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `benchmarks` importable
-    from benchmarks.common import write_result
-
-    write_result(out.stem, payload, results_dir=out.parent, command=" ".join(["python", *sys.argv]))
 
 
 if __name__ == "__main__":
