@@ -18,6 +18,7 @@ Usage::
 
     python tools/loc_by_issue.py                 # against 5baa575, a Markdown table
     python tools/loc_by_issue.py --unit statements  # AST statements (by their first line), not lines
+    python tools/loc_by_issue.py --unit code     # lines of code: no blank, comment-only or docstring lines
     python tools/loc_by_issue.py --commits       # also the lines each commit still owns
 """
 
@@ -28,7 +29,7 @@ import ast
 import collections
 from pathlib import Path
 
-from count_statements import is_statement, statements
+from count_statements import code_lines, is_statement, statements
 from loc_by_room import BASELINE, ROOMS, feature_of, git, lines_at, room_of
 
 REDESIGN = "#14"
@@ -136,10 +137,12 @@ def blame(repo: Path, rev: str, path: str) -> dict[int, str]:
 
 
 def owners(repo: Path, rev: str, path: str, unit: str) -> collections.Counter[str]:
-    """Non-blank lines (``unit="lines"``) or statements (by their first line) of ``path`` per owner."""
+    """Non-blank lines (``unit="lines"``), code lines or statements (by their first line) of ``path`` per owner."""
     owner_of = blame(repo, rev, path)
     if unit == "lines":
         return collections.Counter(owner_of.values())
+    if unit == "code":
+        return collections.Counter(owner_of[line] for line in code_lines(git(repo, "show", f"HEAD:{path}")))
     tree = ast.parse(git(repo, "show", f"HEAD:{path}"))
     return collections.Counter(owner_of[node.lineno] for node in ast.walk(tree) if is_statement(node))
 
@@ -152,6 +155,8 @@ def head_files(repo: Path) -> list[str]:
 def report(repo: Path, rev: str, unit: str, show_commits: bool) -> str:
     if unit == "lines":
         then = lines_at(repo, rev)
+    elif unit == "code":
+        then = {p: len(code_lines(git(repo, "show", f"{rev}:{p}"))) for p in lines_at(repo, rev)}
     else:
         then = {p: statements(git(repo, "show", f"{rev}:{p}")) for p in lines_at(repo, rev)}
     branch_of = branch_of_commits(repo, rev)
@@ -192,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rev", default=BASELINE, help=f"the baseline revision (default {BASELINE})")
     parser.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1], help="the checkout")
-    parser.add_argument("--unit", choices=("lines", "statements"), default="lines", help="what to count")
+    parser.add_argument("--unit", choices=("lines", "code", "statements"), default="lines", help="what to count")
     parser.add_argument("--commits", action="store_true", help="also list what each commit still owns")
     args = parser.parse_args(argv)
     print(report(args.repo, args.rev, args.unit, args.commits))
