@@ -152,8 +152,8 @@ def _dockerfile_default_base() -> str:
     return match.group(1)
 
 
-def _all_images() -> list[tuple[str, str]]:
-    """(where, image) for every image any deployment file names."""
+def _all_images() -> list[tuple[str, str, str, str]]:
+    """(where, image, repository, tag) for every image any deployment file names (tag as in ``_image_ref``)."""
     images = [("docker/Dockerfile ARG RAY_IMAGE", _dockerfile_default_base())]
     for path in COMPOSE_FILES:
         for name, service in _services(path).items():
@@ -166,7 +166,7 @@ def _all_images() -> list[tuple[str, str]]:
     images += [(f"{path.name}:{c['name']}", c["image"]) for path in KUBE_FILES for c in _containers(_doc(path))]
     helm = _doc(HELM_VALUES)["image"]["all"]
     images.append((f"{HELM_VALUES.name}:image.all", f"{helm['repository']}:{helm['tag']}"))
-    return images
+    return [(where, image, *_image_ref(image)) for where, image in images]
 
 
 def _serve_invocations(text: str) -> list[tuple[str, str, dict[str, str]]]:
@@ -252,8 +252,7 @@ def test_yaml_parses(path: Path) -> None:
 
 
 def test_every_image_is_pinned() -> None:
-    for where, image in _all_images():
-        repo, tag = _image_ref(image)
+    for where, image, repo, tag in _all_images():
         assert tag, f"{where}: image {image!r} has no tag; pin an exact version"
         assert not re.search("latest|nightly", tag), f"{where}: {image!r} is a moving tag"
         assert "${" not in image, f"{where}: image {image!r} must be literal, not interpolated"
@@ -263,8 +262,7 @@ def test_every_image_is_pinned() -> None:
 def test_project_images_carry_package_and_ray_version() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     project_version = re.search(r'^version\s*=\s*"([^"]+)"', pyproject, re.MULTILINE).group(1)
-    for where, image in _all_images():
-        repo, tag = _image_ref(image)
+    for where, image, repo, tag in _all_images():
         if repo.rsplit("/", 1)[-1] != "hivlp-milvus":
             continue
         assert tag.startswith(f"{project_version}-ray{ray.__version__}-"), (
@@ -277,8 +275,7 @@ def test_project_images_carry_package_and_ray_version() -> None:
 
 
 def test_ray_versions_match_installed_ray() -> None:
-    for where, image in _all_images():
-        repo, tag = _image_ref(image)
+    for where, image, repo, tag in _all_images():
         if repo == "rayproject/ray":
             assert tag.split("-")[0] == ray.__version__, (
                 f"{where}: {image!r} but the project is tested with ray {ray.__version__}"
