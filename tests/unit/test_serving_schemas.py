@@ -45,19 +45,35 @@ def test_search_request_defaults_and_bounds() -> None:
     req = SearchRequest.model_validate({"text": "a red circle"})
     assert (req.limit, req.coarse_limit, req.filter, req.modality) == (10, None, [], None)
     assert SearchRequest.model_validate({"image": "aGk=", "limit": MAX_LIMIT}).limit == MAX_LIMIT
-    for bad in (
-        {"text": "x", "limit": 0},
-        {"text": "x", "limit": MAX_LIMIT + 1},
-        {"text": "x", "limit": 5, "coarse_limit": 4},
-        {"text": "x", "coarse_limit": 16385},
-        {"text": "x", "image": "aGk="},
-        {"limit": 3},
-        {"text": ""},
-        {"text": "x" * 1001},
-        {"text": "x", "modality": "video"},
-    ):
-        with pytest.raises(ValidationError):
-            SearchRequest.model_validate(bad)
+
+
+@pytest.mark.parametrize(
+    ("model", "body"),
+    [
+        (SearchRequest, {"text": "x", "limit": 0}),
+        (SearchRequest, {"text": "x", "limit": MAX_LIMIT + 1}),
+        (SearchRequest, {"text": "x", "limit": 5, "coarse_limit": 4}),
+        (SearchRequest, {"text": "x", "coarse_limit": 16385}),
+        (SearchRequest, {"text": "x", "image": "aGk="}),
+        (SearchRequest, {"limit": 3}),
+        (SearchRequest, {"text": ""}),
+        (SearchRequest, {"text": "x" * 1001}),
+        (SearchRequest, {"text": "x", "modality": "video"}),
+        # Filter conditions are typed.
+        (SearchRequest, {"text": "x", "filter": [{"field": "key", "op": "=~", "value": "a"}]}),
+        (SearchRequest, {"text": "x", "filter": [{"field": "key", "op": "==", "value": {"nested": 1}}]}),
+        (SearchRequest, {"text": "x", "filter": [{"field": "", "op": "==", "value": 1}]}),
+        (SearchRequest, {"text": "x", "filter": [{"field": "key", "op": "=="}]}),
+        (IngestRequest, {"records": []}),
+        (IngestRequest, {"records": [{"key": "k"}]}),  # neither image nor captions
+        (IngestRequest, {"records": [{"key": "", "captions": ["c"]}]}),
+        (IngestRequest, {"records": [{"key": "k", "captions": ["  "]}]}),
+        (IngestRequest, {"records": [{"key": f"k{i}", "captions": ["c"]} for i in range(MAX_INGEST_RECORDS + 1)]}),
+    ],
+)
+def test_requests_out_of_bounds_are_rejected(model: Any, body: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        model.model_validate(body)
 
 
 def test_unknown_fields_are_rejected_everywhere() -> None:
@@ -86,27 +102,10 @@ def test_filter_conditions_are_typed() -> None:
     assert ok.filter[0].value == [1, 2]
     flag = SearchRequest.model_validate({"text": "x", "filter": [{"field": "attributes.f", "op": "==", "value": True}]})
     assert flag.filter[0].value is True  # stays a bool, not the integer 1
-    for cond in (
-        {"field": "key", "op": "=~", "value": "a"},
-        {"field": "key", "op": "==", "value": {"nested": 1}},
-        {"field": "", "op": "==", "value": 1},
-        {"field": "key", "op": "=="},
-    ):
-        with pytest.raises(ValidationError):
-            SearchRequest.model_validate({"text": "x", "filter": [cond]})
 
 
 def test_ingest_request_limits() -> None:
     assert IngestRequest.model_validate({"records": [{"key": "k", "captions": ["a cat"]}]}).records[0].attributes == {}
-    for bad in (
-        {"records": []},
-        {"records": [{"key": "k"}]},  # neither image nor captions
-        {"records": [{"key": "", "captions": ["c"]}]},
-        {"records": [{"key": "k", "captions": ["  "]}]},
-        {"records": [{"key": f"k{i}", "captions": ["c"]} for i in range(MAX_INGEST_RECORDS + 1)]},
-    ):
-        with pytest.raises(ValidationError):
-            IngestRequest.model_validate(bad)
 
 
 # -- error mapping -------------------------------------------------------------------------------
