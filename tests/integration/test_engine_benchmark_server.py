@@ -15,6 +15,8 @@ import pytest
 
 pytest.importorskip("faiss")
 
+pytestmark = pytest.mark.integration
+
 ROWS = 600
 
 
