@@ -36,7 +36,6 @@ MILVUS_GPU_IMAGE = "milvusdb/milvus:v2.6.22-gpu"
 class MilvusEndpoint:
     uri: str
     token: str
-    source: str  # "env" | "testcontainers" | "milvus-lite-server"
     engine: str = "cpu"  # "lite" | "cpu" | "gpu": which index profile this Milvus should get
 
 
@@ -142,7 +141,7 @@ def milvus_endpoint() -> Iterator[MilvusEndpoint]:
     """Yields a running Milvus for the duration of the block (see the module docstring)."""
     if os.environ.get("HIVLP_TEST_MILVUS_URI"):
         uri, token = os.environ["HIVLP_TEST_MILVUS_URI"], os.environ.get("HIVLP_TEST_MILVUS_TOKEN", "")
-        yield MilvusEndpoint(uri, token, "env", engine_of_env_server(uri, token))
+        yield MilvusEndpoint(uri, token, engine_of_env_server(uri, token))
         return
     if docker_available():
         from testcontainers.community.milvus import MilvusContainer
@@ -151,12 +150,12 @@ def milvus_endpoint() -> Iterator[MilvusEndpoint]:
         with MilvusContainer(image=MILVUS_GPU_IMAGE if gpu else MILVUS_IMAGE) as container:
             uri = container.get_connection_url()
             wait_until_serving(uri, "root:Milvus", timeout_s=180)
-            yield MilvusEndpoint(uri, "root:Milvus", "testcontainers", "gpu" if gpu else "cpu")
+            yield MilvusEndpoint(uri, "root:Milvus", "gpu" if gpu else "cpu")
         return
     data_dir = tempfile.mkdtemp(prefix="hivlp-milvus-lite-")
     server = LiteServer(data_dir).start()
     try:
-        yield MilvusEndpoint(server.uri, "", "milvus-lite-server", "lite")
+        yield MilvusEndpoint(server.uri, "", "lite")
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
