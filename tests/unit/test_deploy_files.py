@@ -58,6 +58,8 @@ HELM_VALUES = K8S / "milvus-values-gpu.yaml"
 SERVE_CONFIG = ROOT / "serving" / "config.yaml"
 TRAINING_CONFIGS = ROOT / "training" / "configs"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+PYPROJECT_TEXT = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+DOCKERFILE_TEXT = DOCKERFILE.read_text(encoding="utf-8")
 
 YAML_FILES = [COMPOSE_GPU, COMPOSE_CPU, RAYJOB, RAYSERVICE, HELM_VALUES, SERVE_CONFIG]
 COMPOSE_FILES = [COMPOSE_GPU, COMPOSE_CPU]
@@ -145,10 +147,9 @@ def _image_ref(image: str) -> tuple[str, str]:
 
 
 def _dockerfile_default_base() -> str:
-    text = DOCKERFILE.read_text(encoding="utf-8")
-    match = re.search(r"^ARG\s+RAY_IMAGE=(\S+)", text, re.MULTILINE)
+    match = re.search(r"^ARG\s+RAY_IMAGE=(\S+)", DOCKERFILE_TEXT, re.MULTILINE)
     assert match, "docker/Dockerfile must declare `ARG RAY_IMAGE=<pinned rayproject/ray tag>`"
-    assert re.search(r"^FROM\s+\$\{?RAY_IMAGE\}?\s*$", text, re.MULTILINE), "FROM must use ${RAY_IMAGE}"
+    assert re.search(r"^FROM\s+\$\{?RAY_IMAGE\}?\s*$", DOCKERFILE_TEXT, re.MULTILINE), "FROM must use ${RAY_IMAGE}"
     return match.group(1)
 
 
@@ -260,8 +261,7 @@ def test_every_image_is_pinned() -> None:
 
 
 def test_project_images_carry_package_and_ray_version() -> None:
-    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    project_version = re.search(r'^version\s*=\s*"([^"]+)"', pyproject, re.MULTILINE).group(1)
+    project_version = re.search(r'^version\s*=\s*"([^"]+)"', PYPROJECT_TEXT, re.MULTILINE).group(1)
     for where, image, repo, tag in _all_images():
         if repo.rsplit("/", 1)[-1] != "hivlp-milvus":
             continue
@@ -290,35 +290,33 @@ def test_ray_versions_match_installed_ray() -> None:
 
 
 def test_dockerfile_contract() -> None:
-    text = DOCKERFILE.read_text(encoding="utf-8")
-    users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
+    users = re.findall(r"^USER\s+(\S+)", DOCKERFILE_TEXT, re.MULTILINE)
     assert users, "the Dockerfile sets no USER"
     assert users[-1] in ("ray", "1000"), "the image must end as the non-root `ray` user"
-    assert re.search(r"^WORKDIR\s+/\S+", text, re.MULTILINE), "set an absolute WORKDIR"
-    assert re.search(r"pip install[^\n]*\s\.(\s|$)", text), "the image must `pip install .` the project"
+    assert re.search(r"^WORKDIR\s+/\S+", DOCKERFILE_TEXT, re.MULTILINE), "set an absolute WORKDIR"
+    assert re.search(r"pip install[^\n]*\s\.(\s|$)", DOCKERFILE_TEXT), "the image must `pip install .` the project"
     # Every package the distribution ships is copied in, and every COPY source exists.
-    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    include = re.search(r"include\s*=\s*\[([^\]]*)\]", pyproject).group(1)
+    include = re.search(r"include\s*=\s*\[([^\]]*)\]", PYPROJECT_TEXT).group(1)
     packages = {p.strip().strip('"').rstrip("*") for p in include.split(",") if p.strip()}
     copies = [
-        [w for w in line.split() if not w.startswith("--")] for line in re.findall(r"^COPY\s+(.+)$", text, re.MULTILINE)
+        [w for w in line.split() if not w.startswith("--")]
+        for line in re.findall(r"^COPY\s+(.+)$", DOCKERFILE_TEXT, re.MULTILINE)
     ]
     copied = {source for words in copies for source in words[:-1]}  # the last word is the destination
     assert packages <= copied, f"Dockerfile does not COPY packages {sorted(packages - copied)}"
     for source in copied:  # README.md included: pyproject's `readme` makes `pip install .` read it
         assert (ROOT / source).exists(), f"Dockerfile copies {source!r}, which does not exist"
     # No secret baked into the image.
-    for name in re.findall(r"^(?:ENV|ARG)\s+([A-Za-z_]+)", text, re.MULTILINE):
+    for name in re.findall(r"^(?:ENV|ARG)\s+([A-Za-z_]+)", DOCKERFILE_TEXT, re.MULTILINE):
         assert not re.search(r"KEY|TOKEN|PASSWORD|SECRET", name, re.IGNORECASE), f"Dockerfile sets {name}"
-    assert "HIVLP_API_KEY" not in text
-    assert "HIVLP_MILVUS_TOKEN" not in text
+    assert "HIVLP_API_KEY" not in DOCKERFILE_TEXT
+    assert "HIVLP_MILVUS_TOKEN" not in DOCKERFILE_TEXT
 
 
 def test_dockerfile_torch_pins_satisfy_pyproject() -> None:
-    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    torch_lines = re.findall(r'^\s*"((?:torch|torchvision)(?:[^\w"-][^"]*)?)"', pyproject, re.MULTILINE)
+    torch_lines = re.findall(r'^\s*"((?:torch|torchvision)(?:[^\w"-][^"]*)?)"', PYPROJECT_TEXT, re.MULTILINE)
     deps = {req.name: req.specifier for req in map(Requirement, torch_lines)}
-    pins = re.findall(r'"(torch|torchvision)==([^"]+)"', DOCKERFILE.read_text(encoding="utf-8"))
+    pins = re.findall(r'"(torch|torchvision)==([^"]+)"', DOCKERFILE_TEXT)
     assert pins, "Dockerfile pins no torch/torchvision for the optional TORCH_INDEX_URL path"
     for name, version in pins:
         assert version in deps[name], f"Dockerfile pins {name}=={version}, outside pyproject's {name}{deps[name]}"
