@@ -244,22 +244,15 @@ def test_a_backend_slower_than_backend_timeout_s_is_a_504() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "field"),
-    [
-        ({"ingress_replicas": 0}, "ingress_replicas"),
-        ({"ingress_replicas": "two"}, "ingress_replicas"),
-        ({"ingress_replicas": 1.5}, "ingress_replicas"),
-        ({"backend_timeout_s": 0}, "backend_timeout_s"),
-        ({"backend_timeout_s": -1}, "backend_timeout_s"),
-        ({"backend_timeout_s": "soon"}, "backend_timeout_s"),
-    ],
+    ("field", "value"),
+    [("ingress_replicas", v) for v in (0, "two", 1.5)] + [("backend_timeout_s", v) for v in (0, -1, "soon")],
 )
-def test_ingress_replicas_and_backend_timeout_reject_bad_values(args: dict, field: str) -> None:
+def test_ingress_replicas_and_backend_timeout_reject_bad_values(field: str, value: Any) -> None:
     with pytest.raises(ValidationError) as info:
-        build_app({"checkpoint": "/nowhere", **args})
+        build_app({"checkpoint": "/nowhere", field: value})
     assert [e["loc"] for e in info.value.errors()] == [(field,)]  # the message names the arg
     with pytest.raises(ValidationError, match=field):  # a bad environment variable too
-        resolve_args(AppArgs(), environ={f"HIVLP_{field.upper()}": str(next(iter(args.values())))})
+        resolve_args(AppArgs(), environ={f"HIVLP_{field.upper()}": str(value)})
 
 
 def test_the_fusion_scorer_is_built_only_for_a_checkpoint_with_a_fusion_block(tmp_path: Path) -> None:
