@@ -130,13 +130,9 @@ def _row_to_record(row: dict[str, Any], where: str, base_dir: Path, report: Sour
     captions = _clean_captions(caption_value, report)
     if image is None and not captions:
         raise _BadRow("no image and no caption")
-    raw_id = row.get("id")
-    if raw_id is not None and str(raw_id).strip():
-        key = str(raw_id).strip()
-    elif isinstance(row[IMAGE_COLUMN], str) and row[IMAGE_COLUMN].strip():
-        key = row[IMAGE_COLUMN].strip()  # the path as written: stable across machines
-    else:
-        key = where
+    raw_id, path = row.get("id"), row[IMAGE_COLUMN]
+    # The id, else the image path as written (stable across machines), else the row's position.
+    key = str("" if raw_id is None else raw_id).strip() or (path.strip() if isinstance(path, str) else "") or where
     group = row.get("group")
     attributes = {str(k): _jsonable(v) for k, v in row.items() if k not in _RESERVED and k is not None}
     if isinstance(attributes.get("attributes"), dict):  # an "attributes" object column is merged in
