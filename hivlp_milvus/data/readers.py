@@ -130,13 +130,9 @@ def _row_to_record(row: dict[str, Any], where: str, base_dir: Path, report: Sour
     captions = _clean_captions(caption_value, report)
     if image is None and not captions:
         raise _BadRow("no image and no caption")
-    raw_id = row.get("id")
-    if raw_id is not None and str(raw_id).strip():
-        key = str(raw_id).strip()
-    elif isinstance(row[IMAGE_COLUMN], str) and row[IMAGE_COLUMN].strip():
-        key = row[IMAGE_COLUMN].strip()  # the path as written: stable across machines
-    else:
-        key = where
+    raw_id, path = row.get("id"), row[IMAGE_COLUMN]
+    # The id, else the image path as written (stable across machines), else the row's position.
+    key = str("" if raw_id is None else raw_id).strip() or (path.strip() if isinstance(path, str) else "") or where
     group = row.get("group")
     attributes = {str(k): _jsonable(v) for k, v in row.items() if k not in _RESERVED and k is not None}
     if isinstance(attributes.get("attributes"), dict):  # an "attributes" object column is merged in
@@ -201,6 +197,13 @@ def _split_names(split: str | Sequence[str]) -> set[str]:
     return names
 
 
+def _manifest(
+    rows: Callable[[], Iterable[Any]], base_dir: Path, split: str | None, description: str, length: int | None = None
+) -> ReaderSpec:
+    """The reader of manifest rows (CSV, JSONL, Parquet, HF): every pass calls ``rows()`` afresh."""
+    return ReaderSpec(lambda report: _assemble(rows(), base_dir, report, split), length, description)
+
+
 def _check_columns(columns: Iterable[str], name: str | Path, split: str | None) -> None:
     columns = set(columns)
     if IMAGE_COLUMN not in columns or not columns & set(CAPTION_COLUMNS):
@@ -235,8 +238,7 @@ def open_csv(path: Path, *, split: str | None = None, image_root: Path | None = 
                     row = f"row has {cells} cells, the header has {len(row)}"
                 yield f"{path.name}:{line_no}", row
 
-    base = image_root or path.parent
-    return ReaderSpec(lambda rep: _assemble(rows(), base, rep, split), None, f"CSV manifest {path}")
+    return _manifest(rows, image_root or path.parent, split, f"CSV manifest {path}")
 
 
 def open_jsonl(path: Path, *, split: str | None = None, image_root: Path | None = None) -> ReaderSpec:
@@ -264,8 +266,7 @@ def open_jsonl(path: Path, *, split: str | None = None, image_root: Path | None 
         first = next((row for _, row in rows() if isinstance(row, dict)), None)
         if first is not None and "split" not in first:
             raise DataError(f"split={split!r} was given but rows of {path} have no 'split' field; omit split")
-    base = image_root or path.parent
-    return ReaderSpec(lambda rep: _assemble(rows(), base, rep, split), None, f"JSONL manifest {path}")
+    return _manifest(rows, image_root or path.parent, split, f"JSONL manifest {path}")
 
 
 def open_parquet(path: Path, *, split: str | None = None, image_root: Path | None = None) -> ReaderSpec:
@@ -286,8 +287,7 @@ def open_parquet(path: Path, *, split: str | None = None, image_root: Path | Non
         for line, row in enumerate(itertools.chain.from_iterable(batch.to_pylist() for batch in batches)):
             yield f"{path.name}:row {line}", row
 
-    base = image_root or path.parent
-    return ReaderSpec(lambda report: _assemble(rows(), base, report, split), None, f"Parquet manifest {path}")
+    return _manifest(rows, image_root or path.parent, split, f"Parquet manifest {path}")
 
 
 # --------------------------------------------------------------------------- Karpathy JSON
@@ -401,8 +401,7 @@ def open_hf(dataset: Any, *, split: str | None = None, image_root: Path | None =
                 yield f"row {start + i}", dict(zip(batch, values, strict=True))
 
     length = None if split_column is not None else len(dataset)
-    base = image_root or base_dir
-    return ReaderSpec(lambda report: _assemble(rows(), base, report, split_column), length, label)
+    return _manifest(rows, image_root or base_dir, split_column, label, length)
 
 
 def _undecoded_images(dataset: Any) -> Any:

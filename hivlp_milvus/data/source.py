@@ -142,20 +142,15 @@ def load_source(
         )
     if split is not None:
         raise DataError("split= applies to paths and Hugging Face datasets, not to in-memory records")
-    if isinstance(source, (list, tuple)):
-        items = source
-        return RecordSource(
-            lambda report: _validated(items, report),
-            length=len(items),
-            limit=limit,
-            description=f"{len(items)} in-memory records",
-        )
-    iterator = iter(source)
+    # A list or tuple can be read again; any other iterable is read once, through one iterator.
+    listed = isinstance(source, (list, tuple))
+    items = source if listed else iter(source)
     return RecordSource(
-        lambda report: _validated(iterator, report),
-        description="an iterator of records",
+        lambda report: _validated(items, report),
+        description=f"{len(items)} in-memory records" if listed else "an iterator of records",
+        length=len(items) if listed else None,
         limit=limit,
-        reiterable=False,
+        reiterable=listed,
     )
 
 

@@ -46,17 +46,6 @@ BACKGROUND_COLORS: dict[str, tuple[int, int, int]] = {
     "beige": (205, 190, 150),
 }
 PATTERNS: tuple[str, ...] = ("plain", "striped", "dotted", "checkered", "gradient")
-POSITIONS: tuple[str, ...] = (
-    "top left",
-    "top",
-    "top right",
-    "left",
-    "center",
-    "right",
-    "bottom left",
-    "bottom",
-    "bottom right",
-)
 N_OBJECTS_WEIGHTS = {1: 0.2, 2: 0.4, 3: 0.4}
 DEFAULT_SPLIT_SIZES: dict[str, int] = {"train": 20000, "val": 1000, "test": 5000}
 GENERATOR_VERSION = 1  # bump when the same seed would draw different scenes
@@ -86,6 +75,8 @@ _POSITION_PHRASES = {
     "bottom": ("at the bottom", "at the bottom center", "in the lower middle"),
     "bottom right": ("in the bottom right corner", "at the bottom right", "in the lower right"),
 }
+# The 3×3 grid's cells in row-major order: the phrase table's keys, so the two cannot disagree.
+POSITIONS: tuple[str, ...] = tuple(_POSITION_PHRASES)
 _PATTERN_PHRASES = {  # "{c}" is the background colour word
     "plain": ("a plain {c} background", "a {c} background", "a solid {c} background"),
     "striped": ("a striped {c} background", "a {c} background with stripes", "{c} stripes"),

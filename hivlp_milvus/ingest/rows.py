@@ -44,15 +44,8 @@ class Item:
 
     def row(self, low: np.ndarray, high: np.ndarray) -> dict[str, Any]:
         """The Milvus row of this item with its vectors."""
-        return {
-            "id": self.id,
-            "key": self.key,
-            "modality": self.modality,
-            "reference": self.reference,
-            "attributes": self.attributes,
-            "vec_low": low,
-            "vec_high": high,
-        }
+        scalars = ("id", "key", "modality", "reference", "attributes")
+        return {**{f: getattr(self, f) for f in scalars}, "vec_low": low, "vec_high": high}
 
 
 def check_text_fields(key: str, reference: str, attributes: Any) -> str | None:
