@@ -354,10 +354,14 @@ def fallback_profile(profile: IndexProfile, expected_rows: int | None = None) ->
     """
     if not profile.fallback:
         raise ProfileError(f"profile {profile.tag} has no fallback profile; choose another profile explicitly")
-    fallback = load_profile(profile.fallback)
-    if fallback.low.build_params.get("nlist") == "auto" and profile.low.nlist:
-        return fallback.with_low_build_params({"nlist": profile.low.nlist})
-    return fallback.with_expected_rows(expected_rows)
+    return _nlist_from(load_profile(profile.fallback), profile).with_expected_rows(expected_rows)
+
+
+def _nlist_from(target: IndexProfile, source: IndexProfile) -> IndexProfile:
+    """``target``, its ``nlist: auto`` replaced by ``source``'s ``nlist`` when ``source`` has one."""
+    if target.low.build_params.get("nlist") == "auto" and source.low.nlist:
+        return target.with_low_build_params({"nlist": source.low.nlist})
+    return target
 
 
 def _bigger_cap_hint(profile: IndexProfile) -> str:
@@ -440,9 +444,7 @@ def lite_equivalent(profile: IndexProfile) -> IndexProfile:
     aliases = _data().get("lite_aliases", {})
     lite_variants = profile_variants("lite")
     variant = profile.variant if profile.variant in lite_variants else aliases.get(profile.variant, "IVF_FLAT")
-    mapped = load_profile("lite", variant)
-    if profile.low.nlist and mapped.low.build_params.get("nlist") == "auto":
-        mapped = mapped.with_low_build_params({"nlist": profile.low.nlist})
+    mapped = _nlist_from(load_profile("lite", variant), profile)
     logger.info("Milvus Lite has no %s index: using profile %s instead of %s", profile.variant, mapped.tag, profile.tag)
     return mapped
 

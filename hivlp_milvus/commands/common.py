@@ -46,13 +46,19 @@ def default(name: str) -> str | None:
     return value or DEFAULTS.get(name)
 
 
+def _add_with_default(parser: Any, flag: str, name: str, text: str, note: str = "") -> None:
+    """``flag`` defaulting to setting ``name`` (:func:`default`), its help saying where the default comes from."""
+    parser.add_argument(
+        flag,
+        default=default(name),
+        help=f"{text}; default ${ENVIRONMENT[name]}, else {DEFAULTS[name]}{note}. Now: %(default)s",
+    )
+
+
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     """``--model DIR`` with the quickstart's checkpoint as the default."""
-    parser.add_argument(
-        "--model",
-        default=default("checkpoint"),
-        help=f"checkpoint directory (save_pretrained); default ${ENVIRONMENT['checkpoint']}, "
-        f"else {DEFAULTS['checkpoint']} (what `make demo` writes). Now: %(default)s",
+    _add_with_default(
+        parser, "--model", "checkpoint", "checkpoint directory (save_pretrained)", " (what `make demo` writes)"
     )
 
 
@@ -70,17 +76,8 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     """The Milvus location, the collection, credentials and TLS files (the fields of ``ConnectionOptions``)."""
     group = parser.add_argument_group("Milvus connection")
-    group.add_argument(
-        "--uri",
-        default=default("milvus_uri"),
-        help=f"Milvus Lite path or server URL (http(s)://host:19530); default ${ENVIRONMENT['milvus_uri']}, "
-        f"else {DEFAULTS['milvus_uri']}. Now: %(default)s",
-    )
-    group.add_argument(
-        "--collection",
-        default=default("collection"),
-        help=f"collection name; default ${ENVIRONMENT['collection']}, else {DEFAULTS['collection']}. Now: %(default)s",
-    )
+    _add_with_default(group, "--uri", "milvus_uri", "Milvus Lite path or server URL (http(s)://host:19530)")
+    _add_with_default(group, "--collection", "collection", "collection name")
     group.add_argument(
         "--token",
         default=default("milvus_token"),

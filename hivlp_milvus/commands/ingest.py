@@ -60,25 +60,22 @@ def run(args: argparse.Namespace) -> int:
     from hivlp_milvus.ingest import IngestOptions, ingest
 
     connection = common.connection_options(args)
+    sizes = {"batch_size": args.batch_size, "write_batch_rows": args.write_batch_rows, "num_workers": args.num_workers}
     # Checked before the source is read: a bad --batch-size fails at once, not after a long read.
-    IngestOptions.build(
-        batch_size=args.batch_size, write_batch_rows=args.write_batch_rows, num_workers=args.num_workers
-    )
+    IngestOptions.build(**sizes)
     source = load_source(args.source, split=args.split, limit=args.limit, image_root=args.image_root)
     report = ingest(
         source,
         connection=connection,
         collection_name=args.collection,
         model=args.model,
-        batch_size=args.batch_size,
-        write_batch_rows=args.write_batch_rows,
+        **sizes,
         skip_existing=args.skip_existing,
         distributed=args.distributed,
         progress=not args.no_progress,
         create=not args.no_create,
         profile=args.profile,
         device=args.device,
-        num_workers=args.num_workers,
     )
     print(report)
     if args.json_out is not None:
